@@ -1,0 +1,71 @@
+//! The admin gRPC server: AdminService behind a bearer-token check, plus
+//! server reflection and the standard health service (both open, so probes
+//! and tooling work without the token).
+
+mod service;
+mod status;
+pub mod token;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tollgate_proto::admin::v1::admin_service_server::AdminServiceServer;
+use tollgate_raft::RaftNode;
+use tonic::service::Interceptor;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Status};
+
+use crate::proxy::ProxyContext;
+
+#[derive(Clone)]
+pub struct RequireToken {
+    expected: Arc<str>,
+}
+
+impl Interceptor for RequireToken {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "missing admin token: send `authorization: Bearer <token>` (see <data-dir>/admin-token)",
+                )
+            })?;
+        if presented.as_bytes().ct_eq(self.expected.as_bytes()).into() {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated("the admin token is not valid"))
+        }
+    }
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    raft: RaftNode,
+    proxy: Arc<ProxyContext>,
+    token: &str,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<AdminServiceServer<service::Admin>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("descriptor sets compiled into the binary are valid");
+    let admin = AdminServiceServer::with_interceptor(
+        service::Admin::new(raft, proxy),
+        RequireToken { expected: Arc::from(token) },
+    );
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await
+}

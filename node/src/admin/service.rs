@@ -1,0 +1,324 @@
+//! `tollgate.admin.v1.AdminService`: every write is a Raft command; every read
+//! is served from a linearizable view of the replicated state.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+use rand::RngCore;
+use tollgate_proto::admin::v1::admin_service_server::AdminService;
+use tollgate_proto::admin::v1::*;
+use tollgate_proto::config::v1::{ApiKey, AuthMode, Consumer, Meta, PathMatch, Route, Service};
+use tollgate_proto::raft::v1::command::Op;
+use tollgate_raft::{Command, GatewayState, RaftNode};
+use tonic::{Request, Response, Status};
+
+use super::status;
+use crate::apikey;
+use crate::proxy::ProxyContext;
+
+pub struct Admin {
+    raft: RaftNode,
+    proxy: Arc<ProxyContext>,
+}
+
+impl Admin {
+    pub fn new(raft: RaftNode, proxy: Arc<ProxyContext>) -> Admin {
+        Admin { raft, proxy }
+    }
+
+    async fn write<T: Message + Default>(&self, op: Op) -> Result<T, Status> {
+        let command = Command::new(op, now_ms(), "admin");
+        let applied = self.raft.propose(command).await.map_err(status::from_propose)?;
+        self.proxy.wait_served(applied.revision).await;
+        let bytes = applied.entity.ok_or_else(|| Status::internal("the state machine returned no entity"))?;
+        T::decode(bytes.as_slice()).map_err(|e| Status::internal(format!("cannot decode applied entity: {e}")))
+    }
+
+    async fn delete(&self, op: Op) -> Result<Response<DeleteResponse>, Status> {
+        let command = Command::new(op, now_ms(), "admin");
+        let applied = self.raft.propose(command).await.map_err(status::from_propose)?;
+        self.proxy.wait_served(applied.revision).await;
+        Ok(Response::new(DeleteResponse { revision: applied.revision }))
+    }
+
+    async fn read(&self) -> Result<Arc<GatewayState>, Status> {
+        self.raft.linearizable_state().await.map_err(status::from_node)
+    }
+
+    async fn service_id(&self, id_or_name: &str) -> Result<String, Status> {
+        let state = self.read().await?;
+        state.find_service(id_or_name).map(|s| id_of(&s.meta)).ok_or_else(|| not_found("service", id_or_name))
+    }
+
+    async fn route_id(&self, id_or_name: &str) -> Result<String, Status> {
+        let state = self.read().await?;
+        state.find_route(id_or_name).map(|r| id_of(&r.meta)).ok_or_else(|| not_found("route", id_or_name))
+    }
+
+    async fn consumer_id(&self, id_or_name: &str) -> Result<String, Status> {
+        let state = self.read().await?;
+        state.find_consumer(id_or_name).map(|c| id_of(&c.meta)).ok_or_else(|| not_found("consumer", id_or_name))
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn new_id() -> String {
+    let mut bytes = [0u8; 8];
+    rand::rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn id_of(meta: &Option<Meta>) -> String {
+    meta.as_ref().map(|m| m.id.clone()).unwrap_or_default()
+}
+
+fn fresh_meta() -> Option<Meta> {
+    Some(Meta { id: new_id(), ..Default::default() })
+}
+
+fn not_found(kind: &str, id: &str) -> Status {
+    Status::not_found(format!("{kind} {id:?} does not exist; list them with `tollgate ctl {kind} list`"))
+}
+
+fn required(field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is required")));
+    }
+    Ok(())
+}
+
+/// Fills in what clients may leave out, the same way for every client:
+/// a path without a kind is a prefix, a route without an auth mode requires
+/// an API key (closed by default), hosts are case-insensitive, methods upper-case.
+fn normalize_route(route: &mut Route) {
+    for path in &mut route.paths {
+        if path.kind == PathMatch::Unspecified as i32 {
+            path.kind = PathMatch::Prefix as i32;
+        }
+    }
+    if route.auth == AuthMode::Unspecified as i32 {
+        route.auth = AuthMode::ApiKey as i32;
+    }
+    route.hosts.iter_mut().for_each(|h| *h = h.to_ascii_lowercase());
+    route.methods.iter_mut().for_each(|m| *m = m.to_ascii_uppercase());
+}
+
+#[tonic::async_trait]
+impl AdminService for Admin {
+    async fn create_service(&self, request: Request<Service>) -> Result<Response<Service>, Status> {
+        let mut service = request.into_inner();
+        service.meta = fresh_meta();
+        for target in &mut service.targets {
+            target.host = target.host.to_ascii_lowercase();
+        }
+        self.write(Op::CreateService(service)).await.map(Response::new)
+    }
+
+    async fn get_service(&self, request: Request<GetRequest>) -> Result<Response<Service>, Status> {
+        let key = request.into_inner().id_or_name;
+        let state = self.read().await?;
+        let found = state.find_service(&key).ok_or_else(|| not_found("service", &key))?;
+        Ok(Response::new(found.as_ref().clone()))
+    }
+
+    async fn list_services(&self, _: Request<ListRequest>) -> Result<Response<ListServicesResponse>, Status> {
+        let state = self.read().await?;
+        let mut services: Vec<Service> = state.services().map(|s| s.as_ref().clone()).collect();
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(ListServicesResponse { services }))
+    }
+
+    async fn update_service(&self, request: Request<Service>) -> Result<Response<Service>, Status> {
+        let mut service = request.into_inner();
+        let key = match id_of(&service.meta) {
+            id if !id.is_empty() => id,
+            _ => service.name.clone(),
+        };
+        required("meta.id or name", &key)?;
+        service.meta = Some(Meta { id: self.service_id(&key).await?, ..Default::default() });
+        for target in &mut service.targets {
+            target.host = target.host.to_ascii_lowercase();
+        }
+        self.write(Op::UpdateService(service)).await.map(Response::new)
+    }
+
+    async fn delete_service(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let id = self.service_id(&request.into_inner().id_or_name).await?;
+        self.delete(Op::DeleteService(id)).await
+    }
+
+    async fn create_route(&self, request: Request<Route>) -> Result<Response<Route>, Status> {
+        let mut route = request.into_inner();
+        route.meta = fresh_meta();
+        normalize_route(&mut route);
+        // Accept a service name where an id is expected; the id is what is stored.
+        if !route.service_id.is_empty() {
+            let state = self.read().await?;
+            if let Some(service) = state.find_service(&route.service_id) {
+                route.service_id = id_of(&service.meta);
+            }
+        }
+        self.write(Op::CreateRoute(route)).await.map(Response::new)
+    }
+
+    async fn get_route(&self, request: Request<GetRequest>) -> Result<Response<Route>, Status> {
+        let key = request.into_inner().id_or_name;
+        let state = self.read().await?;
+        let found = state.find_route(&key).ok_or_else(|| not_found("route", &key))?;
+        Ok(Response::new(found.as_ref().clone()))
+    }
+
+    async fn list_routes(&self, _: Request<ListRequest>) -> Result<Response<ListRoutesResponse>, Status> {
+        let state = self.read().await?;
+        let mut routes: Vec<Route> = state.routes().map(|r| r.as_ref().clone()).collect();
+        routes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(ListRoutesResponse { routes }))
+    }
+
+    async fn update_route(&self, request: Request<Route>) -> Result<Response<Route>, Status> {
+        let mut route = request.into_inner();
+        let key = match id_of(&route.meta) {
+            id if !id.is_empty() => id,
+            _ => route.name.clone(),
+        };
+        required("meta.id or name", &key)?;
+        route.meta = Some(Meta { id: self.route_id(&key).await?, ..Default::default() });
+        normalize_route(&mut route);
+        if !route.service_id.is_empty() {
+            let state = self.read().await?;
+            if let Some(service) = state.find_service(&route.service_id) {
+                route.service_id = id_of(&service.meta);
+            }
+        }
+        self.write(Op::UpdateRoute(route)).await.map(Response::new)
+    }
+
+    async fn delete_route(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let id = self.route_id(&request.into_inner().id_or_name).await?;
+        self.delete(Op::DeleteRoute(id)).await
+    }
+
+    async fn create_consumer(&self, request: Request<Consumer>) -> Result<Response<Consumer>, Status> {
+        let mut consumer = request.into_inner();
+        consumer.meta = fresh_meta();
+        self.write(Op::CreateConsumer(consumer)).await.map(Response::new)
+    }
+
+    async fn get_consumer(&self, request: Request<GetRequest>) -> Result<Response<Consumer>, Status> {
+        let key = request.into_inner().id_or_name;
+        let state = self.read().await?;
+        let found = state.find_consumer(&key).ok_or_else(|| not_found("consumer", &key))?;
+        Ok(Response::new(found.as_ref().clone()))
+    }
+
+    async fn list_consumers(&self, _: Request<ListRequest>) -> Result<Response<ListConsumersResponse>, Status> {
+        let state = self.read().await?;
+        let mut consumers: Vec<Consumer> = state.consumers().map(|c| c.as_ref().clone()).collect();
+        consumers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(ListConsumersResponse { consumers }))
+    }
+
+    async fn update_consumer(&self, request: Request<Consumer>) -> Result<Response<Consumer>, Status> {
+        let mut consumer = request.into_inner();
+        let key = match id_of(&consumer.meta) {
+            id if !id.is_empty() => id,
+            _ => consumer.name.clone(),
+        };
+        required("meta.id or name", &key)?;
+        consumer.meta = Some(Meta { id: self.consumer_id(&key).await?, ..Default::default() });
+        self.write(Op::UpdateConsumer(consumer)).await.map(Response::new)
+    }
+
+    async fn delete_consumer(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let id = self.consumer_id(&request.into_inner().id_or_name).await?;
+        self.delete(Op::DeleteConsumer(id)).await
+    }
+
+    async fn create_api_key(
+        &self,
+        request: Request<CreateApiKeyRequest>,
+    ) -> Result<Response<CreateApiKeyResponse>, Status> {
+        let request = request.into_inner();
+        required("consumer", &request.consumer)?;
+        let consumer_id = self.consumer_id(&request.consumer).await?;
+        let key = apikey::generate();
+        let record = ApiKey {
+            meta: Some(Meta { id: key.id.clone(), ..Default::default() }),
+            consumer_id,
+            name: request.name,
+            secret_sha256: key.secret_sha256,
+            display_prefix: key.display_prefix,
+            expires_at_ms: request.expires_at_ms,
+            disabled: false,
+        };
+        let api_key = self.write(Op::CreateApiKey(record)).await?;
+        Ok(Response::new(CreateApiKeyResponse { api_key: Some(api_key), plaintext: key.plaintext }))
+    }
+
+    async fn get_api_key(&self, request: Request<GetRequest>) -> Result<Response<ApiKey>, Status> {
+        let key = request.into_inner().id_or_name;
+        let state = self.read().await?;
+        let found = state.api_key(&key).ok_or_else(|| not_found("key", &key))?;
+        Ok(Response::new(found.as_ref().clone()))
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<ListApiKeysRequest>,
+    ) -> Result<Response<ListApiKeysResponse>, Status> {
+        let filter = request.into_inner().consumer;
+        let state = self.read().await?;
+        let consumer_id = match filter.as_str() {
+            "" => None,
+            f => Some(state.find_consumer(f).map(|c| id_of(&c.meta)).ok_or_else(|| not_found("consumer", f))?),
+        };
+        let api_keys = state
+            .api_keys()
+            .filter(|k| consumer_id.as_ref().is_none_or(|c| &k.consumer_id == c))
+            .map(|k| k.as_ref().clone())
+            .collect();
+        Ok(Response::new(ListApiKeysResponse { api_keys }))
+    }
+
+    async fn update_api_key(&self, request: Request<UpdateApiKeyRequest>) -> Result<Response<ApiKey>, Status> {
+        let update = request.into_inner();
+        required("id", &update.id)?;
+        let state = self.read().await?;
+        let mut key = state.api_key(&update.id).ok_or_else(|| not_found("key", &update.id))?.as_ref().clone();
+        if let Some(disabled) = update.disabled {
+            key.disabled = disabled;
+        }
+        if let Some(expires) = update.expires_at_ms {
+            key.expires_at_ms = expires;
+        }
+        if let Some(name) = update.name {
+            key.name = name;
+        }
+        self.write(Op::UpdateApiKey(key)).await.map(Response::new)
+    }
+
+    async fn delete_api_key(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let id = request.into_inner().id_or_name;
+        required("id", &id)?;
+        self.delete(Op::DeleteApiKey(id)).await
+    }
+
+    async fn get_node_status(&self, _: Request<GetNodeStatusRequest>) -> Result<Response<NodeStatus>, Status> {
+        let s = self.raft.status();
+        Ok(Response::new(NodeStatus {
+            node_id: s.node_id,
+            role: s.role.as_str().to_string(),
+            current_term: s.current_term,
+            leader_id: s.leader_id,
+            last_log_index: s.last_log_index,
+            committed_index: s.committed_index,
+            applied_index: s.applied_index,
+            data_plane_index: self.proxy.served_revision(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+}

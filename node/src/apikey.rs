@@ -1,0 +1,84 @@
+//! API key format and verification.
+//!
+//! A key reads `tg_<id>_<secret>`: the id finds the stored record without a
+//! scan, and only a SHA-256 of the 256-bit random secret is stored. A fast hash
+//! is enough here (unlike for passwords) because the secret is high-entropy.
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+const PREFIX: &str = "tg_";
+const ID_BYTES: usize = 8;
+const SECRET_BYTES: usize = 32;
+
+/// A newly minted key: the plaintext for the caller, and what gets stored.
+pub struct NewKey {
+    pub id: String,
+    pub plaintext: String,
+    pub secret_sha256: Vec<u8>,
+    pub display_prefix: String,
+}
+
+pub fn generate() -> NewKey {
+    let mut rng = rand::rng();
+    let mut id = [0u8; ID_BYTES];
+    let mut secret = [0u8; SECRET_BYTES];
+    rng.fill_bytes(&mut id);
+    rng.fill_bytes(&mut secret);
+    let id = hex::encode(id);
+    let secret = hex::encode(secret);
+    let plaintext = format!("{PREFIX}{id}_{secret}");
+    NewKey {
+        display_prefix: format!("{PREFIX}{id}_{}…", &secret[..4]),
+        secret_sha256: Sha256::digest(secret.as_bytes()).to_vec(),
+        id,
+        plaintext,
+    }
+}
+
+/// The parts of a presented key, not yet verified.
+pub struct Presented<'a> {
+    pub id: &'a str,
+    secret: &'a str,
+}
+
+pub fn parse(presented: &str) -> Option<Presented<'_>> {
+    let rest = presented.strip_prefix(PREFIX)?;
+    let (id, secret) = rest.split_once('_')?;
+    let well_formed = id.len() == ID_BYTES * 2
+        && secret.len() == SECRET_BYTES * 2
+        && id.bytes().chain(secret.bytes()).all(|b| b.is_ascii_hexdigit());
+    well_formed.then_some(Presented { id, secret })
+}
+
+impl Presented<'_> {
+    /// Constant-time comparison, so response timing reveals nothing about the stored hash.
+    pub fn matches(&self, stored_sha256: &[u8]) -> bool {
+        let digest = Sha256::digest(self.secret.as_bytes());
+        digest.as_slice().ct_eq(stored_sha256).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_key_parses_and_verifies_only_against_its_own_hash() {
+        let key = generate();
+        let other = generate();
+        let presented = parse(&key.plaintext).expect("well-formed");
+        assert_eq!(presented.id, key.id);
+        assert!(presented.matches(&key.secret_sha256));
+        assert!(!presented.matches(&other.secret_sha256));
+        assert!(!key.display_prefix.contains(&key.plaintext[20..]), "prefix must not reveal the secret");
+    }
+
+    #[test]
+    fn malformed_keys_are_rejected_before_lookup() {
+        for bad in ["", "tg_", "tg_abc_def", "sk-123", &format!("tg_{}_{}", "z".repeat(16), "0".repeat(64))] {
+            assert!(parse(bad).is_none(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Node configuration: defaults that make `tollgate` with no arguments a
+//! working single-node gateway, overridable by a TOML file and by flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's Raft id. Unique within a cluster.
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    pub listen: Listen,
+    pub admin: Admin,
+    pub proxy: Proxy,
+    pub raft: Raft,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listen {
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    /// Peer traffic (QUIC). Recorded in the membership; used once nodes join.
+    pub cluster: SocketAddr,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Admin {
+    /// Bearer token for the admin API. When unset, `<data_dir>/admin-token` is
+    /// used, and created with a random token on first start.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Proxy {
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    pub max_body_bytes: u64,
+    /// Used when a service does not set its own.
+    pub connect_timeout_ms: u64,
+    /// Time until the upstream's response headers; used when a service does not set its own.
+    pub request_timeout_ms: u64,
+    /// Idle upstream connections are closed after this long.
+    pub upstream_idle_timeout_ms: u64,
+    /// On shutdown, in-flight requests get this long to finish.
+    pub drain_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Raft {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub snapshot_after_logs: u64,
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: 1,
+            data_dir: PathBuf::from("./tollgate-data"),
+            listen: Listen::default(),
+            admin: Admin::default(),
+            proxy: Proxy::default(),
+            raft: Raft::default(),
+        }
+    }
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            proxy: ([127, 0, 0, 1], 8080).into(),
+            admin: ([127, 0, 0, 1], 9090).into(),
+            cluster: ([127, 0, 0, 1], 7000).into(),
+        }
+    }
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Proxy {
+            max_body_bytes: 16 << 20,
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 60_000,
+            upstream_idle_timeout_ms: 90_000,
+            drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Default for Raft {
+    fn default() -> Self {
+        Raft {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1_000,
+            snapshot_after_logs: 10_000,
+            logs_kept_after_snapshot: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is invalid: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let config: Config =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), source: Box::new(e) })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return Err(ConfigError::Invalid("node_id must be at least 1".into()));
+        }
+        if self.proxy.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid("proxy.max_body_bytes must be positive".into()));
+        }
+        if self.raft.election_timeout_min_ms <= self.raft.heartbeat_ms
+            || self.raft.election_timeout_max_ms <= self.raft.election_timeout_min_ms
+        {
+            return Err(ConfigError::Invalid(
+                "raft timeouts must satisfy heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms".into(),
+            ));
+        }
+        if let Some(token) = &self.admin.token
+            && token.len() < 16
+        {
+            return Err(ConfigError::Invalid("admin.token must be at least 16 characters".into()));
+        }
+        Ok(())
+    }
+
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.data_dir.join("admin-token")
+    }
+}
+
+pub(crate) fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}

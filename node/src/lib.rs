@@ -1,0 +1,14 @@
+//! The `tollgate` node: the proxy data plane, the admin gRPC API, and the
+//! `tollgate ctl` client, on top of `tollgate-raft`.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod apikey;
+pub mod config;
+pub mod ctl;
+pub mod proxy;
+pub mod server;
+pub mod telemetry;
+
+pub use config::Config;
+pub use server::{Node, NodeError};

@@ -1,0 +1,138 @@
+//! `tollgate`: with no arguments, a single-node gateway on the default ports;
+//! `tollgate serve` with explicit settings; `tollgate ctl` to administer it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tollgate_node::Node;
+use tollgate_node::config::Config;
+use tollgate_node::ctl::{self, CtlArgs};
+use tollgate_node::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about = "Clustered API and AI gateway with built-in Raft storage")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a gateway node (the default when no command is given).
+    Serve(ServeArgs),
+    /// Administer a running node through its admin API.
+    Ctl(CtlArgs),
+}
+
+#[derive(Debug, Args, Default)]
+struct ServeArgs {
+    /// TOML config file; flags override its values.
+    #[arg(long, short = 'c', env = "TOLLGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[arg(long, env = "TOLLGATE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(long, env = "TOLLGATE_NODE_ID")]
+    node_id: Option<u64>,
+    /// Proxy listener [default: 127.0.0.1:8080].
+    #[arg(long, env = "TOLLGATE_PROXY_LISTEN")]
+    proxy_listen: Option<SocketAddr>,
+    /// Admin gRPC listener [default: 127.0.0.1:9090].
+    #[arg(long, env = "TOLLGATE_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// Admin API bearer token [default: <data-dir>/admin-token, generated on first start].
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    #[arg(long, value_enum, env = "TOLLGATE_LOG_FORMAT", default_value = "text")]
+    log_format: Option<LogFormat>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Some(Command::Ctl(args)) => match runtime.block_on(ctl::run(args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.exit_code() as u8)
+            }
+        },
+        command => {
+            let args = match command {
+                Some(Command::Serve(args)) => args,
+                _ => ServeArgs::default(),
+            };
+            telemetry::init(args.log_format.unwrap_or(LogFormat::Text));
+            match runtime.block_on(serve(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.node_id {
+        config.node_id = v;
+    }
+    if let Some(v) = args.proxy_listen {
+        config.listen.proxy = v;
+    }
+    if let Some(v) = args.admin_listen {
+        config.listen.admin = v;
+    }
+    if let Some(v) = args.admin_token {
+        config.admin.token = Some(v);
+    }
+    config.validate()?;
+
+    let node = Node::start(config).await.context("cannot start the node")?;
+    tracing::info!(
+        proxy = %node.proxy_addr,
+        admin = %node.admin_addr,
+        data_dir = %node.data_dir.display(),
+        applied = node.raft().status().applied_index,
+        "tollgate is ready"
+    );
+    if node.admin_token_generated {
+        eprintln!(
+            "\nA new admin token was generated and saved to {}:\n\n    {}\n\n`tollgate ctl` run from this directory reads it automatically.\n",
+            node.data_dir.join("admin-token").display(),
+            node.admin_token
+        );
+    }
+    wait_for_signal().await?;
+    tracing::info!("shutting down: draining in-flight requests");
+    node.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        result = tokio::signal::ctrl_c() => result.context("cannot wait for Ctrl-C")?,
+    }
+    Ok(())
+}

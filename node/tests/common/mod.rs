@@ -1,0 +1,217 @@
+//! Shared pieces of the node's integration tests: a node on run-time ports in
+//! a temp dir, a real HTTP upstream, an admin client and an HTTP client.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tollgate_node::{Config, Node};
+use tollgate_proto::admin::v1::admin_service_client::AdminServiceClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+pub fn test_config(dir: &Path) -> Config {
+    let mut config = Config { data_dir: dir.to_path_buf(), ..Default::default() };
+    config.listen.proxy = "127.0.0.1:0".parse().unwrap();
+    config.listen.admin = "127.0.0.1:0".parse().unwrap();
+    config.admin.token = Some(TOKEN.to_string());
+    config.raft.heartbeat_ms = 50;
+    config.raft.election_timeout_min_ms = 150;
+    config.raft.election_timeout_max_ms = 300;
+    config
+}
+
+pub async fn start_node(dir: &Path) -> Node {
+    Node::start(test_config(dir)).await.expect("node starts")
+}
+
+pub type Admin = AdminServiceClient<InterceptedService<Channel, Bearer>>;
+
+#[derive(Clone)]
+pub struct Bearer(pub String);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if !self.0.is_empty() {
+            request.metadata_mut().insert("authorization", format!("Bearer {}", self.0).parse().unwrap());
+        }
+        Ok(request)
+    }
+}
+
+pub async fn admin_client(addr: SocketAddr, token: &str) -> Admin {
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("admin reachable");
+    AdminServiceClient::with_interceptor(channel, Bearer(token.to_string()))
+}
+
+pub type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+pub fn http_client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c_client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+pub async fn send(client: &Client<HttpConnector, Body>, request: Request<Body>) -> Reply {
+    let response = client.request(request).await.expect("proxy answers");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body completes").to_bytes();
+    Reply { status: parts.status, headers: parts.headers, body }
+}
+
+pub async fn get(proxy: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut builder = Request::get(format!("http://{proxy}{path}"));
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    send(&http_client(), builder.body(full(Bytes::new())).unwrap()).await
+}
+
+/// A real HTTP/1.1 upstream on a run-time port. Each server has a name it
+/// returns in `x-upstream`, so tests can see where a request went.
+///
+/// - `/hang...`: never answers.
+/// - `/stream-echo...`: streams each request chunk straight back.
+/// - `/big/<n>`: answers with n bytes.
+/// - anything else: JSON describing the request it received.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    pub async fn start(name: &'static str) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        upstream_handle(name, req)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, hits, task }
+    }
+}
+
+async fn upstream_handle(name: &'static str, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    if path.starts_with("/hang") {
+        std::future::pending::<()>().await;
+    }
+    if path.starts_with("/stream-echo") {
+        let body = req
+            .into_body()
+            .into_data_stream()
+            .map(|chunk| chunk.map(Frame::data).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>));
+        let mut response = Response::new(StreamBody::new(body).boxed_unsync());
+        response.headers_mut().insert("x-upstream", name.parse().unwrap());
+        return Ok(response);
+    }
+    if let Some(n) = path.strip_prefix("/big/") {
+        let n: usize = n.parse().unwrap();
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let chunks = n / chunk.len();
+        let stream = futures::stream::iter((0..chunks).map(move |_| Ok(Frame::data(chunk.clone()))));
+        let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
+        response.headers_mut().insert("x-upstream", name.parse().unwrap());
+        return Ok(response);
+    }
+    let method = req.method().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_str().unwrap_or("").to_string())))
+        .collect();
+    let mut hasher = Sha256::new();
+    let mut len = 0usize;
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map(|f| f.into_data()) {
+            if let Ok(data) = data {
+                len += data.len();
+                hasher.update(&data);
+            }
+        } else {
+            break;
+        }
+    }
+    let json = serde_json::json!({
+        "upstream": name, "method": method, "path": path, "query": query, "headers": headers,
+        "body_len": len, "body_sha256": hex::encode(hasher.finalize()),
+    });
+    let mut response = Response::new(full(json.to_string()));
+    response.headers_mut().insert("x-upstream", name.parse().unwrap());
+    response.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    Ok(response)
+}
+
+/// A request body fed chunk by chunk from the test.
+pub fn channel_body() -> (mpsc::Sender<Bytes>, Body) {
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        Some((Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(chunk)), rx))
+    });
+    (tx, StreamBody::new(stream).boxed_unsync())
+}
+
+/// A port with nothing listening on it.
+pub async fn dead_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}

@@ -1,0 +1,29 @@
+//! Tollgate's consensus layer: the openraft type configuration, a durable log
+//! store and state machine on `tollgate-storage`, the deterministic `apply` of
+//! gateway commands, and publication of an immutable view of the gateway state
+//! for the data plane after every applied batch.
+#![forbid(unsafe_code)]
+
+mod apply;
+mod error;
+mod keys;
+mod log_store;
+mod network;
+mod node;
+mod snapshot_file;
+mod state;
+mod state_machine;
+mod types;
+mod validate;
+
+pub use apply::{Change, apply};
+pub use error::{ApplyError, EntityKind, RaftNodeError};
+pub use log_store::LogStore;
+pub use network::NoPeers;
+pub use node::{NodeStatus, ProposeError, RaftConfig, RaftNode, Role};
+pub use state::GatewayState;
+pub use state_machine::StateMachine;
+pub use types::{Applied, Command, CommandResponse, Raft, TypeConfig};
+
+#[cfg(test)]
+mod tests;

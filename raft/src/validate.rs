@@ -1,0 +1,205 @@
+//! Input rules every replica checks inside `apply`. Pure functions of the
+//! command, so they are deterministic by construction.
+
+use std::collections::HashSet;
+
+use tollgate_proto::config::v1::{AuthMode, PathMatch, RoutePath, Target};
+
+use crate::error::ApplyError;
+
+pub(crate) const MAX_NAME_LEN: usize = 64;
+const MAX_HOST_LEN: usize = 253;
+const MAX_PATH_LEN: usize = 1024;
+const MAX_TARGETS: usize = 256;
+const MAX_ROUTE_HOSTS: usize = 64;
+const MAX_ROUTE_PATHS: usize = 64;
+const MAX_WEIGHT: u32 = 10_000;
+
+const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"];
+
+pub(crate) fn name(field: &str, value: &str) -> Result<(), ApplyError> {
+    if value.is_empty() {
+        return Err(ApplyError::invalid(field, "must not be empty"));
+    }
+    if value.len() > MAX_NAME_LEN {
+        return Err(ApplyError::invalid(field, format!("must be at most {MAX_NAME_LEN} characters")));
+    }
+    let first_ok = value.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !first_ok || !rest_ok {
+        return Err(ApplyError::invalid(
+            field,
+            format!("{value:?} must start with a letter or digit and contain only letters, digits, '.', '_' and '-'"),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn id(field: &str, value: &str) -> Result<(), ApplyError> {
+    if value.is_empty() || value.len() > MAX_NAME_LEN {
+        return Err(ApplyError::invalid(field, format!("must be 1 to {MAX_NAME_LEN} characters")));
+    }
+    if !value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+        return Err(ApplyError::invalid(field, "must contain only a-z, 0-9 and '-'"));
+    }
+    Ok(())
+}
+
+/// A DNS name or an IP literal, lower case, as an upstream or route host.
+pub(crate) fn hostname(field: &str, host: &str) -> Result<(), ApplyError> {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if host.is_empty() || host.len() > MAX_HOST_LEN {
+        return Err(ApplyError::invalid(field, format!("host must be 1 to {MAX_HOST_LEN} characters")));
+    }
+    for label in host.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !ok {
+            return Err(ApplyError::invalid(
+                field,
+                format!("{host:?} is not a valid host name (lower-case letters, digits, '-' and '.')"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn targets(targets: &[Target]) -> Result<(), ApplyError> {
+    if targets.is_empty() {
+        return Err(ApplyError::invalid("targets", "a service needs at least one upstream target (host:port)"));
+    }
+    if targets.len() > MAX_TARGETS {
+        return Err(ApplyError::invalid("targets", format!("at most {MAX_TARGETS} targets")));
+    }
+    for (i, t) in targets.iter().enumerate() {
+        hostname(&format!("targets[{i}].host"), &t.host)?;
+        if t.port == 0 || t.port > u32::from(u16::MAX) {
+            return Err(ApplyError::invalid(format!("targets[{i}].port"), "must be 1..=65535"));
+        }
+        if t.weight > MAX_WEIGHT {
+            return Err(ApplyError::invalid(format!("targets[{i}].weight"), format!("must be at most {MAX_WEIGHT}")));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn route_hosts(hosts: &[String]) -> Result<(), ApplyError> {
+    if hosts.len() > MAX_ROUTE_HOSTS {
+        return Err(ApplyError::invalid("hosts", format!("at most {MAX_ROUTE_HOSTS} hosts")));
+    }
+    for (i, host) in hosts.iter().enumerate() {
+        let bare = host.strip_prefix("*.").unwrap_or(host);
+        hostname(&format!("hosts[{i}]"), bare)?;
+        if bare.parse::<std::net::IpAddr>().is_ok() && bare.len() != host.len() {
+            return Err(ApplyError::invalid(format!("hosts[{i}]"), "a wildcard cannot prefix an IP address"));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn methods(methods: &[String]) -> Result<(), ApplyError> {
+    for (i, m) in methods.iter().enumerate() {
+        if !METHODS.contains(&m.as_str()) {
+            return Err(ApplyError::invalid(
+                format!("methods[{i}]"),
+                format!("{m:?} is not one of {}", METHODS.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn route_paths(paths: &[RoutePath]) -> Result<(), ApplyError> {
+    if paths.is_empty() {
+        return Err(ApplyError::invalid("paths", "a route needs at least one path, e.g. prefix \"/\""));
+    }
+    if paths.len() > MAX_ROUTE_PATHS {
+        return Err(ApplyError::invalid("paths", format!("at most {MAX_ROUTE_PATHS} paths")));
+    }
+    for (i, p) in paths.iter().enumerate() {
+        let field = format!("paths[{i}]");
+        if !p.path.starts_with('/') {
+            return Err(ApplyError::invalid(field, format!("{:?} must start with '/'", p.path)));
+        }
+        if p.path.len() > MAX_PATH_LEN {
+            return Err(ApplyError::invalid(field, format!("must be at most {MAX_PATH_LEN} bytes")));
+        }
+        if p.path.chars().any(|c| c.is_ascii_control() || c == ' ' || c == '?' || c == '#') {
+            return Err(ApplyError::invalid(field, "must not contain spaces, control characters, '?' or '#'"));
+        }
+        match PathMatch::try_from(p.kind) {
+            Ok(PathMatch::Prefix | PathMatch::Exact) => {
+                if p.path.contains('{') || p.path.contains('}') {
+                    return Err(ApplyError::invalid(field, "'{' and '}' are only allowed in template paths"));
+                }
+            }
+            Ok(PathMatch::Template) => template(&field, &p.path)?,
+            _ => return Err(ApplyError::invalid(field, "kind must be prefix, exact or template")),
+        }
+    }
+    Ok(())
+}
+
+fn template(field: &str, path: &str) -> Result<(), ApplyError> {
+    let mut seen = HashSet::new();
+    for segment in path.split('/').skip(1) {
+        if segment.contains('{') || segment.contains('}') {
+            let param = segment
+                .strip_prefix('{')
+                .and_then(|s| s.strip_suffix('}'))
+                .filter(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+                .ok_or_else(|| {
+                    ApplyError::invalid(field, format!("segment {segment:?} must be a literal or a whole {{param}}"))
+                })?;
+            if !seen.insert(param) {
+                return Err(ApplyError::invalid(field, format!("parameter {param:?} appears twice")));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn auth(mode: i32) -> Result<(), ApplyError> {
+    match AuthMode::try_from(mode) {
+        Ok(AuthMode::None | AuthMode::ApiKey) => Ok(()),
+        _ => Err(ApplyError::invalid("auth", "must be none or api-key")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_documented_alphabet() {
+        assert!(name("name", "orders-v2.internal_1").is_ok());
+        for bad in ["", "-lead", "has space", "ünï", &"x".repeat(65)] {
+            assert!(name("name", bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn hosts_reject_malformed_names_and_accept_ips_and_wildcards() {
+        assert!(route_hosts(&["api.example.com".into(), "*.example.com".into(), "10.0.0.1".into()]).is_ok());
+        for bad in ["exa mple.com", "Example.com", "a..b", "-a.com", "*.10.0.0.1", "*."] {
+            assert!(route_hosts(&[bad.to_string()]).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn templates_need_whole_segment_params() {
+        let path = |kind: PathMatch, p: &str| RoutePath { kind: kind as i32, path: p.into() };
+        assert!(route_paths(&[path(PathMatch::Template, "/users/{id}/orders/{order_id}")]).is_ok());
+        assert!(route_paths(&[path(PathMatch::Template, "/users/x{id}")]).is_err());
+        assert!(route_paths(&[path(PathMatch::Template, "/a/{id}/{id}")]).is_err());
+        assert!(route_paths(&[path(PathMatch::Prefix, "/a/{id}")]).is_err());
+        assert!(route_paths(&[path(PathMatch::Unspecified, "/a")]).is_err());
+        assert!(route_paths(&[path(PathMatch::Prefix, "no-slash")]).is_err());
+        assert!(route_paths(&[]).is_err());
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One-time machine setup: the system packages the build needs, and the
+# prebuilt RocksDB library (compiled once per machine, ~10 minutes on 2 cores;
+# every later build then takes about two minutes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# librocksdb-sys generates its bindings with bindgen, which needs libclang.
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
+    echo "installing libclang-dev (needed by RocksDB's bindings)..." >&2
+    sudo_cmd=""
+    if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends libclang-dev
+fi
+
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+    echo "installing cargo-nextest..." >&2
+    cargo install --locked cargo-nextest
+fi
+
+. scripts/env.sh
+tollgate_build_rocksdb_cache
