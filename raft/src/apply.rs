@@ -3,7 +3,7 @@
 //! No clocks, no randomness, no I/O: ids and times come inside the command.
 
 use prost::Message;
-use tollgate_proto::config::v1::{ApiKey, Consumer, Meta, Route, Service};
+use tollgate_proto::config::v1::{ApiKey, Consumer, JoinToken, Meta, Route, Service};
 use tollgate_proto::raft::v1::{Command, command::Op};
 
 use crate::error::{ApplyError, EntityKind};
@@ -21,6 +21,7 @@ pub enum Change {
     DeleteConsumer(String),
     PutApiKey(ApiKey),
     DeleteApiKey(String),
+    PutJoinToken(JoinToken),
 }
 
 /// What a successful command did: its changes, and the created or updated
@@ -144,6 +145,19 @@ pub fn apply(state: &GatewayState, cmd: &Command, index: u64) -> Result<Outcome,
         Op::DeleteApiKey(id) => {
             state.api_key(id).ok_or_else(|| ApplyError::not_found(EntityKind::ApiKey, id))?;
             Ok(Outcome { changes: vec![Change::DeleteApiKey(id.clone())], entity: None })
+        }
+
+        Op::CreateJoinToken(t) => {
+            let mut t = t.clone();
+            t.meta = Some(create_meta(t.meta.as_ref(), now, index)?);
+            unique_id(state.join_token(id_of(&t.meta)).is_some(), EntityKind::JoinToken, id_of(&t.meta))?;
+            if t.secret_sha256.len() != 32 {
+                return Err(ApplyError::invalid("secret_sha256", "must be a 32-byte SHA-256 digest"));
+            }
+            if t.expires_at_ms <= now {
+                return Err(ApplyError::invalid("expires_at_ms", "a join token must expire in the future"));
+            }
+            Ok(put(Change::PutJoinToken(t.clone()), &t))
         }
     }
 }

@@ -6,6 +6,7 @@ pub enum EntityKind {
     Route,
     Consumer,
     ApiKey,
+    JoinToken,
 }
 
 impl std::fmt::Display for EntityKind {
@@ -15,6 +16,7 @@ impl std::fmt::Display for EntityKind {
             EntityKind::Route => "route",
             EntityKind::Consumer => "consumer",
             EntityKind::ApiKey => "api key",
+            EntityKind::JoinToken => "join token",
         })
     }
 }
@@ -39,6 +41,7 @@ fn cli_noun(kind: EntityKind) -> &'static str {
         EntityKind::Route => "route",
         EntityKind::Consumer => "consumer",
         EntityKind::ApiKey => "key",
+        EntityKind::JoinToken => "cluster token",
     }
 }
 
@@ -69,4 +72,10 @@ pub enum RaftNodeError {
     NotLeader { leader: Option<u64> },
     #[error("raft error: {0}")]
     Raft(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
 }

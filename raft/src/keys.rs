@@ -10,6 +10,7 @@ pub(crate) fn entity_prefix(kind: EntityKind) -> &'static [u8] {
         EntityKind::Route => b"rte/",
         EntityKind::Consumer => b"con/",
         EntityKind::ApiKey => b"key/",
+        EntityKind::JoinToken => b"jtk/",
     }
 }
 

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use prost::Message;
-use tollgate_proto::config::v1::{ApiKey, Consumer, Route, Service};
+use tollgate_proto::config::v1::{ApiKey, Consumer, JoinToken, Route, Service};
 use tollgate_storage::{Cf, Engine};
 
 use crate::apply::Change;
@@ -21,6 +21,7 @@ pub struct GatewayState {
     routes: Table<Route>,
     consumers: Table<Consumer>,
     api_keys: Table<ApiKey>,
+    join_tokens: Table<JoinToken>,
 }
 
 /// Entities by id, plus the unique-name index.
@@ -108,6 +109,7 @@ entity!(Route, EntityKind::Route, named);
 entity!(Consumer, EntityKind::Consumer, named);
 // Key labels need not be unique; keys are addressed by id.
 entity!(ApiKey, EntityKind::ApiKey, unnamed);
+entity!(JoinToken, EntityKind::JoinToken, unnamed);
 
 impl GatewayState {
     /// The Raft log index of the last command reflected in this state.
@@ -130,6 +132,9 @@ impl GatewayState {
     }
     pub fn api_key(&self, id: &str) -> Option<&Arc<ApiKey>> {
         self.api_keys.get(id)
+    }
+    pub fn join_token(&self, id: &str) -> Option<&Arc<JoinToken>> {
+        self.join_tokens.get(id)
     }
 
     /// Looks up by id first, then by unique name.
@@ -176,6 +181,7 @@ impl GatewayState {
             Change::DeleteConsumer(id) => self.consumers.remove(id),
             Change::PutApiKey(k) => self.api_keys.put(k.clone()),
             Change::DeleteApiKey(id) => self.api_keys.remove(id),
+            Change::PutJoinToken(t) => self.join_tokens.put(t.clone()),
         }
     }
 
@@ -192,6 +198,7 @@ impl GatewayState {
         encode(&self.consumers, &mut out);
         encode(&self.routes, &mut out);
         encode(&self.services, &mut out);
+        encode(&self.join_tokens, &mut out);
         out.sort();
         out
     }
@@ -218,6 +225,8 @@ impl GatewayState {
             self.consumers.put(decode(value)?);
         } else if key.starts_with(keys::entity_prefix(EntityKind::ApiKey)) {
             self.api_keys.put(decode(value)?);
+        } else if key.starts_with(keys::entity_prefix(EntityKind::JoinToken)) {
+            self.join_tokens.put(decode(value)?);
         } else {
             return Err(RaftNodeError::Corrupt {
                 what: "state key",

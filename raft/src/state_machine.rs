@@ -67,6 +67,7 @@ impl StateMachine {
             Change::DeleteRoute(id) => (EntityKind::Route, id.as_str(), None),
             Change::DeleteConsumer(id) => (EntityKind::Consumer, id.as_str(), None),
             Change::DeleteApiKey(id) => (EntityKind::ApiKey, id.as_str(), None),
+            Change::PutJoinToken(t) => (EntityKind::JoinToken, meta_id(&t.meta), Some(t.encode_to_vec())),
         };
         let key = keys::entity_key(kind, id);
         match value {

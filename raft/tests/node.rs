@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tollgate_proto::config::v1::{Consumer, Meta};
 use tollgate_proto::raft::v1::command::Op;
-use tollgate_raft::{ApplyError, Command, ProposeError, RaftConfig, RaftNode};
+use tollgate_raft::pki::ClusterTls;
+use tollgate_raft::{ApplyError, ClusterSetup, Command, ProposeError, RaftConfig, RaftNode};
 use tollgate_storage::Engine;
 
 fn consumer(id: &str, name: &str) -> Op {
@@ -19,13 +20,29 @@ fn consumer(id: &str, name: &str) -> Op {
 
 async fn start(dir: &Path, snapshot_after: u64) -> (RaftNode, Engine) {
     let engine = Engine::open(dir.join("db")).unwrap();
-    let mut config = RaftConfig::new(1, "127.0.0.1:7000", dir.join("snapshots"));
+    let mut config = RaftConfig::new(1, dir.join("snapshots"));
     config.heartbeat_interval = Duration::from_millis(50);
     config.election_timeout_min = Duration::from_millis(150);
     config.election_timeout_max = Duration::from_millis(300);
     config.snapshot_after_logs = snapshot_after;
     config.logs_kept_after_snapshot = 0;
-    let node = RaftNode::start(engine.clone(), config).await.unwrap();
+    let tls = match ClusterTls::load(&dir.join("tls")).unwrap() {
+        Some(tls) => tls,
+        None => {
+            let tls = ClusterTls::create(1).unwrap();
+            tls.save(&dir.join("tls")).unwrap();
+            tls
+        }
+    };
+    let cluster = ClusterSetup {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        advertise: None,
+        tls,
+        bootstrap: true,
+        admin_addr: String::new(),
+        proxy_addr: String::new(),
+    };
+    let node = RaftNode::start(engine.clone(), config, cluster).await.unwrap();
     node.wait_for_leader(Duration::from_secs(10)).await.unwrap();
     (node, engine)
 }

@@ -1,0 +1,229 @@
+//! The QUIC endpoint a node uses both to serve peers and to call them: one
+//! UDP socket, one cached connection per peer, one stream per RPC.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+use super::tls::{self, TlsSetupError};
+use super::wire::{self, PeerRequest, PeerResponse, WireError};
+use crate::pki::{ClusterTls, PEER_SERVER_NAME};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot listen for peers on {addr}: {source}. Choose another --cluster-listen port")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    #[error("cannot resolve peer address {0:?}")]
+    Resolve(String),
+    #[error("cannot reach peer {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    #[error("peer {addr} did not answer within {timeout_ms} ms")]
+    Timeout { addr: String, timeout_ms: u64 },
+    #[error("peer {addr}: {source}")]
+    Wire { addr: String, source: WireError },
+    #[error("reading the snapshot file failed: {0}")]
+    Snapshot(std::io::Error),
+}
+
+pub struct Transport {
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    connections: Mutex<HashMap<String, quinn::Connection>>,
+}
+
+impl Transport {
+    pub fn bind(listen: SocketAddr, tls: &ClusterTls) -> Result<Transport, TransportError> {
+        let server = tls::server_config(tls)?;
+        let mut endpoint =
+            quinn::Endpoint::server(server, listen).map_err(|source| TransportError::Bind { addr: listen, source })?;
+        let client = tls::client_config(tls)?;
+        endpoint.set_default_client_config(client.clone());
+        Ok(Transport { endpoint, client, connections: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.endpoint.local_addr().ok()
+    }
+
+    async fn connection(&self, addr: &str) -> Result<quinn::Connection, TransportError> {
+        if let Some(conn) = self.connections.lock().unwrap_or_else(|p| p.into_inner()).get(addr) {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+        }
+        let target = resolve(addr).await?;
+        let unreachable = |reason: String| TransportError::Unreachable { addr: addr.to_string(), reason };
+        let connecting = self
+            .endpoint
+            .connect_with(self.client.clone(), target, PEER_SERVER_NAME)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let conn = connecting.await.map_err(|e| unreachable(e.to_string()))?;
+        self.connections.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.to_string(), conn.clone());
+        Ok(conn)
+    }
+
+    fn forget(&self, addr: &str) {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner()).remove(addr);
+    }
+
+    /// One request, one response, bounded by `timeout`.
+    pub async fn call(&self, addr: &str, request: &PeerRequest, timeout: Duration) -> Result<PeerResponse, TransportError> {
+        let attempt = async {
+            let conn = self.connection(addr).await?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| {
+                self.forget(addr);
+                TransportError::Unreachable { addr: addr.to_string(), reason: e.to_string() }
+            })?;
+            let wire = |source| TransportError::Wire { addr: addr.to_string(), source };
+            wire::write_frame(&mut send, request).await.map_err(wire)?;
+            let _ = send.finish();
+            wire::read_frame(&mut recv).await.map_err(wire)
+        };
+        self.bounded(addr, timeout, attempt).await
+    }
+
+    /// Streams a snapshot file after its header; the file is never read whole into memory.
+    pub async fn send_snapshot(
+        &self,
+        addr: &str,
+        header: &PeerRequest,
+        mut file: tokio::fs::File,
+        timeout: Duration,
+    ) -> Result<PeerResponse, TransportError> {
+        let attempt = async {
+            let conn = self.connection(addr).await?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| {
+                self.forget(addr);
+                TransportError::Unreachable { addr: addr.to_string(), reason: e.to_string() }
+            })?;
+            let wire = |source| TransportError::Wire { addr: addr.to_string(), source };
+            wire::write_frame(&mut send, header).await.map_err(wire)?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = file.read(&mut buf).await.map_err(TransportError::Snapshot)?;
+                if n == 0 {
+                    break;
+                }
+                send.write_all(&buf[..n]).await.map_err(|e| wire(WireError::Stream(e.to_string())))?;
+            }
+            let _ = send.finish();
+            wire::read_frame(&mut recv).await.map_err(wire)
+        };
+        self.bounded(addr, timeout, attempt).await
+    }
+
+    async fn bounded<T>(
+        &self,
+        addr: &str,
+        timeout: Duration,
+        attempt: impl std::future::Future<Output = Result<T, TransportError>>,
+    ) -> Result<T, TransportError> {
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(TransportError::Timeout { addr: addr.to_string(), timeout_ms: timeout.as_millis() as u64 }),
+        }
+    }
+
+    /// Stops serving and calling peers.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"node shutting down");
+    }
+}
+
+pub async fn resolve(addr: &str) -> Result<SocketAddr, TransportError> {
+    if let Ok(parsed) = addr.parse() {
+        return Ok(parsed);
+    }
+    tokio::net::lookup_host(addr)
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| TransportError::Resolve(addr.to_string()))
+}
+
+/// Asks a member of an existing cluster to admit this node; returns the
+/// cluster TLS material it hands out.
+pub async fn join(
+    peer: &str,
+    token: &str,
+    node_id: u64,
+    advertise: &str,
+) -> Result<crate::pki::ClusterTls, JoinError> {
+    let parsed = JoinToken::parse(token).ok_or(JoinError::MalformedToken)?;
+    let config = tls::join_client_config(&parsed.ca_fingerprint).map_err(JoinError::Tls)?;
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
+        .map_err(|e| JoinError::Failed(format!("cannot open a UDP socket: {e}")))?;
+    endpoint.set_default_client_config(config);
+    let target = resolve(peer).await.map_err(|e| JoinError::Failed(e.to_string()))?;
+    let attempt = async {
+        let conn = endpoint
+            .connect(target, PEER_SERVER_NAME)
+            .map_err(|e| JoinError::Failed(e.to_string()))?
+            .await
+            .map_err(|e| JoinError::Failed(format!("cannot reach {peer}: {e}")))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| JoinError::Failed(e.to_string()))?;
+        let request = wire::JoinRequest { token: token.to_string(), node_id, addr: advertise.to_string() };
+        wire::write_frame(&mut send, &request).await.map_err(|e| JoinError::Failed(e.to_string()))?;
+        let _ = send.finish();
+        let response: wire::JoinResponse = wire::read_frame(&mut recv).await.map_err(|e| JoinError::Failed(e.to_string()))?;
+        conn.close(0u32.into(), b"joined");
+        match response {
+            wire::JoinResponse::Accepted(tls) => Ok(tls),
+            wire::JoinResponse::Refused(reason) => Err(JoinError::Refused(reason)),
+        }
+    };
+    let result = tokio::time::timeout(Duration::from_secs(30), attempt)
+        .await
+        .unwrap_or_else(|_| Err(JoinError::Failed(format!("{peer} did not answer the join request within 30 s"))));
+    endpoint.wait_idle().await;
+    result
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("the join token is malformed; create one with `tollgate ctl cluster token` on a cluster member")]
+    MalformedToken,
+    #[error("join refused: {0}")]
+    Refused(String),
+    #[error("join failed: {0}")]
+    Failed(String),
+    #[error(transparent)]
+    Tls(TlsSetupError),
+}
+
+/// `tgjoin_<id>_<secret>_<ca sha256>`: the id finds the replicated record,
+/// the secret proves possession, the fingerprint lets the joiner trust the
+/// cluster before it has any certificate.
+pub struct JoinToken {
+    pub id: String,
+    pub secret: String,
+    pub ca_fingerprint: String,
+}
+
+impl JoinToken {
+    pub fn format(id: &str, secret: &str, ca_fingerprint: &str) -> String {
+        format!("tgjoin_{id}_{secret}_{ca_fingerprint}")
+    }
+
+    pub fn parse(token: &str) -> Option<JoinToken> {
+        let rest = token.strip_prefix("tgjoin_")?;
+        let mut parts = rest.split('_');
+        let (id, secret, ca) = (parts.next()?, parts.next()?, parts.next()?);
+        let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+        (parts.next().is_none() && hex(id, 16) && hex(secret, 64) && hex(ca, 64)).then(|| JoinToken {
+            id: id.to_string(),
+            secret: secret.to_string(),
+            ca_fingerprint: ca.to_string(),
+        })
+    }
+}
+

@@ -1,0 +1,157 @@
+//! The serving side of the peer protocol: accept connections, check what
+//! each may do, and answer its requests from the local Raft node.
+
+use std::sync::Arc;
+
+use openraft::alias::SnapshotOf;
+use openraft::errors::{ClientWriteError, RaftError};
+use tokio::io::AsyncWriteExt;
+
+use super::endpoint::Transport;
+use super::tls::{ALPN_JOIN, ALPN_RAFT};
+use super::wire::{self, JoinRequest, JoinResponse, PeerRequest, PeerResponse, WriteRejection};
+use crate::node::RaftNode;
+use crate::types::TypeConfig;
+
+/// Accepts peer connections until the endpoint is closed.
+pub(crate) async fn serve(transport: Arc<Transport>, node: RaftNode) {
+    while let Some(incoming) = transport.endpoint().accept().await {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(conn) => conn,
+                Err(error) => {
+                    tracing::debug!(%error, "peer handshake failed");
+                    return;
+                }
+            };
+            let alpn = conn
+                .handshake_data()
+                .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+                .and_then(|h| h.protocol);
+            let authenticated = conn.peer_identity().is_some();
+            match alpn.as_deref() {
+                Some(p) if p == ALPN_RAFT && authenticated => serve_peer(conn, node).await,
+                Some(p) if p == ALPN_JOIN => serve_join(conn, node).await,
+                _ => {
+                    tracing::warn!(remote = %conn.remote_address(), "refused a peer without a cluster certificate");
+                    conn.close(1u32.into(), b"a certificate signed by the cluster CA is required");
+                }
+            }
+        });
+    }
+}
+
+async fn serve_peer(conn: quinn::Connection, node: RaftNode) {
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let node = node.clone();
+        tokio::spawn(async move {
+            if let Err(error) = answer(send, recv, node).await {
+                tracing::debug!(%error, "peer request failed");
+            }
+        });
+    }
+}
+
+async fn answer(mut send: quinn::SendStream, mut recv: quinn::RecvStream, node: RaftNode) -> Result<(), wire::WireError> {
+    let response = match wire::read_frame::<PeerRequest>(&mut recv).await {
+        Ok(request) => dispatch(request, &mut recv, &node).await,
+        Err(error) => PeerResponse::Refused(error.to_string()),
+    };
+    wire::write_frame(&mut send, &response).await?;
+    let _ = send.finish();
+    // Wait until the peer has read the answer before the stream is dropped.
+    let _ = send.stopped().await;
+    Ok(())
+}
+
+pub(crate) fn rejection(error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> WriteRejection {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            WriteRejection::NotLeader { leader_id: f.leader_id, leader_addr: f.leader_node.map(|n| n.addr) }
+        }
+        other => WriteRejection::Failed(other.to_string()),
+    }
+}
+
+async fn dispatch(request: PeerRequest, recv: &mut quinn::RecvStream, node: &RaftNode) -> PeerResponse {
+    let raft = node.raft();
+    match request {
+        PeerRequest::AppendEntries(rpc) => PeerResponse::AppendEntries(raft.append_entries(rpc).await),
+        PeerRequest::Vote(rpc) => PeerResponse::Vote(raft.vote(rpc).await),
+        PeerRequest::PreVote(rpc) => PeerResponse::Vote(raft.pre_vote(rpc).await),
+        PeerRequest::TransferLeader(req) => {
+            PeerResponse::TransferLeader(raft.handle_transfer_leader(req).await.map_err(|e| e.to_string()))
+        }
+        PeerRequest::Snapshot { vote, meta, size } => {
+            PeerResponse::Snapshot(receive_snapshot(node, vote, meta, size, recv).await)
+        }
+        PeerRequest::Write(command) => PeerResponse::Write(match raft.client_write(command).await {
+            Ok(response) => Ok(response.data),
+            Err(error) => Err(rejection(error)),
+        }),
+        PeerRequest::ReadIndex => PeerResponse::ReadIndex(node.local_read_index().await),
+        PeerRequest::Membership(op) => PeerResponse::Membership(node.change_membership_here(op).await),
+        PeerRequest::Status => PeerResponse::Status(node.peer_status()),
+    }
+}
+
+/// Streams the snapshot into a file beside the others, then installs it.
+async fn receive_snapshot(
+    node: &RaftNode,
+    vote: openraft::alias::VoteOf<TypeConfig>,
+    meta: openraft::alias::SnapshotMetaOf<TypeConfig>,
+    size: u64,
+    recv: &mut quinn::RecvStream,
+) -> Result<openraft::raft::SnapshotResponse<TypeConfig>, String> {
+    let dir = node.snapshot_dir().to_path_buf();
+    tokio::fs::create_dir_all(&dir).await.map_err(|e| e.to_string())?;
+    let path = dir.join(format!("incoming-{}.part", rand::random::<u64>()));
+    let result = async {
+        let mut file = tokio::fs::File::create(&path).await.map_err(|e| e.to_string())?;
+        let mut received = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        while received < size {
+            match recv.read(&mut buf).await.map_err(|e| e.to_string())? {
+                Some(n) => {
+                    file.write_all(&buf[..n]).await.map_err(|e| e.to_string())?;
+                    received += n as u64;
+                }
+                None => break,
+            }
+        }
+        if received != size {
+            return Err(format!("snapshot stream ended after {received} of {size} bytes"));
+        }
+        file.sync_all().await.map_err(|e| e.to_string())?;
+        let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        node.raft()
+            .install_full_snapshot(vote, SnapshotOf::<TypeConfig, std::fs::File> { meta, snapshot: file })
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&path).await;
+    result
+}
+
+async fn serve_join(conn: quinn::Connection, node: RaftNode) {
+    let Ok((mut send, mut recv)) = conn.accept_bi().await else { return };
+    let response = match wire::read_frame::<JoinRequest>(&mut recv).await {
+        Ok(request) => match node.admit(&request).await {
+            Ok(tls) => {
+                tracing::info!(node_id = request.node_id, addr = %request.addr, "admitted a new node as learner");
+                JoinResponse::Accepted(tls)
+            }
+            Err(reason) => {
+                tracing::warn!(node_id = request.node_id, %reason, "refused a join request");
+                JoinResponse::Refused(reason)
+            }
+        },
+        Err(error) => JoinResponse::Refused(error.to_string()),
+    };
+    if wire::write_frame(&mut send, &response).await.is_ok() {
+        let _ = send.finish();
+        let _ = send.stopped().await;
+    }
+}
