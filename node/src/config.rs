@@ -17,6 +17,20 @@ pub struct Config {
     pub admin: Admin,
     pub proxy: Proxy,
     pub raft: Raft,
+    pub cluster: Cluster,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// Peer address other nodes use to reach this one (a relay, NAT or DNS
+    /// name); default: the bound `listen.cluster` address.
+    pub advertise: Option<String>,
+    /// On first start, join the cluster of this member (its peer address)
+    /// instead of forming a new one. Ignored once the node has joined.
+    pub join: Option<String>,
+    /// The token for `join`, from `tollgate ctl cluster token`.
+    pub join_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +73,9 @@ pub struct Raft {
     pub election_timeout_max_ms: u64,
     pub snapshot_after_logs: u64,
     pub logs_kept_after_snapshot: u64,
+    /// A write (or a linearizable read) that cannot reach a majority fails
+    /// with "unavailable" after this long.
+    pub write_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -70,6 +87,7 @@ impl Default for Config {
             admin: Admin::default(),
             proxy: Proxy::default(),
             raft: Raft::default(),
+            cluster: Cluster::default(),
         }
     }
 }
@@ -104,6 +122,7 @@ impl Default for Raft {
             election_timeout_max_ms: 1_000,
             snapshot_after_logs: 10_000,
             logs_kept_after_snapshot: 1_000,
+            write_timeout_ms: 10_000,
         }
     }
 }
@@ -141,12 +160,21 @@ impl Config {
                 "raft timeouts must satisfy heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms".into(),
             ));
         }
+        if self.cluster.join.is_some() != self.cluster.join_token.is_some() {
+            return Err(ConfigError::Invalid(
+                "joining needs both --join <peer address> and --join-token <token>".into(),
+            ));
+        }
         if let Some(token) = &self.admin.token
             && token.len() < 16
         {
             return Err(ConfigError::Invalid("admin.token must be at least 16 characters".into()));
         }
         Ok(())
+    }
+
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
     }
 
     pub fn admin_token_path(&self) -> PathBuf {

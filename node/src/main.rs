@@ -25,6 +25,36 @@ enum Command {
     Serve(ServeArgs),
     /// Administer a running node through its admin API.
     Ctl(CtlArgs),
+    /// Cluster set-up: create the certificate authority, issue join tokens.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Create the cluster CA and this node's certificate in <data-dir>/tls
+    /// (done automatically on the first start of a new node).
+    Init {
+        #[arg(long, env = "TOLLGATE_DATA_DIR", default_value = "./tollgate-data")]
+        data_dir: PathBuf,
+        #[arg(long, env = "TOLLGATE_NODE_ID", default_value_t = 1)]
+        node_id: u64,
+    },
+    /// Issue a join token from a running member (same as `tollgate ctl cluster token`).
+    Token(CtlArgsForToken),
+}
+
+#[derive(Debug, Args)]
+struct CtlArgsForToken {
+    #[arg(long, env = "TOLLGATE_ADMIN", default_value = "127.0.0.1:9090")]
+    admin: String,
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[arg(long, env = "TOLLGATE_DATA_DIR", default_value = "./tollgate-data")]
+    data_dir: PathBuf,
+    /// Lifetime such as 3600s, 90m, 12h or 7d.
+    #[arg(long, default_value = "24h")]
+    ttl: String,
 }
 
 #[derive(Debug, Args, Default)]
@@ -42,6 +72,18 @@ struct ServeArgs {
     /// Admin gRPC listener [default: 127.0.0.1:9090].
     #[arg(long, env = "TOLLGATE_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
+    /// Peer (QUIC, UDP) listener [default: 127.0.0.1:7000].
+    #[arg(long, env = "TOLLGATE_CLUSTER_LISTEN")]
+    cluster_listen: Option<SocketAddr>,
+    /// Peer address other members should use for this node [default: the bound address].
+    #[arg(long, env = "TOLLGATE_CLUSTER_ADVERTISE")]
+    cluster_advertise: Option<String>,
+    /// Join the cluster of this member (its peer address) on first start.
+    #[arg(long, env = "TOLLGATE_JOIN", requires = "join_token")]
+    join: Option<String>,
+    /// Join token from `tollgate ctl cluster token`.
+    #[arg(long, env = "TOLLGATE_JOIN_TOKEN", hide_env_values = true, requires = "join")]
+    join_token: Option<String>,
     /// Admin API bearer token [default: <data-dir>/admin-token, generated on first start].
     #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -59,11 +101,30 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::Ctl(args)) => match runtime.block_on(ctl::run(args)) {
+        Some(Command::Ctl(args)) => run_ctl(&runtime, args),
+        Some(Command::Cluster(ClusterCommand::Token(t))) => {
+            let ttl = match ctl::parse_lifetime(&t.ttl) {
+                Ok(ttl) => ttl,
+                Err(e) => {
+                    eprintln!("error: --ttl {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let args = CtlArgs {
+                admin: t.admin,
+                token: t.token,
+                data_dir: t.data_dir,
+                output: ctl::Format::Table,
+                stale: false,
+                command: ctl::CtlCommand::Cluster(ctl::ClusterCmd::Token { ttl }),
+            };
+            run_ctl(&runtime, args)
+        }
+        Some(Command::Cluster(ClusterCommand::Init { data_dir, node_id })) => match cluster_init(&data_dir, node_id) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(e.exit_code() as u8)
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
             }
         },
         command => {
@@ -81,6 +142,29 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn run_ctl(runtime: &tokio::runtime::Runtime, args: CtlArgs) -> ExitCode {
+    match runtime.block_on(ctl::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+fn cluster_init(data_dir: &std::path::Path, node_id: u64) -> anyhow::Result<()> {
+    let tls_dir = data_dir.join("tls");
+    if let Some(existing) = tollgate_raft::pki::ClusterTls::load(&tls_dir)? {
+        println!("{} already holds a cluster CA (fingerprint {})", tls_dir.display(), existing.ca_fingerprint());
+        return Ok(());
+    }
+    let tls = tollgate_raft::pki::ClusterTls::create(node_id)?;
+    tls.save(&tls_dir)?;
+    println!("created the cluster CA in {} (fingerprint {})", tls_dir.display(), tls.ca_fingerprint());
+    println!("start the node with `tollgate serve --data-dir {} --node-id {node_id}`", data_dir.display());
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -103,12 +187,26 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(v) = args.admin_token {
         config.admin.token = Some(v);
     }
+    if let Some(v) = args.cluster_listen {
+        config.listen.cluster = v;
+    }
+    if let Some(v) = args.cluster_advertise {
+        config.cluster.advertise = Some(v);
+    }
+    if let Some(v) = args.join {
+        config.cluster.join = Some(v);
+    }
+    if let Some(v) = args.join_token {
+        config.cluster.join_token = Some(v);
+    }
     config.validate()?;
 
     let node = Node::start(config).await.context("cannot start the node")?;
     tracing::info!(
+        node_id = node.raft().node_id(),
         proxy = %node.proxy_addr,
         admin = %node.admin_addr,
+        peer = %node.raft().advertise_addr(),
         data_dir = %node.data_dir.display(),
         applied = node.raft().status().applied_index,
         "tollgate is ready"

@@ -9,7 +9,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tollgate_raft::{RaftConfig, RaftNode, RaftNodeError};
+use tollgate_raft::pki::{ClusterTls, PkiError};
+use tollgate_raft::transport::{self, JoinError};
+use tollgate_raft::{ClusterSetup, RaftConfig, RaftNode, RaftNodeError};
 use tollgate_storage::{Engine, StorageError};
 
 use crate::admin::{self, token};
@@ -30,6 +32,58 @@ pub enum NodeError {
     Raft(#[from] RaftNodeError),
     #[error(transparent)]
     Token(#[from] token::TokenError),
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("cannot join the cluster at {peer}: {source}")]
+    Join { peer: String, source: JoinError },
+    #[error("cannot pick a UDP port on {addr} for peer traffic: {source}")]
+    PeerPort { addr: SocketAddr, source: std::io::Error },
+}
+
+/// This node's cluster TLS identity, and how it takes part: creates the CA on
+/// the very first start of a new cluster, or obtains certificates by joining.
+async fn cluster_identity(config: &Config) -> Result<(ClusterTls, SocketAddr, Option<String>, bool), NodeError> {
+    let tls_dir = config.tls_dir();
+    let mut listen = config.listen.cluster;
+    let advertise = config.cluster.advertise.clone();
+    // A node that joined must never bootstrap a cluster of its own, even if it
+    // restarts before it received any log from the leader.
+    let joined_marker = tls_dir.join("joined");
+    if let Some(tls) = ClusterTls::load(&tls_dir)? {
+        return Ok((tls, listen, advertise, !joined_marker.exists()));
+    }
+    let (Some(peer), Some(token)) = (&config.cluster.join, &config.cluster.join_token) else {
+        let tls = ClusterTls::create(config.node_id)?;
+        tls.save(&tls_dir)?;
+        tracing::info!(ca = %tls.ca_fingerprint(), "created a new cluster certificate authority");
+        return Ok((tls, listen, advertise, true));
+    };
+    // The cluster must be told where to reach us before we can bind with the
+    // certificate it gives us: settle the port now.
+    if listen.port() == 0 {
+        let probe = std::net::UdpSocket::bind(listen).map_err(|source| NodeError::PeerPort { addr: listen, source })?;
+        listen = probe.local_addr().map_err(|source| NodeError::PeerPort { addr: listen, source })?;
+    }
+    let reach = advertise.clone().unwrap_or_else(|| listen.to_string());
+    let tls = transport::join(peer, token, config.node_id, &reach)
+        .await
+        .map_err(|source| NodeError::Join { peer: peer.clone(), source })?;
+    std::fs::create_dir_all(&tls_dir)
+        .and_then(|()| std::fs::write(&joined_marker, peer.as_bytes()))
+        .map_err(|source| NodeError::DataDir { path: joined_marker.clone(), source })?;
+    tls.save(&tls_dir)?;
+    tracing::info!(%peer, node_id = config.node_id, "joined the cluster as a learner");
+    Ok((tls, listen, advertise, false))
+}
+
+async fn report_data_plane(proxy: Arc<ProxyContext>, raft: RaftNode) {
+    let mut served = proxy.subscribe_served();
+    loop {
+        raft.set_data_plane_index(*served.borrow_and_update());
+        if served.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// A running node. Dropping it does not stop it; call [`Node::shutdown`].
@@ -73,16 +127,31 @@ impl Node {
             source,
         })?;
 
+        let (tls, cluster_listen, advertise, bootstrap) = cluster_identity(&config).await?;
         let engine = Engine::open(data_dir.join("db"))?;
-        let mut raft_config =
-            RaftConfig::new(config.node_id, config.listen.cluster.to_string(), data_dir.join("snapshots"));
+        let mut raft_config = RaftConfig::new(config.node_id, data_dir.join("snapshots"));
         raft_config.heartbeat_interval = ms(config.raft.heartbeat_ms);
         raft_config.election_timeout_min = ms(config.raft.election_timeout_min_ms);
         raft_config.election_timeout_max = ms(config.raft.election_timeout_max_ms);
         raft_config.snapshot_after_logs = config.raft.snapshot_after_logs;
         raft_config.logs_kept_after_snapshot = config.raft.logs_kept_after_snapshot;
-        let raft = RaftNode::start(engine.clone(), raft_config).await?;
-        raft.wait_for_leader(Duration::from_secs(30)).await?;
+        raft_config.write_timeout = ms(config.raft.write_timeout_ms);
+        let setup = ClusterSetup {
+            listen: cluster_listen,
+            advertise,
+            tls,
+            bootstrap,
+            admin_addr: admin_addr.to_string(),
+            proxy_addr: proxy_addr.to_string(),
+        };
+        let raft = RaftNode::start(engine.clone(), raft_config, setup).await?;
+        if bootstrap {
+            // A single node elects itself at once; make the first admin write
+            // succeed instead of racing the election.
+            if let Err(error) = raft.wait_for_leader(Duration::from_secs(5)).await {
+                tracing::warn!(%error, "no leader yet; serving the last applied state until one is elected");
+            }
+        }
 
         let token = token::load_or_create(config.admin.token.as_deref(), &config.admin_token_path())?;
         let admin_token_generated = matches!(token, token::AdminToken::Generated(_));
@@ -95,6 +164,7 @@ impl Node {
             request: ms(config.proxy.request_timeout_ms),
         };
         let follower_task = tokio::spawn(proxy::follow_state(proxy.clone(), raft.subscribe(), clients, defaults));
+        tokio::spawn(report_data_plane(proxy.clone(), raft.clone()));
 
         let (stop, stopped) = watch::channel(false);
         let until_stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -134,8 +204,11 @@ impl Node {
     /// tests can find a node started on port 0.
     fn write_endpoints(&self) {
         let endpoints = serde_json::json!({
+            "node_id": self.raft.node_id(),
             "proxy": self.proxy_addr.to_string(),
             "admin": self.admin_addr.to_string(),
+            "peer": self.raft.peer_listen_addr().map(|a| a.to_string()),
+            "advertise": self.raft.advertise_addr(),
             "pid": std::process::id(),
         });
         let path = self.data_dir.join("endpoints.json");

@@ -32,9 +32,9 @@ fn code<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -
 
 async fn snapshot(admin: &mut Admin) -> (Vec<Service>, Vec<Route>, Vec<Consumer>) {
     (
-        admin.list_services(ListRequest {}).await.unwrap().into_inner().services,
-        admin.list_routes(ListRequest {}).await.unwrap().into_inner().routes,
-        admin.list_consumers(ListRequest {}).await.unwrap().into_inner().consumers,
+        admin.list_services(ListRequest::default()).await.unwrap().into_inner().services,
+        admin.list_routes(ListRequest::default()).await.unwrap().into_inner().routes,
+        admin.list_consumers(ListRequest::default()).await.unwrap().into_inner().consumers,
     )
 }
 
@@ -75,7 +75,10 @@ async fn invalid_writes_get_precise_codes_and_change_nothing() {
     let key_for_ghost = CreateApiKeyRequest { consumer: "ghost".into(), ..Default::default() };
     assert_eq!(code(admin.create_api_key(key_for_ghost).await), Code::NotFound, "key for a missing consumer");
 
-    assert_eq!(code(admin.get_service(GetRequest { id_or_name: "ghost".into() }).await), Code::NotFound);
+    assert_eq!(
+        code(admin.get_service(GetRequest { id_or_name: "ghost".into(), ..Default::default() }).await),
+        Code::NotFound
+    );
     assert_eq!(code(admin.delete_route(DeleteRequest { id_or_name: "ghost".into() }).await), Code::NotFound);
     assert_eq!(
         code(admin.delete_service(DeleteRequest { id_or_name: "orders".into() }).await),
@@ -93,17 +96,20 @@ async fn the_admin_token_is_required() {
     let node = start_node(dir.path()).await;
 
     let mut anonymous = admin_client(node.admin_addr, "").await;
-    let err = anonymous.list_services(ListRequest {}).await.unwrap_err();
+    let err = anonymous.list_services(ListRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(err.message().contains("admin token"), "{}", err.message());
     let err = anonymous.create_service(service("sneaky")).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
     let mut wrong = admin_client(node.admin_addr, "wrong-token-wrong-token").await;
-    assert_eq!(wrong.list_services(ListRequest {}).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(wrong.list_services(ListRequest::default()).await.unwrap_err().code(), Code::Unauthenticated);
 
     let mut admin = admin_client(node.admin_addr, TOKEN).await;
-    assert!(admin.list_services(ListRequest {}).await.unwrap().into_inner().services.is_empty(), "nothing was written");
+    assert!(
+        admin.list_services(ListRequest::default()).await.unwrap().into_inner().services.is_empty(),
+        "nothing was written"
+    );
 
     // Health stays open for probes.
     let channel =
@@ -139,8 +145,10 @@ async fn crud_round_trip_and_generated_token_file() {
     let created = admin.create_service(service("orders")).await.unwrap().into_inner();
     let meta = created.meta.clone().unwrap();
     assert!(!meta.id.is_empty() && meta.revision > 0 && meta.created_at_ms > 0);
-    let by_name = admin.get_service(GetRequest { id_or_name: "orders".into() }).await.unwrap().into_inner();
-    let by_id = admin.get_service(GetRequest { id_or_name: meta.id.clone() }).await.unwrap().into_inner();
+    let by_name =
+        admin.get_service(GetRequest { id_or_name: "orders".into(), ..Default::default() }).await.unwrap().into_inner();
+    let by_id =
+        admin.get_service(GetRequest { id_or_name: meta.id.clone(), ..Default::default() }).await.unwrap().into_inner();
     assert_eq!(by_name, created);
     assert_eq!(by_id, created);
 
@@ -151,7 +159,10 @@ async fn crud_round_trip_and_generated_token_file() {
     assert_eq!(updated_meta.id, meta.id);
     assert_eq!(updated_meta.created_at_ms, meta.created_at_ms, "creation time is kept");
     assert!(updated_meta.revision > meta.revision);
-    assert_eq!(admin.get_service(GetRequest { id_or_name: "orders".into() }).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        admin.get_service(GetRequest { id_or_name: "orders".into(), ..Default::default() }).await.unwrap_err().code(),
+        Code::NotFound
+    );
 
     admin.create_consumer(Consumer { name: "acme".into(), ..Default::default() }).await.unwrap();
     let key = admin
@@ -167,12 +178,15 @@ async fn crud_round_trip_and_generated_token_file() {
     // Deleting the consumer takes its keys with it.
     admin.delete_consumer(DeleteRequest { id_or_name: "acme".into() }).await.unwrap();
     let id = stored.meta.unwrap().id;
-    assert_eq!(admin.get_api_key(GetRequest { id_or_name: id }).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        admin.get_api_key(GetRequest { id_or_name: id, ..Default::default() }).await.unwrap_err().code(),
+        Code::NotFound
+    );
 
     let revision =
         admin.delete_service(DeleteRequest { id_or_name: "orders-v2".into() }).await.unwrap().into_inner().revision;
     assert!(revision > updated_meta.revision);
-    assert!(admin.list_services(ListRequest {}).await.unwrap().into_inner().services.is_empty());
+    assert!(admin.list_services(ListRequest::default()).await.unwrap().into_inner().services.is_empty());
     node.shutdown().await;
 
     // The plaintext secret was never written: not in the Raft log, the state or a snapshot.

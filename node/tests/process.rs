@@ -25,7 +25,8 @@ async fn spawn(data_dir: &Path, log_path: &Path) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["serve", "--data-dir"])
         .arg(data_dir)
-        .args(["--proxy-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--admin-token", TOKEN])
+        .args(["--proxy-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0"])
+        .args(["--admin-token", TOKEN])
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -113,7 +114,7 @@ async fn every_acknowledged_write_survives_sigkill() {
     let mut node = spawn(&data, &log).await;
     let mut admin = admin_client(node.admin, TOKEN).await;
     let present: std::collections::HashSet<String> = admin
-        .list_consumers(ListRequest {})
+        .list_consumers(ListRequest::default())
         .await
         .unwrap()
         .into_inner()

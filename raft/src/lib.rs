@@ -11,9 +11,9 @@ mod log_store;
 mod node;
 pub mod pki;
 mod snapshot_file;
-pub mod transport;
 mod state;
 mod state_machine;
+pub mod transport;
 mod types;
 mod validate;
 

@@ -253,7 +253,9 @@ impl RaftNode {
         loop {
             let leader = match self.raft().client_write(command.clone()).await {
                 Ok(response) => return Ok(response.data.0?),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => f.leader_node.map(|n| (f.leader_id, n.addr)),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    f.leader_node.map(|n| (f.leader_id, n.addr))
+                }
                 Err(e) => return Err(RaftNodeError::Raft(e.to_string()).into()),
             };
             let Some((leader_id, addr)) = leader else {
@@ -277,9 +279,13 @@ impl RaftNode {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 PeerResponse::Write(Err(WriteRejection::Failed(reason))) => {
-                    return Err(RaftNodeError::Unavailable(format!("the leader could not commit the write: {reason}")).into());
+                    return Err(
+                        RaftNodeError::Unavailable(format!("the leader could not commit the write: {reason}")).into()
+                    );
                 }
-                other => return Err(RaftNodeError::Raft(format!("unexpected answer from the leader: {other:?}")).into()),
+                other => {
+                    return Err(RaftNodeError::Raft(format!("unexpected answer from the leader: {other:?}")).into());
+                }
             }
         }
     }
@@ -447,7 +453,9 @@ impl RaftNode {
             }
         };
         tokio::time::timeout(self.inner.write_timeout, attempt).await.unwrap_or_else(|_| {
-            Err(RaftNodeError::Unavailable("the membership change was not confirmed in time; check cluster status".into()))
+            Err(RaftNodeError::Unavailable(
+                "the membership change was not confirmed in time; check cluster status".into(),
+            ))
         })
     }
 

@@ -35,7 +35,11 @@ async fn start(id: u64, dir: &Path, tls: ClusterTls, bootstrap: bool) -> RaftNod
 
 fn consumer(id: &str) -> Command {
     Command::new(
-        Op::CreateConsumer(Consumer { meta: Some(Meta { id: id.into(), ..Default::default() }), name: id.into(), ..Default::default() }),
+        Op::CreateConsumer(Consumer {
+            meta: Some(Meta { id: id.into(), ..Default::default() }),
+            name: id.into(),
+            ..Default::default()
+        }),
         1,
         "test",
     )
@@ -81,7 +85,12 @@ async fn three_nodes_join_replicate_and_serve_writes_from_any_member() {
         assert!(node.local_state().applied_index() >= applied.revision, "the writer has applied its own write");
         for reader in &nodes {
             let state = reader.linearizable_state().await.unwrap();
-            assert!(state.consumer(&format!("c{i}")).is_some(), "write on node {} not visible on node {}", i + 1, reader.node_id());
+            assert!(
+                state.consumer(&format!("c{i}")).is_some(),
+                "write on node {} not visible on node {}",
+                i + 1,
+                reader.node_id()
+            );
         }
     }
 

@@ -2,6 +2,7 @@
 //! server reflection and the standard health service (both open, so probes
 //! and tooling work without the token).
 
+mod cluster;
 mod service;
 mod status;
 pub mod token;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tollgate_proto::admin::v1::admin_service_server::AdminServiceServer;
+use tollgate_proto::admin::v1::cluster_service_server::ClusterServiceServer;
 use tollgate_raft::RaftNode;
 use tonic::service::Interceptor;
 use tonic::transport::server::TcpIncoming;
@@ -58,14 +60,14 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("descriptor sets compiled into the binary are valid");
-    let admin = AdminServiceServer::with_interceptor(
-        service::Admin::new(raft, proxy),
-        RequireToken { expected: Arc::from(token) },
-    );
+    let require_token = RequireToken { expected: Arc::from(token) };
+    let cluster = ClusterServiceServer::with_interceptor(cluster::Cluster::new(raft.clone()), require_token.clone());
+    let admin = AdminServiceServer::with_interceptor(service::Admin::new(raft, proxy), require_token);
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(admin)
+        .add_service(cluster)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await
 }

@@ -46,6 +46,11 @@ impl Admin {
         self.raft.linearizable_state().await.map_err(status::from_node)
     }
 
+    /// Linearizable unless the caller asked for this node's possibly stale view.
+    async fn read_with(&self, stale: bool) -> Result<Arc<GatewayState>, Status> {
+        if stale { Ok(self.raft.local_state()) } else { self.read().await }
+    }
+
     async fn service_id(&self, id_or_name: &str) -> Result<String, Status> {
         let state = self.read().await?;
         state.find_service(id_or_name).map(|s| id_of(&s.meta)).ok_or_else(|| not_found("service", id_or_name))
@@ -119,14 +124,14 @@ impl AdminService for Admin {
     }
 
     async fn get_service(&self, request: Request<GetRequest>) -> Result<Response<Service>, Status> {
-        let key = request.into_inner().id_or_name;
-        let state = self.read().await?;
+        let GetRequest { id_or_name: key, stale } = request.into_inner();
+        let state = self.read_with(stale).await?;
         let found = state.find_service(&key).ok_or_else(|| not_found("service", &key))?;
         Ok(Response::new(found.as_ref().clone()))
     }
 
-    async fn list_services(&self, _: Request<ListRequest>) -> Result<Response<ListServicesResponse>, Status> {
-        let state = self.read().await?;
+    async fn list_services(&self, request: Request<ListRequest>) -> Result<Response<ListServicesResponse>, Status> {
+        let state = self.read_with(request.into_inner().stale).await?;
         let mut services: Vec<Service> = state.services().map(|s| s.as_ref().clone()).collect();
         services.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(ListServicesResponse { services }))
@@ -166,14 +171,14 @@ impl AdminService for Admin {
     }
 
     async fn get_route(&self, request: Request<GetRequest>) -> Result<Response<Route>, Status> {
-        let key = request.into_inner().id_or_name;
-        let state = self.read().await?;
+        let GetRequest { id_or_name: key, stale } = request.into_inner();
+        let state = self.read_with(stale).await?;
         let found = state.find_route(&key).ok_or_else(|| not_found("route", &key))?;
         Ok(Response::new(found.as_ref().clone()))
     }
 
-    async fn list_routes(&self, _: Request<ListRequest>) -> Result<Response<ListRoutesResponse>, Status> {
-        let state = self.read().await?;
+    async fn list_routes(&self, request: Request<ListRequest>) -> Result<Response<ListRoutesResponse>, Status> {
+        let state = self.read_with(request.into_inner().stale).await?;
         let mut routes: Vec<Route> = state.routes().map(|r| r.as_ref().clone()).collect();
         routes.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(ListRoutesResponse { routes }))
@@ -209,14 +214,14 @@ impl AdminService for Admin {
     }
 
     async fn get_consumer(&self, request: Request<GetRequest>) -> Result<Response<Consumer>, Status> {
-        let key = request.into_inner().id_or_name;
-        let state = self.read().await?;
+        let GetRequest { id_or_name: key, stale } = request.into_inner();
+        let state = self.read_with(stale).await?;
         let found = state.find_consumer(&key).ok_or_else(|| not_found("consumer", &key))?;
         Ok(Response::new(found.as_ref().clone()))
     }
 
-    async fn list_consumers(&self, _: Request<ListRequest>) -> Result<Response<ListConsumersResponse>, Status> {
-        let state = self.read().await?;
+    async fn list_consumers(&self, request: Request<ListRequest>) -> Result<Response<ListConsumersResponse>, Status> {
+        let state = self.read_with(request.into_inner().stale).await?;
         let mut consumers: Vec<Consumer> = state.consumers().map(|c| c.as_ref().clone()).collect();
         consumers.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(ListConsumersResponse { consumers }))
@@ -260,8 +265,8 @@ impl AdminService for Admin {
     }
 
     async fn get_api_key(&self, request: Request<GetRequest>) -> Result<Response<ApiKey>, Status> {
-        let key = request.into_inner().id_or_name;
-        let state = self.read().await?;
+        let GetRequest { id_or_name: key, stale } = request.into_inner();
+        let state = self.read_with(stale).await?;
         let found = state.api_key(&key).ok_or_else(|| not_found("key", &key))?;
         Ok(Response::new(found.as_ref().clone()))
     }
@@ -270,8 +275,8 @@ impl AdminService for Admin {
         &self,
         request: Request<ListApiKeysRequest>,
     ) -> Result<Response<ListApiKeysResponse>, Status> {
-        let filter = request.into_inner().consumer;
-        let state = self.read().await?;
+        let ListApiKeysRequest { consumer: filter, stale } = request.into_inner();
+        let state = self.read_with(stale).await?;
         let consumer_id = match filter.as_str() {
             "" => None,
             f => Some(state.find_consumer(f).map(|c| id_of(&c.meta)).ok_or_else(|| not_found("consumer", f))?),

@@ -16,7 +16,7 @@ pub fn from_apply(error: ApplyError) -> Status {
 pub fn from_node(error: RaftNodeError) -> Status {
     let message = error.to_string();
     match error {
-        RaftNodeError::NotLeader { .. } => Status::unavailable(message),
+        RaftNodeError::NotLeader { .. } | RaftNodeError::Unavailable(_) => Status::unavailable(message),
         RaftNodeError::Fatal(_) => Status::unavailable(message),
         _ => Status::internal(message),
     }

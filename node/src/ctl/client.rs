@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use tollgate_proto::admin::v1::admin_service_client::AdminServiceClient;
+use tollgate_proto::admin::v1::cluster_service_client::ClusterServiceClient;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -10,6 +11,7 @@ use tonic::transport::Channel;
 use super::CtlError;
 
 pub type Admin = AdminServiceClient<InterceptedService<Channel, BearerToken>>;
+pub type Cluster = ClusterServiceClient<InterceptedService<Channel, BearerToken>>;
 
 #[derive(Clone)]
 pub struct BearerToken(MetadataValue<tonic::metadata::Ascii>);
@@ -36,7 +38,7 @@ pub fn resolve_token(explicit: Option<&str>, data_dir: &Path) -> Result<String, 
     }
 }
 
-pub async fn connect(endpoint: &str, token: &str) -> Result<Admin, CtlError> {
+pub async fn connect(endpoint: &str, token: &str) -> Result<(Admin, Cluster), CtlError> {
     let url = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
     let channel = Channel::from_shared(url.clone())
         .map_err(|e| CtlError::Usage(format!("invalid --admin address {url:?}: {e}")))?
@@ -48,5 +50,9 @@ pub async fn connect(endpoint: &str, token: &str) -> Result<Admin, CtlError> {
     let value = format!("Bearer {token}")
         .parse()
         .map_err(|_| CtlError::Usage("the admin token contains characters not allowed in a header".into()))?;
-    Ok(AdminServiceClient::with_interceptor(channel, BearerToken(value)))
+    let bearer = BearerToken(value);
+    Ok((
+        AdminServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+        ClusterServiceClient::with_interceptor(channel, bearer),
+    ))
 }

@@ -67,6 +67,10 @@ pub struct CtlArgs {
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
     pub output: Format,
+    /// Read this node's applied state instead of a linearizable read through
+    /// the leader: works during a partition, may miss the latest writes.
+    #[arg(long, global = true)]
+    pub stale: bool,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -87,6 +91,29 @@ pub enum CtlCommand {
     Key(KeyCmd),
     /// This node's Raft role and indexes.
     Status,
+    /// Cluster membership: status, join tokens, learners, voters, leadership.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Every member with its role, term, log/commit/applied/data-plane indexes and lag.
+    Status,
+    /// Create a join token for `tollgate serve --join <peer> --join-token <token>`.
+    Token {
+        /// Lifetime such as 3600s, 90m, 12h or 7d.
+        #[arg(long, default_value = "24h", value_parser = parse_lifetime)]
+        ttl: i64,
+    },
+    /// Add a running node (with the cluster's certificates) as a learner.
+    AddLearner { node_id: u64, peer_addr: String },
+    /// Make a learner a voter.
+    Promote { node_id: u64 },
+    /// Remove a node from the cluster.
+    Remove { node_id: u64 },
+    /// Hand leadership to another voter.
+    TransferLeader { node_id: u64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,7 +257,8 @@ pub enum KeyCmd {
     },
 }
 
-fn parse_lifetime(s: &str) -> Result<i64, String> {
+/// Parses `3600s`, `90m`, `12h`, `30d` (or bare seconds) into milliseconds.
+pub fn parse_lifetime(s: &str) -> Result<i64, String> {
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: i64 = number.parse().map_err(|_| format!("{s:?}: expected a number followed by s, m, h or d"))?;
     let seconds = match unit {
@@ -314,8 +342,9 @@ impl RouteFields {
 /// Runs one ctl command, printing its result to stdout.
 pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
     let token = client::resolve_token(args.token.as_deref(), &args.data_dir)?;
-    let mut admin = client::connect(&args.admin, &token).await?;
+    let (mut admin, cluster) = client::connect(&args.admin, &token).await?;
     let out = Printer(args.output);
+    let stale = args.stale;
     match args.command {
         CtlCommand::Service(cmd) => match cmd {
             ServiceCmd::Create { name, fields } => {
@@ -327,15 +356,15 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
                 });
             }
             ServiceCmd::List => {
-                let list = admin.list_services(ListRequest {}).await?.into_inner().services;
+                let list = admin.list_services(ListRequest { stale }).await?.into_inner().services;
                 out.list(list.iter().map(output::service_json).collect(), output::service_rows(&list));
             }
             ServiceCmd::Get { service } => {
-                let s = admin.get_service(GetRequest { id_or_name: service }).await?.into_inner();
+                let s = admin.get_service(GetRequest { id_or_name: service, stale }).await?.into_inner();
                 out.list_one(output::service_json(&s), output::service_rows(std::slice::from_ref(&s)));
             }
             ServiceCmd::Update { service, rename, fields } => {
-                let mut s = admin.get_service(GetRequest { id_or_name: service }).await?.into_inner();
+                let mut s = admin.get_service(GetRequest { id_or_name: service, stale: false }).await?.into_inner();
                 fields.apply_to(&mut s)?;
                 if let Some(name) = rename {
                     s.name = name;
@@ -358,15 +387,15 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
                 });
             }
             RouteCmd::List => {
-                let list = admin.list_routes(ListRequest {}).await?.into_inner().routes;
+                let list = admin.list_routes(ListRequest { stale }).await?.into_inner().routes;
                 out.list(list.iter().map(output::route_json).collect(), output::route_rows(&list));
             }
             RouteCmd::Get { route } => {
-                let r = admin.get_route(GetRequest { id_or_name: route }).await?.into_inner();
+                let r = admin.get_route(GetRequest { id_or_name: route, stale }).await?.into_inner();
                 out.list_one(output::route_json(&r), output::route_rows(std::slice::from_ref(&r)));
             }
             RouteCmd::Update { route, service, fields } => {
-                let mut r = admin.get_route(GetRequest { id_or_name: route }).await?.into_inner();
+                let mut r = admin.get_route(GetRequest { id_or_name: route, stale: false }).await?.into_inner();
                 fields.apply_to(&mut r);
                 if let Some(service) = service {
                     r.service_id = service;
@@ -388,11 +417,11 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
                 });
             }
             ConsumerCmd::List => {
-                let list = admin.list_consumers(ListRequest {}).await?.into_inner().consumers;
+                let list = admin.list_consumers(ListRequest { stale }).await?.into_inner().consumers;
                 out.list(list.iter().map(output::consumer_json).collect(), output::consumer_rows(&list));
             }
             ConsumerCmd::Get { consumer } => {
-                let c = admin.get_consumer(GetRequest { id_or_name: consumer }).await?.into_inner();
+                let c = admin.get_consumer(GetRequest { id_or_name: consumer, stale }).await?.into_inner();
                 out.list_one(output::consumer_json(&c), output::consumer_rows(std::slice::from_ref(&c)));
             }
             ConsumerCmd::Delete { consumer } => {
@@ -419,11 +448,11 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
                 });
             }
             KeyCmd::List { consumer } => {
-                let list = admin.list_api_keys(ListApiKeysRequest { consumer }).await?.into_inner().api_keys;
+                let list = admin.list_api_keys(ListApiKeysRequest { consumer, stale }).await?.into_inner().api_keys;
                 out.list(list.iter().map(output::api_key_json).collect(), output::api_key_rows(&list));
             }
             KeyCmd::Get { id } => {
-                let k = admin.get_api_key(GetRequest { id_or_name: id }).await?.into_inner();
+                let k = admin.get_api_key(GetRequest { id_or_name: id, stale }).await?.into_inner();
                 out.list_one(output::api_key_json(&k), output::api_key_rows(std::slice::from_ref(&k)));
             }
             KeyCmd::Disable { id } => {
@@ -445,6 +474,7 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
                 out.one(json!({"deleted": id, "revision": r.revision}), || format!("deleted key {id}"));
             }
         },
+        CtlCommand::Cluster(cmd) => cluster_command(cmd, cluster, &out).await?,
         CtlCommand::Status => {
             let s = admin.get_node_status(GetNodeStatusRequest {}).await?.into_inner();
             let value = json!({
@@ -468,6 +498,77 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
                 ],
             ];
             out.list_one(value, rows);
+        }
+    }
+    Ok(())
+}
+
+async fn cluster_command(cmd: ClusterCmd, mut cluster: client::Cluster, out: &Printer) -> Result<(), CtlError> {
+    let membership = |r: tonic::Response<MembershipResponse>, what: String| {
+        let index = r.into_inner().index;
+        out.one(json!({"index": index}), || format!("{what} (log index {index})"));
+    };
+    match cmd {
+        ClusterCmd::Status => {
+            let status = cluster.get_cluster_status(GetClusterStatusRequest {}).await?.into_inner();
+            let members: Vec<Value> = status
+                .members
+                .iter()
+                .map(|m| {
+                    let s = m.status.clone().unwrap_or_default();
+                    json!({
+                        "node_id": m.node_id, "peer_addr": m.peer_addr, "voter": m.voter, "reachable": m.reachable,
+                        "error": m.error, "role": s.role, "current_term": s.current_term, "leader_id": s.leader_id,
+                        "last_log_index": s.last_log_index, "committed_index": s.committed_index,
+                        "applied_index": s.applied_index, "data_plane_index": s.data_plane_index, "lag": m.lag,
+                        "admin_addr": m.admin_addr, "proxy_addr": m.proxy_addr,
+                    })
+                })
+                .collect();
+            let value = json!({"leader_id": status.leader_id, "current_term": status.current_term, "members": members});
+            let mut rows = vec![
+                ["NODE", "ROLE", "VOTER", "PEER", "TERM", "COMMITTED", "APPLIED", "DATA_PLANE", "LAG", "ADMIN"]
+                    .map(String::from)
+                    .to_vec(),
+            ];
+            for m in &status.members {
+                let s = m.status.clone().unwrap_or_default();
+                let role = if m.reachable { s.role.clone() } else { format!("unreachable: {}", m.error) };
+                rows.push(vec![
+                    m.node_id.to_string(),
+                    role,
+                    m.voter.to_string(),
+                    m.peer_addr.clone(),
+                    s.current_term.to_string(),
+                    s.committed_index.to_string(),
+                    s.applied_index.to_string(),
+                    s.data_plane_index.to_string(),
+                    m.lag.to_string(),
+                    m.admin_addr.clone(),
+                ]);
+            }
+            out.list_one(value, rows);
+        }
+        ClusterCmd::Token { ttl } => {
+            let ttl_seconds = (ttl / 1000).max(1) as u64;
+            let r = cluster.create_join_token(CreateJoinTokenRequest { ttl_seconds }).await?.into_inner();
+            out.one(json!({"token": r.token, "expires_at_ms": r.expires_at_ms}), || r.token.clone());
+        }
+        ClusterCmd::AddLearner { node_id, peer_addr } => {
+            let r = cluster.add_learner(AddLearnerRequest { node_id, peer_addr }).await?;
+            membership(r, format!("added node {node_id} as a learner"));
+        }
+        ClusterCmd::Promote { node_id } => {
+            let r = cluster.promote_voter(NodeRequest { node_id }).await?;
+            membership(r, format!("node {node_id} is a voter"));
+        }
+        ClusterCmd::Remove { node_id } => {
+            let r = cluster.remove_node(NodeRequest { node_id }).await?;
+            membership(r, format!("removed node {node_id}"));
+        }
+        ClusterCmd::TransferLeader { node_id } => {
+            let r = cluster.transfer_leader(NodeRequest { node_id }).await?;
+            membership(r, format!("asked node {node_id} to take over leadership"));
         }
     }
     Ok(())

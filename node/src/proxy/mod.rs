@@ -50,6 +50,11 @@ impl ProxyContext {
         self.served.send_replace(revision);
     }
 
+    /// Notified with each newly served revision.
+    pub fn subscribe_served(&self) -> watch::Receiver<u64> {
+        self.served.subscribe()
+    }
+
     /// Raft index of the state the proxy is serving now.
     pub fn served_revision(&self) -> u64 {
         *self.served.borrow()

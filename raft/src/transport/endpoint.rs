@@ -76,7 +76,12 @@ impl Transport {
     }
 
     /// One request, one response, bounded by `timeout`.
-    pub async fn call(&self, addr: &str, request: &PeerRequest, timeout: Duration) -> Result<PeerResponse, TransportError> {
+    pub async fn call(
+        &self,
+        addr: &str,
+        request: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, TransportError> {
         let attempt = async {
             let conn = self.connection(addr).await?;
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| {
@@ -152,12 +157,7 @@ pub async fn resolve(addr: &str) -> Result<SocketAddr, TransportError> {
 
 /// Asks a member of an existing cluster to admit this node; returns the
 /// cluster TLS material it hands out.
-pub async fn join(
-    peer: &str,
-    token: &str,
-    node_id: u64,
-    advertise: &str,
-) -> Result<crate::pki::ClusterTls, JoinError> {
+pub async fn join(peer: &str, token: &str, node_id: u64, advertise: &str) -> Result<crate::pki::ClusterTls, JoinError> {
     let parsed = JoinToken::parse(token).ok_or(JoinError::MalformedToken)?;
     let config = tls::join_client_config(&parsed.ca_fingerprint).map_err(JoinError::Tls)?;
     let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))
@@ -174,7 +174,8 @@ pub async fn join(
         let request = wire::JoinRequest { token: token.to_string(), node_id, addr: advertise.to_string() };
         wire::write_frame(&mut send, &request).await.map_err(|e| JoinError::Failed(e.to_string()))?;
         let _ = send.finish();
-        let response: wire::JoinResponse = wire::read_frame(&mut recv).await.map_err(|e| JoinError::Failed(e.to_string()))?;
+        let response: wire::JoinResponse =
+            wire::read_frame(&mut recv).await.map_err(|e| JoinError::Failed(e.to_string()))?;
         conn.close(0u32.into(), b"joined");
         match response {
             wire::JoinResponse::Accepted(tls) => Ok(tls),
@@ -226,4 +227,3 @@ impl JoinToken {
         })
     }
 }
-

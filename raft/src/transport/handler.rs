@@ -53,7 +53,11 @@ async fn serve_peer(conn: quinn::Connection, node: RaftNode) {
     }
 }
 
-async fn answer(mut send: quinn::SendStream, mut recv: quinn::RecvStream, node: RaftNode) -> Result<(), wire::WireError> {
+async fn answer(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    node: RaftNode,
+) -> Result<(), wire::WireError> {
     let response = match wire::read_frame::<PeerRequest>(&mut recv).await {
         Ok(request) => dispatch(request, &mut recv, &node).await,
         Err(error) => PeerResponse::Refused(error.to_string()),

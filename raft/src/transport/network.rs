@@ -53,7 +53,9 @@ fn rpc_error(error: TransportError) -> RPCError<TypeConfig> {
 }
 
 fn unexpected(target: u64, response: &PeerResponse) -> RPCError<TypeConfig> {
-    RPCError::Network(NetworkError::from_string(format!("node {target} answered with an unexpected message: {response:?}")))
+    RPCError::Network(NetworkError::from_string(format!(
+        "node {target} answered with an unexpected message: {response:?}"
+    )))
 }
 
 impl PeerClient {

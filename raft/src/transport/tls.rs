@@ -50,7 +50,8 @@ pub fn server_config(tls: &ClusterTls) -> Result<quinn::ServerConfig, TlsSetupEr
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![ALPN_RAFT.to_vec(), ALPN_JOIN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(config).map_err(|e| TlsSetupError::Quic(e.to_string()))?;
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(config).map_err(|e| TlsSetupError::Quic(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(transport_config());
     Ok(server)
@@ -80,7 +81,8 @@ pub fn join_client_config(ca_fingerprint: &str) -> Result<quinn::ClientConfig, T
 }
 
 fn quic_client(config: rustls::ClientConfig) -> Result<quinn::ClientConfig, TlsSetupError> {
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config).map_err(|e| TlsSetupError::Quic(e.to_string()))?;
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(config).map_err(|e| TlsSetupError::Quic(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(transport_config());
     Ok(client)
@@ -112,12 +114,10 @@ impl ServerCertVerifier for PinnedCa {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates
-            .iter()
-            .find(|c| hex::encode(Sha256::digest(c.as_ref())) == self.fingerprint)
-            .ok_or_else(|| {
-                rustls::Error::General("the peer's CA does not match the fingerprint in the join token".into())
-            })?;
+        let ca =
+            intermediates.iter().find(|c| hex::encode(Sha256::digest(c.as_ref())) == self.fingerprint).ok_or_else(
+                || rustls::Error::General("the peer's CA does not match the fingerprint in the join token".into()),
+            )?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
         let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())

@@ -26,7 +26,11 @@ pub enum PeerRequest {
     PreVote(VoteRequest<TypeConfig>),
     TransferLeader(TransferLeaderRequest<TypeConfig>),
     /// Followed on the stream by exactly `size` bytes of snapshot file.
-    Snapshot { vote: VoteOf<TypeConfig>, meta: SnapshotMetaOf<TypeConfig>, size: u64 },
+    Snapshot {
+        vote: VoteOf<TypeConfig>,
+        meta: SnapshotMetaOf<TypeConfig>,
+        size: u64,
+    },
     /// An admin write received by a follower, forwarded to the leader.
     Write(Command),
     /// A follower asks the leader for a linearizable read point.
@@ -67,7 +71,10 @@ pub enum PeerResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum WriteRejection {
     /// That node is not the leader either; here is who it believes is.
-    NotLeader { leader_id: Option<u64>, leader_addr: Option<String> },
+    NotLeader {
+        leader_id: Option<u64>,
+        leader_addr: Option<String>,
+    },
     Failed(String),
 }
 
