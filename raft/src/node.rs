@@ -472,12 +472,11 @@ impl RaftNode {
                 raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false).await
             }
             MembershipOp::Remove { node_id } => {
-                if is_voter(node_id) {
-                    if let Err(e) =
+                if is_voter(node_id)
+                    && let Err(e) =
                         raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([node_id])), false).await
-                    {
-                        return Err(rejection(e));
-                    }
+                {
+                    return Err(rejection(e));
                 }
                 raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([node_id])), false).await
             }
@@ -541,13 +540,13 @@ impl RaftNode {
             return Err("the join token has expired; create a new one with `tollgate ctl cluster token`".into());
         }
         let membership = self.raft().metrics().borrow_watched().membership_config.membership().clone();
-        if let Some(existing) = membership.get_node(&request.node_id) {
-            if existing.addr != request.addr {
-                return Err(format!(
-                    "node id {} is already a member at {}; remove it first or pick another --node-id",
-                    request.node_id, existing.addr
-                ));
-            }
+        if let Some(existing) = membership.get_node(&request.node_id)
+            && existing.addr != request.addr
+        {
+            return Err(format!(
+                "node id {} is already a member at {}; remove it first or pick another --node-id",
+                request.node_id, existing.addr
+            ));
         }
         let tls = self.inner.tls.for_joiner(request.node_id).map_err(|e| e.to_string())?;
         self.change_membership(MembershipOp::AddLearner { node_id: request.node_id, addr: request.addr.clone() })

@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+
 use tokio::io::AsyncReadExt;
 
 use super::tls::{self, TlsSetupError};
@@ -30,10 +33,15 @@ pub enum TransportError {
     Snapshot(std::io::Error),
 }
 
+/// A connection, or one being established. Establishing runs in its own task
+/// and is shared, so an RPC that times out (heartbeats allow ~100 ms) does not
+/// abort a QUIC handshake that the next RPC can use.
+type Connecting = Shared<BoxFuture<'static, Result<quinn::Connection, String>>>;
+
 pub struct Transport {
     endpoint: quinn::Endpoint,
     client: quinn::ClientConfig,
-    connections: Mutex<HashMap<String, quinn::Connection>>,
+    connections: Mutex<HashMap<String, Connecting>>,
 }
 
 impl Transport {
@@ -55,20 +63,34 @@ impl Transport {
     }
 
     async fn connection(&self, addr: &str) -> Result<quinn::Connection, TransportError> {
-        if let Some(conn) = self.connections.lock().unwrap_or_else(|p| p.into_inner()).get(addr) {
-            if conn.close_reason().is_none() {
-                return Ok(conn.clone());
+        let connecting = {
+            let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+            let usable = |c: &Connecting| match c.peek() {
+                None => true,
+                Some(Ok(conn)) => conn.close_reason().is_none(),
+                Some(Err(_)) => false,
+            };
+            match connections.get(addr) {
+                Some(c) if usable(c) => c.clone(),
+                _ => {
+                    let c = self.connect(addr.to_string());
+                    connections.insert(addr.to_string(), c.clone());
+                    c
+                }
             }
-        }
-        let target = resolve(addr).await?;
-        let unreachable = |reason: String| TransportError::Unreachable { addr: addr.to_string(), reason };
-        let connecting = self
-            .endpoint
-            .connect_with(self.client.clone(), target, PEER_SERVER_NAME)
-            .map_err(|e| unreachable(e.to_string()))?;
-        let conn = connecting.await.map_err(|e| unreachable(e.to_string()))?;
-        self.connections.lock().unwrap_or_else(|p| p.into_inner()).insert(addr.to_string(), conn.clone());
-        Ok(conn)
+        };
+        connecting.await.map_err(|reason| TransportError::Unreachable { addr: addr.to_string(), reason })
+    }
+
+    fn connect(&self, addr: String) -> Connecting {
+        let endpoint = self.endpoint.clone();
+        let client = self.client.clone();
+        let task = tokio::spawn(async move {
+            let target = resolve(&addr).await.map_err(|e| e.to_string())?;
+            let connecting = endpoint.connect_with(client, target, PEER_SERVER_NAME).map_err(|e| e.to_string())?;
+            connecting.await.map_err(|e| e.to_string())
+        });
+        async move { task.await.unwrap_or_else(|e| Err(e.to_string())) }.boxed().shared()
     }
 
     fn forget(&self, addr: &str) {

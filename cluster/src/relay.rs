@@ -1,0 +1,159 @@
+//! UDP relays that carry all peer traffic of a local cluster, so the harness
+//! can cut it without root: each node advertises its relay's address, and the
+//! relay drops datagrams between nodes that are in different partition groups.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+/// Who may talk to whom. Shared by every relay of a cluster.
+#[derive(Debug, Default)]
+pub struct Partitions {
+    /// Real peer socket of each node, to tell who sent a datagram.
+    nodes: RwLock<HashMap<SocketAddr, u64>>,
+    /// When set, only nodes in the same group can exchange datagrams.
+    groups: RwLock<Option<Vec<Vec<u64>>>>,
+}
+
+impl Partitions {
+    pub fn register(&self, node_id: u64, peer_addr: SocketAddr) {
+        self.nodes.write().unwrap_or_else(|p| p.into_inner()).insert(peer_addr, node_id);
+    }
+
+    pub fn partition(&self, groups: Vec<Vec<u64>>) {
+        *self.groups.write().unwrap_or_else(|p| p.into_inner()) = Some(groups);
+    }
+
+    pub fn heal(&self) {
+        *self.groups.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    pub fn current(&self) -> Option<Vec<Vec<u64>>> {
+        self.groups.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Datagrams from sockets that belong to no node (e.g. a joining node's
+    /// temporary socket) are never blocked.
+    fn blocked(&self, from: SocketAddr, to_node: u64) -> bool {
+        let Some(from_node) = self.nodes.read().unwrap_or_else(|p| p.into_inner()).get(&from).copied() else {
+            return false;
+        };
+        let groups = self.groups.read().unwrap_or_else(|p| p.into_inner());
+        let Some(groups) = groups.as_ref() else { return false };
+        let group_of = |n: u64| groups.iter().position(|g| g.contains(&n));
+        group_of(from_node) != group_of(to_node)
+    }
+}
+
+/// Forwards datagrams for one node: everything sent to `addr()` reaches the
+/// node's real socket, and its answers go back to the sender.
+pub struct Relay {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Relay {
+    pub async fn start(node_id: u64, target: SocketAddr, partitions: Arc<Partitions>) -> std::io::Result<Relay> {
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let addr = front.local_addr()?;
+        let task = tokio::spawn(run(node_id, front, target, partitions));
+        Ok(Relay { addr, task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+async fn run(node_id: u64, front: Arc<UdpSocket>, target: SocketAddr, partitions: Arc<Partitions>) {
+    // One back socket per sender, so the node's answers can be routed back.
+    let mut backs: HashMap<SocketAddr, (Arc<UdpSocket>, JoinHandle<()>)> = HashMap::new();
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        // Errors here are ICMP reports about earlier datagrams; a relay keeps going.
+        let Ok((n, sender)) = front.recv_from(&mut buf).await else { continue };
+        if partitions.blocked(sender, node_id) {
+            continue;
+        }
+        let back = match backs.get(&sender) {
+            Some((back, _)) => back.clone(),
+            None => {
+                let Ok(back) = UdpSocket::bind("127.0.0.1:0").await else { continue };
+                if back.connect(target).await.is_err() {
+                    continue;
+                }
+                let back = Arc::new(back);
+                let answers =
+                    tokio::spawn(return_path(node_id, back.clone(), front.clone(), sender, partitions.clone()));
+                backs.insert(sender, (back.clone(), answers));
+                back
+            }
+        };
+        let _ = back.send(&buf[..n]).await;
+    }
+}
+
+async fn return_path(
+    node_id: u64,
+    back: Arc<UdpSocket>,
+    front: Arc<UdpSocket>,
+    sender: SocketAddr,
+    partitions: Arc<Partitions>,
+) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        // A connected UDP socket reports "connection refused" when the node was
+        // not listening yet (or was restarted); the path must survive that.
+        let Ok(n) = back.recv(&mut buf).await else { continue };
+        // The same rule in the other direction: the reply is from `node_id` to the sender.
+        if partitions.blocked(sender, node_id) {
+            continue;
+        }
+        let _ = front.send_to(&buf[..n], sender).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn relays_forward_both_ways_until_partitioned() {
+        let partitions = Arc::new(Partitions::default());
+        let node = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        partitions.register(1, node.local_addr().unwrap());
+        partitions.register(2, peer.local_addr().unwrap());
+        let relay = Relay::start(1, node.local_addr().unwrap(), partitions.clone()).await.unwrap();
+
+        let mut buf = [0u8; 16];
+        peer.send_to(b"ping", relay.addr()).await.unwrap();
+        let (n, via) = node.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"ping");
+        node.send_to(b"pong", via).await.unwrap();
+        let (n, from) = peer.recv_from(&mut buf).await.unwrap();
+        assert_eq!((&buf[..n], from), (&b"pong"[..], relay.addr()));
+
+        partitions.partition(vec![vec![1], vec![2]]);
+        peer.send_to(b"lost", relay.addr()).await.unwrap();
+        // The relay handles datagrams in arrival order: once a marker from a
+        // socket outside any group arrives, "lost" has been dealt with.
+        let outsider = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        outsider.send_to(b"marker", relay.addr()).await.unwrap();
+        let (n, _) = node.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"marker", "the datagram sent across the partition was dropped");
+        partitions.heal();
+        peer.send_to(b"again", relay.addr()).await.unwrap();
+        let (n, _) = node.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"again", "traffic flows again after heal");
+    }
+}
