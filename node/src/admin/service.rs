@@ -89,6 +89,16 @@ fn not_found(kind: &str, id: &str) -> Status {
     Status::not_found(format!("{kind} {id:?} does not exist; list them with `tollgate ctl {kind} list`"))
 }
 
+/// Which entity an update names: its id when given, else its (current) name.
+fn update_target(meta: &Option<Meta>, name: &str) -> Result<String, Status> {
+    let key = match id_of(meta) {
+        id if !id.is_empty() => id,
+        _ => name.to_string(),
+    };
+    required("meta.id or name", &key)?;
+    Ok(key)
+}
+
 fn required(field: &str, value: &str) -> Result<(), Status> {
     if value.is_empty() {
         return Err(Status::invalid_argument(format!("{field} is required")));
@@ -139,11 +149,7 @@ impl AdminService for Admin {
 
     async fn update_service(&self, request: Request<Service>) -> Result<Response<Service>, Status> {
         let mut service = request.into_inner();
-        let key = match id_of(&service.meta) {
-            id if !id.is_empty() => id,
-            _ => service.name.clone(),
-        };
-        required("meta.id or name", &key)?;
+        let key = update_target(&service.meta, &service.name)?;
         service.meta = Some(Meta { id: self.service_id(&key).await?, ..Default::default() });
         for target in &mut service.targets {
             target.host = target.host.to_ascii_lowercase();
@@ -186,11 +192,7 @@ impl AdminService for Admin {
 
     async fn update_route(&self, request: Request<Route>) -> Result<Response<Route>, Status> {
         let mut route = request.into_inner();
-        let key = match id_of(&route.meta) {
-            id if !id.is_empty() => id,
-            _ => route.name.clone(),
-        };
-        required("meta.id or name", &key)?;
+        let key = update_target(&route.meta, &route.name)?;
         route.meta = Some(Meta { id: self.route_id(&key).await?, ..Default::default() });
         normalize_route(&mut route);
         if !route.service_id.is_empty() {
@@ -229,11 +231,7 @@ impl AdminService for Admin {
 
     async fn update_consumer(&self, request: Request<Consumer>) -> Result<Response<Consumer>, Status> {
         let mut consumer = request.into_inner();
-        let key = match id_of(&consumer.meta) {
-            id if !id.is_empty() => id,
-            _ => consumer.name.clone(),
-        };
-        required("meta.id or name", &key)?;
+        let key = update_target(&consumer.meta, &consumer.name)?;
         consumer.meta = Some(Meta { id: self.consumer_id(&key).await?, ..Default::default() });
         self.write(Op::UpdateConsumer(consumer)).await.map(Response::new)
     }
