@@ -187,7 +187,8 @@ fn check_service(s: &Service) -> Result<(), ApplyError> {
     if s.version.len() > validate::MAX_NAME_LEN {
         return Err(ApplyError::invalid("version", "must be at most 64 characters"));
     }
-    validate::targets(&s.targets)
+    validate::targets(&s.targets)?;
+    crate::validate_policy::service(s)
 }
 
 fn check_route(state: &GatewayState, r: &Route) -> Result<(), ApplyError> {
@@ -196,6 +197,7 @@ fn check_route(state: &GatewayState, r: &Route) -> Result<(), ApplyError> {
     validate::methods(&r.methods)?;
     validate::route_paths(&r.paths)?;
     validate::auth(r.auth)?;
+    crate::validate_policy::route(r)?;
     if r.service_id.is_empty() {
         return Err(ApplyError::invalid("service_id", "a route must name the service it forwards to"));
     }

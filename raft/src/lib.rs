@@ -15,6 +15,7 @@ mod state;
 mod state_machine;
 mod types;
 mod validate;
+mod validate_policy;
 
 pub use apply::{Change, apply};
 pub use error::{ApplyError, EntityKind, RaftNodeError};
@@ -24,6 +25,7 @@ pub use node::{NodeStatus, ProposeError, RaftConfig, RaftNode, Role};
 pub use state::GatewayState;
 pub use state_machine::StateMachine;
 pub use types::{Applied, Command, CommandResponse, Raft, TypeConfig};
+pub use validate_policy::parse_cidr;
 
 #[cfg(test)]
 mod tests;
