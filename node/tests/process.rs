@@ -26,6 +26,7 @@ async fn spawn(data_dir: &Path, log_path: &Path) -> Proc {
         .args(["serve", "--data-dir"])
         .arg(data_dir)
         .args(["--proxy-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--admin-token", TOKEN])
+        .args(["--ops-listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

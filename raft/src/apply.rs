@@ -11,6 +11,8 @@ use crate::state::GatewayState;
 use crate::validate;
 
 /// One write to the replicated state.
+// Changes live only for one apply; boxing the big entities would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     PutService(Service),

@@ -122,7 +122,8 @@ fn jwt(j: &JwtAuth) -> Result<(), ApplyError> {
             format!("not PEM: {:?}", bad.chars().take(20).collect::<String>()),
         ));
     }
-    if !j.jwks_url.is_empty() && !(j.jwks_url.starts_with("http://") || j.jwks_url.starts_with("https://")) {
+    let jwks_url_ok = j.jwks_url.is_empty() || j.jwks_url.starts_with("http://") || j.jwks_url.starts_with("https://");
+    if !jwks_url_ok {
         return Err(ApplyError::invalid("jwt.jwks_url", "must be an http:// or https:// URL"));
     }
     if j.consumer_claim.len() > validate::MAX_NAME_LEN {

@@ -32,6 +32,8 @@ pub fn test_config(dir: &Path) -> Config {
     let mut config = Config { data_dir: dir.to_path_buf(), ..Default::default() };
     config.listen.proxy = "127.0.0.1:0".parse().unwrap();
     config.listen.admin = "127.0.0.1:0".parse().unwrap();
+    config.listen.ops = "127.0.0.1:0".parse().unwrap();
+    config.proxy.access_log = "off".into();
     config.admin.token = Some(TOKEN.to_string());
     config.raft.heartbeat_ms = 50;
     config.raft.election_timeout_min_ms = 150;
