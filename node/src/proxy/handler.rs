@@ -149,6 +149,13 @@ async fn proxy(
         return Err(ProxyError::BodyTooLarge { limit });
     }
 
+    // The service is known from here on, so a cache hit is accounted to it too.
+    let service = snapshot
+        .services
+        .get(&route.route.service_id)
+        .ok_or_else(|| ProxyError::NoTarget { service: route.route.service_id.clone() })?;
+    rctx.service = Some(service.name.clone());
+
     // cache
     let mut cache_key = None;
     if let Some(settings) = &route.cache {
@@ -178,11 +185,6 @@ async fn proxy(
     }
 
     // upstream
-    let service = snapshot
-        .services
-        .get(&route.route.service_id)
-        .ok_or_else(|| ProxyError::NoTarget { service: route.route.service_id.clone() })?;
-    rctx.service = Some(service.name.clone());
     let client = route
         .client
         .as_ref()
