@@ -271,7 +271,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(["--node-id", &id.to_string()])
-            .args(["--proxy-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--proxy-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"])
             .args(["--cluster-listen", &node.peer_listen.to_string()])
             .args(["--cluster-advertise", &node.relay.addr().to_string()])
             .args(["--admin-token", &token])

@@ -18,6 +18,7 @@ pub struct Config {
     pub proxy: Proxy,
     pub raft: Raft,
     pub cluster: Cluster,
+    pub telemetry: Telemetry,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -33,6 +34,27 @@ pub struct Cluster {
     pub join_token: Option<String>,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Telemetry {
+    /// OTLP/gRPC collector for traces, e.g. "http://127.0.0.1:4317". When
+    /// unset, OTEL_EXPORTER_OTLP_ENDPOINT is used; when both are unset, no
+    /// spans are exported and `traceparent` passes through untouched.
+    pub otlp_endpoint: Option<String>,
+}
+
+/// TLS termination on a second proxy listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyTls {
+    pub listen: SocketAddr,
+    /// PEM files; the certificate matching the client's SNI is served, the first is the default.
+    pub certificates: Vec<crate::proxy::tls::CertFiles>,
+    /// How often the files are checked for changes; 0 = 5000.
+    #[serde(default)]
+    pub reload_interval_ms: u64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Listen {
@@ -40,6 +62,8 @@ pub struct Listen {
     pub admin: SocketAddr,
     /// Peer traffic (QUIC). Recorded in the membership; used once nodes join.
     pub cluster: SocketAddr,
+    /// Ops HTTP: /metrics, /healthz, /readyz.
+    pub ops: SocketAddr,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -63,6 +87,12 @@ pub struct Proxy {
     pub upstream_idle_timeout_ms: u64,
     /// On shutdown, in-flight requests get this long to finish.
     pub drain_timeout_ms: u64,
+    /// JSON access log: "stdout", "off", or a file path (appended to).
+    pub access_log: String,
+    /// Memory for the response cache of all routes together, in bytes.
+    pub cache_max_bytes: u64,
+    /// TLS termination; absent = plain HTTP only.
+    pub tls: Option<ProxyTls>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,6 +118,7 @@ impl Default for Config {
             proxy: Proxy::default(),
             raft: Raft::default(),
             cluster: Cluster::default(),
+            telemetry: Telemetry::default(),
         }
     }
 }
@@ -98,6 +129,7 @@ impl Default for Listen {
             proxy: ([127, 0, 0, 1], 8080).into(),
             admin: ([127, 0, 0, 1], 9090).into(),
             cluster: ([127, 0, 0, 1], 7000).into(),
+            ops: ([127, 0, 0, 1], 9091).into(),
         }
     }
 }
@@ -110,6 +142,9 @@ impl Default for Proxy {
             request_timeout_ms: 60_000,
             upstream_idle_timeout_ms: 90_000,
             drain_timeout_ms: 30_000,
+            access_log: "stdout".into(),
+            cache_max_bytes: 64 << 20,
+            tls: None,
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod apikey;
 pub mod config;
 pub mod ctl;
+pub mod ops;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;

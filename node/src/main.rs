@@ -19,6 +19,8 @@ struct Cli {
     command: Option<Command>,
 }
 
+// Parsed once per process; boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a gateway node (the default when no command is given).
@@ -84,6 +86,12 @@ struct ServeArgs {
     /// Join token from `tollgate ctl cluster token`.
     #[arg(long, env = "TOLLGATE_JOIN_TOKEN", hide_env_values = true, requires = "join")]
     join_token: Option<String>,
+    /// Ops HTTP listener for /metrics, /healthz, /readyz [default: 127.0.0.1:9091].
+    #[arg(long, env = "TOLLGATE_OPS_LISTEN")]
+    ops_listen: Option<SocketAddr>,
+    /// JSON access log: stdout, off, or a file path [default: stdout].
+    #[arg(long, env = "TOLLGATE_ACCESS_LOG")]
+    access_log: Option<String>,
     /// Admin API bearer token [default: <data-dir>/admin-token, generated on first start].
     #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -92,6 +100,8 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
+    // One crypto provider for every TLS user in the process (proxy, upstreams, JWKS).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -183,6 +193,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.admin_listen {
         config.listen.admin = v;
+    }
+    if let Some(v) = args.ops_listen {
+        config.listen.ops = v;
+    }
+    if let Some(v) = args.access_log {
+        config.proxy.access_log = v;
     }
     if let Some(v) = args.admin_token {
         config.admin.token = Some(v);

@@ -38,6 +38,10 @@ pub enum NodeError {
     Join { peer: String, source: JoinError },
     #[error("cannot pick a UDP port on {addr} for peer traffic: {source}")]
     PeerPort { addr: SocketAddr, source: std::io::Error },
+    #[error("proxy.tls: {0}")]
+    Tls(#[from] crate::proxy::tls::TlsError),
+    #[error("cannot open the access log: {0}; set proxy.access_log to \"stdout\", \"off\" or a writable path")]
+    AccessLog(std::io::Error),
 }
 
 /// This node's cluster TLS identity, and how it takes part: creates the CA on
@@ -94,6 +98,11 @@ pub struct Node {
     /// True when this start created the admin token (so it should be shown).
     pub admin_token_generated: bool,
     pub data_dir: PathBuf,
+    /// Ops HTTP listener (/metrics, /healthz, /readyz).
+    pub ops_addr: SocketAddr,
+    /// TLS proxy listener, when proxy.tls is configured.
+    pub proxy_tls_addr: Option<SocketAddr>,
+    dataplane_tasks: Vec<JoinHandle<()>>,
     raft: RaftNode,
     proxy: Arc<ProxyContext>,
     stop: watch::Sender<bool>,
@@ -127,6 +136,32 @@ impl Node {
             source,
         })?;
 
+        let ops_listener = bind(config.listen.ops, "ops", "ops-listen").await?;
+        let ops_addr = ops_listener.local_addr().map_err(|source| NodeError::Bind {
+            what: "ops",
+            flag: "ops-listen",
+            addr: config.listen.ops,
+            source,
+        })?;
+        let tls_listener = match &config.proxy.tls {
+            Some(tls) => Some(bind(tls.listen, "proxy TLS", "config proxy.tls.listen").await?),
+            None => None,
+        };
+        let proxy_tls_addr = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let terminator = match &config.proxy.tls {
+            Some(tls) => Some(Arc::new(crate::proxy::tls::TlsTerminator::new(tls.certificates.clone())?)),
+            None => None,
+        };
+        if let Some(endpoint) = config
+            .telemetry
+            .otlp_endpoint
+            .clone()
+            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+            .filter(|e| !e.is_empty())
+        {
+            crate::telemetry::tracing::init_otlp(&endpoint);
+        }
+
         let (tls, cluster_listen, advertise, bootstrap) = cluster_identity(&config).await?;
         let engine = Engine::open(data_dir.join("db"))?;
         let mut raft_config = RaftConfig::new(config.node_id, data_dir.join("snapshots"));
@@ -157,13 +192,19 @@ impl Node {
         let admin_token_generated = matches!(token, token::AdminToken::Generated(_));
         let admin_token = token.value().to_string();
 
-        let proxy = Arc::new(ProxyContext::new(config.proxy.max_body_bytes));
-        let clients = Arc::new(UpstreamClients::new(ms(config.proxy.upstream_idle_timeout_ms)));
+        let clients = UpstreamClients::new(ms(config.proxy.upstream_idle_timeout_ms));
         let defaults = TimeoutDefaults {
             connect: ms(config.proxy.connect_timeout_ms),
             request: ms(config.proxy.request_timeout_ms),
         };
-        let follower_task = tokio::spawn(proxy::follow_state(proxy.clone(), raft.subscribe(), clients, defaults));
+        let metrics = Arc::new(crate::telemetry::metrics::Metrics::new());
+        let shared = proxy::Shared::new(clients, defaults, metrics, config.proxy.cache_max_bytes);
+        let access_log = crate::telemetry::access_log::AccessLog::start(&crate::telemetry::access_log::Sink::parse(
+            &config.proxy.access_log,
+        ))
+        .map_err(NodeError::AccessLog)?;
+        let proxy = Arc::new(ProxyContext::new(config.proxy.max_body_bytes, shared, access_log));
+        let follower_task = tokio::spawn(proxy::follow_state(proxy.clone(), raft.subscribe()));
         tokio::spawn(report_data_plane(proxy.clone(), raft.clone()));
 
         let (stop, stopped) = watch::channel(false);
@@ -172,7 +213,25 @@ impl Node {
         };
         let drain = ms(config.proxy.drain_timeout_ms);
         let proxy_task =
-            tokio::spawn(proxy::serve(proxy_listener, proxy.clone(), until_stopped(stopped.clone()), drain));
+            tokio::spawn(proxy::serve(proxy_listener, proxy.clone(), until_stopped(stopped.clone()), drain, None));
+        let mut dataplane_tasks = vec![tokio::spawn(crate::ops::serve(
+            ops_listener,
+            proxy.clone(),
+            raft.clone(),
+            until_stopped(stopped.clone()),
+        ))];
+        if let (Some(listener), Some(terminator), Some(tls)) = (tls_listener, terminator, &config.proxy.tls) {
+            let interval = ms(if tls.reload_interval_ms == 0 { 5000 } else { tls.reload_interval_ms });
+            dataplane_tasks.push(tokio::spawn(terminator.clone().watch(interval)));
+            let acceptor = Some(terminator.acceptor.clone());
+            dataplane_tasks.push(tokio::spawn(proxy::serve(
+                listener,
+                proxy.clone(),
+                until_stopped(stopped.clone()),
+                drain,
+                acceptor,
+            )));
+        }
         let admin_task = {
             let (raft, proxy, token, stopped) = (raft.clone(), proxy.clone(), admin_token.clone(), stopped.clone());
             tokio::spawn(async move {
@@ -188,6 +247,9 @@ impl Node {
             admin_token,
             admin_token_generated,
             data_dir,
+            ops_addr,
+            proxy_tls_addr,
+            dataplane_tasks,
             raft,
             proxy,
             stop,
@@ -209,6 +271,7 @@ impl Node {
             "admin": self.admin_addr.to_string(),
             "peer": self.raft.peer_listen_addr().map(|a| a.to_string()),
             "advertise": self.raft.advertise_addr(),
+            "ops": self.ops_addr.to_string(),
             "pid": std::process::id(),
         });
         let path = self.data_dir.join("endpoints.json");
@@ -233,6 +296,12 @@ impl Node {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.proxy_task.await;
+        for task in self.dataplane_tasks {
+            // The TLS reload loop never ends by itself; the listeners end on `stop`.
+            task.abort();
+            let _ = task.await;
+        }
+        crate::telemetry::tracing::shutdown();
         let _ = self.admin_task.await;
         self.raft.shutdown().await;
         self.follower_task.abort();

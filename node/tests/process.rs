@@ -27,6 +27,7 @@ async fn spawn(data_dir: &Path, log_path: &Path) -> Proc {
         .arg(data_dir)
         .args(["--proxy-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0"])
         .args(["--admin-token", TOKEN])
+        .args(["--ops-listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -11,6 +11,8 @@ use crate::state::GatewayState;
 use crate::validate;
 
 /// One write to the replicated state.
+// Changes live only for one apply; boxing the big entities would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     PutService(Service),
@@ -201,7 +203,8 @@ fn check_service(s: &Service) -> Result<(), ApplyError> {
     if s.version.len() > validate::MAX_NAME_LEN {
         return Err(ApplyError::invalid("version", "must be at most 64 characters"));
     }
-    validate::targets(&s.targets)
+    validate::targets(&s.targets)?;
+    crate::validate_policy::service(s)
 }
 
 fn check_route(state: &GatewayState, r: &Route) -> Result<(), ApplyError> {
@@ -210,6 +213,7 @@ fn check_route(state: &GatewayState, r: &Route) -> Result<(), ApplyError> {
     validate::methods(&r.methods)?;
     validate::route_paths(&r.paths)?;
     validate::auth(r.auth)?;
+    crate::validate_policy::route(r)?;
     if r.service_id.is_empty() {
         return Err(ApplyError::invalid("service_id", "a route must name the service it forwards to"));
     }

@@ -16,6 +16,7 @@ mod state_machine;
 pub mod transport;
 mod types;
 mod validate;
+mod validate_policy;
 
 pub use apply::{Change, apply};
 pub use error::{ApplyError, EntityKind, RaftNodeError};
@@ -24,6 +25,7 @@ pub use node::{ClusterSetup, MemberStatus, NodeStatus, ProposeError, RaftConfig,
 pub use state::GatewayState;
 pub use state_machine::StateMachine;
 pub use types::{Applied, Command, CommandResponse, Raft, TypeConfig};
+pub use validate_policy::parse_cidr;
 
 #[cfg(test)]
 mod tests;

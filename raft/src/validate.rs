@@ -166,8 +166,8 @@ fn template(field: &str, path: &str) -> Result<(), ApplyError> {
 
 pub(crate) fn auth(mode: i32) -> Result<(), ApplyError> {
     match AuthMode::try_from(mode) {
-        Ok(AuthMode::None | AuthMode::ApiKey) => Ok(()),
-        _ => Err(ApplyError::invalid("auth", "must be none or api-key")),
+        Ok(AuthMode::None | AuthMode::ApiKey | AuthMode::Jwt | AuthMode::ApiKeyOrJwt) => Ok(()),
+        _ => Err(ApplyError::invalid("auth", "must be none, api-key, jwt or api-key-or-jwt")),
     }
 }
 

@@ -14,6 +14,7 @@
 
 mod client;
 mod output;
+mod policy;
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -75,6 +76,8 @@ pub struct CtlArgs {
     pub command: CtlCommand,
 }
 
+// Parsed once per process; boxing the flag structs would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum CtlCommand {
     /// Backend APIs that routes forward to.
@@ -154,6 +157,8 @@ pub struct ServiceFields {
     request_timeout_ms: Option<u32>,
     #[arg(long)]
     description: Option<String>,
+    #[command(flatten)]
+    policy: policy::ServicePolicyFlags,
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,9 +210,11 @@ pub struct RouteFields {
     /// Remove the matched prefix before forwarding.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     strip_prefix: Option<bool>,
-    /// Authentication: api-key (default) or none.
-    #[arg(long, value_parser = ["api-key", "none"])]
+    /// Authentication: api-key (default), jwt, api-key-or-jwt, or none.
+    #[arg(long, value_parser = ["api-key", "none", "jwt", "api-key-or-jwt"])]
     auth: Option<String>,
+    #[command(flatten)]
+    policy: policy::RoutePolicyFlags,
 }
 
 #[derive(Debug, Subcommand)]
@@ -302,12 +309,12 @@ impl ServiceFields {
         if let Some(v) = &self.description {
             service.description = v.clone();
         }
-        Ok(())
+        self.policy.apply_to(service)
     }
 }
 
 impl RouteFields {
-    fn apply_to(&self, route: &mut Route) {
+    fn apply_to(&self, route: &mut Route) -> Result<(), CtlError> {
         let paths: Vec<RoutePath> = [
             (PathMatch::Prefix, &self.prefix_paths),
             (PathMatch::Exact, &self.exact_paths),
@@ -333,9 +340,12 @@ impl RouteFields {
         }
         match self.auth.as_deref() {
             Some("none") => route.auth = AuthMode::None as i32,
+            Some("jwt") => route.auth = AuthMode::Jwt as i32,
+            Some("api-key-or-jwt") => route.auth = AuthMode::ApiKeyOrJwt as i32,
             Some(_) => route.auth = AuthMode::ApiKey as i32,
             None => {}
         }
+        self.policy.apply_to(route)
     }
 }
 
@@ -380,7 +390,7 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
         CtlCommand::Route(cmd) => match cmd {
             RouteCmd::Create { name, service, fields } => {
                 let mut route = Route { name, service_id: service, ..Default::default() };
-                fields.apply_to(&mut route);
+                fields.apply_to(&mut route)?;
                 let created = admin.create_route(route).await?.into_inner();
                 out.one(output::route_json(&created), || {
                     format!("created route {} ({})", created.name, id(&created.meta))
@@ -396,7 +406,7 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
             }
             RouteCmd::Update { route, service, fields } => {
                 let mut r = admin.get_route(GetRequest { id_or_name: route, stale: false }).await?.into_inner();
-                fields.apply_to(&mut r);
+                fields.apply_to(&mut r)?;
                 if let Some(service) = service {
                     r.service_id = service;
                 }

@@ -22,6 +22,12 @@ pub enum ProxyError {
     UpstreamUnavailable { target: String, reason: String },
     #[error("upstream {target} did not respond within {timeout_ms} ms")]
     UpstreamTimeout { target: String, timeout_ms: u64 },
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("service {service} is failing and its circuit is open; retry later")]
+    CircuitOpen { service: String },
+    #[error("service {service} has unusable upstream TLS settings (check tls.ca_pem and tls.server_name)")]
+    UpstreamTlsMisconfigured { service: String },
 }
 
 impl ProxyError {
@@ -34,6 +40,10 @@ impl ProxyError {
             ProxyError::NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::CircuitOpen { .. } | ProxyError::UpstreamTlsMisconfigured { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -47,6 +57,9 @@ impl ProxyError {
             ProxyError::NoTarget { .. } => "no_upstream_target",
             ProxyError::UpstreamUnavailable { .. } => "upstream_unavailable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::Forbidden(_) => "forbidden",
+            ProxyError::CircuitOpen { .. } => "circuit_open",
+            ProxyError::UpstreamTlsMisconfigured { .. } => "upstream_tls_misconfigured",
         }
     }
 

@@ -1,40 +1,62 @@
 //! The request path, as the fixed phases of DESIGN §2 over one snapshot taken
-//! at the start of the request. (Phases for lifecycle, limits and caching
-//! slot in between as they are built.)
+//! at the start of the request: match → (CORS preflight) → authenticate →
+//! authorize → cache → upstream → account. Lifecycle and limits slot in
+//! between as they are built. Each phase is a plain function; `proxy` reads
+//! top to bottom in phase order, and `handle` always runs `account`.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use tollgate_proto::config::v1::{AuthMode, Consumer};
+use tollgate_proto::config::v1::{AuthMode, Consumer, HashOn};
 
+use super::cache::{self, RequestPolicy};
+use super::circuit::Admit;
+use super::cors::CompiledCors;
 use super::error::ProxyError;
 use super::headers::{self, X_REQUEST_ID};
-use super::snapshot::{CompiledService, GatewaySnapshot};
+use super::health::InFlight;
+use super::lb::hash_key;
+use super::retry;
+use super::snapshot::{CompiledRoute, CompiledService, GatewaySnapshot};
+use super::upstream::{BoxError, UpstreamBody, UpstreamClient};
 use super::{ProxyBody, ProxyContext};
 use crate::apikey;
+use crate::telemetry::tracing::{TRACEPARENT, TraceCtx};
 
 static X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
 static X_CONSUMER_ID: http::HeaderName = http::HeaderName::from_static("x-consumer-id");
 static X_CONSUMER_NAME: http::HeaderName = http::HeaderName::from_static("x-consumer-name");
+static X_CACHE: http::HeaderName = http::HeaderName::from_static("x-cache");
 
-/// Per-request facts the phases hand to each other and to the access log.
+/// Per-request facts the phases hand to each other and to `account`.
 struct RequestCtx {
     request_id: String,
     client: SocketAddr,
-    route: Option<String>,
+    tls: bool,
+    route: Option<Arc<CompiledRoute>>,
+    service: Option<String>,
     consumer: Option<String>,
     upstream: Option<String>,
+    origin: Option<HeaderValue>,
+    cache: Option<&'static str>,
+    attempts: u32,
+    trace: Option<TraceCtx>,
 }
 
 pub async fn handle(
     ctx: Arc<ProxyContext>,
     client: SocketAddr,
+    tls: bool,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let started = Instant::now();
@@ -42,12 +64,18 @@ pub async fn handle(
     let mut rctx = RequestCtx {
         request_id: headers::request_id(request.headers()),
         client,
+        tls,
         route: None,
+        service: None,
         consumer: None,
         upstream: None,
+        origin: None,
+        cache: None,
+        attempts: 0,
+        trace: crate::telemetry::tracing::enabled().then(|| TraceCtx::start(request.headers())),
     };
     let method = request.method().clone();
-    let path = request.uri().path().to_string();
+    let path = ctx.access_log.enabled().then(|| request.uri().path().to_string());
 
     let result = proxy(&ctx, &snapshot, &mut rctx, request).await;
     let mut response = match result {
@@ -59,10 +87,15 @@ pub async fn handle(
             error.into_response(&rctx.request_id)
         }
     };
+    if let Some(route) = &rctx.route
+        && let Some(cors) = &route.cors
+    {
+        cors.decorate(rctx.origin.as_ref(), response.headers_mut());
+    }
     if let Ok(id) = HeaderValue::from_str(&rctx.request_id) {
         response.headers_mut().insert(X_REQUEST_ID.clone(), id);
     }
-    log_access(&rctx, &method, &path, response.status(), started);
+    account(&ctx, rctx, &method, path.as_deref(), response.status(), started);
     Ok(response)
 }
 
@@ -80,12 +113,20 @@ async fn proxy(
         .router
         .find(&parts.method, host.as_deref(), parts.uri.path())
         .ok_or_else(|| ProxyError::NoRoute { method: parts.method.to_string(), path: parts.uri.path().to_string() })?;
-    let route = matched.route;
-    rctx.route = Some(route.name.clone());
+    let route = matched.route.clone();
+    rctx.route = Some(route.clone());
+
+    // CORS preflights carry no credentials, so they are answered before authentication.
+    if let Some(cors) = &route.cors {
+        if CompiledCors::is_preflight(&parts.method, &parts.headers) {
+            let (head, ()) = cors.preflight(&parts.headers).into_parts();
+            return Ok(Response::from_parts(head, empty()));
+        }
+        rctx.origin = parts.headers.get(header::ORIGIN).cloned();
+    }
 
     // authenticate
-    if route.auth != AuthMode::None as i32 {
-        let consumer = authenticate(snapshot, &parts.headers)?;
+    if let Some(consumer) = authenticate(snapshot, &route, &parts.headers)? {
         rctx.consumer = Some(consumer.name.clone());
         let consumer_id = consumer.meta.as_ref().map(|m| m.id.as_str()).unwrap_or_default();
         parts.headers.insert(X_CONSUMER_ID.clone(), HeaderValue::from_str(consumer_id).map_err(bad_header)?);
@@ -95,73 +136,253 @@ async fn proxy(
     parts.headers.remove(header::AUTHORIZATION);
     parts.headers.remove(&X_API_KEY);
 
+    // authorize
+    if let Some(filter) = &route.ip
+        && !filter.permits(rctx.client.ip())
+    {
+        return Err(ProxyError::Forbidden("your IP address is not allowed on this route"));
+    }
+
     // body limit: refuse early when the length is declared, cut off otherwise.
     let limit = ctx.max_body_bytes;
     if declared_length(&parts.headers).is_some_and(|len| len > limit) {
         return Err(ProxyError::BodyTooLarge { limit });
     }
 
-    // upstream
+    // The service is known from here on, so a cache hit is accounted to it too.
     let service = snapshot
         .services
-        .get(&route.service_id)
-        .ok_or_else(|| ProxyError::NoTarget { service: route.service_id.clone() })?;
-    let target = service.balancer.pick().ok_or_else(|| ProxyError::NoTarget { service: service.name.clone() })?;
-    let authority = format!("{}:{}", target.host, target.port);
-    rctx.upstream = Some(authority.clone());
+        .get(&route.route.service_id)
+        .ok_or_else(|| ProxyError::NoTarget { service: route.route.service_id.clone() })?;
+    rctx.service = Some(service.name.clone());
 
-    let path = upstream_path(parts.uri.path(), matched.matched_prefix.filter(|_| route.strip_prefix));
+    // cache
+    let mut cache_key = None;
+    if let Some(settings) = &route.cache {
+        let policy = cache::request_policy(&parts.method, &parts.headers);
+        if policy != RequestPolicy::Bypass {
+            let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let key = cache::key(
+                &route.id,
+                rctx.consumer.as_deref(),
+                &parts.method,
+                host.as_deref(),
+                pq,
+                &settings.vary,
+                &parts.headers,
+            );
+            if policy == RequestPolicy::Normal
+                && let Some(hit) = ctx.shared.cache.get(&key)
+            {
+                route.metrics.hit.inc();
+                rctx.cache = Some("HIT");
+                return Ok(cached_response(&hit, parts.method == Method::HEAD));
+            }
+            route.metrics.miss.inc();
+            cache_key = Some(key);
+        }
+        rctx.cache = Some("MISS");
+    }
+
+    // upstream
+    let client = route
+        .client
+        .as_ref()
+        .or(service.client.as_ref())
+        .ok_or_else(|| ProxyError::UpstreamTlsMisconfigured { service: service.name.clone() })?;
+
+    let path = upstream_path(&route, &matched, parts.uri.path());
     let path_and_query = match parts.uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path,
     };
-    parts.uri = Uri::builder()
-        .scheme("http")
-        .authority(authority.as_str())
-        .path_and_query(PathAndQuery::try_from(path_and_query).map_err(|e| ProxyError::BadRequest(e.to_string()))?)
-        .build()
-        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let path_and_query = PathAndQuery::try_from(path_and_query).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     // The upstream connection is always HTTP/1.1, whatever the client spoke.
     parts.version = http::Version::HTTP_11;
     headers::strip_hop_by_hop(&mut parts.headers);
-    headers::add_forwarded(&mut parts.headers, rctx.client.ip(), host.as_deref());
+    headers::add_forwarded(&mut parts.headers, rctx.client.ip(), host.as_deref(), rctx.tls);
     parts.headers.insert(X_REQUEST_ID.clone(), HeaderValue::from_str(&rctx.request_id).map_err(bad_header)?);
     // hyper sets Host from the upstream URI.
     parts.headers.remove(header::HOST);
+    if let Some(trace) = &rctx.trace {
+        parts.headers.insert(TRACEPARENT.clone(), trace.header());
+    }
+    if let Some(ops) = &route.request_headers {
+        ops.apply(&mut parts.headers);
+    }
 
-    let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync();
-    let upstream_request = Request::from_parts(parts, body);
-    let response = send(service, &authority, upstream_request, limit).await?;
+    let response = forward(service, &route, client, rctx, parts, body, path_and_query, limit).await?;
 
-    let (mut parts, body) = response.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, body.map_err(|e| Box::new(e) as super::upstream::BoxError).boxed_unsync()))
+    let (mut head, body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut head.headers);
+    if let Some(ops) = &route.response_headers {
+        ops.apply(&mut head.headers);
+    }
+    if let Some(x_cache) = rctx.cache {
+        head.headers.insert(X_CACHE.clone(), HeaderValue::from_static(x_cache));
+    }
+    if let (Some(key), Some(settings)) = (cache_key, &route.cache)
+        && let Some(ttl) = cache::response_ttl(head.status, &head.headers, settings.ttl)
+        && declared_length(&head.headers).is_some_and(|len| len <= settings.max_body_bytes)
+    {
+        // Small and cacheable: read it whole, store it, answer from memory.
+        // hyper enforces the declared Content-Length, checked against the limit above.
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| ProxyError::UpstreamUnavailable {
+                target: rctx.upstream.clone().unwrap_or_default(),
+                reason: e.to_string(),
+            })?
+            .to_bytes();
+        let mut stored = head.headers.clone();
+        stored.remove(&X_CACHE);
+        ctx.shared.cache.put(key, head.status, stored, bytes.clone(), ttl);
+        return Ok(Response::from_parts(head, full(bytes)));
+    }
+    Ok(Response::from_parts(head, body))
 }
 
-async fn send(
+/// Sends the request to a target chosen by the balancer, retrying idempotent,
+/// bodiless requests on another target within the service's retry budget,
+/// and feeding outcomes to passive health checks and the circuit breaker.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
     service: &CompiledService,
-    authority: &str,
-    request: Request<super::upstream::UpstreamBody>,
+    route: &CompiledRoute,
+    client: &UpstreamClient,
+    rctx: &mut RequestCtx,
+    parts: http::request::Parts,
+    body: Incoming,
+    path_and_query: PathAndQuery,
     limit: u64,
-) -> Result<Response<Incoming>, ProxyError> {
-    match tokio::time::timeout(service.request_timeout, service.client.request(request)).await {
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(error)) => Err(classify(&error, authority, limit, service)),
-        Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
-            target: authority.to_string(),
-            timeout_ms: service.request_timeout.as_millis() as u64,
-        }),
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let admit = match &service.circuit {
+        Some((circuit, _, open_ms)) => circuit.admit(*open_ms),
+        None => Admit::Yes,
+    };
+    if admit == Admit::No {
+        service.metrics.circuit_rejections.inc();
+        return Err(ProxyError::CircuitOpen { service: service.name.clone() });
+    }
+    let retry = service.retry.as_ref().filter(|_| retry::idempotent(&parts.method) && body.is_end_stream());
+    if let Some(r) = retry {
+        service.budget.deposit(r.budget_percent);
+    }
+    // Kept only when a retry may need to rebuild the request.
+    let replay = retry.map(|_| (parts.method.clone(), parts.headers.clone()));
+    let key = if service.balancer.needs_key() { balance_key(service, rctx, &parts.headers) } else { 0 };
+    let timeout = route.request_timeout.unwrap_or(service.request_timeout);
+    let max_attempts = 1 + retry.map_or(0, |r| r.attempts) as usize;
+    let mut tried = [usize::MAX; 11];
+    let mut first = Some((parts, body));
+    let mut outcome;
+    loop {
+        let n = rctx.attempts as usize;
+        let index = service
+            .balancer
+            .select(&service.targets, key, &tried[..n])
+            .ok_or_else(|| ProxyError::NoTarget { service: service.name.clone() })?;
+        tried[n] = index;
+        rctx.attempts += 1;
+        let target = &service.targets[index];
+        rctx.upstream = Some(target.authority.clone());
+        let uri = Uri::builder()
+            .scheme(service.scheme)
+            .authority(target.authority.as_str())
+            .path_and_query(path_and_query.clone())
+            .build()
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        let request = match first.take() {
+            Some((mut parts, body)) => {
+                parts.uri = uri;
+                Request::from_parts(
+                    parts,
+                    Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync(),
+                )
+            }
+            None => {
+                let (method, headers) = replay.as_ref().expect("retries keep a copy of the request");
+                let mut request = Request::new(empty_upstream());
+                *request.method_mut() = method.clone();
+                *request.uri_mut() = uri;
+                *request.headers_mut() = headers.clone();
+                request
+            }
+        };
+        let in_flight = InFlight::new(&target.state);
+        let sent = tokio::time::timeout(timeout, client.request(request)).await;
+        outcome = match sent {
+            Ok(Ok(response)) => Ok((response, in_flight)),
+            Ok(Err(error)) => Err(classify(&error, &target.authority, limit, timeout)),
+            Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
+                target: target.authority.clone(),
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+        };
+        // The client's oversized body says nothing about the target.
+        if let Err(ProxyError::BodyTooLarge { limit }) = &outcome {
+            return Err(ProxyError::BodyTooLarge { limit: *limit });
+        }
+        let failed = match &outcome {
+            Ok((response, _)) => response.status().is_server_error(),
+            Err(_) => true,
+        };
+        target.state.record(!failed, service.eject);
+        let retryable = match &outcome {
+            Ok((response, _)) => {
+                let status = response.status().as_u16();
+                if retry.is_some_and(|r| r.on_statuses.is_empty()) {
+                    matches!(status, 502..=504)
+                } else {
+                    retry.is_some_and(|r| r.on_statuses.contains(&status))
+                }
+            }
+            Err(_) => true,
+        };
+        if failed
+            && retryable
+            && retry.is_some()
+            && (rctx.attempts as usize) < max_attempts
+            && service.budget.withdraw()
+        {
+            service.metrics.retries.inc();
+            continue;
+        }
+        break;
+    }
+    if let Some((circuit, threshold, _)) = &service.circuit {
+        let ok = matches!(&outcome, Ok((r, _)) if !r.status().is_server_error());
+        circuit.record(admit, ok, *threshold);
+    }
+    let (response, in_flight) = outcome?;
+    let (head, body) = response.into_parts();
+    let body = ResponseBody::new(body, in_flight, route.idle_timeout, rctx.upstream.clone().unwrap_or_default());
+    Ok(Response::from_parts(head, body.boxed_unsync()))
+}
+
+fn balance_key(service: &CompiledService, rctx: &RequestCtx, headers: &http::HeaderMap) -> u64 {
+    match service.hash_on {
+        HashOn::Header => service
+            .hash_header
+            .as_ref()
+            .and_then(|h| headers.get(h))
+            .map_or_else(|| client_ip_key(rctx), |v| hash_key(v.as_bytes())),
+        HashOn::Consumer => rctx.consumer.as_deref().map_or_else(|| client_ip_key(rctx), |c| hash_key(c.as_bytes())),
+        HashOn::ClientIp | HashOn::Unspecified => client_ip_key(rctx),
+    }
+}
+
+fn client_ip_key(rctx: &RequestCtx) -> u64 {
+    match rctx.client.ip() {
+        std::net::IpAddr::V4(v4) => hash_key(&v4.octets()),
+        std::net::IpAddr::V6(v6) => hash_key(&v6.octets()),
     }
 }
 
 /// Walks the error's causes: an oversized body is the client's fault (413),
 /// a timed-out connect is a timeout (504), anything else is a bad gateway.
-fn classify(
-    error: &hyper_util::client::legacy::Error,
-    authority: &str,
-    limit: u64,
-    service: &CompiledService,
-) -> ProxyError {
+fn classify(error: &hyper_util::client::legacy::Error, authority: &str, limit: u64, timeout: Duration) -> ProxyError {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     let mut reason = error.to_string();
     while let Some(e) = cause {
@@ -173,7 +394,7 @@ fn classify(
         {
             return ProxyError::UpstreamTimeout {
                 target: authority.to_string(),
-                timeout_ms: service.request_timeout.as_millis() as u64,
+                timeout_ms: timeout.as_millis() as u64,
             };
         }
         reason = e.to_string();
@@ -182,15 +403,55 @@ fn classify(
     ProxyError::UpstreamUnavailable { target: authority.to_string(), reason }
 }
 
-fn authenticate<'s>(snapshot: &'s GatewaySnapshot, headers: &http::HeaderMap) -> Result<&'s Consumer, ProxyError> {
-    let presented = headers
+/// The authenticate phase: the consumer, or None on an open route.
+fn authenticate<'s>(
+    snapshot: &'s GatewaySnapshot,
+    route: &CompiledRoute,
+    headers: &http::HeaderMap,
+) -> Result<Option<&'s Consumer>, ProxyError> {
+    let mode = AuthMode::try_from(route.route.auth).unwrap_or(AuthMode::ApiKey);
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .or_else(|| headers.get(&X_API_KEY).and_then(|v| v.to_str().ok()))
-        .ok_or(ProxyError::Unauthorized(
-            "this route requires an API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`",
-        ))?;
+        .map(str::trim);
+    let looks_like_jwt = |t: &str| t.bytes().filter(|b| *b == b'.').count() == 2;
+    match mode {
+        AuthMode::None => Ok(None),
+        AuthMode::Jwt => authenticate_jwt(snapshot, route, bearer).map(Some),
+        AuthMode::ApiKeyOrJwt if bearer.is_some_and(looks_like_jwt) => {
+            authenticate_jwt(snapshot, route, bearer).map(Some)
+        }
+        AuthMode::ApiKeyOrJwt | AuthMode::ApiKey | AuthMode::Unspecified => {
+            let presented = bearer.or_else(|| headers.get(&X_API_KEY).and_then(|v| v.to_str().ok()));
+            authenticate_key(snapshot, presented).map(Some)
+        }
+    }
+}
+
+/// A JWT without a matching consumer still authenticates unless the route
+/// requires one; the request then carries no consumer headers.
+fn authenticate_jwt<'s>(
+    snapshot: &'s GatewaySnapshot,
+    route: &CompiledRoute,
+    bearer: Option<&str>,
+) -> Result<&'s Consumer, ProxyError> {
+    static ANONYMOUS: std::sync::OnceLock<Consumer> = std::sync::OnceLock::new();
+    let verifier = route.jwt.as_ref().ok_or(ProxyError::Unauthorized("this route has no JWT settings"))?;
+    let token =
+        bearer.ok_or(ProxyError::Unauthorized("this route requires a JWT: send `Authorization: Bearer <jwt>`"))?;
+    let verified = verifier.verify(token)?;
+    match verified.subject.as_deref().and_then(|s| snapshot.consumer_by_id_or_name(s)) {
+        Some(consumer) => Ok(consumer),
+        None if verifier.require_consumer => Err(ProxyError::Unauthorized("the JWT does not name a known consumer")),
+        None => Ok(ANONYMOUS.get_or_init(|| Consumer { name: "anonymous".into(), ..Default::default() })),
+    }
+}
+
+fn authenticate_key<'s>(snapshot: &'s GatewaySnapshot, presented: Option<&str>) -> Result<&'s Consumer, ProxyError> {
+    let presented = presented.ok_or(ProxyError::Unauthorized(
+        "this route requires an API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`",
+    ))?;
     let invalid = ProxyError::Unauthorized("the API key is invalid, disabled or expired");
     let presented = apikey::parse(presented.trim()).ok_or(ProxyError::Unauthorized("the API key is malformed"))?;
     let key = snapshot.api_keys.get(presented.id).ok_or(invalid)?;
@@ -207,12 +468,83 @@ fn authenticate<'s>(snapshot: &'s GatewaySnapshot, headers: &http::HeaderMap) ->
         .ok_or(ProxyError::Unauthorized("the API key is invalid, disabled or expired"))
 }
 
+fn cached_response(hit: &cache::CachedResponse, head_only: bool) -> Response<ProxyBody> {
+    let body = if head_only { empty() } else { full(hit.body.clone()) };
+    let mut response = Response::new(body);
+    *response.status_mut() = hit.status;
+    *response.headers_mut() = hit.headers.clone();
+    response.headers_mut().insert(X_CACHE.clone(), HeaderValue::from_static("HIT"));
+    response.headers_mut().insert(header::AGE, HeaderValue::from(hit.age_secs()));
+    response
+}
+
+/// The account phase: metrics, the access log line, the trace span. Always runs.
+fn account(
+    ctx: &ProxyContext,
+    rctx: RequestCtx,
+    method: &Method,
+    path: Option<&str>,
+    status: StatusCode,
+    started: Instant,
+) {
+    let elapsed = started.elapsed();
+    match &rctx.route {
+        Some(route) => route.metrics.record(&ctx.shared.metrics, status.as_u16(), elapsed),
+        None => ctx.shared.metrics.unrouted(status.as_u16()),
+    }
+    let route_name = rctx.route.as_ref().map(|r| r.route.name.as_str());
+    if let Some(path) = path {
+        let line = serde_json::json!({
+            "ts_ms": now_ms(),
+            "request_id": rctx.request_id,
+            "client": rctx.client.ip().to_string(),
+            "method": method.as_str(),
+            "path": path,
+            "status": status.as_u16(),
+            "latency_us": elapsed.as_micros() as u64,
+            "route": route_name,
+            "service": rctx.service,
+            "consumer": rctx.consumer,
+            "upstream": rctx.upstream,
+            "attempts": rctx.attempts,
+            "cache": rctx.cache,
+            "trace_id": rctx.trace.as_ref().map(|t| t.trace_id.to_string()),
+        });
+        ctx.access_log.write(line.to_string());
+    }
+    if let Some(trace) = rctx.trace {
+        let mut attributes = vec![
+            opentelemetry::KeyValue::new("http.request.method", method.to_string()),
+            opentelemetry::KeyValue::new("http.response.status_code", i64::from(status.as_u16())),
+        ];
+        if let Some(route) = route_name {
+            attributes.push(opentelemetry::KeyValue::new("http.route", route.to_string()));
+        }
+        if let Some(upstream) = rctx.upstream {
+            attributes.push(opentelemetry::KeyValue::new("server.address", upstream));
+        }
+        trace.finish("proxy", status.as_u16(), attributes);
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn bad_header(e: http::header::InvalidHeaderValue) -> ProxyError {
     ProxyError::BadRequest(e.to_string())
+}
+
+fn empty() -> ProxyBody {
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+fn empty_upstream() -> UpstreamBody {
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+fn full(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
 }
 
 /// Host from the URI (HTTP/2 :authority, absolute-form) or the Host header,
@@ -234,30 +566,85 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// The path sent upstream: with the matched prefix removed when the route strips it.
-fn upstream_path(path: &str, strip: Option<&str>) -> String {
-    match strip {
-        Some(prefix) if prefix != "/" => {
-            let rest = &path[prefix.trim_end_matches('/').len()..];
-            if rest.starts_with('/') { rest.to_string() } else { format!("/{rest}") }
-        }
+/// The path sent upstream: rewritten, or with the matched prefix stripped, or as received.
+fn upstream_path(
+    route: &CompiledRoute,
+    matched: &super::router::Matched<'_, Arc<CompiledRoute>>,
+    path: &str,
+) -> String {
+    let remainder = matched
+        .matched_prefix
+        .map(|prefix| if prefix == "/" { path } else { &path[prefix.trim_end_matches('/').len()..] });
+    if let Some(rewrite) = &route.rewrite {
+        return rewrite.render(remainder, |name| matched.param(path, name));
+    }
+    match (route.route.strip_prefix, remainder) {
+        (true, Some(rest)) => strip(rest),
         _ => path.to_string(),
     }
 }
 
-fn log_access(rctx: &RequestCtx, method: &http::Method, path: &str, status: http::StatusCode, started: Instant) {
-    tracing::info!(
-        target: "access",
-        request_id = %rctx.request_id,
-        client = %rctx.client.ip(),
-        %method,
-        path,
-        status = status.as_u16(),
-        latency_us = started.elapsed().as_micros() as u64,
-        route = rctx.route.as_deref().unwrap_or("-"),
-        consumer = rctx.consumer.as_deref().unwrap_or("-"),
-        upstream = rctx.upstream.as_deref().unwrap_or("-"),
-    );
+fn strip(rest: &str) -> String {
+    if rest.starts_with('/') { rest.to_string() } else { format!("/{rest}") }
+}
+
+/// The upstream's response body on its way to the client: keeps the target's
+/// in-flight count until the body ends, and enforces the route's idle timeout
+/// (the longest wait for the next chunk).
+struct ResponseBody {
+    inner: Incoming,
+    _in_flight: InFlight,
+    idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+    target: String,
+}
+
+impl ResponseBody {
+    fn new(inner: Incoming, in_flight: InFlight, idle: Option<Duration>, target: String) -> ResponseBody {
+        let idle = idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
+        ResponseBody { inner, _in_flight: in_flight, idle, target }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream {target} sent nothing for {idle_ms} ms (the route's idle timeout)")]
+struct IdleTimeout {
+    target: String,
+    idle_ms: u64,
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some((d, sleep)) = &mut this.idle {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + *d);
+                }
+                Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
+            }
+            Poll::Pending => {
+                if let Some((d, sleep)) = &mut this.idle
+                    && sleep.as_mut().poll(cx).is_ready()
+                {
+                    let error = IdleTimeout { target: this.target.clone(), idle_ms: d.as_millis() as u64 };
+                    this.idle = None;
+                    return Poll::Ready(Some(Err(Box::new(error))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[cfg(test)]
@@ -265,11 +652,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn strip_prefix_keeps_a_leading_slash() {
-        assert_eq!(upstream_path("/api/users", Some("/api")), "/users");
-        assert_eq!(upstream_path("/api", Some("/api")), "/");
-        assert_eq!(upstream_path("/api/users", Some("/api/")), "/users");
-        assert_eq!(upstream_path("/x", Some("/")), "/x");
-        assert_eq!(upstream_path("/api/users", None), "/api/users");
+    fn strip_keeps_a_leading_slash() {
+        assert_eq!(strip("/users"), "/users");
+        assert_eq!(strip(""), "/");
+        assert_eq!(strip("users"), "/users");
     }
 }

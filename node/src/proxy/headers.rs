@@ -41,7 +41,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, original_host: Option<&str>) {
+pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, original_host: Option<&str>, tls: bool) {
     let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(existing) if !existing.is_empty() => format!("{existing}, {client}"),
         _ => client.to_string(),
@@ -49,7 +49,7 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, original_host: Opt
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if tls { "https" } else { "http" }));
     if let Some(host) = original_host.and_then(|h| HeaderValue::from_str(h).ok()) {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
@@ -90,7 +90,7 @@ mod tests {
     fn forwarded_for_appends_to_an_existing_chain() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), Some("api.example.com"));
+        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), Some("api.example.com"), false);
         assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
     }

@@ -1,11 +1,20 @@
 //! The proxy data plane: listener, router, phases, upstream pool.
 
-mod balancer;
+pub mod cache;
+mod circuit;
+mod cors;
 mod error;
 mod handler;
 mod headers;
+mod health;
+mod ip_filter;
+mod jwt;
+mod lb;
+mod retry;
 mod router;
 mod snapshot;
+pub mod tls;
+mod transform;
 mod upstream;
 
 use std::future::Future;
@@ -22,8 +31,10 @@ use tokio::sync::watch;
 use tollgate_raft::GatewayState;
 
 pub use error::ProxyError;
-pub use snapshot::{GatewaySnapshot, TimeoutDefaults};
+pub use snapshot::{GatewaySnapshot, Shared, TimeoutDefaults};
 pub use upstream::UpstreamClients;
+
+use crate::telemetry::access_log::AccessLog;
 
 pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, upstream::BoxError>;
 
@@ -31,15 +42,20 @@ pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, up
 pub struct ProxyContext {
     pub snapshot: ArcSwap<GatewaySnapshot>,
     pub max_body_bytes: u64,
+    /// Pools, health, circuits, budgets, JWKS, cache and metrics: outlive snapshots.
+    pub shared: Shared,
+    pub access_log: AccessLog,
     /// Raft index of the snapshot currently served.
     served: watch::Sender<u64>,
 }
 
 impl ProxyContext {
-    pub fn new(max_body_bytes: u64) -> ProxyContext {
+    pub fn new(max_body_bytes: u64, shared: Shared, access_log: AccessLog) -> ProxyContext {
         ProxyContext {
             snapshot: ArcSwap::from_pointee(GatewaySnapshot::empty()),
             max_body_bytes,
+            shared,
+            access_log,
             served: watch::channel(0).0,
         }
     }
@@ -72,24 +88,26 @@ impl ProxyContext {
 /// Recompiles the data-plane snapshot whenever Raft publishes a new state.
 /// `watch` keeps only the newest value, so bursts of writes coalesce into one
 /// rebuild.
-pub async fn follow_state(
-    ctx: Arc<ProxyContext>,
-    mut states: watch::Receiver<Arc<GatewayState>>,
-    clients: Arc<UpstreamClients>,
-    defaults: TimeoutDefaults,
-) {
+pub async fn follow_state(ctx: Arc<ProxyContext>, mut states: watch::Receiver<Arc<GatewayState>>) {
     loop {
         let state = states.borrow_and_update().clone();
-        ctx.install(GatewaySnapshot::compile(&state, &clients, defaults));
+        ctx.install(GatewaySnapshot::compile(&state, &ctx.shared));
         if states.changed().await.is_err() {
             return;
         }
     }
 }
 
-/// Serves HTTP/1.1 and HTTP/2 (prior knowledge, h2c) until `shutdown`
-/// resolves, then stops accepting and lets in-flight requests finish for up to `drain`.
-pub async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>, shutdown: impl Future<Output = ()>, drain: Duration) {
+/// Serves HTTP/1.1 and HTTP/2 (prior knowledge, h2c; or ALPN with `tls`)
+/// until `shutdown` resolves, then stops accepting and lets in-flight
+/// requests finish for up to `drain`.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<ProxyContext>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -108,14 +126,34 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ProxyContext>, shutdown: impl
         };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
-        let service = service_fn(move |request| handler::handle(ctx.clone(), client, request));
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, %client, "connection ended with an error");
+        let is_tls = tls.is_some();
+        let service = service_fn(move |request| handler::handle(ctx.clone(), client, is_tls, request));
+        match &tls {
+            None => {
+                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, %client, "connection ended with an error");
+                    }
+                });
             }
-        });
+            Some(acceptor) => {
+                // The handshake runs in the connection's task so a slow client cannot stall accept.
+                let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => return tracing::debug!(%error, %client, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!(%client, "TLS handshake timed out"),
+                    };
+                    let connection =
+                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, %client, "connection ended with an error");
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {

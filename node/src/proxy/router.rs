@@ -8,19 +8,20 @@
 //! method; then the route's priority; then its name, so the order is total.
 
 use std::cmp::Reverse;
-use std::sync::Arc;
 
 use http::Method;
 use tollgate_proto::config::v1::{PathMatch, Route};
 
+/// Generic over what a match yields, so the proxy can attach its compiled
+/// per-route policies while the tests use plain routes.
 #[derive(Debug)]
-pub struct Router {
-    entries: Vec<Entry>,
+pub struct Router<T> {
+    entries: Vec<Entry<T>>,
 }
 
 #[derive(Debug)]
-struct Entry {
-    route: Arc<Route>,
+struct Entry<T> {
+    route: T,
     host: HostPattern,
     path: PathPattern,
     methods: Vec<Method>,
@@ -44,14 +45,24 @@ enum PathPattern {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
     Literal(String),
-    Param,
+    Param(String),
 }
 
 /// The outcome of matching: which route, and what the prefix matched (for strip-prefix).
 #[derive(Debug, Clone)]
-pub struct Matched<'a> {
-    pub route: &'a Arc<Route>,
+pub struct Matched<'a, T> {
+    pub route: &'a T,
     pub matched_prefix: Option<&'a str>,
+    template: Option<&'a [Segment]>,
+}
+
+impl<T> Matched<'_, T> {
+    /// The value of template parameter `name` in `path` (the path that matched).
+    pub fn param<'p>(&self, path: &'p str, name: &str) -> Option<&'p str> {
+        let segments = self.template?;
+        let i = segments.iter().position(|s| matches!(s, Segment::Param(p) if p == name))?;
+        path.split('/').nth(i + 1)
+    }
 }
 
 impl HostPattern {
@@ -95,7 +106,7 @@ impl PathPattern {
                 for segment in segments {
                     match (segment, parts.next()) {
                         (Segment::Literal(l), Some(part)) if l == part => {}
-                        (Segment::Param, Some(part)) if !part.is_empty() => {}
+                        (Segment::Param(_), Some(part)) if !part.is_empty() => {}
                         _ => return false,
                     }
                 }
@@ -105,10 +116,11 @@ impl PathPattern {
     }
 }
 
-impl Router {
-    pub fn build<'a>(routes: impl IntoIterator<Item = &'a Arc<Route>>) -> Router {
+impl<T: Clone> Router<T> {
+    pub fn build<'a>(routes: impl IntoIterator<Item = (&'a Route, T)>) -> Router<T> {
         let mut entries = Vec::new();
-        for route in routes {
+        let mut names = Vec::new();
+        for (route, payload) in routes {
             let hosts: Vec<HostPattern> = if route.hosts.is_empty() {
                 vec![HostPattern::Any]
             } else {
@@ -124,42 +136,45 @@ impl Router {
             let methods: Vec<Method> = route.methods.iter().filter_map(|m| m.parse().ok()).collect();
             for host in &hosts {
                 for p in &route.paths {
-                    let path =
-                        match PathMatch::try_from(p.kind) {
-                            Ok(PathMatch::Exact) => PathPattern::Exact(p.path.clone()),
-                            Ok(PathMatch::Template) => PathPattern::Template(
-                                p.path
-                                    .split('/')
-                                    .skip(1)
-                                    .map(|s| {
-                                        if s.starts_with('{') {
-                                            Segment::Param
-                                        } else {
-                                            Segment::Literal(s.to_string())
-                                        }
-                                    })
-                                    .collect(),
-                            ),
-                            _ => PathPattern::Prefix(p.path.clone()),
-                        };
-                    entries.push(Entry { route: route.clone(), host: host.clone(), path, methods: methods.clone() });
+                    let path = match PathMatch::try_from(p.kind) {
+                        Ok(PathMatch::Exact) => PathPattern::Exact(p.path.clone()),
+                        Ok(PathMatch::Template) => PathPattern::Template(
+                            p.path
+                                .split('/')
+                                .skip(1)
+                                .map(|s| {
+                                    if s.starts_with('{') {
+                                        Segment::Param(s.trim_matches(|c| c == '{' || c == '}').to_string())
+                                    } else {
+                                        Segment::Literal(s.to_string())
+                                    }
+                                })
+                                .collect(),
+                        ),
+                        _ => PathPattern::Prefix(p.path.clone()),
+                    };
+                    names.push((route.priority, route.name.clone()));
+                    entries.push((
+                        names.len() - 1,
+                        Entry { route: payload.clone(), host: host.clone(), path, methods: methods.clone() },
+                    ));
                 }
             }
         }
-        entries.sort_by_key(|e| {
+        entries.sort_by_key(|(n, e)| {
             (
                 Reverse(e.host.rank()),
                 Reverse(e.path.rank()),
                 Reverse(!e.methods.is_empty()),
-                Reverse(e.route.priority),
-                e.route.name.clone(),
+                Reverse(names[*n].0),
+                names[*n].1.clone(),
             )
         });
-        Router { entries }
+        Router { entries: entries.into_iter().map(|(_, e)| e).collect() }
     }
 
     /// `host` must already be lower-cased and stripped of its port.
-    pub fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<Matched<'_>> {
+    pub fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<Matched<'_, T>> {
         self.entries
             .iter()
             .find(|e| {
@@ -169,6 +184,10 @@ impl Router {
                 route: &e.route,
                 matched_prefix: match &e.path {
                     PathPattern::Prefix(p) => Some(p.as_str()),
+                    _ => None,
+                },
+                template: match &e.path {
+                    PathPattern::Template(segments) => Some(segments.as_slice()),
                     _ => None,
                 },
             })
@@ -181,6 +200,8 @@ impl Router {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use tollgate_proto::config::v1::RoutePath;
 
     use super::*;
@@ -196,7 +217,11 @@ mod tests {
         })
     }
 
-    fn find<'a>(router: &'a Router, method: &str, host: Option<&str>, path: &str) -> Option<&'a str> {
+    fn build(routes: &[Arc<Route>]) -> Router<Arc<Route>> {
+        Router::build(routes.iter().map(|r| (r.as_ref(), r.clone())))
+    }
+
+    fn find<'a>(router: &'a Router<Arc<Route>>, method: &str, host: Option<&str>, path: &str) -> Option<&'a str> {
         router.find(&method.parse().unwrap(), host, path).map(|m| m.route.name.as_str())
     }
 
@@ -211,7 +236,7 @@ mod tests {
             route("hi", &[], &[], &[(PathMatch::Prefix, "/tie")], 5),
             route("lo", &[], &[], &[(PathMatch::Prefix, "/tie")], 1),
         ];
-        let router = Router::build(&routes);
+        let router = build(&routes);
         assert_eq!(find(&router, "GET", None, "/anything"), Some("root"));
         assert_eq!(find(&router, "GET", None, "/api"), Some("api"));
         assert_eq!(find(&router, "GET", None, "/apix"), Some("root"), "prefix stops at segment boundary");
@@ -219,6 +244,9 @@ mod tests {
         assert_eq!(find(&router, "GET", None, "/api/v1/users/42"), Some("user"));
         assert_eq!(find(&router, "GET", None, "/api/v1/users/me"), Some("me"));
         assert_eq!(find(&router, "GET", None, "/api/v1/users/42/x"), Some("api-v1"));
+        let m = router.find(&Method::GET, None, "/api/v1/users/42").unwrap();
+        assert_eq!(m.param("/api/v1/users/42", "id"), Some("42"));
+        assert_eq!(m.param("/api/v1/users/42", "nope"), None);
         assert_eq!(find(&router, "GET", None, "/tie/x"), Some("hi"));
     }
 
@@ -230,7 +258,7 @@ mod tests {
             route("exact", &["api.example.com"], &[], &[(PathMatch::Prefix, "/")], 0),
             route("post-only", &[], &["POST"], &[(PathMatch::Prefix, "/")], 0),
         ];
-        let router = Router::build(&routes);
+        let router = build(&routes);
         assert_eq!(find(&router, "GET", Some("api.example.com"), "/"), Some("exact"));
         assert_eq!(find(&router, "GET", Some("www.example.com"), "/"), Some("wild"));
         assert_eq!(find(&router, "GET", Some("example.com"), "/"), Some("any"), "wildcard needs a subdomain");
@@ -241,7 +269,7 @@ mod tests {
     #[test]
     fn no_match_is_none() {
         let routes = [route("api", &["a.com"], &["GET"], &[(PathMatch::Exact, "/x")], 0)];
-        let router = Router::build(&routes);
+        let router = build(&routes);
         assert_eq!(find(&router, "GET", Some("a.com"), "/y"), None);
         assert_eq!(find(&router, "PUT", Some("a.com"), "/x"), None);
         assert_eq!(find(&router, "GET", Some("b.com"), "/x"), None);

@@ -1,32 +1,89 @@
 //! What the data plane reads: an immutable, precompiled view of the gateway
-//! state (router, balancers, keys), rebuilt after each applied Raft batch and
-//! swapped in atomically. Requests never touch RocksDB or Raft.
+//! state (router, balancers, policies, keys), rebuilt after each applied Raft
+//! batch and swapped in atomically. Requests never touch RocksDB or Raft.
+//! Anything that must outlive a snapshot (connection pools, target health,
+//! circuit state, retry budgets, JWKS documents, metrics) lives in [`Shared`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tollgate_proto::config::v1::{ApiKey, Consumer};
+use http::HeaderName;
+use tollgate_proto::config::v1::{ApiKey, Consumer, HashOn, Route, Service};
 use tollgate_raft::GatewayState;
 
-use super::balancer::RoundRobin;
+use super::cache::ResponseCache;
+use super::circuit::Circuit;
+use super::cors::CompiledCors;
+use super::health::{HealthRegistry, ProbeSpec};
+use super::ip_filter::IpFilter;
+use super::jwt::{JwksStore, JwtVerifier};
+use super::lb::{Balancer, CompiledTarget};
+use super::retry::RetryBudget;
 use super::router::Router;
+use super::transform::{HeaderOps, Rewrite};
 use super::upstream::{UpstreamClient, UpstreamClients};
+use crate::telemetry::metrics::{Metrics, RouteMetrics, ServiceMetrics};
 
 pub struct GatewaySnapshot {
     /// Raft log index this snapshot reflects.
     pub revision: u64,
-    pub router: Router,
+    pub router: Router<Arc<CompiledRoute>>,
     pub services: HashMap<String, CompiledService>,
     pub api_keys: HashMap<String, Arc<ApiKey>>,
     pub consumers: HashMap<String, Arc<Consumer>>,
+    pub consumer_ids_by_name: HashMap<String, String>,
 }
 
 pub struct CompiledService {
+    pub id: String,
     pub name: String,
-    pub balancer: RoundRobin,
-    pub client: UpstreamClient,
+    pub balancer: Balancer,
+    pub targets: Vec<CompiledTarget>,
+    /// None when the TLS settings are unusable: the service answers 503.
+    pub client: Option<UpstreamClient>,
+    pub scheme: &'static str,
+    pub tls: Option<tollgate_proto::config::v1::UpstreamTls>,
+    pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    pub hash_on: HashOn,
+    pub hash_header: Option<HeaderName>,
+    /// Passive checks: (consecutive failures, ejection ms).
+    pub eject: Option<(u32, u64)>,
+    pub retry: Option<RetrySettings>,
+    pub budget: Arc<RetryBudget>,
+    /// (state, failure threshold, open ms)
+    pub circuit: Option<(Arc<Circuit>, u32, u64)>,
+    pub metrics: ServiceMetrics,
+}
+
+pub struct RetrySettings {
+    pub attempts: u32,
+    pub budget_percent: u32,
+    pub on_statuses: Vec<u16>,
+}
+
+pub struct CompiledRoute {
+    pub id: String,
+    pub route: Arc<Route>,
+    pub metrics: RouteMetrics,
+    pub jwt: Option<JwtVerifier>,
+    pub ip: Option<IpFilter>,
+    pub cors: Option<CompiledCors>,
+    pub rewrite: Option<Rewrite>,
+    pub request_headers: Option<HeaderOps>,
+    pub response_headers: Option<HeaderOps>,
+    pub cache: Option<CacheSettings>,
+    /// Set when the route overrides the service's connect timeout.
+    pub client: Option<UpstreamClient>,
+    pub request_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+}
+
+pub struct CacheSettings {
+    pub ttl: Duration,
+    pub vary: Vec<HeaderName>,
+    pub max_body_bytes: u64,
 }
 
 /// Defaults for services that leave a timeout at 0.
@@ -34,6 +91,52 @@ pub struct CompiledService {
 pub struct TimeoutDefaults {
     pub connect: Duration,
     pub request: Duration,
+}
+
+/// Node-lifetime state the snapshots point into.
+pub struct Shared {
+    pub clients: UpstreamClients,
+    pub health: HealthRegistry,
+    pub jwks: JwksStore,
+    pub metrics: Arc<Metrics>,
+    pub cache: ResponseCache,
+    pub defaults: TimeoutDefaults,
+    circuits: Mutex<HashMap<String, Arc<Circuit>>>,
+    budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
+}
+
+impl Shared {
+    pub fn new(clients: UpstreamClients, defaults: TimeoutDefaults, metrics: Arc<Metrics>, cache_bytes: u64) -> Shared {
+        let jwks_client = clients.get(defaults.connect, None).expect("the plain upstream pool always builds");
+        Shared {
+            clients,
+            health: HealthRegistry::default(),
+            jwks: JwksStore::new(jwks_client),
+            metrics,
+            cache: ResponseCache::new(cache_bytes),
+            defaults,
+            circuits: Mutex::new(HashMap::new()),
+            budgets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn circuit(&self, service_id: &str) -> Arc<Circuit> {
+        let mut map = self.circuits.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(service_id.to_string()).or_default().clone()
+    }
+
+    fn budget(&self, service_id: &str) -> Arc<RetryBudget> {
+        let mut map = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(service_id.to_string()).or_default().clone()
+    }
+}
+
+fn or_default(ms: u32, default: Duration) -> Duration {
+    if ms == 0 { default } else { Duration::from_millis(ms.into()) }
+}
+
+fn id_of(meta: &Option<tollgate_proto::config::v1::Meta>) -> String {
+    meta.as_ref().map(|m| m.id.clone()).unwrap_or_default()
 }
 
 impl GatewaySnapshot {
@@ -44,32 +147,140 @@ impl GatewaySnapshot {
             services: HashMap::new(),
             api_keys: HashMap::new(),
             consumers: HashMap::new(),
+            consumer_ids_by_name: HashMap::new(),
         }
     }
 
-    pub fn compile(state: &GatewayState, clients: &UpstreamClients, defaults: TimeoutDefaults) -> GatewaySnapshot {
-        let or_default = |ms: u32, default: Duration| if ms == 0 { default } else { Duration::from_millis(ms.into()) };
-        let services = state
+    pub fn compile(state: &GatewayState, shared: &Shared) -> GatewaySnapshot {
+        let mut probes = Vec::new();
+        let mut live_targets = Vec::new();
+        let services: HashMap<String, CompiledService> = state
             .services()
             .map(|s| {
-                let id = s.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
-                let compiled = CompiledService {
-                    name: s.name.clone(),
-                    balancer: RoundRobin::new(&s.targets),
-                    client: clients.get(or_default(s.connect_timeout_ms, defaults.connect)),
-                    request_timeout: or_default(s.request_timeout_ms, defaults.request),
-                };
-                (id, compiled)
+                let compiled = compile_service(s, shared, &mut probes, &mut live_targets);
+                (compiled.id.clone(), compiled)
             })
             .collect();
-        let by_id =
-            |meta: &Option<tollgate_proto::config::v1::Meta>| meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+        shared.health.reconcile(probes, &live_targets);
+
+        let routes: Vec<(Arc<Route>, Arc<CompiledRoute>)> = state
+            .routes()
+            .map(|r| (r.clone(), Arc::new(compile_route(r, services.get(&r.service_id), shared))))
+            .collect();
+        shared.jwks.retain_used();
         GatewaySnapshot {
             revision: state.applied_index(),
-            router: Router::build(state.routes()),
+            router: Router::build(routes.iter().map(|(r, c)| (r.as_ref(), c.clone()))),
             services,
-            api_keys: state.api_keys().map(|k| (by_id(&k.meta), k.clone())).collect(),
-            consumers: state.consumers().map(|c| (by_id(&c.meta), c.clone())).collect(),
+            api_keys: state.api_keys().map(|k| (id_of(&k.meta), k.clone())).collect(),
+            consumers: state.consumers().map(|c| (id_of(&c.meta), c.clone())).collect(),
+            consumer_ids_by_name: state.consumers().map(|c| (c.name.clone(), id_of(&c.meta))).collect(),
         }
+    }
+
+    /// A consumer by id, else by unique name (JWT claims may carry either).
+    pub fn consumer_by_id_or_name(&self, key: &str) -> Option<&Arc<Consumer>> {
+        self.consumers.get(key).or_else(|| self.consumers.get(self.consumer_ids_by_name.get(key)?))
+    }
+}
+
+fn compile_service(
+    s: &Service,
+    shared: &Shared,
+    probes: &mut Vec<ProbeSpec>,
+    live_targets: &mut Vec<(String, String)>,
+) -> CompiledService {
+    let id = id_of(&s.meta);
+    let tls = s.tls.clone().filter(|t| t.enabled);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let connect_timeout = or_default(s.connect_timeout_ms, shared.defaults.connect);
+    let client = shared.clients.get(connect_timeout, tls.as_ref());
+    let targets: Vec<CompiledTarget> = s
+        .targets
+        .iter()
+        .map(|t| {
+            let authority = if t.host.contains(':') {
+                format!("[{}]:{}", t.host, t.port)
+            } else {
+                format!("{}:{}", t.host, t.port)
+            };
+            live_targets.push((id.clone(), authority.clone()));
+            let state = shared.health.target(&id, &authority);
+            if let (Some(check), Some(client)) = (&s.health_check, &client) {
+                probes.push(ProbeSpec {
+                    service_id: id.clone(),
+                    service_name: s.name.clone(),
+                    scheme,
+                    authority: authority.clone(),
+                    check: check.clone(),
+                    client: client.clone(),
+                    state: state.clone(),
+                });
+            }
+            CompiledTarget { authority, state }
+        })
+        .collect();
+    let hash_on = HashOn::try_from(s.hash_on).unwrap_or(HashOn::Unspecified);
+    CompiledService {
+        name: s.name.clone(),
+        balancer: Balancer::new(s.lb_policy, &s.targets),
+        targets,
+        client,
+        scheme,
+        tls,
+        connect_timeout,
+        request_timeout: or_default(s.request_timeout_ms, shared.defaults.request),
+        hash_on,
+        hash_header: (hash_on == HashOn::Header)
+            .then(|| HeaderName::from_bytes(s.hash_header.as_bytes()).ok())
+            .flatten(),
+        eject: s.outlier_detection.as_ref().map(|o| {
+            (
+                if o.consecutive_failures == 0 { 5 } else { o.consecutive_failures },
+                u64::from(if o.ejection_ms == 0 { 30_000 } else { o.ejection_ms }),
+            )
+        }),
+        retry: s.retry.as_ref().filter(|r| r.attempts > 0).map(|r| RetrySettings {
+            attempts: r.attempts,
+            budget_percent: if r.budget_percent == 0 { 20 } else { r.budget_percent },
+            on_statuses: r.on_statuses.iter().filter_map(|s| u16::try_from(*s).ok()).collect(),
+        }),
+        budget: shared.budget(&id),
+        circuit: s.circuit_breaker.as_ref().map(|c| {
+            (
+                shared.circuit(&id),
+                if c.failure_threshold == 0 { 5 } else { c.failure_threshold },
+                u64::from(if c.open_ms == 0 { 10_000 } else { c.open_ms }),
+            )
+        }),
+        metrics: shared.metrics.service(&s.name),
+        id,
+    }
+}
+
+fn compile_route(r: &Route, service: Option<&CompiledService>, shared: &Shared) -> CompiledRoute {
+    let service_name = service.map_or("", |s| s.name.as_str());
+    let client = match (r.connect_timeout_ms, service) {
+        (0, _) | (_, None) => None,
+        (ms, Some(s)) => shared.clients.get(Duration::from_millis(ms.into()), s.tls.as_ref()),
+    };
+    CompiledRoute {
+        id: id_of(&r.meta),
+        route: Arc::new(r.clone()),
+        metrics: shared.metrics.route(&r.name, service_name),
+        jwt: r.jwt.as_ref().map(|j| JwtVerifier::compile(j, &shared.jwks)),
+        ip: IpFilter::compile(&r.ip_allow, &r.ip_deny),
+        cors: r.cors.as_ref().map(|c| CompiledCors::compile(c, &r.methods)),
+        rewrite: Rewrite::compile(&r.rewrite_path),
+        request_headers: HeaderOps::compile(r.request_headers.as_ref()),
+        response_headers: HeaderOps::compile(r.response_headers.as_ref()),
+        cache: r.cache.as_ref().filter(|c| c.enabled).map(|c| CacheSettings {
+            ttl: or_default(c.ttl_ms, Duration::from_secs(60)),
+            vary: c.vary_headers.iter().filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok()).collect(),
+            max_body_bytes: if c.max_body_bytes == 0 { 1 << 20 } else { u64::from(c.max_body_bytes) },
+        }),
+        client,
+        request_timeout: (r.request_timeout_ms > 0).then(|| Duration::from_millis(r.request_timeout_ms.into())),
+        idle_timeout: (r.idle_timeout_ms > 0).then(|| Duration::from_millis(r.idle_timeout_ms.into())),
     }
 }

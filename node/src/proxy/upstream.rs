@@ -1,48 +1,114 @@
-//! Pooled HTTP/1.1 connections to upstream targets.
+//! Pooled connections to upstream targets, HTTP/1.1 over TCP or TLS. Pools are
+//! shared by every snapshot, so connections survive configuration changes.
 
 use std::collections::HashMap;
 use std::error::Error as StdError;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tollgate_proto::config::v1::UpstreamTls;
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
 
-/// One keep-alive pool per connect timeout, shared by every snapshot, so
-/// connections survive configuration changes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    connect_timeout: Duration,
+    /// (CA bundle, server name) for TLS pools.
+    tls: Option<(String, String)>,
+}
+
+/// One keep-alive pool per (connect timeout, TLS settings).
 pub struct UpstreamClients {
     idle_timeout: Duration,
-    by_connect_timeout: Mutex<HashMap<Duration, UpstreamClient>>,
+    pools: Mutex<HashMap<PoolKey, UpstreamClient>>,
 }
 
 impl UpstreamClients {
     pub fn new(idle_timeout: Duration) -> UpstreamClients {
-        UpstreamClients { idle_timeout, by_connect_timeout: Mutex::new(HashMap::new()) }
+        UpstreamClients { idle_timeout, pools: Mutex::new(HashMap::new()) }
     }
 
-    /// Called while compiling a snapshot, never per request.
-    pub fn get(&self, connect_timeout: Duration) -> UpstreamClient {
-        let mut clients = self.by_connect_timeout.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        clients
-            .entry(connect_timeout)
-            .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                connector.set_connect_timeout(Some(connect_timeout));
-                connector.set_keepalive(Some(Duration::from_secs(60)));
-                Client::builder(TokioExecutor::new())
-                    .pool_timer(TokioTimer::new())
-                    .pool_idle_timeout(self.idle_timeout)
-                    .pool_max_idle_per_host(1024)
-                    .build(connector)
-            })
-            .clone()
+    /// Called while compiling a snapshot, never per request. A TLS setting
+    /// that cannot be used (bad CA PEM) yields None: the service answers 503
+    /// instead of silently dropping verification.
+    pub fn get(&self, connect_timeout: Duration, tls: Option<&UpstreamTls>) -> Option<UpstreamClient> {
+        let tls = tls.filter(|t| t.enabled);
+        let key = PoolKey { connect_timeout, tls: tls.map(|t| (t.ca_pem.clone(), t.server_name.clone())) };
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = pools.get(&key) {
+            return Some(client.clone());
+        }
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        // https:// URIs are only produced for TLS services, so the plain pool's empty trust store is never used.
+        http.enforce_http(false);
+        let config = match tls {
+            Some(t) => match client_config(t) {
+                Ok(c) => c,
+                Err(error) => {
+                    tracing::error!(%error, "upstream TLS settings are unusable; the service will answer 503");
+                    return None;
+                }
+            },
+            None => rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .ok()?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        };
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config).https_or_http();
+        let connector = match tls.filter(|t| !t.server_name.is_empty()) {
+            Some(t) => match ServerName::try_from(t.server_name.clone()) {
+                Ok(name) => builder
+                    .with_server_name_resolver(FixedServerNameResolver::new(name))
+                    .enable_http1()
+                    .wrap_connector(http),
+                Err(_) => return None,
+            },
+            None => builder.enable_http1().wrap_connector(http),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(self.idle_timeout)
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        pools.insert(key, client.clone());
+        Some(client)
     }
+}
+
+fn client_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    if tls.ca_pem.is_empty() {
+        let native = rustls_native_certs::load_native_certs();
+        for cert in native.certs {
+            let _ = roots.add(cert);
+        }
+    } else {
+        for cert in CertificateDer::pem_slice_iter(tls.ca_pem.as_bytes()) {
+            let cert = cert.map_err(|e| format!("tls.ca_pem: {e}"))?;
+            roots.add(cert).map_err(|e| format!("tls.ca_pem: {e}"))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err("no trusted CA certificates (tls.ca_pem is empty and the system store has none)".into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }

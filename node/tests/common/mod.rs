@@ -33,6 +33,8 @@ pub fn test_config(dir: &Path) -> Config {
     config.listen.proxy = "127.0.0.1:0".parse().unwrap();
     config.listen.admin = "127.0.0.1:0".parse().unwrap();
     config.listen.cluster = "127.0.0.1:0".parse().unwrap();
+    config.listen.ops = "127.0.0.1:0".parse().unwrap();
+    config.proxy.access_log = "off".into();
     config.admin.token = Some(TOKEN.to_string());
     config.raft.heartbeat_ms = 50;
     config.raft.election_timeout_min_ms = 150;

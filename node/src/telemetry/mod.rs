@@ -1,6 +1,10 @@
 //! Logging: human-readable by default, one JSON object per line with
 //! `--log-format json` (access log lines carry `target: "access"`).
 
+pub mod access_log;
+pub mod metrics;
+pub mod tracing;
+
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -11,22 +11,24 @@ const MAX_SEQUENCE: u64 = 4096;
 
 #[derive(Debug)]
 pub struct RoundRobin {
-    targets: Vec<Target>,
     sequence: Vec<u16>,
     next: AtomicUsize,
 }
 
 impl RoundRobin {
     pub fn new(targets: &[Target]) -> RoundRobin {
-        RoundRobin { targets: targets.to_vec(), sequence: smooth_sequence(targets), next: AtomicUsize::new(0) }
+        RoundRobin { sequence: smooth_sequence(targets), next: AtomicUsize::new(0) }
     }
 
-    pub fn pick(&self) -> Option<&Target> {
-        if self.sequence.is_empty() {
+    /// The next usable target in the sequence; an unusable one passes its
+    /// turn to the target after it in the sequence.
+    pub fn pick(&self, targets: usize, usable: impl Fn(usize) -> bool) -> Option<usize> {
+        let len = self.sequence.len();
+        if len == 0 {
             return None;
         }
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.sequence.len();
-        self.targets.get(usize::from(self.sequence[slot]))
+        let slot = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..len).map(|offset| usize::from(self.sequence[(slot + offset) % len])).find(|&i| i < targets && usable(i))
     }
 }
 
@@ -70,20 +72,22 @@ mod tests {
     #[test]
     fn equal_weights_alternate() {
         let rr = RoundRobin::new(&[target(1, 0), target(2, 0), target(3, 0)]);
-        let ports: Vec<u32> = (0..6).map(|_| rr.pick().unwrap().port).collect();
-        assert_eq!(ports, vec![1, 2, 3, 1, 2, 3]);
+        let picks: Vec<usize> = (0..6).map(|_| rr.pick(3, |_| true).unwrap()).collect();
+        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
+        let skipping: Vec<usize> = (0..4).map(|_| rr.pick(3, |i| i != 1).unwrap()).collect();
+        assert_eq!(skipping, vec![0, 2, 2, 0], "an unusable target's turn goes to the next one");
     }
 
     #[test]
     fn weights_share_traffic_proportionally_and_interleave() {
         let rr = RoundRobin::new(&[target(1, 5), target(2, 1), target(3, 1)]);
-        let ports: Vec<u32> = (0..7).map(|_| rr.pick().unwrap().port).collect();
-        assert_eq!(ports.iter().filter(|p| **p == 1).count(), 5);
-        assert_eq!(ports, vec![1, 1, 2, 1, 3, 1, 1], "smooth: the heavy target is spread out");
+        let picks: Vec<usize> = (0..7).map(|_| rr.pick(3, |_| true).unwrap()).collect();
+        assert_eq!(picks.iter().filter(|p| **p == 0).count(), 5);
+        assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0], "smooth: the heavy target is spread out");
     }
 
     #[test]
     fn empty_has_no_pick() {
-        assert!(RoundRobin::new(&[]).pick().is_none());
+        assert!(RoundRobin::new(&[]).pick(0, |_| true).is_none());
     }
 }

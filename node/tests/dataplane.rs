@@ -1,0 +1,266 @@
+//! Data-plane policies end to end: a real node (RocksDB in a temp dir,
+//! run-time ports), real upstreams, real clients. Where a test waits for a
+//! background effect (a health probe, a certificate reload) it polls with a
+//! bound; nothing asserts on durations.
+
+mod common;
+#[path = "dataplane/flex.rs"]
+mod flex;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use flex::Flex;
+use http::{Request, StatusCode};
+use tollgate_proto::config::v1::*;
+
+fn target(port: u32, weight: u32) -> Target {
+    Target { host: "127.0.0.1".into(), port, weight }
+}
+
+fn open_route(name: &str, service: &str, path: &str) -> Route {
+    Route {
+        name: name.into(),
+        service_id: service.into(),
+        paths: vec![RoutePath { kind: PathMatch::Prefix as i32, path: path.into() }],
+        auth: AuthMode::None as i32,
+        ..Default::default()
+    }
+}
+
+fn upstream_of(reply: &Reply) -> String {
+    reply.headers.get("x-upstream").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
+}
+
+async fn tally(proxy: std::net::SocketAddr, path: &str, n: usize, headers: &[(&str, &str)]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let reply = get(proxy, path, headers).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        *counts.entry(upstream_of(&reply)).or_default() += 1;
+    }
+    counts
+}
+
+/// Polls `check` until it holds, for at most 15 s.
+async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut check: F) {
+    for _ in 0..300 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("gave up waiting for: {what}");
+}
+
+#[tokio::test]
+async fn each_balancing_policy_distributes_as_specified() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let mut admin = admin_client(node.admin_addr, TOKEN).await;
+    let (a, b, c) = (Flex::start("a").await, Flex::start("b").await, Flex::start("c").await);
+
+    // Round robin: equal shares, in turn.
+    let rr = Service {
+        name: "rr".into(),
+        targets: vec![target(a.port(), 1), target(b.port(), 1), target(c.port(), 1)],
+        lb_policy: LbPolicy::RoundRobin as i32,
+        ..Default::default()
+    };
+    admin.create_service(rr).await.unwrap();
+    admin.create_route(open_route("rr", "rr", "/rr")).await.unwrap();
+    let counts = tally(node.proxy_addr, "/rr", 30, &[]).await;
+    assert_eq!(counts, HashMap::from([("a".into(), 10), ("b".into(), 10), ("c".into(), 10)]));
+
+    // Weighted: 3:1.
+    let weighted = Service {
+        name: "weighted".into(),
+        targets: vec![target(a.port(), 3), target(b.port(), 1)],
+        ..Default::default()
+    };
+    admin.create_service(weighted).await.unwrap();
+    admin.create_route(open_route("weighted", "weighted", "/weighted")).await.unwrap();
+    let counts = tally(node.proxy_addr, "/weighted", 40, &[]).await;
+    assert_eq!(counts, HashMap::from([("a".into(), 30), ("b".into(), 10)]));
+
+    // Consistent hash on a header: a key sticks to one target; keys spread.
+    let hashed = Service {
+        name: "hashed".into(),
+        targets: vec![target(a.port(), 1), target(b.port(), 1), target(c.port(), 1)],
+        lb_policy: LbPolicy::ConsistentHash as i32,
+        hash_on: HashOn::Header as i32,
+        hash_header: "x-user".into(),
+        ..Default::default()
+    };
+    admin.create_service(hashed).await.unwrap();
+    admin.create_route(open_route("hashed", "hashed", "/hashed")).await.unwrap();
+    let mut owners = HashMap::new();
+    for user in 0..30 {
+        let user = format!("user-{user}");
+        let counts = tally(node.proxy_addr, "/hashed", 3, &[("x-user", &user)]).await;
+        assert_eq!(counts.len(), 1, "{user} must always reach the same target: {counts:?}");
+        *owners.entry(counts.into_keys().next().unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(owners.len(), 3, "30 keys spread over all three targets: {owners:?}");
+
+    // Least connections: while one target holds a request, new ones go to the other.
+    let least = Service {
+        name: "least".into(),
+        targets: vec![target(a.port(), 1), target(b.port(), 1)],
+        lb_policy: LbPolicy::LeastConnections as i32,
+        ..Default::default()
+    };
+    admin.create_service(least).await.unwrap();
+    admin.create_route(open_route("least", "least", "/least")).await.unwrap();
+    let proxy = node.proxy_addr;
+    let held = tokio::spawn(async move { get(proxy, "/least/hold", &[]).await });
+    eventually("a request is held", async || {
+        a.state.holding.load(std::sync::atomic::Ordering::SeqCst)
+            + b.state.holding.load(std::sync::atomic::Ordering::SeqCst)
+            == 1
+    })
+    .await;
+    let busy = if a.state.holding.load(std::sync::atomic::Ordering::SeqCst) == 1 { "a" } else { "b" };
+    let counts = tally(node.proxy_addr, "/least", 10, &[]).await;
+    assert_eq!(counts.len(), 1, "all to the idle target: {counts:?}");
+    assert!(!counts.contains_key(busy), "the busy target {busy} got traffic: {counts:?}");
+    a.state.release.notify_waiters();
+    b.state.release.notify_waiters();
+    assert_eq!(held.await.unwrap().status, StatusCode::OK);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn unhealthy_targets_are_ejected_and_return_after_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let mut admin = admin_client(node.admin_addr, TOKEN).await;
+    let (a, b) = (Flex::start("a").await, Flex::start("b").await);
+
+    // Active checks: probes every 50 ms, 2 failures to eject, 2 successes to return.
+    let probed = Service {
+        name: "probed".into(),
+        targets: vec![target(a.port(), 1), target(b.port(), 1)],
+        health_check: Some(HealthCheck {
+            path: "/health".into(),
+            interval_ms: 100,
+            timeout_ms: 500,
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+        }),
+        ..Default::default()
+    };
+    admin.create_service(probed).await.unwrap();
+    admin.create_route(open_route("probed", "probed", "/")).await.unwrap();
+    b.state.unhealthy.store(true, std::sync::atomic::Ordering::SeqCst);
+    let proxy = node.proxy_addr;
+    eventually("b is ejected", async || !tally(proxy, "/", 10, &[]).await.contains_key("b")).await;
+    let before = b.hits();
+    assert_eq!(tally(proxy, "/", 20, &[]).await.get("a"), Some(&20), "all traffic on the healthy target");
+    assert_eq!(b.hits(), before, "the ejected target gets no requests");
+    b.state.unhealthy.store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually("b returns", async || tally(proxy, "/", 10, &[]).await.get("b").is_some_and(|n| *n >= 4)).await;
+
+    // Passive checks: three consecutive 5xx eject the target without any probe.
+    let passive = Service {
+        name: "passive".into(),
+        targets: vec![target(a.port(), 1), target(b.port(), 1)],
+        outlier_detection: Some(OutlierDetection { consecutive_failures: 3, ejection_ms: 600_000 }),
+        ..Default::default()
+    };
+    admin.create_service(passive).await.unwrap();
+    admin.create_route(open_route("passive", "passive", "/passive")).await.unwrap();
+    b.state.fail_with.store(500, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..6 {
+        get(proxy, "/passive", &[]).await;
+    }
+    let before = b.hits();
+    assert_eq!(tally(proxy, "/passive", 20, &[]).await.get("a"), Some(&20));
+    assert_eq!(b.hits(), before, "the ejected target gets no requests");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn retries_repeat_idempotent_requests_but_never_a_post() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let mut admin = admin_client(node.admin_addr, TOKEN).await;
+    let (bad, good) = (Flex::start("bad").await, Flex::start("good").await);
+    bad.state.fail_with.store(503, std::sync::atomic::Ordering::SeqCst);
+    let svc = Service {
+        name: "retrying".into(),
+        targets: vec![target(bad.port(), 1), target(good.port(), 1), target(u32::from(dead_port().await), 1)],
+        retry: Some(RetryPolicy { attempts: 2, ..Default::default() }),
+        ..Default::default()
+    };
+    admin.create_service(svc).await.unwrap();
+    admin.create_route(open_route("retrying", "retrying", "/")).await.unwrap();
+
+    // Every GET succeeds: a 503 or a refused connection moves on to another
+    // target. (Four requests stay within the retry budget's initial allowance.)
+    for _ in 0..4 {
+        let reply = get(node.proxy_addr, "/", &[]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(upstream_of(&reply), "good");
+    }
+    // POSTs reach exactly one target, once each, whatever it answers.
+    let (bad_before, good_before) = (bad.hits(), good.hits());
+    let mut statuses = Vec::new();
+    for _ in 0..9 {
+        let request = Request::post(format!("http://{}/", node.proxy_addr)).body(full("order=1")).unwrap();
+        statuses.push(send(&http_client(), request).await.status);
+    }
+    let posts = (bad.hits() - bad_before) + (good.hits() - good_before);
+    let refused = statuses.iter().filter(|s| **s == StatusCode::BAD_GATEWAY).count();
+    assert_eq!(posts + refused, 9, "each POST was sent once, or failed to connect: {statuses:?}");
+    assert_eq!(
+        bad.state.posts.load(std::sync::atomic::Ordering::SeqCst),
+        statuses.iter().filter(|s| **s == StatusCode::SERVICE_UNAVAILABLE).count()
+    );
+    assert!(statuses.contains(&StatusCode::SERVICE_UNAVAILABLE), "a failed POST is returned, not retried");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn timeouts_give_504_and_an_open_circuit_fails_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let mut admin = admin_client(node.admin_addr, TOKEN).await;
+    let slow = Upstream::start("slow").await;
+    admin
+        .create_service(Service {
+            name: "slow".into(),
+            targets: vec![target(u32::from(slow.addr.port()), 1)],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut hang = open_route("hang", "slow", "/hang");
+    hang.request_timeout_ms = 200;
+    admin.create_route(hang).await.unwrap();
+    let reply = get(node.proxy_addr, "/hang", &[]).await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(reply.json()["error"]["code"], "upstream_timeout");
+    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("200 ms"), "the route's timeout applies");
+
+    let failing = Flex::start("failing").await;
+    failing.state.fail_with.store(500, std::sync::atomic::Ordering::SeqCst);
+    let svc = Service {
+        name: "breaker".into(),
+        targets: vec![target(failing.port(), 1)],
+        circuit_breaker: Some(CircuitBreaker { failure_threshold: 3, open_ms: 600_000 }),
+        ..Default::default()
+    };
+    admin.create_service(svc).await.unwrap();
+    admin.create_route(open_route("breaker", "breaker", "/breaker")).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(get(node.proxy_addr, "/breaker", &[]).await.status, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let hits = failing.hits();
+    let reply = get(node.proxy_addr, "/breaker", &[]).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.json()["error"]["code"], "circuit_open");
+    assert_eq!(failing.hits(), hits, "an open circuit does not call the upstream");
+    node.shutdown().await;
+}
