@@ -266,7 +266,7 @@ impl RaftNode {
             let response = self
                 .inner
                 .transport
-                .call(&addr, &PeerRequest::Write(command.clone()), self.inner.write_timeout)
+                .call(&addr, &PeerRequest::Write(Box::new(command.clone())), self.inner.write_timeout)
                 .await
                 .map_err(|e| unreachable_leader(leader_id, &e))?;
             match response {

@@ -90,7 +90,7 @@ async fn dispatch(request: PeerRequest, recv: &mut quinn::RecvStream, node: &Raf
         PeerRequest::Snapshot { vote, meta, size } => {
             PeerResponse::Snapshot(receive_snapshot(node, vote, meta, size, recv).await)
         }
-        PeerRequest::Write(command) => PeerResponse::Write(match raft.client_write(command).await {
+        PeerRequest::Write(command) => PeerResponse::Write(match raft.client_write(*command).await {
             Ok(response) => Ok(response.data),
             Err(error) => Err(rejection(error)),
         }),

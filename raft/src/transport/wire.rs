@@ -32,7 +32,7 @@ pub enum PeerRequest {
         size: u64,
     },
     /// An admin write received by a follower, forwarded to the leader.
-    Write(Command),
+    Write(Box<Command>),
     /// A follower asks the leader for a linearizable read point.
     ReadIndex,
     /// A membership change, executed by the leader.
