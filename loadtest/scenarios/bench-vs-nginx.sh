@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark for docs/benchmarks.md: (a) direct to a fixed-response
+# upstream, (b) nginx as a keep-alive reverse proxy, (c) Tollgate with one open
+# route, (d) Tollgate with API-key auth, with JWT (HS256) auth, and with the
+# response cache. Generator pinned to core 0; upstream and proxies on core 1.
+# Needs release builds (cargo build --release -p tollgate-node -p tollgate-loadtest)
+# and nginx (apt-get install -y nginx). Everything listens on 127.0.0.1 only.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+LOAD=${LOAD:-target/release/tollgate-load}
+TG=${TG:-target/release/tollgate}
+DUR=${DUR:-10s}
+CONNS=${CONNS:-50}
+RATE=${RATE:-5000}
+ROUNDS=${ROUNDS:-2}
+WORK=$(mktemp -d /tmp/tollgate-bench.XXXXXX)
+TOKEN=bench-admin-token-0123456789
+cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+PIDS=()
+trap cleanup EXIT
+
+# upstream: fixed 200 "ok\n"
+taskset -c 1 "$LOAD" --threads 1 mock http --listen 127.0.0.1:19000 > "$WORK/mock.out" 2>/dev/null &
+PIDS+=($!)
+
+# nginx: one worker, upstream keep-alive, no access log (Tollgate's is off too)
+mkdir -p "$WORK/nginx/logs"
+cat > "$WORK/nginx/nginx.conf" <<CONF
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream mock { server 127.0.0.1:19000; keepalive 128; }
+  server {
+    listen 127.0.0.1:19080;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+CONF
+taskset -c 1 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
+PIDS+=($!)
+
+# Tollgate: one core (tokio sizes its pool from the affinity mask), no access log
+taskset -c 1 "$TG" serve --data-dir "$WORK/tg" --proxy-listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090 \
+  --ops-listen 127.0.0.1:19091 --admin-token "$TOKEN" --access-log off --log-format json 2> "$WORK/tollgate.log" &
+PIDS+=($!)
+for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19091/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+
+CTL=("$TG" ctl --admin 127.0.0.1:19090 --token "$TOKEN")
+"${CTL[@]}" service create mock --target 127.0.0.1:19000 >/dev/null
+"${CTL[@]}" route create open --service mock --path /open --auth none >/dev/null
+"${CTL[@]}" route create key --service mock --path /key >/dev/null
+SECRET=bench-secret-0123456789abcdef0123
+"${CTL[@]}" route create jwt --service mock --path /jwt --auth jwt --jwt-alg HS256 --jwt-secret "$SECRET" >/dev/null
+"${CTL[@]}" route create cached --service mock --path /cached --auth none --cache-ttl-ms 600000 >/dev/null
+"${CTL[@]}" consumer create bench >/dev/null
+KEY=$("${CTL[@]}" -o json key create --consumer bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')
+JWT=$(SECRET=$SECRET python3 - <<'PY'
+import base64, hashlib, hmac, json, os, time
+b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=")
+head = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+body = b(json.dumps({"sub": "bench", "exp": int(time.time()) + 86400}).encode())
+sig = b(hmac.new(os.environ["SECRET"].encode(), head + b"." + body, hashlib.sha256).digest())
+print((head + b"." + body + b"." + sig).decode())
+PY
+)
+
+run() { # label url [header]
+  local label=$1 url=$2; shift 2
+  local extra=()
+  if [ $# -gt 0 ]; then extra=(-H "$1"); fi
+  local out
+  out=$(taskset -c 0 "$LOAD" --threads 1 run "$url" -c "$CONNS" -d "$DUR" -q "${extra[@]}" --json "$WORK/$label.json" 2>&1)
+  echo "$out" | grep -E "requests |latency|failed|status" | sed "s/^/[$label closed] /"
+}
+run_open() {
+  local label=$1 url=$2; shift 2
+  local extra=()
+  if [ $# -gt 0 ]; then extra=(-H "$1"); fi
+  taskset -c 0 "$LOAD" --threads 1 run "$url" -r "$RATE" -c "$CONNS" -d "$DUR" -q "${extra[@]}" 2>&1 \
+    | grep -E "requests |latency|failed|send lag" | sed "s/^/[$label open@$RATE] /"
+}
+
+# warm-up (connections, cache entry)
+for u in http://127.0.0.1:19000/ http://127.0.0.1:19080/ http://127.0.0.1:18080/open http://127.0.0.1:18080/cached; do
+  taskset -c 0 "$LOAD" --threads 1 run "$u" -c 8 -d 1s -q >/dev/null 2>&1
+done
+
+for round in $(seq 1 "$ROUNDS"); do
+  echo "### closed loop, $CONNS connections, $DUR, round $round"
+  run direct http://127.0.0.1:19000/
+  run nginx http://127.0.0.1:19080/
+  run tollgate-open http://127.0.0.1:18080/open
+  run tollgate-apikey http://127.0.0.1:18080/key "Authorization: Bearer $KEY"
+  run tollgate-jwt http://127.0.0.1:18080/jwt "Authorization: Bearer $JWT"
+  run tollgate-cache http://127.0.0.1:18080/cached
+done
+echo "### open loop at $RATE req/s (latency from scheduled send time)"
+run_open direct http://127.0.0.1:19000/
+run_open nginx http://127.0.0.1:19080/
+run_open tollgate-open http://127.0.0.1:18080/open
+run_open tollgate-apikey http://127.0.0.1:18080/key "Authorization: Bearer $KEY"
+run_open tollgate-jwt http://127.0.0.1:18080/jwt "Authorization: Bearer $JWT"
+run_open tollgate-cache http://127.0.0.1:18080/cached
+echo "results in $WORK"
