@@ -12,6 +12,11 @@ use tollgate_node::config::Config;
 use tollgate_node::ctl::{self, CtlArgs};
 use tollgate_node::telemetry::{self, LogFormat};
 
+// The proxy allocates and frees small buffers on every request; mimalloc's
+// thread-local free lists make that measurably cheaper than glibc malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version, about = "Clustered API and AI gateway with built-in Raft storage")]
 struct Cli {

@@ -97,6 +97,16 @@ impl Transport {
         self.connections.lock().unwrap_or_else(|p| p.into_inner()).remove(addr);
     }
 
+    /// A new bidirectional stream to `addr`; a broken cached connection is
+    /// dropped so the next call dials again.
+    async fn open_stream(&self, addr: &str) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
+        let conn = self.connection(addr).await?;
+        conn.open_bi().await.map_err(|e| {
+            self.forget(addr);
+            TransportError::Unreachable { addr: addr.to_string(), reason: e.to_string() }
+        })
+    }
+
     /// One request, one response, bounded by `timeout`.
     pub async fn call(
         &self,
@@ -105,11 +115,7 @@ impl Transport {
         timeout: Duration,
     ) -> Result<PeerResponse, TransportError> {
         let attempt = async {
-            let conn = self.connection(addr).await?;
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| {
-                self.forget(addr);
-                TransportError::Unreachable { addr: addr.to_string(), reason: e.to_string() }
-            })?;
+            let (mut send, mut recv) = self.open_stream(addr).await?;
             let wire = |source| TransportError::Wire { addr: addr.to_string(), source };
             wire::write_frame(&mut send, request).await.map_err(wire)?;
             let _ = send.finish();
@@ -127,11 +133,7 @@ impl Transport {
         timeout: Duration,
     ) -> Result<PeerResponse, TransportError> {
         let attempt = async {
-            let conn = self.connection(addr).await?;
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| {
-                self.forget(addr);
-                TransportError::Unreachable { addr: addr.to_string(), reason: e.to_string() }
-            })?;
+            let (mut send, mut recv) = self.open_stream(addr).await?;
             let wire = |source| TransportError::Wire { addr: addr.to_string(), source };
             wire::write_frame(&mut send, header).await.map_err(wire)?;
             let mut buf = vec![0u8; 1 << 20];
