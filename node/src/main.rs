@@ -108,7 +108,7 @@ fn main() -> ExitCode {
     // One crypto provider for every TLS user in the process (proxy, upstreams, JWKS).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match build_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -156,6 +156,18 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// With one usable CPU (e.g. pinned by `taskset` or a 1-CPU container), a
+/// single-threaded scheduler serves the same work without the multi-thread
+/// scheduler's cross-thread wake-ups; otherwise one worker per CPU.
+fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Runtime::new()
     }
 }
 
