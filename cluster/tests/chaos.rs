@@ -425,3 +425,33 @@ async fn joining_without_a_valid_token_is_refused() {
     assert_eq!(status.members.len(), 3, "nobody was added");
     cluster.down().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_is_replaced_and_catches_up_when_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = up(dir.path(), |o| o.write_timeout_ms = 3_000).await;
+    let old_leader = cluster.leader().await.unwrap();
+    write(&cluster, old_leader, "before-pause").await.unwrap();
+
+    cluster.pause(old_leader).unwrap(); // SIGSTOP: sockets stay open, nothing answers
+    let survivor = follower_of(&cluster, old_leader);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new_leader = loop {
+        let status = cluster.node_status(survivor).await.unwrap();
+        if let Some(l) = status.leader_id.filter(|l| *l != old_leader) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no new leader while node {old_leader} is frozen");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for i in 0..10 {
+        write(&cluster, new_leader, &format!("during-pause-{i}")).await.unwrap();
+    }
+
+    cluster.resume(old_leader).unwrap();
+    cluster.wait_healthy(Duration::from_secs(60)).await.unwrap();
+    let on_old = names(&cluster, old_leader, false).await.unwrap();
+    assert!(on_old.contains("before-pause") && (0..10).all(|i| on_old.contains(&format!("during-pause-{i}"))));
+    assert_eq!(agreed_final_state(&cluster).await, on_old);
+    cluster.down().await;
+}
