@@ -24,6 +24,7 @@ pub enum Change {
     PutApiKey(ApiKey),
     DeleteApiKey(String),
     PutJoinToken(JoinToken),
+    DeleteJoinToken(String),
 }
 
 /// What a successful command did: its changes, and the created or updated
@@ -160,6 +161,10 @@ pub fn apply(state: &GatewayState, cmd: &Command, index: u64) -> Result<Outcome,
                 return Err(ApplyError::invalid("expires_at_ms", "a join token must expire in the future"));
             }
             Ok(put(Change::PutJoinToken(t.clone()), &t))
+        }
+        Op::DeleteJoinToken(id) => {
+            state.join_token(id).ok_or_else(|| ApplyError::not_found(EntityKind::JoinToken, id))?;
+            Ok(Outcome { changes: vec![Change::DeleteJoinToken(id.clone())], entity: None })
         }
     }
 }

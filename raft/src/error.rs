@@ -27,7 +27,7 @@ impl std::fmt::Display for EntityKind {
 pub enum ApplyError {
     #[error("invalid {field}: {reason}")]
     InvalidArgument { field: String, reason: String },
-    #[error("{kind} {id:?} does not exist; list them with `tollgate ctl {kind_cmd} list`", kind_cmd = cli_noun(*.kind))]
+    #[error("{kind} {id:?} does not exist; list them with `tollgate ctl {list_cmd}`", list_cmd = list_command(*.kind))]
     NotFound { kind: EntityKind, id: String },
     #[error("a {kind} named {name:?} already exists; pick another name or update the existing one")]
     AlreadyExists { kind: EntityKind, name: String },
@@ -35,13 +35,13 @@ pub enum ApplyError {
     FailedPrecondition(String),
 }
 
-fn cli_noun(kind: EntityKind) -> &'static str {
+fn list_command(kind: EntityKind) -> &'static str {
     match kind {
-        EntityKind::Service => "service",
-        EntityKind::Route => "route",
-        EntityKind::Consumer => "consumer",
-        EntityKind::ApiKey => "key",
-        EntityKind::JoinToken => "cluster token",
+        EntityKind::Service => "service list",
+        EntityKind::Route => "route list",
+        EntityKind::Consumer => "consumer list",
+        EntityKind::ApiKey => "key list",
+        EntityKind::JoinToken => "cluster tokens",
     }
 }
 

@@ -521,6 +521,13 @@ impl RaftNode {
         Ok(JoinToken::format(&id, &secret, &self.inner.tls.ca_fingerprint()))
     }
 
+    /// Revokes a join token, given its id or the whole token text. Returns the log index.
+    pub async fn revoke_join_token(&self, id_or_token: &str, actor: &str) -> Result<u64, ProposeError> {
+        let id = JoinToken::parse(id_or_token).map_or_else(|| id_or_token.to_string(), |t| t.id);
+        let applied = self.propose(Command::new(Op::DeleteJoinToken(id), now_ms(), actor)).await?;
+        Ok(applied.revision)
+    }
+
     /// Checks a join request and, when it is valid, adds the node as a
     /// learner and returns its TLS material.
     pub(crate) async fn admit(&self, request: &JoinRequest) -> Result<ClusterTls, String> {

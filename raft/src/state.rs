@@ -167,6 +167,9 @@ impl GatewayState {
     pub fn consumers(&self) -> impl Iterator<Item = &Arc<Consumer>> {
         self.consumers.by_id.values()
     }
+    pub fn join_tokens(&self) -> impl Iterator<Item = &Arc<JoinToken>> {
+        self.join_tokens.by_id.values()
+    }
     pub fn api_keys(&self) -> impl Iterator<Item = &Arc<ApiKey>> {
         self.api_keys.by_id.values()
     }
@@ -182,6 +185,7 @@ impl GatewayState {
             Change::PutApiKey(k) => self.api_keys.put(k.clone()),
             Change::DeleteApiKey(id) => self.api_keys.remove(id),
             Change::PutJoinToken(t) => self.join_tokens.put(t.clone()),
+            Change::DeleteJoinToken(id) => self.join_tokens.remove(id),
         }
     }
 

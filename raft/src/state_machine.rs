@@ -68,6 +68,7 @@ impl StateMachine {
             Change::DeleteConsumer(id) => (EntityKind::Consumer, id.as_str(), None),
             Change::DeleteApiKey(id) => (EntityKind::ApiKey, id.as_str(), None),
             Change::PutJoinToken(t) => (EntityKind::JoinToken, meta_id(&t.meta), Some(t.encode_to_vec())),
+            Change::DeleteJoinToken(id) => (EntityKind::JoinToken, id.as_str(), None),
         };
         let key = keys::entity_key(kind, id);
         match value {

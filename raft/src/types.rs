@@ -45,6 +45,7 @@ impl Command {
             }
             Some(Op::UpdateApiKey(k)) => format!("update api key {}", k.meta.as_ref().map_or("", |m| m.id.as_str())),
             Some(Op::DeleteApiKey(id)) => format!("delete api key {id}"),
+            Some(Op::DeleteJoinToken(id)) => format!("delete join token {id}"),
             Some(Op::CreateJoinToken(t)) => {
                 format!("create join token {}", t.meta.as_ref().map_or("", |m| m.id.as_str()))
             }

@@ -110,6 +110,11 @@ async fn three_nodes_join_replicate_and_serve_writes_from_any_member() {
     let foreign = transport::JoinToken::format(&parsed.id, &parsed.secret, &other.ca_fingerprint());
     assert!(transport::join(&seed, &foreign, 9, "127.0.0.1:1").await.is_err());
 
+    // A revoked token (revoked through another member) admits nobody.
+    nodes[2].revoke_join_token(&token, "test").await.unwrap();
+    let err = transport::join(&seed, &token, 9, "127.0.0.1:1").await.unwrap_err();
+    assert!(err.to_string().contains("unknown or was revoked"), "{err}");
+
     for node in nodes {
         node.shutdown().await;
     }

@@ -111,4 +111,25 @@ impl ClusterService for Cluster {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         Ok(Response::new(CreateJoinTokenResponse { token, expires_at_ms: now + ttl.as_millis() as i64 }))
     }
+
+    async fn list_join_tokens(
+        &self,
+        _: Request<ListJoinTokensRequest>,
+    ) -> Result<Response<ListJoinTokensResponse>, Status> {
+        let state = self.raft.linearizable_state().await.map_err(status::from_node)?;
+        let tokens = state
+            .join_tokens()
+            .map(|t| tollgate_proto::config::v1::JoinToken { secret_sha256: Vec::new(), ..t.as_ref().clone() })
+            .collect();
+        Ok(Response::new(ListJoinTokensResponse { tokens }))
+    }
+
+    async fn revoke_join_token(&self, request: Request<NodeTokenRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let id = request.into_inner().id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument("the token id is required; see `tollgate ctl cluster tokens`"));
+        }
+        let revision = self.raft.revoke_join_token(&id, "admin").await.map_err(status::from_propose)?;
+        Ok(Response::new(DeleteResponse { revision }))
+    }
 }

@@ -109,6 +109,10 @@ pub enum ClusterCmd {
         #[arg(long, default_value = "24h", value_parser = parse_lifetime)]
         ttl: i64,
     },
+    /// Join tokens that exist (ids and expiry; secrets are never shown again).
+    Tokens,
+    /// Revoke a join token (its id, or the whole token).
+    RevokeToken { id: String },
     /// Add a running node (with the cluster's certificates) as a learner.
     AddLearner { node_id: u64, peer_addr: String },
     /// Make a learner a voter.
@@ -563,6 +567,28 @@ async fn cluster_command(cmd: ClusterCmd, mut cluster: client::Cluster, out: &Pr
             let ttl_seconds = (ttl / 1000).max(1) as u64;
             let r = cluster.create_join_token(CreateJoinTokenRequest { ttl_seconds }).await?.into_inner();
             out.one(json!({"token": r.token, "expires_at_ms": r.expires_at_ms}), || r.token.clone());
+        }
+        ClusterCmd::Tokens => {
+            let tokens = cluster.list_join_tokens(ListJoinTokensRequest {}).await?.into_inner().tokens;
+            let rows: Vec<Vec<String>> =
+                std::iter::once(vec!["ID".to_string(), "CREATED_AT_MS".into(), "EXPIRES_AT_MS".into()])
+                    .chain(tokens.iter().map(|t| {
+                        let m = t.meta.clone().unwrap_or_default();
+                        vec![m.id, m.created_at_ms.to_string(), t.expires_at_ms.to_string()]
+                    }))
+                    .collect();
+            let values = tokens
+                .iter()
+                .map(|t| {
+                    let m = t.meta.clone().unwrap_or_default();
+                    json!({"id": m.id, "created_at_ms": m.created_at_ms, "expires_at_ms": t.expires_at_ms})
+                })
+                .collect();
+            out.list(values, rows);
+        }
+        ClusterCmd::RevokeToken { id } => {
+            let r = cluster.revoke_join_token(NodeTokenRequest { id: id.clone() }).await?.into_inner();
+            out.one(json!({"revoked": id, "revision": r.revision}), || "revoked the join token".to_string());
         }
         ClusterCmd::AddLearner { node_id, peer_addr } => {
             let r = cluster.add_learner(AddLearnerRequest { node_id, peer_addr }).await?;
