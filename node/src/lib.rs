@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod apikey;
+pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod ops;

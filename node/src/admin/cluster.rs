@@ -1,6 +1,6 @@
 //! `tollgate.admin.v1.ClusterService`: membership and cluster health.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tollgate_proto::admin::v1::cluster_service_server::ClusterService;
 use tollgate_proto::admin::v1::*;
@@ -108,7 +108,7 @@ impl ClusterService for Cluster {
             s => Duration::from_secs(s),
         };
         let token = self.raft.create_join_token(ttl, "admin").await.map_err(status::from_propose)?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now = crate::clock::unix_ms();
         Ok(Response::new(CreateJoinTokenResponse { token, expires_at_ms: now + ttl.as_millis() as i64 }))
     }
 

@@ -2,7 +2,6 @@
 //! is served from a linearizable view of the replicated state.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use rand::RngCore;
@@ -28,7 +27,7 @@ impl Admin {
     }
 
     async fn write<T: Message + Default>(&self, op: Op) -> Result<T, Status> {
-        let command = Command::new(op, now_ms(), "admin");
+        let command = Command::new(op, crate::clock::unix_ms(), "admin");
         let applied = self.raft.propose(command).await.map_err(status::from_propose)?;
         self.proxy.wait_served(applied.revision).await;
         let bytes = applied.entity.ok_or_else(|| Status::internal("the state machine returned no entity"))?;
@@ -36,7 +35,7 @@ impl Admin {
     }
 
     async fn delete(&self, op: Op) -> Result<Response<DeleteResponse>, Status> {
-        let command = Command::new(op, now_ms(), "admin");
+        let command = Command::new(op, crate::clock::unix_ms(), "admin");
         let applied = self.raft.propose(command).await.map_err(status::from_propose)?;
         self.proxy.wait_served(applied.revision).await;
         Ok(Response::new(DeleteResponse { revision: applied.revision }))
@@ -65,10 +64,6 @@ impl Admin {
         let state = self.read().await?;
         state.find_consumer(id_or_name).map(|c| id_of(&c.meta)).ok_or_else(|| not_found("consumer", id_or_name))
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn new_id() -> String {

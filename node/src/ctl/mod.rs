@@ -17,7 +17,6 @@ mod output;
 mod policy;
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -447,7 +446,7 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
         },
         CtlCommand::Key(cmd) => match cmd {
             KeyCmd::Create { consumer, name, expires_in } => {
-                let expires_at_ms = expires_in.map_or(0, |ms| now_ms() + ms);
+                let expires_at_ms = expires_in.map_or(0, |ms| crate::clock::unix_ms() + ms);
                 let created =
                     admin.create_api_key(CreateApiKeyRequest { consumer, name, expires_at_ms }).await?.into_inner();
                 let key = created.api_key.unwrap_or_default();
@@ -612,10 +611,6 @@ async fn cluster_command(cmd: ClusterCmd, mut cluster: client::Cluster, out: &Pr
 
 fn id(meta: &Option<tollgate_proto::config::v1::Meta>) -> String {
     meta.as_ref().map(|m| m.id.clone()).unwrap_or_default()
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 struct Printer(Format);

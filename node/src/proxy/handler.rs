@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -458,7 +458,7 @@ fn authenticate_key<'s>(snapshot: &'s GatewaySnapshot, presented: Option<&str>) 
     if !presented.matches(&key.secret_sha256) || key.disabled {
         return Err(ProxyError::Unauthorized("the API key is invalid, disabled or expired"));
     }
-    if key.expires_at_ms > 0 && now_ms() >= key.expires_at_ms {
+    if key.expires_at_ms > 0 && crate::clock::unix_ms() >= key.expires_at_ms {
         return Err(ProxyError::Unauthorized("the API key is invalid, disabled or expired"));
     }
     snapshot
@@ -495,7 +495,7 @@ fn account(
     let route_name = rctx.route.as_ref().map(|r| r.route.name.as_str());
     if let Some(path) = path {
         let line = serde_json::json!({
-            "ts_ms": now_ms(),
+            "ts_ms": crate::clock::unix_ms(),
             "request_id": rctx.request_id,
             "client": rctx.client.ip().to_string(),
             "method": method.as_str(),
@@ -525,10 +525,6 @@ fn account(
         }
         trace.finish("proxy", status.as_u16(), attributes);
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn bad_header(e: http::header::InvalidHeaderValue) -> ProxyError {
