@@ -42,6 +42,8 @@ pub enum NodeError {
     Tls(#[from] crate::proxy::tls::TlsError),
     #[error("cannot open the access log: {0}; set proxy.access_log to \"stdout\", \"off\" or a writable path")]
     AccessLog(std::io::Error),
+    #[error("usage ledger: {0}")]
+    Ledger(#[from] crate::ai::ledger::LedgerError),
 }
 
 /// This node's cluster TLS identity, and how it takes part: creates the CA on
@@ -164,6 +166,8 @@ impl Node {
 
         let (tls, cluster_listen, advertise, bootstrap) = cluster_identity(&config).await?;
         let engine = Engine::open(data_dir.join("db"))?;
+        let secrets = tollgate_raft::secrets::SecretBox::from_cluster(&tls);
+        let ledger = Arc::new(crate::ai::ledger::UsageLedger::open(engine.clone(), config.node_id)?);
         let mut raft_config = RaftConfig::new(config.node_id, data_dir.join("snapshots"));
         raft_config.heartbeat_interval = ms(config.raft.heartbeat_ms);
         raft_config.election_timeout_min = ms(config.raft.election_timeout_min_ms);
@@ -234,8 +238,10 @@ impl Node {
         }
         let admin_task = {
             let (raft, proxy, token, stopped) = (raft.clone(), proxy.clone(), admin_token.clone(), stopped.clone());
+            let ai = admin::AiAdminParts { secrets: secrets.clone(), ledger: ledger.clone() };
             tokio::spawn(async move {
-                if let Err(error) = admin::serve(admin_listener, raft, proxy, &token, until_stopped(stopped)).await {
+                if let Err(error) = admin::serve(admin_listener, raft, proxy, &token, ai, until_stopped(stopped)).await
+                {
                     tracing::error!(%error, "admin API stopped");
                 }
             })

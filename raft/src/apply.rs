@@ -3,12 +3,12 @@
 //! No clocks, no randomness, no I/O: ids and times come inside the command.
 
 use prost::Message;
-use tollgate_proto::config::v1::{ApiKey, Consumer, JoinToken, Meta, Route, Service};
+use tollgate_proto::config::v1::{ApiKey, Consumer, JoinToken, Meta, ModelAlias, ModelPrice, Provider, Route, Service};
 use tollgate_proto::raft::v1::{Command, command::Op};
 
 use crate::error::{ApplyError, EntityKind};
 use crate::state::GatewayState;
-use crate::validate;
+use crate::{validate, validate_ai};
 
 /// One write to the replicated state.
 // Changes live only for one apply; boxing the big entities would buy nothing.
@@ -25,6 +25,12 @@ pub enum Change {
     DeleteApiKey(String),
     PutJoinToken(JoinToken),
     DeleteJoinToken(String),
+    PutProvider(Provider),
+    DeleteProvider(String),
+    PutModelAlias(ModelAlias),
+    DeleteModelAlias(String),
+    PutModelPrice(ModelPrice),
+    DeleteModelPrice(String),
 }
 
 /// What a successful command did: its changes, and the created or updated
@@ -166,6 +172,82 @@ pub fn apply(state: &GatewayState, cmd: &Command, index: u64) -> Result<Outcome,
             state.join_token(id).ok_or_else(|| ApplyError::not_found(EntityKind::JoinToken, id))?;
             Ok(Outcome { changes: vec![Change::DeleteJoinToken(id.clone())], entity: None })
         }
+
+        Op::CreateProvider(p) => {
+            let mut p = p.clone();
+            p.meta = Some(create_meta(p.meta.as_ref(), now, index)?);
+            validate_ai::provider(&p)?;
+            unique_id(state.provider(id_of(&p.meta)).is_some(), EntityKind::Provider, id_of(&p.meta))?;
+            unique_name(state.provider_id_named(&p.name), None, EntityKind::Provider, &p.name)?;
+            Ok(put(Change::PutProvider(p.clone()), &p))
+        }
+        Op::UpdateProvider(p) => {
+            let existing = state
+                .provider(id_of(&p.meta))
+                .ok_or_else(|| ApplyError::not_found(EntityKind::Provider, id_of(&p.meta)))?;
+            let mut p = p.clone();
+            p.meta = Some(update_meta(existing.meta.as_ref(), now, index));
+            validate_ai::provider(&p)?;
+            unique_name(state.provider_id_named(&p.name), Some(id_of(&p.meta)), EntityKind::Provider, &p.name)?;
+            Ok(put(Change::PutProvider(p.clone()), &p))
+        }
+        Op::DeleteProvider(id) => {
+            state.provider(id).ok_or_else(|| ApplyError::not_found(EntityKind::Provider, id))?;
+            let users: Vec<&str> = state
+                .model_aliases()
+                .filter(|a| a.targets.iter().any(|t| &t.provider_id == id))
+                .map(|a| a.name.as_str())
+                .collect();
+            if !users.is_empty() {
+                return Err(ApplyError::FailedPrecondition(format!(
+                    "provider {id} is used by model alias(es) {}; delete or re-point them first",
+                    users.join(", ")
+                )));
+            }
+            Ok(Outcome { changes: vec![Change::DeleteProvider(id.clone())], entity: None })
+        }
+
+        Op::CreateModelAlias(a) => {
+            let mut a = a.clone();
+            a.meta = Some(create_meta(a.meta.as_ref(), now, index)?);
+            validate_ai::model_alias(state, &a)?;
+            unique_id(state.model_alias(id_of(&a.meta)).is_some(), EntityKind::ModelAlias, id_of(&a.meta))?;
+            unique_name(state.model_alias_id_named(&a.name), None, EntityKind::ModelAlias, &a.name)?;
+            Ok(put(Change::PutModelAlias(a.clone()), &a))
+        }
+        Op::UpdateModelAlias(a) => {
+            let existing = state
+                .model_alias(id_of(&a.meta))
+                .ok_or_else(|| ApplyError::not_found(EntityKind::ModelAlias, id_of(&a.meta)))?;
+            let mut a = a.clone();
+            a.meta = Some(update_meta(existing.meta.as_ref(), now, index));
+            validate_ai::model_alias(state, &a)?;
+            unique_name(state.model_alias_id_named(&a.name), Some(id_of(&a.meta)), EntityKind::ModelAlias, &a.name)?;
+            Ok(put(Change::PutModelAlias(a.clone()), &a))
+        }
+        Op::DeleteModelAlias(id) => {
+            state.model_alias(id).ok_or_else(|| ApplyError::not_found(EntityKind::ModelAlias, id))?;
+            Ok(Outcome { changes: vec![Change::DeleteModelAlias(id.clone())], entity: None })
+        }
+
+        Op::PutModelPrice(p) => {
+            validate_ai::model_price(p)?;
+            // Upsert by name: an existing entry keeps its id and creation time.
+            let mut p = p.clone();
+            p.meta = Some(match state.model_price_id_named(&p.name).and_then(|id| state.model_price(id)) {
+                Some(existing) => update_meta(existing.meta.as_ref(), now, index),
+                None => {
+                    let meta = create_meta(p.meta.as_ref(), now, index)?;
+                    unique_id(state.model_price(&meta.id).is_some(), EntityKind::ModelPrice, &meta.id)?;
+                    meta
+                }
+            });
+            Ok(put(Change::PutModelPrice(p.clone()), &p))
+        }
+        Op::DeleteModelPrice(id) => {
+            state.model_price(id).ok_or_else(|| ApplyError::not_found(EntityKind::ModelPrice, id))?;
+            Ok(Outcome { changes: vec![Change::DeleteModelPrice(id.clone())], entity: None })
+        }
     }
 }
 
@@ -219,6 +301,15 @@ fn check_route(state: &GatewayState, r: &Route) -> Result<(), ApplyError> {
     validate::route_paths(&r.paths)?;
     validate::auth(r.auth)?;
     crate::validate_policy::route(r)?;
+    if r.ai_gateway {
+        if !r.service_id.is_empty() {
+            return Err(ApplyError::invalid(
+                "service_id",
+                "an AI gateway route answers itself and forwards to no service; leave service_id empty",
+            ));
+        }
+        return Ok(());
+    }
     if r.service_id.is_empty() {
         return Err(ApplyError::invalid("service_id", "a route must name the service it forwards to"));
     }
@@ -241,5 +332,5 @@ fn check_api_key(state: &GatewayState, k: &ApiKey) -> Result<(), ApplyError> {
     if k.name.len() > validate::MAX_NAME_LEN {
         return Err(ApplyError::invalid("name", "must be at most 64 characters"));
     }
-    Ok(())
+    validate_ai::allowed_models(&k.allowed_models)
 }

@@ -7,6 +7,9 @@ pub enum EntityKind {
     Consumer,
     ApiKey,
     JoinToken,
+    Provider,
+    ModelAlias,
+    ModelPrice,
 }
 
 impl std::fmt::Display for EntityKind {
@@ -17,6 +20,9 @@ impl std::fmt::Display for EntityKind {
             EntityKind::Consumer => "consumer",
             EntityKind::ApiKey => "api key",
             EntityKind::JoinToken => "join token",
+            EntityKind::Provider => "provider",
+            EntityKind::ModelAlias => "model alias",
+            EntityKind::ModelPrice => "model price",
         })
     }
 }
@@ -42,6 +48,9 @@ fn list_command(kind: EntityKind) -> &'static str {
         EntityKind::Consumer => "consumer list",
         EntityKind::ApiKey => "key list",
         EntityKind::JoinToken => "cluster tokens",
+        EntityKind::Provider => "provider list",
+        EntityKind::ModelAlias => "alias list",
+        EntityKind::ModelPrice => "price list",
     }
 }
 

@@ -11,6 +11,9 @@ pub(crate) fn entity_prefix(kind: EntityKind) -> &'static [u8] {
         EntityKind::Consumer => b"con/",
         EntityKind::ApiKey => b"key/",
         EntityKind::JoinToken => b"jtk/",
+        EntityKind::Provider => b"prv/",
+        EntityKind::ModelAlias => b"als/",
+        EntityKind::ModelPrice => b"prc/",
     }
 }
 

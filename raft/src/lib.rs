@@ -10,12 +10,14 @@ mod keys;
 mod log_store;
 mod node;
 pub mod pki;
+pub mod secrets;
 mod snapshot_file;
 mod state;
 mod state_machine;
 pub mod transport;
 mod types;
 mod validate;
+mod validate_ai;
 mod validate_policy;
 
 pub use apply::{Change, apply};

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use prost::Message;
-use tollgate_proto::config::v1::{ApiKey, Consumer, JoinToken, Route, Service};
+use tollgate_proto::config::v1::{ApiKey, Consumer, JoinToken, ModelAlias, ModelPrice, Provider, Route, Service};
 use tollgate_storage::{Cf, Engine};
 
 use crate::apply::Change;
@@ -22,6 +22,9 @@ pub struct GatewayState {
     consumers: Table<Consumer>,
     api_keys: Table<ApiKey>,
     join_tokens: Table<JoinToken>,
+    providers: Table<Provider>,
+    model_aliases: Table<ModelAlias>,
+    model_prices: Table<ModelPrice>,
 }
 
 /// Entities by id, plus the unique-name index.
@@ -110,6 +113,9 @@ entity!(Consumer, EntityKind::Consumer, named);
 // Key labels need not be unique; keys are addressed by id.
 entity!(ApiKey, EntityKind::ApiKey, unnamed);
 entity!(JoinToken, EntityKind::JoinToken, unnamed);
+entity!(Provider, EntityKind::Provider, named);
+entity!(ModelAlias, EntityKind::ModelAlias, named);
+entity!(ModelPrice, EntityKind::ModelPrice, named);
 
 impl GatewayState {
     /// The Raft log index of the last command reflected in this state.
@@ -135,6 +141,42 @@ impl GatewayState {
     }
     pub fn join_token(&self, id: &str) -> Option<&Arc<JoinToken>> {
         self.join_tokens.get(id)
+    }
+    pub fn provider(&self, id: &str) -> Option<&Arc<Provider>> {
+        self.providers.get(id)
+    }
+    pub fn model_alias(&self, id: &str) -> Option<&Arc<ModelAlias>> {
+        self.model_aliases.get(id)
+    }
+    pub fn model_price(&self, id: &str) -> Option<&Arc<ModelPrice>> {
+        self.model_prices.get(id)
+    }
+    pub fn find_provider(&self, id_or_name: &str) -> Option<&Arc<Provider>> {
+        self.providers.find(id_or_name)
+    }
+    pub fn find_model_alias(&self, id_or_name: &str) -> Option<&Arc<ModelAlias>> {
+        self.model_aliases.find(id_or_name)
+    }
+    pub fn find_model_price(&self, id_or_name: &str) -> Option<&Arc<ModelPrice>> {
+        self.model_prices.find(id_or_name)
+    }
+    pub fn providers(&self) -> impl Iterator<Item = &Arc<Provider>> {
+        self.providers.by_id.values()
+    }
+    pub fn model_aliases(&self) -> impl Iterator<Item = &Arc<ModelAlias>> {
+        self.model_aliases.by_id.values()
+    }
+    pub fn model_prices(&self) -> impl Iterator<Item = &Arc<ModelPrice>> {
+        self.model_prices.by_id.values()
+    }
+    pub(crate) fn provider_id_named(&self, name: &str) -> Option<&str> {
+        self.providers.id_of_name(name)
+    }
+    pub(crate) fn model_alias_id_named(&self, name: &str) -> Option<&str> {
+        self.model_aliases.id_of_name(name)
+    }
+    pub(crate) fn model_price_id_named(&self, name: &str) -> Option<&str> {
+        self.model_prices.id_of_name(name)
     }
 
     /// Looks up by id first, then by unique name.
@@ -186,6 +228,12 @@ impl GatewayState {
             Change::DeleteApiKey(id) => self.api_keys.remove(id),
             Change::PutJoinToken(t) => self.join_tokens.put(t.clone()),
             Change::DeleteJoinToken(id) => self.join_tokens.remove(id),
+            Change::PutProvider(p) => self.providers.put(p.clone()),
+            Change::DeleteProvider(id) => self.providers.remove(id),
+            Change::PutModelAlias(a) => self.model_aliases.put(a.clone()),
+            Change::DeleteModelAlias(id) => self.model_aliases.remove(id),
+            Change::PutModelPrice(p) => self.model_prices.put(p.clone()),
+            Change::DeleteModelPrice(id) => self.model_prices.remove(id),
         }
     }
 
@@ -203,6 +251,9 @@ impl GatewayState {
         encode(&self.routes, &mut out);
         encode(&self.services, &mut out);
         encode(&self.join_tokens, &mut out);
+        encode(&self.providers, &mut out);
+        encode(&self.model_aliases, &mut out);
+        encode(&self.model_prices, &mut out);
         out.sort();
         out
     }
@@ -231,6 +282,12 @@ impl GatewayState {
             self.api_keys.put(decode(value)?);
         } else if key.starts_with(keys::entity_prefix(EntityKind::JoinToken)) {
             self.join_tokens.put(decode(value)?);
+        } else if key.starts_with(keys::entity_prefix(EntityKind::Provider)) {
+            self.providers.put(decode(value)?);
+        } else if key.starts_with(keys::entity_prefix(EntityKind::ModelAlias)) {
+            self.model_aliases.put(decode(value)?);
+        } else if key.starts_with(keys::entity_prefix(EntityKind::ModelPrice)) {
+            self.model_prices.put(decode(value)?);
         } else {
             return Err(RaftNodeError::Corrupt {
                 what: "state key",

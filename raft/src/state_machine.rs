@@ -69,6 +69,12 @@ impl StateMachine {
             Change::DeleteApiKey(id) => (EntityKind::ApiKey, id.as_str(), None),
             Change::PutJoinToken(t) => (EntityKind::JoinToken, meta_id(&t.meta), Some(t.encode_to_vec())),
             Change::DeleteJoinToken(id) => (EntityKind::JoinToken, id.as_str(), None),
+            Change::PutProvider(p) => (EntityKind::Provider, meta_id(&p.meta), Some(p.encode_to_vec())),
+            Change::DeleteProvider(id) => (EntityKind::Provider, id.as_str(), None),
+            Change::PutModelAlias(a) => (EntityKind::ModelAlias, meta_id(&a.meta), Some(a.encode_to_vec())),
+            Change::DeleteModelAlias(id) => (EntityKind::ModelAlias, id.as_str(), None),
+            Change::PutModelPrice(p) => (EntityKind::ModelPrice, meta_id(&p.meta), Some(p.encode_to_vec())),
+            Change::DeleteModelPrice(id) => (EntityKind::ModelPrice, id.as_str(), None),
         };
         let key = keys::entity_key(kind, id);
         match value {

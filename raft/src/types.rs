@@ -49,6 +49,14 @@ impl Command {
             Some(Op::CreateJoinToken(t)) => {
                 format!("create join token {}", t.meta.as_ref().map_or("", |m| m.id.as_str()))
             }
+            Some(Op::CreateProvider(p)) => format!("create provider {}", p.name),
+            Some(Op::UpdateProvider(p)) => format!("update provider {}", p.name),
+            Some(Op::DeleteProvider(id)) => format!("delete provider {id}"),
+            Some(Op::CreateModelAlias(a)) => format!("create model alias {}", a.name),
+            Some(Op::UpdateModelAlias(a)) => format!("update model alias {}", a.name),
+            Some(Op::DeleteModelAlias(id)) => format!("delete model alias {id}"),
+            Some(Op::PutModelPrice(p)) => format!("set model price {}", p.name),
+            Some(Op::DeleteModelPrice(id)) => format!("delete model price {id}"),
         }
     }
 }

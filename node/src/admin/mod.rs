@@ -2,6 +2,7 @@
 //! server reflection and the standard health service (both open, so probes
 //! and tooling work without the token).
 
+mod ai;
 mod cluster;
 mod service;
 mod status;
@@ -13,13 +14,21 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tollgate_proto::admin::v1::admin_service_server::AdminServiceServer;
+use tollgate_proto::admin::v1::ai_service_server::AiServiceServer;
 use tollgate_proto::admin::v1::cluster_service_server::ClusterServiceServer;
 use tollgate_raft::RaftNode;
 use tonic::service::Interceptor;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
 
+use crate::ai::ledger::UsageLedger;
 use crate::proxy::ProxyContext;
+
+/// What the AI admin service needs beyond the Raft node.
+pub struct AiAdminParts {
+    pub secrets: tollgate_raft::secrets::SecretBox,
+    pub ledger: Arc<UsageLedger>,
+}
 
 #[derive(Clone)]
 pub struct RequireToken {
@@ -51,6 +60,7 @@ pub async fn serve(
     raft: RaftNode,
     proxy: Arc<ProxyContext>,
     token: &str,
+    ai: AiAdminParts,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -62,12 +72,17 @@ pub async fn serve(
         .expect("descriptor sets compiled into the binary are valid");
     let require_token = RequireToken { expected: Arc::from(token) };
     let cluster = ClusterServiceServer::with_interceptor(cluster::Cluster::new(raft.clone()), require_token.clone());
+    let ai = AiServiceServer::with_interceptor(
+        ai::Ai::new(raft.clone(), proxy.clone(), ai.secrets, ai.ledger),
+        require_token.clone(),
+    );
     let admin = AdminServiceServer::with_interceptor(service::Admin::new(raft, proxy), require_token);
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(admin)
         .add_service(cluster)
+        .add_service(ai)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await
 }

@@ -72,20 +72,20 @@ fn new_id() -> String {
     hex::encode(bytes)
 }
 
-fn id_of(meta: &Option<Meta>) -> String {
+pub(super) fn id_of(meta: &Option<Meta>) -> String {
     meta.as_ref().map(|m| m.id.clone()).unwrap_or_default()
 }
 
-fn fresh_meta() -> Option<Meta> {
+pub(super) fn fresh_meta() -> Option<Meta> {
     Some(Meta { id: new_id(), ..Default::default() })
 }
 
-fn not_found(kind: &str, id: &str) -> Status {
+pub(super) fn not_found(kind: &str, id: &str) -> Status {
     Status::not_found(format!("{kind} {id:?} does not exist; list them with `tollgate ctl {kind} list`"))
 }
 
 /// Which entity an update names: its id when given, else its (current) name.
-fn update_target(meta: &Option<Meta>, name: &str) -> Result<String, Status> {
+pub(super) fn update_target(meta: &Option<Meta>, name: &str) -> Result<String, Status> {
     let key = match id_of(meta) {
         id if !id.is_empty() => id,
         _ => name.to_string(),
@@ -94,7 +94,7 @@ fn update_target(meta: &Option<Meta>, name: &str) -> Result<String, Status> {
     Ok(key)
 }
 
-fn required(field: &str, value: &str) -> Result<(), Status> {
+pub(super) fn required(field: &str, value: &str) -> Result<(), Status> {
     if value.is_empty() {
         return Err(Status::invalid_argument(format!("{field} is required")));
     }
@@ -252,6 +252,7 @@ impl AdminService for Admin {
             display_prefix: key.display_prefix,
             expires_at_ms: request.expires_at_ms,
             disabled: false,
+            allowed_models: request.allowed_models,
         };
         let api_key = self.write(Op::CreateApiKey(record)).await?;
         Ok(Response::new(CreateApiKeyResponse { api_key: Some(api_key), plaintext: key.plaintext }))
@@ -295,6 +296,9 @@ impl AdminService for Admin {
         }
         if let Some(name) = update.name {
             key.name = name;
+        }
+        if update.set_allowed_models {
+            key.allowed_models = update.allowed_models;
         }
         self.write(Op::UpdateApiKey(key)).await.map(Response::new)
     }

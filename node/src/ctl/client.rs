@@ -38,7 +38,7 @@ pub fn resolve_token(explicit: Option<&str>, data_dir: &Path) -> Result<String, 
     }
 }
 
-pub async fn connect(endpoint: &str, token: &str) -> Result<(Admin, Cluster), CtlError> {
+pub async fn connect(endpoint: &str, token: &str) -> Result<(Admin, Cluster, super::ai::AiClient), CtlError> {
     let url = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
     let channel = Channel::from_shared(url.clone())
         .map_err(|e| CtlError::Usage(format!("invalid --admin address {url:?}: {e}")))?
@@ -53,6 +53,7 @@ pub async fn connect(endpoint: &str, token: &str) -> Result<(Admin, Cluster), Ct
     let bearer = BearerToken(value);
     Ok((
         AdminServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-        ClusterServiceClient::with_interceptor(channel, bearer),
+        ClusterServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+        tollgate_proto::admin::v1::ai_service_client::AiServiceClient::with_interceptor(channel, bearer),
     ))
 }

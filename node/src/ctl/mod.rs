@@ -12,6 +12,7 @@
 //! | 6 | admin token rejected |
 //! | 7 | node unreachable or unavailable |
 
+mod ai;
 mod client;
 mod output;
 mod policy;
@@ -96,6 +97,17 @@ pub enum CtlCommand {
     /// Cluster membership: status, join tokens, learners, voters, leadership.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// AI providers (OpenAI, Anthropic, Gemini, Azure, OpenAI-compatible) and their keys.
+    #[command(subcommand)]
+    Provider(ai::ProviderCmd),
+    /// Model names clients use, and the provider models behind them.
+    #[command(subcommand)]
+    Alias(ai::AliasCmd),
+    /// Model prices: the built-in catalog and overrides.
+    #[command(subcommand)]
+    Price(ai::PriceCmd),
+    /// Tokens and cost from this node's usage ledger.
+    Usage(ai::UsageArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,11 +178,15 @@ pub struct ServiceFields {
 
 #[derive(Debug, Subcommand)]
 pub enum RouteCmd {
-    /// Create a route: `route create orders --service orders --path /orders --strip-prefix`.
+    /// Create a route: `route create orders --service orders --path /orders --strip-prefix`,
+    /// or an AI gateway route: `route create llm --ai --path /v1`.
     Create {
         name: String,
+        #[arg(long, required_unless_present = "ai", conflicts_with = "ai")]
+        service: Option<String>,
+        /// Serve the OpenAI-compatible AI API below the route's path instead of forwarding.
         #[arg(long)]
-        service: String,
+        ai: bool,
         #[command(flatten)]
         fields: RouteFields,
     },
@@ -248,6 +264,10 @@ pub enum KeyCmd {
         /// Lifetime such as 3600s, 90m, 12h or 30d; default never expires.
         #[arg(long, value_parser = parse_lifetime)]
         expires_in: Option<i64>,
+        /// AI model (alias or provider/model, trailing * for a prefix) the key may use.
+        /// Repeatable; none = every model.
+        #[arg(long = "model")]
+        models: Vec<String>,
     },
     List {
         #[arg(long, default_value = "")]
@@ -355,7 +375,7 @@ impl RouteFields {
 /// Runs one ctl command, printing its result to stdout.
 pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
     let token = client::resolve_token(args.token.as_deref(), &args.data_dir)?;
-    let (mut admin, cluster) = client::connect(&args.admin, &token).await?;
+    let (mut admin, cluster, ai_client) = client::connect(&args.admin, &token).await?;
     let out = Printer(args.output);
     let stale = args.stale;
     match args.command {
@@ -391,8 +411,9 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
             }
         },
         CtlCommand::Route(cmd) => match cmd {
-            RouteCmd::Create { name, service, fields } => {
-                let mut route = Route { name, service_id: service, ..Default::default() };
+            RouteCmd::Create { name, service, ai, fields } => {
+                let mut route =
+                    Route { name, service_id: service.unwrap_or_default(), ai_gateway: ai, ..Default::default() };
                 fields.apply_to(&mut route)?;
                 let created = admin.create_route(route).await?.into_inner();
                 out.one(output::route_json(&created), || {
@@ -445,10 +466,10 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
             }
         },
         CtlCommand::Key(cmd) => match cmd {
-            KeyCmd::Create { consumer, name, expires_in } => {
+            KeyCmd::Create { consumer, name, expires_in, models } => {
                 let expires_at_ms = expires_in.map_or(0, |ms| crate::clock::unix_ms() + ms);
-                let created =
-                    admin.create_api_key(CreateApiKeyRequest { consumer, name, expires_at_ms }).await?.into_inner();
+                let request = CreateApiKeyRequest { consumer, name, expires_at_ms, allowed_models: models };
+                let created = admin.create_api_key(request).await?.into_inner();
                 let key = created.api_key.unwrap_or_default();
                 let mut value = output::api_key_json(&key);
                 value["plaintext"] = Value::String(created.plaintext.clone());
@@ -488,6 +509,10 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
             }
         },
         CtlCommand::Cluster(cmd) => cluster_command(cmd, cluster, &out).await?,
+        CtlCommand::Provider(cmd) => ai::provider_command(cmd, ai_client, &out, stale).await?,
+        CtlCommand::Alias(cmd) => ai::alias_command(cmd, ai_client, &out, stale).await?,
+        CtlCommand::Price(cmd) => ai::price_command(cmd, ai_client, &out).await?,
+        CtlCommand::Usage(args) => ai::usage_command(args, ai_client, &out).await?,
         CtlCommand::Status => {
             let s = admin.get_node_status(GetNodeStatusRequest {}).await?.into_inner();
             let value = json!({

@@ -58,6 +58,7 @@ pub fn route_json(r: &Route) -> Value {
         "priority": r.priority,
         "strip_prefix": r.strip_prefix,
         "service_id": r.service_id,
+        "ai_gateway": r.ai_gateway,
         "auth": auth_name(r.auth),
     })
 }
@@ -74,6 +75,7 @@ pub fn api_key_json(k: &ApiKey) -> Value {
         "display_prefix": k.display_prefix,
         "expires_at_ms": k.expires_at_ms,
         "disabled": k.disabled,
+        "allowed_models": k.allowed_models,
     })
 }
 
