@@ -6,7 +6,6 @@ use std::sync::{Arc, OnceLock};
 
 use serde::Deserialize;
 use tollgate_proto::config::v1::{ModelPrice, PriceRef};
-use tollgate_raft::GatewayState;
 
 const CATALOG_TOML: &str = include_str!("catalog.toml");
 
@@ -92,9 +91,14 @@ impl Catalog {
 
 /// Finds the price for `namespace/model`: a replicated override first, then
 /// the catalog. Returns the reference a usage record cites.
-pub fn price_for(state: &GatewayState, catalog: &Catalog, namespace: &str, model: &str) -> PriceRef {
+pub fn price_for(
+    overrides: &HashMap<String, Arc<ModelPrice>>,
+    catalog: &Catalog,
+    namespace: &str,
+    model: &str,
+) -> PriceRef {
     let name = format!("{namespace}/{model}");
-    if let Some(p) = state.find_model_price(&name) {
+    if let Some(p) = overrides.get(&name) {
         let revision = p.meta.as_ref().map_or(0, |m| m.revision);
         return price_ref(format!("override {revision}"), p);
     }
@@ -170,11 +174,16 @@ mod tests {
             "version = \"t1\"\n[[model]]\nprovider = \"openai\"\nmodel = \"m\"\ncontext_window = 1\ninput_per_mtok = 1.0\noutput_per_mtok = 2.0\n",
         )
         .unwrap();
-        let state = GatewayState::default();
-        let found = price_for(&state, &catalog, "openai", "m");
+        let mut overrides = HashMap::new();
+        let found = price_for(&overrides, &catalog, "openai", "m");
         assert_eq!(found.source, "catalog t1");
         assert_eq!(found.output_micros_per_mtok, 2_000_000);
-        let missing = price_for(&state, &catalog, "openai", "other");
+        let meta = tollgate_proto::config::v1::Meta { revision: 42, ..Default::default() };
+        let custom = ModelPrice { meta: Some(meta), name: "openai/m".into(), output_micros_per_mtok: 5, ..Default::default() };
+        overrides.insert("openai/m".to_string(), Arc::new(custom));
+        let found = price_for(&overrides, &catalog, "openai", "m");
+        assert_eq!((found.source.as_str(), found.output_micros_per_mtok), ("override 42", 5));
+        let missing = price_for(&overrides, &catalog, "openai", "other");
         assert_eq!(missing.source, "none");
         assert_eq!(cost_picodollars(&missing, 10, 0, 10), 0);
     }

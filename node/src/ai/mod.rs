@@ -3,3 +3,9 @@
 
 pub mod catalog;
 pub mod ledger;
+pub mod metrics;
+pub mod cooldown;
+pub mod snapshot;
+pub mod account;
+pub mod gateway;
+pub mod stream;

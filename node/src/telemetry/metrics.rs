@@ -58,6 +58,7 @@ pub struct Metrics {
     pub raft_commit_index: Gauge,
     pub raft_applied_index: Gauge,
     pub data_plane_revision: Gauge,
+    pub ai: crate::ai::metrics::AiMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -98,7 +99,9 @@ impl Metrics {
             "Raft index of the state the proxy serves",
             data_plane_revision.clone(),
         );
+        let ai = crate::ai::metrics::AiMetrics::register(&mut registry);
         Metrics {
+            ai,
             registry,
             requests,
             latency,

@@ -109,7 +109,28 @@ impl TraceCtx {
         HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static(""))
     }
 
+    /// A span inside this one (same trace, this span as parent), e.g. the
+    /// GenAI client span of an AI request.
+    pub fn child(&self) -> TraceCtx {
+        TraceCtx {
+            trace_id: self.trace_id,
+            span_id: SpanId::from_bytes(rand::rng().next_u64().to_be_bytes()),
+            parent: Some(self.span_id),
+            flags: self.flags,
+            started: SystemTime::now(),
+        }
+    }
+
     pub fn finish(self, name: &str, status: u16, attributes: Vec<KeyValue>) {
+        self.end(name, SpanKind::Server, status >= 500, &format!("HTTP {status}"), attributes);
+    }
+
+    /// Ends a client span (a call this node made), e.g. to an AI provider.
+    pub fn finish_client(self, name: &str, error: Option<&str>, attributes: Vec<KeyValue>) {
+        self.end(name, SpanKind::Client, error.is_some(), error.unwrap_or(""), attributes);
+    }
+
+    fn end(self, name: &str, kind: SpanKind, failed: bool, why: &str, attributes: Vec<KeyValue>) {
         let Some((_, tracer)) = TRACER.get() else { return };
         let parent = match self.parent {
             Some(p) => Context::new().with_remote_span_context(SpanContext::new(
@@ -123,7 +144,7 @@ impl TraceCtx {
         };
         let builder = tracer
             .span_builder(name.to_string())
-            .with_kind(SpanKind::Server)
+            .with_kind(kind)
             .with_start_time(self.started)
             .with_attributes(attributes);
         // The ids were chosen at the start of the request (the upstream already
@@ -131,8 +152,8 @@ impl TraceCtx {
         NEXT_IDS.with(|ids| ids.set(Some((self.trace_id, self.span_id))));
         let mut span = tracer.build_with_context(builder, &parent);
         NEXT_IDS.with(|ids| ids.set(None));
-        if status >= 500 {
-            opentelemetry::trace::Span::set_status(&mut span, Status::error(format!("HTTP {status}")));
+        if failed {
+            opentelemetry::trace::Span::set_status(&mut span, Status::error(why.to_string()));
         }
         opentelemetry::trace::Span::end(&mut span);
     }

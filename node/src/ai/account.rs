@@ -1,0 +1,250 @@
+//! Accounting of one AI request: tokens (the provider's own counts, else the
+//! gateway's tokenizer), cost at a named price, the ledger record, Prometheus
+//! series and the GenAI span. Runs exactly once per request — on success, on
+//! failure, and (from a stream's `Drop`) when the client goes away.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use opentelemetry::KeyValue;
+use tollgate_proto::config::v1::{PriceRef, UsageOutcome, UsageRecord};
+
+use super::catalog::{cost_picodollars, dollars};
+use super::metrics::{AttemptErrorLabels, CredentialLabels, ModelLabels, OutcomeLabels, TokenLabels, UsageLabels};
+use super::snapshot::AiShared;
+use super::tokens;
+use super::types::{ChatRequest, Usage};
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::tracing::TraceCtx;
+
+/// What the tokenizer needs when the provider reports no usage.
+pub enum PromptSource {
+    Chat(Arc<ChatRequest>),
+    Texts(Vec<String>),
+}
+
+impl PromptSource {
+    fn estimate(&self) -> u64 {
+        match self {
+            PromptSource::Chat(req) => tokens::estimate_prompt_tokens(req),
+            PromptSource::Texts(texts) => texts.iter().map(|t| tokens::count_tokens(t)).sum(),
+        }
+    }
+}
+
+pub struct Accounting {
+    shared: Arc<AiShared>,
+    metrics: Arc<Metrics>,
+    pub record: UsageRecord,
+    consumer_label: String,
+    started: Instant,
+    first_token: Option<Instant>,
+    trace: Option<TraceCtx>,
+    system: &'static str,
+    prompt: PromptSource,
+    done: bool,
+}
+
+pub struct Served<'a> {
+    pub outcome: UsageOutcome,
+    pub http_status: u16,
+    pub usage: Option<Usage>,
+    /// Output produced so far, for estimating when usage is missing or partial.
+    pub output_text: &'a str,
+    pub finish_reason: Option<String>,
+    pub error: Option<String>,
+}
+
+impl Accounting {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shared: Arc<AiShared>,
+        metrics: Arc<Metrics>,
+        record: UsageRecord,
+        consumer_label: String,
+        started: Instant,
+        trace: Option<TraceCtx>,
+        prompt: PromptSource,
+    ) -> Accounting {
+        Accounting {
+            shared,
+            metrics,
+            record,
+            consumer_label,
+            started,
+            first_token: None,
+            trace,
+            system: "tollgate",
+            prompt,
+            done: false,
+        }
+    }
+
+    /// Names the provider, model, key and price of the attempt that answered (or the last one tried).
+    pub fn set_target(&mut self, provider: &str, system: &'static str, model: &str, credential: &str, price: PriceRef) {
+        self.record.provider = provider.to_string();
+        self.record.model = model.to_string();
+        self.record.credential = credential.to_string();
+        self.record.price = Some(price);
+        self.system = system;
+    }
+
+    pub fn attempt_failed(&mut self, kind: &'static str) {
+        self.record.attempts += 1;
+        self.metrics
+            .ai
+            .attempt_errors
+            .get_or_create(&AttemptErrorLabels {
+                provider: self.record.provider.clone(),
+                model: self.record.model.clone(),
+                credential: self.record.credential.clone(),
+                kind,
+            })
+            .inc();
+    }
+
+    pub fn credential_rested(&self) {
+        self.metrics
+            .ai
+            .cooldowns
+            .get_or_create(&CredentialLabels {
+                provider: self.record.provider.clone(),
+                credential: self.record.credential.clone(),
+            })
+            .inc();
+    }
+
+    pub fn fell_back(&self) {
+        let labels = ModelLabels { provider: self.record.provider.clone(), model: self.record.model.clone() };
+        self.metrics.ai.fallbacks.get_or_create(&labels).inc();
+    }
+
+    pub fn first_token(&mut self) {
+        if self.first_token.is_none() {
+            self.first_token = Some(Instant::now());
+        }
+    }
+
+    pub fn prompt_estimate(&self) -> u64 {
+        self.prompt.estimate()
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Token counts: the provider's when it gave them; otherwise (or for the
+    /// part it did not report before a stream broke) the tokenizer's, marked estimated.
+    fn tokens(&self, served: &Served<'_>) -> (u64, u64, u64, bool) {
+        match &served.usage {
+            Some(u) => {
+                let mut output = u.completion_tokens;
+                let mut estimated = false;
+                if output == 0 && !served.output_text.is_empty() {
+                    output = tokens::count_tokens(served.output_text);
+                    estimated = true;
+                }
+                let mut input = u.prompt_tokens;
+                if input == 0 {
+                    input = self.prompt.estimate();
+                    estimated = true;
+                }
+                (input, u.cached_tokens().min(input), output, estimated)
+            }
+            None => (self.prompt.estimate(), 0, tokens::count_tokens(served.output_text), true),
+        }
+    }
+
+    /// Writes the record and the metrics. Idempotent: only the first call counts.
+    pub fn finish(&mut self, served: Served<'_>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let attempted = !self.record.provider.is_empty();
+        let (input, cached, output, estimated) =
+            if attempted || served.usage.is_some() { self.tokens(&served) } else { (0, 0, 0, false) };
+        let elapsed = self.started.elapsed();
+        let r = &mut self.record;
+        r.outcome = served.outcome as i32;
+        r.http_status = u32::from(served.http_status);
+        r.error = served.error.clone().unwrap_or_default();
+        r.input_tokens = input;
+        r.cached_input_tokens = cached;
+        r.output_tokens = output;
+        r.estimated = estimated && (input + output) > 0;
+        r.finish_reason = served.finish_reason.clone().unwrap_or_default();
+        r.duration_ms = u32::try_from(elapsed.as_millis()).unwrap_or(u32::MAX);
+        r.ttft_ms = self.first_token.map_or(0, |t| u32::try_from((t - self.started).as_millis()).unwrap_or(u32::MAX));
+        r.cost_picodollars = r.price.as_ref().map_or(0, |p| cost_picodollars(p, input, cached, output));
+
+        let outcome = match served.outcome {
+            UsageOutcome::Ok => "ok",
+            UsageOutcome::Cancelled => "cancelled",
+            _ => "error",
+        };
+        let ai = &self.metrics.ai;
+        let (provider, model, credential) = (r.provider.clone(), r.model.clone(), r.credential.clone());
+        let consumer = self.consumer_label.clone();
+        ai.requests
+            .get_or_create(&OutcomeLabels {
+                provider: provider.clone(),
+                model: model.clone(),
+                credential: credential.clone(),
+                consumer: consumer.clone(),
+                outcome,
+            })
+            .inc();
+        if attempted {
+            for (direction, n) in [("input", input), ("output", output), ("cached_input", cached)] {
+                if n > 0 {
+                    let labels = TokenLabels {
+                        provider: provider.clone(),
+                        model: model.clone(),
+                        credential: credential.clone(),
+                        consumer: consumer.clone(),
+                        direction,
+                    };
+                    ai.tokens.get_or_create(&labels).inc_by(n);
+                }
+            }
+            let usage_labels = UsageLabels { provider: provider.clone(), model: model.clone(), credential, consumer };
+            ai.cost_usd.get_or_create(&usage_labels).inc_by(dollars(r.cost_picodollars));
+            let model_labels = ModelLabels { provider: provider.clone(), model: model.clone() };
+            ai.duration.get_or_create(&model_labels).observe(elapsed.as_secs_f64());
+            if let Some(first) = self.first_token {
+                ai.ttft.get_or_create(&model_labels).observe((first - self.started).as_secs_f64());
+                let streaming = first.elapsed().as_secs_f64();
+                if output > 1 && streaming > 0.0 {
+                    ai.tokens_per_second.get_or_create(&model_labels).observe(output as f64 / streaming);
+                }
+            }
+        }
+
+        if let Err(error) = self.shared.ledger.append(r.clone()) {
+            tracing::error!(%error, request_id = %r.request_id, "cannot journal AI usage; the record is lost");
+        }
+        if let Some(trace) = self.trace.take() {
+            let operation = if r.endpoint == "embeddings" { "embeddings" } else { "chat" };
+            let mut attributes = vec![
+                KeyValue::new("gen_ai.operation.name", operation),
+                KeyValue::new("gen_ai.system", self.system),
+                KeyValue::new("gen_ai.request.model", r.requested_model.clone()),
+                KeyValue::new("gen_ai.response.model", model.clone()),
+                KeyValue::new("gen_ai.usage.input_tokens", input as i64),
+                KeyValue::new("gen_ai.usage.output_tokens", output as i64),
+                KeyValue::new("tollgate.ai.provider", provider),
+                KeyValue::new("tollgate.ai.cost_usd", dollars(r.cost_picodollars)),
+                KeyValue::new("tollgate.ai.estimated", r.estimated),
+            ];
+            if !r.finish_reason.is_empty() {
+                attributes.push(KeyValue::new(
+                    "gen_ai.response.finish_reasons",
+                    opentelemetry::Value::Array(vec![opentelemetry::StringValue::from(r.finish_reason.clone())].into()),
+                ));
+            }
+            let name = format!("{operation} {}", r.requested_model);
+            trace.finish_client(&name, served.error.as_deref().filter(|_| outcome == "error"), attributes);
+        }
+    }
+}

@@ -1,0 +1,579 @@
+//! The AI gateway's request path, behind a route with `ai_gateway` set (after
+//! the proxy's match, authentication and authorization phases):
+//! parse → check the key may use the model → plan (alias targets or
+//! provider/model) → attempts with key rotation, cooldown after 429, retries
+//! with backoff and fallback → answer in the caller's format → account.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use tollgate_proto::config::v1::{ApiKey, UsageOutcome, UsageRecord};
+
+use super::account::{Accounting, PromptSource, Served};
+use super::anthropic_ingress::{self, MessagesStreamEncoder};
+use super::error::{AdapterError, ErrorKind, ProviderError, anthropic_error_body, openai_error_body};
+use super::provider::UpstreamTarget;
+use super::snapshot::{AiShared, AiSnapshot, Candidate, CompiledCredential, PlanError, pick_credential};
+use super::stream::{AiStream, Encoder};
+use super::tokens;
+use super::types::{ChatRequest, EmbeddingsInput, EmbeddingsRequest, Usage};
+use crate::proxy::{ProxyBody, UpstreamClient};
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::tracing::TraceCtx;
+
+/// Upstream error bodies are read for their message only.
+const MAX_ERROR_BODY: usize = 1 << 20;
+/// A whole non-streamed answer (embeddings of big batches are the largest).
+const MAX_ANSWER_BODY: usize = 64 << 20;
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Who is calling, as the proxy phases established it.
+pub struct AiCall {
+    pub request_id: String,
+    pub route: String,
+    pub consumer_id: String,
+    pub consumer_name: String,
+    pub api_key: Option<Arc<ApiKey>>,
+    pub trace: Option<TraceCtx>,
+    pub max_body_bytes: u64,
+}
+
+/// What the proxy's access log and metrics learn about the call.
+pub struct AiOutcome {
+    pub response: Response<ProxyBody>,
+    pub provider: Option<String>,
+    pub attempts: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ingress {
+    OpenAi,
+    Anthropic,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Chat(Ingress),
+    Embeddings,
+    Models,
+}
+
+fn endpoint(method: &Method, path: &str) -> Option<Endpoint> {
+    let path = path.trim_end_matches('/');
+    match *method {
+        Method::POST if path.ends_with("/chat/completions") => Some(Endpoint::Chat(Ingress::OpenAi)),
+        Method::POST if path.ends_with("/messages") => Some(Endpoint::Chat(Ingress::Anthropic)),
+        Method::POST if path.ends_with("/embeddings") => Some(Endpoint::Embeddings),
+        Method::GET if path.ends_with("/models") => Some(Endpoint::Models),
+        _ => None,
+    }
+}
+
+fn body(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+}
+
+fn json_response(status: StatusCode, bytes: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(body(bytes));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error_response(ingress: Ingress, kind: ErrorKind, status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let (status, bytes) = match ingress {
+        Ingress::OpenAi => openai_error_body(status, kind, message),
+        Ingress::Anthropic => anthropic_error_body(status, kind, message),
+    };
+    json_response(status, bytes)
+}
+
+fn outcome(response: Response<ProxyBody>) -> AiOutcome {
+    AiOutcome { response, provider: None, attempts: 0 }
+}
+
+pub async fn serve(
+    shared: &Arc<AiShared>,
+    snapshot: &AiSnapshot,
+    metrics: &Arc<Metrics>,
+    call: AiCall,
+    parts: http::request::Parts,
+    request_body: Incoming,
+) -> AiOutcome {
+    let started = Instant::now();
+    let Some(endpoint) = endpoint(&parts.method, parts.uri.path()) else {
+        let message = format!(
+            "{} {} is not an AI gateway endpoint; use POST …/chat/completions, POST …/embeddings, GET …/models or POST …/messages",
+            parts.method,
+            parts.uri.path()
+        );
+        return outcome(error_response(Ingress::OpenAi, ErrorKind::NotFound, StatusCode::NOT_FOUND, &message));
+    };
+    let ingress = match endpoint {
+        Endpoint::Chat(ingress) => ingress,
+        _ => Ingress::OpenAi,
+    };
+    let allowed: &[String] = call.api_key.as_ref().map_or(&[], |k| k.allowed_models.as_slice());
+    if endpoint == Endpoint::Models {
+        return outcome(models(snapshot, allowed));
+    }
+
+    let limit = usize::try_from(call.max_body_bytes).unwrap_or(usize::MAX);
+    let bytes = match Limited::new(request_body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<LengthLimitError>() => {
+            let message = format!("request body exceeds the limit of {limit} bytes");
+            return outcome(error_response(ingress, ErrorKind::InvalidRequest, StatusCode::PAYLOAD_TOO_LARGE, &message));
+        }
+        Err(error) => {
+            let message = format!("cannot read the request body: {error}");
+            return outcome(error_response(ingress, ErrorKind::InvalidRequest, StatusCode::BAD_REQUEST, &message));
+        }
+    };
+
+    let attempt = Attempts { shared, snapshot, metrics, call: &call, started, ingress };
+    match endpoint {
+        Endpoint::Chat(Ingress::OpenAi) => match serde_json::from_slice::<ChatRequest>(&bytes) {
+            Ok(request) => attempt.chat(request).await,
+            Err(error) => outcome(bad_request(ingress, &AdapterError::MalformedRequest(error))),
+        },
+        Endpoint::Chat(Ingress::Anthropic) => match anthropic_ingress::messages_request_to_chat(&bytes) {
+            Ok(request) => attempt.chat(request).await,
+            Err(error) => outcome(bad_request(ingress, &error)),
+        },
+        Endpoint::Embeddings => match serde_json::from_slice::<EmbeddingsRequest>(&bytes) {
+            Ok(request) => attempt.embeddings(request).await,
+            Err(error) => outcome(bad_request(ingress, &AdapterError::MalformedRequest(error))),
+        },
+        Endpoint::Models => unreachable!("answered above"),
+    }
+}
+
+fn bad_request(ingress: Ingress, error: &AdapterError) -> Response<ProxyBody> {
+    error_response(ingress, ErrorKind::InvalidRequest, StatusCode::BAD_REQUEST, &error.to_string())
+}
+
+fn models(snapshot: &AiSnapshot, allowed: &[String]) -> Response<ProxyBody> {
+    let data: Vec<serde_json::Value> = snapshot
+        .visible_models(allowed)
+        .into_iter()
+        .map(|(id, owner)| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": owner}))
+        .collect();
+    let list = serde_json::json!({"object": "list", "data": data});
+    json_response(StatusCode::OK, Bytes::from(list.to_string()))
+}
+
+/// Why an attempt did not produce an answer.
+enum Failure {
+    /// The provider answered with an error.
+    Provider(ProviderError),
+    /// Connect error, reset, or no headers within the timeout.
+    Transport { kind: ErrorKind, message: String },
+}
+
+impl Failure {
+    fn metric_kind(&self) -> &'static str {
+        match self.kind() {
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Server => "server",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Authentication => "authentication",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::InvalidRequest => "invalid_request",
+        }
+    }
+
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Failure::Provider(e) => e.kind,
+            Failure::Transport { kind, .. } => *kind,
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Failure::Provider(e) => StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_GATEWAY),
+            Failure::Transport { kind, .. } => kind.status(),
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Failure::Provider(e) => e.message.clone(),
+            Failure::Transport { message, .. } => message.clone(),
+        }
+    }
+
+    fn retryable(&self) -> bool {
+        match self {
+            Failure::Provider(e) => e.retryable(),
+            Failure::Transport { .. } => true,
+        }
+    }
+
+    /// Worth trying another target even though retrying this one is not.
+    fn try_elsewhere(&self) -> bool {
+        matches!(self.kind(), ErrorKind::Authentication | ErrorKind::PermissionDenied | ErrorKind::NotFound)
+    }
+}
+
+struct Attempts<'a> {
+    shared: &'a Arc<AiShared>,
+    snapshot: &'a AiSnapshot,
+    metrics: &'a Arc<Metrics>,
+    call: &'a AiCall,
+    started: Instant,
+    ingress: Ingress,
+}
+
+enum Sent {
+    Answer(Response<Incoming>),
+    Failed(Failure),
+}
+
+impl Attempts<'_> {
+    fn accounting(&self, endpoint: &str, requested_model: &str, stream: bool, prompt: PromptSource) -> Accounting {
+        let record = UsageRecord {
+            at_ms: crate::clock::unix_ms(),
+            request_id: self.call.request_id.clone(),
+            route: self.call.route.clone(),
+            consumer_id: self.call.consumer_id.clone(),
+            api_key_id: self.call.api_key.as_ref().and_then(|k| k.meta.as_ref()).map(|m| m.id.clone()).unwrap_or_default(),
+            endpoint: endpoint.to_string(),
+            requested_model: requested_model.to_string(),
+            stream,
+            ..Default::default()
+        };
+        Accounting::new(
+            self.shared.clone(),
+            self.metrics.clone(),
+            record,
+            self.call.consumer_name.clone(),
+            self.started,
+            self.call.trace.as_ref().map(TraceCtx::child),
+            prompt,
+        )
+    }
+
+    /// Refuses a request that names no usable model, in the caller's format, and accounts it.
+    fn refuse(&self, account: &mut Accounting, kind: ErrorKind, status: StatusCode, message: &str) -> AiOutcome {
+        account.finish(Served {
+            outcome: UsageOutcome::Error,
+            http_status: status.as_u16(),
+            usage: None,
+            output_text: "",
+            finish_reason: None,
+            error: Some(message.to_string()),
+        });
+        outcome(error_response(self.ingress, kind, status, message))
+    }
+
+    async fn send(
+        &self,
+        client: &UpstreamClient,
+        request: http::Request<Bytes>,
+        timeout: Duration,
+        provider: &str,
+    ) -> Sent {
+        let (parts, bytes) = request.into_parts();
+        let request = http::Request::from_parts(parts, Full::new(bytes).map_err(|never| match never {}).boxed_unsync());
+        match tokio::time::timeout(timeout, client.request(request)).await {
+            Ok(Ok(response)) => Sent::Answer(response),
+            Ok(Err(error)) => Sent::Failed(Failure::Transport {
+                kind: ErrorKind::Unavailable,
+                message: format!("cannot reach provider {provider}: {error}"),
+            }),
+            Err(_) => Sent::Failed(Failure::Transport {
+                kind: ErrorKind::Timeout,
+                message: format!("provider {provider} did not answer within {} ms", timeout.as_millis()),
+            }),
+        }
+    }
+
+    /// Tries the plan's candidates in order until one answers 2xx. Each
+    /// candidate gets `retries` extra attempts after a retryable failure
+    /// (another key after a 429, with backoff after 5xx/timeouts); failures
+    /// that another provider might not have (auth, unknown model) move on at
+    /// once; a bad request is returned to the caller as is.
+    async fn attempt<F>(
+        &self,
+        account: &mut Accounting,
+        requested: &str,
+        mut build: F,
+    ) -> Result<(Response<Incoming>, Candidate), AiOutcome>
+    where
+        F: FnMut(&Candidate, &UpstreamTarget<'_>) -> Result<http::Request<Bytes>, AdapterError>,
+    {
+        let allowed: &[String] = self.call.api_key.as_ref().map_or(&[], |k| k.allowed_models.as_slice());
+        let plan = match self.snapshot.plan(requested, allowed) {
+            Ok(plan) => plan,
+            Err(error @ PlanError::NotAllowed(_)) => {
+                return Err(self.refuse(account, ErrorKind::PermissionDenied, StatusCode::FORBIDDEN, &error.to_string()));
+            }
+            Err(error) => {
+                return Err(self.refuse(account, ErrorKind::NotFound, StatusCode::NOT_FOUND, &error.to_string()));
+            }
+        };
+        let Some(client) = self.shared.client.as_ref() else {
+            let message = "this node has no HTTP client for providers (no system CA certificates); install ca-certificates";
+            return Err(self.refuse(account, ErrorKind::Unavailable, StatusCode::SERVICE_UNAVAILABLE, message));
+        };
+        let mut last: Option<Failure> = None;
+        for (index, candidate) in plan.candidates.iter().enumerate() {
+            let provider = &candidate.provider;
+            let price = self.snapshot.price(self.shared.catalog, provider, &candidate.model);
+            let mut backoff = plan.backoff;
+            for try_no in 0..=plan.retries {
+                let needs_key = !provider.credentials.is_empty() || provider.kind != super::provider::ProviderKind::OpenAiCompatible;
+                let credential: Option<&CompiledCredential> = if needs_key {
+                    match pick_credential(provider, &self.shared.cooldowns) {
+                        Some(c) => Some(c),
+                        None => {
+                            account.set_target(&provider.name, provider.adapter.system(), &candidate.model, "", price.clone());
+                            let message = if provider.credentials.is_empty() {
+                                format!("provider {} has no usable API key; check its keys with `tollgate ctl provider get {}`", provider.name, provider.name)
+                            } else {
+                                format!("every API key of provider {} is cooling down after rate limiting", provider.name)
+                            };
+                            last = Some(Failure::Transport { kind: ErrorKind::RateLimited, message });
+                            break;
+                        }
+                    }
+                } else {
+                    None
+                };
+                let credential_id = credential.map_or("", |c| c.id.as_str());
+                account.set_target(&provider.name, provider.adapter.system(), &candidate.model, credential_id, price.clone());
+                let target = UpstreamTarget {
+                    base_url: &provider.base_url,
+                    model: &candidate.model,
+                    api_key: credential.map_or("", |c| c.secret.as_str()),
+                    api_version: provider.api_version.as_deref(),
+                    extra_headers: &provider.headers,
+                };
+                let request = match build(candidate, &target) {
+                    Ok(r) => r,
+                    Err(error @ AdapterError::Unsupported { .. }) | Err(error @ AdapterError::InvalidTarget(_)) => {
+                        last = Some(Failure::Transport { kind: ErrorKind::InvalidRequest, message: error.to_string() });
+                        break;
+                    }
+                    Err(error) => return Err(self.refuse(account, ErrorKind::InvalidRequest, StatusCode::BAD_REQUEST, &error.to_string())),
+                };
+                let failure = match self.send(client, request, provider.request_timeout, &provider.name).await {
+                    Sent::Answer(response) if response.status().is_success() => {
+                        account.record.attempts += 1;
+                        if index > 0 {
+                            account.fell_back();
+                        }
+                        return Ok((response, candidate.clone()));
+                    }
+                    Sent::Answer(response) => {
+                        let status = response.status();
+                        let headers = response.headers().clone();
+                        let body = read_limited(response.into_body(), MAX_ERROR_BODY, provider.request_timeout).await.unwrap_or_default();
+                        Failure::Provider(provider.adapter.error(status, &headers, &body))
+                    }
+                    Sent::Failed(failure) => failure,
+                };
+                account.attempt_failed(failure.metric_kind());
+                let rate_limited = failure.kind() == ErrorKind::RateLimited;
+                if rate_limited && let Some(c) = credential {
+                    let rest = match &failure {
+                        Failure::Provider(e) => e.retry_after.unwrap_or(provider.cooldown),
+                        Failure::Transport { .. } => provider.cooldown,
+                    };
+                    self.shared.cooldowns.rest(&provider.id, &c.id, rest);
+                    account.credential_rested();
+                }
+                tracing::info!(
+                    request_id = %self.call.request_id, provider = %provider.name, model = %candidate.model,
+                    credential = credential_id, attempt = try_no + 1, error = %failure.message(), "AI attempt failed"
+                );
+                let (retryable, elsewhere) = (failure.retryable(), failure.try_elsewhere());
+                if !retryable && !elsewhere {
+                    let (kind, status, message) = (failure.kind(), failure.status(), failure.message());
+                    return Err(self.refuse(account, kind, status, &message));
+                }
+                last = Some(failure);
+                if !retryable || try_no == plan.retries {
+                    break;
+                }
+                // Another key can be tried at once after a 429; a failing
+                // provider gets time to recover.
+                if !rate_limited {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        let failure = last.unwrap_or(Failure::Transport {
+            kind: ErrorKind::Unavailable,
+            message: format!("model {requested} has no reachable target"),
+        });
+        let message = format!("every target of {requested} failed; last error: {}", failure.message());
+        Err(self.refuse(account, failure.kind(), failure.status(), &message))
+    }
+
+    async fn chat(&self, request: ChatRequest) -> AiOutcome {
+        if request.model.is_empty() {
+            return outcome(error_response(self.ingress, ErrorKind::InvalidRequest, StatusCode::BAD_REQUEST, "`model` is required"));
+        }
+        let requested = request.model.clone();
+        let stream = request.is_stream();
+        let request = Arc::new(request);
+        let endpoint_name = if self.ingress == Ingress::Anthropic { "messages" } else { "chat.completions" };
+        let mut account = self.accounting(endpoint_name, &requested, stream, PromptSource::Chat(request.clone()));
+        let answered = self
+            .attempt(&mut account, &requested, |candidate, target| {
+                candidate.provider.adapter.chat_request(&request, target)
+            })
+            .await;
+        let (response, candidate) = match answered {
+            Ok(answer) => answer,
+            Err(refused) => return with_provider(refused, &account),
+        };
+        let provider = candidate.provider.clone();
+        let attempts = account.record.attempts;
+        let provider_name = Some(provider.name.clone());
+
+        if stream {
+            let encoder = match self.ingress {
+                Ingress::OpenAi => Encoder::OpenAi { include_usage: super::types::wants_usage_chunk(&request) },
+                Ingress::Anthropic => Encoder::Anthropic(Box::new(MessagesStreamEncoder::new(
+                    &requested,
+                    tokens::estimate_prompt_tokens(&request),
+                ))),
+            };
+            let body = AiStream::new(response.into_body(), provider.adapter.stream_decoder(), encoder, account);
+            let mut out = Response::new(body.boxed_unsync());
+            let headers = out.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            return AiOutcome { response: out, provider: provider_name, attempts };
+        }
+
+        let bytes = match read_limited(response.into_body(), MAX_ANSWER_BODY, provider.request_timeout).await {
+            Ok(bytes) => bytes,
+            Err(message) => {
+                return with_provider(self.refuse(&mut account, ErrorKind::Server, StatusCode::BAD_GATEWAY, &message), &account);
+            }
+        };
+        let answer = match provider.adapter.chat_response(&bytes) {
+            Ok(answer) => answer,
+            Err(error) => {
+                let message = error.to_string();
+                return with_provider(self.refuse(&mut account, ErrorKind::Server, StatusCode::BAD_GATEWAY, &message), &account);
+            }
+        };
+        let output_text: String = answer.choices.iter().map(|c| c.message.text()).collect::<Vec<_>>().join("");
+        let finish_reason = answer.choices.first().and_then(|c| c.finish_reason.clone());
+        let mut answer = answer;
+        let estimated = answer.usage.is_none();
+        if estimated {
+            answer.usage = Some(Usage::new(account.prompt_estimate(), tokens::count_tokens(&output_text), None));
+        }
+        let usage = if estimated { None } else { answer.usage.clone() };
+        account.finish(Served {
+            outcome: UsageOutcome::Ok,
+            http_status: 200,
+            usage,
+            output_text: &output_text,
+            finish_reason,
+            error: None,
+        });
+        let json = match self.ingress {
+            Ingress::OpenAi => serde_json::to_vec(&answer).map(Bytes::from),
+            Ingress::Anthropic => {
+                serde_json::to_vec(&anthropic_ingress::chat_response_to_messages(&answer, &requested)).map(Bytes::from)
+            }
+        };
+        let response = match json {
+            Ok(bytes) => json_response(StatusCode::OK, bytes),
+            Err(error) => error_response(self.ingress, ErrorKind::Server, StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+        };
+        AiOutcome { response, provider: provider_name, attempts }
+    }
+
+    async fn embeddings(&self, request: EmbeddingsRequest) -> AiOutcome {
+        if request.model.is_empty() {
+            return outcome(error_response(self.ingress, ErrorKind::InvalidRequest, StatusCode::BAD_REQUEST, "`model` is required"));
+        }
+        let requested = request.model.clone();
+        let texts = match &request.input {
+            EmbeddingsInput::One(s) => vec![s.clone()],
+            EmbeddingsInput::Many(v) => v.clone(),
+            // Token ids are already counted: one per id.
+            EmbeddingsInput::Tokens(_) | EmbeddingsInput::TokenBatches(_) => Vec::new(),
+        };
+        let token_ids = match &request.input {
+            EmbeddingsInput::Tokens(t) => t.len() as u64,
+            EmbeddingsInput::TokenBatches(b) => b.iter().map(|t| t.len() as u64).sum(),
+            _ => 0,
+        };
+        let mut account = self.accounting("embeddings", &requested, false, PromptSource::Texts(texts));
+        let answered = self
+            .attempt(&mut account, &requested, |candidate, target| {
+                candidate.provider.adapter.embeddings_request(&request, target)
+            })
+            .await;
+        let (response, candidate) = match answered {
+            Ok(answer) => answer,
+            Err(refused) => return with_provider(refused, &account),
+        };
+        let provider = candidate.provider.clone();
+        let attempts = account.record.attempts;
+        let answer = match read_limited(response.into_body(), MAX_ANSWER_BODY, provider.request_timeout)
+            .await
+            .map_err(|m| m)
+            .and_then(|bytes| provider.adapter.embeddings_response(&bytes).map_err(|e| e.to_string()))
+        {
+            Ok(answer) => answer,
+            Err(message) => {
+                return with_provider(self.refuse(&mut account, ErrorKind::Server, StatusCode::BAD_GATEWAY, &message), &account);
+            }
+        };
+        let mut answer = answer;
+        let usage = answer.usage.as_ref().map(|u| Usage::new(u.prompt_tokens, 0, None));
+        if answer.usage.is_none() {
+            let estimate = if token_ids > 0 { token_ids } else { account.prompt_estimate() };
+            answer.usage = Some(super::types::EmbeddingsUsage { prompt_tokens: estimate, total_tokens: estimate });
+        }
+        let usage = usage.or_else(|| (token_ids > 0).then(|| Usage::new(token_ids, 0, None)));
+        account.finish(Served {
+            outcome: UsageOutcome::Ok,
+            http_status: 200,
+            usage,
+            output_text: "",
+            finish_reason: None,
+            error: None,
+        });
+        let response = match serde_json::to_vec(&answer) {
+            Ok(bytes) => json_response(StatusCode::OK, Bytes::from(bytes)),
+            Err(error) => error_response(self.ingress, ErrorKind::Server, StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+        };
+        AiOutcome { response, provider: Some(provider.name.clone()), attempts }
+    }
+}
+
+fn with_provider(mut outcome: AiOutcome, account: &Accounting) -> AiOutcome {
+    if !account.record.provider.is_empty() {
+        outcome.provider = Some(account.record.provider.clone());
+    }
+    outcome.attempts = account.record.attempts;
+    outcome
+}
+
+async fn read_limited(body: Incoming, limit: usize, timeout: Duration) -> Result<Bytes, String> {
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(error)) => Err(format!("cannot read the provider's answer: {error}")),
+        Err(_) => Err(format!("the provider's answer did not arrive within {} ms", timeout.as_millis())),
+    }
+}

@@ -1,0 +1,210 @@
+//! A streamed AI answer: provider SSE bytes in, the caller's format out
+//! (OpenAI chunks or Anthropic events), with usage accounted exactly once —
+//! when the stream completes, when it breaks, or when the client goes away
+//! (the body is dropped).
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use hyper::body::Incoming;
+use tollgate_proto::config::v1::UsageOutcome;
+
+use super::account::{Accounting, Served};
+use super::anthropic_ingress::MessagesStreamEncoder;
+use super::error::{AdapterError, ErrorKind, anthropic_error_event};
+use super::provider::StreamDecoder;
+use super::types::{ChatChunk, Usage};
+use crate::proxy::BoxError;
+
+/// The caller's stream format.
+pub enum Encoder {
+    OpenAi { include_usage: bool },
+    Anthropic(Box<MessagesStreamEncoder>),
+}
+
+pub struct AiStream {
+    upstream: Incoming,
+    decoder: Box<dyn StreamDecoder>,
+    encoder: Encoder,
+    pending: VecDeque<Bytes>,
+    account: Accounting,
+    /// id/model/created of the last chunk, for the usage chunk we add at the end.
+    last: Option<ChatChunk>,
+    ended: bool,
+}
+
+fn sse_data(json: &str) -> Bytes {
+    Bytes::from(format!("data: {json}\n\n"))
+}
+
+impl AiStream {
+    pub fn new(upstream: Incoming, decoder: Box<dyn StreamDecoder>, encoder: Encoder, account: Accounting) -> AiStream {
+        AiStream { upstream, decoder, encoder, pending: VecDeque::new(), account, last: None, ended: false }
+    }
+
+    fn emit(&mut self, chunks: Vec<ChatChunk>) {
+        for mut chunk in chunks {
+            let has_output = chunk.choices.iter().any(|c| {
+                c.delta.content.as_deref().is_some_and(|t| !t.is_empty()) || c.delta.tool_calls.is_some()
+            });
+            if has_output {
+                self.account.first_token();
+            }
+            // Usage-only chunks are the gateway's to send (once, at the end,
+            // and only when the caller asked), whatever the provider did.
+            if chunk.choices.is_empty() {
+                continue;
+            }
+            match &mut self.encoder {
+                Encoder::OpenAi { .. } => {
+                    chunk.usage = None;
+                    match serde_json::to_string(&chunk) {
+                        Ok(json) => self.pending.push_back(sse_data(&json)),
+                        Err(error) => tracing::error!(%error, "cannot encode a chat chunk"),
+                    }
+                }
+                Encoder::Anthropic(encoder) => self.pending.extend(encoder.encode(&chunk)),
+            }
+            chunk.choices.clear();
+            self.last = Some(chunk);
+        }
+    }
+
+    fn final_usage(&self) -> Option<Usage> {
+        self.decoder.usage()
+    }
+
+    fn complete(&mut self) {
+        self.ended = true;
+        let usage = self.final_usage();
+        let finish_reason = self.decoder.finish_reason();
+        match &mut self.encoder {
+            Encoder::OpenAi { include_usage } => {
+                if *include_usage {
+                    let mut chunk = self.last.clone().unwrap_or_else(|| ChatChunk::new("chatcmpl-tollgate", 0, ""));
+                    chunk.choices.clear();
+                    chunk.usage = Some(usage.clone().unwrap_or_else(|| {
+                        // The provider sent none: report what we will bill, the estimate.
+                        estimated_usage(&self.account, self.decoder.output_text())
+                    }));
+                    if let Ok(json) = serde_json::to_string(&chunk) {
+                        self.pending.push_back(sse_data(&json));
+                    }
+                }
+                self.pending.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+            }
+            Encoder::Anthropic(encoder) => {
+                let usage = usage.clone().or_else(|| Some(estimated_usage(&self.account, self.decoder.output_text())));
+                self.pending.extend(encoder.finish(usage.as_ref(), finish_reason.as_deref()));
+            }
+        }
+        let output_text = self.decoder.output_text().to_string();
+        self.account.finish(Served {
+            outcome: UsageOutcome::Ok,
+            http_status: 200,
+            usage,
+            output_text: &output_text,
+            finish_reason,
+            error: None,
+        });
+    }
+
+    fn fail(&mut self, error: AdapterError) {
+        self.ended = true;
+        let (kind, message) = match &error {
+            AdapterError::UpstreamStream { error, .. } => (error.kind, error.message.clone()),
+            other => (ErrorKind::Server, other.to_string()),
+        };
+        match &self.encoder {
+            Encoder::OpenAi { .. } => {
+                let body = serde_json::json!({"error": {"message": message, "type": "server_error", "param": null, "code": "stream_interrupted"}});
+                self.pending.push_back(sse_data(&body.to_string()));
+            }
+            Encoder::Anthropic(_) => self.pending.push_back(anthropic_error_event(kind, &message)),
+        }
+        let output_text = self.decoder.output_text().to_string();
+        self.account.finish(Served {
+            outcome: UsageOutcome::Error,
+            http_status: 200,
+            usage: self.decoder.usage(),
+            output_text: &output_text,
+            finish_reason: self.decoder.finish_reason(),
+            error: Some(error.to_string()),
+        });
+    }
+}
+
+/// The tokenizer's count for a stream that reported no usage.
+fn estimated_usage(account: &Accounting, output_text: &str) -> Usage {
+    Usage::new(account.prompt_estimate(), super::tokens::count_tokens(output_text), None)
+}
+
+impl Body for AiStream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(bytes) = this.pending.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.upstream).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        match this.decoder.feed(&data) {
+                            Ok(chunks) => this.emit(chunks),
+                            Err(error) => this.fail(error),
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    tracing::debug!(%error, "provider stream broke");
+                    let err = match this.decoder.finish() {
+                        Ok(chunks) => {
+                            this.emit(chunks);
+                            AdapterError::BadUpstreamPayload { provider: "provider", detail: error.to_string() }
+                        }
+                        Err(e) => e,
+                    };
+                    this.fail(err);
+                }
+                Poll::Ready(None) => match this.decoder.finish() {
+                    Ok(chunks) => {
+                        this.emit(chunks);
+                        this.complete();
+                    }
+                    Err(error) => this.fail(error),
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.pending.is_empty()
+    }
+}
+
+impl Drop for AiStream {
+    fn drop(&mut self) {
+        if !self.account.is_done() {
+            // The client went away mid-stream: bill what was produced.
+            let output_text = self.decoder.output_text().to_string();
+            self.account.finish(Served {
+                outcome: UsageOutcome::Cancelled,
+                http_status: 499,
+                usage: self.decoder.usage(),
+                output_text: &output_text,
+                finish_reason: self.decoder.finish_reason(),
+                error: Some("the client closed the connection before the answer was complete".into()),
+            });
+        }
+    }
+}
