@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod ai;
 pub mod apikey;
 pub mod clock;
 pub mod config;
