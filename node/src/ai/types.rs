@@ -315,6 +315,9 @@ pub struct Choice {
     pub logprobs: Option<Value>,
     #[serde(default)]
     pub finish_reason: Option<String>,
+    /// Azure's content_filter_results and the like, kept for pass-through.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// One `chat.completion.chunk` of a stream.
@@ -355,7 +358,7 @@ impl ChatChunk {
     }
 
     pub fn with_choice(mut self, index: u32, delta: Delta, finish_reason: Option<String>) -> Self {
-        self.choices.push(ChunkChoice { index, delta, logprobs: None, finish_reason });
+        self.choices.push(ChunkChoice { index, delta, logprobs: None, finish_reason, extra: Map::new() });
         self
     }
 }
@@ -368,6 +371,8 @@ pub struct ChunkChoice {
     pub logprobs: Option<Value>,
     #[serde(default)]
     pub finish_reason: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

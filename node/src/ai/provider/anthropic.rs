@@ -85,6 +85,7 @@ impl ProviderAdapter for AnthropicAdapter {
                 message,
                 logprobs: None,
                 finish_reason: msg.stop_reason.as_deref().map(|r| stop_reason_to_finish(r).to_owned()),
+                extra: Map::new(),
             }],
             usage: msg.usage.map(|u| u.to_usage()),
             extra: Map::new(),
@@ -501,6 +502,11 @@ impl AnthropicStreamDecoder {
                     }
                     Some("input_json_delta") => {
                         let partial = str_field(delta, "partial_json");
+                        // Anthropic opens every tool input with an empty fragment; the tool call
+                        // chunk emitted at content_block_start already said as much.
+                        if partial.is_empty() {
+                            return Ok(());
+                        }
                         let Some(&tool) = self.tool_index.get(&index) else {
                             return Err(AdapterError::bad_payload(SYSTEM, format!("input_json_delta for block {index} that is no tool_use")));
                         };

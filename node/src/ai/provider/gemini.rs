@@ -74,7 +74,7 @@ impl ProviderAdapter for GeminiAdapter {
                 tool_call_id: None,
                 extra: Map::new(),
             };
-            choices.push(Choice { index, message, logprobs: None, finish_reason: finish });
+            choices.push(Choice { index, message, logprobs: None, finish_reason: finish, extra: Map::new() });
         }
         if choices.is_empty() && resp.pointer("/promptFeedback/blockReason").is_some() {
             choices.push(Choice {
@@ -82,6 +82,7 @@ impl ProviderAdapter for GeminiAdapter {
                 message: ChatMessage::new(Role::Assistant, ""),
                 logprobs: None,
                 finish_reason: Some("content_filter".into()),
+                extra: Map::new(),
             });
         }
         Ok(ChatResponse {
