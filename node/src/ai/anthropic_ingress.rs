@@ -10,9 +10,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::error::AdapterError;
-use super::provider::anthropic::{
-    finish_to_stop_reason, image_url_from_source, tool_choice_from_anthropic,
-};
+use super::provider::anthropic::{finish_to_stop_reason, image_url_from_source, tool_choice_from_anthropic};
 use super::types::{
     ChatChunk, ChatMessage, ChatRequest, ChatResponse, ContentPart, FunctionCall, FunctionDef, MessageContent, Role,
     Stop, StreamOptions, Tool, ToolCall, Usage,
@@ -69,7 +67,9 @@ pub fn messages_request_to_chat(body: &[u8]) -> Result<ChatRequest, AdapterError
     if let Some(system) = &req.system {
         let text = match system {
             Value::String(s) => s.clone(),
-            Value::Array(blocks) => blocks.iter().filter_map(|b| b.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("\n\n"),
+            Value::Array(blocks) => {
+                blocks.iter().filter_map(|b| b.get("text").and_then(Value::as_str)).collect::<Vec<_>>().join("\n\n")
+            }
             _ => return Err(AdapterError::InvalidRequest("system must be a string or an array of text blocks".into())),
         };
         messages.push(ChatMessage::new(Role::System, text));
@@ -209,7 +209,9 @@ fn tool_result_content(content: Option<&Value>) -> Result<(String, Vec<ContentPa
             }
             Ok((text, images))
         }
-        Some(_) => Err(AdapterError::InvalidRequest("tool_result content must be a string or an array of blocks".into())),
+        Some(_) => {
+            Err(AdapterError::InvalidRequest("tool_result content must be a string or an array of blocks".into()))
+        }
     }
 }
 
@@ -384,7 +386,9 @@ impl MessagesStreamEncoder {
                         self.open_block(start, Some(call.index), &mut out)
                     }
                 };
-                if let Some(args) = call.function.as_ref().and_then(|f| f.arguments.as_deref()).filter(|a| !a.is_empty()) {
+                if let Some(args) =
+                    call.function.as_ref().and_then(|f| f.arguments.as_deref()).filter(|a| !a.is_empty())
+                {
                     out.push(event(
                         "content_block_delta",
                         json!({"type": "content_block_delta", "index": block, "delta": {"type": "input_json_delta", "partial_json": args}}),

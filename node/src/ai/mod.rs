@@ -14,6 +14,8 @@ pub mod types;
 #[cfg(test)]
 mod golden_tests;
 
-pub use error::{AdapterError, ErrorKind, ProviderError, anthropic_error_body, anthropic_error_event, openai_error_body};
+pub use error::{
+    AdapterError, ErrorKind, ProviderError, anthropic_error_body, anthropic_error_event, openai_error_body,
+};
 pub use provider::{ProviderAdapter, ProviderKind, StreamDecoder, UpstreamTarget, adapter};
 pub use types::wants_usage_chunk;

@@ -22,7 +22,8 @@ fn response_json(body: &str) -> Value {
 #[test]
 fn requests_translate_to_messages_api() {
     let t = target(BASE, MODEL, &[]);
-    let cases = assert_request_goldens(adapter(ProviderKind::Anthropic), &t, fixture!("anthropic/requests_expected.json"));
+    let cases =
+        assert_request_goldens(adapter(ProviderKind::Anthropic), &t, fixture!("anthropic/requests_expected.json"));
     for (name, req) in &cases {
         assert_eq!(req.uri(), "https://api.anthropic.com/v1/messages", "{name}");
         assert_eq!(header(req, "x-api-key"), Some("test-key"));
@@ -114,10 +115,18 @@ fn stream_error_event_is_surfaced_with_partial_usage() {
 #[test]
 fn errors_are_classified_by_anthropic_type() {
     let a = adapter(ProviderKind::Anthropic);
-    let e = a.error(StatusCode::from_u16(529).unwrap(), &HeaderMap::new(), fixture!("anthropic/error_overloaded.json").as_bytes());
+    let e = a.error(
+        StatusCode::from_u16(529).unwrap(),
+        &HeaderMap::new(),
+        fixture!("anthropic/error_overloaded.json").as_bytes(),
+    );
     assert_eq!((e.status, e.kind, e.message.as_str()), (529, ErrorKind::Overloaded, "Overloaded"));
     assert!(e.retryable());
-    let e = a.error(StatusCode::TOO_MANY_REQUESTS, &headers(&[("retry-after", "30")]), fixture!("anthropic/error_rate_limit.json").as_bytes());
+    let e = a.error(
+        StatusCode::TOO_MANY_REQUESTS,
+        &headers(&[("retry-after", "30")]),
+        fixture!("anthropic/error_rate_limit.json").as_bytes(),
+    );
     assert_eq!((e.kind, e.retry_after), (ErrorKind::RateLimited, Some(Duration::from_secs(30))));
     let e = a.error(
         StatusCode::BAD_REQUEST,

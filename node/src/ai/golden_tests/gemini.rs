@@ -84,24 +84,34 @@ fn errors_read_status_and_retry_info() {
     assert_eq!((e.kind, e.retry_after), (ErrorKind::RateLimited, Some(Duration::from_secs(36))));
     assert!(e.retryable());
     let e = a.error(StatusCode::BAD_REQUEST, &HeaderMap::new(), fixture!("gemini/error_api_key.json").as_bytes());
-    assert_eq!((e.kind, e.message.as_str()), (ErrorKind::Authentication, "API key not valid. Please pass a valid API key."));
+    assert_eq!(
+        (e.kind, e.message.as_str()),
+        (ErrorKind::Authentication, "API key not valid. Please pass a valid API key.")
+    );
     assert!(!e.retryable());
     let e = a.error(
         StatusCode::SERVICE_UNAVAILABLE,
         &HeaderMap::new(),
         br#"[{"error": {"code": 503, "message": "The model is overloaded. Please try again later.", "status": "UNAVAILABLE"}}]"#,
     );
-    assert_eq!((e.kind, e.message.as_str()), (ErrorKind::Unavailable, "The model is overloaded. Please try again later."));
+    assert_eq!(
+        (e.kind, e.message.as_str()),
+        (ErrorKind::Unavailable, "The model is overloaded. Please try again later.")
+    );
 }
 
 #[test]
 fn embeddings_use_batch_embed_contents() {
     let a = adapter(ProviderKind::Gemini);
-    let req: EmbeddingsRequest =
-        serde_json::from_value(json!({"model": "emb", "input": ["What is the meaning of life?", "How much wood?"], "dimensions": 256}))
-            .unwrap();
+    let req: EmbeddingsRequest = serde_json::from_value(
+        json!({"model": "emb", "input": ["What is the meaning of life?", "How much wood?"], "dimensions": 256}),
+    )
+    .unwrap();
     let upstream = a.embeddings_request(&req, &target(BASE, "text-embedding-004", &[])).unwrap();
-    assert_eq!(upstream.uri(), "https://generativelanguage.googleapis.com/v1beta/models/text-embedding-004:batchEmbedContents");
+    assert_eq!(
+        upstream.uri(),
+        "https://generativelanguage.googleapis.com/v1beta/models/text-embedding-004:batchEmbedContents"
+    );
     assert_eq!(
         body_json(&upstream),
         json!({"requests": [

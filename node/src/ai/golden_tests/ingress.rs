@@ -48,7 +48,8 @@ fn messages_request_translates_to_chat() {
 fn malformed_messages_requests_say_what_is_wrong() {
     let err = messages_request_to_chat(b"{\"model\": 1}").unwrap_err();
     assert!(matches!(err, AdapterError::MalformedRequest(_)), "{err}");
-    let err = messages_request_to_chat(br#"{"model":"m","max_tokens":1,"messages":[{"role":"system","content":"x"}]}"#).unwrap_err();
+    let err = messages_request_to_chat(br#"{"model":"m","max_tokens":1,"messages":[{"role":"system","content":"x"}]}"#)
+        .unwrap_err();
     assert!(err.to_string().contains("top-level system field"), "{err}");
     let err = messages_request_to_chat(
         br#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}],"tools":[{"type":"web_search_20250305","name":"web_search"}]}"#,
@@ -61,7 +62,10 @@ fn malformed_messages_requests_say_what_is_wrong() {
 fn chat_responses_translate_to_messages() {
     let a = adapter(ProviderKind::OpenAi);
     let resp = a.chat_response(fixture!("openai/chat_response_tool_calls.json").as_bytes()).unwrap();
-    assert_eq!(chat_response_to_messages(&resp, "claude-alias"), json(fixture!("ingress/messages_response_tool_calls.json")));
+    assert_eq!(
+        chat_response_to_messages(&resp, "claude-alias"),
+        json(fixture!("ingress/messages_response_tool_calls.json"))
+    );
     let resp = a.chat_response(fixture!("openai/chat_response.json").as_bytes()).unwrap();
     assert_eq!(chat_response_to_messages(&resp, "claude-alias"), json(fixture!("ingress/messages_response_text.json")));
 }

@@ -29,7 +29,11 @@ pub(crate) fn json(text: &str) -> Value {
     serde_json::from_str(text).expect("fixture is valid JSON")
 }
 
-pub(crate) fn target<'a>(base_url: &'a str, model: &'a str, extra_headers: &'a [(String, String)]) -> UpstreamTarget<'a> {
+pub(crate) fn target<'a>(
+    base_url: &'a str,
+    model: &'a str,
+    extra_headers: &'a [(String, String)],
+) -> UpstreamTarget<'a> {
     UpstreamTarget { base_url, model, api_key: "test-key", api_version: None, extra_headers }
 }
 
@@ -138,6 +142,10 @@ pub(crate) fn assert_stream_golden(adapter: &dyn ProviderAdapter, transcript: &s
 pub(crate) fn cut_stream(adapter: &dyn ProviderAdapter, transcript: &str, at: &str) -> Decoded {
     let end = transcript.find(at).expect("cut marker is in the transcript");
     let d = decode(adapter, &transcript.as_bytes()[..end], &[]);
-    assert!(matches!(d.finish, Err(AdapterError::Truncated { .. })), "cut stream must be reported: {:?}", d.finish.as_ref().err());
+    assert!(
+        matches!(d.finish, Err(AdapterError::Truncated { .. })),
+        "cut stream must be reported: {:?}",
+        d.finish.as_ref().err()
+    );
     d
 }

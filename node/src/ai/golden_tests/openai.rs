@@ -15,12 +15,7 @@ const AZURE_BASE: &str = "https://res.openai.azure.com";
 
 /// An OpenAI-format stream passes through: the expected chunks are the transcript's own.
 fn data_lines(transcript: &str) -> Vec<Value> {
-    transcript
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(json)
-        .collect()
+    transcript.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| *d != "[DONE]").map(json).collect()
 }
 
 #[test]
@@ -108,7 +103,11 @@ fn openai_stream_cut_reports_truncation_and_keeps_partial_state() {
     let a = adapter(ProviderKind::OpenAi);
     let d = cut_stream(a, fixture!("openai/stream.sse"), "data: [DONE]");
     assert_eq!(d.usage.map(|u| u.prompt_tokens), Some(9));
-    let d = cut_stream(a, fixture!("openai/stream.sse"), "data: {\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4o-mini\",\"system_fingerprint\":\"fp_44709d6fcb\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"!\"}");
+    let d = cut_stream(
+        a,
+        fixture!("openai/stream.sse"),
+        "data: {\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4o-mini\",\"system_fingerprint\":\"fp_44709d6fcb\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"!\"}",
+    );
     assert_eq!((d.text.as_str(), d.usage, d.finish_reason), ("Hello", None, None));
 }
 
@@ -116,7 +115,9 @@ fn openai_stream_cut_reports_truncation_and_keeps_partial_state() {
 fn openai_stream_error_event_is_surfaced() {
     let mut decoder = adapter(ProviderKind::OpenAi).stream_decoder();
     let err = decoder
-        .feed(b"data: {\"error\":{\"message\":\"The server had an error\",\"type\":\"server_error\",\"code\":null}}\n\n")
+        .feed(
+            b"data: {\"error\":{\"message\":\"The server had an error\",\"type\":\"server_error\",\"code\":null}}\n\n",
+        )
         .unwrap_err();
     match err {
         AdapterError::UpstreamStream { error, .. } => {
@@ -144,7 +145,11 @@ fn openai_errors_are_classified() {
     let e = a.error(StatusCode::SERVICE_UNAVAILABLE, &HeaderMap::new(), b"<html>upstream connect error</html>");
     assert_eq!((e.kind, e.message.as_str()), (ErrorKind::Unavailable, "<html>upstream connect error</html>"));
     assert!(e.retryable());
-    let e = a.error(StatusCode::BAD_REQUEST, &HeaderMap::new(), br#"{"object":"error","message":"max_tokens is too large","type":"BadRequestError","code":400}"#);
+    let e = a.error(
+        StatusCode::BAD_REQUEST,
+        &HeaderMap::new(),
+        br#"{"object":"error","message":"max_tokens is too large","type":"BadRequestError","code":400}"#,
+    );
     assert_eq!((e.kind, e.message.as_str()), (ErrorKind::InvalidRequest, "max_tokens is too large"));
     let e = a.error(StatusCode::BAD_GATEWAY, &HeaderMap::new(), b"");
     assert_eq!((e.kind, e.message.as_str()), (ErrorKind::Server, "Bad Gateway"));
@@ -184,7 +189,8 @@ fn openai_embeddings_pass_through() {
 #[test]
 fn azure_requests_use_deployment_urls_and_api_key() {
     let t = target(AZURE_BASE, "gpt-4o-prod", &[]);
-    let cases = assert_request_goldens(adapter(ProviderKind::AzureOpenAi), &t, fixture!("azure/requests_expected.json"));
+    let cases =
+        assert_request_goldens(adapter(ProviderKind::AzureOpenAi), &t, fixture!("azure/requests_expected.json"));
     for (name, req) in &cases {
         assert_eq!(
             req.uri(),
@@ -197,10 +203,16 @@ fn azure_requests_use_deployment_urls_and_api_key() {
     let t = UpstreamTarget { api_version: Some("2025-01-01-preview"), ..target(AZURE_BASE, "emb", &[]) };
     let req: EmbeddingsRequest = serde_json::from_str(fixture!("openai/embeddings_request.json")).unwrap();
     let upstream = adapter(ProviderKind::AzureOpenAi).embeddings_request(&req, &t).unwrap();
-    assert_eq!(upstream.uri(), "https://res.openai.azure.com/openai/deployments/emb/embeddings?api-version=2025-01-01-preview");
+    assert_eq!(
+        upstream.uri(),
+        "https://res.openai.azure.com/openai/deployments/emb/embeddings?api-version=2025-01-01-preview"
+    );
     let bad = target(AZURE_BASE, "a/b", &[]);
     let plain: ChatRequest = serde_json::from_value(json(CANONICAL_REQUESTS)["plain"].clone()).unwrap();
-    assert!(matches!(adapter(ProviderKind::AzureOpenAi).chat_request(&plain, &bad), Err(AdapterError::InvalidTarget(_))));
+    assert!(matches!(
+        adapter(ProviderKind::AzureOpenAi).chat_request(&plain, &bad),
+        Err(AdapterError::InvalidTarget(_))
+    ));
 }
 
 #[test]

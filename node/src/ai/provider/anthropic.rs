@@ -10,13 +10,15 @@ use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::{ProviderAdapter, ProviderKind, StreamDecoder, UpstreamTarget, join_url, post_json, to_json_body, unix_now};
+use super::{
+    ProviderAdapter, ProviderKind, StreamDecoder, UpstreamTarget, join_url, post_json, to_json_body, unix_now,
+};
 use crate::ai::error::{AdapterError, ErrorKind, ProviderError, classify, error_object};
 use crate::ai::sse::SseParser;
 use crate::ai::types::{
     ChatChunk, ChatMessage, ChatRequest, ChatResponse, Choice, ContentPart, Delta, EmbeddingsRequest,
-    EmbeddingsResponse, FunctionCall, FunctionCallDelta, FunctionName, MessageContent, NamedToolChoice,
-    ResponseFormat, Role, ToolCall, ToolCallDelta, ToolChoice, Usage,
+    EmbeddingsResponse, FunctionCall, FunctionCallDelta, FunctionName, MessageContent, NamedToolChoice, ResponseFormat,
+    Role, ToolCall, ToolCallDelta, ToolChoice, Usage,
 };
 
 pub const DEFAULT_VERSION: &str = "2023-06-01";
@@ -35,7 +37,11 @@ impl ProviderAdapter for AnthropicAdapter {
         SYSTEM
     }
 
-    fn chat_request(&self, req: &ChatRequest, target: &UpstreamTarget<'_>) -> Result<http::Request<Bytes>, AdapterError> {
+    fn chat_request(
+        &self,
+        req: &ChatRequest,
+        target: &UpstreamTarget<'_>,
+    ) -> Result<http::Request<Bytes>, AdapterError> {
         let body = to_json_body(&messages_body(req, target.model)?)?;
         let version = target.api_version.unwrap_or(DEFAULT_VERSION);
         post_json(
@@ -96,7 +102,11 @@ impl ProviderAdapter for AnthropicAdapter {
         Box::new(AnthropicStreamDecoder { sse: SseParser::new(SYSTEM), ..AnthropicStreamDecoder::default() })
     }
 
-    fn embeddings_request(&self, _: &EmbeddingsRequest, _: &UpstreamTarget<'_>) -> Result<http::Request<Bytes>, AdapterError> {
+    fn embeddings_request(
+        &self,
+        _: &EmbeddingsRequest,
+        _: &UpstreamTarget<'_>,
+    ) -> Result<http::Request<Bytes>, AdapterError> {
         Err(embeddings_unsupported())
     }
 
@@ -107,7 +117,8 @@ impl ProviderAdapter for AnthropicAdapter {
     fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProviderError {
         let error = error_object(body);
         let message = error.as_ref().and_then(|e| e.get("message")).and_then(Value::as_str).map(str::to_owned);
-        let hint = error.as_ref().and_then(|e| e.get("type")).and_then(Value::as_str).and_then(ErrorKind::from_anthropic_type);
+        let hint =
+            error.as_ref().and_then(|e| e.get("type")).and_then(Value::as_str).and_then(ErrorKind::from_anthropic_type);
         classify(status, headers, body, message, hint)
     }
 }
@@ -289,7 +300,10 @@ pub(crate) fn messages_body(req: &ChatRequest, model: &str) -> Result<Value, Ada
 
     let mut body = Map::new();
     body.insert("model".into(), model.into());
-    body.insert("messages".into(), turns.into_iter().map(|(role, blocks)| json!({"role": role, "content": collapse(blocks)})).collect());
+    body.insert(
+        "messages".into(),
+        turns.into_iter().map(|(role, blocks)| json!({"role": role, "content": collapse(blocks)})).collect(),
+    );
     body.insert("max_tokens".into(), req.output_limit().unwrap_or(DEFAULT_MAX_TOKENS).into());
     let system: Vec<String> = system.into_iter().filter(|s| !s.is_empty()).collect();
     if !system.is_empty() {
@@ -508,7 +522,10 @@ impl AnthropicStreamDecoder {
                             return Ok(());
                         }
                         let Some(&tool) = self.tool_index.get(&index) else {
-                            return Err(AdapterError::bad_payload(SYSTEM, format!("input_json_delta for block {index} that is no tool_use")));
+                            return Err(AdapterError::bad_payload(
+                                SYSTEM,
+                                format!("input_json_delta for block {index} that is no tool_use"),
+                            ));
                         };
                         self.text.push_str(&partial);
                         out.push(self.tool_delta(tool, None, None, partial));
@@ -554,7 +571,7 @@ impl AnthropicStreamDecoder {
     }
 
     fn merge_usage(&mut self, usage: Option<&Value>) {
-        let Some(Ok(newer)) = usage.map(|u| AnthropicUsage::deserialize(u)) else { return };
+        let Some(Ok(newer)) = usage.map(AnthropicUsage::deserialize) else { return };
         self.usage.get_or_insert_with(AnthropicUsage::default).merge(newer);
     }
 }

@@ -38,7 +38,11 @@ impl ProviderAdapter for AzureAdapter {
         SYSTEM
     }
 
-    fn chat_request(&self, req: &ChatRequest, target: &UpstreamTarget<'_>) -> Result<http::Request<Bytes>, AdapterError> {
+    fn chat_request(
+        &self,
+        req: &ChatRequest,
+        target: &UpstreamTarget<'_>,
+    ) -> Result<http::Request<Bytes>, AdapterError> {
         // Azure routes by deployment; the body's model is informational, so it names the
         // deployment too rather than the caller's alias.
         let body = to_json_body(&upstream_chat_body(req, target.model))?;

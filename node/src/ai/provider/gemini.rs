@@ -9,8 +9,8 @@ use serde_json::{Map, Value, json};
 
 use super::anthropic::parse_arguments;
 use super::{
-    ProviderAdapter, ProviderKind, StreamDecoder, UpstreamTarget, join_url, new_completion_id, post_json,
-    to_json_body, unix_now,
+    ProviderAdapter, ProviderKind, StreamDecoder, UpstreamTarget, join_url, new_completion_id, post_json, to_json_body,
+    unix_now,
 };
 use crate::ai::error::{AdapterError, ErrorKind, ProviderError, classify, error_object};
 use crate::ai::sse::SseParser;
@@ -42,7 +42,11 @@ impl ProviderAdapter for GeminiAdapter {
         SYSTEM
     }
 
-    fn chat_request(&self, req: &ChatRequest, target: &UpstreamTarget<'_>) -> Result<http::Request<Bytes>, AdapterError> {
+    fn chat_request(
+        &self,
+        req: &ChatRequest,
+        target: &UpstreamTarget<'_>,
+    ) -> Result<http::Request<Bytes>, AdapterError> {
         let method = if req.is_stream() { "streamGenerateContent?alt=sse" } else { "generateContent" };
         let body = to_json_body(&generate_content_body(req)?)?;
         post_json(&model_url(target, method)?, &[("x-goog-api-key", target.api_key)], target, req.is_stream(), body)
@@ -279,10 +283,10 @@ pub(crate) fn generate_content_body(req: &ChatRequest) -> Result<Value, AdapterE
                     .and_then(|id| call_names.get(id).copied())
                     .or(m.name.as_deref())
                     .ok_or_else(|| {
-                        AdapterError::InvalidRequest(
-                            "a tool message must answer a tool_call_id of an earlier assistant tool call".into(),
-                        )
-                    })?;
+                    AdapterError::InvalidRequest(
+                        "a tool message must answer a tool_call_id of an earlier assistant tool call".into(),
+                    )
+                })?;
                 let text = m.text();
                 // Gemini wants an object; its docs name "output" as the key for a plain result.
                 let response = match serde_json::from_str::<Value>(&text) {
@@ -302,7 +306,10 @@ pub(crate) fn generate_content_body(req: &ChatRequest) -> Result<Value, AdapterE
     }
 
     let mut body = Map::new();
-    body.insert("contents".into(), contents.into_iter().map(|(role, parts)| json!({"role": role, "parts": parts})).collect());
+    body.insert(
+        "contents".into(),
+        contents.into_iter().map(|(role, parts)| json!({"role": role, "parts": parts})).collect(),
+    );
     if !system.is_empty() {
         body.insert("systemInstruction".into(), json!({ "parts": system }));
     }

@@ -56,8 +56,11 @@ pub trait ProviderAdapter: Send + Sync {
     fn kind(&self) -> ProviderKind;
     /// OpenTelemetry GenAI `gen_ai.system` value: "openai", "anthropic", "gcp.gemini", "az.ai.openai", ...
     fn system(&self) -> &'static str;
-    fn chat_request(&self, req: &ChatRequest, target: &UpstreamTarget<'_>)
-    -> Result<http::Request<Bytes>, AdapterError>;
+    fn chat_request(
+        &self,
+        req: &ChatRequest,
+        target: &UpstreamTarget<'_>,
+    ) -> Result<http::Request<Bytes>, AdapterError>;
     fn chat_response(&self, body: &[u8]) -> Result<ChatResponse, AdapterError>;
     fn stream_decoder(&self) -> Box<dyn StreamDecoder>;
     fn embeddings_request(
@@ -111,9 +114,12 @@ pub(crate) fn post_json(
     }
     let mut req = builder.body(Bytes::from(body)).map_err(|e| AdapterError::InvalidTarget(e.to_string()))?;
     let headers = req.headers_mut();
-    for (name, value) in auth.iter().map(|(n, v)| (*n, *v)).chain(target.extra_headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))) {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| AdapterError::InvalidTarget(format!("header name {name:?} is not a valid HTTP header name")))?;
+    for (name, value) in
+        auth.iter().map(|(n, v)| (*n, *v)).chain(target.extra_headers.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+    {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            AdapterError::InvalidTarget(format!("header name {name:?} is not a valid HTTP header name"))
+        })?;
         // The value may be a key: never echo it in the message.
         let mut value = HeaderValue::from_str(value)
             .map_err(|_| AdapterError::InvalidTarget(format!("value of header {name} has characters HTTP forbids")))?;

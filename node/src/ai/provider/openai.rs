@@ -34,7 +34,11 @@ impl ProviderAdapter for OpenAiAdapter {
         self.system
     }
 
-    fn chat_request(&self, req: &ChatRequest, target: &UpstreamTarget<'_>) -> Result<http::Request<Bytes>, AdapterError> {
+    fn chat_request(
+        &self,
+        req: &ChatRequest,
+        target: &UpstreamTarget<'_>,
+    ) -> Result<http::Request<Bytes>, AdapterError> {
         let body = to_json_body(&upstream_chat_body(req, target.model))?;
         let bearer = format!("Bearer {}", target.api_key);
         post_json(
@@ -62,7 +66,13 @@ impl ProviderAdapter for OpenAiAdapter {
         let mut upstream = req.clone();
         upstream.model = target.model.to_owned();
         let bearer = format!("Bearer {}", target.api_key);
-        post_json(&join_url(target.base_url, "/embeddings"), &[("authorization", &bearer)], target, false, to_json_body(&upstream)?)
+        post_json(
+            &join_url(target.base_url, "/embeddings"),
+            &[("authorization", &bearer)],
+            target,
+            false,
+            to_json_body(&upstream)?,
+        )
     }
 
     fn embeddings_response(&self, body: &[u8]) -> Result<EmbeddingsResponse, AdapterError> {
@@ -89,7 +99,10 @@ pub(crate) fn parse_chat_response(provider: &'static str, body: &[u8]) -> Result
     serde_json::from_slice(body).map_err(|e| AdapterError::bad_payload(provider, format!("chat completion: {e}")))
 }
 
-pub(crate) fn parse_embeddings_response(provider: &'static str, body: &[u8]) -> Result<EmbeddingsResponse, AdapterError> {
+pub(crate) fn parse_embeddings_response(
+    provider: &'static str,
+    body: &[u8],
+) -> Result<EmbeddingsResponse, AdapterError> {
     serde_json::from_slice(body).map_err(|e| AdapterError::bad_payload(provider, format!("embeddings: {e}")))
 }
 
