@@ -11,10 +11,10 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    ProviderAdapter, ProviderKind, StreamDecoder, UpstreamTarget, join_url, post_json, to_json_body, unix_now,
+    EventDecoder, ProviderAdapter, ProviderKind, SseStream, StreamDecoder, UpstreamTarget, join_url, post_json,
+    to_json_body, unix_now,
 };
 use crate::ai::error::{AdapterError, ErrorKind, ProviderError, classify, error_object};
-use crate::ai::sse::SseParser;
 use crate::ai::types::{
     ChatChunk, ChatMessage, ChatRequest, ChatResponse, Choice, ContentPart, Delta, EmbeddingsRequest,
     EmbeddingsResponse, FunctionCall, FunctionCallDelta, FunctionName, MessageContent, NamedToolChoice, ResponseFormat,
@@ -99,7 +99,7 @@ impl ProviderAdapter for AnthropicAdapter {
     }
 
     fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
-        Box::new(AnthropicStreamDecoder { sse: SseParser::new(SYSTEM), ..AnthropicStreamDecoder::default() })
+        SseStream::boxed(SYSTEM, AnthropicStreamDecoder::default())
     }
 
     fn embeddings_request(
@@ -433,7 +433,6 @@ pub(crate) fn parse_arguments(arguments: &str) -> Result<Value, AdapterError> {
 /// message_stop, ping, error) into OpenAI chunks.
 #[derive(Default)]
 pub(crate) struct AnthropicStreamDecoder {
-    sse: SseParser,
     id: String,
     model: String,
     created: u64,
@@ -576,24 +575,16 @@ impl AnthropicStreamDecoder {
     }
 }
 
-impl StreamDecoder for AnthropicStreamDecoder {
-    fn feed(&mut self, bytes: &[u8]) -> Result<Vec<ChatChunk>, AdapterError> {
-        let mut out = Vec::new();
-        for ev in self.sse.feed(bytes)? {
-            self.event(&ev.data, &mut out)?;
-        }
-        Ok(out)
+impl EventDecoder for AnthropicStreamDecoder {
+    fn on_event(&mut self, data: &str, out: &mut Vec<ChatChunk>) -> Result<(), AdapterError> {
+        self.event(data, out)
     }
 
-    fn finish(&mut self) -> Result<Vec<ChatChunk>, AdapterError> {
-        let mut out = Vec::new();
-        for ev in self.sse.finish()? {
-            self.event(&ev.data, &mut out)?;
-        }
+    fn on_end(&mut self, _: &mut Vec<ChatChunk>) -> Result<(), AdapterError> {
         if !self.done {
             return Err(AdapterError::Truncated { provider: SYSTEM, marker: "message_stop" });
         }
-        Ok(out)
+        Ok(())
     }
 
     fn usage(&self) -> Option<Usage> {

@@ -7,7 +7,9 @@ use http::{HeaderMap, StatusCode};
 use super::openai::{
     OpenAiStreamDecoder, classify_openai_error, parse_chat_response, parse_embeddings_response, upstream_chat_body,
 };
-use super::{ProviderAdapter, ProviderKind, StreamDecoder, UpstreamTarget, join_url, post_json, to_json_body};
+use super::{
+    ProviderAdapter, ProviderKind, SseStream, StreamDecoder, UpstreamTarget, join_url, post_json, to_json_body,
+};
 use crate::ai::error::{AdapterError, ProviderError};
 use crate::ai::types::{ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse};
 
@@ -55,7 +57,7 @@ impl ProviderAdapter for AzureAdapter {
     }
 
     fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
-        Box::new(OpenAiStreamDecoder::new(SYSTEM, true))
+        SseStream::boxed(SYSTEM, OpenAiStreamDecoder::new(SYSTEM, true))
     }
 
     fn embeddings_request(

@@ -9,11 +9,10 @@ use serde_json::{Map, Value, json};
 
 use super::anthropic::parse_arguments;
 use super::{
-    ProviderAdapter, ProviderKind, StreamDecoder, UpstreamTarget, join_url, new_completion_id, post_json, to_json_body,
-    unix_now,
+    EventDecoder, ProviderAdapter, ProviderKind, SseStream, StreamDecoder, UpstreamTarget, join_url, new_completion_id,
+    post_json, to_json_body, unix_now,
 };
 use crate::ai::error::{AdapterError, ErrorKind, ProviderError, classify, error_object};
-use crate::ai::sse::SseParser;
 use crate::ai::types::{
     ChatChunk, ChatMessage, ChatRequest, ChatResponse, Choice, ContentPart, Delta, Embedding, EmbeddingVector,
     EmbeddingsInput, EmbeddingsRequest, EmbeddingsResponse, FunctionCall, FunctionCallDelta, MessageContent, Role,
@@ -101,17 +100,19 @@ impl ProviderAdapter for GeminiAdapter {
     }
 
     fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
-        Box::new(GeminiStreamDecoder {
-            sse: SseParser::new(SYSTEM),
-            id: new_completion_id(),
-            created: unix_now(),
-            model: String::new(),
-            candidates: HashMap::new(),
-            usage: None,
-            finish_reason: None,
-            text: String::new(),
-            emitted_usage: false,
-        })
+        SseStream::boxed(
+            SYSTEM,
+            GeminiStreamDecoder {
+                id: new_completion_id(),
+                created: unix_now(),
+                model: String::new(),
+                candidates: HashMap::new(),
+                usage: None,
+                finish_reason: None,
+                text: String::new(),
+                emitted_usage: false,
+            },
+        )
     }
 
     fn embeddings_request(
@@ -434,7 +435,6 @@ struct CandidateState {
 /// Each SSE event is a whole GenerateContentResponse; the stream has no `[DONE]`, it ends after
 /// the candidates' `finishReason`.
 struct GeminiStreamDecoder {
-    sse: SseParser,
     id: String,
     created: u64,
     model: String,
@@ -519,20 +519,12 @@ impl GeminiStreamDecoder {
     }
 }
 
-impl StreamDecoder for GeminiStreamDecoder {
-    fn feed(&mut self, bytes: &[u8]) -> Result<Vec<ChatChunk>, AdapterError> {
-        let mut out = Vec::new();
-        for ev in self.sse.feed(bytes)? {
-            self.event(&ev.data, &mut out)?;
-        }
-        Ok(out)
+impl EventDecoder for GeminiStreamDecoder {
+    fn on_event(&mut self, data: &str, out: &mut Vec<ChatChunk>) -> Result<(), AdapterError> {
+        self.event(data, out)
     }
 
-    fn finish(&mut self) -> Result<Vec<ChatChunk>, AdapterError> {
-        let mut out = Vec::new();
-        for ev in self.sse.finish()? {
-            self.event(&ev.data, &mut out)?;
-        }
+    fn on_end(&mut self, out: &mut Vec<ChatChunk>) -> Result<(), AdapterError> {
         if !self.done() {
             return Err(AdapterError::Truncated { provider: SYSTEM, marker: "a candidate finishReason" });
         }
@@ -544,7 +536,7 @@ impl StreamDecoder for GeminiStreamDecoder {
             chunk.usage = Some(usage);
             out.push(chunk);
         }
-        Ok(out)
+        Ok(())
     }
 
     fn usage(&self) -> Option<Usage> {

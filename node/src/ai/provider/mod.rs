@@ -16,6 +16,7 @@ use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Method};
 
 use super::error::{AdapterError, ProviderError};
+use super::sse::SseParser;
 use super::types::{ChatChunk, ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Usage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,6 +90,59 @@ pub trait StreamDecoder: Send {
     /// Text produced so far (content + tool-call arguments), so the gateway can estimate output
     /// tokens when the provider gave no usage.
     fn output_text(&self) -> &str;
+}
+
+/// The provider-specific half of a stream decoder: what one SSE event's `data` means. The SSE
+/// framing around it is shared by [`SseStream`].
+pub(crate) trait EventDecoder: Send {
+    fn on_event(&mut self, data: &str, out: &mut Vec<ChatChunk>) -> Result<(), AdapterError>;
+    /// The body ended: `Err(AdapterError::Truncated{..})` unless the end marker came.
+    fn on_end(&mut self, out: &mut Vec<ChatChunk>) -> Result<(), AdapterError>;
+    fn usage(&self) -> Option<Usage>;
+    fn finish_reason(&self) -> Option<String>;
+    fn output_text(&self) -> &str;
+}
+
+pub(crate) struct SseStream<E> {
+    sse: SseParser,
+    inner: E,
+}
+
+impl<E: EventDecoder + 'static> SseStream<E> {
+    pub(crate) fn boxed(provider: &'static str, inner: E) -> Box<dyn StreamDecoder> {
+        Box::new(SseStream { sse: SseParser::new(provider), inner })
+    }
+}
+
+impl<E: EventDecoder> StreamDecoder for SseStream<E> {
+    fn feed(&mut self, bytes: &[u8]) -> Result<Vec<ChatChunk>, AdapterError> {
+        let mut out = Vec::new();
+        for ev in self.sse.feed(bytes)? {
+            self.inner.on_event(&ev.data, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn finish(&mut self) -> Result<Vec<ChatChunk>, AdapterError> {
+        let mut out = Vec::new();
+        for ev in self.sse.finish()? {
+            self.inner.on_event(&ev.data, &mut out)?;
+        }
+        self.inner.on_end(&mut out)?;
+        Ok(out)
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.inner.usage()
+    }
+
+    fn finish_reason(&self) -> Option<String> {
+        self.inner.finish_reason()
+    }
+
+    fn output_text(&self) -> &str {
+        self.inner.output_text()
+    }
 }
 
 /// `base_url` + `path`, tolerating a trailing slash on the configured base.

@@ -7,9 +7,11 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
-use super::{ProviderAdapter, ProviderKind, StreamDecoder, UpstreamTarget, join_url, post_json, to_json_body};
+use super::{
+    EventDecoder, ProviderAdapter, ProviderKind, SseStream, StreamDecoder, UpstreamTarget, join_url, post_json,
+    to_json_body,
+};
 use crate::ai::error::{AdapterError, ErrorKind, ProviderError, classify, error_object};
-use crate::ai::sse::SseParser;
 use crate::ai::types::{
     ChatChunk, ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, StreamOptions, Usage,
 };
@@ -55,7 +57,7 @@ impl ProviderAdapter for OpenAiAdapter {
     }
 
     fn stream_decoder(&self) -> Box<dyn StreamDecoder> {
-        Box::new(OpenAiStreamDecoder::new(self.system, false))
+        SseStream::boxed(self.system, OpenAiStreamDecoder::new(self.system, false))
     }
 
     fn embeddings_request(
@@ -132,7 +134,6 @@ pub(crate) fn classify_openai_error(status: StatusCode, headers: &HeaderMap, bod
 /// `choices` (prompt filter results) that is dropped when `drop_empty` is set.
 pub(crate) struct OpenAiStreamDecoder {
     provider: &'static str,
-    sse: SseParser,
     done: bool,
     drop_empty: bool,
     usage: Option<Usage>,
@@ -142,15 +143,7 @@ pub(crate) struct OpenAiStreamDecoder {
 
 impl OpenAiStreamDecoder {
     pub(crate) fn new(provider: &'static str, drop_empty: bool) -> Self {
-        OpenAiStreamDecoder {
-            provider,
-            sse: SseParser::new(provider),
-            done: false,
-            drop_empty,
-            usage: None,
-            finish_reason: None,
-            text: String::new(),
-        }
+        OpenAiStreamDecoder { provider, done: false, drop_empty, usage: None, finish_reason: None, text: String::new() }
     }
 
     fn event(&mut self, data: &str, out: &mut Vec<ChatChunk>) -> Result<(), AdapterError> {
@@ -193,24 +186,16 @@ impl OpenAiStreamDecoder {
     }
 }
 
-impl StreamDecoder for OpenAiStreamDecoder {
-    fn feed(&mut self, bytes: &[u8]) -> Result<Vec<ChatChunk>, AdapterError> {
-        let mut out = Vec::new();
-        for ev in self.sse.feed(bytes)? {
-            self.event(&ev.data, &mut out)?;
-        }
-        Ok(out)
+impl EventDecoder for OpenAiStreamDecoder {
+    fn on_event(&mut self, data: &str, out: &mut Vec<ChatChunk>) -> Result<(), AdapterError> {
+        self.event(data, out)
     }
 
-    fn finish(&mut self) -> Result<Vec<ChatChunk>, AdapterError> {
-        let mut out = Vec::new();
-        for ev in self.sse.finish()? {
-            self.event(&ev.data, &mut out)?;
-        }
+    fn on_end(&mut self, _: &mut Vec<ChatChunk>) -> Result<(), AdapterError> {
         if !self.done {
             return Err(AdapterError::Truncated { provider: self.provider, marker: "data: [DONE]" });
         }
-        Ok(out)
+        Ok(())
     }
 
     fn usage(&self) -> Option<Usage> {
