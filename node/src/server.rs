@@ -202,7 +202,17 @@ impl Node {
             request: ms(config.proxy.request_timeout_ms),
         };
         let metrics = Arc::new(crate::telemetry::metrics::Metrics::new());
-        let shared = proxy::Shared::new(clients, defaults, metrics, config.proxy.cache_max_bytes);
+        // Providers are reached over https with the system's roots (or plain
+        // http for local servers such as vLLM and Ollama).
+        let provider_tls = tollgate_proto::config::v1::UpstreamTls { enabled: true, ..Default::default() };
+        let ai = Arc::new(crate::ai::snapshot::AiShared {
+            secrets: secrets.clone(),
+            ledger: ledger.clone(),
+            cooldowns: Default::default(),
+            client: clients.get(defaults.connect, Some(&provider_tls)).or_else(|| clients.get(defaults.connect, None)),
+            catalog: crate::ai::catalog::Catalog::builtin(),
+        });
+        let shared = proxy::Shared::new(clients, defaults, metrics, config.proxy.cache_max_bytes, ai);
         let access_log = crate::telemetry::access_log::AccessLog::start(&crate::telemetry::access_log::Sink::parse(
             &config.proxy.access_log,
         ))

@@ -126,7 +126,10 @@ async fn proxy(
     }
 
     // authenticate
-    if let Some(consumer) = authenticate(snapshot, &route, &parts.headers)? {
+    let authenticated = authenticate(snapshot, &route, &parts.headers)?;
+    let ai_key = if route.route.ai_gateway { presented_api_key(snapshot, &parts.headers) } else { None };
+    let ai_consumer = authenticated.map(|c| (c.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(), c.name.clone()));
+    if let Some(consumer) = authenticated {
         rctx.consumer = Some(consumer.name.clone());
         let consumer_id = consumer.meta.as_ref().map(|m| m.id.as_str()).unwrap_or_default();
         parts.headers.insert(X_CONSUMER_ID.clone(), HeaderValue::from_str(consumer_id).map_err(bad_header)?);
@@ -147,6 +150,24 @@ async fn proxy(
     let limit = ctx.max_body_bytes;
     if declared_length(&parts.headers).is_some_and(|len| len > limit) {
         return Err(ProxyError::BodyTooLarge { limit });
+    }
+
+    // The AI gateway answers itself, in the caller's API format.
+    if route.route.ai_gateway {
+        let (consumer_id, consumer_name) = ai_consumer.unwrap_or_default();
+        let call = crate::ai::gateway::AiCall {
+            request_id: rctx.request_id.clone(),
+            route: route.route.name.clone(),
+            consumer_id,
+            consumer_name,
+            api_key: ai_key,
+            trace: rctx.trace.as_ref().map(TraceCtx::child),
+            max_body_bytes: limit,
+        };
+        let served = crate::ai::gateway::serve(&ctx.shared.ai, &snapshot.ai, &ctx.shared.metrics, call, parts, body).await;
+        rctx.upstream = served.provider;
+        rctx.attempts = served.attempts;
+        return Ok(served.response);
     }
 
     // The service is known from here on, so a cache hit is accounted to it too.
@@ -446,6 +467,19 @@ fn authenticate_jwt<'s>(
         None if verifier.require_consumer => Err(ProxyError::Unauthorized("the JWT does not name a known consumer")),
         None => Ok(ANONYMOUS.get_or_init(|| Consumer { name: "anonymous".into(), ..Default::default() })),
     }
+}
+
+/// The API key record behind the request's credentials, when it carried one
+/// (the AI gateway checks which models the key may use).
+fn presented_api_key(snapshot: &GatewaySnapshot, headers: &http::HeaderMap) -> Option<Arc<tollgate_proto::config::v1::ApiKey>> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    let presented = bearer.or_else(|| headers.get(&X_API_KEY).and_then(|v| v.to_str().ok()))?;
+    let parsed = apikey::parse(presented.trim())?;
+    let key = snapshot.api_keys.get(parsed.id)?;
+    parsed.matches(&key.secret_sha256).then(|| key.clone())
 }
 
 fn authenticate_key<'s>(snapshot: &'s GatewaySnapshot, presented: Option<&str>) -> Result<&'s Consumer, ProxyError> {

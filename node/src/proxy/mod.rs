@@ -32,7 +32,7 @@ use tollgate_raft::GatewayState;
 
 pub use error::ProxyError;
 pub use snapshot::{GatewaySnapshot, Shared, TimeoutDefaults};
-pub use upstream::UpstreamClients;
+pub use upstream::{BoxError, UpstreamClient, UpstreamClients};
 
 use crate::telemetry::access_log::AccessLog;
 

@@ -33,6 +33,7 @@ pub struct GatewaySnapshot {
     pub api_keys: HashMap<String, Arc<ApiKey>>,
     pub consumers: HashMap<String, Arc<Consumer>>,
     pub consumer_ids_by_name: HashMap<String, String>,
+    pub ai: crate::ai::snapshot::AiSnapshot,
 }
 
 pub struct CompiledService {
@@ -101,12 +102,19 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub cache: ResponseCache,
     pub defaults: TimeoutDefaults,
+    pub ai: Arc<crate::ai::snapshot::AiShared>,
     circuits: Mutex<HashMap<String, Arc<Circuit>>>,
     budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
 }
 
 impl Shared {
-    pub fn new(clients: UpstreamClients, defaults: TimeoutDefaults, metrics: Arc<Metrics>, cache_bytes: u64) -> Shared {
+    pub fn new(
+        clients: UpstreamClients,
+        defaults: TimeoutDefaults,
+        metrics: Arc<Metrics>,
+        cache_bytes: u64,
+        ai: Arc<crate::ai::snapshot::AiShared>,
+    ) -> Shared {
         let jwks_client = clients.get(defaults.connect, None).expect("the plain upstream pool always builds");
         Shared {
             clients,
@@ -115,6 +123,7 @@ impl Shared {
             metrics,
             cache: ResponseCache::new(cache_bytes),
             defaults,
+            ai,
             circuits: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
         }
@@ -148,6 +157,7 @@ impl GatewaySnapshot {
             api_keys: HashMap::new(),
             consumers: HashMap::new(),
             consumer_ids_by_name: HashMap::new(),
+            ai: Default::default(),
         }
     }
 
@@ -175,6 +185,7 @@ impl GatewaySnapshot {
             api_keys: state.api_keys().map(|k| (id_of(&k.meta), k.clone())).collect(),
             consumers: state.consumers().map(|c| (id_of(&c.meta), c.clone())).collect(),
             consumer_ids_by_name: state.consumers().map(|c| (c.name.clone(), id_of(&c.meta))).collect(),
+            ai: crate::ai::snapshot::AiSnapshot::compile(state, &shared.ai),
         }
     }
 

@@ -1,0 +1,550 @@
+//! The AI gateway end to end: a real node, real mock providers speaking each
+//! provider's wire format on loopback, requests through the proxy, usage read
+//! back from the node's ledger through the admin API.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{Bearer, TOKEN, full, http_client, send};
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tollgate_loadtest::mock::llm::LlmMockConfig;
+use tollgate_loadtest::mock::{MockAnthropic, MockGemini, MockHandle, MockOpenAi};
+use tollgate_node::Node;
+use tollgate_proto::admin::v1::ai_service_client::AiServiceClient;
+use tollgate_proto::admin::v1::{CreateApiKeyRequest, GetUsageRequest, UsageRow};
+use tollgate_proto::config::v1::{
+    AliasTarget, AuthMode, Consumer, ModelAlias, ModelPrice, PathMatch, Provider, ProviderCredential, ProviderKind,
+    Route, RoutePath,
+};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+type Ai = AiServiceClient<InterceptedService<Channel, Bearer>>;
+
+struct Gateway {
+    node: Node,
+    ai: Ai,
+    key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// A node with an AI route at /v1 behind API keys, and one key.
+    async fn start() -> Gateway {
+        Gateway::start_with_models(vec![]).await
+    }
+
+    async fn start_with_models(allowed_models: Vec<String>) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let node = common::start_node(dir.path()).await;
+        let mut admin = common::admin_client(node.admin_addr, TOKEN).await;
+        admin.create_consumer(Consumer { name: "app".into(), ..Default::default() }).await.unwrap();
+        let key = admin
+            .create_api_key(CreateApiKeyRequest { consumer: "app".into(), allowed_models, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .plaintext;
+        admin
+            .create_route(Route {
+                name: "llm".into(),
+                paths: vec![RoutePath { kind: PathMatch::Prefix as i32, path: "/v1".into() }],
+                auth: AuthMode::ApiKey as i32,
+                ai_gateway: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let channel = Channel::from_shared(format!("http://{}", node.admin_addr)).unwrap().connect().await.unwrap();
+        let ai = AiServiceClient::with_interceptor(channel, Bearer(TOKEN.into()));
+        Gateway { node, ai, key, _dir: dir }
+    }
+
+    async fn provider(&mut self, name: &str, kind: ProviderKind, base_url: String, keys: &[&str]) -> String {
+        let credentials = keys
+            .iter()
+            .map(|k| ProviderCredential { id: k.to_string(), secret: format!("sk-{k}"), ..Default::default() })
+            .collect();
+        let created = self
+            .ai
+            .create_provider(Provider { name: name.into(), kind: kind as i32, base_url, credentials, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        created.meta.unwrap().id
+    }
+
+    async fn alias(&mut self, name: &str, targets: &[(&str, &str, i32)], retries: u32) {
+        let targets = targets
+            .iter()
+            .map(|(p, m, priority)| AliasTarget {
+                provider_id: p.to_string(),
+                model: m.to_string(),
+                weight: 1,
+                priority: *priority,
+            })
+            .collect();
+        self.ai
+            .create_model_alias(ModelAlias { name: name.into(), targets, retries, backoff_ms: 1, ..Default::default() })
+            .await
+            .unwrap();
+    }
+
+    async fn price(&mut self, name: &str, input: u64, output: u64, cached: u64) {
+        self.ai
+            .put_model_price(ModelPrice {
+                name: name.into(),
+                mode: "chat".into(),
+                input_micros_per_mtok: input,
+                output_micros_per_mtok: output,
+                cached_input_micros_per_mtok: cached,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn usage(&mut self, group_by: &[&str]) -> Vec<UsageRow> {
+        let group_by = group_by.iter().map(|s| s.to_string()).collect();
+        self.ai.get_usage(GetUsageRequest { group_by, ..Default::default() }).await.unwrap().into_inner().rows
+    }
+
+    /// Usage of one provider/model, waiting (bounded) for a stream's
+    /// accounting, which happens when its body is finished or dropped.
+    async fn usage_of(&mut self, model: &str, requests: u64) -> UsageRow {
+        for _ in 0..200 {
+            if let Some(row) = self.usage(&["model"]).await.into_iter().find(|r| r.group[0] == model)
+                && row.requests >= requests
+            {
+                return row;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no usage for {model}: {:?}", self.usage(&["model"]).await);
+    }
+
+    async fn post(&self, path: &str, body: Value) -> common::Reply {
+        post(self.node.proxy_addr, path, &self.key, body).await
+    }
+}
+
+async fn post(proxy: SocketAddr, path: &str, key: &str, body: Value) -> common::Reply {
+    let request = Request::post(format!("http://{proxy}{path}"))
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(full(Bytes::from(body.to_string())))
+        .unwrap();
+    send(&http_client(), request).await
+}
+
+/// The JSON payloads of an SSE body's `data:` lines (without `[DONE]`), and whether `[DONE]` came.
+fn sse_data(body: &[u8]) -> (Vec<Value>, bool) {
+    let text = String::from_utf8_lossy(body);
+    let mut done = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if let Some(data) = line.strip_prefix("data: ") {
+            if data == "[DONE]" {
+                done = true;
+            } else {
+                out.push(serde_json::from_str(data).unwrap_or_else(|e| panic!("bad SSE JSON {data}: {e}")));
+            }
+        }
+    }
+    (out, done)
+}
+
+fn sse_events(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body).lines().filter_map(|l| l.strip_prefix("event: ")).map(str::to_string).collect()
+}
+
+async fn mock_openai(cfg: LlmMockConfig) -> MockHandle {
+    MockOpenAi::spawn(cfg).await.unwrap()
+}
+
+fn chat(model: &str, stream: bool) -> Value {
+    json!({"model": model, "stream": stream, "messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Say something about foxes."}
+    ]})
+}
+
+/// tokens x micro-dollars per million = picodollars.
+fn expected_cost(row: &UsageRow, input: u64, output: u64, cached: u64) -> u64 {
+    (row.input_tokens - row.cached_input_tokens) * input + row.cached_input_tokens * cached + row.output_tokens * output
+}
+
+#[tokio::test]
+async fn openai_chat_streaming_and_not_is_accounted_at_the_price_it_names() {
+    let mock = mock_openai(LlmMockConfig { tokens: 12, cached_tokens: 4, ..Default::default() }).await;
+    let mut gw = Gateway::start().await;
+    gw.provider("openai", ProviderKind::Openai, format!("{}/v1", mock.url()), &["k1"]).await;
+    gw.price("openai/gpt-4o", 2_500_000, 10_000_000, 1_250_000).await;
+
+    let reply = gw.post("/v1/chat/completions", chat("openai/gpt-4o", false)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let body = reply.json();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    assert!(body["choices"][0]["message"]["content"].as_str().unwrap().contains("quick"));
+    assert_eq!(body["usage"]["completion_tokens"], 12);
+
+    let seen = mock.last_request().unwrap();
+    assert_eq!(seen.credential.as_deref(), Some("sk-k1"), "the sealed key is opened and sent upstream");
+    assert_eq!(seen.body.as_ref().unwrap()["model"], "gpt-4o");
+    assert!(seen.headers.iter().all(|(n, v)| !v.contains(&gw.key) || n == "x-never"), "the caller's key never goes upstream");
+
+    let reply = gw.post("/v1/chat/completions", chat("openai/gpt-4o", true)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers["content-type"], "text/event-stream");
+    let (chunks, done) = sse_data(&reply.body);
+    assert!(done, "the stream ends with [DONE]");
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk"));
+    assert!(chunks.iter().all(|c| c.get("usage").is_none_or(Value::is_null)), "no usage chunk unless asked");
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert!(text.contains("quick brown fox"), "{text}");
+    let upstream = mock.last_request().unwrap().body.unwrap();
+    assert_eq!(upstream["stream_options"]["include_usage"], true, "usage is always requested upstream");
+
+    let row = gw.usage_of("openai/gpt-4o", 2).await;
+    assert_eq!((row.requests, row.errors, row.estimated), (2, 0, 0));
+    assert_eq!(row.output_tokens, 24);
+    assert_eq!(row.cached_input_tokens, 8);
+    assert!(row.input_tokens > row.cached_input_tokens);
+    assert_eq!(row.cost_picodollars, expected_cost(&row, 2_500_000, 10_000_000, 1_250_000));
+
+    // The caller asked for usage: one usage chunk before [DONE].
+    let mut body = chat("openai/gpt-4o", true);
+    body["stream_options"] = json!({"include_usage": true});
+    let (chunks, _) = sse_data(&gw.post("/v1/chat/completions", body).await.body);
+    let usage_chunks: Vec<&Value> = chunks.iter().filter(|c| c["usage"].is_object()).collect();
+    assert_eq!(usage_chunks.len(), 1);
+    assert_eq!(usage_chunks[0]["usage"]["completion_tokens"], 12);
+    assert_eq!(usage_chunks[0]["choices"], json!([]));
+}
+
+#[tokio::test]
+async fn anthropic_provider_serves_openai_callers_with_tools_and_streams() {
+    let mock = MockAnthropic::spawn(LlmMockConfig { tokens: 10, ..Default::default() }).await.unwrap();
+    let mut gw = Gateway::start().await;
+    gw.provider("claude", ProviderKind::Anthropic, mock.url(), &["a1"]).await;
+    gw.alias("sonnet", &[("claude", "claude-sonnet-4-5", 0)], 0).await;
+    gw.price("anthropic/claude-sonnet-4-5", 3_000_000, 15_000_000, 300_000).await;
+
+    let reply = gw.post("/v1/chat/completions", chat("sonnet", false)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let body = reply.json();
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["usage"]["completion_tokens"], 10);
+    let seen = mock.last_request().unwrap();
+    assert_eq!(seen.path, "/v1/messages");
+    assert_eq!(seen.credential.as_deref(), Some("sk-a1"));
+    let upstream = seen.body.unwrap();
+    assert_eq!(upstream["system"], "You are terse.", "system messages move to Anthropic's system field");
+    assert_eq!(upstream["model"], "claude-sonnet-4-5");
+
+    let mut tools = chat("sonnet", false);
+    tools["tools"] = json!([{"type": "function", "function": {"name": "search", "description": "Search",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}}]);
+    let body = gw.post("/v1/chat/completions", tools.clone()).await.json();
+    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+    let call = &body["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "search");
+    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(args["query"].is_string());
+
+    tools["stream"] = json!(true);
+    let (chunks, done) = sse_data(&gw.post("/v1/chat/completions", tools).await.body);
+    assert!(done);
+    let arguments: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    assert!(serde_json::from_str::<Value>(&arguments).unwrap()["query"].is_string(), "{arguments}");
+    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "tool_calls"));
+
+    let row = gw.usage_of("claude/claude-sonnet-4-5", 3).await;
+    assert_eq!((row.errors, row.estimated), (0, 0));
+    assert!(row.output_tokens > 0 && row.input_tokens > 0);
+    assert_eq!(row.cost_picodollars, expected_cost(&row, 3_000_000, 15_000_000, 300_000));
+}
+
+#[tokio::test]
+async fn gemini_provider_answers_streams_and_is_priced() {
+    let mock = MockGemini::spawn(LlmMockConfig { tokens: 8, ..Default::default() }).await.unwrap();
+    let mut gw = Gateway::start().await;
+    gw.provider("google", ProviderKind::Gemini, mock.url(), &["g1"]).await;
+    gw.price("gemini/gemini-2.0-flash", 100_000, 400_000, 25_000).await;
+
+    let body = gw.post("/v1/chat/completions", chat("google/gemini-2.0-flash", false)).await.json();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["usage"]["completion_tokens"], 8);
+    let seen = mock.last_request().unwrap();
+    assert!(seen.path.starts_with("/v1beta/models/gemini-2.0-flash:generateContent"), "{}", seen.path);
+    assert_eq!(seen.credential.as_deref(), Some("sk-g1"));
+
+    let reply = gw.post("/v1/chat/completions", chat("google/gemini-2.0-flash", true)).await;
+    let (chunks, done) = sse_data(&reply.body);
+    assert!(done);
+    assert!(!chunks.is_empty());
+    assert!(mock.last_request().unwrap().path.contains(":streamGenerateContent"));
+
+    let row = gw.usage_of("google/gemini-2.0-flash", 2).await;
+    assert_eq!((row.errors, row.estimated, row.output_tokens), (0, 0, 16));
+    assert_eq!(row.cost_picodollars, expected_cost(&row, 100_000, 400_000, 25_000));
+}
+
+#[tokio::test]
+async fn azure_deployments_and_openai_compatible_servers_without_usage() {
+    let azure = mock_openai(LlmMockConfig {
+        tokens: 5,
+        azure_deployments: vec![("prod-4o".into(), "gpt-4o".into())],
+        ..Default::default()
+    })
+    .await;
+    let local = mock_openai(LlmMockConfig { tokens: 7, omit_usage: true, require_auth: false, ..Default::default() }).await;
+    let mut gw = Gateway::start().await;
+    gw.provider("azure", ProviderKind::AzureOpenai, azure.url(), &["z1"]).await;
+    gw.ai
+        .create_provider(Provider {
+            name: "vllm".into(),
+            kind: ProviderKind::OpenaiCompatible as i32,
+            base_url: format!("{}/v1", local.url()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    gw.price("azure/prod-4o", 2_500_000, 10_000_000, 0).await;
+    gw.price("vllm/llama-3", 100_000, 100_000, 0).await;
+
+    let body = gw.post("/v1/chat/completions", chat("azure/prod-4o", false)).await.json();
+    assert_eq!(body["usage"]["completion_tokens"], 5);
+    let seen = azure.last_request().unwrap();
+    assert!(seen.path.starts_with("/openai/deployments/prod-4o/chat/completions?api-version="), "{}", seen.path);
+    assert_eq!(seen.credential.as_deref(), Some("sk-z1"));
+
+    // No usage from the server: the gateway counts with its tokenizer and says so.
+    let body = gw.post("/v1/chat/completions", chat("vllm/llama-3", false)).await.json();
+    assert!(body["usage"]["completion_tokens"].as_u64().unwrap() > 0, "the estimate is reported: {body}");
+    let (_, done) = sse_data(&gw.post("/v1/chat/completions", chat("vllm/llama-3", true)).await.body);
+    assert!(done);
+    assert_eq!(local.last_request().unwrap().credential, None, "a keyless provider sends no key");
+
+    let row = gw.usage_of("vllm/llama-3", 2).await;
+    assert_eq!(row.estimated, 2, "both records are marked estimated");
+    assert!(row.input_tokens > 0 && row.output_tokens > 0);
+    assert_eq!(row.cost_picodollars, expected_cost(&row, 100_000, 100_000, 0));
+    let row = gw.usage_of("azure/prod-4o", 1).await;
+    assert_eq!((row.estimated, row.output_tokens), (0, 5));
+}
+
+#[tokio::test]
+async fn a_failing_provider_falls_back_to_the_next_target() {
+    let broken = mock_openai(LlmMockConfig { fail_500: 1.0, ..Default::default() }).await;
+    let healthy = MockAnthropic::spawn(LlmMockConfig::default()).await.unwrap();
+    let mut gw = Gateway::start().await;
+    gw.provider("primary", ProviderKind::Openai, format!("{}/v1", broken.url()), &["p1"]).await;
+    gw.provider("backup", ProviderKind::Anthropic, healthy.url(), &["b1"]).await;
+    gw.alias("smart", &[("primary", "gpt-4o", 10), ("backup", "claude-haiku-4-5", 0)], 1).await;
+
+    for _ in 0..3 {
+        let reply = gw.post("/v1/chat/completions", chat("smart", false)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    }
+    // Priority first, one retry on the same target, then the fallback.
+    assert_eq!(broken.requests().len(), 6);
+    assert_eq!(healthy.requests().len(), 3);
+    let row = gw.usage_of("backup/claude-haiku-4-5", 3).await;
+    assert_eq!(row.errors, 0);
+
+    // When every target fails, the caller gets the last error in its format.
+    gw.alias("doomed", &[("primary", "gpt-4o", 0)], 0).await;
+    let reply = gw.post("/v1/chat/completions", chat("doomed", false)).await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("every target of doomed failed"));
+    let row = gw.usage_of("primary/gpt-4o", 1).await;
+    assert_eq!(row.errors, 1);
+
+    let metrics = common::get(gw.node.ops_addr, "/metrics", &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body).to_string();
+    assert!(text.contains("tollgate_ai_attempt_errors_total{provider=\"primary\""), "{text}");
+    assert!(text.contains("tollgate_ai_fallbacks_total{provider=\"backup\",model=\"claude-haiku-4-5\"} 3"), "{text}");
+    assert!(text.contains("tollgate_ai_tokens_total{provider=\"backup\""), "{text}");
+}
+
+#[tokio::test]
+async fn a_429_rests_the_key_and_later_requests_use_another() {
+    let mock = mock_openai(LlmMockConfig {
+        rate_limited_keys: vec!["sk-hot".into()],
+        retry_after_secs: 3600,
+        ..Default::default()
+    })
+    .await;
+    let mut gw = Gateway::start().await;
+    gw.provider("openai", ProviderKind::Openai, format!("{}/v1", mock.url()), &["hot", "cool"]).await;
+    gw.alias("gpt", &[("openai", "gpt-4o", 0)], 2).await;
+
+    for _ in 0..20 {
+        let reply = gw.post("/v1/chat/completions", chat("gpt", false)).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    }
+    let used: Vec<String> = mock.requests().into_iter().filter_map(|r| r.credential).collect();
+    assert_eq!(used.iter().filter(|k| *k == "sk-hot").count(), 1, "after its 429 the key rests: {used:?}");
+    assert_eq!(used.iter().filter(|k| *k == "sk-cool").count(), 20);
+    let text = String::from_utf8_lossy(&common::get(gw.node.ops_addr, "/metrics", &[]).await.body).to_string();
+    assert!(text.contains("tollgate_ai_credential_cooldowns_total{provider=\"openai\",credential=\"hot\"} 1"), "{text}");
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_is_still_billed() {
+    // 400 tokens at 100/s: the stream lasts seconds; the client leaves after the first chunks.
+    let mock = mock_openai(LlmMockConfig { tokens: 400, tokens_per_second: 100.0, ..Default::default() }).await;
+    let mut gw = Gateway::start().await;
+    gw.provider("openai", ProviderKind::Openai, format!("{}/v1", mock.url()), &["k1"]).await;
+    gw.price("openai/gpt-4o-mini", 150_000, 600_000, 0).await;
+
+    let request = Request::post(format!("http://{}/v1/chat/completions", gw.node.proxy_addr))
+        .header("authorization", format!("Bearer {}", gw.key))
+        .body(full(Bytes::from(chat("openai/gpt-4o-mini", true).to_string())))
+        .unwrap();
+    let client = http_client();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut seen = 0;
+    while seen < 3 {
+        let frame = body.frame().await.expect("stream continues").unwrap();
+        if frame.is_data() {
+            seen += 1;
+        }
+    }
+    drop(body);
+    drop(client);
+
+    let row = gw.usage_of("openai/gpt-4o-mini", 1).await;
+    assert_eq!(row.cancelled, 1, "{row:?}");
+    assert!(row.output_tokens > 0 && row.output_tokens < 400, "billed for what was produced: {row:?}");
+    assert!(row.input_tokens > 0);
+    assert_eq!(row.cost_picodollars, expected_cost(&row, 150_000, 600_000, 0));
+}
+
+#[tokio::test]
+async fn messages_ingress_round_trips_to_an_openai_provider() {
+    let mock = mock_openai(LlmMockConfig { tokens: 6, ..Default::default() }).await;
+    let mut gw = Gateway::start().await;
+    gw.provider("openai", ProviderKind::Openai, format!("{}/v1", mock.url()), &["k1"]).await;
+    gw.alias("claude-proxy", &[("openai", "gpt-4o", 0)], 0).await;
+
+    let request = json!({
+        "model": "claude-proxy", "max_tokens": 256, "system": "Be brief.",
+        "messages": [{"role": "user", "content": "Hello"}]
+    });
+    // Anthropic SDKs authenticate with x-api-key.
+    let send_messages = |body: Value| {
+        let request = Request::post(format!("http://{}/v1/messages", gw.node.proxy_addr))
+            .header("x-api-key", gw.key.clone())
+            .header("anthropic-version", "2023-06-01")
+            .body(full(Bytes::from(body.to_string())))
+            .unwrap();
+        async move { send(&http_client(), request).await }
+    };
+    let reply = send_messages(request.clone()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let body = reply.json();
+    assert_eq!(body["type"], "message");
+    assert_eq!(body["role"], "assistant");
+    assert_eq!(body["model"], "claude-proxy");
+    assert_eq!(body["stop_reason"], "end_turn");
+    assert_eq!(body["content"][0]["type"], "text");
+    assert_eq!(body["usage"]["output_tokens"], 6);
+    let upstream = mock.last_request().unwrap().body.unwrap();
+    assert_eq!(upstream["messages"][0], json!({"role": "system", "content": "Be brief."}));
+    assert_eq!(upstream["model"], "gpt-4o");
+
+    let mut streaming = request;
+    streaming["stream"] = json!(true);
+    let reply = send_messages(streaming).await;
+    let events = sse_events(&reply.body);
+    assert_eq!(events.first().map(String::as_str), Some("message_start"));
+    assert_eq!(events.last().map(String::as_str), Some("message_stop"));
+    assert!(events.contains(&"content_block_delta".to_string()));
+    let delta_at = events.iter().position(|e| e == "message_delta").unwrap();
+    assert_eq!(events[delta_at + 1], "message_stop");
+
+    // Errors come back in Anthropic's format.
+    let reply = send_messages(json!({"model": "nope", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.json()["type"], "error");
+    assert_eq!(reply.json()["error"]["type"], "not_found_error");
+
+    let row = gw.usage_of("openai/gpt-4o", 2).await;
+    assert_eq!(row.output_tokens, 12);
+}
+
+#[tokio::test]
+async fn keys_see_and_use_only_their_models_and_bad_input_gets_openai_errors() {
+    let mock = mock_openai(LlmMockConfig::default()).await;
+    let mut gw = Gateway::start_with_models(vec!["cheap".into(), "openai/gpt-4o-mini*".into()]).await;
+    let provider_url = format!("{}/v1", mock.url());
+    gw.ai
+        .create_provider(Provider {
+            name: "openai".into(),
+            kind: ProviderKind::Openai as i32,
+            base_url: provider_url,
+            credentials: vec![ProviderCredential { id: "k".into(), secret: "sk-k".into(), ..Default::default() }],
+            models: vec!["gpt-4o".into(), "gpt-4o-mini".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    gw.alias("cheap", &[("openai", "gpt-4o-mini", 0)], 0).await;
+    gw.alias("premium", &[("openai", "gpt-4o", 0)], 0).await;
+
+    let models = common::get(gw.node.proxy_addr, "/v1/models", &[("authorization", &format!("Bearer {}", gw.key))]).await;
+    let ids: Vec<String> =
+        models.json()["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, vec!["cheap", "openai/gpt-4o-mini"]);
+
+    assert_eq!(gw.post("/v1/chat/completions", chat("cheap", false)).await.status, StatusCode::OK);
+    let refused = gw.post("/v1/chat/completions", chat("premium", false)).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(refused.json()["error"]["type"], "permission_error");
+    let unknown = gw.post("/v1/chat/completions", chat("openai/gpt-4o-mini-2024", false)).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "allowed by pattern but not offered by the provider");
+
+    let malformed = post(gw.node.proxy_addr, "/v1/chat/completions", &gw.key, json!({"messages": "nope"})).await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
+    assert_eq!(malformed.json()["error"]["type"], "invalid_request_error");
+    let unauthenticated = post(gw.node.proxy_addr, "/v1/chat/completions", "tg_bad_key", chat("cheap", false)).await;
+    assert_eq!(unauthenticated.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(mock.requests().len(), 1, "only the allowed request reached the provider");
+
+    // Secrets never come back from the admin API.
+    let listed = gw.ai.list_providers(tollgate_proto::admin::v1::ListRequest { stale: false }).await.unwrap().into_inner();
+    let credential = &listed.providers[0].credentials[0];
+    assert!(credential.sealed_secret.is_empty() && credential.secret.is_empty());
+}
+
+#[tokio::test]
+async fn embeddings_are_forwarded_and_counted() {
+    let mock = mock_openai(LlmMockConfig { embedding_dimensions: 4, ..Default::default() }).await;
+    let mut gw = Gateway::start().await;
+    gw.provider("openai", ProviderKind::Openai, format!("{}/v1", mock.url()), &["k1"]).await;
+    gw.price("openai/text-embedding-3-small", 20_000, 0, 0).await;
+    let reply = gw
+        .post("/v1/embeddings", json!({"model": "openai/text-embedding-3-small", "input": ["one fox", "two foxes"]}))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let body = reply.json();
+    assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(body["data"][0]["embedding"].as_array().unwrap().len(), 4);
+    let row = gw.usage_of("openai/text-embedding-3-small", 1).await;
+    assert!(row.input_tokens > 0);
+    assert_eq!(row.output_tokens, 0);
+    assert_eq!(row.cost_picodollars, row.input_tokens * 20_000);
+}
