@@ -371,7 +371,7 @@ impl Ctx {
         // `input` is a string, a list of strings, a list of token ids or a list of those lists.
         let inputs: Vec<(String, u64)> = match body.get("input") {
             Some(Value::String(s)) => vec![(s.clone(), text_tokens(s))],
-            Some(Value::Array(items)) if items.iter().all(Value::is_number) => {
+            Some(Value::Array(items)) if !items.is_empty() && items.iter().all(Value::is_number) => {
                 vec![(Value::Array(items.clone()).to_string(), items.len() as u64)]
             }
             Some(Value::Array(items)) => items
