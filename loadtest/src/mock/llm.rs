@@ -33,8 +33,9 @@ pub struct LlmMockConfig {
     pub fail_500: f64,
     /// Fraction of streams cut half-way (the connection is aborted mid-body).
     pub cut_stream: f64,
-    /// Answer requests without the provider's credential with its auth error. Off, keys
-    /// are still read (and logged) and the per-key lists below still apply.
+    /// Answer requests without the provider's credential (or Anthropic's `anthropic-version`)
+    /// with its auth error. Off, keys are still read and logged, and the per-key lists below
+    /// still apply.
     pub require_auth: bool,
     /// Keys that authenticate; empty accepts any non-empty key.
     pub accepted_keys: Vec<String>,
