@@ -379,7 +379,8 @@ async fn missing_and_unknown_keys_get_each_providers_auth_error() {
     let r = send("POST", &url, &[("x-goog-api-key", "bad")], Some(&body)).await;
     assert_eq!((r.status, r.json()["error"]["details"][0]["reason"].as_str()), (400, Some("API_KEY_INVALID")));
     assert_eq!(send("POST", &format!("{url}?key=good"), &[], Some(&body)).await.status, 200);
-    assert_eq!(ge.last_request().unwrap().credential.as_deref(), Some("good"));
+    let last = ge.last_request().unwrap();
+    assert_eq!((last.credential.as_deref(), last.model()), (Some("good"), Some("gemini-2.0-flash")));
 }
 
 #[tokio::test]
