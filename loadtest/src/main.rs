@@ -126,6 +126,50 @@ struct LlmArgs {
     /// Fraction of streams cut half-way.
     #[arg(long, default_value_t = 0.0)]
     cut_stream: f64,
+    /// Serve requests that carry no API key (and no anthropic-version) instead of answering
+    /// with the provider's auth error.
+    #[arg(long)]
+    no_auth: bool,
+    /// Accept only this key (repeatable; default: any non-empty key).
+    #[arg(long = "accept-key", value_name = "KEY")]
+    accept_keys: Vec<String>,
+    /// Answer every request with this key 429 with retry-after (repeatable).
+    #[arg(long = "rate-limited-key", value_name = "KEY")]
+    rate_limited_keys: Vec<String>,
+    /// Answer every request with this key STATUS, e.g. sk-broken=500 (repeatable).
+    #[arg(long = "fail-status-key", value_name = "KEY=STATUS", value_parser = parse_key_status)]
+    fail_status_keys: Vec<(String, u16)>,
+    /// Seconds in retry-after on 429s.
+    #[arg(long, default_value_t = 1)]
+    retry_after: u32,
+    /// Report no usage (an OpenAI-compatible server that never sends token counts).
+    #[arg(long)]
+    omit_usage: bool,
+    /// Prompt tokens reported as read from the provider's prompt cache.
+    #[arg(long, default_value_t = 0)]
+    cached_tokens: u32,
+    /// Embedding length when a request does not ask for one.
+    #[arg(long, default_value_t = 8)]
+    embedding_dimensions: usize,
+    /// Azure OpenAI deployment and its model, e.g. prod-4o=gpt-4o (repeatable; default: any
+    /// deployment, reported as its own model).
+    #[arg(long = "azure-deployment", value_name = "DEPLOYMENT=MODEL", value_parser = parse_pair)]
+    azure_deployments: Vec<(String, String)>,
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got `{s}`")),
+    }
+}
+
+fn parse_key_status(s: &str) -> Result<(String, u16), String> {
+    let (key, status) = parse_pair(s)?;
+    match status.parse::<u16>() {
+        Ok(code) if (400..=599).contains(&code) => Ok((key, code)),
+        _ => Err(format!("expected KEY=STATUS with a 4xx or 5xx status, got `{s}`")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -151,11 +195,11 @@ enum MockCmd {
         #[arg(long, default_value = "0")]
         latency: LatencyDist,
     },
-    /// OpenAI Chat Completions (POST /v1/chat/completions).
+    /// OpenAI chat completions and embeddings, plus the Azure OpenAI deployment paths.
     Openai(LlmArgs),
     /// Anthropic Messages (POST /v1/messages).
     Anthropic(LlmArgs),
-    /// Gemini generateContent / streamGenerateContent.
+    /// Gemini generateContent / streamGenerateContent / embedContent / batchEmbedContents.
     Gemini(LlmArgs),
 }
 
@@ -289,6 +333,17 @@ fn llm_config(a: &LlmArgs) -> Result<LlmMockConfig> {
         fail_429: a.fail_429,
         fail_500: a.fail_500,
         cut_stream: a.cut_stream,
+        require_auth: !a.no_auth,
+        accepted_keys: a.accept_keys.clone(),
+        rate_limited_keys: a.rate_limited_keys.clone(),
+        fail_status_keys: a.fail_status_keys.clone(),
+        retry_after_secs: a.retry_after,
+        omit_usage: a.omit_usage,
+        cached_tokens: a.cached_tokens,
+        embedding_dimensions: a.embedding_dimensions,
+        azure_deployments: a.azure_deployments.clone(),
+        // Nobody can read the log of a CLI mock; keeping it would only grow memory under load.
+        request_log_limit: 0,
     })
 }
 

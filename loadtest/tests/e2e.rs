@@ -122,6 +122,7 @@ async fn openai_streaming_metrics_end_to_end() {
         requests: Some(20),
         sse: Some(SseFormat::Openai),
         body: Some(body.into()),
+        headers: vec!["Authorization: Bearer sk-test".into()],
         ..spec(format!("{}/v1/chat/completions", mock.url()))
     })
     .await;
@@ -144,6 +145,7 @@ async fn anthropic_streams_cut_mid_way_and_injected_failures_are_counted() {
         requests: Some(10),
         sse: Some(SseFormat::Anthropic),
         body: Some(body.into()),
+        headers: vec!["x-api-key: sk-ant-test".into(), "anthropic-version: 2023-06-01".into()],
         ..spec(format!("{}/v1/messages", mock.url()))
     };
     let s = run_spec(&base).await;
@@ -165,6 +167,7 @@ async fn gemini_sse_streaming_end_to_end() {
     let s = run_spec(&LoadSpec {
         requests: Some(6),
         sse: Some(SseFormat::Gemini),
+        headers: vec!["x-goog-api-key: test-key".into()],
         body: Some(r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#.into()),
         ..spec(format!("{}/v1beta/models/mock-gemini:streamGenerateContent?alt=sse", mock.url()))
     })

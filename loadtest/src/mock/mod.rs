@@ -7,6 +7,7 @@ pub mod http;
 pub mod llm;
 pub mod openai;
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -14,8 +15,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -170,11 +171,88 @@ pub fn tls_config_from_files(cert: &Path, key: &Path) -> Result<Arc<rustls::Serv
     tls_config_from_pem(&read(cert)?, &read(key)?)
 }
 
+/// A request as a mock received it, so a gateway test can assert what went upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeenRequest {
+    pub method: String,
+    /// Path and query, e.g. `/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse`.
+    pub path: String,
+    /// The key or token carried by the provider's auth scheme (`Authorization: Bearer`,
+    /// `api-key`, `x-api-key`, `x-goog-api-key` or `?key=`), if any.
+    pub credential: Option<String>,
+    /// Headers with lower-case names, in arrival order.
+    pub headers: Vec<(String, String)>,
+    /// The body, when it was JSON.
+    pub body: Option<serde_json::Value>,
+}
+
+impl SeenRequest {
+    /// First value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The model asked for: the body's `model`, else the one named in the path (Gemini
+    /// `models/{model}:method`, Azure `deployments/{deployment}/`).
+    pub fn model(&self) -> Option<&str> {
+        if let Some(m) = self.body.as_ref().and_then(|b| b.get("model")).and_then(serde_json::Value::as_str) {
+            return Some(m);
+        }
+        let path = self.path.split('?').next().unwrap_or_default();
+        if let Some((_, rest)) = path.split_once("/models/") {
+            return rest.split(':').next();
+        }
+        path.split_once("/deployments/").and_then(|(_, rest)| rest.split('/').next())
+    }
+}
+
+/// Bounded log of received requests, shared by a mock's handler and its handle. Oldest
+/// entries are dropped past the limit so a mock under a long load test does not grow
+/// without bound.
+#[derive(Debug, Clone)]
+pub struct RequestLog {
+    entries: Arc<Mutex<VecDeque<SeenRequest>>>,
+    limit: usize,
+}
+
+impl RequestLog {
+    /// A log keeping the last `limit` requests; 0 keeps none.
+    pub fn new(limit: usize) -> Self {
+        RequestLog { entries: Arc::new(Mutex::new(VecDeque::new())), limit }
+    }
+
+    // A panic while holding the lock cannot leave a VecDeque half-updated in a way that
+    // matters to readers, so poisoning is ignored rather than spreading the panic.
+    fn lock(&self) -> MutexGuard<'_, VecDeque<SeenRequest>> {
+        self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn push(&self, req: SeenRequest) {
+        if self.limit == 0 {
+            return;
+        }
+        let mut entries = self.lock();
+        if entries.len() >= self.limit {
+            entries.pop_front();
+        }
+        entries.push_back(req);
+    }
+
+    pub fn snapshot(&self) -> Vec<SeenRequest> {
+        self.lock().iter().cloned().collect()
+    }
+
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+}
+
 /// A running mock. Dropping it stops accepting new connections.
 pub struct MockHandle {
     addr: SocketAddr,
     tls: bool,
     served: Arc<AtomicU64>,
+    log: RequestLog,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -192,6 +270,20 @@ impl MockHandle {
     /// Requests received so far.
     pub fn requests_served(&self) -> u64 {
         self.served.load(Ordering::Relaxed)
+    }
+
+    /// Requests received so far, oldest first (LLM mocks only; at most the configured
+    /// `request_log_limit` most recent).
+    pub fn requests(&self) -> Vec<SeenRequest> {
+        self.log.snapshot()
+    }
+
+    pub fn last_request(&self) -> Option<SeenRequest> {
+        self.log.lock().back().cloned()
+    }
+
+    pub fn clear_requests(&self) {
+        self.log.clear();
     }
 
     pub async fn shutdown(mut self) {
@@ -224,6 +316,16 @@ pub async fn serve(
     listen: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
     handler: Arc<dyn Handler>,
+) -> Result<MockHandle, MockError> {
+    serve_logged(listen, tls, handler, RequestLog::new(0)).await
+}
+
+/// Like [`serve`], with `log` (which the handler fills) exposed through the handle.
+pub async fn serve_logged(
+    listen: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    handler: Arc<dyn Handler>,
+    log: RequestLog,
 ) -> Result<MockHandle, MockError> {
     let listener = TcpListener::bind(listen).await.map_err(|source| MockError::Bind { addr: listen, source })?;
     let addr = listener.local_addr().map_err(|source| MockError::Bind { addr: listen, source })?;
@@ -269,5 +371,5 @@ pub async fn serve(
             });
         }
     });
-    Ok(MockHandle { addr, tls: is_tls, served, shutdown: Some(tx), task: Some(task) })
+    Ok(MockHandle { addr, tls: is_tls, served, log, shutdown: Some(tx), task: Some(task) })
 }
