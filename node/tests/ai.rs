@@ -12,8 +12,11 @@ use common::{Bearer, TOKEN, full, http_client, send};
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use tollgate_loadtest::mock::MockHandle;
+use tollgate_loadtest::mock::anthropic::MockAnthropic;
+use tollgate_loadtest::mock::gemini::MockGemini;
 use tollgate_loadtest::mock::llm::LlmMockConfig;
-use tollgate_loadtest::mock::{MockAnthropic, MockGemini, MockHandle, MockOpenAi};
+use tollgate_loadtest::mock::openai::MockOpenAi;
 use tollgate_node::Node;
 use tollgate_proto::admin::v1::ai_service_client::AiServiceClient;
 use tollgate_proto::admin::v1::{CreateApiKeyRequest, GetUsageRequest, UsageRow};
@@ -72,7 +75,13 @@ impl Gateway {
             .collect();
         let created = self
             .ai
-            .create_provider(Provider { name: name.into(), kind: kind as i32, base_url, credentials, ..Default::default() })
+            .create_provider(Provider {
+                name: name.into(),
+                kind: kind as i32,
+                base_url,
+                credentials,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
@@ -197,7 +206,10 @@ async fn openai_chat_streaming_and_not_is_accounted_at_the_price_it_names() {
     let seen = mock.last_request().unwrap();
     assert_eq!(seen.credential.as_deref(), Some("sk-k1"), "the sealed key is opened and sent upstream");
     assert_eq!(seen.body.as_ref().unwrap()["model"], "gpt-4o");
-    assert!(seen.headers.iter().all(|(n, v)| !v.contains(&gw.key) || n == "x-never"), "the caller's key never goes upstream");
+    assert!(
+        seen.headers.iter().all(|(n, v)| !v.contains(&gw.key) || n == "x-never"),
+        "the caller's key never goes upstream"
+    );
 
     let reply = gw.post("/v1/chat/completions", chat("openai/gpt-4o", true)).await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -307,7 +319,8 @@ async fn azure_deployments_and_openai_compatible_servers_without_usage() {
         ..Default::default()
     })
     .await;
-    let local = mock_openai(LlmMockConfig { tokens: 7, omit_usage: true, require_auth: false, ..Default::default() }).await;
+    let local =
+        mock_openai(LlmMockConfig { tokens: 7, omit_usage: true, require_auth: false, ..Default::default() }).await;
     let mut gw = Gateway::start().await;
     gw.provider("azure", ProviderKind::AzureOpenai, azure.url(), &["z1"]).await;
     gw.ai
@@ -397,7 +410,10 @@ async fn a_429_rests_the_key_and_later_requests_use_another() {
     assert_eq!(used.iter().filter(|k| *k == "sk-hot").count(), 1, "after its 429 the key rests: {used:?}");
     assert_eq!(used.iter().filter(|k| *k == "sk-cool").count(), 20);
     let text = String::from_utf8_lossy(&common::get(gw.node.ops_addr, "/metrics", &[]).await.body).to_string();
-    assert!(text.contains("tollgate_ai_credential_cooldowns_total{provider=\"openai\",credential=\"hot\"} 1"), "{text}");
+    assert!(
+        text.contains("tollgate_ai_credential_cooldowns_total{provider=\"openai\",credential=\"hot\"} 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -477,7 +493,8 @@ async fn messages_ingress_round_trips_to_an_openai_provider() {
     assert_eq!(events[delta_at + 1], "message_stop");
 
     // Errors come back in Anthropic's format.
-    let reply = send_messages(json!({"model": "nope", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})).await;
+    let reply =
+        send_messages(json!({"model": "nope", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]})).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_eq!(reply.json()["type"], "error");
     assert_eq!(reply.json()["error"]["type"], "not_found_error");
@@ -505,7 +522,8 @@ async fn keys_see_and_use_only_their_models_and_bad_input_gets_openai_errors() {
     gw.alias("cheap", &[("openai", "gpt-4o-mini", 0)], 0).await;
     gw.alias("premium", &[("openai", "gpt-4o", 0)], 0).await;
 
-    let models = common::get(gw.node.proxy_addr, "/v1/models", &[("authorization", &format!("Bearer {}", gw.key))]).await;
+    let models =
+        common::get(gw.node.proxy_addr, "/v1/models", &[("authorization", &format!("Bearer {}", gw.key))]).await;
     let ids: Vec<String> =
         models.json()["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(ids, vec!["cheap", "openai/gpt-4o-mini"]);
@@ -525,7 +543,8 @@ async fn keys_see_and_use_only_their_models_and_bad_input_gets_openai_errors() {
     assert_eq!(mock.requests().len(), 1, "only the allowed request reached the provider");
 
     // Secrets never come back from the admin API.
-    let listed = gw.ai.list_providers(tollgate_proto::admin::v1::ListRequest { stale: false }).await.unwrap().into_inner();
+    let listed =
+        gw.ai.list_providers(tollgate_proto::admin::v1::ListRequest { stale: false }).await.unwrap().into_inner();
     let credential = &listed.providers[0].credentials[0];
     assert!(credential.sealed_secret.is_empty() && credential.secret.is_empty());
 }

@@ -179,7 +179,8 @@ mod tests {
         assert_eq!(found.source, "catalog t1");
         assert_eq!(found.output_micros_per_mtok, 2_000_000);
         let meta = tollgate_proto::config::v1::Meta { revision: 42, ..Default::default() };
-        let custom = ModelPrice { meta: Some(meta), name: "openai/m".into(), output_micros_per_mtok: 5, ..Default::default() };
+        let custom =
+            ModelPrice { meta: Some(meta), name: "openai/m".into(), output_micros_per_mtok: 5, ..Default::default() };
         overrides.insert("openai/m".to_string(), Arc::new(custom));
         let found = price_for(&overrides, &catalog, "openai", "m");
         assert_eq!((found.source.as_str(), found.output_micros_per_mtok), ("override 42", 5));

@@ -127,7 +127,12 @@ pub async fn serve(
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<LengthLimitError>() => {
             let message = format!("request body exceeds the limit of {limit} bytes");
-            return outcome(error_response(ingress, ErrorKind::InvalidRequest, StatusCode::PAYLOAD_TOO_LARGE, &message));
+            return outcome(error_response(
+                ingress,
+                ErrorKind::InvalidRequest,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &message,
+            ));
         }
         Err(error) => {
             let message = format!("cannot read the request body: {error}");
@@ -245,7 +250,13 @@ impl Attempts<'_> {
             request_id: self.call.request_id.clone(),
             route: self.call.route.clone(),
             consumer_id: self.call.consumer_id.clone(),
-            api_key_id: self.call.api_key.as_ref().and_then(|k| k.meta.as_ref()).map(|m| m.id.clone()).unwrap_or_default(),
+            api_key_id: self
+                .call
+                .api_key
+                .as_ref()
+                .and_then(|k| k.meta.as_ref())
+                .map(|m| m.id.clone())
+                .unwrap_or_default(),
             endpoint: endpoint.to_string(),
             requested_model: requested_model.to_string(),
             stream,
@@ -315,14 +326,20 @@ impl Attempts<'_> {
         let plan = match self.snapshot.plan(requested, allowed) {
             Ok(plan) => plan,
             Err(error @ PlanError::NotAllowed(_)) => {
-                return Err(self.refuse(account, ErrorKind::PermissionDenied, StatusCode::FORBIDDEN, &error.to_string()));
+                return Err(self.refuse(
+                    account,
+                    ErrorKind::PermissionDenied,
+                    StatusCode::FORBIDDEN,
+                    &error.to_string(),
+                ));
             }
             Err(error) => {
                 return Err(self.refuse(account, ErrorKind::NotFound, StatusCode::NOT_FOUND, &error.to_string()));
             }
         };
         let Some(client) = self.shared.client.as_ref() else {
-            let message = "this node has no HTTP client for providers (no system CA certificates); install ca-certificates";
+            let message =
+                "this node has no HTTP client for providers (no system CA certificates); install ca-certificates";
             return Err(self.refuse(account, ErrorKind::Unavailable, StatusCode::SERVICE_UNAVAILABLE, message));
         };
         let mut last: Option<Failure> = None;
@@ -331,16 +348,29 @@ impl Attempts<'_> {
             let price = self.snapshot.price(self.shared.catalog, provider, &candidate.model);
             let mut backoff = plan.backoff;
             for try_no in 0..=plan.retries {
-                let needs_key = !provider.credentials.is_empty() || provider.kind != super::provider::ProviderKind::OpenAiCompatible;
+                let needs_key = !provider.credentials.is_empty()
+                    || provider.kind != super::provider::ProviderKind::OpenAiCompatible;
                 let credential: Option<&CompiledCredential> = if needs_key {
                     match pick_credential(provider, &self.shared.cooldowns) {
                         Some(c) => Some(c),
                         None => {
-                            account.set_target(&provider.name, provider.adapter.system(), &candidate.model, "", price.clone());
+                            account.set_target(
+                                &provider.name,
+                                provider.adapter.system(),
+                                &candidate.model,
+                                "",
+                                price.clone(),
+                            );
                             let message = if provider.credentials.is_empty() {
-                                format!("provider {} has no usable API key; check its keys with `tollgate ctl provider get {}`", provider.name, provider.name)
+                                format!(
+                                    "provider {} has no usable API key; check its keys with `tollgate ctl provider get {}`",
+                                    provider.name, provider.name
+                                )
                             } else {
-                                format!("every API key of provider {} is cooling down after rate limiting", provider.name)
+                                format!(
+                                    "every API key of provider {} is cooling down after rate limiting",
+                                    provider.name
+                                )
                             };
                             last = Some(Failure::Transport { kind: ErrorKind::RateLimited, message });
                             break;
@@ -350,7 +380,13 @@ impl Attempts<'_> {
                     None
                 };
                 let credential_id = credential.map_or("", |c| c.id.as_str());
-                account.set_target(&provider.name, provider.adapter.system(), &candidate.model, credential_id, price.clone());
+                account.set_target(
+                    &provider.name,
+                    provider.adapter.system(),
+                    &candidate.model,
+                    credential_id,
+                    price.clone(),
+                );
                 let target = UpstreamTarget {
                     base_url: &provider.base_url,
                     model: &candidate.model,
@@ -364,7 +400,14 @@ impl Attempts<'_> {
                         last = Some(Failure::Transport { kind: ErrorKind::InvalidRequest, message: error.to_string() });
                         break;
                     }
-                    Err(error) => return Err(self.refuse(account, ErrorKind::InvalidRequest, StatusCode::BAD_REQUEST, &error.to_string())),
+                    Err(error) => {
+                        return Err(self.refuse(
+                            account,
+                            ErrorKind::InvalidRequest,
+                            StatusCode::BAD_REQUEST,
+                            &error.to_string(),
+                        ));
+                    }
                 };
                 let failure = match self.send(client, request, provider.request_timeout, &provider.name).await {
                     Sent::Answer(response) if response.status().is_success() => {
@@ -377,7 +420,9 @@ impl Attempts<'_> {
                     Sent::Answer(response) => {
                         let status = response.status();
                         let headers = response.headers().clone();
-                        let body = read_limited(response.into_body(), MAX_ERROR_BODY, provider.request_timeout).await.unwrap_or_default();
+                        let body = read_limited(response.into_body(), MAX_ERROR_BODY, provider.request_timeout)
+                            .await
+                            .unwrap_or_default();
                         Failure::Provider(provider.adapter.error(status, &headers, &body))
                     }
                     Sent::Failed(failure) => failure,
@@ -423,7 +468,12 @@ impl Attempts<'_> {
 
     async fn chat(&self, request: ChatRequest) -> AiOutcome {
         if request.model.is_empty() {
-            return outcome(error_response(self.ingress, ErrorKind::InvalidRequest, StatusCode::BAD_REQUEST, "`model` is required"));
+            return outcome(error_response(
+                self.ingress,
+                ErrorKind::InvalidRequest,
+                StatusCode::BAD_REQUEST,
+                "`model` is required",
+            ));
         }
         let requested = request.model.clone();
         let stream = request.is_stream();
@@ -462,14 +512,20 @@ impl Attempts<'_> {
         let bytes = match read_limited(response.into_body(), MAX_ANSWER_BODY, provider.request_timeout).await {
             Ok(bytes) => bytes,
             Err(message) => {
-                return with_provider(self.refuse(&mut account, ErrorKind::Server, StatusCode::BAD_GATEWAY, &message), &account);
+                return with_provider(
+                    self.refuse(&mut account, ErrorKind::Server, StatusCode::BAD_GATEWAY, &message),
+                    &account,
+                );
             }
         };
         let answer = match provider.adapter.chat_response(&bytes) {
             Ok(answer) => answer,
             Err(error) => {
                 let message = error.to_string();
-                return with_provider(self.refuse(&mut account, ErrorKind::Server, StatusCode::BAD_GATEWAY, &message), &account);
+                return with_provider(
+                    self.refuse(&mut account, ErrorKind::Server, StatusCode::BAD_GATEWAY, &message),
+                    &account,
+                );
             }
         };
         let output_text: String = answer.choices.iter().map(|c| c.message.text()).collect::<Vec<_>>().join("");
@@ -496,14 +552,21 @@ impl Attempts<'_> {
         };
         let response = match json {
             Ok(bytes) => json_response(StatusCode::OK, bytes),
-            Err(error) => error_response(self.ingress, ErrorKind::Server, StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+            Err(error) => {
+                error_response(self.ingress, ErrorKind::Server, StatusCode::INTERNAL_SERVER_ERROR, &error.to_string())
+            }
         };
         AiOutcome { response, provider: provider_name, attempts }
     }
 
     async fn embeddings(&self, request: EmbeddingsRequest) -> AiOutcome {
         if request.model.is_empty() {
-            return outcome(error_response(self.ingress, ErrorKind::InvalidRequest, StatusCode::BAD_REQUEST, "`model` is required"));
+            return outcome(error_response(
+                self.ingress,
+                ErrorKind::InvalidRequest,
+                StatusCode::BAD_REQUEST,
+                "`model` is required",
+            ));
         }
         let requested = request.model.clone();
         let texts = match &request.input {
@@ -531,12 +594,14 @@ impl Attempts<'_> {
         let attempts = account.record.attempts;
         let answer = match read_limited(response.into_body(), MAX_ANSWER_BODY, provider.request_timeout)
             .await
-            .map_err(|m| m)
             .and_then(|bytes| provider.adapter.embeddings_response(&bytes).map_err(|e| e.to_string()))
         {
             Ok(answer) => answer,
             Err(message) => {
-                return with_provider(self.refuse(&mut account, ErrorKind::Server, StatusCode::BAD_GATEWAY, &message), &account);
+                return with_provider(
+                    self.refuse(&mut account, ErrorKind::Server, StatusCode::BAD_GATEWAY, &message),
+                    &account,
+                );
             }
         };
         let mut answer = answer;
@@ -556,7 +621,9 @@ impl Attempts<'_> {
         });
         let response = match serde_json::to_vec(&answer) {
             Ok(bytes) => json_response(StatusCode::OK, Bytes::from(bytes)),
-            Err(error) => error_response(self.ingress, ErrorKind::Server, StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+            Err(error) => {
+                error_response(self.ingress, ErrorKind::Server, StatusCode::INTERNAL_SERVER_ERROR, &error.to_string())
+            }
         };
         AiOutcome { response, provider: Some(provider.name.clone()), attempts }
     }

@@ -95,7 +95,11 @@ impl AiMetrics {
             cooldowns: Family::default(),
             fallbacks: Family::default(),
         };
-        registry.register("ai_requests", "AI requests by provider, model, credential, consumer and outcome", m.requests.clone());
+        registry.register(
+            "ai_requests",
+            "AI requests by provider, model, credential, consumer and outcome",
+            m.requests.clone(),
+        );
         registry.register(
             "ai_attempt_errors",
             "Failed attempts at a provider (each retry or fallback counts), by error kind",
@@ -103,14 +107,26 @@ impl AiMetrics {
         );
         registry.register("ai_tokens", "Tokens by direction (input, output, cached_input)", m.tokens.clone());
         registry.register("ai_cost_usd", "Cost in US dollars at the price each usage record names", m.cost_usd.clone());
-        registry.register("ai_time_to_first_token_seconds", "Time from request to the first streamed token", m.ttft.clone());
+        registry.register(
+            "ai_time_to_first_token_seconds",
+            "Time from request to the first streamed token",
+            m.ttft.clone(),
+        );
         registry.register(
             "ai_output_tokens_per_second",
             "Output tokens per second after the first token (streams)",
             m.tokens_per_second.clone(),
         );
-        registry.register("ai_request_duration_seconds", "Time from request to the last byte of the answer", m.duration.clone());
-        registry.register("ai_credential_cooldowns", "Times a provider key was rested after a 429", m.cooldowns.clone());
+        registry.register(
+            "ai_request_duration_seconds",
+            "Time from request to the last byte of the answer",
+            m.duration.clone(),
+        );
+        registry.register(
+            "ai_credential_cooldowns",
+            "Times a provider key was rested after a 429",
+            m.cooldowns.clone(),
+        );
         registry.register(
             "ai_fallbacks",
             "Requests answered by another target than the first one tried, by the answering provider and model",

@@ -85,7 +85,9 @@ pub struct Plan {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum PlanError {
-    #[error("the model `{0}` does not exist or you do not have access to it; GET /v1/models lists the models you may use")]
+    #[error(
+        "the model `{0}` does not exist or you do not have access to it; GET /v1/models lists the models you may use"
+    )]
     UnknownModel(String),
     #[error("your API key may not use the model `{0}`; ask an operator to add it to the key's allowed models")]
     NotAllowed(String),
@@ -193,7 +195,11 @@ impl AiSnapshot {
             return Err(PlanError::NotAllowed(requested.to_string()));
         }
         if let Some(alias) = self.aliases.get(requested).filter(|a| !a.targets.is_empty()) {
-            return Ok(Plan { candidates: order_targets(&alias.targets), retries: alias.retries, backoff: alias.backoff });
+            return Ok(Plan {
+                candidates: order_targets(&alias.targets),
+                retries: alias.retries,
+                backoff: alias.backoff,
+            });
         }
         let (provider, model) =
             requested.split_once('/').ok_or_else(|| PlanError::UnknownModel(requested.to_string()))?;
@@ -214,7 +220,11 @@ impl AiSnapshot {
             .aliases
             .values()
             .map(|a| (a.name.clone(), "tollgate".to_string()))
-            .chain(self.providers.values().flat_map(|p| p.models.iter().map(|m| (format!("{}/{m}", p.name), p.name.clone()))))
+            .chain(
+                self.providers
+                    .values()
+                    .flat_map(|p| p.models.iter().map(|m| (format!("{}/{m}", p.name), p.name.clone()))),
+            )
             .filter(|(name, _)| model_allowed(allowed, name))
             .collect();
         out.sort();

@@ -47,9 +47,10 @@ impl AiStream {
 
     fn emit(&mut self, chunks: Vec<ChatChunk>) {
         for mut chunk in chunks {
-            let has_output = chunk.choices.iter().any(|c| {
-                c.delta.content.as_deref().is_some_and(|t| !t.is_empty()) || c.delta.tool_calls.is_some()
-            });
+            let has_output = chunk
+                .choices
+                .iter()
+                .any(|c| c.delta.content.as_deref().is_some_and(|t| !t.is_empty()) || c.delta.tool_calls.is_some());
             if has_output {
                 self.account.first_token();
             }

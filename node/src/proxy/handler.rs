@@ -128,7 +128,8 @@ async fn proxy(
     // authenticate
     let authenticated = authenticate(snapshot, &route, &parts.headers)?;
     let ai_key = if route.route.ai_gateway { presented_api_key(snapshot, &parts.headers) } else { None };
-    let ai_consumer = authenticated.map(|c| (c.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(), c.name.clone()));
+    let ai_consumer =
+        authenticated.map(|c| (c.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(), c.name.clone()));
     if let Some(consumer) = authenticated {
         rctx.consumer = Some(consumer.name.clone());
         let consumer_id = consumer.meta.as_ref().map(|m| m.id.as_str()).unwrap_or_default();
@@ -164,7 +165,8 @@ async fn proxy(
             trace: rctx.trace.as_ref().map(TraceCtx::child),
             max_body_bytes: limit,
         };
-        let served = crate::ai::gateway::serve(&ctx.shared.ai, &snapshot.ai, &ctx.shared.metrics, call, parts, body).await;
+        let served =
+            crate::ai::gateway::serve(&ctx.shared.ai, &snapshot.ai, &ctx.shared.metrics, call, parts, body).await;
         rctx.upstream = served.provider;
         rctx.attempts = served.attempts;
         return Ok(served.response);
@@ -471,7 +473,10 @@ fn authenticate_jwt<'s>(
 
 /// The API key record behind the request's credentials, when it carried one
 /// (the AI gateway checks which models the key may use).
-fn presented_api_key(snapshot: &GatewaySnapshot, headers: &http::HeaderMap) -> Option<Arc<tollgate_proto::config::v1::ApiKey>> {
+fn presented_api_key(
+    snapshot: &GatewaySnapshot,
+    headers: &http::HeaderMap,
+) -> Option<Arc<tollgate_proto::config::v1::ApiKey>> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
