@@ -567,3 +567,86 @@ async fn embeddings_are_forwarded_and_counted() {
     assert_eq!(row.output_tokens, 0);
     assert_eq!(row.cost_picodollars, row.input_tokens * 20_000);
 }
+
+/// Whether `python3` can import every module named.
+async fn python_has(modules: &[&str]) -> bool {
+    let check = format!("import {}", modules.join(", "));
+    tokio::process::Command::new("python3")
+        .args(["-c", &check])
+        .output()
+        .await
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+const SDK_SCRIPT: &str = r#"
+import os, sys
+import openai, anthropic
+
+base, key = os.environ["TOLLGATE_URL"], os.environ["TOLLGATE_KEY"]
+client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+reply = client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}])
+assert reply.choices[0].message.content, reply
+assert reply.usage.completion_tokens == 9, reply.usage
+
+text, usage = "", None
+stream = client.chat.completions.create(
+    model="fast", messages=[{"role": "user", "content": "hi"}], stream=True, stream_options={"include_usage": True})
+for chunk in stream:
+    if chunk.choices and chunk.choices[0].delta.content:
+        text += chunk.choices[0].delta.content
+    if chunk.usage:
+        usage = chunk.usage
+assert "fox" in text, text
+assert usage is not None and usage.completion_tokens == 9, usage
+
+tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {"query": {"type": "string"}}}}}]
+called = client.chat.completions.create(model="fast", messages=[{"role": "user", "content": "find"}], tools=tools)
+assert called.choices[0].message.tool_calls[0].function.name == "lookup", called
+
+emb = client.embeddings.create(model="openai/text-embedding-3-small", input="hello")
+assert len(emb.data) == 1 and len(emb.data[0].embedding) > 0
+
+ids = [m.id for m in client.models.list()]
+assert "fast" in ids, ids
+
+try:
+    client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "hi"}])
+    sys.exit("expected NotFoundError")
+except openai.NotFoundError as e:
+    assert "missing" in str(e)
+
+claude = anthropic.Anthropic(base_url=base, api_key=key, max_retries=0)
+message = claude.messages.create(model="fast", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
+assert message.content[0].type == "text" and message.content[0].text, message
+assert message.usage.output_tokens == 9, message.usage
+with claude.messages.stream(model="fast", max_tokens=64, messages=[{"role": "user", "content": "hi"}]) as s:
+    final = s.get_final_message()
+assert final.stop_reason == "end_turn" and "fox" in final.content[0].text, final
+print("SDK OK")
+"#;
+
+#[tokio::test]
+async fn the_official_openai_and_anthropic_python_sdks_work_through_the_gateway() {
+    if !python_has(&["openai", "anthropic"]).await {
+        eprintln!("SKIPPED: python3 with the `openai` and `anthropic` packages is not available (pip install openai anthropic)");
+        return;
+    }
+    let mock = mock_openai(LlmMockConfig { tokens: 9, ..Default::default() }).await;
+    let mut gw = Gateway::start().await;
+    gw.provider("openai", ProviderKind::Openai, format!("{}/v1", mock.url()), &["k1"]).await;
+    gw.alias("fast", &[("openai", "gpt-4o-mini", 0)], 0).await;
+
+    let output = tokio::process::Command::new("python3")
+        .args(["-c", SDK_SCRIPT])
+        .env("TOLLGATE_URL", format!("http://{}", gw.node.proxy_addr))
+        .env("TOLLGATE_KEY", &gw.key)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), output).await.expect("the SDK script ends").unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stdout.contains("SDK OK"), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let row = gw.usage_of("openai/gpt-4o-mini", 5).await;
+    assert_eq!(row.errors, 0);
+}
