@@ -629,7 +629,9 @@ print("SDK OK")
 #[tokio::test]
 async fn the_official_openai_and_anthropic_python_sdks_work_through_the_gateway() {
     if !python_has(&["openai", "anthropic"]).await {
-        eprintln!("SKIPPED: python3 with the `openai` and `anthropic` packages is not available (pip install openai anthropic)");
+        eprintln!(
+            "SKIPPED: python3 with the `openai` and `anthropic` packages is not available (pip install openai anthropic)"
+        );
         return;
     }
     let mock = mock_openai(LlmMockConfig { tokens: 9, ..Default::default() }).await;

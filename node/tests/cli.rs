@@ -113,3 +113,114 @@ async fn exit_codes_scripts_can_rely_on() {
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("Is `tollgate` running?"));
     node.shutdown().await;
 }
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ai_gateway_set_up_and_usage_report_from_the_command_line() {
+    use tollgate_loadtest::mock::llm::LlmMockConfig;
+    use tollgate_loadtest::mock::openai::MockOpenAi;
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let mock = MockOpenAi::spawn(LlmMockConfig { tokens: 4, ..Default::default() }).await.unwrap();
+    let admin = node.admin_addr;
+    let base_url = leak(format!("{}/v1", mock.url()));
+    let key_file = dir.path().join("openai.key");
+    std::fs::write(&key_file, "sk-from-a-file-0001\n").unwrap();
+    let key_spec = leak(format!("main*2=file:{}", key_file.display()));
+
+    let provider = ok_json(
+        &ctl_async(
+            admin,
+            TOKEN,
+            vec![
+                "-o",
+                "json",
+                "provider",
+                "create",
+                "openai",
+                "--kind",
+                "openai",
+                "--base-url",
+                base_url,
+                "--key",
+                key_spec,
+            ],
+        )
+        .await,
+    );
+    assert_eq!(provider["credentials"][0]["id"], "main");
+    assert_eq!(provider["credentials"][0]["weight"], 2);
+    assert_eq!(provider["credentials"][0]["hint"], "…0001");
+    let listed = ctl_async(admin, TOKEN, vec!["provider", "list"]).await;
+    let table = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(table.contains("openai") && !table.contains("sk-from-a-file"), "secrets never print: {table}");
+
+    ok_json(
+        &ctl_async(admin, TOKEN, vec!["-o", "json", "alias", "create", "fast", "--target", "openai/gpt-4o-mini"]).await,
+    );
+    let price = ok_json(
+        &ctl_async(
+            admin,
+            TOKEN,
+            vec![
+                "-o",
+                "json",
+                "price",
+                "set",
+                "openai/gpt-4o-mini",
+                "--input-per-mtok",
+                "0.15",
+                "--output-per-mtok",
+                "0.6",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(price["input_per_mtok"], 0.15);
+    let prices = ok_json(&ctl_async(admin, TOKEN, vec!["-o", "json", "price", "list", "--pricing", "openai"]).await);
+    let prices = prices.as_array().unwrap();
+    assert!(prices.len() > 20, "the built-in catalog is listed");
+    let mini = prices.iter().find(|p| p["name"] == "openai/gpt-4o-mini").unwrap();
+    assert!(mini["source"].as_str().unwrap().starts_with("override"), "{mini}");
+
+    ok_json(&ctl_async(admin, TOKEN, vec!["-o", "json", "route", "create", "llm", "--ai", "--path", "/v1"]).await);
+    ok_json(&ctl_async(admin, TOKEN, vec!["-o", "json", "consumer", "create", "team"]).await);
+    let key = ok_json(
+        &ctl_async(admin, TOKEN, vec!["-o", "json", "key", "create", "--consumer", "team", "--model", "fast"]).await,
+    );
+    assert_eq!(key["allowed_models"], serde_json::json!(["fast"]));
+    let plaintext = key["plaintext"].as_str().unwrap().to_string();
+
+    let body = serde_json::json!({"model": "fast", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    for _ in 0..2 {
+        let request = http::Request::post(format!("http://{}/v1/chat/completions", node.proxy_addr))
+            .header("authorization", format!("Bearer {plaintext}"))
+            .body(full(body.clone()))
+            .unwrap();
+        assert_eq!(send(&http_client(), request).await.status, StatusCode::OK);
+    }
+    assert_eq!(mock.last_request().unwrap().credential.as_deref(), Some("sk-from-a-file-0001"));
+
+    let usage = ok_json(&ctl_async(admin, TOKEN, vec!["-o", "json", "usage", "--by", "model"]).await);
+    let rows = usage.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{usage}");
+    assert_eq!(rows[0]["model"], "openai/gpt-4o-mini");
+    assert_eq!(rows[0]["requests"], 2);
+    assert_eq!(rows[0]["output_tokens"], 8);
+    let input = rows[0]["input_tokens"].as_u64().unwrap();
+    assert_eq!(rows[0]["cost_picodollars"], input * 150_000 + 8 * 600_000);
+    let table = String::from_utf8_lossy(&ctl_async(admin, TOKEN, vec!["usage"]).await.stdout).to_string();
+    assert!(
+        table.contains("KEY") && table.contains("MODEL") && table.contains("DAY") && table.contains("COST_USD"),
+        "{table}"
+    );
+
+    let in_use = ctl_async(admin, TOKEN, vec!["provider", "delete", "openai"]).await;
+    assert_eq!(in_use.status.code(), Some(5), "a provider used by an alias cannot be deleted");
+    let missing = ctl_async(admin, TOKEN, vec!["alias", "get", "nope"]).await;
+    assert_eq!(missing.status.code(), Some(3));
+}

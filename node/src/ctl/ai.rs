@@ -126,19 +126,20 @@ pub enum PriceCmd {
         #[arg(long, default_value = "")]
         contains: String,
     },
-    /// Set (override) a price: `price set openai/gpt-4o --input 2.5 --output 10 --cached-input 1.25`.
+    /// Set (override) a price:
+    /// `price set openai/gpt-4o --input-per-mtok 2.5 --output-per-mtok 10 --cached-input-per-mtok 1.25`.
     Set {
         /// NAMESPACE/MODEL.
         name: String,
         /// USD per million input tokens.
         #[arg(long)]
-        input: f64,
+        input_per_mtok: f64,
         /// USD per million output tokens.
         #[arg(long, default_value_t = 0.0)]
-        output: f64,
+        output_per_mtok: f64,
         /// USD per million cached input tokens (default: the input price).
         #[arg(long)]
-        cached_input: Option<f64>,
+        cached_input_per_mtok: Option<f64>,
         #[arg(long, default_value_t = 0)]
         context_window: u64,
         #[arg(long, default_value = "chat", value_parser = ["chat", "embedding"])]
@@ -446,15 +447,15 @@ pub async fn price_command(cmd: PriceCmd, mut ai: AiClient, out: &Printer) -> Re
             }
             out.list(values, rows);
         }
-        PriceCmd::Set { name, input, output, cached_input, context_window, mode } => {
+        PriceCmd::Set { name, input_per_mtok, output_per_mtok, cached_input_per_mtok, context_window, mode } => {
             let price = ModelPrice {
                 meta: None,
                 name,
                 mode,
                 context_window,
-                input_micros_per_mtok: micros(input)?,
-                output_micros_per_mtok: micros(output)?,
-                cached_input_micros_per_mtok: cached_input.map(micros).transpose()?.unwrap_or(0),
+                input_micros_per_mtok: micros(input_per_mtok)?,
+                output_micros_per_mtok: micros(output_per_mtok)?,
+                cached_input_micros_per_mtok: cached_input_per_mtok.map(micros).transpose()?.unwrap_or(0),
             };
             let set = ai.put_model_price(price).await?.into_inner();
             let revision = set.meta.as_ref().map_or(0, |m| m.revision);
