@@ -11,7 +11,10 @@ use openraft::alias::EntryOf;
 use openraft::entry::RaftEntry;
 use openraft::storage::RaftStateMachine;
 use proptest::prelude::*;
-use tollgate_proto::config::v1::{ApiKey, AuthMode, Consumer, Meta, PathMatch, Route, RoutePath, Service, Target};
+use tollgate_proto::config::v1::{
+    AliasTarget, ApiKey, AuthMode, Consumer, Meta, ModelAlias, ModelPrice, PathMatch, Provider, ProviderCredential,
+    ProviderKind, Route, RoutePath, Service, Target,
+};
 use tollgate_proto::raft::v1::command::Op;
 use tollgate_storage::{Cf, Engine};
 
@@ -54,7 +57,43 @@ fn arb_op() -> impl Strategy<Value = Op> {
         disabled,
         ..Default::default()
     });
+    let provider = (id(), name(), any::<bool>(), any::<bool>()).prop_map(|(id, name, sealed, plaintext)| Provider {
+        meta: meta(&id),
+        name,
+        kind: ProviderKind::Openai as i32,
+        base_url: "https://api.openai.com/v1".into(),
+        credentials: vec![ProviderCredential {
+            id: "k1".into(),
+            sealed_secret: if sealed { vec![1; 40] } else { vec![] },
+            secret: if plaintext { "sk-live".into() } else { String::new() },
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let alias = (id(), name(), id()).prop_map(|(id, name, provider_id)| ModelAlias {
+        meta: meta(&id),
+        name,
+        targets: vec![AliasTarget { provider_id, model: "gpt-4o".into(), weight: 1, priority: 0 }],
+        ..Default::default()
+    });
+    let price =
+        (id(), prop::sample::select(vec!["openai/gpt-4o", "openai/gpt-4o-mini", "no-namespace"]), 0u64..10_000_000)
+            .prop_map(|(id, name, input)| ModelPrice {
+                meta: meta(&id),
+                name: name.to_string(),
+                input_micros_per_mtok: input,
+                ..Default::default()
+            });
+    let price_name = prop::sample::select(vec!["i1", "i2", "openai/gpt-4o"]).prop_map(str::to_string);
     prop_oneof![
+        provider.clone().prop_map(Op::CreateProvider),
+        provider.prop_map(Op::UpdateProvider),
+        id().prop_map(Op::DeleteProvider),
+        alias.clone().prop_map(Op::CreateModelAlias),
+        alias.prop_map(Op::UpdateModelAlias),
+        id().prop_map(Op::DeleteModelAlias),
+        price.prop_map(Op::PutModelPrice),
+        price_name.prop_map(Op::DeleteModelPrice),
         service.clone().prop_map(Op::CreateService),
         service.prop_map(Op::UpdateService),
         id().prop_map(Op::DeleteService),
@@ -93,7 +132,21 @@ fn check_invariants(state: &GatewayState) {
     for key in state.api_keys() {
         assert!(state.consumer(&key.consumer_id).is_some(), "a key outlived its consumer");
     }
+    for alias in state.model_aliases() {
+        for t in &alias.targets {
+            assert!(state.provider(&t.provider_id).is_some(), "alias {} points at a missing provider", alias.name);
+        }
+    }
+    for provider in state.providers() {
+        assert!(
+            provider.credentials.iter().all(|c| c.secret.is_empty() && !c.sealed_secret.is_empty()),
+            "a plaintext or unsealed provider secret was stored"
+        );
+    }
     let unique = |names: Vec<&str>| names.iter().collect::<HashSet<_>>().len() == names.len();
+    assert!(unique(state.providers().map(|p| p.name.as_str()).collect()), "duplicate provider names");
+    assert!(unique(state.model_aliases().map(|a| a.name.as_str()).collect()), "duplicate alias names");
+    assert!(unique(state.model_prices().map(|p| p.name.as_str()).collect()), "duplicate price names");
     assert!(unique(state.services().map(|s| s.name.as_str()).collect()), "duplicate service names");
     assert!(unique(state.routes().map(|r| r.name.as_str()).collect()), "duplicate route names");
     assert!(unique(state.consumers().map(|c| c.name.as_str()).collect()), "duplicate consumer names");
