@@ -112,6 +112,7 @@ pub struct Node {
     admin_task: JoinHandle<()>,
     follower_task: JoinHandle<()>,
     engine: Engine,
+    ledger: Arc<crate::ai::ledger::UsageLedger>,
 }
 
 async fn bind(addr: SocketAddr, what: &'static str, flag: &'static str) -> Result<TcpListener, NodeError> {
@@ -273,6 +274,7 @@ impl Node {
             admin_task,
             follower_task,
             engine,
+            ledger,
         };
         node.write_endpoints();
         Ok(node)
@@ -323,6 +325,8 @@ impl Node {
         self.follower_task.abort();
         let _ = self.follower_task.await;
         drop(self.raft);
+        // Usage records still queued are written before the database closes.
+        self.ledger.close();
         // openraft's tasks release their storage handles shortly after shutdown;
         // wait so the same directory can be reopened at once.
         for _ in 0..200 {

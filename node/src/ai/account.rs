@@ -221,9 +221,7 @@ impl Accounting {
             }
         }
 
-        if let Err(error) = self.shared.ledger.append(r.clone()) {
-            tracing::error!(%error, request_id = %r.request_id, "cannot journal AI usage; the record is lost");
-        }
+        self.shared.ledger.record(r.clone());
         if let Some(trace) = self.trace.take() {
             let operation = if r.endpoint == "embeddings" { "embeddings" } else { "chat" };
             let mut attributes = vec![

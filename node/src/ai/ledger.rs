@@ -4,7 +4,7 @@
 //! Raft can use (node_id, seq) as the idempotency key.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use prost::Message;
 use tollgate_proto::admin::v1::UsageRow;
@@ -22,13 +22,8 @@ pub enum LedgerError {
     Corrupt { key: String, detail: String },
     #[error("unknown group {0:?}; use key, consumer, model, provider, credential or day")]
     UnknownGroup(String),
-}
-
-pub struct UsageLedger {
-    engine: Engine,
-    node_id: u64,
-    // Serialises seq assignment with the write that persists it.
-    next_seq: Mutex<u64>,
+    #[error("the usage ledger is closed: {0}")]
+    Closed(String),
 }
 
 fn record_key(at_ms: i64, seq: u64) -> Vec<u8> {
@@ -36,6 +31,74 @@ fn record_key(at_ms: i64, seq: u64) -> Vec<u8> {
     key.extend_from_slice(&(at_ms.max(0) as u64).to_be_bytes());
     key.extend_from_slice(&seq.to_be_bytes());
     key
+}
+
+/// The journal proper: sequence numbers and RocksDB writes.
+struct Journal {
+    engine: Engine,
+    node_id: u64,
+    // Serialises seq assignment with the write that persists it.
+    next_seq: Mutex<u64>,
+}
+
+impl Journal {
+    fn write(&self, records: Vec<UsageRecord>) -> Result<u64, LedgerError> {
+        let mut next = self.next_seq.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seq = *next;
+        let mut batch = Batch::default();
+        for mut record in records {
+            record.node_id = self.node_id;
+            record.seq = seq;
+            batch.put(Cf::Local, &record_key(record.at_ms, seq), &record.encode_to_vec());
+            seq += 1;
+        }
+        batch.put(Cf::Local, SEQ_KEY, &seq.to_be_bytes());
+        // The WAL without fsync: survives a process crash, like the rest of the
+        // node-local bookkeeping; a machine crash may lose the last records.
+        self.engine.write(batch, Durability::Process)?;
+        *next = seq;
+        Ok(seq - 1)
+    }
+}
+
+enum Queued {
+    Record(Box<UsageRecord>),
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// Requests hand records to a writer thread, so a slow disk never stalls the
+/// request path (which may be a single-threaded runtime); the thread writes
+/// whatever has queued up as one batch.
+pub struct UsageLedger {
+    journal: Mutex<Option<Arc<Journal>>>,
+    queue: Mutex<Option<std::sync::mpsc::Sender<Queued>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+const MAX_BATCH: usize = 1024;
+
+fn run_writer(journal: Arc<Journal>, queue: std::sync::mpsc::Receiver<Queued>) {
+    while let Ok(first) = queue.recv() {
+        let mut records = Vec::new();
+        let mut flushes = Vec::new();
+        let mut next = Some(first);
+        while let Some(message) = next {
+            match message {
+                Queued::Record(r) => records.push(*r),
+                Queued::Flush(done) => flushes.push(done),
+            }
+            next = if records.len() < MAX_BATCH { queue.try_recv().ok() } else { None };
+        }
+        if !records.is_empty() {
+            let count = records.len();
+            if let Err(error) = journal.write(records) {
+                tracing::error!(%error, count, "cannot journal AI usage records; they are lost");
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
 }
 
 impl UsageLedger {
@@ -47,32 +110,72 @@ impl UsageLedger {
             })?),
             None => 1,
         };
-        Ok(UsageLedger { engine, node_id, next_seq: Mutex::new(next_seq) })
+        let journal = Arc::new(Journal { engine, node_id, next_seq: Mutex::new(next_seq) });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = {
+            let journal = journal.clone();
+            std::thread::Builder::new()
+                .name("usage-ledger".into())
+                .spawn(move || run_writer(journal, rx))
+                .map_err(|e| LedgerError::Closed(format!("cannot start the ledger writer: {e}")))?
+        };
+        Ok(UsageLedger {
+            journal: Mutex::new(Some(journal)),
+            queue: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    fn journal(&self) -> Result<Arc<Journal>, LedgerError> {
+        let journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        journal.clone().ok_or_else(|| LedgerError::Closed("the node is shutting down".into()))
+    }
+
+    /// Queues a record for the writer thread; never blocks on the disk.
+    pub fn record(&self, record: UsageRecord) {
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let request_id = record.request_id.clone();
+        let queued = queue.as_ref().is_some_and(|tx| tx.send(Queued::Record(Box::new(record))).is_ok());
+        if !queued {
+            tracing::warn!(%request_id, "usage ledger closed; a record arrived too late and is lost");
+        }
+    }
+
+    /// Waits until every record queued before this call is on disk.
+    pub fn flush(&self) {
+        let (done, wait) = std::sync::mpsc::channel();
+        let sent = {
+            let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            queue.as_ref().is_some_and(|tx| tx.send(Queued::Flush(done)).is_ok())
+        };
+        if sent {
+            let _ = wait.recv();
+        }
+    }
+
+    /// Writes what is queued, stops the writer and releases the database.
+    pub fn close(&self) {
+        drop(self.queue.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(writer) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = writer.join();
+        }
+        drop(self.journal.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 
     /// Stamps the record with this node's id and the next sequence number and
-    /// journals it. Returns the sequence number.
-    pub fn append(&self, mut record: UsageRecord) -> Result<u64, LedgerError> {
-        let mut next = self.next_seq.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = *next;
-        record.node_id = self.node_id;
-        record.seq = seq;
-        let mut batch = Batch::default();
-        batch.put(Cf::Local, &record_key(record.at_ms, seq), &record.encode_to_vec());
-        batch.put(Cf::Local, SEQ_KEY, &(seq + 1).to_be_bytes());
-        // The WAL without fsync: survives a process crash, like the rest of the
-        // node-local bookkeeping; a machine crash may lose the last records.
-        self.engine.write(batch, Durability::Process)?;
-        *next = seq + 1;
-        Ok(seq)
+    /// journals it at once. Returns the sequence number.
+    pub fn append(&self, record: UsageRecord) -> Result<u64, LedgerError> {
+        self.journal()?.write(vec![record])
     }
 
     /// Records with `from_ms <= at_ms < to_ms`, oldest first.
     pub fn records(&self, from_ms: i64, to_ms: i64) -> Result<Vec<UsageRecord>, LedgerError> {
+        self.flush();
+        let journal = self.journal()?;
         let mut out = Vec::new();
         let mut failure = None;
         let start = record_key(from_ms, 0);
-        self.engine.for_each_from(Cf::Local, &start, |k, v| {
+        journal.engine.for_each_from(Cf::Local, &start, |k, v| {
             if !k.starts_with(RECORD_PREFIX) {
                 return false;
             }
@@ -118,6 +221,12 @@ impl UsageLedger {
             row.cost_picodollars = row.cost_picodollars.saturating_add(r.cost_picodollars);
         }
         Ok(rows.into_values().collect())
+    }
+}
+
+impl Drop for UsageLedger {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -186,12 +295,15 @@ mod tests {
         let engine = Engine::open(dir.path()).unwrap();
         let ledger = UsageLedger::open(engine, 7).unwrap();
         assert_eq!(ledger.append(record(day1 + 86_400_000, "k2", "gpt-4o-mini", 3, 4, 7)).unwrap(), 3, "seq continues");
+        ledger.record(record(day1 + 30, "k3", "queued", 1, 1, 1));
         let all = ledger.records(0, i64::MAX).unwrap();
+        assert_eq!(all.len(), 4, "records() waits for queued records");
+        let all: Vec<_> = all.into_iter().filter(|r| r.api_key_id != "k3").collect();
         assert_eq!(all.iter().map(|r| (r.node_id, r.seq)).collect::<Vec<_>>(), vec![(7, 1), (7, 2), (7, 3)]);
 
         let by = |g: &[&str]| ledger.report(0, i64::MAX, &g.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         let rows = by(&["key", "model", "day"]);
-        assert_eq!(rows.len(), 2);
+        assert_eq!(rows.len(), 3);
         assert_eq!(rows[0].group, vec!["k1", "openai/gpt-4o", "2025-11-27"]);
         assert_eq!(
             (rows[0].requests, rows[0].input_tokens, rows[0].output_tokens, rows[0].cost_picodollars),
@@ -199,9 +311,11 @@ mod tests {
         );
         assert_eq!(rows[1].group, vec!["k2", "openai/gpt-4o-mini", "2025-11-28"]);
         let total = by(&[]);
-        assert_eq!((total.len(), total[0].requests, total[0].cost_picodollars), (1, 3, 108));
+        assert_eq!((total.len(), total[0].requests, total[0].cost_picodollars), (1, 4, 109));
         // The time window is half-open.
-        assert_eq!(ledger.records(day1 + 20, day1 + 86_400_000).unwrap().len(), 1);
+        assert_eq!(ledger.records(day1 + 20, day1 + 86_400_000).unwrap().len(), 2);
+        ledger.close();
+        assert!(matches!(ledger.records(0, i64::MAX), Err(LedgerError::Closed(_))));
         assert!(matches!(ledger.report(0, 1, &["colour".into()]), Err(LedgerError::UnknownGroup(_))));
     }
 

@@ -74,6 +74,19 @@ impl AiStream {
         }
     }
 
+    /// Everything decoded from one upstream read, as one frame: a provider
+    /// that sends many tokens per packet costs one write, not one per token.
+    fn take_pending(&mut self) -> Bytes {
+        if self.pending.len() == 1 {
+            return self.pending.pop_front().unwrap_or_default();
+        }
+        let mut out = bytes::BytesMut::with_capacity(self.pending.iter().map(Bytes::len).sum());
+        for part in self.pending.drain(..) {
+            out.extend_from_slice(&part);
+        }
+        out.freeze()
+    }
+
     fn final_usage(&self) -> Option<Usage> {
         self.decoder.usage()
     }
@@ -150,8 +163,8 @@ impl Body for AiStream {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
-            if let Some(bytes) = this.pending.pop_front() {
-                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            if !this.pending.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(this.take_pending()))));
             }
             if this.ended {
                 return Poll::Ready(None);

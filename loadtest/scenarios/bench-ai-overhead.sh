@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# AI gateway overhead for docs/benchmarks.md: the OpenAI mock hit directly (A)
+# and through Tollgate's AI route (B), alternating rounds in one run, for
+# non-streaming chat (latency) and streaming chat (time to first token).
+# Generator pinned to core 0; mock and Tollgate on core 1. Loopback only.
+# Needs release builds: cargo build --release -p tollgate-node -p tollgate-loadtest
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+LOAD=${LOAD:-target/release/tollgate-load}
+TG=${TG:-target/release/tollgate}
+DUR=${DUR:-10s}
+RATE=${RATE:-500}
+CONNS=${CONNS:-64}
+ROUNDS=${ROUNDS:-2}
+WORK=$(mktemp -d /tmp/tollgate-ai-bench.XXXXXX)
+TOKEN=bench-admin-token-0123456789
+PIDS=()
+cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+# A provider that answers at once: what remains is the gateway's own cost.
+taskset -c 1 "$LOAD" --threads 1 mock openai --listen 127.0.0.1:19100 --tokens 64 > "$WORK/mock.out" 2>&1 &
+PIDS+=($!)
+taskset -c 1 "$TG" serve --data-dir "$WORK/tg" --proxy-listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090 \
+  --ops-listen 127.0.0.1:19091 --admin-token "$TOKEN" --access-log off --log-format json 2> "$WORK/tollgate.log" &
+PIDS+=($!)
+for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19091/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+
+CTL=("$TG" ctl --admin 127.0.0.1:19090 --token "$TOKEN")
+"${CTL[@]}" provider create mock --kind openai --base-url http://127.0.0.1:19100/v1 --key main=sk-bench >/dev/null
+"${CTL[@]}" alias create mock-gpt --target mock/mock-gpt >/dev/null
+"${CTL[@]}" route create llm --ai --path /v1 >/dev/null
+"${CTL[@]}" consumer create bench >/dev/null
+KEY=$("${CTL[@]}" -o json key create --consumer bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')
+
+BODIES=loadtest/scenarios/bodies
+compare() { # label body [extra args]
+  local label=$1 body=$2; shift 2
+  taskset -c 0 "$LOAD" --threads 1 compare \
+    --a http://127.0.0.1:19100/v1/chat/completions --label-a direct \
+    --b http://127.0.0.1:18080/v1/chat/completions --label-b through-tollgate \
+    --rounds "$ROUNDS" -r "$RATE" -c "$CONNS" -d "$DUR" --body-file "$BODIES/$body" \
+    -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" \
+    --markdown "$WORK/$label.md" --json "$WORK/$label.json" "$@" 2>&1 | sed "s/^/[$label] /"
+}
+
+# warm-up: connections, the tokenizer, allocator pools
+taskset -c 0 "$LOAD" --threads 1 run http://127.0.0.1:18080/v1/chat/completions -c 8 -d 2s -q \
+  --body-file "$BODIES/openai-chat.json" -H "Authorization: Bearer $KEY" >/dev/null 2>&1 || true
+
+echo "### non-streaming chat at $RATE req/s"
+compare chat openai-chat.json
+echo "### streaming chat at $RATE req/s (TTFT, inter-token latency)"
+compare stream openai-chat-stream.json --sse openai
+echo "### the gateway's own accounting of the run"
+"${CTL[@]}" usage --by model
+echo "results in $WORK"
