@@ -159,9 +159,11 @@ async fn ai_gateway_set_up_and_usage_report_from_the_command_line() {
     let table = String::from_utf8_lossy(&listed.stdout).to_string();
     assert!(table.contains("openai") && !table.contains("sk-from-a-file"), "secrets never print: {table}");
 
-    ok_json(
+    let alias = ok_json(
         &ctl_async(admin, TOKEN, vec!["-o", "json", "alias", "create", "fast", "--target", "openai/gpt-4o-mini"]).await,
     );
+    assert_eq!(alias["targets"][0]["provider"], "openai");
+    assert_eq!(alias["targets"][0]["provider_id"], provider["id"]);
     let price = ok_json(
         &ctl_async(
             admin,

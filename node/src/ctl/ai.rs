@@ -315,20 +315,35 @@ fn provider_rows(items: &[Provider]) -> Vec<Vec<String>> {
     rows
 }
 
-fn alias_json(a: &ModelAlias) -> Value {
+/// Provider names by id, so aliases print the names operators typed.
+type ProviderNames = std::collections::HashMap<String, String>;
+
+async fn provider_names(ai: &mut AiClient, stale: bool) -> Result<ProviderNames, CtlError> {
+    let providers = ai.list_providers(ListRequest { stale }).await?.into_inner().providers;
+    Ok(providers.into_iter().map(|p| (id(&p.meta), p.name)).collect())
+}
+
+fn provider_name<'a>(names: &'a ProviderNames, provider_id: &'a str) -> &'a str {
+    names.get(provider_id).map_or(provider_id, String::as_str)
+}
+
+fn alias_json(a: &ModelAlias, names: &ProviderNames) -> Value {
     json!({
         "id": id(&a.meta), "name": a.name, "retries": a.retries, "backoff_ms": a.backoff_ms, "description": a.description,
-        "targets": a.targets.iter().map(|t| json!({"provider_id": t.provider_id, "model": t.model, "weight": t.weight, "priority": t.priority})).collect::<Vec<_>>(),
+        "targets": a.targets.iter().map(|t| json!({
+            "provider_id": t.provider_id, "provider": provider_name(names, &t.provider_id),
+            "model": t.model, "weight": t.weight, "priority": t.priority,
+        })).collect::<Vec<_>>(),
     })
 }
 
-fn alias_rows(items: &[ModelAlias]) -> Vec<Vec<String>> {
+fn alias_rows(items: &[ModelAlias], names: &ProviderNames) -> Vec<Vec<String>> {
     let mut rows = vec![["NAME", "TARGETS", "RETRIES", "ID"].map(String::from).to_vec()];
     for a in items {
         let targets: Vec<String> = a
             .targets
             .iter()
-            .map(|t| format!("{}/{}*{}@{}", t.provider_id, t.model, t.weight.max(1), t.priority))
+            .map(|t| format!("{}/{}*{}@{}", provider_name(names, &t.provider_id), t.model, t.weight.max(1), t.priority))
             .collect();
         rows.push(vec![a.name.clone(), targets.join(" "), a.retries.to_string(), id(&a.meta)]);
     }
@@ -394,21 +409,25 @@ pub async fn alias_command(cmd: AliasCmd, mut ai: AiClient, out: &Printer, stale
             let mut a = ModelAlias { name, ..Default::default() };
             fields.apply_to(&mut a)?;
             let created = ai.create_model_alias(a).await?.into_inner();
-            out.one(alias_json(&created), || format!("created alias {} ({})", created.name, id(&created.meta)));
+            let names = provider_names(&mut ai, false).await?;
+            out.one(alias_json(&created, &names), || format!("created alias {} ({})", created.name, id(&created.meta)));
         }
         AliasCmd::List => {
             let list = ai.list_model_aliases(ListRequest { stale }).await?.into_inner().aliases;
-            out.list(list.iter().map(alias_json).collect(), alias_rows(&list));
+            let names = provider_names(&mut ai, stale).await?;
+            out.list(list.iter().map(|a| alias_json(a, &names)).collect(), alias_rows(&list, &names));
         }
         AliasCmd::Get { alias } => {
             let a = ai.get_model_alias(GetRequest { id_or_name: alias, stale }).await?.into_inner();
-            out.list_one(alias_json(&a), alias_rows(std::slice::from_ref(&a)));
+            let names = provider_names(&mut ai, stale).await?;
+            out.list_one(alias_json(&a, &names), alias_rows(std::slice::from_ref(&a), &names));
         }
         AliasCmd::Update { alias, fields } => {
             let mut a = ai.get_model_alias(GetRequest { id_or_name: alias, stale: false }).await?.into_inner();
             fields.apply_to(&mut a)?;
             let updated = ai.update_model_alias(a).await?.into_inner();
-            out.one(alias_json(&updated), || format!("updated alias {}", updated.name));
+            let names = provider_names(&mut ai, false).await?;
+            out.one(alias_json(&updated, &names), || format!("updated alias {}", updated.name));
         }
         AliasCmd::Delete { alias } => {
             let r = ai.delete_model_alias(DeleteRequest { id_or_name: alias.clone() }).await?.into_inner();
