@@ -652,3 +652,114 @@ async fn the_official_openai_and_anthropic_python_sdks_work_through_the_gateway(
     let row = gw.usage_of("openai/gpt-4o-mini", 5).await;
     assert_eq!(row.errors, 0);
 }
+
+mod otlp {
+    //! A minimal OTLP/gRPC trace collector on loopback that keeps what it receives.
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+    use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+    use opentelemetry_proto::tonic::trace::v1::Span;
+
+    #[derive(Clone, Default)]
+    pub struct Collector(pub Arc<Mutex<Vec<Span>>>);
+
+    #[tonic::async_trait]
+    impl TraceService for Collector {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let spans =
+                request.into_inner().resource_spans.into_iter().flat_map(|r| r.scope_spans).flat_map(|s| s.spans);
+            self.0.lock().unwrap().extend(spans);
+            Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+        }
+    }
+
+    pub async fn start() -> (std::net::SocketAddr, Collector) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let collector = Collector::default();
+        let service = TraceServiceServer::new(collector.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        (addr, collector)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ai_requests_export_genai_spans() {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+
+    let (collector_addr, collector) = otlp::start().await;
+    let mock = mock_openai(LlmMockConfig { tokens: 7, ..Default::default() }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path());
+    config.telemetry.otlp_endpoint = Some(format!("http://{collector_addr}"));
+    let node = Node::start(config).await.unwrap();
+    let mut admin = common::admin_client(node.admin_addr, TOKEN).await;
+    admin.create_consumer(Consumer { name: "app".into(), ..Default::default() }).await.unwrap();
+    let key = admin
+        .create_api_key(CreateApiKeyRequest { consumer: "app".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .plaintext;
+    admin
+        .create_route(Route {
+            name: "llm".into(),
+            paths: vec![RoutePath { kind: PathMatch::Prefix as i32, path: "/v1".into() }],
+            auth: AuthMode::ApiKey as i32,
+            ai_gateway: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let channel = Channel::from_shared(format!("http://{}", node.admin_addr)).unwrap().connect().await.unwrap();
+    let mut ai = AiServiceClient::with_interceptor(channel, Bearer(TOKEN.into()));
+    let credentials = vec![ProviderCredential { id: "k".into(), secret: "sk-k".into(), ..Default::default() }];
+    let base_url = format!("{}/v1", mock.url());
+    ai.create_provider(Provider {
+        name: "openai".into(),
+        kind: ProviderKind::Openai as i32,
+        base_url,
+        credentials,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let reply = post(node.proxy_addr, "/v1/chat/completions", &key, chat("openai/gpt-4o", false)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    node.shutdown().await; // flushes the span exporter
+
+    let mut span = None;
+    for _ in 0..200 {
+        span = collector.0.lock().unwrap().iter().find(|s| s.name == "chat openai/gpt-4o").cloned();
+        if span.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let span = span.unwrap_or_else(|| {
+        panic!(
+            "no GenAI span; got {:?}",
+            collector.0.lock().unwrap().iter().map(|s| s.name.clone()).collect::<Vec<_>>()
+        )
+    });
+    let attribute =
+        |key: &str| span.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.clone()).and_then(|v| v.value);
+    assert_eq!(attribute("gen_ai.system"), Some(Any::StringValue("openai".into())));
+    assert_eq!(attribute("gen_ai.request.model"), Some(Any::StringValue("openai/gpt-4o".into())));
+    assert_eq!(attribute("gen_ai.response.model"), Some(Any::StringValue("gpt-4o".into())));
+    assert_eq!(attribute("gen_ai.usage.output_tokens"), Some(Any::IntValue(7)));
+    assert!(matches!(attribute("gen_ai.usage.input_tokens"), Some(Any::IntValue(n)) if n > 0));
+    assert!(matches!(attribute("gen_ai.response.finish_reasons"), Some(Any::ArrayValue(_))));
+    let server_span = collector.0.lock().unwrap().iter().find(|s| s.name == "proxy").cloned().expect("the proxy span");
+    assert_eq!(span.parent_span_id, server_span.span_id, "the GenAI span is a child of the request's span");
+    assert_eq!(span.trace_id, server_span.trace_id);
+}

@@ -38,6 +38,7 @@ pub struct AiCall {
     pub consumer_id: String,
     pub consumer_name: String,
     pub api_key: Option<Arc<ApiKey>>,
+    /// The proxy's span for this request, parent of the GenAI span.
     pub trace: Option<TraceCtx>,
     pub max_body_bytes: u64,
 }

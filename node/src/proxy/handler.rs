@@ -162,7 +162,8 @@ async fn proxy(
             consumer_id,
             consumer_name,
             api_key: ai_key,
-            trace: rctx.trace.as_ref().map(TraceCtx::child),
+            // The request's own span; the AI gateway opens its client span under it.
+            trace: rctx.trace.clone(),
             max_body_bytes: limit,
         };
         let served =

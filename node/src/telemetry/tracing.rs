@@ -76,6 +76,7 @@ pub fn shutdown() {
 }
 
 /// This request's place in a trace.
+#[derive(Clone)]
 pub struct TraceCtx {
     pub trace_id: TraceId,
     pub span_id: SpanId,
