@@ -43,8 +43,14 @@ impl Gateway {
     }
 
     async fn start_with_models(allowed_models: Vec<String>) -> Gateway {
+        Gateway::start_with(allowed_models, |_| {}).await
+    }
+
+    async fn start_with(allowed_models: Vec<String>, configure: impl FnOnce(&mut tollgate_node::Config)) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
-        let node = common::start_node(dir.path()).await;
+        let mut config = common::test_config(dir.path());
+        configure(&mut config);
+        let node = Node::start(config).await.expect("node starts");
         let mut admin = common::admin_client(node.admin_addr, TOKEN).await;
         admin.create_consumer(Consumer { name: "app".into(), ..Default::default() }).await.unwrap();
         let key = admin
@@ -697,42 +703,10 @@ async fn ai_requests_export_genai_spans() {
 
     let (collector_addr, collector) = otlp::start().await;
     let mock = mock_openai(LlmMockConfig { tokens: 7, ..Default::default() }).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = common::test_config(dir.path());
-    config.telemetry.otlp_endpoint = Some(format!("http://{collector_addr}"));
-    let node = Node::start(config).await.unwrap();
-    let mut admin = common::admin_client(node.admin_addr, TOKEN).await;
-    admin.create_consumer(Consumer { name: "app".into(), ..Default::default() }).await.unwrap();
-    let key = admin
-        .create_api_key(CreateApiKeyRequest { consumer: "app".into(), ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner()
-        .plaintext;
-    admin
-        .create_route(Route {
-            name: "llm".into(),
-            paths: vec![RoutePath { kind: PathMatch::Prefix as i32, path: "/v1".into() }],
-            auth: AuthMode::ApiKey as i32,
-            ai_gateway: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let channel = Channel::from_shared(format!("http://{}", node.admin_addr)).unwrap().connect().await.unwrap();
-    let mut ai = AiServiceClient::with_interceptor(channel, Bearer(TOKEN.into()));
-    let credentials = vec![ProviderCredential { id: "k".into(), secret: "sk-k".into(), ..Default::default() }];
-    let base_url = format!("{}/v1", mock.url());
-    ai.create_provider(Provider {
-        name: "openai".into(),
-        kind: ProviderKind::Openai as i32,
-        base_url,
-        credentials,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-
+    let endpoint = format!("http://{collector_addr}");
+    let mut gw = Gateway::start_with(vec![], |config| config.telemetry.otlp_endpoint = Some(endpoint)).await;
+    gw.provider("openai", ProviderKind::Openai, format!("{}/v1", mock.url()), &["k"]).await;
+    let Gateway { node, key, .. } = gw;
     let reply = post(node.proxy_addr, "/v1/chat/completions", &key, chat("openai/gpt-4o", false)).await;
     assert_eq!(reply.status, StatusCode::OK);
     node.shutdown().await; // flushes the span exporter
