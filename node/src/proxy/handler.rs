@@ -28,7 +28,7 @@ use super::health::InFlight;
 use super::lb::hash_key;
 use super::retry;
 use super::snapshot::{CompiledRoute, CompiledService, GatewaySnapshot};
-use super::upstream::{BoxError, UpstreamBody, UpstreamClient};
+use super::upstream::{BoxError, Upstream, UpstreamBody, UpstreamResponseBody};
 use super::{ProxyBody, ProxyContext};
 use crate::apikey;
 use crate::telemetry::tracing::{TRACEPARENT, TraceCtx};
@@ -210,9 +210,9 @@ async fn proxy(
 
     // upstream
     let client = route
-        .client
+        .upstream
         .as_ref()
-        .or(service.client.as_ref())
+        .or(service.upstream.as_ref())
         .ok_or_else(|| ProxyError::UpstreamTlsMisconfigured { service: service.name.clone() })?;
 
     let path = upstream_path(&route, &matched, parts.uri.path());
@@ -274,7 +274,7 @@ async fn proxy(
 async fn forward(
     service: &CompiledService,
     route: &CompiledRoute,
-    client: &UpstreamClient,
+    client: &Upstream,
     rctx: &mut RequestCtx,
     parts: http::request::Parts,
     body: Incoming,
@@ -335,10 +335,10 @@ async fn forward(
             }
         };
         let in_flight = InFlight::new(&target.state);
-        let sent = tokio::time::timeout(timeout, client.request(request)).await;
+        let sent = tokio::time::timeout(timeout, client.request(&target.authority, request)).await;
         outcome = match sent {
             Ok(Ok(response)) => Ok((response, in_flight)),
-            Ok(Err(error)) => Err(classify(&error, &target.authority, limit, timeout)),
+            Ok(Err(error)) => Err(classify(error.as_ref(), &target.authority, limit, timeout)),
             Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
                 target: target.authority.clone(),
                 timeout_ms: timeout.as_millis() as u64,
@@ -406,7 +406,12 @@ fn client_ip_key(rctx: &RequestCtx) -> u64 {
 
 /// Walks the error's causes: an oversized body is the client's fault (413),
 /// a timed-out connect is a timeout (504), anything else is a bad gateway.
-fn classify(error: &hyper_util::client::legacy::Error, authority: &str, limit: u64, timeout: Duration) -> ProxyError {
+fn classify(
+    error: &(dyn std::error::Error + Send + Sync + 'static),
+    authority: &str,
+    limit: u64,
+    timeout: Duration,
+) -> ProxyError {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     let mut reason = error.to_string();
     while let Some(e) = cause {
@@ -628,14 +633,14 @@ fn strip(rest: &str) -> String {
 /// in-flight count until the body ends, and enforces the route's idle timeout
 /// (the longest wait for the next chunk).
 struct ResponseBody {
-    inner: Incoming,
+    inner: UpstreamResponseBody,
     _in_flight: InFlight,
     idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
     target: String,
 }
 
 impl ResponseBody {
-    fn new(inner: Incoming, in_flight: InFlight, idle: Option<Duration>, target: String) -> ResponseBody {
+    fn new(inner: UpstreamResponseBody, in_flight: InFlight, idle: Option<Duration>, target: String) -> ResponseBody {
         let idle = idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
         ResponseBody { inner, _in_flight: in_flight, idle, target }
     }
@@ -659,7 +664,7 @@ impl Body for ResponseBody {
                 if let Some((d, sleep)) = &mut this.idle {
                     sleep.as_mut().reset(tokio::time::Instant::now() + *d);
                 }
-                Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
+                Poll::Ready(frame)
             }
             Poll::Pending => {
                 if let Some((d, sleep)) = &mut this.idle

@@ -10,6 +10,7 @@ mod health;
 mod ip_filter;
 mod jwt;
 mod lb;
+mod pool;
 mod retry;
 mod router;
 mod snapshot;
@@ -32,7 +33,7 @@ use tollgate_raft::GatewayState;
 
 pub use error::ProxyError;
 pub use snapshot::{GatewaySnapshot, Shared, TimeoutDefaults};
-pub use upstream::{BoxError, UpstreamClient, UpstreamClients};
+pub use upstream::{BoxError, Upstream, UpstreamClient, UpstreamClients};
 
 use crate::telemetry::access_log::AccessLog;
 

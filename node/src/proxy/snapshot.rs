@@ -22,7 +22,7 @@ use super::lb::{Balancer, CompiledTarget};
 use super::retry::RetryBudget;
 use super::router::Router;
 use super::transform::{HeaderOps, Rewrite};
-use super::upstream::{UpstreamClient, UpstreamClients};
+use super::upstream::{Upstream, UpstreamClient, UpstreamClients};
 use crate::telemetry::metrics::{Metrics, RouteMetrics, ServiceMetrics};
 
 pub struct GatewaySnapshot {
@@ -41,8 +41,10 @@ pub struct CompiledService {
     pub name: String,
     pub balancer: Balancer,
     pub targets: Vec<CompiledTarget>,
-    /// None when the TLS settings are unusable: the service answers 503.
+    /// For health probes. None when the TLS settings are unusable.
     pub client: Option<UpstreamClient>,
+    /// For proxied requests. None when the TLS settings are unusable: the service answers 503.
+    pub upstream: Option<Upstream>,
     pub scheme: &'static str,
     pub tls: Option<tollgate_proto::config::v1::UpstreamTls>,
     pub connect_timeout: Duration,
@@ -76,7 +78,7 @@ pub struct CompiledRoute {
     pub response_headers: Option<HeaderOps>,
     pub cache: Option<CacheSettings>,
     /// Set when the route overrides the service's connect timeout.
-    pub client: Option<UpstreamClient>,
+    pub upstream: Option<Upstream>,
     pub request_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
 }
@@ -236,6 +238,7 @@ fn compile_service(
         name: s.name.clone(),
         balancer: Balancer::new(s.lb_policy, &s.targets),
         targets,
+        upstream: shared.clients.upstream(connect_timeout, tls.as_ref()),
         client,
         scheme,
         tls,
@@ -271,9 +274,9 @@ fn compile_service(
 
 fn compile_route(r: &Route, service: Option<&CompiledService>, shared: &Shared) -> CompiledRoute {
     let service_name = service.map_or("", |s| s.name.as_str());
-    let client = match (r.connect_timeout_ms, service) {
+    let upstream = match (r.connect_timeout_ms, service) {
         (0, _) | (_, None) => None,
-        (ms, Some(s)) => shared.clients.get(Duration::from_millis(ms.into()), s.tls.as_ref()),
+        (ms, Some(s)) => shared.clients.upstream(Duration::from_millis(ms.into()), s.tls.as_ref()),
     };
     CompiledRoute {
         id: id_of(&r.meta),
@@ -290,7 +293,7 @@ fn compile_route(r: &Route, service: Option<&CompiledService>, shared: &Shared) 
             vary: c.vary_headers.iter().filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok()).collect(),
             max_body_bytes: if c.max_body_bytes == 0 { 1 << 20 } else { u64::from(c.max_body_bytes) },
         }),
-        client,
+        upstream,
         request_timeout: (r.request_timeout_ms > 0).then(|| Duration::from_millis(r.request_timeout_ms.into())),
         idle_timeout: (r.idle_timeout_ms > 0).then(|| Duration::from_millis(r.idle_timeout_ms.into())),
     }

@@ -6,7 +6,13 @@ use std::error::Error as StdError;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
 use hyper_util::client::legacy::Client;
@@ -15,6 +21,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tollgate_proto::config::v1::UpstreamTls;
+
+use super::pool::{Http1Pool, PooledBody};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -31,11 +39,86 @@ struct PoolKey {
 pub struct UpstreamClients {
     idle_timeout: Duration,
     pools: Mutex<HashMap<PoolKey, UpstreamClient>>,
+    http1: Mutex<HashMap<Duration, Arc<Http1Pool>>>,
+}
+
+/// How the proxy reaches a service's targets: plain HTTP through connections
+/// the request drives itself, TLS through hyper-util's client.
+#[derive(Clone)]
+pub enum Upstream {
+    Pooled(Arc<Http1Pool>),
+    Client(Box<UpstreamClient>),
+}
+
+impl Upstream {
+    pub async fn request(
+        &self,
+        authority: &str,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<UpstreamResponseBody>, BoxError> {
+        match self {
+            Upstream::Pooled(pool) => {
+                let response = pool.send(authority, request).await?;
+                Ok(response.map(UpstreamResponseBody::Pooled))
+            }
+            Upstream::Client(client) => {
+                let response = client.request(request).await?;
+                Ok(response.map(UpstreamResponseBody::Client))
+            }
+        }
+    }
+}
+
+pub enum UpstreamResponseBody {
+    Pooled(PooledBody),
+    Client(Incoming),
+}
+
+impl Body for UpstreamResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamResponseBody::Pooled(body) => Pin::new(body).poll_frame(cx),
+            UpstreamResponseBody::Client(body) => {
+                Pin::new(body).poll_frame(cx).map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamResponseBody::Pooled(body) => body.is_end_stream(),
+            UpstreamResponseBody::Client(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamResponseBody::Pooled(body) => body.size_hint(),
+            UpstreamResponseBody::Client(body) => body.size_hint(),
+        }
+    }
 }
 
 impl UpstreamClients {
     pub fn new(idle_timeout: Duration) -> UpstreamClients {
-        UpstreamClients { idle_timeout, pools: Mutex::new(HashMap::new()) }
+        UpstreamClients { idle_timeout, pools: Mutex::new(HashMap::new()), http1: Mutex::new(HashMap::new()) }
+    }
+
+    /// The data path's way to a service: the request-driven pool for plain
+    /// HTTP, the hyper-util client for TLS. None when the TLS settings are unusable.
+    pub fn upstream(&self, connect_timeout: Duration, tls: Option<&UpstreamTls>) -> Option<Upstream> {
+        if tls.is_some_and(|t| t.enabled) {
+            return self.get(connect_timeout, tls).map(|c| Upstream::Client(Box::new(c)));
+        }
+        let mut pools = self.http1.lock().unwrap_or_else(|p| p.into_inner());
+        let pool = pools
+            .entry(connect_timeout)
+            .or_insert_with(|| Arc::new(Http1Pool::new(connect_timeout, self.idle_timeout)))
+            .clone();
+        Some(Upstream::Pooled(pool))
     }
 
     /// Called while compiling a snapshot, never per request. A TLS setting

@@ -1,0 +1,349 @@
+//! Keep-alive HTTP/1.1 connections to plain-HTTP targets, driven by the
+//! request that uses them.
+//!
+//! hyper-util's pooled client spawns a task per connection and talks to it
+//! through a channel, so every proxied request crosses tasks twice and, on a
+//! one-core runtime, parks and wakes the scheduler around each crossing. Here
+//! the request's own task polls the connection — while sending, and then from
+//! the response body wrapper while the body streams — and puts it back in
+//! the pool when the response is complete, as Pingora does. TLS targets,
+//! health probes and JWKS keep the hyper-util client.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::upstream::{BoxError, UpstreamBody};
+
+type Connection = http1::Connection<TokioIo<TcpStream>, UpstreamBody>;
+
+/// An idle connection: the handle to send on, and the connection future that
+/// must be polled for anything to happen on the socket.
+struct Idle {
+    sender: SendRequest<UpstreamBody>,
+    conn: Pin<Box<Connection>>,
+    since: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("cannot connect to {authority}: {source}")]
+    Connect { authority: String, source: std::io::Error },
+    #[error("connect to {authority} timed out after {ms} ms")]
+    ConnectTimeout { authority: String, ms: u64 },
+    #[error("HTTP/1.1 handshake with {authority} failed: {source}")]
+    Handshake { authority: String, source: hyper::Error },
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+pub struct Http1Pool {
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle_per_target: usize,
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
+}
+
+impl Http1Pool {
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Http1Pool {
+        Http1Pool { connect_timeout, idle_timeout, max_idle_per_target: 1024, idle: Mutex::new(HashMap::new()) }
+    }
+
+    fn take_idle(&self, authority: &str) -> Option<Idle> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(authority)?;
+        while let Some(conn) = list.pop() {
+            if conn.since.elapsed() < self.idle_timeout {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, authority: &str, sender: SendRequest<UpstreamBody>, conn: Pin<Box<Connection>>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(authority.to_string()).or_default();
+        if list.len() < self.max_idle_per_target {
+            list.push(Idle { sender, conn, since: Instant::now() });
+        }
+    }
+
+    async fn connect(&self, authority: &str) -> Result<(SendRequest<UpstreamBody>, Pin<Box<Connection>>), PoolError> {
+        let connect = TcpStream::connect(authority);
+        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => return Err(PoolError::Connect { authority: authority.to_string(), source }),
+            Err(_) => {
+                let ms = self.connect_timeout.as_millis() as u64;
+                return Err(PoolError::ConnectTimeout { authority: authority.to_string(), ms });
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| PoolError::Handshake { authority: authority.to_string(), source })?;
+        Ok((sender, Box::pin(conn)))
+    }
+
+    /// A connection ready for a request: an idle one that is still open, or a new one.
+    async fn checkout(&self, authority: &str) -> Result<(SendRequest<UpstreamBody>, Pin<Box<Connection>>, bool), PoolError> {
+        while let Some(Idle { mut sender, mut conn, .. }) = self.take_idle(authority) {
+            // Nobody polled it while idle: this poll notices a close by the
+            // upstream (the connection future completes) and lets the
+            // dispatcher accept the next request.
+            let usable = std::future::poll_fn(|cx| {
+                if conn.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+                match sender.poll_ready(cx) {
+                    Poll::Ready(ready) => Poll::Ready(ready.is_ok()),
+                    Poll::Pending => Poll::Ready(false),
+                }
+            })
+            .await;
+            if usable {
+                return Ok((sender, conn, true));
+            }
+        }
+        let (sender, conn) = self.connect(authority).await?;
+        Ok((sender, conn, false))
+    }
+
+    /// Sends `request` to `authority` (host:port). The URI is sent in origin
+    /// form with a `Host` header, as an HTTP/1.1 origin server expects.
+    pub async fn send(
+        self: &Arc<Self>,
+        authority: &str,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, PoolError> {
+        if let Some(pq) = request.uri().path_and_query().cloned() {
+            *request.uri_mut() = pq.as_str().parse().expect("a path and query is a valid URI");
+        }
+        if !request.headers().contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(authority)
+        {
+            request.headers_mut().insert(header::HOST, host);
+        }
+        loop {
+            let (mut sender, mut conn, reused) = self.checkout(authority).await?;
+            let mut sending = std::pin::pin!(sender.try_send_request(request));
+            let mut conn_done = false;
+            let sent = std::future::poll_fn(|cx| {
+                if !conn_done && conn.as_mut().poll(cx).is_ready() {
+                    conn_done = true;
+                }
+                sending.as_mut().poll(cx)
+            })
+            .await;
+            match sent {
+                Ok(response) => {
+                    let (head, body) = response.into_parts();
+                    let conn = (!conn_done).then_some(conn);
+                    let body = PooledBody {
+                        body,
+                        conn,
+                        sender: Some(sender),
+                        pool: self.clone(),
+                        authority: authority.to_string(),
+                    };
+                    return Ok(Response::from_parts(head, body));
+                }
+                Err(mut error) => match error.take_message() {
+                    // Never written: a reused connection the upstream had just
+                    // closed. Safe to send again on a fresh one.
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(PoolError::Http(error.into_error())),
+                },
+            }
+        }
+    }
+}
+
+/// A response body from a pooled connection. Polling it also drives the
+/// connection; once the body has ended the connection goes back to the pool.
+pub struct PooledBody {
+    body: Incoming,
+    conn: Option<Pin<Box<Connection>>>,
+    sender: Option<SendRequest<UpstreamBody>>,
+    pool: Arc<Http1Pool>,
+    authority: String,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let (Some(conn), Some(sender)) = (self.conn.take(), self.sender.take()) {
+            self.pool.put_idle(&self.authority, sender, conn);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(conn) = &mut this.conn
+            && conn.as_mut().poll(cx).is_ready()
+        {
+            // The connection is finished (closed or failed); the body reports
+            // how that ended for it. Nothing goes back to the pool.
+            this.conn = None;
+        }
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            this.release();
+        }
+        frame.map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A body the server never polled (HEAD, 204, 304) is complete; one
+        // dropped half-read leaves the connection mid-message, so it closes.
+        if self.body.is_end_stream() {
+            self.release();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Empty};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn get(path: &str) -> Request<UpstreamBody> {
+        Request::get(format!("http://upstream{path}"))
+            .body(Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync())
+            .unwrap()
+    }
+
+    /// An HTTP/1.1 server that counts accepted connections and answers each
+    /// request on a connection with "ok"; it closes after `per_conn` requests
+    /// (saying so with `connection: close` when `announce` is set).
+    async fn server(per_conn: usize) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let (addr, accepted, _closed) = server_with(per_conn, true).await;
+        (addr, accepted)
+    }
+
+    async fn server_with(
+        per_conn: usize,
+        announce: bool,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>, tokio::sync::mpsc::UnboundedReceiver<()>) {
+        let (closed_tx, closed_rx) = tokio::sync::mpsc::unbounded_channel();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let closed = closed_tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    for _ in 0..per_conn {
+                        let mut seen = Vec::new();
+                        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let n = socket.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                return;
+                            }
+                            seen.extend_from_slice(&buf[..n]);
+                        }
+                        let head = String::from_utf8_lossy(&seen).to_string();
+                        assert!(head.starts_with("GET /x HTTP/1.1\r\n"), "origin form: {head}");
+                        assert!(head.to_ascii_lowercase().contains("\r\nhost: 127.0.0.1:"), "host header: {head}");
+                        let close = if per_conn == 1 && announce { "connection: close\r\n" } else { "" };
+                        let response = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{close}\r\nok");
+                        socket.write_all(response.as_bytes()).await.unwrap();
+                    }
+                    drop(socket);
+                    let _ = closed.send(());
+                });
+            }
+        });
+        (addr, accepted, closed_rx)
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_the_upstream_closed_is_replaced_without_an_error() {
+        let (addr, accepted, mut closed) = server_with(1, false).await;
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1), Duration::from_secs(60)));
+        for _ in 0..3 {
+            let response = pool.send(&addr, get("/x")).await.unwrap();
+            assert_eq!(&response.into_body().collect().await.unwrap().to_bytes()[..], b"ok");
+            // The upstream hangs up while the connection sits in the pool.
+            closed.recv().await.unwrap();
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_after_a_complete_body() {
+        let (addr, accepted) = server(usize::MAX).await;
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1), Duration::from_secs(60)));
+        for _ in 0..5 {
+            let response = pool.send(&addr, get("/x")).await.unwrap();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closes_is_not_reused() {
+        let (addr, accepted) = server(1).await;
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1), Duration::from_secs(60)));
+        for _ in 0..3 {
+            let response = pool.send(&addr, get("/x")).await.unwrap();
+            assert_eq!(&response.into_body().collect().await.unwrap().to_bytes()[..], b"ok");
+        }
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_half_read_body_closes_its_connection() {
+        let (addr, accepted) = server(usize::MAX).await;
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1), Duration::from_secs(60)));
+        let response = pool.send(&addr, get("/x")).await.unwrap();
+        drop(response);
+        let response = pool.send(&addr, get("/x")).await.unwrap();
+        assert_eq!(&response.into_body().collect().await.unwrap().to_bytes()[..], b"ok");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn refused_connections_are_a_clear_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1), Duration::from_secs(60)));
+        match pool.send(&addr, get("/x")).await {
+            Err(error) => assert!(matches!(error, PoolError::Connect { .. }), "{error}"),
+            Ok(_) => panic!("a closed port answered"),
+        }
+    }
+}
