@@ -737,3 +737,30 @@ async fn ai_requests_export_genai_spans() {
     assert_eq!(span.parent_span_id, server_span.span_id, "the GenAI span is a child of the request's span");
     assert_eq!(span.trace_id, server_span.trace_id);
 }
+
+#[tokio::test]
+async fn a_provider_that_stalls_mid_stream_ends_the_stream_with_an_error_and_is_accounted() {
+    // Two tokens a second: half a second of silence between tokens, against a 150 ms allowance.
+    let mock = mock_openai(LlmMockConfig { tokens: 20, tokens_per_second: 2.0, ..Default::default() }).await;
+    let mut gw = Gateway::start().await;
+    let credentials = vec![ProviderCredential { id: "k".into(), secret: "sk-k".into(), ..Default::default() }];
+    gw.ai
+        .create_provider(Provider {
+            name: "slow".into(),
+            kind: ProviderKind::Openai as i32,
+            base_url: format!("{}/v1", mock.url()),
+            credentials,
+            request_timeout_ms: 150,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let reply = gw.post("/v1/chat/completions", chat("slow/gpt-4o", true)).await;
+    assert_eq!(reply.status, StatusCode::OK, "headers came in time");
+    let (chunks, done) = sse_data(&reply.body);
+    assert!(!done, "a broken stream does not claim to be complete");
+    let error = chunks.last().expect("an error event ends the stream");
+    assert!(error["error"]["message"].as_str().unwrap().contains("sent nothing"), "{error}");
+    let row = gw.usage_of("slow/gpt-4o", 1).await;
+    assert_eq!((row.errors, row.requests), (1, 1));
+}

@@ -502,7 +502,9 @@ impl Attempts<'_> {
                     tokens::estimate_prompt_tokens(&request),
                 ))),
             };
-            let body = AiStream::new(response.into_body(), provider.adapter.stream_decoder(), encoder, account);
+            // A provider that falls silent mid-stream gets as long as it had for its headers.
+            let idle = provider.request_timeout;
+            let body = AiStream::new(response.into_body(), provider.adapter.stream_decoder(), encoder, account, idle);
             let mut out = Response::new(body.boxed_unsync());
             let headers = out.headers_mut();
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

@@ -6,6 +6,9 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
+
+use std::future::Future;
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
@@ -14,7 +17,7 @@ use tollgate_proto::config::v1::UsageOutcome;
 
 use super::account::{Accounting, Served};
 use super::anthropic_ingress::MessagesStreamEncoder;
-use super::error::{AdapterError, ErrorKind, anthropic_error_event};
+use super::error::{AdapterError, ErrorKind, ProviderError, anthropic_error_event};
 use super::provider::StreamDecoder;
 use super::types::{ChatChunk, Usage};
 use crate::proxy::BoxError;
@@ -34,6 +37,8 @@ pub struct AiStream {
     /// id/model/created of the last chunk, for the usage chunk we add at the end.
     last: Option<ChatChunk>,
     ended: bool,
+    /// Longest silence allowed from the provider mid-stream, and its timer.
+    idle: (Duration, Pin<Box<tokio::time::Sleep>>),
 }
 
 fn sse_data(json: &str) -> Bytes {
@@ -41,8 +46,15 @@ fn sse_data(json: &str) -> Bytes {
 }
 
 impl AiStream {
-    pub fn new(upstream: Incoming, decoder: Box<dyn StreamDecoder>, encoder: Encoder, account: Accounting) -> AiStream {
-        AiStream { upstream, decoder, encoder, pending: VecDeque::new(), account, last: None, ended: false }
+    pub fn new(
+        upstream: Incoming,
+        decoder: Box<dyn StreamDecoder>,
+        encoder: Encoder,
+        account: Accounting,
+        idle_timeout: Duration,
+    ) -> AiStream {
+        let idle = (idle_timeout, Box::pin(tokio::time::sleep(idle_timeout)));
+        AiStream { upstream, decoder, encoder, pending: VecDeque::new(), account, last: None, ended: false, idle }
     }
 
     fn emit(&mut self, chunks: Vec<ChatChunk>) {
@@ -170,8 +182,25 @@ impl Body for AiStream {
                 return Poll::Ready(None);
             }
             match Pin::new(&mut this.upstream).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if this.idle.1.as_mut().poll(cx).is_ready() {
+                        let silent = this.idle.0.as_millis() as u64;
+                        this.fail(AdapterError::UpstreamStream {
+                            provider: "provider",
+                            error: ProviderError {
+                                status: 504,
+                                kind: ErrorKind::Timeout,
+                                message: format!("the provider sent nothing for {silent} ms mid-stream"),
+                                retry_after: None,
+                            },
+                        });
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Some(Ok(frame))) => {
+                    let (limit, timer) = &mut this.idle;
+                    timer.as_mut().reset(tokio::time::Instant::now() + *limit);
                     if let Ok(data) = frame.into_data() {
                         match this.decoder.feed(&data) {
                             Ok(chunks) => this.emit(chunks),

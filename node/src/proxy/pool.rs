@@ -98,7 +98,10 @@ impl Http1Pool {
     }
 
     /// A connection ready for a request: an idle one that is still open, or a new one.
-    async fn checkout(&self, authority: &str) -> Result<(SendRequest<UpstreamBody>, Pin<Box<Connection>>, bool), PoolError> {
+    async fn checkout(
+        &self,
+        authority: &str,
+    ) -> Result<(SendRequest<UpstreamBody>, Pin<Box<Connection>>, bool), PoolError> {
         while let Some(Idle { mut sender, mut conn, .. }) = self.take_idle(authority) {
             // Nobody polled it while idle: this poll notices a close by the
             // upstream (the connection future completes) and lets the
