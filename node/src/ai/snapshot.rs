@@ -147,7 +147,8 @@ impl AiSnapshot {
                     base_url: p.base_url.trim_end_matches('/').to_string(),
                     api_version: Some(p.api_version.clone()).filter(|v| !v.is_empty()),
                     credentials,
-                    request_timeout: millis_or(p.request_timeout_ms, 60_000),
+                    // Long completions and reasoning models can take minutes before answering.
+                    request_timeout: millis_or(p.request_timeout_ms, 600_000),
                     cooldown: millis_or(p.cooldown_ms, 30_000),
                     headers: p.headers.iter().map(|h| (h.name.clone(), h.value.clone())).collect(),
                     pricing: default_pricing(p, kind),
