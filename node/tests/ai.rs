@@ -546,6 +546,11 @@ async fn keys_see_and_use_only_their_models_and_bad_input_gets_openai_errors() {
     assert_eq!(malformed.json()["error"]["type"], "invalid_request_error");
     let unauthenticated = post(gw.node.proxy_addr, "/v1/chat/completions", "tg_bad_key", chat("cheap", false)).await;
     assert_eq!(unauthenticated.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(unauthenticated.json()["error"]["type"], "authentication_error", "OpenAI's error shape");
+    let anthropic = post(gw.node.proxy_addr, "/v1/messages", "tg_bad_key", json!({})).await;
+    assert_eq!(anthropic.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(anthropic.json()["type"], "error", "Anthropic's error shape on /messages");
+    assert_eq!(anthropic.json()["error"]["type"], "authentication_error");
     assert_eq!(mock.requests().len(), 1, "only the allowed request reached the provider");
 
     // Secrets never come back from the admin API.

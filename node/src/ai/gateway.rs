@@ -93,6 +93,19 @@ fn error_response(ingress: Ingress, kind: ErrorKind, status: StatusCode, message
     json_response(status, bytes)
 }
 
+/// A failure of the proxy phases before the AI gateway (authentication, IP
+/// filter, body limit) on an AI route, in the caller's API format.
+pub fn gateway_error(error: &crate::proxy::ProxyError, request_id: &str, anthropic: bool) -> Response<ProxyBody> {
+    let status = error.status();
+    let kind = ErrorKind::from_status(status.as_u16());
+    let ingress = if anthropic { Ingress::Anthropic } else { Ingress::OpenAi };
+    let mut response = error_response(ingress, kind, status, &format!("{error} (request id {request_id})"));
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tollgate\""));
+    }
+    response
+}
+
 fn outcome(response: Response<ProxyBody>) -> AiOutcome {
     AiOutcome { response, provider: None, attempts: 0 }
 }

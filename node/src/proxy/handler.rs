@@ -76,6 +76,7 @@ pub async fn handle(
     };
     let method = request.method().clone();
     let path = ctx.access_log.enabled().then(|| request.uri().path().to_string());
+    let anthropic_client = request.uri().path().trim_end_matches('/').ends_with("/messages");
 
     let result = proxy(&ctx, &snapshot, &mut rctx, request).await;
     let mut response = match result {
@@ -84,7 +85,13 @@ pub async fn handle(
             if error.status().is_server_error() {
                 tracing::warn!(request_id = %rctx.request_id, %error, "request failed");
             }
-            error.into_response(&rctx.request_id)
+            match &rctx.route {
+                // AI clients (OpenAI and Anthropic SDKs) parse errors in their own format.
+                Some(route) if route.route.ai_gateway => {
+                    crate::ai::gateway::gateway_error(&error, &rctx.request_id, anthropic_client)
+                }
+                _ => error.into_response(&rctx.request_id),
+            }
         }
     };
     if let Some(route) = &rctx.route
