@@ -769,3 +769,48 @@ async fn a_provider_that_stalls_mid_stream_ends_the_stream_with_an_error_and_is_
     let row = gw.usage_of("slow/gpt-4o", 1).await;
     assert_eq!((row.errors, row.requests), (1, 1));
 }
+
+#[tokio::test]
+async fn messages_to_an_anthropic_provider_pass_through_untranslated() {
+    let mock = MockAnthropic::spawn(LlmMockConfig { tokens: 5, ..Default::default() }).await.unwrap();
+    let mut gw = Gateway::start().await;
+    gw.provider("claude", ProviderKind::Anthropic, mock.url(), &["a1"]).await;
+    gw.alias("sonnet", &[("claude", "claude-sonnet-4-5", 0)], 0).await;
+    // Fields the OpenAI form has no place for must reach Anthropic unchanged.
+    let request = json!({
+        "model": "sonnet", "max_tokens": 128, "metadata": {"user_id": "u-1"},
+        "system": [{"type": "text", "text": "Long shared context.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello", "cache_control": {"type": "ephemeral"}}]}]
+    });
+    let send_messages = |body: Value| {
+        let request = Request::post(format!("http://{}/v1/messages", gw.node.proxy_addr))
+            .header("x-api-key", gw.key.clone())
+            .header("anthropic-version", "2023-06-01")
+            .header("anthropic-beta", "prompt-caching-2024-07-31")
+            .body(full(Bytes::from(body.to_string())))
+            .unwrap();
+        async move { send(&http_client(), request).await }
+    };
+    let reply = send_messages(request.clone()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let body = reply.json();
+    assert_eq!(body["type"], "message");
+    assert_eq!(body["model"], "claude-sonnet-4-5", "the provider's own answer, untranslated");
+    let seen = mock.last_request().unwrap();
+    let upstream = seen.body.clone().unwrap();
+    assert_eq!(upstream["model"], "claude-sonnet-4-5");
+    assert_eq!(upstream["system"], request["system"], "cache_control survives");
+    assert_eq!(upstream["messages"], request["messages"]);
+    assert_eq!(upstream["metadata"], request["metadata"]);
+    assert_eq!(seen.header("anthropic-beta"), Some("prompt-caching-2024-07-31"));
+    assert_eq!(seen.credential.as_deref(), Some("sk-a1"));
+
+    let mut streaming = request;
+    streaming["stream"] = json!(true);
+    let reply = send_messages(streaming).await;
+    let events = sse_events(&reply.body);
+    assert_eq!(events.first().map(String::as_str), Some("message_start"));
+    assert_eq!(events.last().map(String::as_str), Some("message_stop"));
+    let row = gw.usage_of("claude/claude-sonnet-4-5", 2).await;
+    assert_eq!((row.errors, row.estimated, row.output_tokens), (0, 0, 10), "accounted from the passed-through stream");
+}

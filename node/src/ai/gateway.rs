@@ -40,6 +40,9 @@ pub struct AiCall {
     pub api_key: Option<Arc<ApiKey>>,
     /// The proxy's span for this request, parent of the GenAI span.
     pub trace: Option<TraceCtx>,
+    /// The caller's `anthropic-beta` header, forwarded when an Anthropic
+    /// request goes to an Anthropic provider as is.
+    pub anthropic_beta: Option<HeaderValue>,
     pub max_body_bytes: u64,
 }
 
@@ -157,11 +160,11 @@ pub async fn serve(
     let attempt = Attempts { shared, snapshot, metrics, call: &call, started, ingress };
     match endpoint {
         Endpoint::Chat(Ingress::OpenAi) => match serde_json::from_slice::<ChatRequest>(&bytes) {
-            Ok(request) => attempt.chat(request).await,
+            Ok(request) => attempt.chat(request, None).await,
             Err(error) => outcome(bad_request(ingress, &AdapterError::MalformedRequest(error))),
         },
         Endpoint::Chat(Ingress::Anthropic) => match anthropic_ingress::messages_request_to_chat(&bytes) {
-            Ok(request) => attempt.chat(request).await,
+            Ok(request) => attempt.chat(request, Some(&bytes)).await,
             Err(error) => outcome(bad_request(ingress, &error)),
         },
         Endpoint::Embeddings => match serde_json::from_slice::<EmbeddingsRequest>(&bytes) {
@@ -480,7 +483,10 @@ impl Attempts<'_> {
         Err(self.refuse(account, failure.kind(), failure.status(), &message))
     }
 
-    async fn chat(&self, request: ChatRequest) -> AiOutcome {
+    /// `anthropic_body` is the caller's original `/messages` body: sent as is
+    /// (but for the model) when the target is an Anthropic provider, so
+    /// nothing the canonical form lacks (cache_control, thinking) is lost.
+    async fn chat(&self, request: ChatRequest, anthropic_body: Option<&Bytes>) -> AiOutcome {
         if request.model.is_empty() {
             return outcome(error_response(
                 self.ingress,
@@ -494,9 +500,19 @@ impl Attempts<'_> {
         let request = Arc::new(request);
         let endpoint_name = if self.ingress == Ingress::Anthropic { "messages" } else { "chat.completions" };
         let mut account = self.accounting(endpoint_name, &requested, stream, PromptSource::Chat(request.clone()));
+        let passes_through = |candidate: &Candidate| {
+            anthropic_body.is_some() && candidate.provider.kind == super::provider::ProviderKind::Anthropic
+        };
         let answered = self
             .attempt(&mut account, &requested, |candidate, target| {
-                candidate.provider.adapter.chat_request(&request, target)
+                let mut upstream = candidate.provider.adapter.chat_request(&request, target)?;
+                if let Some(original) = anthropic_body.filter(|_| passes_through(candidate)) {
+                    *upstream.body_mut() = passthrough_body(original, target.model)?;
+                    if let Some(beta) = &self.call.anthropic_beta {
+                        upstream.headers_mut().insert("anthropic-beta", beta.clone());
+                    }
+                }
+                Ok(upstream)
             })
             .await;
         let (response, candidate) = match answered {
@@ -506,9 +522,11 @@ impl Attempts<'_> {
         let provider = candidate.provider.clone();
         let attempts = account.record.attempts;
         let provider_name = Some(provider.name.clone());
+        let passthrough = passes_through(&candidate);
 
         if stream {
             let encoder = match self.ingress {
+                _ if passthrough => Encoder::Passthrough,
                 Ingress::OpenAi => Encoder::OpenAi { include_usage: super::types::wants_usage_chunk(&request) },
                 Ingress::Anthropic => Encoder::Anthropic(Box::new(MessagesStreamEncoder::new(
                     &requested,
@@ -561,6 +579,8 @@ impl Attempts<'_> {
             error: None,
         });
         let json = match self.ingress {
+            // The provider's own answer, byte for byte: it is already in the caller's format.
+            _ if passthrough => Ok(bytes),
             Ingress::OpenAi => serde_json::to_vec(&answer).map(Bytes::from),
             Ingress::Anthropic => {
                 serde_json::to_vec(&anthropic_ingress::chat_response_to_messages(&answer, &requested)).map(Bytes::from)
@@ -643,6 +663,14 @@ impl Attempts<'_> {
         };
         AiOutcome { response, provider: Some(provider.name.clone()), attempts }
     }
+}
+
+/// The caller's Anthropic request with the target's model id.
+fn passthrough_body(original: &Bytes, model: &str) -> Result<Bytes, AdapterError> {
+    let mut body: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(original).map_err(AdapterError::MalformedRequest)?;
+    body.insert("model".into(), serde_json::Value::String(model.to_string()));
+    serde_json::to_vec(&body).map(Bytes::from).map_err(AdapterError::MalformedRequest)
 }
 
 fn with_provider(mut outcome: AiOutcome, account: &Accounting) -> AiOutcome {

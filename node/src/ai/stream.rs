@@ -24,8 +24,13 @@ use crate::proxy::BoxError;
 
 /// The caller's stream format.
 pub enum Encoder {
-    OpenAi { include_usage: bool },
+    OpenAi {
+        include_usage: bool,
+    },
     Anthropic(Box<MessagesStreamEncoder>),
+    /// The provider already speaks the caller's format: its bytes go out
+    /// unchanged and are decoded only for accounting.
+    Passthrough,
 }
 
 pub struct AiStream {
@@ -80,6 +85,7 @@ impl AiStream {
                     }
                 }
                 Encoder::Anthropic(encoder) => self.pending.extend(encoder.encode(&chunk)),
+                Encoder::Passthrough => {}
             }
             chunk.choices.clear();
             self.last = Some(chunk);
@@ -126,6 +132,7 @@ impl AiStream {
                 let usage = usage.clone().or_else(|| Some(estimated_usage(&self.account, self.decoder.output_text())));
                 self.pending.extend(encoder.finish(usage.as_ref(), finish_reason.as_deref()));
             }
+            Encoder::Passthrough => {}
         }
         let output_text = self.decoder.output_text().to_string();
         self.account.finish(Served {
@@ -149,7 +156,9 @@ impl AiStream {
                 let body = serde_json::json!({"error": {"message": message, "type": "server_error", "param": null, "code": "stream_interrupted"}});
                 self.pending.push_back(sse_data(&body.to_string()));
             }
-            Encoder::Anthropic(_) => self.pending.push_back(anthropic_error_event(kind, &message)),
+            Encoder::Anthropic(_) | Encoder::Passthrough => {
+                self.pending.push_back(anthropic_error_event(kind, &message))
+            }
         }
         let output_text = self.decoder.output_text().to_string();
         self.account.finish(Served {
@@ -202,6 +211,9 @@ impl Body for AiStream {
                     let (limit, timer) = &mut this.idle;
                     timer.as_mut().reset(tokio::time::Instant::now() + *limit);
                     if let Ok(data) = frame.into_data() {
+                        if matches!(this.encoder, Encoder::Passthrough) {
+                            this.pending.push_back(data.clone());
+                        }
                         match this.decoder.feed(&data) {
                             Ok(chunks) => this.emit(chunks),
                             Err(error) => this.fail(error),

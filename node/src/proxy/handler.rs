@@ -172,6 +172,7 @@ async fn proxy(
             // The request's own span; the AI gateway opens its client span under it.
             trace: rctx.trace.clone(),
             max_body_bytes: limit,
+            anthropic_beta: parts.headers.get("anthropic-beta").cloned(),
         };
         let served =
             crate::ai::gateway::serve(&ctx.shared.ai, &snapshot.ai, &ctx.shared.metrics, call, parts, body).await;
