@@ -244,6 +244,15 @@ async fn openai_chat_streaming_and_not_is_accounted_at_the_price_it_names() {
     assert_eq!(usage_chunks.len(), 1);
     assert_eq!(usage_chunks[0]["usage"]["completion_tokens"], 12);
     assert_eq!(usage_chunks[0]["choices"], json!([]));
+
+    // A model name no configuration knows does not mint metric series of its own.
+    let reply = gw.post("/v1/chat/completions", chat("openai/made-up-7f3a", false)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&common::get(gw.node.ops_addr, "/metrics", &[]).await.body).to_string();
+    assert!(text.contains("model=\"gpt-4o\""), "priced models keep their name");
+    assert!(text.contains("model=\"other\""), "{text}");
+    assert!(!text.contains("made-up-7f3a"), "client-chosen names stay out of the labels");
+    assert_eq!(gw.usage_of("openai/made-up-7f3a", 1).await.requests, 1, "the ledger still has the real name");
 }
 
 #[tokio::test]

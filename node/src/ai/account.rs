@@ -43,6 +43,7 @@ pub struct Accounting {
     system: &'static str,
     prompt: PromptSource,
     done: bool,
+    listed_model: bool,
 }
 
 pub struct Served<'a> {
@@ -77,6 +78,7 @@ impl Accounting {
             system: "tollgate",
             prompt,
             done: false,
+            listed_model: false,
         }
     }
 
@@ -96,7 +98,7 @@ impl Accounting {
             .attempt_errors
             .get_or_create(&AttemptErrorLabels {
                 provider: self.record.provider.clone(),
-                model: self.record.model.clone(),
+                model: self.model_label(),
                 credential: self.record.credential.clone(),
                 kind,
             })
@@ -115,8 +117,23 @@ impl Accounting {
     }
 
     pub fn fell_back(&self) {
-        let labels = ModelLabels { provider: self.record.provider.clone(), model: self.record.model.clone() };
+        let labels = ModelLabels { provider: self.record.provider.clone(), model: self.model_label() };
         self.metrics.ai.fallbacks.get_or_create(&labels).inc();
+    }
+
+    /// The model as a metric label. Configured models (alias targets, priced
+    /// or listed ones) keep their name; a free-form `provider/model` a client
+    /// made up is "other", so clients cannot create series without bound.
+    fn model_label(&self) -> String {
+        let r = &self.record;
+        let via_alias = r.requested_model != format!("{}/{}", r.provider, r.model);
+        let priced = r.price.as_ref().is_some_and(|p| p.source != "none");
+        if via_alias || priced || self.listed_model { r.model.clone() } else { "other".to_string() }
+    }
+
+    /// The provider lists this model explicitly (so it is configuration, not client input).
+    pub fn set_listed(&mut self, listed: bool) {
+        self.listed_model = listed;
     }
 
     pub fn first_token(&mut self) {
@@ -184,7 +201,9 @@ impl Accounting {
             _ => "error",
         };
         let ai = &self.metrics.ai;
-        let (provider, model, credential) = (r.provider.clone(), r.model.clone(), r.credential.clone());
+        let label = self.model_label();
+        let r = &mut self.record;
+        let (provider, model, credential) = (r.provider.clone(), label, r.credential.clone());
         let consumer = self.consumer_label.clone();
         ai.requests
             .get_or_create(&OutcomeLabels {
@@ -228,7 +247,7 @@ impl Accounting {
                 KeyValue::new("gen_ai.operation.name", operation),
                 KeyValue::new("gen_ai.system", self.system),
                 KeyValue::new("gen_ai.request.model", r.requested_model.clone()),
-                KeyValue::new("gen_ai.response.model", model.clone()),
+                KeyValue::new("gen_ai.response.model", r.model.clone()),
                 KeyValue::new("gen_ai.usage.input_tokens", input as i64),
                 KeyValue::new("gen_ai.usage.output_tokens", output as i64),
                 KeyValue::new("tollgate.ai.provider", provider),

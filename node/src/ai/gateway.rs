@@ -404,6 +404,7 @@ impl Attempts<'_> {
                     credential_id,
                     price.clone(),
                 );
+                account.set_listed(provider.models.iter().any(|m| m == &candidate.model));
                 let target = UpstreamTarget {
                     base_url: &provider.base_url,
                     model: &candidate.model,

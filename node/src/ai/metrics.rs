@@ -1,7 +1,7 @@
 //! Prometheus series of the AI gateway, per provider, model, credential and
 //! consumer. Label sets are bounded by configuration (providers, their keys,
-//! consumers), not by client input: unknown models are refused before any
-//! series is touched.
+//! consumers, aliases, priced or listed models), not by client input: a
+//! free-form `provider/model` that no configuration names is labelled "other".
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
