@@ -9,11 +9,11 @@ use tollgate_proto::admin::v1::*;
 use tollgate_proto::config::v1::{Meta, ModelAlias, ModelPrice, Provider};
 use tollgate_proto::raft::v1::command::Op;
 use tollgate_raft::secrets::{SecretBox, credential_context};
-use tollgate_raft::{Command, GatewayState, RaftNode};
+use tollgate_raft::{GatewayState, RaftNode};
 use tonic::{Request, Response, Status};
 
+use super::propose;
 use super::service::{fresh_meta, id_of, not_found, required, update_target};
-use super::status;
 use crate::ai::catalog::Catalog;
 use crate::ai::ledger::{LedgerError, UsageLedger};
 use crate::proxy::ProxyContext;
@@ -31,32 +31,15 @@ impl Ai {
     }
 
     async fn write<T: Message + Default>(&self, op: Op) -> Result<T, Status> {
-        let applied = self
-            .raft
-            .propose(Command::new(op, crate::clock::unix_ms(), "admin"))
-            .await
-            .map_err(status::from_propose)?;
-        self.proxy.wait_served(applied.revision).await;
-        let bytes = applied.entity.ok_or_else(|| Status::internal("the state machine returned no entity"))?;
-        T::decode(bytes.as_slice()).map_err(|e| Status::internal(format!("cannot decode applied entity: {e}")))
+        propose::write(&self.raft, &self.proxy, op).await
     }
 
     async fn delete(&self, op: Op) -> Result<Response<DeleteResponse>, Status> {
-        let applied = self
-            .raft
-            .propose(Command::new(op, crate::clock::unix_ms(), "admin"))
-            .await
-            .map_err(status::from_propose)?;
-        self.proxy.wait_served(applied.revision).await;
-        Ok(Response::new(DeleteResponse { revision: applied.revision }))
+        propose::delete(&self.raft, &self.proxy, op).await
     }
 
     async fn read_with(&self, stale: bool) -> Result<Arc<GatewayState>, Status> {
-        if stale {
-            Ok(self.raft.local_state())
-        } else {
-            self.raft.linearizable_state().await.map_err(status::from_node)
-        }
+        propose::read(&self.raft, stale).await
     }
 
     /// Seals every credential that carries a plaintext secret; one without a

@@ -4,6 +4,7 @@
 
 mod ai;
 mod cluster;
+mod propose;
 mod service;
 mod status;
 pub mod token;

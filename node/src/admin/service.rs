@@ -9,10 +9,10 @@ use tollgate_proto::admin::v1::admin_service_server::AdminService;
 use tollgate_proto::admin::v1::*;
 use tollgate_proto::config::v1::{ApiKey, AuthMode, Consumer, Meta, PathMatch, Route, Service};
 use tollgate_proto::raft::v1::command::Op;
-use tollgate_raft::{Command, GatewayState, RaftNode};
+use tollgate_raft::{GatewayState, RaftNode};
 use tonic::{Request, Response, Status};
 
-use super::status;
+use super::propose;
 use crate::apikey;
 use crate::proxy::ProxyContext;
 
@@ -27,27 +27,19 @@ impl Admin {
     }
 
     async fn write<T: Message + Default>(&self, op: Op) -> Result<T, Status> {
-        let command = Command::new(op, crate::clock::unix_ms(), "admin");
-        let applied = self.raft.propose(command).await.map_err(status::from_propose)?;
-        self.proxy.wait_served(applied.revision).await;
-        let bytes = applied.entity.ok_or_else(|| Status::internal("the state machine returned no entity"))?;
-        T::decode(bytes.as_slice()).map_err(|e| Status::internal(format!("cannot decode applied entity: {e}")))
+        propose::write(&self.raft, &self.proxy, op).await
     }
 
     async fn delete(&self, op: Op) -> Result<Response<DeleteResponse>, Status> {
-        let command = Command::new(op, crate::clock::unix_ms(), "admin");
-        let applied = self.raft.propose(command).await.map_err(status::from_propose)?;
-        self.proxy.wait_served(applied.revision).await;
-        Ok(Response::new(DeleteResponse { revision: applied.revision }))
+        propose::delete(&self.raft, &self.proxy, op).await
     }
 
     async fn read(&self) -> Result<Arc<GatewayState>, Status> {
-        self.raft.linearizable_state().await.map_err(status::from_node)
+        propose::read(&self.raft, false).await
     }
 
-    /// Linearizable unless the caller asked for this node's possibly stale view.
     async fn read_with(&self, stale: bool) -> Result<Arc<GatewayState>, Status> {
-        if stale { Ok(self.raft.local_state()) } else { self.read().await }
+        propose::read(&self.raft, stale).await
     }
 
     async fn service_id(&self, id_or_name: &str) -> Result<String, Status> {

@@ -42,6 +42,8 @@ pub struct Accounting {
     trace: Option<TraceCtx>,
     system: &'static str,
     prompt: PromptSource,
+    /// The tokenizer's count of the prompt, computed at most once.
+    prompt_tokens: std::sync::OnceLock<u64>,
     done: bool,
     listed_model: bool,
 }
@@ -50,6 +52,8 @@ pub struct Served<'a> {
     pub outcome: UsageOutcome,
     pub http_status: u16,
     pub usage: Option<Usage>,
+    /// `usage` is the gateway's own count (already estimated by the caller), not the provider's.
+    pub usage_is_estimate: bool,
     /// Output produced so far, for estimating when usage is missing or partial.
     pub output_text: &'a str,
     pub finish_reason: Option<String>,
@@ -77,6 +81,7 @@ impl Accounting {
             trace,
             system: "tollgate",
             prompt,
+            prompt_tokens: std::sync::OnceLock::new(),
             done: false,
             listed_model: false,
         }
@@ -143,7 +148,7 @@ impl Accounting {
     }
 
     pub fn prompt_estimate(&self) -> u64 {
-        self.prompt.estimate()
+        *self.prompt_tokens.get_or_init(|| self.prompt.estimate())
     }
 
     pub fn is_done(&self) -> bool {
@@ -154,6 +159,7 @@ impl Accounting {
     /// part it did not report before a stream broke) the tokenizer's, marked estimated.
     fn tokens(&self, served: &Served<'_>) -> (u64, u64, u64, bool) {
         match &served.usage {
+            Some(u) if served.usage_is_estimate => (u.prompt_tokens, 0, u.completion_tokens, true),
             Some(u) => {
                 let mut output = u.completion_tokens;
                 let mut estimated = false;
@@ -163,12 +169,12 @@ impl Accounting {
                 }
                 let mut input = u.prompt_tokens;
                 if input == 0 {
-                    input = self.prompt.estimate();
+                    input = self.prompt_estimate();
                     estimated = true;
                 }
                 (input, u.cached_tokens().min(input), output, estimated)
             }
-            None => (self.prompt.estimate(), 0, tokens::count_tokens(served.output_text), true),
+            None => (self.prompt_estimate(), 0, tokens::count_tokens(served.output_text), true),
         }
     }
 

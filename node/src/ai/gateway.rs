@@ -296,11 +296,18 @@ impl Attempts<'_> {
             outcome: UsageOutcome::Error,
             http_status: status.as_u16(),
             usage: None,
+            usage_is_estimate: false,
             output_text: "",
             finish_reason: None,
             error: Some(message.to_string()),
         });
         outcome(error_response(self.ingress, kind, status, message))
+    }
+
+    /// A 2xx from the provider whose body could not be read or understood.
+    fn bad_answer(&self, account: &mut Accounting, message: &str) -> AiOutcome {
+        let refused = self.refuse(account, ErrorKind::Server, StatusCode::BAD_GATEWAY, message);
+        with_provider(refused, account)
     }
 
     async fn send(
@@ -365,9 +372,7 @@ impl Attempts<'_> {
             let price = self.snapshot.price(self.shared.catalog, provider, &candidate.model);
             let mut backoff = plan.backoff;
             for try_no in 0..=plan.retries {
-                let needs_key = !provider.credentials.is_empty()
-                    || provider.kind != super::provider::ProviderKind::OpenAiCompatible;
-                let credential: Option<&CompiledCredential> = if needs_key {
+                let credential: Option<&CompiledCredential> = if !provider.keyless {
                     match pick_credential(provider, &self.shared.cooldowns) {
                         Some(c) => Some(c),
                         None => {
@@ -546,22 +551,11 @@ impl Attempts<'_> {
 
         let bytes = match read_limited(response.into_body(), MAX_ANSWER_BODY, provider.request_timeout).await {
             Ok(bytes) => bytes,
-            Err(message) => {
-                return with_provider(
-                    self.refuse(&mut account, ErrorKind::Server, StatusCode::BAD_GATEWAY, &message),
-                    &account,
-                );
-            }
+            Err(message) => return self.bad_answer(&mut account, &message),
         };
         let answer = match provider.adapter.chat_response(&bytes) {
             Ok(answer) => answer,
-            Err(error) => {
-                let message = error.to_string();
-                return with_provider(
-                    self.refuse(&mut account, ErrorKind::Server, StatusCode::BAD_GATEWAY, &message),
-                    &account,
-                );
-            }
+            Err(error) => return self.bad_answer(&mut account, &error.to_string()),
         };
         let output_text: String = answer.choices.iter().map(|c| c.message.text()).collect::<Vec<_>>().join("");
         let finish_reason = answer.choices.first().and_then(|c| c.finish_reason.clone());
@@ -570,11 +564,11 @@ impl Attempts<'_> {
         if estimated {
             answer.usage = Some(Usage::new(account.prompt_estimate(), tokens::count_tokens(&output_text), None));
         }
-        let usage = if estimated { None } else { answer.usage.clone() };
         account.finish(Served {
             outcome: UsageOutcome::Ok,
             http_status: 200,
-            usage,
+            usage: answer.usage.clone(),
+            usage_is_estimate: estimated,
             output_text: &output_text,
             finish_reason,
             error: None,
@@ -634,12 +628,7 @@ impl Attempts<'_> {
             .and_then(|bytes| provider.adapter.embeddings_response(&bytes).map_err(|e| e.to_string()))
         {
             Ok(answer) => answer,
-            Err(message) => {
-                return with_provider(
-                    self.refuse(&mut account, ErrorKind::Server, StatusCode::BAD_GATEWAY, &message),
-                    &account,
-                );
-            }
+            Err(message) => return self.bad_answer(&mut account, &message),
         };
         let mut answer = answer;
         let usage = answer.usage.as_ref().map(|u| Usage::new(u.prompt_tokens, 0, None));
@@ -652,6 +641,7 @@ impl Attempts<'_> {
             outcome: UsageOutcome::Ok,
             http_status: 200,
             usage,
+            usage_is_estimate: false,
             output_text: "",
             finish_reason: None,
             error: None,

@@ -42,6 +42,8 @@ pub struct CompiledProvider {
     pub api_version: Option<String>,
     /// Enabled keys whose secret opened.
     pub credentials: Vec<CompiledCredential>,
+    /// Configured without keys (a local vLLM or Ollama): requests carry none.
+    pub keyless: bool,
     pub request_timeout: Duration,
     pub cooldown: Duration,
     pub headers: Vec<(String, String)>,
@@ -65,7 +67,10 @@ pub struct CompiledAlias {
 
 #[derive(Default)]
 pub struct AiSnapshot {
+    /// By id.
     pub providers: HashMap<String, Arc<CompiledProvider>>,
+    /// The same providers by name, for direct `provider/model` requests.
+    pub providers_by_name: HashMap<String, Arc<CompiledProvider>>,
     pub aliases: HashMap<String, Arc<CompiledAlias>>,
     pub prices: HashMap<String, Arc<ModelPrice>>,
 }
@@ -147,6 +152,7 @@ impl AiSnapshot {
                     base_url: p.base_url.trim_end_matches('/').to_string(),
                     api_version: Some(p.api_version.clone()).filter(|v| !v.is_empty()),
                     credentials,
+                    keyless: p.credentials.is_empty(),
                     // Long completions and reasoning models can take minutes before answering.
                     request_timeout: millis_or(p.request_timeout_ms, 600_000),
                     cooldown: millis_or(p.cooldown_ms, 30_000),
@@ -182,11 +188,12 @@ impl AiSnapshot {
             })
             .collect();
         let prices = state.model_prices().map(|p| (p.name.clone(), p.clone())).collect();
-        AiSnapshot { providers, aliases, prices }
+        let providers_by_name = providers.values().map(|p| (p.name.clone(), p.clone())).collect();
+        AiSnapshot { providers, providers_by_name, aliases, prices }
     }
 
     pub fn provider_named(&self, name: &str) -> Option<&Arc<CompiledProvider>> {
-        self.providers.values().find(|p| p.name == name)
+        self.providers_by_name.get(name)
     }
 
     /// Where a request for `requested` goes: an alias's targets (higher
@@ -312,6 +319,7 @@ mod tests {
             adapter: provider::adapter(ProviderKind::OpenAi),
             base_url: "http://127.0.0.1:1".into(),
             api_version: None,
+            keyless: keys.is_empty(),
             credentials: keys
                 .iter()
                 .map(|(k, w)| CompiledCredential { id: k.to_string(), secret: format!("sk-{k}"), weight: *w })
@@ -346,7 +354,9 @@ mod tests {
     #[test]
     fn direct_models_need_a_known_provider_and_a_listed_model() {
         let mut snap = AiSnapshot::default();
-        snap.providers.insert("a".into(), provider("a", &[("k", 1)]));
+        let a = provider("a", &[("k", 1)]);
+        snap.providers.insert("a".into(), a.clone());
+        snap.providers_by_name.insert("a".into(), a);
         assert_eq!(snap.plan("a/listed", &[]).unwrap().candidates[0].model, "listed");
         assert!(matches!(snap.plan("a/other", &[]), Err(PlanError::UnknownModel(_))));
         assert!(matches!(snap.plan("nobody/listed", &[]), Err(PlanError::UnknownModel(_))));

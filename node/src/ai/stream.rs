@@ -105,23 +105,20 @@ impl AiStream {
         out.freeze()
     }
 
-    fn final_usage(&self) -> Option<Usage> {
-        self.decoder.usage()
-    }
-
     fn complete(&mut self) {
         self.ended = true;
-        let usage = self.final_usage();
+        // The provider's counts, else what we will bill: the tokenizer's, counted once.
+        let (usage, usage_is_estimate) = match self.decoder.usage() {
+            Some(usage) => (usage, false),
+            None => (estimated_usage(&self.account, self.decoder.output_text()), true),
+        };
         let finish_reason = self.decoder.finish_reason();
         match &mut self.encoder {
             Encoder::OpenAi { include_usage } => {
                 if *include_usage {
                     let mut chunk = self.last.clone().unwrap_or_else(|| ChatChunk::new("chatcmpl-tollgate", 0, ""));
                     chunk.choices.clear();
-                    chunk.usage = Some(usage.clone().unwrap_or_else(|| {
-                        // The provider sent none: report what we will bill, the estimate.
-                        estimated_usage(&self.account, self.decoder.output_text())
-                    }));
+                    chunk.usage = Some(usage.clone());
                     if let Ok(json) = serde_json::to_string(&chunk) {
                         self.pending.push_back(sse_data(&json));
                     }
@@ -129,8 +126,7 @@ impl AiStream {
                 self.pending.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
             }
             Encoder::Anthropic(encoder) => {
-                let usage = usage.clone().or_else(|| Some(estimated_usage(&self.account, self.decoder.output_text())));
-                self.pending.extend(encoder.finish(usage.as_ref(), finish_reason.as_deref()));
+                self.pending.extend(encoder.finish(Some(&usage), finish_reason.as_deref()));
             }
             Encoder::Passthrough => {}
         }
@@ -138,7 +134,8 @@ impl AiStream {
         self.account.finish(Served {
             outcome: UsageOutcome::Ok,
             http_status: 200,
-            usage,
+            usage: Some(usage),
+            usage_is_estimate,
             output_text: &output_text,
             finish_reason,
             error: None,
@@ -165,6 +162,7 @@ impl AiStream {
             outcome: UsageOutcome::Error,
             http_status: 200,
             usage: self.decoder.usage(),
+            usage_is_estimate: false,
             output_text: &output_text,
             finish_reason: self.decoder.finish_reason(),
             error: Some(error.to_string()),
@@ -256,6 +254,7 @@ impl Drop for AiStream {
                 outcome: UsageOutcome::Cancelled,
                 http_status: 499,
                 usage: self.decoder.usage(),
+                usage_is_estimate: false,
                 output_text: &output_text,
                 finish_reason: self.decoder.finish_reason(),
                 error: Some("the client closed the connection before the answer was complete".into()),

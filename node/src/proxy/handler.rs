@@ -17,7 +17,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use tollgate_proto::config::v1::{AuthMode, Consumer, HashOn};
+use tollgate_proto::config::v1::{ApiKey, AuthMode, Consumer, HashOn};
 
 use super::cache::{self, RequestPolicy};
 use super::circuit::Admit;
@@ -133,11 +133,12 @@ async fn proxy(
     }
 
     // authenticate
-    let authenticated = authenticate(snapshot, &route, &parts.headers)?;
-    let ai_key = if route.route.ai_gateway { presented_api_key(snapshot, &parts.headers) } else { None };
-    let ai_consumer =
-        authenticated.map(|c| (c.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(), c.name.clone()));
-    if let Some(consumer) = authenticated {
+    let caller = authenticate(snapshot, &route, &parts.headers)?;
+    let ai_key = caller.as_ref().and_then(|c| c.key).filter(|_| route.route.ai_gateway).cloned();
+    let ai_consumer = caller
+        .as_ref()
+        .map(|c| (c.consumer.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(), c.consumer.name.clone()));
+    if let Some(Caller { consumer, .. }) = caller {
         rctx.consumer = Some(consumer.name.clone());
         let consumer_id = consumer.meta.as_ref().map(|m| m.id.as_str()).unwrap_or_default();
         parts.headers.insert(X_CONSUMER_ID.clone(), HeaderValue::from_str(consumer_id).map_err(bad_header)?);
@@ -319,12 +320,16 @@ async fn forward(
         rctx.attempts += 1;
         let target = &service.targets[index];
         rctx.upstream = Some(target.authority.clone());
-        let uri = Uri::builder()
-            .scheme(service.scheme)
-            .authority(target.authority.as_str())
-            .path_and_query(path_and_query.clone())
-            .build()
-            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        let uri = if client.sends_origin_form() {
+            Uri::from(path_and_query.clone())
+        } else {
+            Uri::builder()
+                .scheme(service.scheme)
+                .authority(target.authority.as_str())
+                .path_and_query(path_and_query.clone())
+                .build()
+                .map_err(|e| ProxyError::BadRequest(e.to_string()))?
+        };
         let request = match first.take() {
             Some((mut parts, body)) => {
                 parts.uri = uri;
@@ -440,12 +445,25 @@ fn classify(
     ProxyError::UpstreamUnavailable { target: authority.to_string(), reason }
 }
 
-/// The authenticate phase: the consumer, or None on an open route.
+/// Who a request authenticated as: the consumer, and the API key when that
+/// is how it did (the AI gateway checks which models the key may use).
+struct Caller<'s> {
+    consumer: &'s Consumer,
+    key: Option<&'s Arc<ApiKey>>,
+}
+
+impl<'s> From<&'s Consumer> for Caller<'s> {
+    fn from(consumer: &'s Consumer) -> Caller<'s> {
+        Caller { consumer, key: None }
+    }
+}
+
+/// The authenticate phase: the caller, or None on an open route.
 fn authenticate<'s>(
     snapshot: &'s GatewaySnapshot,
     route: &CompiledRoute,
     headers: &http::HeaderMap,
-) -> Result<Option<&'s Consumer>, ProxyError> {
+) -> Result<Option<Caller<'s>>, ProxyError> {
     let mode = AuthMode::try_from(route.route.auth).unwrap_or(AuthMode::ApiKey);
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -455,9 +473,9 @@ fn authenticate<'s>(
     let looks_like_jwt = |t: &str| t.bytes().filter(|b| *b == b'.').count() == 2;
     match mode {
         AuthMode::None => Ok(None),
-        AuthMode::Jwt => authenticate_jwt(snapshot, route, bearer).map(Some),
+        AuthMode::Jwt => authenticate_jwt(snapshot, route, bearer).map(|c| Some(c.into())),
         AuthMode::ApiKeyOrJwt if bearer.is_some_and(looks_like_jwt) => {
-            authenticate_jwt(snapshot, route, bearer).map(Some)
+            authenticate_jwt(snapshot, route, bearer).map(|c| Some(c.into()))
         }
         AuthMode::ApiKeyOrJwt | AuthMode::ApiKey | AuthMode::Unspecified => {
             let presented = bearer.or_else(|| headers.get(&X_API_KEY).and_then(|v| v.to_str().ok()));
@@ -485,23 +503,7 @@ fn authenticate_jwt<'s>(
     }
 }
 
-/// The API key record behind the request's credentials, when it carried one
-/// (the AI gateway checks which models the key may use).
-fn presented_api_key(
-    snapshot: &GatewaySnapshot,
-    headers: &http::HeaderMap,
-) -> Option<Arc<tollgate_proto::config::v1::ApiKey>> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
-    let presented = bearer.or_else(|| headers.get(&X_API_KEY).and_then(|v| v.to_str().ok()))?;
-    let parsed = apikey::parse(presented.trim())?;
-    let key = snapshot.api_keys.get(parsed.id)?;
-    parsed.matches(&key.secret_sha256).then(|| key.clone())
-}
-
-fn authenticate_key<'s>(snapshot: &'s GatewaySnapshot, presented: Option<&str>) -> Result<&'s Consumer, ProxyError> {
+fn authenticate_key<'s>(snapshot: &'s GatewaySnapshot, presented: Option<&str>) -> Result<Caller<'s>, ProxyError> {
     let presented = presented.ok_or(ProxyError::Unauthorized(
         "this route requires an API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`",
     ))?;
@@ -517,7 +519,7 @@ fn authenticate_key<'s>(snapshot: &'s GatewaySnapshot, presented: Option<&str>) 
     snapshot
         .consumers
         .get(&key.consumer_id)
-        .map(|c| c.as_ref())
+        .map(|c| Caller { consumer: c.as_ref(), key: Some(key) })
         .ok_or(ProxyError::Unauthorized("the API key is invalid, disabled or expired"))
 }
 

@@ -72,10 +72,15 @@ impl Http1Pool {
     }
 
     fn put_idle(&self, authority: &str, sender: SendRequest<UpstreamBody>, conn: Pin<Box<Connection>>) {
+        let idle_conn = Idle { sender, conn, since: Instant::now() };
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(authority.to_string()).or_default();
-        if list.len() < self.max_idle_per_target {
-            list.push(Idle { sender, conn, since: Instant::now() });
+        // Allocate the key only for a target's first connection, not per release.
+        match idle.get_mut(authority) {
+            Some(list) if list.len() < self.max_idle_per_target => list.push(idle_conn),
+            Some(_) => {}
+            None => {
+                idle.insert(authority.to_string(), vec![idle_conn]);
+            }
         }
     }
 
@@ -131,8 +136,10 @@ impl Http1Pool {
         authority: &str,
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
-        if let Some(pq) = request.uri().path_and_query().cloned() {
-            *request.uri_mut() = pq.as_str().parse().expect("a path and query is a valid URI");
+        if request.uri().authority().is_some()
+            && let Some(pq) = request.uri().path_and_query().cloned()
+        {
+            *request.uri_mut() = http::Uri::from(pq);
         }
         if !request.headers().contains_key(header::HOST)
             && let Ok(host) = HeaderValue::from_str(authority)

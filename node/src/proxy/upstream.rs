@@ -51,6 +51,12 @@ pub enum Upstream {
 }
 
 impl Upstream {
+    /// The pool writes the request line as given and takes the target from
+    /// its own argument, so callers need not build an absolute URI for it.
+    pub fn sends_origin_form(&self) -> bool {
+        matches!(self, Upstream::Pooled(_))
+    }
+
     pub async fn request(
         &self,
         authority: &str,

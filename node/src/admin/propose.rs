@@ -1,0 +1,38 @@
+//! What every admin write and read does, for each admin service: propose a
+//! command and return once it is live in this node's proxy; read the state
+//! linearizably unless the caller accepts this node's view.
+
+use std::sync::Arc;
+
+use prost::Message;
+use tollgate_proto::admin::v1::DeleteResponse;
+use tollgate_proto::raft::v1::command::Op;
+use tollgate_raft::{Applied, Command, GatewayState, RaftNode};
+use tonic::{Response, Status};
+
+use super::status;
+use crate::proxy::ProxyContext;
+
+async fn commit(raft: &RaftNode, proxy: &ProxyContext, op: Op) -> Result<Applied, Status> {
+    let command = Command::new(op, crate::clock::unix_ms(), "admin");
+    let applied = raft.propose(command).await.map_err(status::from_propose)?;
+    proxy.wait_served(applied.revision).await;
+    Ok(applied)
+}
+
+/// Proposes `op` and returns the entity it created or updated.
+pub(super) async fn write<T: Message + Default>(raft: &RaftNode, proxy: &ProxyContext, op: Op) -> Result<T, Status> {
+    let applied = commit(raft, proxy, op).await?;
+    let bytes = applied.entity.ok_or_else(|| Status::internal("the state machine returned no entity"))?;
+    T::decode(bytes.as_slice()).map_err(|e| Status::internal(format!("cannot decode applied entity: {e}")))
+}
+
+pub(super) async fn delete(raft: &RaftNode, proxy: &ProxyContext, op: Op) -> Result<Response<DeleteResponse>, Status> {
+    let applied = commit(raft, proxy, op).await?;
+    Ok(Response::new(DeleteResponse { revision: applied.revision }))
+}
+
+/// Linearizable unless the caller asked for this node's possibly stale view.
+pub(super) async fn read(raft: &RaftNode, stale: bool) -> Result<Arc<GatewayState>, Status> {
+    if stale { Ok(raft.local_state()) } else { raft.linearizable_state().await.map_err(status::from_node) }
+}
