@@ -83,7 +83,7 @@ fn refresh_gauges(proxy: &ProxyContext, raft: &RaftNode) {
     m.upstream_in_flight.clear();
     for service in snapshot.services.values() {
         for target in &service.targets {
-            let labels = TargetLabels { service: service.name.clone(), target: target.authority.clone() };
+            let labels = TargetLabels { service: service.name.clone(), target: target.authority.to_string() };
             m.upstream_healthy.get_or_create(&labels).set(i64::from(target.state.available()));
             m.upstream_in_flight.get_or_create(&labels).set(target.state.in_flight.load(Ordering::Relaxed) as i64);
         }

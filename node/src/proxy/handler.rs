@@ -4,7 +4,7 @@
 //! between as they are built. Each phase is a plain function; `proxy` reads
 //! top to bottom in phase order, and `handle` always runs `account`.
 
-use std::net::SocketAddr;
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -29,7 +29,7 @@ use super::lb::hash_key;
 use super::retry;
 use super::snapshot::{CompiledRoute, CompiledService, GatewaySnapshot};
 use super::upstream::{BoxError, Upstream, UpstreamBody, UpstreamResponseBody};
-use super::{ProxyBody, ProxyContext};
+use super::{ClientConn, ProxyBody, ProxyContext};
 use crate::apikey;
 use crate::telemetry::tracing::{TRACEPARENT, TraceCtx};
 
@@ -40,23 +40,28 @@ static X_CACHE: http::HeaderName = http::HeaderName::from_static("x-cache");
 
 /// Per-request facts the phases hand to each other and to `account`.
 struct RequestCtx {
-    request_id: String,
-    client: SocketAddr,
-    tls: bool,
+    /// Validated as visible ASCII, so it is also a `&str` (see `id`).
+    request_id: HeaderValue,
+    client: Arc<ClientConn>,
     route: Option<Arc<CompiledRoute>>,
-    service: Option<String>,
+    service: Option<Arc<str>>,
     consumer: Option<String>,
-    upstream: Option<String>,
+    upstream: Option<Arc<str>>,
     origin: Option<HeaderValue>,
     cache: Option<&'static str>,
     attempts: u32,
     trace: Option<TraceCtx>,
 }
 
+impl RequestCtx {
+    fn id(&self) -> &str {
+        self.request_id.to_str().unwrap_or_default()
+    }
+}
+
 pub async fn handle(
     ctx: Arc<ProxyContext>,
-    client: SocketAddr,
-    tls: bool,
+    client: Arc<ClientConn>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let started = Instant::now();
@@ -64,7 +69,6 @@ pub async fn handle(
     let mut rctx = RequestCtx {
         request_id: headers::request_id(request.headers()),
         client,
-        tls,
         route: None,
         service: None,
         consumer: None,
@@ -83,14 +87,14 @@ pub async fn handle(
         Ok(response) => response,
         Err(error) => {
             if error.status().is_server_error() {
-                tracing::warn!(request_id = %rctx.request_id, %error, "request failed");
+                tracing::warn!(request_id = rctx.id(), %error, "request failed");
             }
             match &rctx.route {
                 // AI clients (OpenAI and Anthropic SDKs) parse errors in their own format.
                 Some(route) if route.route.ai_gateway => {
-                    crate::ai::gateway::gateway_error(&error, &rctx.request_id, anthropic_client)
+                    crate::ai::gateway::gateway_error(&error, rctx.id(), anthropic_client)
                 }
-                _ => error.into_response(&rctx.request_id),
+                _ => error.into_response(rctx.id()),
             }
         }
     };
@@ -99,9 +103,7 @@ pub async fn handle(
     {
         cors.decorate(rctx.origin.as_ref(), response.headers_mut());
     }
-    if let Ok(id) = HeaderValue::from_str(&rctx.request_id) {
-        response.headers_mut().insert(X_REQUEST_ID.clone(), id);
-    }
+    response.headers_mut().insert(X_REQUEST_ID.clone(), rctx.request_id.clone());
     account(&ctx, rctx, &method, path.as_deref(), response.status(), started);
     Ok(response)
 }
@@ -115,7 +117,9 @@ async fn proxy(
     let (mut parts, body) = request.into_parts();
 
     // match
-    let host = request_host(&parts);
+    // A cheap clone (shared bytes) so the host can be borrowed while the headers change.
+    let host_header = parts.headers.get(header::HOST).cloned();
+    let host = request_host(&parts.uri, host_header.as_ref());
     let matched = snapshot
         .router
         .find(&parts.method, host.as_deref(), parts.uri.path())
@@ -150,7 +154,7 @@ async fn proxy(
 
     // authorize
     if let Some(filter) = &route.ip
-        && !filter.permits(rctx.client.ip())
+        && !filter.permits(rctx.client.addr.ip())
     {
         return Err(ProxyError::Forbidden("your IP address is not allowed on this route"));
     }
@@ -165,7 +169,7 @@ async fn proxy(
     if route.route.ai_gateway {
         let (consumer_id, consumer_name) = ai_consumer.unwrap_or_default();
         let call = crate::ai::gateway::AiCall {
-            request_id: rctx.request_id.clone(),
+            request_id: rctx.id().to_string(),
             route: route.route.name.clone(),
             consumer_id,
             consumer_name,
@@ -177,7 +181,7 @@ async fn proxy(
         };
         let served =
             crate::ai::gateway::serve(&ctx.shared.ai, &snapshot.ai, &ctx.shared.metrics, call, parts, body).await;
-        rctx.upstream = served.provider;
+        rctx.upstream = served.provider.map(Arc::from);
         rctx.attempts = served.attempts;
         return Ok(served.response);
     }
@@ -187,7 +191,7 @@ async fn proxy(
         .services
         .get(&route.route.service_id)
         .ok_or_else(|| ProxyError::NoTarget { service: route.route.service_id.clone() })?;
-    rctx.service = Some(service.name.clone());
+    rctx.service = Some(service.label.clone());
 
     // cache
     let mut cache_key = None;
@@ -224,19 +228,28 @@ async fn proxy(
         .or(service.upstream.as_ref())
         .ok_or_else(|| ProxyError::UpstreamTlsMisconfigured { service: service.name.clone() })?;
 
-    let path = upstream_path(&route, &matched, parts.uri.path());
-    let path_and_query = match parts.uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
+    let path_and_query = match upstream_path(&route, &matched, parts.uri.path()) {
+        Some(path) => {
+            let path_and_query = match parts.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            PathAndQuery::try_from(path_and_query).map_err(|e| ProxyError::BadRequest(e.to_string()))?
+        }
+        // Unchanged: the parsed original is shared, not rebuilt.
+        None => parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
-    let path_and_query = PathAndQuery::try_from(path_and_query).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     // The upstream connection is always HTTP/1.1, whatever the client spoke.
     parts.version = http::Version::HTTP_11;
     headers::strip_hop_by_hop(&mut parts.headers);
-    headers::add_forwarded(&mut parts.headers, rctx.client.ip(), host.as_deref(), rctx.tls);
-    parts.headers.insert(X_REQUEST_ID.clone(), HeaderValue::from_str(&rctx.request_id).map_err(bad_header)?);
-    // hyper sets Host from the upstream URI.
-    parts.headers.remove(header::HOST);
+    // X-Forwarded-Host carries the authority as the client sent it (Host, or
+    // :authority over HTTP/2), as Envoy and Traefik do.
+    let original_host = parts.headers.remove(header::HOST).or_else(|| {
+        let authority = parts.uri.authority()?;
+        HeaderValue::from_str(authority.as_str()).ok()
+    });
+    headers::add_forwarded(&mut parts.headers, &rctx.client.forwarded_for, original_host, rctx.client.tls);
+    parts.headers.insert(X_REQUEST_ID.clone(), rctx.request_id.clone());
     if let Some(trace) = &rctx.trace {
         parts.headers.insert(TRACEPARENT.clone(), trace.header());
     }
@@ -264,7 +277,7 @@ async fn proxy(
             .collect()
             .await
             .map_err(|e| ProxyError::UpstreamUnavailable {
-                target: rctx.upstream.clone().unwrap_or_default(),
+                target: rctx.upstream.as_deref().unwrap_or_default().to_string(),
                 reason: e.to_string(),
             })?
             .to_bytes();
@@ -325,7 +338,7 @@ async fn forward(
         } else {
             Uri::builder()
                 .scheme(service.scheme)
-                .authority(target.authority.as_str())
+                .authority(&*target.authority)
                 .path_and_query(path_and_query.clone())
                 .build()
                 .map_err(|e| ProxyError::BadRequest(e.to_string()))?
@@ -333,10 +346,13 @@ async fn forward(
         let request = match first.take() {
             Some((mut parts, body)) => {
                 parts.uri = uri;
-                Request::from_parts(
-                    parts,
-                    Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync(),
-                )
+                // A bodiless request (most GETs) needs no limit, nor a boxed body.
+                let body = if body.is_end_stream() {
+                    empty_upstream()
+                } else {
+                    Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync()
+                };
+                Request::from_parts(parts, body)
             }
             None => {
                 let (method, headers) = replay.as_ref().expect("retries keep a copy of the request");
@@ -348,12 +364,12 @@ async fn forward(
             }
         };
         let in_flight = InFlight::new(&target.state);
-        let sent = tokio::time::timeout(timeout, client.request(&target.authority, request)).await;
+        let sent = tokio::time::timeout(timeout, client.request(target, request)).await;
         outcome = match sent {
             Ok(Ok(response)) => Ok((response, in_flight)),
             Ok(Err(error)) => Err(classify(error.as_ref(), &target.authority, limit, timeout)),
             Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
-                target: target.authority.clone(),
+                target: target.authority.to_string(),
                 timeout_ms: timeout.as_millis() as u64,
             }),
         };
@@ -394,7 +410,8 @@ async fn forward(
     }
     let (response, in_flight) = outcome?;
     let (head, body) = response.into_parts();
-    let body = ResponseBody::new(body, in_flight, route.idle_timeout, rctx.upstream.clone().unwrap_or_default());
+    let body =
+        ResponseBody::new(body, in_flight, route.idle_timeout, rctx.upstream.clone().unwrap_or_else(|| Arc::from("")));
     Ok(Response::from_parts(head, body.boxed_unsync()))
 }
 
@@ -411,7 +428,7 @@ fn balance_key(service: &CompiledService, rctx: &RequestCtx, headers: &http::Hea
 }
 
 fn client_ip_key(rctx: &RequestCtx) -> u64 {
-    match rctx.client.ip() {
+    match rctx.client.addr.ip() {
         std::net::IpAddr::V4(v4) => hash_key(&v4.octets()),
         std::net::IpAddr::V6(v6) => hash_key(&v6.octets()),
     }
@@ -551,8 +568,8 @@ fn account(
     if let Some(path) = path {
         let line = serde_json::json!({
             "ts_ms": crate::clock::unix_ms(),
-            "request_id": rctx.request_id,
-            "client": rctx.client.ip().to_string(),
+            "request_id": rctx.id(),
+            "client": rctx.client.addr.ip().to_string(),
             "method": method.as_str(),
             "path": path,
             "status": status.as_u16(),
@@ -576,7 +593,7 @@ fn account(
             attributes.push(opentelemetry::KeyValue::new("http.route", route.to_string()));
         }
         if let Some(upstream) = rctx.upstream {
-            attributes.push(opentelemetry::KeyValue::new("server.address", upstream));
+            attributes.push(opentelemetry::KeyValue::new("server.address", upstream.to_string()));
         }
         trace.finish("proxy", status.as_u16(), attributes);
     }
@@ -600,38 +617,43 @@ fn full(bytes: Bytes) -> ProxyBody {
 
 /// Host from the URI (HTTP/2 :authority, absolute-form) or the Host header,
 /// lower-cased and without a port.
-fn request_host(parts: &http::request::Parts) -> Option<String> {
-    let raw = parts.uri.host().map(str::to_string).or_else(|| {
-        let value = parts.headers.get(header::HOST)?.to_str().ok()?;
-        let host = if value.starts_with('[') {
+fn request_host<'a>(uri: &'a Uri, host_header: Option<&'a HeaderValue>) -> Option<Cow<'a, str>> {
+    let raw = uri.host().or_else(|| {
+        let value = host_header?.to_str().ok()?;
+        Some(if value.starts_with('[') {
             value.split_inclusive(']').next().unwrap_or(value)
         } else {
             value.split(':').next().unwrap_or(value)
-        };
-        Some(host.to_string())
+        })
     })?;
-    Some(raw.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
+    let host = raw.trim_start_matches('[').trim_end_matches(']');
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-/// The path sent upstream: rewritten, or with the matched prefix stripped, or as received.
+/// The path sent upstream when it differs from the one received: rewritten,
+/// or with the matched prefix stripped. None means "as received".
 fn upstream_path(
     route: &CompiledRoute,
     matched: &super::router::Matched<'_, Arc<CompiledRoute>>,
     path: &str,
-) -> String {
+) -> Option<String> {
     let remainder = matched
         .matched_prefix
         .map(|prefix| if prefix == "/" { path } else { &path[prefix.trim_end_matches('/').len()..] });
     if let Some(rewrite) = &route.rewrite {
-        return rewrite.render(remainder, |name| matched.param(path, name));
+        return Some(rewrite.render(remainder, |name| matched.param(path, name)));
     }
     match (route.route.strip_prefix, remainder) {
-        (true, Some(rest)) => strip(rest),
-        _ => path.to_string(),
+        (true, Some(rest)) => Some(strip(rest)),
+        _ => None,
     }
 }
 
@@ -646,11 +668,11 @@ struct ResponseBody {
     inner: UpstreamResponseBody,
     _in_flight: InFlight,
     idle: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
-    target: String,
+    target: Arc<str>,
 }
 
 impl ResponseBody {
-    fn new(inner: UpstreamResponseBody, in_flight: InFlight, idle: Option<Duration>, target: String) -> ResponseBody {
+    fn new(inner: UpstreamResponseBody, in_flight: InFlight, idle: Option<Duration>, target: Arc<str>) -> ResponseBody {
         let idle = idle.map(|d| (d, Box::pin(tokio::time::sleep(d))));
         ResponseBody { inner, _in_flight: in_flight, idle, target }
     }
@@ -680,7 +702,7 @@ impl Body for ResponseBody {
                 if let Some((d, sleep)) = &mut this.idle
                     && sleep.as_mut().poll(cx).is_ready()
                 {
-                    let error = IdleTimeout { target: this.target.clone(), idle_ms: d.as_millis() as u64 };
+                    let error = IdleTimeout { target: this.target.to_string(), idle_ms: d.as_millis() as u64 };
                     this.idle = None;
                     return Poll::Ready(Some(Err(Box::new(error))));
                 }

@@ -13,6 +13,7 @@ mod lb;
 mod pool;
 mod retry;
 mod router;
+mod self_wake;
 mod snapshot;
 pub mod tls;
 mod transform;
@@ -38,6 +39,23 @@ pub use upstream::{BoxError, Upstream, UpstreamClient, UpstreamClients};
 use crate::telemetry::access_log::AccessLog;
 
 pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, upstream::BoxError>;
+
+/// What the request path needs to know about a client connection, worked out
+/// once when it is accepted rather than on every request.
+pub struct ClientConn {
+    pub addr: std::net::SocketAddr,
+    pub tls: bool,
+    /// The client's IP as an X-Forwarded-For element.
+    pub forwarded_for: http::HeaderValue,
+}
+
+impl ClientConn {
+    pub fn new(addr: std::net::SocketAddr, tls: bool) -> ClientConn {
+        let forwarded_for =
+            http::HeaderValue::from_str(&addr.ip().to_string()).expect("an IP address is a valid header value");
+        ClientConn { addr, tls, forwarded_for }
+    }
+}
 
 /// Shared by every connection of the proxy listener.
 pub struct ProxyContext {
@@ -127,8 +145,8 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
-        let is_tls = tls.is_some();
-        let service = service_fn(move |request| handler::handle(ctx.clone(), client, is_tls, request));
+        let conn = Arc::new(ClientConn::new(client, tls.is_some()));
+        let service = service_fn(move |request| handler::handle(ctx.clone(), conn.clone(), request));
         match &tls {
             None => {
                 let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());

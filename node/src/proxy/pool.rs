@@ -24,15 +24,21 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::self_wake::SelfWake;
 use super::upstream::{BoxError, UpstreamBody};
 
 type Connection = http1::Connection<TokioIo<TcpStream>, UpstreamBody>;
 
-/// An idle connection: the handle to send on, and the connection future that
-/// must be polled for anything to happen on the socket.
-struct Idle {
+/// A connection: the handle to send on, the connection future that must be
+/// polled for anything to happen on the socket, and the waker it is polled with.
+struct Upstream {
     sender: SendRequest<UpstreamBody>,
     conn: Pin<Box<Connection>>,
+    wake: SelfWake,
+}
+
+struct Idle {
+    upstream: Upstream,
     since: Instant,
 }
 
@@ -71,8 +77,8 @@ impl Http1Pool {
         None
     }
 
-    fn put_idle(&self, authority: &str, sender: SendRequest<UpstreamBody>, conn: Pin<Box<Connection>>) {
-        let idle_conn = Idle { sender, conn, since: Instant::now() };
+    fn put_idle(&self, authority: &str, upstream: Upstream) {
+        let idle_conn = Idle { upstream, since: Instant::now() };
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         // Allocate the key only for a target's first connection, not per release.
         match idle.get_mut(authority) {
@@ -84,7 +90,7 @@ impl Http1Pool {
         }
     }
 
-    async fn connect(&self, authority: &str) -> Result<(SendRequest<UpstreamBody>, Pin<Box<Connection>>), PoolError> {
+    async fn connect(&self, authority: &str) -> Result<Upstream, PoolError> {
         let connect = TcpStream::connect(authority);
         let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(stream)) => stream,
@@ -99,41 +105,42 @@ impl Http1Pool {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| PoolError::Handshake { authority: authority.to_string(), source })?;
-        Ok((sender, Box::pin(conn)))
+        Ok(Upstream { sender, conn: Box::pin(conn), wake: SelfWake::default() })
     }
 
     /// A connection ready for a request: an idle one that is still open, or a new one.
-    async fn checkout(
-        &self,
-        authority: &str,
-    ) -> Result<(SendRequest<UpstreamBody>, Pin<Box<Connection>>, bool), PoolError> {
-        while let Some(Idle { mut sender, mut conn, .. }) = self.take_idle(authority) {
+    async fn checkout(&self, authority: &str) -> Result<(Upstream, bool), PoolError> {
+        while let Some(Idle { mut upstream, .. }) = self.take_idle(authority) {
             // Nobody polled it while idle: this poll notices a close by the
             // upstream (the connection future completes) and lets the
             // dispatcher accept the next request.
+            let Upstream { sender, conn, wake } = &mut upstream;
             let usable = std::future::poll_fn(|cx| {
-                if conn.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(false);
-                }
-                match sender.poll_ready(cx) {
-                    Poll::Ready(ready) => Poll::Ready(ready.is_ok()),
-                    Poll::Pending => Poll::Ready(false),
-                }
+                wake.poll(cx, |cx| {
+                    if conn.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(false);
+                    }
+                    match sender.poll_ready(cx) {
+                        Poll::Ready(ready) => Poll::Ready(ready.is_ok()),
+                        Poll::Pending => Poll::Ready(false),
+                    }
+                })
             })
             .await;
             if usable {
-                return Ok((sender, conn, true));
+                return Ok((upstream, true));
             }
         }
-        let (sender, conn) = self.connect(authority).await?;
-        Ok((sender, conn, false))
+        Ok((self.connect(authority).await?, false))
     }
 
     /// Sends `request` to `authority` (host:port). The URI is sent in origin
-    /// form with a `Host` header, as an HTTP/1.1 origin server expects.
+    /// form with a `Host` header (`host` unless the request has one), as an
+    /// HTTP/1.1 origin server expects.
     pub async fn send(
         self: &Arc<Self>,
-        authority: &str,
+        authority: &Arc<str>,
+        host: &HeaderValue,
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
         if request.uri().authority().is_some()
@@ -141,33 +148,30 @@ impl Http1Pool {
         {
             *request.uri_mut() = http::Uri::from(pq);
         }
-        if !request.headers().contains_key(header::HOST)
-            && let Ok(host) = HeaderValue::from_str(authority)
-        {
-            request.headers_mut().insert(header::HOST, host);
+        if !request.headers().contains_key(header::HOST) {
+            request.headers_mut().insert(header::HOST, host.clone());
         }
         loop {
-            let (mut sender, mut conn, reused) = self.checkout(authority).await?;
-            let mut sending = std::pin::pin!(sender.try_send_request(request));
+            let (mut upstream, reused) = self.checkout(authority).await?;
+            let Upstream { sender, conn, wake } = &mut upstream;
+            // The polls below run the connection, which takes the request.
+            let mut sending = std::pin::pin!(wake.quiet(|| sender.try_send_request(request)));
             let mut conn_done = false;
             let sent = std::future::poll_fn(|cx| {
-                if !conn_done && conn.as_mut().poll(cx).is_ready() {
-                    conn_done = true;
-                }
-                sending.as_mut().poll(cx)
+                wake.poll(cx, |cx| {
+                    if !conn_done && conn.as_mut().poll(cx).is_ready() {
+                        conn_done = true;
+                    }
+                    sending.as_mut().poll(cx)
+                })
             })
             .await;
             match sent {
                 Ok(response) => {
                     let (head, body) = response.into_parts();
-                    let conn = (!conn_done).then_some(conn);
-                    let body = PooledBody {
-                        body,
-                        conn,
-                        sender: Some(sender),
-                        pool: self.clone(),
-                        authority: authority.to_string(),
-                    };
+                    // A finished connection (closed, or failed) is never pooled again.
+                    let upstream = (!conn_done).then_some(upstream);
+                    let body = PooledBody { body, upstream, pool: self.clone(), authority: authority.clone() };
                     return Ok(Response::from_parts(head, body));
                 }
                 Err(mut error) => match error.take_message() {
@@ -185,16 +189,15 @@ impl Http1Pool {
 /// connection; once the body has ended the connection goes back to the pool.
 pub struct PooledBody {
     body: Incoming,
-    conn: Option<Pin<Box<Connection>>>,
-    sender: Option<SendRequest<UpstreamBody>>,
+    upstream: Option<Upstream>,
     pool: Arc<Http1Pool>,
-    authority: String,
+    authority: Arc<str>,
 }
 
 impl PooledBody {
     fn release(&mut self) {
-        if let (Some(conn), Some(sender)) = (self.conn.take(), self.sender.take()) {
-            self.pool.put_idle(&self.authority, sender, conn);
+        if let Some(upstream) = self.upstream.take() {
+            self.pool.put_idle(&self.authority, upstream);
         }
     }
 }
@@ -205,14 +208,25 @@ impl Body for PooledBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if let Some(conn) = &mut this.conn
-            && conn.as_mut().poll(cx).is_ready()
-        {
-            // The connection is finished (closed or failed); the body reports
-            // how that ended for it. Nothing goes back to the pool.
-            this.conn = None;
-        }
-        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        let body = &mut this.body;
+        let frame = match &mut this.upstream {
+            Some(Upstream { conn, wake, .. }) => {
+                let mut conn_done = false;
+                let frame = wake.poll(cx, |cx| {
+                    if !conn_done && conn.as_mut().poll(cx).is_ready() {
+                        conn_done = true;
+                    }
+                    Pin::new(&mut *body).poll_frame(cx)
+                });
+                if conn_done {
+                    // The connection is finished (closed or failed); the body
+                    // reports how that ended for it. Nothing goes back to the pool.
+                    this.upstream = None;
+                }
+                frame
+            }
+            None => Pin::new(body).poll_frame(cx),
+        };
         if let Poll::Ready(None) = frame {
             this.release();
         }
@@ -244,6 +258,10 @@ mod tests {
     use http_body_util::{BodyExt, Empty};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    fn host(addr: &Arc<str>) -> HeaderValue {
+        HeaderValue::from_str(addr).unwrap()
+    }
+
     fn get(path: &str) -> Request<UpstreamBody> {
         Request::get(format!("http://upstream{path}"))
             .body(Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync())
@@ -253,7 +271,7 @@ mod tests {
     /// An HTTP/1.1 server that counts accepted connections and answers each
     /// request on a connection with "ok"; it closes after `per_conn` requests
     /// (saying so with `connection: close` when `announce` is set).
-    async fn server(per_conn: usize) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    async fn server(per_conn: usize) -> (Arc<str>, Arc<std::sync::atomic::AtomicUsize>) {
         let (addr, accepted, _closed) = server_with(per_conn, true).await;
         (addr, accepted)
     }
@@ -261,10 +279,10 @@ mod tests {
     async fn server_with(
         per_conn: usize,
         announce: bool,
-    ) -> (String, Arc<std::sync::atomic::AtomicUsize>, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    ) -> (Arc<str>, Arc<std::sync::atomic::AtomicUsize>, tokio::sync::mpsc::UnboundedReceiver<()>) {
         let (closed_tx, closed_rx) = tokio::sync::mpsc::unbounded_channel();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
+        let addr: Arc<str> = listener.local_addr().unwrap().to_string().into();
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let count = accepted.clone();
         tokio::spawn(async move {
@@ -303,7 +321,7 @@ mod tests {
         let (addr, accepted, mut closed) = server_with(1, false).await;
         let pool = Arc::new(Http1Pool::new(Duration::from_secs(1), Duration::from_secs(60)));
         for _ in 0..3 {
-            let response = pool.send(&addr, get("/x")).await.unwrap();
+            let response = pool.send(&addr, &host(&addr), get("/x")).await.unwrap();
             assert_eq!(&response.into_body().collect().await.unwrap().to_bytes()[..], b"ok");
             // The upstream hangs up while the connection sits in the pool.
             closed.recv().await.unwrap();
@@ -311,12 +329,36 @@ mod tests {
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_proxied_request_wakes_its_task_only_for_the_network() {
+        let (addr, _) = server(usize::MAX).await;
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1), Duration::from_secs(60)));
+        // The first request opens the connection; the second reuses it.
+        pool.send(&addr, &host(&addr), get("/x")).await.unwrap().into_body().collect().await.unwrap();
+
+        let mut polls = 0;
+        let mut request = std::pin::pin!(async {
+            let response = pool.send(&addr, &host(&addr), get("/x")).await.unwrap();
+            response.into_body().collect().await.unwrap().to_bytes()
+        });
+        let body = std::future::poll_fn(|cx| {
+            polls += 1;
+            request.as_mut().poll(cx)
+        })
+        .await;
+        assert_eq!(&body[..], b"ok");
+        // One poll sends the request, one takes the response when the socket
+        // has it. Handing the request to hyper's connection and the response
+        // back each wake the task; without `SelfWake` that is two more polls.
+        assert_eq!(polls, 2);
+    }
+
     #[tokio::test]
     async fn connections_are_reused_after_a_complete_body() {
         let (addr, accepted) = server(usize::MAX).await;
         let pool = Arc::new(Http1Pool::new(Duration::from_secs(1), Duration::from_secs(60)));
         for _ in 0..5 {
-            let response = pool.send(&addr, get("/x")).await.unwrap();
+            let response = pool.send(&addr, &host(&addr), get("/x")).await.unwrap();
             let body = response.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(&body[..], b"ok");
         }
@@ -328,7 +370,7 @@ mod tests {
         let (addr, accepted) = server(1).await;
         let pool = Arc::new(Http1Pool::new(Duration::from_secs(1), Duration::from_secs(60)));
         for _ in 0..3 {
-            let response = pool.send(&addr, get("/x")).await.unwrap();
+            let response = pool.send(&addr, &host(&addr), get("/x")).await.unwrap();
             assert_eq!(&response.into_body().collect().await.unwrap().to_bytes()[..], b"ok");
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
@@ -338,9 +380,9 @@ mod tests {
     async fn a_half_read_body_closes_its_connection() {
         let (addr, accepted) = server(usize::MAX).await;
         let pool = Arc::new(Http1Pool::new(Duration::from_secs(1), Duration::from_secs(60)));
-        let response = pool.send(&addr, get("/x")).await.unwrap();
+        let response = pool.send(&addr, &host(&addr), get("/x")).await.unwrap();
         drop(response);
-        let response = pool.send(&addr, get("/x")).await.unwrap();
+        let response = pool.send(&addr, &host(&addr), get("/x")).await.unwrap();
         assert_eq!(&response.into_body().collect().await.unwrap().to_bytes()[..], b"ok");
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
@@ -348,10 +390,10 @@ mod tests {
     #[tokio::test]
     async fn refused_connections_are_a_clear_error() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
+        let addr: Arc<str> = listener.local_addr().unwrap().to_string().into();
         drop(listener);
         let pool = Arc::new(Http1Pool::new(Duration::from_secs(1), Duration::from_secs(60)));
-        match pool.send(&addr, get("/x")).await {
+        match pool.send(&addr, &host(&addr), get("/x")).await {
             Err(error) => assert!(matches!(error, PoolError::Connect { .. }), "{error}"),
             Ok(_) => panic!("a closed port answered"),
         }

@@ -39,6 +39,8 @@ pub struct GatewaySnapshot {
 pub struct CompiledService {
     pub id: String,
     pub name: String,
+    /// The name again, shared cheaply with each request's context.
+    pub label: Arc<str>,
     pub balancer: Balancer,
     pub targets: Vec<CompiledTarget>,
     /// For health probes. None when the TLS settings are unusable.
@@ -230,12 +232,13 @@ fn compile_service(
                     state: state.clone(),
                 });
             }
-            CompiledTarget { authority, state }
+            CompiledTarget::new(&authority, state)
         })
         .collect();
     let hash_on = HashOn::try_from(s.hash_on).unwrap_or(HashOn::Unspecified);
     CompiledService {
         name: s.name.clone(),
+        label: Arc::from(s.name.as_str()),
         balancer: Balancer::new(s.lb_policy, &s.targets),
         targets,
         upstream: shared.clients.upstream(connect_timeout, tls.as_ref()),

@@ -22,6 +22,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tollgate_proto::config::v1::UpstreamTls;
 
+use super::lb::CompiledTarget;
 use super::pool::{Http1Pool, PooledBody};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -59,12 +60,12 @@ impl Upstream {
 
     pub async fn request(
         &self,
-        authority: &str,
+        target: &CompiledTarget,
         request: Request<UpstreamBody>,
     ) -> Result<Response<UpstreamResponseBody>, BoxError> {
         match self {
             Upstream::Pooled(pool) => {
-                let response = pool.send(authority, request).await?;
+                let response = pool.send(&target.authority, &target.host, request).await?;
                 Ok(response.map(UpstreamResponseBody::Pooled))
             }
             Upstream::Client(client) => {

@@ -50,7 +50,7 @@ mod tests {
     use crate::proxy::health::TargetState;
 
     fn targets(n: usize) -> Vec<CompiledTarget> {
-        (0..n).map(|i| CompiledTarget { authority: format!("t{i}"), state: Arc::new(TargetState::default()) }).collect()
+        (0..n).map(|i| CompiledTarget::new(&format!("t{i}"), Arc::new(TargetState::default()))).collect()
     }
 
     #[test]

@@ -19,8 +19,20 @@ pub use consistent_hash::hash_key;
 
 /// A target as the request path sees it.
 pub struct CompiledTarget {
-    pub authority: String,
+    /// `host:port`, shared with the request context and the pooled body.
+    pub authority: Arc<str>,
+    /// The `Host` header sent to this target, rendered once per snapshot.
+    pub host: http::HeaderValue,
     pub state: Arc<TargetState>,
+}
+
+impl CompiledTarget {
+    pub fn new(authority: &str, state: Arc<TargetState>) -> CompiledTarget {
+        // An authority that is not a valid header value cannot be connected to
+        // either; an empty Host header then fails the request upstream.
+        let host = http::HeaderValue::from_str(authority).unwrap_or_else(|_| http::HeaderValue::from_static(""));
+        CompiledTarget { authority: Arc::from(authority), host, state }
+    }
 }
 
 pub enum Balancer {
