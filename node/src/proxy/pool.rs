@@ -111,6 +111,11 @@ impl Http1Pool {
     /// A connection ready for a request: an idle one that is still open, or a new one.
     async fn checkout(&self, authority: &str) -> Result<(Upstream, bool), PoolError> {
         while let Some(Idle { mut upstream, .. }) = self.take_idle(authority) {
+            // Ready when its last exchange ended: a close by the upstream since
+            // then shows up when the request is sent, and `send` retries it.
+            if upstream.sender.is_ready() {
+                return Ok((upstream, true));
+            }
             // Nobody polled it while idle: this poll notices a close by the
             // upstream (the connection future completes) and lets the
             // dispatcher accept the next request.
@@ -213,6 +218,10 @@ impl Body for PooledBody {
             Some(Upstream { conn, wake, .. }) => {
                 let mut conn_done = false;
                 let frame = wake.poll(cx, |cx| {
+                    // What the connection already decoded is taken without running it.
+                    if let Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) {
+                        return Poll::Ready(frame);
+                    }
                     if !conn_done && conn.as_mut().poll(cx).is_ready() {
                         conn_done = true;
                     }
@@ -228,6 +237,13 @@ impl Body for PooledBody {
             None => Pin::new(body).poll_frame(cx),
         };
         if let Poll::Ready(None) = frame {
+            // One more turn lets the connection finish the exchange, so the
+            // next request can take it without polling it first.
+            if let Some(Upstream { conn, wake, .. }) = &mut this.upstream
+                && wake.poll(cx, |cx| conn.as_mut().poll(cx)).is_ready()
+            {
+                this.upstream = None;
+            }
             this.release();
         }
         frame.map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
