@@ -95,6 +95,12 @@ async fn routing_precedence_and_request_rewriting() {
     let generated = reply.headers["x-request-id"].to_str().unwrap();
     assert_eq!(seen["x-request-id"], generated, "the generated request id reaches the upstream");
     assert_eq!(generated.len(), 32);
+    // X-Forwarded-Host is the authority the client asked for.
+    assert_eq!(seen["x-forwarded-host"], node.proxy_addr.to_string());
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    // The gateway checked no credentials on an open route, so the upstream's own pass through.
+    let reply = get(node.proxy_addr, "/headers", &[("authorization", "Bearer upstream-token")]).await;
+    assert_eq!(reply.json()["headers"]["authorization"], "Bearer upstream-token");
     let reply = get(node.proxy_addr, "/headers", &[("x-request-id", "trace-me-1")]).await;
     assert_eq!(reply.headers["x-request-id"], "trace-me-1");
     assert_eq!(reply.json()["headers"]["x-request-id"], "trace-me-1");

@@ -138,6 +138,7 @@ async fn proxy(
 
     // authenticate
     let caller = authenticate(snapshot, &route, &parts.headers)?;
+    let authenticated = caller.is_some();
     let ai_key = caller.as_ref().and_then(|c| c.key).filter(|_| route.route.ai_gateway).cloned();
     let ai_consumer = caller
         .as_ref()
@@ -148,9 +149,12 @@ async fn proxy(
         parts.headers.insert(X_CONSUMER_ID.clone(), HeaderValue::from_str(consumer_id).map_err(bad_header)?);
         parts.headers.insert(X_CONSUMER_NAME.clone(), HeaderValue::from_str(&consumer.name).map_err(bad_header)?);
     }
-    // Credentials are for the gateway; never pass them on.
-    parts.headers.remove(header::AUTHORIZATION);
-    parts.headers.remove(&X_API_KEY);
+    // Credentials the gateway checked are for the gateway; never pass them
+    // on. An open route checked none, so its upstream may do its own auth.
+    if authenticated {
+        parts.headers.remove(header::AUTHORIZATION);
+        parts.headers.remove(&X_API_KEY);
+    }
 
     // authorize
     if let Some(filter) = &route.ip
