@@ -3,12 +3,18 @@
 # upstream, (b) nginx as a keep-alive reverse proxy, (c) Tollgate with one open
 # route, (d) Tollgate with API-key auth, with JWT (HS256) auth, and with the
 # response cache. Generator pinned to core 0; upstream and proxies on core 1.
-# Needs release builds (cargo build --release -p tollgate-node -p tollgate-loadtest)
-# and nginx (apt-get install -y nginx). Everything listens on 127.0.0.1 only.
+# Two reference rows: nginx checking a static API key (auth like for like),
+# and a bare hyper proxy (the floor for any hyper-based proxy on this machine).
+# Each closed-loop row also prints the proxy's CPU per request (user and
+# kernel, from /proc) and how often it was preempted per request.
+# Needs release builds (cargo build --release -p tollgate-node -p tollgate-loadtest
+# --bin tollgate-load --example bare_proxy) and nginx (apt-get install -y nginx).
+# Everything listens on 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LOAD=${LOAD:-target/release/tollgate-load}
 TG=${TG:-target/release/tollgate}
+BARE=${BARE:-target/release/examples/bare_proxy}
 DUR=${DUR:-10s}
 CONNS=${CONNS:-50}
 RATE=${RATE:-5000}
@@ -21,34 +27,13 @@ trap cleanup EXIT
 
 # upstream: fixed 200 "ok\n"
 taskset -c 1 "$LOAD" --threads 1 mock http --listen 127.0.0.1:19000 > "$WORK/mock.out" 2>/dev/null &
-PIDS+=($!)
-
-# nginx: one worker, upstream keep-alive, no access log (Tollgate's is off too)
-mkdir -p "$WORK/nginx/logs"
-cat > "$WORK/nginx/nginx.conf" <<CONF
-worker_processes 1;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream mock { server 127.0.0.1:19000; keepalive 128; }
-  server {
-    listen 127.0.0.1:19080;
-    location / {
-      proxy_pass http://mock;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-CONF
-taskset -c 1 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
+MOCK_PID=$!
 PIDS+=($!)
 
 # Tollgate: one core (tokio sizes its pool from the affinity mask), no access log
 taskset -c 1 "$TG" serve --data-dir "$WORK/tg" --proxy-listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090 \
   --ops-listen 127.0.0.1:19091 --admin-token "$TOKEN" --access-log off --log-format json 2> "$WORK/tollgate.log" &
+TG_PID=$!
 PIDS+=($!)
 for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19091/readyz >/dev/null 2>&1 && break; sleep 0.1; done
 
@@ -71,13 +56,74 @@ print((head + b"." + body + b"." + sig).decode())
 PY
 )
 
-run() { # label url [header]
-  local label=$1 url=$2; shift 2
+# nginx: one worker, upstream keep-alive, no access log (Tollgate's is off too)
+mkdir -p "$WORK/nginx/logs"
+cat > "$WORK/nginx/nginx.conf" <<CONF
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream mock { server 127.0.0.1:19000; keepalive 128; }
+  server {
+    listen 127.0.0.1:19080;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+    location /key {
+      if (\$http_authorization != "Bearer $KEY") { return 401; }
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+CONF
+taskset -c 1 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
+PIDS+=($!)
+sleep 0.3
+NGINX_WORKER=$(pgrep -P "$!" | head -1)
+
+# the bare hyper proxy (reference floor)
+BARE_PID=
+if [ -x "$BARE" ]; then
+  taskset -c 1 "$BARE" 127.0.0.1:19081 127.0.0.1:19000 &
+  BARE_PID=$!
+  PIDS+=($!)
+else
+  echo "note: $BARE missing (cargo build --release -p tollgate-loadtest --example bare_proxy); skipping that row"
+fi
+
+
+
+# utime stime (clock ticks) and involuntary context switches, summed over a process's threads
+proc_cpu() {
+  local pid=$1 u=0 s=0 i=0 t
+  for t in /proc/"$pid"/task/*; do
+    read -r -a f < "$t/stat"
+    u=$((u + f[13])); s=$((s + f[14]))
+    i=$((i + $(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$t/status")))
+  done
+  echo "$u $s $i"
+}
+run() { # label pid url [header]
+  local label=$1 pid=$2 url=$3; shift 3
   local extra=()
   if [ $# -gt 0 ]; then extra=(-H "$1"); fi
-  local out
+  local out before after
+  before=$(proc_cpu "$pid")
   out=$(taskset -c 0 "$LOAD" --threads 1 run "$url" -c "$CONNS" -d "$DUR" -q "${extra[@]}" --json "$WORK/$label.json" 2>&1)
+  after=$(proc_cpu "$pid")
   echo "$out" | grep -E "requests |latency|failed|status" | sed "s/^/[$label closed] /"
+  local n
+  n=$(echo "$out" | awk '/requests / {print $2; exit}')
+  read -r u0 s0 i0 <<< "$before"
+  read -r u1 s1 i1 <<< "$after"
+  awk -v n="$n" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v i=$((i1 - i0)) -v hz="$(getconf CLK_TCK)" -v l="$label" \
+    'BEGIN { if (n > 0) printf "[%s closed]   proxy cpu     user %.1f us + kernel %.1f us per request, preempted %.2f times per request\n", l, u * 1e6 / hz / n, s * 1e6 / hz / n, i / n }'
 }
 run_open() {
   local label=$1 url=$2; shift 2
@@ -88,18 +134,20 @@ run_open() {
 }
 
 # warm-up (connections, cache entry)
-for u in http://127.0.0.1:19000/ http://127.0.0.1:19080/ http://127.0.0.1:18080/open http://127.0.0.1:18080/cached; do
+for u in http://127.0.0.1:19000/ http://127.0.0.1:19080/ http://127.0.0.1:19081/ http://127.0.0.1:18080/open http://127.0.0.1:18080/cached; do
   taskset -c 0 "$LOAD" --threads 1 run "$u" -c 8 -d 1s -q >/dev/null 2>&1
 done
 
 for round in $(seq 1 "$ROUNDS"); do
   echo "### closed loop, $CONNS connections, $DUR, round $round"
-  run direct http://127.0.0.1:19000/
-  run nginx http://127.0.0.1:19080/
-  run tollgate-open http://127.0.0.1:18080/open
-  run tollgate-apikey http://127.0.0.1:18080/key "Authorization: Bearer $KEY"
-  run tollgate-jwt http://127.0.0.1:18080/jwt "Authorization: Bearer $JWT"
-  run tollgate-cache http://127.0.0.1:18080/cached
+  run direct "$MOCK_PID" http://127.0.0.1:19000/
+  run nginx "$NGINX_WORKER" http://127.0.0.1:19080/
+  run nginx-static-key "$NGINX_WORKER" http://127.0.0.1:19080/key "Authorization: Bearer $KEY"
+  if [ -n "$BARE_PID" ]; then run bare-hyper "$BARE_PID" http://127.0.0.1:19081/; fi
+  run tollgate-open "$TG_PID" http://127.0.0.1:18080/open
+  run tollgate-apikey "$TG_PID" http://127.0.0.1:18080/key "Authorization: Bearer $KEY"
+  run tollgate-jwt "$TG_PID" http://127.0.0.1:18080/jwt "Authorization: Bearer $JWT"
+  run tollgate-cache "$TG_PID" http://127.0.0.1:18080/cached
 done
 echo "### open loop at $RATE req/s (latency from scheduled send time)"
 run_open direct http://127.0.0.1:19000/

@@ -42,6 +42,15 @@ struct Key {
     key: DecodingKey,
 }
 
+/// How many verified tokens a route remembers, and for how long at most. A
+/// signature check (HS256 ≈ 2.5 µs, RS256 far more) then happens once per
+/// token per minute instead of once per request; exp and nbf are still
+/// checked on every request. A key removed from a JWKS document stops
+/// accepting its tokens within `VERIFIED_TTL`; any configuration change
+/// rebuilds the verifier and so empties the cache.
+const VERIFIED_CAPACITY: u64 = 10_000;
+const VERIFIED_TTL: Duration = Duration::from_secs(60);
+
 /// A route's JWT rules, compiled.
 pub struct JwtVerifier {
     validations: Vec<(Algorithm, Validation)>,
@@ -49,11 +58,16 @@ pub struct JwtVerifier {
     jwks: Option<Arc<JwksEntry>>,
     consumer_claim: String,
     pub require_consumer: bool,
+    leeway_s: u64,
+    verified: moka::sync::Cache<String, Arc<Verified>>,
 }
 
-/// A verified token: the claim that names the consumer, if present.
+/// A verified token: the claim that names the consumer, if present, and the
+/// time window it is valid in (Unix seconds).
 pub struct Verified {
     pub subject: Option<String>,
+    expires_at: u64,
+    not_before: Option<u64>,
 }
 
 impl JwtVerifier {
@@ -105,10 +119,30 @@ impl JwtVerifier {
             jwks,
             consumer_claim: if config.consumer_claim.is_empty() { "sub".into() } else { config.consumer_claim.clone() },
             require_consumer: config.require_consumer,
+            leeway_s: u64::from(config.leeway_s),
+            verified: moka::sync::Cache::builder().max_capacity(VERIFIED_CAPACITY).time_to_live(VERIFIED_TTL).build(),
         }
     }
 
-    pub fn verify(&self, token: &str) -> Result<Verified, ProxyError> {
+    /// Checks the token, from the cache of verified tokens when it is there.
+    pub fn verify(&self, token: &str) -> Result<Arc<Verified>, ProxyError> {
+        if let Some(verified) = self.verified.get(token) {
+            let now = u64::try_from(crate::clock::unix_ms() / 1000).unwrap_or(0);
+            if now > verified.expires_at.saturating_add(self.leeway_s) {
+                self.verified.invalidate(token);
+                return Err(classify(&ErrorKind::ExpiredSignature));
+            }
+            if verified.not_before.is_some_and(|nbf| now.saturating_add(self.leeway_s) < nbf) {
+                return Err(classify(&ErrorKind::ImmatureSignature));
+            }
+            return Ok(verified);
+        }
+        let verified = Arc::new(self.verify_signature_and_claims(token)?);
+        self.verified.insert(token.to_string(), verified.clone());
+        Ok(verified)
+    }
+
+    fn verify_signature_and_claims(&self, token: &str) -> Result<Verified, ProxyError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| ProxyError::Unauthorized("the JWT is malformed"))?;
         let (alg, validation) = self
@@ -131,7 +165,11 @@ impl JwtVerifier {
                         Some(v @ serde_json::Value::Number(_)) => Some(v.to_string()),
                         _ => None,
                     };
-                    return Ok(Verified { subject });
+                    let seconds =
+                        |claim: &str| data.claims.get(claim).and_then(serde_json::Value::as_f64).map(|s| s as u64);
+                    // exp is a required claim, so validation has seen it.
+                    let expires_at = seconds("exp").unwrap_or(0);
+                    return Ok(Verified { subject, expires_at, not_before: seconds("nbf") });
                 }
                 Err(e) => {
                     last = classify(e.kind());
@@ -275,4 +313,61 @@ async fn fetch(client: &UpstreamClient, url: &str) -> Result<Vec<Key>, String> {
         }
     }
     Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verifier() -> JwtVerifier {
+        let config = JwtAuth { algorithms: vec!["HS256".into()], hs_secret: "s3cret".into(), ..Default::default() };
+        let client = super::super::upstream::UpstreamClients::new(Duration::from_secs(60))
+            .get(Duration::from_secs(1), None)
+            .unwrap();
+        JwtVerifier::compile(&config, &JwksStore::new(client))
+    }
+
+    fn token(claims: serde_json::Value, secret: &str) -> String {
+        let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key).unwrap()
+    }
+
+    fn in_an_hour() -> u64 {
+        u64::try_from(crate::clock::unix_ms() / 1000).unwrap() + 3600
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_served_from_the_cache_and_a_forged_one_never_is() {
+        let verifier = verifier();
+        let good = token(serde_json::json!({"sub": "alice", "exp": in_an_hour()}), "s3cret");
+        let first = verifier.verify(&good).unwrap();
+        let second = verifier.verify(&good).unwrap();
+        assert!(Arc::ptr_eq(&first, &second), "the second check comes from the cache");
+        assert_eq!(second.subject.as_deref(), Some("alice"));
+
+        let forged = token(serde_json::json!({"sub": "alice", "exp": in_an_hour()}), "guess");
+        assert!(verifier.verify(&forged).is_err());
+        assert!(verifier.verify(&forged).is_err(), "failures are never cached as successes");
+    }
+
+    #[tokio::test]
+    async fn exp_and_nbf_are_checked_on_every_use_of_a_cached_token() {
+        let verifier = verifier();
+        let stale = token(serde_json::json!({"sub": "bob", "exp": in_an_hour()}), "s3cret");
+        // As if the token had been verified an hour ago and has expired since.
+        verifier.verified.insert(stale.clone(), Arc::new(Verified { subject: None, expires_at: 1, not_before: None }));
+        match verifier.verify(&stale) {
+            Err(ProxyError::Unauthorized(reason)) => assert_eq!(reason, "the JWT has expired"),
+            other => panic!("expected expiry, got {:?}", other.map(|v| v.subject.clone())),
+        }
+        let early = token(serde_json::json!({"sub": "bob", "exp": in_an_hour(), "nbf": in_an_hour()}), "s3cret");
+        verifier.verified.insert(
+            early.clone(),
+            Arc::new(Verified { subject: None, expires_at: in_an_hour(), not_before: Some(in_an_hour()) }),
+        );
+        match verifier.verify(&early) {
+            Err(ProxyError::Unauthorized(reason)) => assert_eq!(reason, "the JWT is not valid yet (nbf)"),
+            other => panic!("expected nbf, got {:?}", other.map(|v| v.subject.clone())),
+        }
+    }
 }
