@@ -45,7 +45,7 @@ struct RequestCtx {
     client: Arc<ClientConn>,
     route: Option<Arc<CompiledRoute>>,
     service: Option<Arc<str>>,
-    consumer: Option<String>,
+    consumer: Option<Arc<Consumer>>,
     upstream: Option<Arc<str>>,
     origin: Option<HeaderValue>,
     cache: Option<&'static str>,
@@ -142,9 +142,10 @@ async fn proxy(
     let ai_key = caller.as_ref().and_then(|c| c.key).filter(|_| route.route.ai_gateway).cloned();
     let ai_consumer = caller
         .as_ref()
+        .filter(|_| route.route.ai_gateway)
         .map(|c| (c.consumer.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(), c.consumer.name.clone()));
     if let Some(Caller { consumer, .. }) = caller {
-        rctx.consumer = Some(consumer.name.clone());
+        rctx.consumer = Some(consumer.clone());
         let consumer_id = consumer.meta.as_ref().map(|m| m.id.as_str()).unwrap_or_default();
         parts.headers.insert(X_CONSUMER_ID.clone(), HeaderValue::from_str(consumer_id).map_err(bad_header)?);
         parts.headers.insert(X_CONSUMER_NAME.clone(), HeaderValue::from_str(&consumer.name).map_err(bad_header)?);
@@ -205,7 +206,7 @@ async fn proxy(
             let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
             let key = cache::key(
                 &route.id,
-                rctx.consumer.as_deref(),
+                rctx.consumer.as_deref().map(|c| c.name.as_str()),
                 &parts.method,
                 host.as_deref(),
                 pq,
@@ -426,7 +427,9 @@ fn balance_key(service: &CompiledService, rctx: &RequestCtx, headers: &http::Hea
             .as_ref()
             .and_then(|h| headers.get(h))
             .map_or_else(|| client_ip_key(rctx), |v| hash_key(v.as_bytes())),
-        HashOn::Consumer => rctx.consumer.as_deref().map_or_else(|| client_ip_key(rctx), |c| hash_key(c.as_bytes())),
+        HashOn::Consumer => {
+            rctx.consumer.as_deref().map_or_else(|| client_ip_key(rctx), |c| hash_key(c.name.as_bytes()))
+        }
         HashOn::ClientIp | HashOn::Unspecified => client_ip_key(rctx),
     }
 }
@@ -469,12 +472,12 @@ fn classify(
 /// Who a request authenticated as: the consumer, and the API key when that
 /// is how it did (the AI gateway checks which models the key may use).
 struct Caller<'s> {
-    consumer: &'s Consumer,
+    consumer: &'s Arc<Consumer>,
     key: Option<&'s Arc<ApiKey>>,
 }
 
-impl<'s> From<&'s Consumer> for Caller<'s> {
-    fn from(consumer: &'s Consumer) -> Caller<'s> {
+impl<'s> From<&'s Arc<Consumer>> for Caller<'s> {
+    fn from(consumer: &'s Arc<Consumer>) -> Caller<'s> {
         Caller { consumer, key: None }
     }
 }
@@ -511,8 +514,8 @@ fn authenticate_jwt<'s>(
     snapshot: &'s GatewaySnapshot,
     route: &CompiledRoute,
     bearer: Option<&str>,
-) -> Result<&'s Consumer, ProxyError> {
-    static ANONYMOUS: std::sync::OnceLock<Consumer> = std::sync::OnceLock::new();
+) -> Result<&'s Arc<Consumer>, ProxyError> {
+    static ANONYMOUS: std::sync::OnceLock<Arc<Consumer>> = std::sync::OnceLock::new();
     let verifier = route.jwt.as_ref().ok_or(ProxyError::Unauthorized("this route has no JWT settings"))?;
     let token =
         bearer.ok_or(ProxyError::Unauthorized("this route requires a JWT: send `Authorization: Bearer <jwt>`"))?;
@@ -520,7 +523,7 @@ fn authenticate_jwt<'s>(
     match verified.subject.as_deref().and_then(|s| snapshot.consumer_by_id_or_name(s)) {
         Some(consumer) => Ok(consumer),
         None if verifier.require_consumer => Err(ProxyError::Unauthorized("the JWT does not name a known consumer")),
-        None => Ok(ANONYMOUS.get_or_init(|| Consumer { name: "anonymous".into(), ..Default::default() })),
+        None => Ok(ANONYMOUS.get_or_init(|| Arc::new(Consumer { name: "anonymous".into(), ..Default::default() }))),
     }
 }
 
@@ -540,7 +543,7 @@ fn authenticate_key<'s>(snapshot: &'s GatewaySnapshot, presented: Option<&str>) 
     snapshot
         .consumers
         .get(&key.consumer_id)
-        .map(|c| Caller { consumer: c.as_ref(), key: Some(key) })
+        .map(|c| Caller { consumer: c, key: Some(key) })
         .ok_or(ProxyError::Unauthorized("the API key is invalid, disabled or expired"))
 }
 
@@ -580,7 +583,7 @@ fn account(
             "latency_us": elapsed.as_micros() as u64,
             "route": route_name,
             "service": rctx.service,
-            "consumer": rctx.consumer,
+            "consumer": rctx.consumer.as_deref().map(|c| c.name.as_str()),
             "upstream": rctx.upstream,
             "attempts": rctx.attempts,
             "cache": rctx.cache,
