@@ -12,7 +12,7 @@
 //! task as usual.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 
 use futures::task::AtomicWaker;
@@ -21,11 +21,18 @@ use futures::task::AtomicWaker;
 /// scheduler, so a future that wakes itself forever cannot starve others.
 const MAX_INLINE_REPOLLS: usize = 4;
 
+/// Set while the task is inside `poll` or `quiet`.
+const POLLING: u8 = 1;
+/// Set by a wake-up that arrived while `POLLING` was set.
+const WOKEN: u8 = 2;
+
+/// Both flags live in one word, so a wake-up racing with the end of a poll
+/// (from the I/O driver on another worker thread) either lands before the
+/// poll's final swap, which sees it, or after, when it wakes the task itself.
 #[derive(Default)]
 struct State {
     task: AtomicWaker,
-    polling: AtomicBool,
-    woken: AtomicBool,
+    flags: AtomicU8,
 }
 
 impl Wake for State {
@@ -34,9 +41,10 @@ impl Wake for State {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if self.polling.load(Ordering::SeqCst) {
-            self.woken.store(true, Ordering::SeqCst);
-        } else {
+        let noted = self
+            .flags
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |flags| (flags & POLLING != 0).then_some(flags | WOKEN));
+        if noted.is_err() {
             self.task.wake();
         }
     }
@@ -62,9 +70,9 @@ impl SelfWake {
     /// polled), without waking the task. Call [`SelfWake::poll`] right after:
     /// it polls those futures anyway, so nothing waits on a lost wake-up.
     pub fn quiet<R>(&self, f: impl FnOnce() -> R) -> R {
-        self.state.polling.store(true, Ordering::SeqCst);
+        self.state.flags.store(POLLING, Ordering::Release);
         let result = f();
-        self.state.polling.store(false, Ordering::SeqCst);
+        self.state.flags.store(0, Ordering::Release);
         result
     }
 
@@ -74,19 +82,20 @@ impl SelfWake {
     pub fn poll<T>(&self, cx: &mut Context<'_>, mut step: impl FnMut(&mut Context<'_>) -> Poll<T>) -> Poll<T> {
         self.state.task.register(cx.waker());
         let mut inner = Context::from_waker(&self.waker);
-        self.state.polling.store(true, Ordering::SeqCst);
         let mut result = Poll::Pending;
         for _ in 0..=MAX_INLINE_REPOLLS {
-            self.state.woken.store(false, Ordering::SeqCst);
+            self.state.flags.store(POLLING, Ordering::Release);
             result = step(&mut inner);
-            if result.is_ready() || !self.state.woken.load(Ordering::SeqCst) {
+            if result.is_ready() || self.state.flags.load(Ordering::Acquire) & WOKEN == 0 {
                 break;
             }
         }
-        self.state.polling.store(false, Ordering::SeqCst);
+        let flags = self.state.flags.swap(0, Ordering::AcqRel);
         // A wake-up that landed after the last check, or that the repoll
-        // limit left unserved, goes to the scheduler.
-        if result.is_pending() && self.state.woken.swap(false, Ordering::SeqCst) {
+        // limit left unserved, goes to the scheduler. Once the step is ready
+        // its caller polls on (hyper goes on to the body, the body's end
+        // finishes the exchange), which sees whatever the wake-up was for.
+        if result.is_pending() && flags & WOKEN != 0 {
             cx.waker().wake_by_ref();
         }
         result
@@ -159,6 +168,42 @@ mod tests {
         assert_eq!(woken.0.load(Ordering::SeqCst), 0);
         kept.wake_by_ref();
         assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_wake_up_from_another_thread_racing_the_end_of_a_poll_is_never_lost() {
+        use std::sync::Barrier;
+        use std::sync::atomic::AtomicBool;
+        for _ in 0..2_000 {
+            let (woken, waker) = task();
+            let wake = SelfWake::default();
+            // A first poll registers the task and hands out the inner waker.
+            let mut inner = None;
+            let _: Poll<()> = wake.poll(&mut Context::from_waker(&waker), |cx| {
+                inner = Some(cx.waker().clone());
+                Poll::Pending
+            });
+            let inner = inner.unwrap();
+            let sent = Arc::new(AtomicBool::new(false));
+            let barrier = Arc::new(Barrier::new(2));
+            let waking = {
+                let (sent, barrier) = (sent.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    sent.store(true, Ordering::SeqCst);
+                    inner.wake_by_ref();
+                })
+            };
+            barrier.wait();
+            let mut saw_sent = false;
+            let _: Poll<()> = wake.poll(&mut Context::from_waker(&waker), |_| {
+                saw_sent |= sent.load(Ordering::SeqCst);
+                Poll::Pending
+            });
+            waking.join().unwrap();
+            // Either a step ran after the wake-up was sent, or the task was woken.
+            assert!(saw_sent || woken.0.load(Ordering::SeqCst) > 0, "a wake-up was lost");
+        }
     }
 
     #[test]
