@@ -157,6 +157,39 @@ async fn jwt_is_accepted_or_rejected_for_each_claim() {
         jsonwebtoken::encode(&header, &good(), &EncodingKey::from_ec_pem(es_key.serialize_pem().as_bytes()).unwrap())
             .unwrap();
     eventually("the JWKS key verifies an ES256 token", async || call(&es).await.status == StatusCode::OK).await;
+
+    // RS256 against an inline PEM key, on a route that lets tokens without a
+    // known consumer through as `anonymous`. (The key pair is a test fixture.)
+    let mut route = open_route("rs", "svc", "/rs");
+    route.auth = AuthMode::Jwt as i32;
+    route.jwt = Some(JwtAuth {
+        algorithms: vec!["RS256".into()],
+        public_keys_pem: vec![include_str!("fixtures/jwt/rs256-test-key.pub.pem").into()],
+        ..Default::default()
+    });
+    admin.create_route(route).await.unwrap();
+    let rsa = EncodingKey::from_rsa_pem(include_bytes!("fixtures/jwt/rs256-test-key.pem")).unwrap();
+    let rs256 =
+        |claims: serde_json::Value| jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &rsa).unwrap();
+    let call_rs =
+        async |token: &str| get(node.proxy_addr, "/rs", &[("authorization", &format!("Bearer {token}"))]).await;
+
+    let reply = call_rs(&rs256(good())).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.json()["headers"]["x-consumer-name"], "alice");
+    let reply = call_rs(&rs256(serde_json::json!({"sub": "nobody-we-know", "exp": now() + 600}))).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let seen = &reply.json()["headers"];
+    assert_eq!(seen["x-consumer-name"], "anonymous");
+    assert!(seen.get("x-consumer-id").is_none(), "an anonymous caller has no consumer id: {seen}");
+    let mut expired = good();
+    expired["exp"] = (now() - 120).into();
+    assert_eq!(call_rs(&rs256(expired)).await.status, StatusCode::UNAUTHORIZED, "exp is checked for RS256 too");
+    // An HS256 token on an RS256-only route is refused, whatever its secret.
+    assert_eq!(call_rs(&hs256(good(), SECRET)).await.status, StatusCode::UNAUTHORIZED, "algorithm confusion");
+    let mut tampered = rs256(good());
+    tampered.insert_str(tampered.rfind('.').unwrap() + 1, "AAAA");
+    assert_eq!(call_rs(&tampered).await.status, StatusCode::UNAUTHORIZED, "bad signature");
     node.shutdown().await;
 }
 

@@ -99,8 +99,16 @@ async fn routing_precedence_and_request_rewriting() {
     assert_eq!(seen["x-forwarded-host"], node.proxy_addr.to_string());
     assert_eq!(seen["x-forwarded-proto"], "http");
     // The gateway checked no credentials on an open route, so the upstream's own pass through.
-    let reply = get(node.proxy_addr, "/headers", &[("authorization", "Bearer upstream-token")]).await;
-    assert_eq!(reply.json()["headers"]["authorization"], "Bearer upstream-token");
+    // Its identity headers, though, come only from the gateway: a client cannot pose as a consumer.
+    let reply = get(
+        node.proxy_addr,
+        "/headers",
+        &[("authorization", "Bearer upstream-token"), ("x-consumer-id", "c-admin"), ("x-consumer-name", "admin")],
+    )
+    .await;
+    let seen = &reply.json()["headers"];
+    assert_eq!(seen["authorization"], "Bearer upstream-token");
+    assert!(seen.get("x-consumer-id").is_none() && seen.get("x-consumer-name").is_none(), "{seen}");
     let reply = get(node.proxy_addr, "/headers", &[("x-request-id", "trace-me-1")]).await;
     assert_eq!(reply.headers["x-request-id"], "trace-me-1");
     assert_eq!(reply.json()["headers"]["x-request-id"], "trace-me-1");
@@ -137,10 +145,11 @@ async fn api_key_authentication() {
     assert!(reply.headers.contains_key("www-authenticate"));
 
     let bearer = format!("Bearer {key}");
-    let reply = get(node.proxy_addr, "/private", &[("authorization", &bearer)]).await;
+    let reply = get(node.proxy_addr, "/private", &[("authorization", &bearer), ("x-consumer-name", "root")]).await;
     assert_eq!(reply.status, StatusCode::OK);
     let seen = &reply.json()["headers"];
-    assert_eq!(seen["x-consumer-name"], "acme");
+    assert_eq!(seen["x-consumer-name"], "acme", "the gateway's value replaces the client's");
+    assert!(seen["x-consumer-id"].as_str().is_some_and(|id| !id.is_empty()), "{seen}");
     assert!(seen.get("authorization").is_none(), "the key never reaches the upstream");
 
     let reply = get(node.proxy_addr, "/private", &[("x-api-key", &key)]).await;

@@ -27,7 +27,7 @@ use super::headers::{self, X_REQUEST_ID};
 use super::health::InFlight;
 use super::lb::hash_key;
 use super::retry;
-use super::snapshot::{CompiledRoute, CompiledService, GatewaySnapshot};
+use super::snapshot::{CompiledConsumer, CompiledRoute, CompiledService, GatewaySnapshot};
 use super::upstream::{BoxError, Upstream, UpstreamBody, UpstreamResponseBody};
 use super::{ClientConn, ProxyBody, ProxyContext};
 use crate::apikey;
@@ -45,7 +45,7 @@ struct RequestCtx {
     client: Arc<ClientConn>,
     route: Option<Arc<CompiledRoute>>,
     service: Option<Arc<str>>,
-    consumer: Option<Arc<Consumer>>,
+    consumer: Option<Arc<CompiledConsumer>>,
     upstream: Option<Arc<str>>,
     origin: Option<HeaderValue>,
     cache: Option<&'static str>,
@@ -143,13 +143,20 @@ async fn proxy(
     let ai_consumer = caller
         .as_ref()
         .filter(|_| route.route.ai_gateway)
-        .map(|c| (c.consumer.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(), c.consumer.name.clone()));
-    if let Some(Caller { consumer, .. }) = caller {
-        rctx.consumer = Some(consumer.clone());
-        let consumer_id = consumer.meta.as_ref().map(|m| m.id.as_str()).unwrap_or_default();
-        parts.headers.insert(X_CONSUMER_ID.clone(), HeaderValue::from_str(consumer_id).map_err(bad_header)?);
-        parts.headers.insert(X_CONSUMER_NAME.clone(), HeaderValue::from_str(&consumer.name).map_err(bad_header)?);
+        .map(|c| (c.consumer.id().to_string(), c.consumer.name().to_string()));
+    // Set or removed on every route, open ones too, so that no client can
+    // pose as a consumer to an upstream that trusts these headers.
+    let consumer = caller.as_ref().map(|c| c.consumer);
+    for (name, value) in [
+        (&X_CONSUMER_ID, consumer.and_then(|c| c.id_header.as_ref())),
+        (&X_CONSUMER_NAME, consumer.and_then(|c| c.name_header.as_ref())),
+    ] {
+        match value {
+            Some(value) => parts.headers.insert(name.clone(), value.clone()),
+            None => parts.headers.remove(name),
+        };
     }
+    rctx.consumer = consumer.cloned();
     // Credentials the gateway checked are for the gateway; never pass them
     // on. An open route checked none, so its upstream may do its own auth.
     if authenticated {
@@ -206,7 +213,7 @@ async fn proxy(
             let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
             let key = cache::key(
                 &route.id,
-                rctx.consumer.as_deref().map(|c| c.name.as_str()),
+                rctx.consumer.as_deref().map(CompiledConsumer::name),
                 &parts.method,
                 host.as_deref(),
                 pq,
@@ -428,7 +435,7 @@ fn balance_key(service: &CompiledService, rctx: &RequestCtx, headers: &http::Hea
             .and_then(|h| headers.get(h))
             .map_or_else(|| client_ip_key(rctx), |v| hash_key(v.as_bytes())),
         HashOn::Consumer => {
-            rctx.consumer.as_deref().map_or_else(|| client_ip_key(rctx), |c| hash_key(c.name.as_bytes()))
+            rctx.consumer.as_deref().map_or_else(|| client_ip_key(rctx), |c| hash_key(c.name().as_bytes()))
         }
         HashOn::ClientIp | HashOn::Unspecified => client_ip_key(rctx),
     }
@@ -472,12 +479,12 @@ fn classify(
 /// Who a request authenticated as: the consumer, and the API key when that
 /// is how it did (the AI gateway checks which models the key may use).
 struct Caller<'s> {
-    consumer: &'s Arc<Consumer>,
+    consumer: &'s Arc<CompiledConsumer>,
     key: Option<&'s Arc<ApiKey>>,
 }
 
-impl<'s> From<&'s Arc<Consumer>> for Caller<'s> {
-    fn from(consumer: &'s Arc<Consumer>) -> Caller<'s> {
+impl<'s> From<&'s Arc<CompiledConsumer>> for Caller<'s> {
+    fn from(consumer: &'s Arc<CompiledConsumer>) -> Caller<'s> {
         Caller { consumer, key: None }
     }
 }
@@ -508,14 +515,15 @@ fn authenticate<'s>(
     }
 }
 
-/// A JWT without a matching consumer still authenticates unless the route
-/// requires one; the request then carries no consumer headers.
+/// A JWT without a matching consumer still authenticates, as `anonymous`,
+/// unless the route requires a consumer; the request then carries
+/// `X-Consumer-Name: anonymous` and no `X-Consumer-Id`.
 fn authenticate_jwt<'s>(
     snapshot: &'s GatewaySnapshot,
     route: &CompiledRoute,
     bearer: Option<&str>,
-) -> Result<&'s Arc<Consumer>, ProxyError> {
-    static ANONYMOUS: std::sync::OnceLock<Arc<Consumer>> = std::sync::OnceLock::new();
+) -> Result<&'s Arc<CompiledConsumer>, ProxyError> {
+    static ANONYMOUS: std::sync::OnceLock<Arc<CompiledConsumer>> = std::sync::OnceLock::new();
     let verifier = route.jwt.as_ref().ok_or(ProxyError::Unauthorized("this route has no JWT settings"))?;
     let token =
         bearer.ok_or(ProxyError::Unauthorized("this route requires a JWT: send `Authorization: Bearer <jwt>`"))?;
@@ -523,7 +531,9 @@ fn authenticate_jwt<'s>(
     match verified.subject.as_deref().and_then(|s| snapshot.consumer_by_id_or_name(s)) {
         Some(consumer) => Ok(consumer),
         None if verifier.require_consumer => Err(ProxyError::Unauthorized("the JWT does not name a known consumer")),
-        None => Ok(ANONYMOUS.get_or_init(|| Arc::new(Consumer { name: "anonymous".into(), ..Default::default() }))),
+        None => Ok(ANONYMOUS.get_or_init(|| {
+            Arc::new(CompiledConsumer::new(Arc::new(Consumer { name: "anonymous".into(), ..Default::default() })))
+        })),
     }
 }
 
@@ -583,7 +593,7 @@ fn account(
             "latency_us": elapsed.as_micros() as u64,
             "route": route_name,
             "service": rctx.service,
-            "consumer": rctx.consumer.as_deref().map(|c| c.name.as_str()),
+            "consumer": rctx.consumer.as_deref().map(CompiledConsumer::name),
             "upstream": rctx.upstream,
             "attempts": rctx.attempts,
             "cache": rctx.cache,
@@ -604,10 +614,6 @@ fn account(
         }
         trace.finish("proxy", status.as_u16(), attributes);
     }
-}
-
-fn bad_header(e: http::header::InvalidHeaderValue) -> ProxyError {
-    ProxyError::BadRequest(e.to_string())
 }
 
 fn empty() -> ProxyBody {

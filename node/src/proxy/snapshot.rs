@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 use tollgate_proto::config::v1::{ApiKey, Consumer, HashOn, Route, Service};
 use tollgate_raft::GatewayState;
 
@@ -31,9 +31,37 @@ pub struct GatewaySnapshot {
     pub router: Router<Arc<CompiledRoute>>,
     pub services: HashMap<String, CompiledService>,
     pub api_keys: HashMap<String, Arc<ApiKey>>,
-    pub consumers: HashMap<String, Arc<Consumer>>,
+    pub consumers: HashMap<String, Arc<CompiledConsumer>>,
     pub consumer_ids_by_name: HashMap<String, String>,
     pub ai: crate::ai::snapshot::AiSnapshot,
+}
+
+/// A consumer with the identity headers sent upstream built once, not per request.
+pub struct CompiledConsumer {
+    pub consumer: Arc<Consumer>,
+    /// `X-Consumer-Id`; None for a caller that is no stored consumer.
+    pub id_header: Option<HeaderValue>,
+    /// `X-Consumer-Name`; None when the name cannot be a header value.
+    pub name_header: Option<HeaderValue>,
+}
+
+impl CompiledConsumer {
+    pub fn new(consumer: Arc<Consumer>) -> CompiledConsumer {
+        let id = consumer.meta.as_ref().map(|m| m.id.as_str()).filter(|id| !id.is_empty());
+        CompiledConsumer {
+            id_header: id.and_then(|id| HeaderValue::from_str(id).ok()),
+            name_header: HeaderValue::from_str(&consumer.name).ok(),
+            consumer,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        self.consumer.meta.as_ref().map(|m| m.id.as_str()).unwrap_or_default()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.consumer.name
+    }
 }
 
 pub struct CompiledService {
@@ -187,14 +215,17 @@ impl GatewaySnapshot {
             router: Router::build(routes.iter().map(|(r, c)| (r.as_ref(), c.clone()))),
             services,
             api_keys: state.api_keys().map(|k| (id_of(&k.meta), k.clone())).collect(),
-            consumers: state.consumers().map(|c| (id_of(&c.meta), c.clone())).collect(),
+            consumers: state
+                .consumers()
+                .map(|c| (id_of(&c.meta), Arc::new(CompiledConsumer::new(c.clone()))))
+                .collect(),
             consumer_ids_by_name: state.consumers().map(|c| (c.name.clone(), id_of(&c.meta))).collect(),
             ai: crate::ai::snapshot::AiSnapshot::compile(state, &shared.ai),
         }
     }
 
     /// A consumer by id, else by unique name (JWT claims may carry either).
-    pub fn consumer_by_id_or_name(&self, key: &str) -> Option<&Arc<Consumer>> {
+    pub fn consumer_by_id_or_name(&self, key: &str) -> Option<&Arc<CompiledConsumer>> {
         self.consumers.get(key).or_else(|| self.consumers.get(self.consumer_ids_by_name.get(key)?))
     }
 }
