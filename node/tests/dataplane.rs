@@ -191,19 +191,42 @@ async fn retries_repeat_idempotent_requests_but_never_a_post() {
     let svc = Service {
         name: "retrying".into(),
         targets: vec![target(bad.port(), 1), target(good.port(), 1), target(u32::from(dead_port().await), 1)],
-        retry: Some(RetryPolicy { attempts: 2, ..Default::default() }),
+        // Every request may pay for a retry, so the budget never runs out here.
+        retry: Some(RetryPolicy { attempts: 2, budget_percent: 100, ..Default::default() }),
         ..Default::default()
     };
     admin.create_service(svc).await.unwrap();
     admin.create_route(open_route("retrying", "retrying", "/")).await.unwrap();
 
-    // Every GET succeeds: a 503 or a refused connection moves on to another
-    // target. (Four requests stay within the retry budget's initial allowance.)
+    // Every GET succeeds: a 503 or a refused connection moves on to another target.
     for _ in 0..4 {
         let reply = get(node.proxy_addr, "/", &[]).await;
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(upstream_of(&reply), "good");
     }
+    // A PUT is idempotent: its body is held and sent again whole to the next target.
+    let bad_before = bad.hits();
+    for i in 0..3 {
+        let request =
+            Request::put(format!("http://{}/doc/{i}", node.proxy_addr)).body(full(format!("version={i}"))).unwrap();
+        let reply = send(&http_client(), request).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        assert_eq!(upstream_of(&reply), "good");
+        assert_eq!(
+            (reply.json()["method"].as_str(), reply.json()["body"].as_str()),
+            (Some("PUT"), Some(&*format!("version={i}")))
+        );
+    }
+    assert!(bad.hits() > bad_before, "some PUTs reached the failing target first and were retried");
+    // One too large to hold streams to a single target and is not retried.
+    let mut large_statuses = Vec::new();
+    for _ in 0..6 {
+        let body = "x".repeat(tollgate_node::proxy::RETRY_BUFFER_BYTES as usize + 1);
+        let request = Request::put(format!("http://{}/big", node.proxy_addr)).body(full(body)).unwrap();
+        large_statuses.push(send(&http_client(), request).await.status);
+    }
+    assert!(large_statuses.contains(&StatusCode::SERVICE_UNAVAILABLE), "{large_statuses:?}");
+
     // POSTs reach exactly one target, once each, whatever it answers.
     let (bad_before, good_before) = (bad.hits(), good.hits());
     let mut statuses = Vec::new();

@@ -33,7 +33,7 @@ pub struct ServicePolicyFlags {
     eject_after: Option<u32>,
     #[arg(long)]
     ejection_ms: Option<u32>,
-    /// Extra attempts for idempotent requests without a body (never POST/PATCH).
+    /// Extra attempts for idempotent requests (never POST/PATCH); a body is held for resending up to 64 KiB.
     #[arg(long)]
     retries: Option<u32>,
     /// Retries may add at most this % of requests (default 20).

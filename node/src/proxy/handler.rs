@@ -301,9 +301,14 @@ async fn proxy(
     Ok(Response::from_parts(head, body))
 }
 
-/// Sends the request to a target chosen by the balancer, retrying idempotent,
-/// bodiless requests on another target within the service's retry budget,
-/// and feeding outcomes to passive health checks and the circuit breaker.
+/// Sends the request to a target chosen by the balancer, retrying idempotent
+/// requests on another target within the service's retry budget, and feeding
+/// outcomes to passive health checks and the circuit breaker.
+///
+/// A retry sends the request again whole, so an idempotent request's body
+/// (a PUT's, say) is read into memory first when its declared length is at
+/// most [`RETRY_BUFFER_BYTES`], as Envoy's retry buffer does. Longer or
+/// unsized bodies stream to one target and are not retried.
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     service: &CompiledService,
@@ -323,17 +328,24 @@ async fn forward(
         service.metrics.circuit_rejections.inc();
         return Err(ProxyError::CircuitOpen { service: service.name.clone() });
     }
-    let retry = service.retry.as_ref().filter(|_| retry::idempotent(&parts.method) && body.is_end_stream());
+    let replayable = body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= RETRY_BUFFER_BYTES);
+    let retry = service.retry.as_ref().filter(|_| replayable && retry::idempotent(&parts.method));
     if let Some(r) = retry {
         service.budget.deposit(r.budget_percent);
     }
+    // With retries on, the body is held whole so that every attempt can send it.
+    let (mut streaming, held) = match retry {
+        Some(_) if !body.is_end_stream() => (None, read_whole(body, limit).await?),
+        Some(_) => (None, Bytes::new()),
+        None => (Some(body), Bytes::new()),
+    };
     // Kept only when a retry may need to rebuild the request.
     let replay = retry.map(|_| (parts.method.clone(), parts.headers.clone()));
     let key = if service.balancer.needs_key() { balance_key(service, rctx, &parts.headers) } else { 0 };
     let timeout = route.request_timeout.unwrap_or(service.request_timeout);
     let max_attempts = 1 + retry.map_or(0, |r| r.attempts) as usize;
     let mut tried = [usize::MAX; 11];
-    let mut first = Some((parts, body));
+    let mut first = Some(parts);
     let mut outcome;
     loop {
         let n = rctx.attempts as usize;
@@ -355,20 +367,21 @@ async fn forward(
                 .build()
                 .map_err(|e| ProxyError::BadRequest(e.to_string()))?
         };
+        let body = match streaming.take() {
+            // A bodiless request (most GETs) needs no limit, nor a boxed body.
+            Some(body) if body.is_end_stream() => empty_upstream(),
+            Some(body) => Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync(),
+            None if held.is_empty() => empty_upstream(),
+            None => Full::new(held.clone()).map_err(|never| match never {}).boxed_unsync(),
+        };
         let request = match first.take() {
-            Some((mut parts, body)) => {
+            Some(mut parts) => {
                 parts.uri = uri;
-                // A bodiless request (most GETs) needs no limit, nor a boxed body.
-                let body = if body.is_end_stream() {
-                    empty_upstream()
-                } else {
-                    Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync()
-                };
                 Request::from_parts(parts, body)
             }
             None => {
                 let (method, headers) = replay.as_ref().expect("retries keep a copy of the request");
-                let mut request = Request::new(empty_upstream());
+                let mut request = Request::new(body);
                 *request.method_mut() = method.clone();
                 *request.uri_mut() = uri;
                 *request.headers_mut() = headers.clone();
@@ -425,6 +438,19 @@ async fn forward(
     let body =
         ResponseBody::new(body, in_flight, route.idle_timeout, rctx.upstream.clone().unwrap_or_else(|| Arc::from("")));
     Ok(Response::from_parts(head, body.boxed_unsync()))
+}
+
+/// The largest request body held in memory so that a failed attempt can be
+/// retried with it; Envoy's default retry buffer is the same size.
+pub const RETRY_BUFFER_BYTES: u64 = 64 * 1024;
+
+/// Reads a (small, declared-length) request body whole, for retries.
+async fn read_whole(body: Incoming, limit: u64) -> Result<Bytes, ProxyError> {
+    match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(ProxyError::BodyTooLarge { limit }),
+        Err(e) => Err(ProxyError::BadRequest(format!("the request body could not be read: {e}"))),
+    }
 }
 
 fn balance_key(service: &CompiledService, rctx: &RequestCtx, headers: &http::HeaderMap) -> u64 {

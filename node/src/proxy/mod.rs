@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use tollgate_raft::GatewayState;
 
 pub use error::ProxyError;
+pub use handler::RETRY_BUFFER_BYTES;
 pub use snapshot::{GatewaySnapshot, Shared, TimeoutDefaults};
 pub use upstream::{BoxError, Upstream, UpstreamClient, UpstreamClients};
 

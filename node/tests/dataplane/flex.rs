@@ -99,8 +99,10 @@ async fn respond(
         .iter()
         .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_str().unwrap_or("").to_string())))
         .collect();
-    let _ = req.into_body().collect().await;
-    let json = serde_json::json!({ "upstream": name, "path": path, "query": query, "headers": headers });
+    let method = req.method().to_string();
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = String::from_utf8_lossy(&body);
+    let json = serde_json::json!({ "upstream": name, "method": method, "path": path, "query": query, "headers": headers, "body": body });
     let mut builder = Response::builder()
         .status(if fail != 0 { fail } else { 200 })
         .header("x-upstream", name)
