@@ -108,6 +108,21 @@ async fn jwt_is_accepted_or_rejected_for_each_claim() {
     });
     admin.create_route(route).await.unwrap();
 
+    // The HMAC secret is replicated only sealed, and never comes back from the API.
+    let sealed = |node: &Node| node.raft().local_state().find_route("jwt").unwrap().jwt.clone().unwrap();
+    let stored = sealed(&node);
+    assert!(stored.hs_secret.is_empty(), "no plaintext secret in the replicated state");
+    assert!(!stored.sealed_hs_secret.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()));
+    let get_jwt = tollgate_proto::admin::v1::GetRequest { id_or_name: "jwt".into(), ..Default::default() };
+    let mut returned = admin.get_route(get_jwt.clone()).await.unwrap().into_inner();
+    let returned_jwt = returned.jwt.clone().unwrap();
+    assert!(returned_jwt.hs_secret.is_empty() && returned_jwt.sealed_hs_secret.is_empty());
+    // Updating the route without resending the secret keeps it (checked by the HS256 calls below).
+    returned.jwt.as_mut().unwrap().leeway_s = 1;
+    admin.update_route(returned).await.unwrap();
+    assert_eq!(sealed(&node).leeway_s, 1);
+    assert!(!sealed(&node).sealed_hs_secret.is_empty(), "the update kept the sealed secret");
+
     let good = || serde_json::json!({"sub": "alice", "iss": "https://issuer.test", "aud": "tollgate", "exp": now() + 600, "nbf": now() - 10});
     let call = async |token: &str| get(node.proxy_addr, "/", &[("authorization", &format!("Bearer {token}"))]).await;
 

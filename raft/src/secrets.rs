@@ -14,6 +14,10 @@ use crate::pki::ClusterTls;
 
 const VERSION: u8 = 1;
 const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+/// Bytes sealing adds to a plaintext: version, nonce and tag. Sealing keeps
+/// the length, so validation can check a sealed secret's size.
+pub const SEAL_OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
 const SALT: &[u8] = b"tollgate secrets v1";
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +98,11 @@ impl SecretBox {
             self.key.open_in_place(nonce, Aad::from(context.as_bytes()), &mut buf).map_err(|_| SecretError::Open)?;
         String::from_utf8(plain.to_vec()).map_err(|_| SecretError::Open)
     }
+}
+
+/// The context a route's JWT HMAC secret is sealed under.
+pub fn jwt_secret_context(route_id: &str) -> String {
+    format!("route/{route_id}/jwt-hs-secret")
 }
 
 /// The context a provider credential is sealed under.

@@ -20,7 +20,7 @@ const MAX_WEIGHT: u32 = 10_000;
 const MAX_TIMEOUT_MS: u32 = 3_600_000;
 /// A sealed secret is a version byte, a nonce, the ciphertext and a tag;
 /// anything shorter cannot have come from the admin server.
-const MIN_SEALED_LEN: usize = 1 + 12 + 16;
+const MIN_SEALED_LEN: usize = crate::secrets::SEAL_OVERHEAD;
 
 /// Model ids are the providers' own ("gpt-4o-2024-08-06",
 /// "llama3.1:8b", "meta-llama/Llama-3.3-70B-Instruct-Turbo"): printable

@@ -110,7 +110,13 @@ fn jwt(j: &JwtAuth) -> Result<(), ApplyError> {
     }
     let wants_hmac = j.algorithms.iter().any(|a| a.starts_with("HS"));
     let wants_public = j.algorithms.iter().any(|a| !a.starts_with("HS"));
-    if wants_hmac && j.hs_secret.len() < 16 {
+    // Sealing keeps the length; a plaintext secret is accepted as written by
+    // earlier versions, whose log entries must still apply.
+    let secret_len = match (j.sealed_hs_secret.len(), j.hs_secret.len()) {
+        (0, plain) => plain,
+        (sealed, _) => sealed.saturating_sub(crate::secrets::SEAL_OVERHEAD),
+    };
+    if wants_hmac && secret_len < 16 {
         return Err(ApplyError::invalid("jwt.hs_secret", "HS* algorithms need a secret of at least 16 bytes"));
     }
     if wants_public && j.public_keys_pem.is_empty() && j.jwks_url.is_empty() {
@@ -289,6 +295,13 @@ mod tests {
         r.jwt = Some(JwtAuth { algorithms: vec!["HS256".into()], hs_secret: "short".into(), ..Default::default() });
         assert!(route(&r).is_err(), "short secret");
         r.jwt.as_mut().unwrap().hs_secret = "0123456789abcdef0123".into();
+        assert!(route(&r).is_ok());
+        // Sealed, the secret's length is still checked: sealing keeps it.
+        let sealed = crate::secrets::SecretBox::from_key_material(b"k");
+        r.jwt.as_mut().unwrap().hs_secret.clear();
+        r.jwt.as_mut().unwrap().sealed_hs_secret = sealed.seal("c", "short").unwrap();
+        assert!(route(&r).is_err(), "short sealed secret");
+        r.jwt.as_mut().unwrap().sealed_hs_secret = sealed.seal("c", "0123456789abcdef").unwrap();
         assert!(route(&r).is_ok());
         r.jwt.as_mut().unwrap().algorithms.push("RS256".into());
         assert!(route(&r).is_err(), "RS256 without keys");

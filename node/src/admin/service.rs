@@ -7,8 +7,9 @@ use prost::Message;
 use rand::RngCore;
 use tollgate_proto::admin::v1::admin_service_server::AdminService;
 use tollgate_proto::admin::v1::*;
-use tollgate_proto::config::v1::{ApiKey, AuthMode, Consumer, Meta, PathMatch, Route, Service};
+use tollgate_proto::config::v1::{ApiKey, AuthMode, Consumer, JwtAuth, Meta, PathMatch, Route, Service};
 use tollgate_proto::raft::v1::command::Op;
+use tollgate_raft::secrets::jwt_secret_context;
 use tollgate_raft::{GatewayState, RaftNode};
 use tonic::{Request, Response, Status};
 
@@ -22,6 +23,34 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// Seals a route's JWT HMAC secret so that only ciphertext is replicated.
+    /// An update that sends no secret keeps the route's current one (sealing
+    /// it now if an earlier version stored it in plain text).
+    fn seal_jwt_secret(&self, route: &mut Route, existing: Option<&JwtAuth>) -> Result<(), Status> {
+        let Some(jwt) = route.jwt.as_mut() else { return Ok(()) };
+        // Only this server seals; ciphertext sent by a client is not trusted.
+        jwt.sealed_hs_secret.clear();
+        let secret = match (std::mem::take(&mut jwt.hs_secret), existing) {
+            (secret, _) if !secret.is_empty() => secret,
+            (_, Some(old)) if !old.sealed_hs_secret.is_empty() => {
+                jwt.sealed_hs_secret = old.sealed_hs_secret.clone();
+                return Ok(());
+            }
+            (_, Some(old)) => old.hs_secret.clone(),
+            (_, None) => String::new(),
+        };
+        if secret.is_empty() {
+            return Ok(());
+        }
+        if secret.len() < 16 {
+            return Err(Status::invalid_argument("jwt.hs_secret: HS* algorithms need a secret of at least 16 bytes"));
+        }
+        let context = jwt_secret_context(&id_of(&route.meta));
+        jwt.sealed_hs_secret =
+            self.proxy.shared.ai.secrets.seal(&context, &secret).map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(())
+    }
+
     pub fn new(raft: RaftNode, proxy: Arc<ProxyContext>) -> Admin {
         Admin { raft, proxy }
     }
@@ -96,6 +125,15 @@ pub(super) fn required(field: &str, value: &str) -> Result<(), Status> {
 /// Fills in what clients may leave out, the same way for every client:
 /// a path without a kind is a prefix, a route without an auth mode requires
 /// an API key (closed by default), hosts are case-insensitive, methods upper-case.
+/// What the API returns: never the JWT secret, sealed or not.
+fn redacted(mut route: Route) -> Route {
+    if let Some(jwt) = route.jwt.as_mut() {
+        jwt.hs_secret.clear();
+        jwt.sealed_hs_secret.clear();
+    }
+    route
+}
+
 fn normalize_route(route: &mut Route) {
     for path in &mut route.paths {
         if path.kind == PathMatch::Unspecified as i32 {
@@ -153,6 +191,7 @@ impl AdminService for Admin {
         let mut route = request.into_inner();
         route.meta = fresh_meta();
         normalize_route(&mut route);
+        self.seal_jwt_secret(&mut route, None)?;
         // Accept a service name where an id is expected; the id is what is stored.
         if !route.service_id.is_empty() {
             let state = self.read().await?;
@@ -160,19 +199,19 @@ impl AdminService for Admin {
                 route.service_id = id_of(&service.meta);
             }
         }
-        self.write(Op::CreateRoute(route)).await.map(Response::new)
+        self.write(Op::CreateRoute(route)).await.map(|r| Response::new(redacted(r)))
     }
 
     async fn get_route(&self, request: Request<GetRequest>) -> Result<Response<Route>, Status> {
         let GetRequest { id_or_name: key, stale } = request.into_inner();
         let state = self.read_with(stale).await?;
         let found = state.find_route(&key).ok_or_else(|| not_found("route", &key))?;
-        Ok(Response::new(found.as_ref().clone()))
+        Ok(Response::new(redacted(found.as_ref().clone())))
     }
 
     async fn list_routes(&self, request: Request<ListRequest>) -> Result<Response<ListRoutesResponse>, Status> {
         let state = self.read_with(request.into_inner().stale).await?;
-        let mut routes: Vec<Route> = state.routes().map(|r| r.as_ref().clone()).collect();
+        let mut routes: Vec<Route> = state.routes().map(|r| redacted(r.as_ref().clone())).collect();
         routes.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(ListRoutesResponse { routes }))
     }
@@ -180,15 +219,17 @@ impl AdminService for Admin {
     async fn update_route(&self, request: Request<Route>) -> Result<Response<Route>, Status> {
         let mut route = request.into_inner();
         let key = update_target(&route.meta, &route.name)?;
-        route.meta = Some(Meta { id: self.route_id(&key).await?, ..Default::default() });
+        let state = self.read().await?;
+        let existing = state.find_route(&key).ok_or_else(|| not_found("route", &key))?;
+        route.meta = Some(Meta { id: id_of(&existing.meta), ..Default::default() });
         normalize_route(&mut route);
-        if !route.service_id.is_empty() {
-            let state = self.read().await?;
-            if let Some(service) = state.find_service(&route.service_id) {
-                route.service_id = id_of(&service.meta);
-            }
+        self.seal_jwt_secret(&mut route, existing.jwt.as_ref())?;
+        if !route.service_id.is_empty()
+            && let Some(service) = state.find_service(&route.service_id)
+        {
+            route.service_id = id_of(&service.meta);
         }
-        self.write(Op::UpdateRoute(route)).await.map(Response::new)
+        self.write(Op::UpdateRoute(route)).await.map(|r| Response::new(redacted(r)))
     }
 
     async fn delete_route(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {

@@ -71,7 +71,8 @@ pub struct Verified {
 }
 
 impl JwtVerifier {
-    pub fn compile(config: &JwtAuth, jwks: &JwksStore) -> JwtVerifier {
+    /// `hs_secret` is the route's HMAC secret, already unsealed.
+    pub fn compile(config: &JwtAuth, hs_secret: Option<&str>, jwks: &JwksStore) -> JwtVerifier {
         let mut validations = Vec::new();
         for name in &config.algorithms {
             let Ok(alg) = name.parse::<Algorithm>() else { continue };
@@ -91,12 +92,8 @@ impl JwtVerifier {
             validations.push((alg, v));
         }
         let mut keys = Vec::new();
-        if !config.hs_secret.is_empty() {
-            keys.push(Key {
-                kid: None,
-                family: Family::Hmac,
-                key: DecodingKey::from_secret(config.hs_secret.as_bytes()),
-            });
+        if let Some(secret) = hs_secret.filter(|s| !s.is_empty()) {
+            keys.push(Key { kid: None, family: Family::Hmac, key: DecodingKey::from_secret(secret.as_bytes()) });
         }
         for pem in &config.public_keys_pem {
             if let Ok(key) = DecodingKey::from_rsa_pem(pem.as_bytes()) {
@@ -320,11 +317,11 @@ mod tests {
     use super::*;
 
     fn verifier() -> JwtVerifier {
-        let config = JwtAuth { algorithms: vec!["HS256".into()], hs_secret: "s3cret".into(), ..Default::default() };
+        let config = JwtAuth { algorithms: vec!["HS256".into()], ..Default::default() };
         let client = super::super::upstream::UpstreamClients::new(Duration::from_secs(60))
             .get(Duration::from_secs(1), None)
             .unwrap();
-        JwtVerifier::compile(&config, &JwksStore::new(client))
+        JwtVerifier::compile(&config, Some("s3cret"), &JwksStore::new(client))
     }
 
     fn token(claims: serde_json::Value, secret: &str) -> String {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
-use tollgate_proto::config::v1::{ApiKey, Consumer, HashOn, Route, Service};
+use tollgate_proto::config::v1::{ApiKey, Consumer, HashOn, JwtAuth, Route, Service};
 use tollgate_raft::GatewayState;
 
 use super::cache::ResponseCache;
@@ -306,6 +306,23 @@ fn compile_service(
     }
 }
 
+/// The route's JWT HMAC secret: unsealed, or in plain text as earlier
+/// versions stored it. One that does not open leaves HS* tokens unverifiable,
+/// so they are refused.
+fn jwt_secret(r: &Route, jwt: &JwtAuth, shared: &Shared) -> Option<String> {
+    if jwt.sealed_hs_secret.is_empty() {
+        return Some(jwt.hs_secret.clone()).filter(|s| !s.is_empty());
+    }
+    let context = tollgate_raft::secrets::jwt_secret_context(&id_of(&r.meta));
+    match shared.ai.secrets.open(&context, &jwt.sealed_hs_secret) {
+        Ok(secret) => Some(secret),
+        Err(error) => {
+            tracing::error!(route = %r.name, %error, "the route's JWT secret does not open; HS* tokens are refused");
+            None
+        }
+    }
+}
+
 fn compile_route(r: &Route, service: Option<&CompiledService>, shared: &Shared) -> CompiledRoute {
     let service_name = service.map_or("", |s| s.name.as_str());
     let upstream = match (r.connect_timeout_ms, service) {
@@ -316,7 +333,7 @@ fn compile_route(r: &Route, service: Option<&CompiledService>, shared: &Shared) 
         id: id_of(&r.meta),
         route: Arc::new(r.clone()),
         metrics: shared.metrics.route(&r.name, service_name),
-        jwt: r.jwt.as_ref().map(|j| JwtVerifier::compile(j, &shared.jwks)),
+        jwt: r.jwt.as_ref().map(|j| JwtVerifier::compile(j, jwt_secret(r, j, shared).as_deref(), &shared.jwks)),
         ip: IpFilter::compile(&r.ip_allow, &r.ip_deny),
         cors: r.cors.as_ref().map(|c| CompiledCors::compile(c, &r.methods)),
         rewrite: Rewrite::compile(&r.rewrite_path),
