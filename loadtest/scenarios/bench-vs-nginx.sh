@@ -3,8 +3,9 @@
 # upstream, (b) nginx as a keep-alive reverse proxy, (c) Tollgate with one open
 # route, (d) Tollgate with API-key auth, with JWT (HS256) auth, and with the
 # response cache. Generator pinned to core 0; upstream and proxies on core 1.
-# Two reference rows: nginx checking a static API key (auth like for like),
-# and a bare hyper proxy (the floor for any hyper-based proxy on this machine).
+# Three reference rows: nginx adding the forwarding and request-id headers
+# Tollgate adds, nginx checking a static API key (auth like for like), and a
+# bare hyper proxy (the floor for any hyper-based proxy on this machine).
 # Each closed-loop row also prints the proxy's CPU per request (user and
 # kernel, from /proc) and how often it was preempted per request.
 # Needs release builds (cargo build --release -p tollgate-node -p tollgate-loadtest
@@ -72,6 +73,17 @@ http {
       proxy_pass http://mock;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
+    }
+    # Like for like: the headers Tollgate adds to every request and response.
+    location /fwd {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Host \$http_host;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Request-Id \$request_id;
+      add_header X-Request-Id \$request_id;
     }
     location /key {
       if (\$http_authorization != "Bearer $KEY") { return 401; }
@@ -142,6 +154,7 @@ for round in $(seq 1 "$ROUNDS"); do
   echo "### closed loop, $CONNS connections, $DUR, round $round"
   run direct "$MOCK_PID" http://127.0.0.1:19000/
   run nginx "$NGINX_WORKER" http://127.0.0.1:19080/
+  run nginx-fwd-headers "$NGINX_WORKER" http://127.0.0.1:19080/fwd
   run nginx-static-key "$NGINX_WORKER" http://127.0.0.1:19080/key "Authorization: Bearer $KEY"
   if [ -n "$BARE_PID" ]; then run bare-hyper "$BARE_PID" http://127.0.0.1:19081/; fi
   run tollgate-open "$TG_PID" http://127.0.0.1:18080/open
