@@ -85,6 +85,13 @@ pub struct Proxy {
     pub request_timeout_ms: u64,
     /// Idle upstream connections are closed after this long.
     pub upstream_idle_timeout_ms: u64,
+    /// A client's HTTP/1 connection is closed when no complete request head
+    /// arrives for this long: idle keep-alive connections, and clients that
+    /// send headers too slowly to tie up connections (slowloris), alike.
+    /// HTTP/2 connections are pinged after this long without traffic and
+    /// closed when the ping goes unanswered. 75 s, like nginx's keep-alive
+    /// timeout, outlasts the 60 s idle timeout of common load balancers.
+    pub client_idle_timeout_ms: u64,
     /// On shutdown, in-flight requests get this long to finish.
     pub drain_timeout_ms: u64,
     /// JSON access log: "stdout", "off", or a file path (appended to).
@@ -141,6 +148,7 @@ impl Default for Proxy {
             connect_timeout_ms: 5_000,
             request_timeout_ms: 60_000,
             upstream_idle_timeout_ms: 90_000,
+            client_idle_timeout_ms: 75_000,
             drain_timeout_ms: 30_000,
             access_log: "stdout".into(),
             cache_max_bytes: 64 << 20,

@@ -287,3 +287,60 @@ async fn timeouts_give_504_and_an_open_circuit_fails_fast() {
     assert_eq!(failing.hits(), hits, "an open circuit does not call the upstream");
     node.shutdown().await;
 }
+
+/// Reads from a raw client connection until the server closes it, for at most 15 s.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), read_all).await.expect("the server closes the connection");
+    seen
+}
+
+#[tokio::test]
+async fn idle_and_slow_header_client_connections_are_closed_but_slow_responses_are_not() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.proxy.client_idle_timeout_ms = 300;
+    let node = tollgate_node::Node::start(config).await.unwrap();
+    let mut admin = admin_client(node.admin_addr, TOKEN).await;
+    let upstream = Flex::start("u").await;
+    let svc = Service { name: "svc".into(), targets: vec![target(upstream.port(), 1)], ..Default::default() };
+    admin.create_service(svc).await.unwrap();
+    admin.create_route(open_route("all", "svc", "/")).await.unwrap();
+
+    // A client that never finishes its request head (slowloris) is cut off.
+    let mut slow = tokio::net::TcpStream::connect(node.proxy_addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ").await.unwrap();
+    assert!(closed_by_server(&mut slow).await.is_empty(), "no response to a request never completed");
+
+    // A keep-alive connection gets its answer, then is closed once idle.
+    let mut idle = tokio::net::TcpStream::connect(node.proxy_addr).await.unwrap();
+    idle.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let answered = String::from_utf8(closed_by_server(&mut idle).await).unwrap();
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+
+    // A response slower than the idle timeout is not cut: the timeout only
+    // runs while the gateway waits for a request head.
+    let proxy = node.proxy_addr;
+    let held = tokio::spawn(async move { get(proxy, "/hold", &[]).await });
+    eventually("the request reaches the upstream", async || {
+        upstream.state.holding.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    upstream.state.release.notify_waiters();
+    let reply = held.await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["path"], "/hold");
+    node.shutdown().await;
+}

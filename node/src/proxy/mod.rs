@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -58,6 +58,10 @@ impl ClientConn {
     }
 }
 
+/// How long an HTTP/2 keep-alive ping may go unanswered before the client
+/// connection is taken for dead.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Shared by every connection of the proxy listener.
 pub struct ProxyContext {
     pub snapshot: ArcSwap<GatewaySnapshot>,
@@ -65,6 +69,8 @@ pub struct ProxyContext {
     /// Pools, health, circuits, budgets, JWKS, cache and metrics: outlive snapshots.
     pub shared: Shared,
     pub access_log: AccessLog,
+    /// See `config::Proxy::client_idle_timeout_ms`.
+    pub client_idle_timeout: Duration,
     /// Raft index of the snapshot currently served.
     served: watch::Sender<u64>,
 }
@@ -76,6 +82,7 @@ impl ProxyContext {
             max_body_bytes,
             shared,
             access_log,
+            client_idle_timeout: Duration::from_secs(75),
             served: watch::channel(0).0,
         }
     }
@@ -128,7 +135,12 @@ pub async fn serve(
     drain: Duration,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let idle = ctx.client_idle_timeout;
+    // hyper's header-read timeout runs from the moment it waits for a request
+    // head, so it bounds idle keep-alive time and slow headers alike.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(idle);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(idle).keep_alive_timeout(H2_PING_TIMEOUT);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
