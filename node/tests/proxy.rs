@@ -336,3 +336,99 @@ async fn round_robin_and_live_changes_without_restart() {
     assert_eq!(get(node.proxy_addr, "/x", &[]).await.status, StatusCode::NOT_FOUND);
     node.shutdown().await;
 }
+
+/// An upstream that accepts `Upgrade: echo` with a 101 (saying which
+/// request path and auth header it saw) and then echoes every byte back; it
+/// answers any other request with 200.
+async fn echo_upgrade_upstream() -> std::net::SocketAddr {
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let service = service_fn(|mut request: Request<hyper::body::Incoming>| async move {
+                    let asked = request.headers().get("connection").is_some_and(|v| v == "upgrade");
+                    let response = match accept_echo_upgrade(&mut request).filter(|_| asked) {
+                        Some(switching) => switching,
+                        None => http::Response::builder(),
+                    };
+                    let seen = format!("{} {:?}", request.uri().path(), request.headers().get("x-consumer-name"));
+                    Ok::<_, std::convert::Infallible>(
+                        response.header("x-seen", seen).body(http_body_util::Empty::<Bytes>::new()).unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends a raw HTTP/1.1 request head and reads the response head.
+async fn raw_head(stream: &mut tokio::net::TcpStream, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "connection closed mid-head: {got:?}");
+        got.push(byte[0]);
+    }
+    String::from_utf8(got).unwrap().to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn websocket_style_upgrades_are_tunnelled_after_auth() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let mut admin = admin_client(node.admin_addr, TOKEN).await;
+    let upstream = echo_upgrade_upstream().await;
+    admin.create_service(service("echo", upstream.port())).await.unwrap();
+    admin.create_route(route("ws", "echo", PathMatch::Prefix, "/ws", AuthMode::ApiKey)).await.unwrap();
+    admin.create_consumer(Consumer { name: "acme".into(), ..Default::default() }).await.unwrap();
+    let key = admin
+        .create_api_key(CreateApiKeyRequest { consumer: "acme".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .plaintext;
+    let upgrade_head = |auth: &str| {
+        format!("GET /ws/chat HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: echo\r\n{auth}\r\n")
+    };
+
+    // The upgrade request passes the phases: without a key it is refused.
+    let mut refused = tokio::net::TcpStream::connect(node.proxy_addr).await.unwrap();
+    let head = raw_head(&mut refused, &upgrade_head("")).await;
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+
+    // With one, the target's 101 comes back and the connection becomes a tunnel.
+    let mut tunnel = tokio::net::TcpStream::connect(node.proxy_addr).await.unwrap();
+    let head = raw_head(&mut tunnel, &upgrade_head(&format!("Authorization: Bearer {key}\r\n"))).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo") && head.contains("connection: upgrade"), "{head}");
+    assert!(head.contains(r#"x-seen: /ws/chat some("acme")"#), "the target saw the consumer: {head}");
+    for message in [&b"hello"[..], &[0u8, 159, 146, 150, 255][..], &[7u8; 100_000][..]] {
+        tunnel.write_all(message).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        tunnel.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(echoed, message, "bytes pass both ways unchanged");
+    }
+
+    // A target that declines the upgrade gives an ordinary response.
+    admin.create_route(route("plain", "echo", PathMatch::Prefix, "/plain", AuthMode::None)).await.unwrap();
+    let mut declined = tokio::net::TcpStream::connect(node.proxy_addr).await.unwrap();
+    let head = raw_head(
+        &mut declined,
+        "GET /plain HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: something-else\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    node.shutdown().await;
+}

@@ -1,5 +1,7 @@
 //! TLS termination: SNI picks the certificate, ALPN offers h2, requests are
 //! proxied over TLS, and replaced certificate files are served without a restart.
+//! TLS to upstreams: the certificate is verified against the service's CA and
+//! name, and an upstream that fails verification gets no request.
 
 mod common;
 
@@ -126,5 +128,113 @@ async fn sni_selects_the_certificate_and_reload_needs_no_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(served, Some(new_der), "the reloaded certificate is served without a restart");
+    node.shutdown().await;
+}
+
+/// An HTTPS upstream with `cert` for its name: answers 200 "secure <path>",
+/// and accepts `Upgrade: echo` with a 101, then echoes bytes.
+async fn tls_upstream(files: &CertFiles, cert: CertificateDer<'static>) -> std::net::SocketAddr {
+    use hyper_util::rt::TokioIo;
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let key = PrivateKeyDer::from_pem_file(&files.key_file).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A client that rejects the certificate ends the handshake here.
+                let Ok(stream) = acceptor.accept(tcp).await else { return };
+                let service =
+                    hyper::service::service_fn(|mut request: http::Request<hyper::body::Incoming>| async move {
+                        let response = accept_echo_upgrade(&mut request).unwrap_or_else(http::Response::builder);
+                        let body = format!("secure {}", request.uri().path());
+                        Ok::<_, std::convert::Infallible>(
+                            response.body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap(),
+                        )
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstream_tls_is_verified_against_the_given_ca_and_name() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, other_ca) = (ca(), ca());
+    let (files, cert) = leaf(&ca, "api.internal", dir.path());
+    let upstream = tls_upstream(&files, cert).await;
+
+    let node = start_node(&dir.path().join("node")).await;
+    let mut admin = admin_client(node.admin_addr, TOKEN).await;
+    let cases = [
+        ("good", ca.pem.as_str(), "api.internal"),
+        ("wrong-name", ca.pem.as_str(), "other.internal"),
+        ("untrusted-ca", other_ca.pem.as_str(), "api.internal"),
+        // Without a name the target's address is verified, and the certificate does not cover it.
+        ("address-only", ca.pem.as_str(), ""),
+    ];
+    for (name, ca_pem, server_name) in cases {
+        let service = Service {
+            name: name.into(),
+            targets: vec![Target { host: "127.0.0.1".into(), port: upstream.port().into(), weight: 1 }],
+            tls: Some(UpstreamTls { enabled: true, ca_pem: ca_pem.into(), server_name: server_name.into() }),
+            ..Default::default()
+        };
+        admin.create_service(service).await.unwrap();
+        let path = format!("/{name}");
+        admin
+            .create_route(Route {
+                name: name.into(),
+                service_id: name.into(),
+                paths: vec![RoutePath { kind: PathMatch::Prefix as i32, path }],
+                auth: AuthMode::None as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    let reply = get(node.proxy_addr, "/good/x", &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.body, "secure /good/x");
+    for refused in ["/wrong-name", "/untrusted-ca", "/address-only"] {
+        let reply = get(node.proxy_addr, refused, &[]).await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{refused}: an unverified upstream gets no request");
+        assert_eq!(reply.json()["error"]["code"], "upstream_unavailable");
+    }
+
+    // Upgrades work over a TLS upstream too.
+    let mut tunnel = tokio::net::TcpStream::connect(node.proxy_addr).await.unwrap();
+    tunnel
+        .write_all(b"GET /good/ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(tunnel.read(&mut byte).await.unwrap(), 1);
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    tunnel.write_all(b"over tls").await.unwrap();
+    let mut echoed = [0u8; 8];
+    tunnel.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"over tls");
     node.shutdown().await;
 }

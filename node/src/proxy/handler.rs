@@ -17,6 +17,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use tollgate_proto::config::v1::{ApiKey, AuthMode, Consumer, HashOn};
 
 use super::cache::{self, RequestPolicy};
@@ -28,6 +29,7 @@ use super::health::InFlight;
 use super::lb::hash_key;
 use super::retry;
 use super::snapshot::{CompiledConsumer, CompiledRoute, CompiledService, GatewaySnapshot};
+use super::upgrade;
 use super::upstream::{BoxError, Upstream, UpstreamBody, UpstreamResponseBody};
 use super::{ClientConn, ProxyBody, ProxyContext};
 use crate::apikey;
@@ -198,6 +200,11 @@ async fn proxy(
         return Ok(served.response);
     }
 
+    // A protocol upgrade (WebSocket): its client side, handed over by hyper
+    // once the 101 has been written.
+    let upgrade = upgrade::requested(&parts);
+    let client_upgrade = upgrade.as_ref().and_then(|_| parts.extensions.remove::<OnUpgrade>());
+
     // The service is known from here on, so a cache hit is accounted to it too.
     let service = snapshot
         .services
@@ -207,7 +214,7 @@ async fn proxy(
 
     // cache
     let mut cache_key = None;
-    if let Some(settings) = &route.cache {
+    if let Some(settings) = route.cache.as_ref().filter(|_| upgrade.is_none()) {
         let policy = cache::request_policy(&parts.method, &parts.headers);
         if policy != RequestPolicy::Bypass {
             let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -254,6 +261,9 @@ async fn proxy(
     // The upstream connection is always HTTP/1.1, whatever the client spoke.
     parts.version = http::Version::HTTP_11;
     headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(protocol) = &upgrade {
+        upgrade::restore(&mut parts.headers, protocol.clone());
+    }
     // X-Forwarded-Host carries the authority as the client sent it (Host, or
     // :authority over HTTP/2), as Envoy and Traefik do.
     let original_host = parts.headers.remove(header::HOST).or_else(|| {
@@ -269,10 +279,26 @@ async fn proxy(
         ops.apply(&mut parts.headers);
     }
 
-    let response = forward(service, &route, client, rctx, parts, body, path_and_query, limit).await?;
+    let response =
+        forward(service, &route, client, rctx, parts, body, path_and_query, limit, upgrade.is_some()).await?;
 
     let (mut head, body) = response.into_parts();
+    let switched = head.status == StatusCode::SWITCHING_PROTOCOLS;
+    let protocol = head.headers.get(header::UPGRADE).cloned();
     headers::strip_hop_by_hop(&mut head.headers);
+    if switched {
+        let target = rctx.upstream.clone().unwrap_or_else(|| Arc::from(""));
+        let (Some(client_side), Some(upstream_side), Some(protocol)) =
+            (client_upgrade, head.extensions.remove::<OnUpgrade>(), protocol)
+        else {
+            return Err(ProxyError::UpstreamUnavailable {
+                target: target.to_string(),
+                reason: "it switched protocols without being asked to".into(),
+            });
+        };
+        upgrade::restore(&mut head.headers, protocol);
+        upgrade::tunnel(client_side, upstream_side, target);
+    }
     if let Some(ops) = &route.response_headers {
         ops.apply(&mut head.headers);
     }
@@ -319,6 +345,7 @@ async fn forward(
     body: Incoming,
     path_and_query: PathAndQuery,
     limit: u64,
+    upgrade: bool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let admit = match &service.circuit {
         Some((circuit, _, open_ms)) => circuit.admit(*open_ms),
@@ -389,7 +416,7 @@ async fn forward(
             }
         };
         let in_flight = InFlight::new(&target.state);
-        let sent = tokio::time::timeout(timeout, client.request(target, request)).await;
+        let sent = tokio::time::timeout(timeout, client.request(target, request, upgrade)).await;
         outcome = match sent {
             Ok(Ok(response)) => Ok((response, in_flight)),
             Ok(Err(error)) => Err(classify(error.as_ref(), &target.authority, limit, timeout)),

@@ -17,6 +17,7 @@ mod self_wake;
 mod snapshot;
 pub mod tls;
 mod transform;
+mod upgrade;
 mod upstream;
 
 use std::future::Future;
@@ -162,7 +163,8 @@ pub async fn serve(
         let service = service_fn(move |request| handler::handle(ctx.clone(), conn.clone(), request));
         match &tls {
             None => {
-                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                let connection =
+                    graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
                 tokio::spawn(async move {
                     if let Err(error) = connection.await {
                         tracing::debug!(%error, %client, "connection ended with an error");
@@ -178,8 +180,8 @@ pub async fn serve(
                         Ok(Err(error)) => return tracing::debug!(%error, %client, "TLS handshake failed"),
                         Err(_) => return tracing::debug!(%client, "TLS handshake timed out"),
                     };
-                    let connection =
-                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                    let connection = watcher
+                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
                     if let Err(error) = connection.await {
                         tracing::debug!(%error, %client, "connection ended with an error");
                     }

@@ -91,6 +91,14 @@ impl Http1Pool {
     }
 
     async fn connect(&self, authority: &str) -> Result<Upstream, PoolError> {
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(self.connect_tcp(authority).await?))
+            .await
+            .map_err(|source| PoolError::Handshake { authority: authority.to_string(), source })?;
+        Ok(Upstream { sender, conn: Box::pin(conn), wake: SelfWake::default() })
+    }
+
+    async fn connect_tcp(&self, authority: &str) -> Result<TcpStream, PoolError> {
         let connect = TcpStream::connect(authority);
         let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(Ok(stream)) => stream,
@@ -101,11 +109,30 @@ impl Http1Pool {
             }
         };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+        Ok(stream)
+    }
+
+    /// Sends a protocol-upgrade request on a connection of its own, driven by
+    /// a task of its own, which hands the connection over on a 101 answer
+    /// (see `upgrade`). Such a connection is never pooled.
+    pub async fn send_upgrade(
+        &self,
+        authority: &str,
+        host: &HeaderValue,
+        mut request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, PoolError> {
+        if let Some(pq) = request.uri().path_and_query().cloned() {
+            *request.uri_mut() = http::Uri::from(pq);
+        }
+        if !request.headers().contains_key(header::HOST) {
+            request.headers_mut().insert(header::HOST, host.clone());
+        }
+        let (mut sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(self.connect_tcp(authority).await?))
             .await
             .map_err(|source| PoolError::Handshake { authority: authority.to_string(), source })?;
-        Ok(Upstream { sender, conn: Box::pin(conn), wake: SelfWake::default() })
+        tokio::spawn(conn.with_upgrades());
+        Ok(sender.send_request(request).await?)
     }
 
     /// A connection ready for a request: an idle one that is still open, or a new one.

@@ -58,12 +58,19 @@ impl Upstream {
         matches!(self, Upstream::Pooled(_))
     }
 
+    /// `upgrade`: the request asks for a protocol upgrade, so its connection
+    /// must be one that can be handed over (never a pooled one).
     pub async fn request(
         &self,
         target: &CompiledTarget,
         request: Request<UpstreamBody>,
+        upgrade: bool,
     ) -> Result<Response<UpstreamResponseBody>, BoxError> {
         match self {
+            Upstream::Pooled(pool) if upgrade => {
+                let response = pool.send_upgrade(&target.authority, &target.host, request).await?;
+                Ok(response.map(UpstreamResponseBody::Client))
+            }
             Upstream::Pooled(pool) => {
                 let response = pool.send(&target.authority, &target.host, request).await?;
                 Ok(response.map(UpstreamResponseBody::Pooled))
