@@ -344,3 +344,62 @@ async fn idle_and_slow_header_client_connections_are_closed_but_slow_responses_a
     assert_eq!(reply.json()["path"], "/hold");
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn per_route_connect_and_idle_timeouts() {
+    use http_body_util::BodyExt;
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let mut admin = admin_client(node.admin_addr, TOKEN).await;
+
+    // A target whose accept queue is full: the kernel drops further
+    // connection attempts, so connecting hangs (all on loopback).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = socket.listen(1).unwrap();
+    let full_addr = full.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..2 {
+        queued.push(tokio::net::TcpStream::connect(full_addr).await.unwrap());
+    }
+    let svc = Service {
+        name: "unreachable".into(),
+        targets: vec![target(u32::from(full_addr.port()), 1)],
+        ..Default::default()
+    };
+    admin.create_service(svc).await.unwrap();
+    let mut quick = open_route("quick", "unreachable", "/quick");
+    quick.connect_timeout_ms = 200;
+    admin.create_route(quick).await.unwrap();
+    let reply = get(node.proxy_addr, "/quick", &[]).await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{:?}", reply.body);
+    assert_eq!(reply.json()["error"]["code"], "upstream_timeout");
+    let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("connecting") && message.contains("200 ms"), "the route's connect timeout: {message}");
+
+    // The idle timeout cuts a response whose upstream goes quiet mid-body.
+    let upstream = Upstream::start("u").await;
+    let svc = Service {
+        name: "streaming".into(),
+        targets: vec![target(u32::from(upstream.addr.port()), 1)],
+        ..Default::default()
+    };
+    admin.create_service(svc).await.unwrap();
+    let mut idle = open_route("idle", "streaming", "/stream-echo");
+    idle.idle_timeout_ms = 200;
+    admin.create_route(idle).await.unwrap();
+    let (tx, body) = channel_body();
+    let request = Request::post(format!("http://{}/stream-echo", node.proxy_addr)).body(body).unwrap();
+    tx.send(bytes::Bytes::from_static(b"first")).await.unwrap();
+    let response = http_client().request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "first");
+    // The client keeps its request open and sends nothing more: the upstream
+    // echoes nothing more, and the gateway ends the response with an error.
+    let rest = tokio::time::timeout(Duration::from_secs(15), body.collect()).await.expect("the response is cut");
+    assert!(rest.is_err(), "an idle response ends in an error, not as if complete");
+    drop(tx);
+    node.shutdown().await;
+}

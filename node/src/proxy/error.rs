@@ -22,6 +22,8 @@ pub enum ProxyError {
     UpstreamUnavailable { target: String, reason: String },
     #[error("upstream {target} did not respond within {timeout_ms} ms")]
     UpstreamTimeout { target: String, timeout_ms: u64 },
+    #[error("connecting to upstream {target} timed out after {timeout_ms} ms")]
+    UpstreamConnectTimeout { target: String, timeout_ms: u64 },
     #[error("{0}")]
     Forbidden(&'static str),
     #[error("service {service} is failing and its circuit is open; retry later")]
@@ -39,7 +41,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamConnectTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
             ProxyError::CircuitOpen { .. } | ProxyError::UpstreamTlsMisconfigured { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -56,7 +60,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::NoTarget { .. } => "no_upstream_target",
             ProxyError::UpstreamUnavailable { .. } => "upstream_unavailable",
-            ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamConnectTimeout { .. } => "upstream_timeout",
             ProxyError::Forbidden(_) => "forbidden",
             ProxyError::CircuitOpen { .. } => "circuit_open",
             ProxyError::UpstreamTlsMisconfigured { .. } => "upstream_tls_misconfigured",

@@ -27,6 +27,7 @@ use super::error::ProxyError;
 use super::headers::{self, X_REQUEST_ID};
 use super::health::InFlight;
 use super::lb::hash_key;
+use super::pool::PoolError;
 use super::retry;
 use super::snapshot::{CompiledConsumer, CompiledRoute, CompiledService, GatewaySnapshot};
 use super::upgrade;
@@ -370,6 +371,13 @@ async fn forward(
     let replay = retry.map(|_| (parts.method.clone(), parts.headers.clone()));
     let key = if service.balancer.needs_key() { balance_key(service, rctx, &parts.headers) } else { 0 };
     let timeout = route.request_timeout.unwrap_or(service.request_timeout);
+    let timeouts = Timeouts {
+        request: timeout,
+        connect: match route.route.connect_timeout_ms {
+            0 => service.connect_timeout,
+            ms => Duration::from_millis(ms.into()),
+        },
+    };
     let max_attempts = 1 + retry.map_or(0, |r| r.attempts) as usize;
     let mut tried = [usize::MAX; 11];
     let mut first = Some(parts);
@@ -419,7 +427,7 @@ async fn forward(
         let sent = tokio::time::timeout(timeout, client.request(target, request, upgrade)).await;
         outcome = match sent {
             Ok(Ok(response)) => Ok((response, in_flight)),
-            Ok(Err(error)) => Err(classify(error.as_ref(), &target.authority, limit, timeout)),
+            Ok(Err(error)) => Err(classify(error.as_ref(), &target.authority, limit, timeouts)),
             Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
                 target: target.authority.to_string(),
                 timeout_ms: timeout.as_millis() as u64,
@@ -502,31 +510,42 @@ fn client_ip_key(rctx: &RequestCtx) -> u64 {
 }
 
 /// Walks the error's causes: an oversized body is the client's fault (413),
-/// a timed-out connect is a timeout (504), anything else is a bad gateway.
+/// a timed-out connect or exchange is a timeout (504, as nginx answers),
+/// anything else is a bad gateway.
 fn classify(
     error: &(dyn std::error::Error + Send + Sync + 'static),
     authority: &str,
     limit: u64,
-    timeout: Duration,
+    timeouts: Timeouts,
 ) -> ProxyError {
+    let target = authority.to_string();
+    let connecting = error.downcast_ref::<hyper_util::client::legacy::Error>().is_some_and(|e| e.is_connect());
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     let mut reason = error.to_string();
     while let Some(e) = cause {
         if e.is::<LengthLimitError>() {
             return ProxyError::BodyTooLarge { limit };
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::TimedOut
-        {
-            return ProxyError::UpstreamTimeout {
-                target: authority.to_string(),
-                timeout_ms: timeout.as_millis() as u64,
+        if let Some(PoolError::ConnectTimeout { ms, .. }) = e.downcast_ref::<PoolError>() {
+            return ProxyError::UpstreamConnectTimeout { target, timeout_ms: *ms };
+        }
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            return if connecting {
+                ProxyError::UpstreamConnectTimeout { target, timeout_ms: timeouts.connect.as_millis() as u64 }
+            } else {
+                ProxyError::UpstreamTimeout { target, timeout_ms: timeouts.request.as_millis() as u64 }
             };
         }
         reason = e.to_string();
         cause = e.source();
     }
-    ProxyError::UpstreamUnavailable { target: authority.to_string(), reason }
+    ProxyError::UpstreamUnavailable { target, reason }
+}
+
+#[derive(Clone, Copy)]
+struct Timeouts {
+    connect: Duration,
+    request: Duration,
 }
 
 /// Who a request authenticated as: the consumer, and the API key when that
