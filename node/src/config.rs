@@ -196,6 +196,11 @@ impl Config {
         if self.proxy.max_body_bytes == 0 {
             return Err(ConfigError::Invalid("proxy.max_body_bytes must be positive".into()));
         }
+        if self.proxy.client_idle_timeout_ms < 100 {
+            return Err(ConfigError::Invalid(
+                "proxy.client_idle_timeout_ms must be at least 100 (75000 is the default)".into(),
+            ));
+        }
         if self.raft.election_timeout_min_ms <= self.raft.heartbeat_ms
             || self.raft.election_timeout_max_ms <= self.raft.election_timeout_min_ms
         {

@@ -318,6 +318,14 @@ async fn idle_and_slow_header_client_connections_are_closed_but_slow_responses_a
     admin.create_service(svc).await.unwrap();
     admin.create_route(open_route("all", "svc", "/")).await.unwrap();
 
+    // A client that connects and sends nothing is cut off, on plain TCP
+    // before hyper even knows HTTP/1 from HTTP/2.
+    let mut silent = tokio::net::TcpStream::connect(node.proxy_addr).await.unwrap();
+    assert!(closed_by_server(&mut silent).await.is_empty());
+    let mut trickle = tokio::net::TcpStream::connect(node.proxy_addr).await.unwrap();
+    trickle.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    assert!(closed_by_server(&mut trickle).await.is_empty(), "half an HTTP/2 preface");
+
     // A client that never finishes its request head (slowloris) is cut off.
     let mut slow = tokio::net::TcpStream::connect(node.proxy_addr).await.unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ").await.unwrap();
@@ -401,5 +409,26 @@ async fn per_route_connect_and_idle_timeouts() {
     let rest = tokio::time::timeout(Duration::from_secs(15), body.collect()).await.expect("the response is cut");
     assert!(rest.is_err(), "an idle response ends in an error, not as if complete");
     drop(tx);
+
+    // A retryable request's body is held before sending, within the request
+    // timeout: a client that sends only part of it gets 408.
+    let svc = Service {
+        name: "retrying".into(),
+        targets: vec![target(u32::from(upstream.addr.port()), 1)],
+        retry: Some(RetryPolicy { attempts: 1, ..Default::default() }),
+        ..Default::default()
+    };
+    admin.create_service(svc).await.unwrap();
+    let mut slow_body = open_route("slow-body", "retrying", "/slow-body");
+    slow_body.request_timeout_ms = 300;
+    admin.create_route(slow_body).await.unwrap();
+    let mut client = tokio::net::TcpStream::connect(node.proxy_addr).await.unwrap();
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        client.write_all(b"PUT /slow-body HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhalf.").await.unwrap();
+        let mut head = [0u8; 12];
+        tokio::time::timeout(Duration::from_secs(15), client.read_exact(&mut head)).await.unwrap().unwrap();
+        assert_eq!(&head, b"HTTP/1.1 408");
+    }
     node.shutdown().await;
 }

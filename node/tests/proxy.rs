@@ -337,9 +337,9 @@ async fn round_robin_and_live_changes_without_restart() {
     node.shutdown().await;
 }
 
-/// An upstream that accepts `Upgrade: echo` with a 101 (saying which
-/// request path and auth header it saw) and then echoes every byte back; it
-/// answers any other request with 200.
+/// A lenient upstream that accepts any upgrade it is asked for with a 101
+/// (saying which path, consumer and upgrade it saw) and then echoes every
+/// byte back; it answers any other request, and any under `/decline`, with 200.
 async fn echo_upgrade_upstream() -> std::net::SocketAddr {
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
@@ -350,12 +350,17 @@ async fn echo_upgrade_upstream() -> std::net::SocketAddr {
             let Ok((stream, _)) = listener.accept().await else { return };
             tokio::spawn(async move {
                 let service = service_fn(|mut request: Request<hyper::body::Incoming>| async move {
+                    let seen = format!(
+                        "{} {:?} {:?}",
+                        request.uri().path(),
+                        request.headers().get("x-consumer-name"),
+                        request.headers().get("upgrade")
+                    );
                     let asked = request.headers().get("connection").is_some_and(|v| v == "upgrade");
-                    let response = match accept_echo_upgrade(&mut request).filter(|_| asked) {
-                        Some(switching) => switching,
-                        None => http::Response::builder(),
+                    let response = match asked && !request.uri().path().contains("/decline") {
+                        true => accept_echo_upgrade(&mut request).unwrap(),
+                        false => http::Response::builder(),
                     };
-                    let seen = format!("{} {:?}", request.uri().path(), request.headers().get("x-consumer-name"));
                     Ok::<_, std::convert::Infallible>(
                         response.header("x-seen", seen).body(http_body_util::Empty::<Bytes>::new()).unwrap(),
                     )
@@ -400,7 +405,9 @@ async fn websocket_style_upgrades_are_tunnelled_after_auth() {
         .into_inner()
         .plaintext;
     let upgrade_head = |auth: &str| {
-        format!("GET /ws/chat HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: echo\r\n{auth}\r\n")
+        format!(
+            "GET /ws/chat HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n{auth}\r\n"
+        )
     };
 
     // The upgrade request passes the phases: without a key it is refused.
@@ -412,8 +419,8 @@ async fn websocket_style_upgrades_are_tunnelled_after_auth() {
     let mut tunnel = tokio::net::TcpStream::connect(node.proxy_addr).await.unwrap();
     let head = raw_head(&mut tunnel, &upgrade_head(&format!("Authorization: Bearer {key}\r\n"))).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains("upgrade: echo") && head.contains("connection: upgrade"), "{head}");
-    assert!(head.contains(r#"x-seen: /ws/chat some("acme")"#), "the target saw the consumer: {head}");
+    assert!(head.contains("upgrade: websocket") && head.contains("connection: upgrade"), "{head}");
+    assert!(head.contains(r#"x-seen: /ws/chat some("acme") some("websocket")"#), "the target saw the consumer: {head}");
     for message in [&b"hello"[..], &[0u8, 159, 146, 150, 255][..], &[7u8; 100_000][..]] {
         tunnel.write_all(message).await.unwrap();
         let mut echoed = vec![0u8; message.len()];
@@ -421,14 +428,41 @@ async fn websocket_style_upgrades_are_tunnelled_after_auth() {
         assert_eq!(echoed, message, "bytes pass both ways unchanged");
     }
 
+    // With a route idle timeout, a tunnel that goes quiet is closed.
+    let mut quiet = route("ws-idle", "echo", PathMatch::Prefix, "/quiet", AuthMode::None);
+    quiet.idle_timeout_ms = 300;
+    admin.create_route(quiet).await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(node.proxy_addr).await.unwrap();
+    let head =
+        raw_head(&mut idle, "GET /quiet HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+            .await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    idle.write_all(b"once").await.unwrap();
+    let mut echoed = [0u8; 4];
+    idle.read_exact(&mut echoed).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), idle.read_to_end(&mut rest))
+        .await
+        .expect("the gateway closes an idle tunnel")
+        .unwrap();
+    assert!(rest.is_empty());
+
     // A target that declines the upgrade gives an ordinary response.
-    admin.create_route(route("plain", "echo", PathMatch::Prefix, "/plain", AuthMode::None)).await.unwrap();
+    admin.create_route(route("plain", "echo", PathMatch::Prefix, "/", AuthMode::None)).await.unwrap();
+    let ask = |path: &str, protocol: &str, connection: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: {connection}\r\nUpgrade: {protocol}\r\n\r\n")
+    };
     let mut declined = tokio::net::TcpStream::connect(node.proxy_addr).await.unwrap();
-    let head = raw_head(
-        &mut declined,
-        "GET /plain HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: something-else\r\n\r\n",
-    )
-    .await;
+    let head = raw_head(&mut declined, &ask("/decline", "websocket", "Upgrade")).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
+
+    // Any other protocol, h2c above all, never reaches the target as an
+    // upgrade: it would let the client talk past the gateway (h2c smuggling).
+    for (protocol, connection) in [("h2c", "Upgrade, HTTP2-Settings"), ("tls/1.3", "Upgrade")] {
+        let mut smuggler = tokio::net::TcpStream::connect(node.proxy_addr).await.unwrap();
+        let head = raw_head(&mut smuggler, &ask("/sneak", protocol, connection)).await;
+        assert!(head.starts_with("http/1.1 200"), "{protocol}: {head}");
+        assert!(head.contains("x-seen: /sneak none none"), "{protocol}: the target saw no upgrade: {head}");
+    }
     node.shutdown().await;
 }

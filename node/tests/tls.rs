@@ -132,7 +132,7 @@ async fn sni_selects_the_certificate_and_reload_needs_no_restart() {
 }
 
 /// An HTTPS upstream with `cert` for its name: answers 200 "secure <path>",
-/// and accepts `Upgrade: echo` with a 101, then echoes bytes.
+/// and accepts an upgrade with a 101, then echoes bytes.
 async fn tls_upstream(files: &CertFiles, cert: CertificateDer<'static>) -> std::net::SocketAddr {
     use hyper_util::rt::TokioIo;
     use rustls::pki_types::PrivateKeyDer;
@@ -222,7 +222,7 @@ async fn upstream_tls_is_verified_against_the_given_ca_and_name() {
     // Upgrades work over a TLS upstream too.
     let mut tunnel = tokio::net::TcpStream::connect(node.proxy_addr).await.unwrap();
     tunnel
-        .write_all(b"GET /good/ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        .write_all(b"GET /good/ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
         .await
         .unwrap();
     let mut head = Vec::new();

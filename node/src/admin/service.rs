@@ -30,6 +30,12 @@ impl Admin {
         let Some(jwt) = route.jwt.as_mut() else { return Ok(()) };
         // Only this server seals; ciphertext sent by a client is not trusted.
         jwt.sealed_hs_secret.clear();
+        // A route that no longer accepts HS* tokens drops its secret, so
+        // turning HS256 back on later needs a new one.
+        if !jwt.algorithms.iter().any(|a| a.starts_with("HS")) {
+            jwt.hs_secret.clear();
+            return Ok(());
+        }
         let secret = match (std::mem::take(&mut jwt.hs_secret), existing) {
             (secret, _) if !secret.is_empty() => secret,
             (_, Some(old)) if !old.sealed_hs_secret.is_empty() => {
@@ -122,9 +128,6 @@ pub(super) fn required(field: &str, value: &str) -> Result<(), Status> {
     Ok(())
 }
 
-/// Fills in what clients may leave out, the same way for every client:
-/// a path without a kind is a prefix, a route without an auth mode requires
-/// an API key (closed by default), hosts are case-insensitive, methods upper-case.
 /// What the API returns: never the JWT secret, sealed or not.
 fn redacted(mut route: Route) -> Route {
     if let Some(jwt) = route.jwt.as_mut() {
@@ -134,6 +137,9 @@ fn redacted(mut route: Route) -> Route {
     route
 }
 
+/// Fills in what clients may leave out, the same way for every client:
+/// a path without a kind is a prefix, a route without an auth mode requires
+/// an API key (closed by default), hosts are case-insensitive, methods upper-case.
 fn normalize_route(route: &mut Route) {
     for path in &mut route.paths {
         if path.kind == PathMatch::Unspecified as i32 {

@@ -24,7 +24,36 @@ pub enum Admit {
     No,
 }
 
+/// The breaker's decision for one request, to be given its outcome. A
+/// half-open trial dropped without one (the client went away, its body could
+/// not be read) hands the trial back rather than leaving the circuit stuck.
+pub struct Admission<'a> {
+    circuit: &'a Circuit,
+    pub admit: Admit,
+    threshold: u32,
+    decided: bool,
+}
+
+impl Admission<'_> {
+    pub fn record(mut self, ok: bool) {
+        self.decided = true;
+        self.circuit.record(self.admit, ok, self.threshold);
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if !self.decided && self.admit == Admit::Trial {
+            self.circuit.trial_in_flight.store(false, Ordering::Release);
+        }
+    }
+}
+
 impl Circuit {
+    pub fn admission(&self, open_ms: u64, threshold: u32) -> Admission<'_> {
+        Admission { circuit: self, admit: self.admit(open_ms), threshold, decided: false }
+    }
+
     pub fn admit(&self, open_ms: u64) -> Admit {
         let opened = self.opened_at.load(Ordering::Relaxed);
         if opened == 0 {
@@ -91,5 +120,22 @@ mod tests {
         c.record(Admit::Trial, true, 3);
         assert!(!c.is_open());
         assert_eq!(c.admit(60_000), Admit::Yes);
+    }
+
+    #[test]
+    fn a_trial_that_ends_without_an_outcome_is_handed_back() {
+        let c = Circuit::default();
+        for _ in 0..3 {
+            c.admission(60_000, 3).record(false);
+        }
+        let trial = c.admission(0, 3);
+        assert_eq!(trial.admit, Admit::Trial);
+        assert_eq!(c.admission(0, 3).admit, Admit::No, "one trial at a time");
+        drop(trial);
+        assert!(c.is_open(), "no outcome: the circuit stays as it was");
+        let trial = c.admission(0, 3);
+        assert_eq!(trial.admit, Admit::Trial, "and the next request may try");
+        trial.record(true);
+        assert!(!c.is_open());
     }
 }

@@ -14,6 +14,8 @@ pub enum ProxyError {
     Unauthorized(&'static str),
     #[error("request body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
+    #[error("the request body did not arrive within {timeout_ms} ms")]
+    BodyTimeout { timeout_ms: u64 },
     #[error("request is malformed: {0}")]
     BadRequest(String),
     #[error("service {service} has no upstream targets")]
@@ -38,6 +40,7 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
@@ -57,6 +60,7 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => "route_not_found",
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::BodyTimeout { .. } => "request_timeout",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::NoTarget { .. } => "no_upstream_target",
             ProxyError::UpstreamUnavailable { .. } => "upstream_unavailable",

@@ -18,7 +18,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use tollgate_proto::config::v1::{ApiKey, AuthMode, Consumer, HashOn};
+use tollgate_proto::config::v1::{ApiKey, AuthMode, HashOn};
 
 use super::cache::{self, RequestPolicy};
 use super::circuit::Admit;
@@ -39,6 +39,7 @@ use crate::telemetry::tracing::{TRACEPARENT, TraceCtx};
 static X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
 static X_CONSUMER_ID: http::HeaderName = http::HeaderName::from_static("x-consumer-id");
 static X_CONSUMER_NAME: http::HeaderName = http::HeaderName::from_static("x-consumer-name");
+static X_ANONYMOUS_CONSUMER: http::HeaderName = http::HeaderName::from_static("x-anonymous-consumer");
 static X_CACHE: http::HeaderName = http::HeaderName::from_static("x-cache");
 
 /// Per-request facts the phases hand to each other and to `account`.
@@ -68,6 +69,7 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let started = Instant::now();
+    client.request_arrived();
     let snapshot = ctx.snapshot.load_full();
     let mut rctx = RequestCtx {
         request_id: headers::request_id(request.headers()),
@@ -149,10 +151,12 @@ async fn proxy(
         .map(|c| (c.consumer.id().to_string(), c.consumer.name().to_string()));
     // Set or removed on every route, open ones too, so that no client can
     // pose as a consumer to an upstream that trusts these headers.
+    static TRUE: HeaderValue = HeaderValue::from_static("true");
     let consumer = caller.as_ref().map(|c| c.consumer);
     for (name, value) in [
         (&X_CONSUMER_ID, consumer.and_then(|c| c.id_header.as_ref())),
         (&X_CONSUMER_NAME, consumer.and_then(|c| c.name_header.as_ref())),
+        (&X_ANONYMOUS_CONSUMER, consumer.filter(|c| c.anonymous).map(|_| &TRUE)),
     ] {
         match value {
             Some(value) => parts.headers.insert(name.clone(), value.clone()),
@@ -221,7 +225,7 @@ async fn proxy(
             let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
             let key = cache::key(
                 &route.id,
-                rctx.consumer.as_deref().map(CompiledConsumer::name),
+                rctx.consumer.as_deref().map(CompiledConsumer::id),
                 &parts.method,
                 host.as_deref(),
                 pq,
@@ -290,15 +294,15 @@ async fn proxy(
     if switched {
         let target = rctx.upstream.clone().unwrap_or_else(|| Arc::from(""));
         let (Some(client_side), Some(upstream_side), Some(protocol)) =
-            (client_upgrade, head.extensions.remove::<OnUpgrade>(), protocol)
+            (client_upgrade, head.extensions.remove::<OnUpgrade>(), protocol.filter(upgrade::is_websocket))
         else {
             return Err(ProxyError::UpstreamUnavailable {
                 target: target.to_string(),
-                reason: "it switched protocols without being asked to".into(),
+                reason: "it switched to a protocol the client did not ask for".into(),
             });
         };
         upgrade::restore(&mut head.headers, protocol);
-        upgrade::tunnel(client_side, upstream_side, target);
+        upgrade::tunnel(client_side, upstream_side, target, route.idle_timeout);
     }
     if let Some(ops) = &route.response_headers {
         ops.apply(&mut head.headers);
@@ -348,14 +352,13 @@ async fn forward(
     limit: u64,
     upgrade: bool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let admit = match &service.circuit {
-        Some((circuit, _, open_ms)) => circuit.admit(*open_ms),
-        None => Admit::Yes,
-    };
-    if admit == Admit::No {
+    let admission =
+        service.circuit.as_ref().map(|(circuit, threshold, open_ms)| circuit.admission(*open_ms, *threshold));
+    if admission.as_ref().is_some_and(|a| a.admit == Admit::No) {
         service.metrics.circuit_rejections.inc();
         return Err(ProxyError::CircuitOpen { service: service.name.clone() });
     }
+    let timeout = route.request_timeout.unwrap_or(service.request_timeout);
     let replayable = body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= RETRY_BUFFER_BYTES);
     let retry = service.retry.as_ref().filter(|_| replayable && retry::idempotent(&parts.method));
     if let Some(r) = retry {
@@ -363,14 +366,17 @@ async fn forward(
     }
     // With retries on, the body is held whole so that every attempt can send it.
     let (mut streaming, held) = match retry {
-        Some(_) if !body.is_end_stream() => (None, read_whole(body, limit).await?),
+        // Held to the request timeout, so a client trickling its body cannot hold the request forever.
+        Some(_) if !body.is_end_stream() => match tokio::time::timeout(timeout, read_whole(body, limit)).await {
+            Ok(read) => (None, read?),
+            Err(_) => return Err(ProxyError::BodyTimeout { timeout_ms: timeout.as_millis() as u64 }),
+        },
         Some(_) => (None, Bytes::new()),
         None => (Some(body), Bytes::new()),
     };
     // Kept only when a retry may need to rebuild the request.
     let replay = retry.map(|_| (parts.method.clone(), parts.headers.clone()));
     let key = if service.balancer.needs_key() { balance_key(service, rctx, &parts.headers) } else { 0 };
-    let timeout = route.request_timeout.unwrap_or(service.request_timeout);
     let timeouts = Timeouts {
         request: timeout,
         connect: match route.route.connect_timeout_ms {
@@ -464,9 +470,8 @@ async fn forward(
         }
         break;
     }
-    if let Some((circuit, threshold, _)) = &service.circuit {
-        let ok = matches!(&outcome, Ok((r, _)) if !r.status().is_server_error());
-        circuit.record(admit, ok, *threshold);
+    if let Some(admission) = admission {
+        admission.record(matches!(&outcome, Ok((r, _)) if !r.status().is_server_error()));
     }
     let (response, in_flight) = outcome?;
     let (head, body) = response.into_parts();
@@ -496,7 +501,7 @@ fn balance_key(service: &CompiledService, rctx: &RequestCtx, headers: &http::Hea
             .and_then(|h| headers.get(h))
             .map_or_else(|| client_ip_key(rctx), |v| hash_key(v.as_bytes())),
         HashOn::Consumer => {
-            rctx.consumer.as_deref().map_or_else(|| client_ip_key(rctx), |c| hash_key(c.name().as_bytes()))
+            rctx.consumer.as_deref().map_or_else(|| client_ip_key(rctx), |c| hash_key(c.id().as_bytes()))
         }
         HashOn::ClientIp | HashOn::Unspecified => client_ip_key(rctx),
     }
@@ -519,15 +524,20 @@ fn classify(
     timeouts: Timeouts,
 ) -> ProxyError {
     let target = authority.to_string();
-    let connecting = error.downcast_ref::<hyper_util::client::legacy::Error>().is_some_and(|e| e.is_connect());
+    let mut connecting = error.downcast_ref::<hyper_util::client::legacy::Error>().is_some_and(|e| e.is_connect());
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     let mut reason = error.to_string();
     while let Some(e) = cause {
         if e.is::<LengthLimitError>() {
             return ProxyError::BodyTooLarge { limit };
         }
-        if let Some(PoolError::ConnectTimeout { ms, .. }) = e.downcast_ref::<PoolError>() {
-            return ProxyError::UpstreamConnectTimeout { target, timeout_ms: *ms };
+        match e.downcast_ref::<PoolError>() {
+            Some(PoolError::ConnectTimeout { ms, .. }) => {
+                return ProxyError::UpstreamConnectTimeout { target, timeout_ms: *ms };
+            }
+            // The OS may give up connecting (ETIMEDOUT) before our timeout does.
+            Some(PoolError::Connect { .. }) => connecting = true,
+            _ => {}
         }
         if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
             return if connecting {
@@ -587,9 +597,9 @@ fn authenticate<'s>(
     }
 }
 
-/// A JWT without a matching consumer still authenticates, as `anonymous`,
+/// A JWT without a matching consumer still authenticates, as anonymous,
 /// unless the route requires a consumer; the request then carries
-/// `X-Consumer-Name: anonymous` and no `X-Consumer-Id`.
+/// `X-Anonymous-Consumer: true` (as Kong sends it) and no `X-Consumer-*`.
 fn authenticate_jwt<'s>(
     snapshot: &'s GatewaySnapshot,
     route: &CompiledRoute,
@@ -603,9 +613,7 @@ fn authenticate_jwt<'s>(
     match verified.subject.as_deref().and_then(|s| snapshot.consumer_by_id_or_name(s)) {
         Some(consumer) => Ok(consumer),
         None if verifier.require_consumer => Err(ProxyError::Unauthorized("the JWT does not name a known consumer")),
-        None => Ok(ANONYMOUS.get_or_init(|| {
-            Arc::new(CompiledConsumer::new(Arc::new(Consumer { name: "anonymous".into(), ..Default::default() })))
-        })),
+        None => Ok(ANONYMOUS.get_or_init(|| Arc::new(CompiledConsumer::anonymous()))),
     }
 }
 

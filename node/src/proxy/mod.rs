@@ -22,6 +22,7 @@ mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -49,13 +50,31 @@ pub struct ClientConn {
     pub tls: bool,
     /// The client's IP as an X-Forwarded-For element.
     pub forwarded_for: http::HeaderValue,
+    /// Set by the first request; until then the connection is on probation.
+    sent_a_request: AtomicBool,
 }
 
 impl ClientConn {
     pub fn new(addr: std::net::SocketAddr, tls: bool) -> ClientConn {
         let forwarded_for =
             http::HeaderValue::from_str(&addr.ip().to_string()).expect("an IP address is a valid header value");
-        ClientConn { addr, tls, forwarded_for }
+        ClientConn { addr, tls, forwarded_for, sent_a_request: AtomicBool::new(false) }
+    }
+
+    pub fn request_arrived(&self) {
+        if !self.sent_a_request.load(Ordering::Relaxed) {
+            self.sent_a_request.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Resolves when `idle` passes without a first request: hyper's header
+    /// timer only starts once it knows HTTP/1 from HTTP/2, so a client that
+    /// connects and sends nothing (or a trickle) would otherwise stay forever.
+    async fn no_first_request_within(&self, idle: Duration) {
+        tokio::time::sleep(idle).await;
+        if self.sent_a_request.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -160,16 +179,13 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         let conn = Arc::new(ClientConn::new(client, tls.is_some()));
+        let watched = conn.clone();
         let service = service_fn(move |request| handler::handle(ctx.clone(), conn.clone(), request));
         match &tls {
             None => {
                 let connection =
                     graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
-                tokio::spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%error, %client, "connection ended with an error");
-                    }
-                });
+                tokio::spawn(serve_client(connection, watched, idle));
             }
             Some(acceptor) => {
                 // The handshake runs in the connection's task so a slow client cannot stall accept.
@@ -182,9 +198,7 @@ pub async fn serve(
                     };
                     let connection = watcher
                         .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
-                    if let Err(error) = connection.await {
-                        tracing::debug!(%error, %client, "connection ended with an error");
-                    }
+                    serve_client(connection, watched, idle).await;
                 });
             }
         }
@@ -192,5 +206,22 @@ pub async fn serve(
     drop(listener);
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
         tracing::warn!(drain_ms = drain.as_millis() as u64, "drain timed out; closing remaining connections");
+    }
+}
+
+/// Runs one client connection; drops it if no request arrives in time.
+async fn serve_client<E: std::fmt::Display>(
+    connection: impl Future<Output = Result<(), E>>,
+    conn: Arc<ClientConn>,
+    idle: Duration,
+) {
+    let client = conn.addr;
+    tokio::select! {
+        result = connection => {
+            if let Err(error) = result {
+                tracing::debug!(%error, %client, "connection ended with an error");
+            }
+        }
+        () = conn.no_first_request_within(idle) => tracing::debug!(%client, "closed a connection that sent no request"),
     }
 }

@@ -43,6 +43,8 @@ pub struct CompiledConsumer {
     pub id_header: Option<HeaderValue>,
     /// `X-Consumer-Name`; None when the name cannot be a header value.
     pub name_header: Option<HeaderValue>,
+    /// A JWT caller that names no consumer (see `CompiledConsumer::anonymous`).
+    pub anonymous: bool,
 }
 
 impl CompiledConsumer {
@@ -52,7 +54,16 @@ impl CompiledConsumer {
             id_header: id.and_then(|id| HeaderValue::from_str(id).ok()),
             name_header: HeaderValue::from_str(&consumer.name).ok(),
             consumer,
+            anonymous: false,
         }
+    }
+
+    /// Stands for JWT callers that name no consumer. It has no id, and no
+    /// identity headers, so a real consumer that happens to be called
+    /// "anonymous" is never confused with it.
+    pub fn anonymous() -> CompiledConsumer {
+        let consumer = Arc::new(Consumer { name: "anonymous".into(), ..Default::default() });
+        CompiledConsumer { consumer, id_header: None, name_header: None, anonymous: true }
     }
 
     pub fn id(&self) -> &str {
@@ -316,8 +327,12 @@ fn jwt_secret(r: &Route, jwt: &JwtAuth, shared: &Shared) -> Option<String> {
     let context = tollgate_raft::secrets::jwt_secret_context(&id_of(&r.meta));
     match shared.ai.secrets.open(&context, &jwt.sealed_hs_secret) {
         Ok(secret) => Some(secret),
-        Err(error) => {
-            tracing::error!(route = %r.name, %error, "the route's JWT secret does not open; HS* tokens are refused");
+        Err(_) => {
+            tracing::error!(
+                route = %r.name,
+                "the route's JWT secret does not open (sealed by another cluster, or corrupt): HS* tokens are refused; set it again with `tollgate ctl route update {} --jwt-secret ...`",
+                r.name
+            );
             None
         }
     }

@@ -1,16 +1,26 @@
-//! Protocol upgrades over HTTP/1.1 (WebSocket and anything else sent with
-//! `Connection: upgrade`), as nginx and Kong proxy them: the upgrade request
+//! WebSocket over HTTP/1.1, as nginx and Kong proxy it: the upgrade request
 //! goes through every phase like any request, its `Upgrade` and `Connection`
 //! headers are passed on instead of dropped as hop-by-hop, and when the target
 //! answers 101 the two connections are joined into a byte tunnel that lasts
-//! until either side closes. Upgrades are not pooled: the target's connection
-//! belongs to the tunnel.
+//! until either side closes (or, with a route idle timeout, goes quiet).
+//! Upgrades are not pooled: the target's connection belongs to the tunnel.
+//!
+//! Only `websocket` is passed on. Any other protocol, `h2c` above all, would
+//! let a client speak past the gateway's per-request phases (h2c smuggling),
+//! so such a request loses its upgrade headers and is proxied as a plain one.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The protocol an HTTP/1.1 request asks to switch to, if it asks.
+/// The `Upgrade` value of an HTTP/1.1 request asking to switch to WebSocket.
 pub fn requested(parts: &http::request::Parts) -> Option<HeaderValue> {
     if parts.version != http::Version::HTTP_11 {
         return None;
@@ -22,7 +32,13 @@ pub fn requested(parts: &http::request::Parts) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    if asks { parts.headers.get(header::UPGRADE).cloned() } else { None }
+    let upgrade = parts.headers.get(header::UPGRADE).filter(|v| is_websocket(v))?;
+    asks.then(|| upgrade.clone())
+}
+
+/// Whether an `Upgrade` value names WebSocket (and nothing else).
+pub fn is_websocket(value: &HeaderValue) -> bool {
+    value.to_str().is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
 }
 
 /// Puts back the two headers that hop-by-hop stripping removed.
@@ -33,18 +49,74 @@ pub fn restore(headers: &mut HeaderMap, protocol: HeaderValue) {
 
 /// Joins the client's and the target's upgraded connections once hyper has
 /// handed both over (the client's after the 101 has been written to it).
-pub fn tunnel(client: OnUpgrade, upstream: OnUpgrade, target: std::sync::Arc<str>) {
+/// With `idle`, a tunnel that carries no bytes either way for that long
+/// (checked once per period, so between one and two periods) is closed.
+pub fn tunnel(client: OnUpgrade, upstream: OnUpgrade, target: Arc<str>, idle: Option<Duration>) {
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(both) => both,
             Err(error) => return tracing::debug!(%error, %target, "upgrade did not complete"),
         };
-        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            Ok((sent, received)) => tracing::debug!(sent, received, %target, "upgraded connection closed"),
-            Err(error) => tracing::debug!(%error, %target, "upgraded connection failed"),
+        let activity = Arc::new(AtomicU64::new(0));
+        let mut client = Counted { io: TokioIo::new(client), reads: activity.clone() };
+        let mut upstream = Counted { io: TokioIo::new(upstream), reads: activity.clone() };
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        let quiet = async {
+            match idle {
+                Some(idle) => quiet_for(&activity, idle).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            copied = copy => match copied {
+                Ok((sent, received)) => tracing::debug!(sent, received, %target, "upgraded connection closed"),
+                Err(error) => tracing::debug!(%error, %target, "upgraded connection failed"),
+            },
+            () = quiet => tracing::debug!(%target, "upgraded connection idle; closed"),
         }
     });
+}
+
+async fn quiet_for(reads: &AtomicU64, idle: Duration) {
+    let mut seen = reads.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(idle).await;
+        let now = reads.load(Ordering::Relaxed);
+        if now == seen {
+            return;
+        }
+        seen = now;
+    }
+}
+
+/// Counts successful reads, so the idle check costs nothing per byte.
+struct Counted<T> {
+    io: T,
+    reads: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]
@@ -60,11 +132,16 @@ mod tests {
     }
 
     #[test]
-    fn only_an_http11_request_naming_upgrade_in_connection_asks() {
-        let ws = [("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")];
-        assert_eq!(requested(&parts(http::Version::HTTP_11, &ws)).unwrap(), "websocket");
+    fn only_an_http11_websocket_upgrade_named_in_connection_is_one() {
+        let ws = [("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")];
+        assert_eq!(requested(&parts(http::Version::HTTP_11, &ws)).unwrap(), "WebSocket");
         assert!(requested(&parts(http::Version::HTTP_10, &ws)).is_none());
         assert!(requested(&parts(http::Version::HTTP_11, &[("upgrade", "websocket")])).is_none());
         assert!(requested(&parts(http::Version::HTTP_11, &[("connection", "upgrade")])).is_none());
+        let h2c =
+            [("connection", "Upgrade, HTTP2-Settings"), ("upgrade", "h2c"), ("http2-settings", "AAMAAABkAAQAAP__")];
+        assert!(requested(&parts(http::Version::HTTP_11, &h2c)).is_none(), "h2c is never passed on");
+        let both = [("connection", "upgrade"), ("upgrade", "websocket, h2c")];
+        assert!(requested(&parts(http::Version::HTTP_11, &both)).is_none());
     }
 }

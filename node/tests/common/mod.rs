@@ -219,19 +219,17 @@ pub async fn dead_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-/// For test upstreams: when `request` asks for `Upgrade: echo`, echoes the
-/// upgraded connection's bytes back once hyper hands it over, and returns
-/// the 101 response head to answer with.
+/// For test upstreams: accepts any upgrade `request` asks for (as a lenient
+/// backend might), echoing the upgraded connection's bytes back once hyper
+/// hands it over, and returns the 101 response head to answer with.
 #[allow(dead_code)] // not every test binary has an upgrading upstream
 pub fn accept_echo_upgrade(request: &mut Request<Incoming>) -> Option<http::response::Builder> {
-    if request.headers().get("upgrade").is_none_or(|v| v != "echo") {
-        return None;
-    }
+    let protocol = request.headers().get("upgrade")?.clone();
     let on_upgrade = hyper::upgrade::on(request);
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else { return };
         let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
         let _ = tokio::io::copy(&mut read, &mut write).await;
     });
-    Some(Response::builder().status(101).header("connection", "upgrade").header("upgrade", "echo"))
+    Some(Response::builder().status(101).header("connection", "upgrade").header("upgrade", protocol))
 }
