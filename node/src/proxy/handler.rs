@@ -207,7 +207,8 @@ async fn proxy(
 
     // A protocol upgrade (WebSocket): its client side, handed over by hyper
     // once the 101 has been written.
-    let upgrade = upgrade::requested(&parts);
+    let hop_by_hop = headers::has_hop_by_hop(&parts.headers);
+    let upgrade = if hop_by_hop { upgrade::requested(&parts) } else { None };
     let client_upgrade = upgrade.as_ref().and_then(|_| parts.extensions.remove::<OnUpgrade>());
 
     // The service is known from here on, so a cache hit is accounted to it too.
@@ -265,7 +266,9 @@ async fn proxy(
     };
     // The upstream connection is always HTTP/1.1, whatever the client spoke.
     parts.version = http::Version::HTTP_11;
-    headers::strip_hop_by_hop(&mut parts.headers);
+    if hop_by_hop {
+        headers::strip_found_hop_by_hop(&mut parts.headers);
+    }
     if let Some(protocol) = &upgrade {
         upgrade::restore(&mut parts.headers, protocol.clone());
     }

@@ -22,13 +22,22 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || matches!(name.as_str(), "keep-alive" | "proxy-connection")
 }
 
+/// Whether a message carries any hop-by-hop header. Most carry none, so one
+/// pass over the names decides, and only a message that has some pays for
+/// removals (or, for a request, for looking for an upgrade).
+pub fn has_hop_by_hop(headers: &HeaderMap) -> bool {
+    headers.keys().any(is_hop_by_hop)
+}
+
 /// Removes hop-by-hop headers, including any the Connection header names.
-/// Most messages carry none, so one pass over the names decides, and only a
-/// message that has some pays for removals.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
+    if has_hop_by_hop(headers) {
+        strip_found_hop_by_hop(headers);
     }
+}
+
+/// `strip_hop_by_hop` for a message already known to carry some.
+pub fn strip_found_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

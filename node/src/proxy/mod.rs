@@ -23,6 +23,7 @@ mod upstream;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -64,16 +65,6 @@ impl ClientConn {
     pub fn request_arrived(&self) {
         if !self.sent_a_request.load(Ordering::Relaxed) {
             self.sent_a_request.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// Resolves when `idle` passes without a first request: hyper's header
-    /// timer only starts once it knows HTTP/1 from HTTP/2, so a client that
-    /// connects and sends nothing (or a trickle) would otherwise stay forever.
-    async fn no_first_request_within(&self, idle: Duration) {
-        tokio::time::sleep(idle).await;
-        if self.sent_a_request.load(Ordering::Relaxed) {
-            std::future::pending::<()>().await;
         }
     }
 }
@@ -209,19 +200,31 @@ pub async fn serve(
     }
 }
 
-/// Runs one client connection; drops it if no request arrives in time.
+/// Runs one client connection, and drops it if no first request arrives
+/// within `idle`: hyper's header timer only starts once it knows HTTP/1 from
+/// HTTP/2, so a client that connects and sends nothing (or a trickle) would
+/// otherwise stay forever. Once a request has come, the deadline is no longer
+/// polled, so it costs nothing per request.
 async fn serve_client<E: std::fmt::Display>(
     connection: impl Future<Output = Result<(), E>>,
     conn: Arc<ClientConn>,
     idle: Duration,
 ) {
-    let client = conn.addr;
-    tokio::select! {
-        result = connection => {
-            if let Err(error) = result {
-                tracing::debug!(%error, %client, "connection ended with an error");
-            }
+    let mut connection = std::pin::pin!(connection);
+    let mut deadline = std::pin::pin!(tokio::time::sleep(idle));
+    let ended = std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
         }
-        () = conn.no_first_request_within(idle) => tracing::debug!(%client, "closed a connection that sent no request"),
+        if !conn.sent_a_request.load(Ordering::Relaxed) && deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await;
+    match ended {
+        Some(Err(error)) => tracing::debug!(%error, client = %conn.addr, "connection ended with an error"),
+        Some(Ok(())) => {}
+        None => tracing::debug!(client = %conn.addr, "closed a connection that sent no request"),
     }
 }
