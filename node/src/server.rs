@@ -218,9 +218,8 @@ impl Node {
             &config.proxy.access_log,
         ))
         .map_err(NodeError::AccessLog)?;
-        let mut proxy = ProxyContext::new(config.proxy.max_body_bytes, shared, access_log);
-        proxy.client_idle_timeout = ms(config.proxy.client_idle_timeout_ms);
-        let proxy = Arc::new(proxy);
+        let idle = ms(config.proxy.client_idle_timeout_ms);
+        let proxy = Arc::new(ProxyContext::new(config.proxy.max_body_bytes, idle, shared, access_log));
         let follower_task = tokio::spawn(proxy::follow_state(proxy.clone(), raft.subscribe()));
         tokio::spawn(report_data_plane(proxy.clone(), raft.clone()));
 

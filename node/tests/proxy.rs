@@ -375,19 +375,6 @@ async fn echo_upgrade_upstream() -> std::net::SocketAddr {
     addr
 }
 
-/// Sends a raw HTTP/1.1 request head and reads the response head.
-async fn raw_head(stream: &mut tokio::net::TcpStream, head: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut got = Vec::new();
-    let mut byte = [0u8; 1];
-    while !got.ends_with(b"\r\n\r\n") {
-        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "connection closed mid-head: {got:?}");
-        got.push(byte[0]);
-    }
-    String::from_utf8(got).unwrap().to_ascii_lowercase()
-}
-
 #[tokio::test]
 async fn websocket_style_upgrades_are_tunnelled_after_auth() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

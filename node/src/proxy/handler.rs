@@ -31,7 +31,7 @@ use super::pool::PoolError;
 use super::retry;
 use super::snapshot::{CompiledConsumer, CompiledRoute, CompiledService, GatewaySnapshot};
 use super::upgrade;
-use super::upstream::{BoxError, Upstream, UpstreamBody, UpstreamResponseBody};
+use super::upstream::{BoxError, Upstream, UpstreamResponseBody};
 use super::{ClientConn, ProxyBody, ProxyContext};
 use crate::apikey;
 use crate::telemetry::tracing::{TRACEPARENT, TraceCtx};
@@ -143,7 +143,6 @@ async fn proxy(
 
     // authenticate
     let caller = authenticate(snapshot, &route, &parts.headers)?;
-    let authenticated = caller.is_some();
     let ai_key = caller.as_ref().and_then(|c| c.key).filter(|_| route.route.ai_gateway).cloned();
     let ai_consumer = caller
         .as_ref()
@@ -166,7 +165,7 @@ async fn proxy(
     rctx.consumer = consumer.cloned();
     // Credentials the gateway checked are for the gateway; never pass them
     // on. An open route checked none, so its upstream may do its own auth.
-    if authenticated {
+    if consumer.is_some() {
         parts.headers.remove(header::AUTHORIZATION);
         parts.headers.remove(&X_API_KEY);
     }
@@ -341,7 +340,7 @@ async fn proxy(
 ///
 /// A retry sends the request again whole, so an idempotent request's body
 /// (a PUT's, say) is read into memory first when its declared length is at
-/// most [`RETRY_BUFFER_BYTES`], as Envoy's retry buffer does. Longer or
+/// most [`retry::RETRY_BUFFER_BYTES`], as Envoy's retry buffer does. Longer or
 /// unsized bodies stream to one target and are not retried.
 #[allow(clippy::too_many_arguments)]
 async fn forward(
@@ -362,8 +361,8 @@ async fn forward(
         return Err(ProxyError::CircuitOpen { service: service.name.clone() });
     }
     let timeout = route.request_timeout.unwrap_or(service.request_timeout);
-    let replayable = body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= RETRY_BUFFER_BYTES);
-    let retry = service.retry.as_ref().filter(|_| replayable && retry::idempotent(&parts.method));
+    let replayable = retry::replayable(&parts.method, body.is_end_stream(), body.size_hint().exact());
+    let retry = service.retry.as_ref().filter(|_| replayable);
     if let Some(r) = retry {
         service.budget.deposit(r.budget_percent);
     }
@@ -380,13 +379,6 @@ async fn forward(
     // Kept only when a retry may need to rebuild the request.
     let replay = retry.map(|_| (parts.method.clone(), parts.headers.clone()));
     let key = if service.balancer.needs_key() { balance_key(service, rctx, &parts.headers) } else { 0 };
-    let timeouts = Timeouts {
-        request: timeout,
-        connect: match route.route.connect_timeout_ms {
-            0 => service.connect_timeout,
-            ms => Duration::from_millis(ms.into()),
-        },
-    };
     let max_attempts = 1 + retry.map_or(0, |r| r.attempts) as usize;
     let mut tried = [usize::MAX; 11];
     let mut first = Some(parts);
@@ -413,10 +405,10 @@ async fn forward(
         };
         let body = match streaming.take() {
             // A bodiless request (most GETs) needs no limit, nor a boxed body.
-            Some(body) if body.is_end_stream() => empty_upstream(),
+            Some(body) if body.is_end_stream() => empty(),
             Some(body) => Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync(),
-            None if held.is_empty() => empty_upstream(),
-            None => Full::new(held.clone()).map_err(|never| match never {}).boxed_unsync(),
+            None if held.is_empty() => empty(),
+            None => full(held.clone()),
         };
         let request = match first.take() {
             Some(mut parts) => {
@@ -436,7 +428,14 @@ async fn forward(
         let sent = tokio::time::timeout(timeout, client.request(target, request, upgrade)).await;
         outcome = match sent {
             Ok(Ok(response)) => Ok((response, in_flight)),
-            Ok(Err(error)) => Err(classify(error.as_ref(), &target.authority, limit, timeouts)),
+            Ok(Err(error)) => {
+                let connect = match route.route.connect_timeout_ms {
+                    0 => service.connect_timeout,
+                    ms => Duration::from_millis(ms.into()),
+                };
+                let timeouts = Timeouts { request: timeout, connect };
+                Err(classify(error.as_ref(), &target.authority, limit, timeouts))
+            }
             Err(_elapsed) => Err(ProxyError::UpstreamTimeout {
                 target: target.authority.to_string(),
                 timeout_ms: timeout.as_millis() as u64,
@@ -482,10 +481,6 @@ async fn forward(
         ResponseBody::new(body, in_flight, route.idle_timeout, rctx.upstream.clone().unwrap_or_else(|| Arc::from("")));
     Ok(Response::from_parts(head, body.boxed_unsync()))
 }
-
-/// The largest request body held in memory so that a failed attempt can be
-/// retried with it; Envoy's default retry buffer is the same size.
-pub const RETRY_BUFFER_BYTES: u64 = 64 * 1024;
 
 /// Reads a (small, declared-length) request body whole, for retries.
 async fn read_whole(body: Incoming, limit: u64) -> Result<Bytes, ProxyError> {
@@ -700,10 +695,6 @@ fn account(
 }
 
 fn empty() -> ProxyBody {
-    Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
-}
-
-fn empty_upstream() -> UpstreamBody {
     Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
 }
 

@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use tollgate_raft::GatewayState;
 
 pub use error::ProxyError;
-pub use handler::RETRY_BUFFER_BYTES;
+pub use retry::RETRY_BUFFER_BYTES;
 pub use snapshot::{GatewaySnapshot, Shared, TimeoutDefaults};
 pub use upstream::{BoxError, Upstream, UpstreamClient, UpstreamClients};
 
@@ -87,13 +87,18 @@ pub struct ProxyContext {
 }
 
 impl ProxyContext {
-    pub fn new(max_body_bytes: u64, shared: Shared, access_log: AccessLog) -> ProxyContext {
+    pub fn new(
+        max_body_bytes: u64,
+        client_idle_timeout: Duration,
+        shared: Shared,
+        access_log: AccessLog,
+    ) -> ProxyContext {
         ProxyContext {
             snapshot: ArcSwap::from_pointee(GatewaySnapshot::empty()),
             max_body_bytes,
             shared,
             access_log,
-            client_idle_timeout: Duration::from_secs(75),
+            client_idle_timeout,
             served: watch::channel(0).0,
         }
     }

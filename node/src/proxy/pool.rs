@@ -91,11 +91,15 @@ impl Http1Pool {
     }
 
     async fn connect(&self, authority: &str) -> Result<Upstream, PoolError> {
-        let (sender, conn) = http1::Builder::new()
+        let (sender, conn) = self.handshake(authority).await?;
+        Ok(Upstream { sender, conn: Box::pin(conn), wake: SelfWake::default() })
+    }
+
+    async fn handshake(&self, authority: &str) -> Result<(SendRequest<UpstreamBody>, Connection), PoolError> {
+        http1::Builder::new()
             .handshake(TokioIo::new(self.connect_tcp(authority).await?))
             .await
-            .map_err(|source| PoolError::Handshake { authority: authority.to_string(), source })?;
-        Ok(Upstream { sender, conn: Box::pin(conn), wake: SelfWake::default() })
+            .map_err(|source| PoolError::Handshake { authority: authority.to_string(), source })
     }
 
     async fn connect_tcp(&self, authority: &str) -> Result<TcpStream, PoolError> {
@@ -121,16 +125,8 @@ impl Http1Pool {
         host: &HeaderValue,
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, PoolError> {
-        if let Some(pq) = request.uri().path_and_query().cloned() {
-            *request.uri_mut() = http::Uri::from(pq);
-        }
-        if !request.headers().contains_key(header::HOST) {
-            request.headers_mut().insert(header::HOST, host.clone());
-        }
-        let (mut sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(self.connect_tcp(authority).await?))
-            .await
-            .map_err(|source| PoolError::Handshake { authority: authority.to_string(), source })?;
+        to_origin_form(&mut request, host);
+        let (mut sender, conn) = self.handshake(authority).await?;
         tokio::spawn(conn.with_upgrades());
         Ok(sender.send_request(request).await?)
     }
@@ -166,23 +162,14 @@ impl Http1Pool {
         Ok((self.connect(authority).await?, false))
     }
 
-    /// Sends `request` to `authority` (host:port). The URI is sent in origin
-    /// form with a `Host` header (`host` unless the request has one), as an
-    /// HTTP/1.1 origin server expects.
+    /// Sends `request` to `authority` (host:port), in origin form (see `to_origin_form`).
     pub async fn send(
         self: &Arc<Self>,
         authority: &Arc<str>,
         host: &HeaderValue,
         mut request: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
-        if request.uri().authority().is_some()
-            && let Some(pq) = request.uri().path_and_query().cloned()
-        {
-            *request.uri_mut() = http::Uri::from(pq);
-        }
-        if !request.headers().contains_key(header::HOST) {
-            request.headers_mut().insert(header::HOST, host.clone());
-        }
+        to_origin_form(&mut request, host);
         loop {
             let (mut upstream, reused) = self.checkout(authority).await?;
             let Upstream { sender, conn, wake } = &mut upstream;
@@ -214,6 +201,19 @@ impl Http1Pool {
                 },
             }
         }
+    }
+}
+
+/// The request line in origin form with a `Host` header (`host` unless the
+/// request has one), as an HTTP/1.1 origin server expects.
+fn to_origin_form(request: &mut Request<UpstreamBody>, host: &HeaderValue) {
+    if request.uri().authority().is_some()
+        && let Some(pq) = request.uri().path_and_query().cloned()
+    {
+        *request.uri_mut() = http::Uri::from(pq);
+    }
+    if !request.headers().contains_key(header::HOST) {
+        request.headers_mut().insert(header::HOST, host.clone());
     }
 }
 

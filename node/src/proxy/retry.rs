@@ -13,6 +13,16 @@ const UNIT: i64 = 1000;
 const INITIAL_TOKENS: i64 = 10 * UNIT;
 const MAX_TOKENS: i64 = 100 * UNIT;
 
+/// The largest request body held in memory so that a failed attempt can be
+/// retried with it; Envoy's default retry buffer is the same size.
+pub const RETRY_BUFFER_BYTES: u64 = 64 * 1024;
+
+/// Whether a request may be sent again: an idempotent method, and no body or
+/// one short enough to hold (its declared length, `body_len`).
+pub fn replayable(method: &Method, bodiless: bool, body_len: Option<u64>) -> bool {
+    idempotent(method) && (bodiless || body_len.is_some_and(|n| n <= RETRY_BUFFER_BYTES))
+}
+
 /// Only methods RFC 9110 defines as idempotent. POST and PATCH are never
 /// retried: the upstream may have acted on the first attempt.
 pub fn idempotent(method: &Method) -> bool {

@@ -120,6 +120,17 @@ mod tests {
         (counter.clone(), Waker::from(counter))
     }
 
+    /// A first poll registers the task and hands out the waker the step saw.
+    fn inner_waker(wake: &SelfWake, task: &Waker) -> Waker {
+        let mut inner = None;
+        let result: Poll<()> = wake.poll(&mut Context::from_waker(task), |cx| {
+            inner = Some(cx.waker().clone());
+            Poll::Pending
+        });
+        assert!(result.is_pending());
+        inner.expect("the step ran")
+    }
+
     #[test]
     fn a_wake_during_the_step_repolls_inline_instead_of_waking_the_task() {
         let (woken, waker) = task();
@@ -142,15 +153,8 @@ mod tests {
     #[test]
     fn a_wake_after_the_step_reaches_the_task() {
         let (woken, waker) = task();
-        let mut cx = Context::from_waker(&waker);
         let wake = SelfWake::default();
-        let mut kept = None;
-        let result: Poll<()> = wake.poll(&mut cx, |inner| {
-            kept = Some(inner.waker().clone());
-            Poll::Pending
-        });
-        assert!(result.is_pending());
-        kept.unwrap().wake();
+        inner_waker(&wake, &waker).wake();
         assert_eq!(woken.0.load(Ordering::SeqCst), 1);
     }
 
@@ -158,12 +162,7 @@ mod tests {
     fn a_wake_inside_quiet_does_not_reach_the_task() {
         let (woken, waker) = task();
         let wake = SelfWake::default();
-        let mut kept = None;
-        let _: Poll<()> = wake.poll(&mut Context::from_waker(&waker), |inner| {
-            kept = Some(inner.waker().clone());
-            Poll::Pending
-        });
-        let kept = kept.unwrap();
+        let kept = inner_waker(&wake, &waker);
         wake.quiet(|| kept.wake_by_ref());
         assert_eq!(woken.0.load(Ordering::SeqCst), 0);
         kept.wake_by_ref();
@@ -177,13 +176,7 @@ mod tests {
         for _ in 0..2_000 {
             let (woken, waker) = task();
             let wake = SelfWake::default();
-            // A first poll registers the task and hands out the inner waker.
-            let mut inner = None;
-            let _: Poll<()> = wake.poll(&mut Context::from_waker(&waker), |cx| {
-                inner = Some(cx.waker().clone());
-                Poll::Pending
-            });
-            let inner = inner.unwrap();
+            let inner = inner_waker(&wake, &waker);
             let sent = Arc::new(AtomicBool::new(false));
             let barrier = Arc::new(Barrier::new(2));
             let waking = {

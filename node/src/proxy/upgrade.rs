@@ -25,13 +25,7 @@ pub fn requested(parts: &http::request::Parts) -> Option<HeaderValue> {
     if parts.version != http::Version::HTTP_11 {
         return None;
     }
-    let asks = parts
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let asks = super::headers::connection_tokens(&parts.headers).any(|token| token.eq_ignore_ascii_case("upgrade"));
     let upgrade = parts.headers.get(header::UPGRADE).filter(|v| is_websocket(v))?;
     asks.then(|| upgrade.clone())
 }

@@ -233,3 +233,17 @@ pub fn accept_echo_upgrade(request: &mut Request<Incoming>) -> Option<http::resp
     });
     Some(Response::builder().status(101).header("connection", "upgrade").header("upgrade", protocol))
 }
+
+/// Sends a raw HTTP/1.1 request head and reads the response head, lower-cased.
+#[allow(dead_code)] // not every test binary speaks raw HTTP
+pub async fn raw_head(stream: &mut tokio::net::TcpStream, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "connection closed mid-head: {got:?}");
+        got.push(byte[0]);
+    }
+    String::from_utf8(got).unwrap().to_ascii_lowercase()
+}
