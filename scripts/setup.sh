@@ -5,8 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# librocksdb-sys generates its bindings with bindgen, which needs libclang.
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
+# librocksdb-sys generates its bindings with bindgen, which needs libclang
+# (the C library: libclang-cpp, which fresh images ship, does not do).
+. scripts/lib/libclang.sh
+if ! tollgate_find_libclang >/dev/null; then
     echo "installing libclang-dev (needed by RocksDB's bindings)..." >&2
     sudo_cmd=""
     if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi

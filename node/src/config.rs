@@ -19,6 +19,7 @@ pub struct Config {
     pub raft: Raft,
     pub cluster: Cluster,
     pub telemetry: Telemetry,
+    pub ops: Ops,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -94,12 +95,54 @@ pub struct Proxy {
     pub client_idle_timeout_ms: u64,
     /// On shutdown, in-flight requests get this long to finish.
     pub drain_timeout_ms: u64,
+    /// A client that accepts none of its response for this long is
+    /// disconnected, which also releases the upstream connection its
+    /// response comes from (otherwise a client that stops reading holds both
+    /// forever).
+    pub client_send_timeout_ms: u64,
+    /// Open client connections of the proxy listeners (plain and TLS
+    /// together). At the cap an idle keep-alive connection is closed to make
+    /// room for a new one; when none is idle, new connections are closed at
+    /// once. 0 (default) = derived from the open-file limit (RLIMIT_NOFILE,
+    /// raised to its hard limit at start): half of what remains after
+    /// reserving max(256, 10 %) for the admin API, ops, Raft and RocksDB,
+    /// since a client with a request in flight holds an upstream connection too.
+    pub max_connections: usize,
     /// JSON access log: "stdout", "off", or a file path (appended to).
     pub access_log: String,
     /// Memory for the response cache of all routes together, in bytes.
     pub cache_max_bytes: u64,
+    /// Empty path segments (`//`): "merge" (default, as nginx), "reject"
+    /// (400) or "keep". See `proxy::path`.
+    pub path_slashes: crate::proxy::SlashPolicy,
+    /// Encoded separators in the path (`%2F`, `%5C`) and raw `\`: "reject"
+    /// (default, 400), "keep" (forwarded encoded) or "decode" (to `/`).
+    /// An encoded NUL is refused whatever this says.
+    pub path_escaped_separators: crate::proxy::EscapedSeparatorPolicy,
     /// TLS termination; absent = plain HTTP only.
     pub tls: Option<ProxyTls>,
+}
+
+/// The ops listener (/metrics, /healthz, /readyz): small answers to a few
+/// scrapers and probes, so tight bounds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ops {
+    /// A connection is closed when no complete request head arrives for this
+    /// long: hyper's header-read timer starts whenever it waits for a head,
+    /// so this bounds idle keep-alive connections and slow headers alike.
+    pub client_idle_timeout_ms: u64,
+    /// A client that accepts none of its response for this long is disconnected.
+    pub client_send_timeout_ms: u64,
+    /// Open connections; more are closed at accept. Part of the descriptors
+    /// reserved from the proxy (see `proxy.max_connections`).
+    pub max_connections: usize,
+}
+
+impl Default for Ops {
+    fn default() -> Self {
+        Ops { client_idle_timeout_ms: 10_000, client_send_timeout_ms: 10_000, max_connections: 64 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,6 +169,7 @@ impl Default for Config {
             raft: Raft::default(),
             cluster: Cluster::default(),
             telemetry: Telemetry::default(),
+            ops: Ops::default(),
         }
     }
 }
@@ -150,8 +194,12 @@ impl Default for Proxy {
             upstream_idle_timeout_ms: 90_000,
             client_idle_timeout_ms: 75_000,
             drain_timeout_ms: 30_000,
+            client_send_timeout_ms: 60_000,
+            max_connections: 0,
             access_log: "stdout".into(),
             cache_max_bytes: 64 << 20,
+            path_slashes: Default::default(),
+            path_escaped_separators: Default::default(),
             tls: None,
         }
     }
@@ -200,6 +248,18 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "proxy.client_idle_timeout_ms must be at least 100 (75000 is the default)".into(),
             ));
+        }
+        for (key, value, default) in [
+            ("proxy.client_send_timeout_ms", self.proxy.client_send_timeout_ms, 60_000),
+            ("ops.client_idle_timeout_ms", self.ops.client_idle_timeout_ms, 10_000),
+            ("ops.client_send_timeout_ms", self.ops.client_send_timeout_ms, 10_000),
+        ] {
+            if value < 100 {
+                return Err(ConfigError::Invalid(format!("{key} must be at least 100 ({default} is the default)")));
+            }
+        }
+        if self.ops.max_connections == 0 {
+            return Err(ConfigError::Invalid("ops.max_connections must be at least 1 (64 is the default)".into()));
         }
         if self.raft.election_timeout_min_ms <= self.raft.heartbeat_ms
             || self.raft.election_timeout_max_ms <= self.raft.election_timeout_min_ms

@@ -8,6 +8,7 @@ pub mod apikey;
 pub mod clock;
 pub mod config;
 pub mod ctl;
+pub mod net;
 pub mod ops;
 pub mod proxy;
 pub mod server;

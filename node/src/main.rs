@@ -105,6 +105,10 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
+    // Everything the node writes (RocksDB, snapshots, keys, the admin token)
+    // is private; set before any thread or file exists. Node::start sets it
+    // too, for embedders and tests.
+    tollgate_storage::private::restrict_umask();
     // One crypto provider for every TLS user in the process (proxy, upstreams, JWKS).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();

@@ -92,6 +92,31 @@ async fn report_data_plane(proxy: Arc<ProxyContext>, raft: RaftNode) {
     }
 }
 
+/// `proxy.max_connections`, or what the descriptor budget allows when it is
+/// 0. A configured cap above the budget is kept (the operator may know
+/// better, e.g. few upstream connections) but warned about.
+fn proxy_max_connections(config: &Config, fds: crate::net::FdBudget) -> usize {
+    let derived = fds.default_max_connections();
+    let max = match config.proxy.max_connections {
+        0 => derived,
+        configured => {
+            if configured > derived {
+                tracing::warn!(
+                    max_connections = configured,
+                    open_file_limit = fds.limit,
+                    fits = derived,
+                    "proxy.max_connections is more than the open-file limit leaves room for; when it is reached \
+                     the admin API and Raft may run out of descriptors. Raise the limit (ulimit -n, LimitNOFILE=) \
+                     or lower proxy.max_connections"
+                );
+            }
+            configured
+        }
+    };
+    tracing::info!(max_connections = max, open_file_limit = fds.limit, "proxy connection cap");
+    max
+}
+
 /// A running node. Dropping it does not stop it; call [`Node::shutdown`].
 pub struct Node {
     pub proxy_addr: SocketAddr,
@@ -122,7 +147,11 @@ async fn bind(addr: SocketAddr, what: &'static str, flag: &'static str) -> Resul
 impl Node {
     pub async fn start(config: Config) -> Result<Node, NodeError> {
         let data_dir = config.data_dir.clone();
-        std::fs::create_dir_all(&data_dir).map_err(|source| NodeError::DataDir { path: data_dir.clone(), source })?;
+        // 0700, files 0600 (umask, for RocksDB's), an older open one closed: see storage::private.
+        tollgate_storage::private::secure_data_dir(&data_dir)
+            .map_err(|source| NodeError::DataDir { path: data_dir.clone(), source })?;
+        // Before any socket or file is open: the proxy's connection cap is sized from it.
+        let fds = crate::net::raise_nofile_limit();
         // Bind first: a port conflict should fail before anything touches the data.
         let proxy_listener = bind(config.listen.proxy, "proxy", "proxy-listen").await?;
         let admin_listener = bind(config.listen.admin, "admin API", "admin-listen").await?;
@@ -219,7 +248,16 @@ impl Node {
         ))
         .map_err(NodeError::AccessLog)?;
         let idle = ms(config.proxy.client_idle_timeout_ms);
-        let proxy = Arc::new(ProxyContext::new(config.proxy.max_body_bytes, idle, shared, access_log));
+        let path_policy = crate::proxy::PathPolicy {
+            slashes: config.proxy.path_slashes,
+            escaped_separators: config.proxy.path_escaped_separators,
+        };
+        let max_connections = proxy_max_connections(&config, fds);
+        let proxy = Arc::new(
+            ProxyContext::new(config.proxy.max_body_bytes, idle, shared, access_log)
+                .with_path_policy(path_policy)
+                .with_client_limits(max_connections, ms(config.proxy.client_send_timeout_ms)),
+        );
         let follower_task = tokio::spawn(proxy::follow_state(proxy.clone(), raft.subscribe()));
         tokio::spawn(report_data_plane(proxy.clone(), raft.clone()));
 
@@ -232,6 +270,7 @@ impl Node {
             tokio::spawn(proxy::serve(proxy_listener, proxy.clone(), until_stopped(stopped.clone()), drain, None));
         let mut dataplane_tasks = vec![tokio::spawn(crate::ops::serve(
             ops_listener,
+            crate::ops::OpsLimits::from(&config.ops),
             proxy.clone(),
             raft.clone(),
             until_stopped(stopped.clone()),

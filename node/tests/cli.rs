@@ -226,3 +226,150 @@ async fn ai_gateway_set_up_and_usage_report_from_the_command_line() {
     let missing = ctl_async(admin, TOKEN, vec!["alias", "get", "nope"]).await;
     assert_eq!(missing.status.code(), Some(3));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn route_get_names_every_auth_mode_and_shows_policies_but_no_secrets() {
+    const JWT_SECRET: &str = "jwt-hmac-secret-0123456789";
+    const HEADER_SECRET: &str = "header-secret-abcdef-9876";
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let admin = node.admin_addr;
+    ok_json(&ctl_async(admin, TOKEN, vec!["-o", "json", "service", "create", "s", "--target", "127.0.0.1:1"]).await);
+    let created = ctl_async(
+        admin,
+        TOKEN,
+        vec![
+            "-o",
+            "json",
+            "route",
+            "create",
+            "guarded",
+            "--service",
+            "s",
+            "--path",
+            "/g",
+            "--strip-prefix",
+            "--auth",
+            "jwt",
+            "--jwt-alg",
+            "HS256",
+            "--jwt-secret",
+            JWT_SECRET,
+            "--jwt-issuer",
+            "https://idp.example.com",
+            "--ip-allow",
+            "10.0.0.0/8",
+            "--ip-deny",
+            "10.0.0.7",
+            "--cors-origin",
+            "https://app.example.com",
+            "--rewrite-path",
+            "/v2",
+            "--cache-ttl-ms",
+            "30000",
+            "--route-request-timeout-ms",
+            "5000",
+        ],
+    )
+    .await;
+    ok_json(&created);
+    ok_json(
+        &ctl_async(
+            admin,
+            TOKEN,
+            vec![
+                "-o",
+                "json",
+                "route",
+                "create",
+                "either",
+                "--service",
+                "s",
+                "--path",
+                "/e",
+                "--auth",
+                "api-key-or-jwt",
+                "--jwt-alg",
+                "HS256",
+                "--jwt-secret",
+                JWT_SECRET,
+            ],
+        )
+        .await,
+    );
+
+    let route = ok_json(&ctl_async(admin, TOKEN, vec!["-o", "json", "route", "get", "guarded"]).await);
+    assert_eq!(route["auth"], "jwt");
+    assert_eq!(route["strip_prefix"], true);
+    assert_eq!(route["rewrite_path"], "/v2");
+    assert_eq!(route["jwt"]["issuer"], "https://idp.example.com");
+    assert_eq!(route["jwt"]["algorithms"], serde_json::json!(["HS256"]));
+    assert_eq!(route["ip_allow"], serde_json::json!(["10.0.0.0/8"]));
+    assert_eq!(route["ip_deny"], serde_json::json!(["10.0.0.7"]));
+    assert_eq!(route["cors"]["allow_origins"], serde_json::json!(["https://app.example.com"]));
+    assert_eq!(route["cache"]["ttl_ms"], 30000);
+    assert_eq!(route["request_timeout_ms"], 5000);
+    assert!(!route.to_string().contains(JWT_SECRET), "{route}");
+
+    let table = String::from_utf8(ctl_async(admin, TOKEN, vec!["route", "get", "guarded"]).await.stdout).unwrap();
+    for expected in [
+        "jwt",
+        "strip_prefix:",
+        "rewrite_path:",
+        "jwt.algorithms:",
+        "jwt.issuer:",
+        "https://idp.example.com",
+        "ip_allow:",
+        "10.0.0.0/8",
+        "ip_deny:",
+        "cors.allow_origins:",
+        "cache.ttl_ms:",
+        "request_timeout_ms:",
+    ] {
+        assert!(table.contains(expected), "{expected:?} missing from:\n{table}");
+    }
+    assert!(!table.contains(JWT_SECRET), "{table}");
+    let list = String::from_utf8(ctl_async(admin, TOKEN, vec!["route", "list"]).await.stdout).unwrap();
+    assert!(list.contains("api-key-or-jwt") && !list.contains("unspecified"), "{list}");
+
+    // Provider header values are sealed: shown as a hint, never printed.
+    let header = leak(format!("x-auth:{HEADER_SECRET}"));
+    let provider = ok_json(
+        &ctl_async(
+            admin,
+            TOKEN,
+            vec![
+                "-o",
+                "json",
+                "provider",
+                "create",
+                "local",
+                "--kind",
+                "openai-compatible",
+                "--base-url",
+                "http://127.0.0.1:1/v1",
+                "--header",
+                header,
+            ],
+        )
+        .await,
+    );
+    assert_eq!(provider["headers"], serde_json::json!([{"name": "x-auth", "hint": "…9876"}]));
+    let listed = String::from_utf8(ctl_async(admin, TOKEN, vec!["provider", "list"]).await.stdout).unwrap();
+    assert!(listed.contains("x-auth:…9876") && !listed.contains(HEADER_SECRET), "{listed}");
+    // An update that does not give --header keeps the sealed value.
+    ok_json(&ctl_async(admin, TOKEN, vec!["-o", "json", "provider", "update", "local", "--cooldown-ms", "5"]).await);
+    let got = ok_json(&ctl_async(admin, TOKEN, vec!["-o", "json", "provider", "get", "local"]).await);
+    assert_eq!(got["headers"][0]["hint"], "…9876");
+
+    let refused = ctl_async(
+        admin,
+        TOKEN,
+        vec!["provider", "create", "leaky", "--kind", "openai-compatible", "--base-url", "https://u:pw@h.example/v1"],
+    )
+    .await;
+    assert_eq!(refused.status.code(), Some(5), "invalid argument");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("put credentials in the provider's key or headers, not in the URL"), "{stderr}");
+    node.shutdown().await;
+}

@@ -11,22 +11,12 @@ use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 use tollgate_proto::admin::v1::{CreateApiKeyRequest, UpdateApiKeyRequest};
-use tollgate_proto::config::v1::{AuthMode, Consumer, PathMatch, Route, RoutePath, Service, Target};
+use tollgate_proto::config::v1::{AuthMode, Consumer, PathMatch, Service, Target};
 
 fn service(name: &str, port: u16) -> Service {
     Service {
         name: name.into(),
         targets: vec![Target { host: "127.0.0.1".into(), port: port.into(), weight: 1 }],
-        ..Default::default()
-    }
-}
-
-fn route(name: &str, service: &str, kind: PathMatch, path: &str, auth: AuthMode) -> Route {
-    Route {
-        name: name.into(),
-        service_id: service.into(),
-        paths: vec![RoutePath { kind: kind as i32, path: path.into() }],
-        auth: auth as i32,
         ..Default::default()
     }
 }

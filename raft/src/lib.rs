@@ -4,6 +4,7 @@
 //! for the data plane after every applied batch.
 #![forbid(unsafe_code)]
 
+mod admit;
 mod apply;
 mod error;
 mod keys;
@@ -27,6 +28,7 @@ pub use node::{ClusterSetup, MemberStatus, NodeStatus, ProposeError, RaftConfig,
 pub use state::GatewayState;
 pub use state_machine::StateMachine;
 pub use types::{Applied, Command, CommandResponse, Raft, TypeConfig};
+pub use validate_ai::provider_header_value;
 pub use validate_policy::parse_cidr;
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ use tollgate_proto::config::v1::{JoinToken as JoinTokenRecord, Meta};
 use tollgate_proto::raft::v1::command::Op;
 use tollgate_storage::Engine;
 
+use crate::admit::admit;
+use crate::apply::apply;
 use crate::error::{ApplyError, RaftNodeError};
 use crate::log_store::LogStore;
 use crate::pki::ClusterTls;
@@ -96,7 +98,9 @@ pub struct NodeStatus {
 /// Why a proposal did not produce an applied change.
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
-    /// Committed, and every replica rejected it the same way.
+    /// Refused before it was proposed (by this version's admission rules,
+    /// or because `apply` would reject it: then it never reached the log),
+    /// or rejected the same way by every replica when applied.
     #[error(transparent)]
     Rejected(#[from] ApplyError),
     #[error(transparent)]
@@ -237,6 +241,7 @@ impl RaftNode {
     /// Replicates `command` (through the leader, wherever it is), waits until
     /// it is applied on this node, and returns what it did.
     pub async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
+        self.precheck(&command).await?;
         let timeout = self.inner.write_timeout;
         match tokio::time::timeout(timeout, self.propose_inner(command)).await {
             Ok(result) => result,
@@ -247,6 +252,29 @@ impl RaftNode {
             ))
             .into()),
         }
+    }
+
+    /// Runs this version's admission rules (admit.rs) and the same `apply`
+    /// every replica will, on this node's state, before anything is
+    /// proposed: a command they would all reject must not reach the log,
+    /// where it would stay, copied to every member, until the log is
+    /// compacted, with whatever it carried (such as a URL with a password in
+    /// it). `apply` still decides: the state can change between this check
+    /// and the commit.
+    async fn precheck(&self, command: &Command) -> Result<(), ProposeError> {
+        if let Some(op) = &command.0.op {
+            admit(op)?;
+        }
+        // The index only stamps the entity's revision, which a dry run discards.
+        let Err(error) = apply(&self.local_state(), &command.0, 0) else { return Ok(()) };
+        // Field rules do not depend on the state: no need to ask the leader.
+        if matches!(error, ApplyError::InvalidArgument { .. }) {
+            return Err(error.into());
+        }
+        // Missing or clashing entities do, and this node's view may be behind:
+        // confirm on a state that includes every acknowledged write.
+        let state = self.linearizable_state().await?;
+        apply(&state, &command.0, 0).map(|_| ()).map_err(ProposeError::from)
     }
 
     async fn propose_inner(&self, command: Command) -> Result<Applied, ProposeError> {

@@ -141,7 +141,8 @@ impl ClusterTls {
     /// its presence means the set is complete.
     pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
         let io = |source| PkiError::Io { dir: dir.to_path_buf(), source };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        // 0700: it holds the CA key, from which the cluster's secret key is derived.
+        tollgate_storage::private::private_dir(dir).map_err(io)?;
         for (name, text) in [
             ("ca.key", &self.ca_key_pem),
             ("node.pem", &self.node_cert_pem),
@@ -157,14 +158,13 @@ impl ClusterTls {
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+    // A mode only applies when the file is created: a leftover tmp file
+    // (from a crash) is removed so that it is.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
     }
-    let mut file = options.open(&tmp)?;
+    let mut file = tollgate_storage::private::private_file_options().write(true).create_new(true).open(&tmp)?;
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
     std::fs::rename(tmp, path)

@@ -110,6 +110,12 @@ pub fn credential_context(provider_id: &str, credential_id: &str) -> String {
     format!("provider/{provider_id}/credential/{credential_id}")
 }
 
+/// The context a provider's extra header value is sealed under. Header names
+/// are case-insensitive, so the context uses the lower-case form.
+pub fn provider_header_context(provider_id: &str, header_name: &str) -> String {
+    format!("provider/{provider_id}/header/{}", header_name.to_ascii_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,11 +31,14 @@ pub(crate) fn file_name(meta: &Meta) -> String {
 }
 
 pub(crate) fn write(dir: &Path, meta: &Meta, entries: &[(Vec<u8>, Vec<u8>)]) -> io::Result<PathBuf> {
-    fs::create_dir_all(dir)?;
+    // Snapshots are the whole gateway state: the owner's alone.
+    tollgate_storage::private::private_dir(dir)?;
     let path = dir.join(file_name(meta));
     let tmp = dir.join(format!("{}.tmp", file_name(meta)));
     {
-        let mut out = BufWriter::new(File::create(&tmp)?);
+        let file =
+            tollgate_storage::private::private_file_options().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut out = BufWriter::new(file);
         out.write_all(MAGIC)?;
         write_chunk(&mut out, &encode(meta)?)?;
         for (k, v) in entries {

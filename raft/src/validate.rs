@@ -9,6 +9,7 @@ use crate::error::ApplyError;
 
 pub(crate) const MAX_NAME_LEN: usize = 64;
 const MAX_HOST_LEN: usize = 253;
+const MAX_URL_LEN: usize = 2048;
 const MAX_PATH_LEN: usize = 1024;
 const MAX_TARGETS: usize = 256;
 const MAX_ROUTE_HOSTS: usize = 64;
@@ -67,6 +68,38 @@ pub(crate) fn hostname(field: &str, host: &str) -> Result<(), ApplyError> {
         }
     }
     Ok(())
+}
+
+/// An absolute http(s) URL that names a host and carries no credentials.
+/// User info (`user:password@`) would sit in plain text in the Raft log,
+/// snapshots, RocksDB and every admin answer, where keys and headers are
+/// sealed; `instead` tells the operator where credentials belong.
+pub(crate) fn http_url(field: &str, url: &str, instead: &str) -> Result<(), ApplyError> {
+    if url.len() > MAX_URL_LEN {
+        return Err(ApplyError::invalid(field, format!("must be at most {MAX_URL_LEN} characters")));
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ApplyError::invalid(field, "must not contain spaces or control characters"));
+    }
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| ApplyError::invalid(field, "must start with http:// or https://"))?;
+    // The authority ends at the first '/', '?' or '#' (RFC 3986 §3.2); some
+    // clients also end it at '\\', so that counts too.
+    let authority = rest.split(['/', '?', '#', '\\']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(credentials_in_url(field, instead));
+    }
+    if authority.is_empty() || authority.starts_with(':') {
+        return Err(ApplyError::invalid(field, "must name a host, e.g. https://api.example.com"));
+    }
+    Ok(())
+}
+
+/// The refusal of a URL with user info, saying where credentials go instead.
+pub(crate) fn credentials_in_url(field: &str, instead: &str) -> ApplyError {
+    ApplyError::invalid(field, format!("must not carry credentials (user:password@host); {instead}, not in the URL"))
 }
 
 pub(crate) fn targets(targets: &[Target]) -> Result<(), ApplyError> {
@@ -180,6 +213,24 @@ mod tests {
         assert!(name("name", "orders-v2.internal_1").is_ok());
         for bad in ["", "-lead", "has space", "ünï", &"x".repeat(65)] {
             assert!(name("name", bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn urls_need_a_host_and_never_carry_credentials() {
+        let check = |url: &str| http_url("base_url", url, "put credentials in the provider's key or headers");
+        assert!(check("https://api.openai.com/v1").is_ok());
+        assert!(check("http://127.0.0.1:11434/v1").is_ok());
+        assert!(check("https://host/path@with-at-in-path").is_ok(), "an @ after the host is part of the path");
+        for bad in ["ftp://x", "https://", "https:///v1", "https://:443/", "https://a b", "api.openai.com"] {
+            assert!(check(bad).is_err(), "{bad:?} should be rejected");
+        }
+        for credentialed in
+            ["https://user:password@api.example.com/v1", "http://token@host", "https://u:p@host?x", "https://u@h\\x"]
+        {
+            let error = check(credentialed).unwrap_err().to_string();
+            assert!(error.contains("must not carry credentials"), "{credentialed:?}: {error}");
+            assert!(error.contains("put credentials in the provider's key or headers, not in the URL"), "{error}");
         }
     }
 

@@ -11,6 +11,9 @@ use crate::validate;
 
 const MAX_MODEL_LEN: usize = 128;
 const MAX_URL_LEN: usize = 2048;
+const MAX_HEADER_VALUE_LEN: usize = 4096;
+/// What to do instead, said wherever a provider URL with user info is refused.
+pub(crate) const CREDENTIALS_GO: &str = "put credentials in the provider's key or headers";
 const MAX_CREDENTIALS: usize = 64;
 const MAX_ALIAS_TARGETS: usize = 32;
 const MAX_ALLOWED_MODELS: usize = 256;
@@ -83,9 +86,32 @@ pub(crate) fn provider(p: &Provider) -> Result<(), ApplyError> {
         }
     }
     for (i, h) in p.headers.iter().enumerate() {
+        let field = format!("headers[{i}]");
+        // The rules earlier versions applied, unchanged: their log entries
+        // must apply the same way here. This version's own limits (count,
+        // lengths, duplicates) are admission rules (admit.rs).
         let valid_name = !h.name.is_empty() && h.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if !valid_name || h.value.chars().any(|c| c.is_control()) {
-            return Err(ApplyError::invalid(format!("headers[{i}]"), "must be a token name and a printable value"));
+            return Err(ApplyError::invalid(field, "must be a token name and a printable value"));
+        }
+        if h.sealed_value.is_empty() {
+            // Plain text: written by an earlier version (the admin server
+            // seals every value it is sent).
+            continue;
+        }
+        if !h.value.is_empty() {
+            return Err(ApplyError::invalid(
+                format!("{field}.value"),
+                "plaintext header values are never replicated beside a sealed one; send them through the admin API, which seals them",
+            ));
+        }
+        // Sealing keeps the length, so the plaintext's bound holds for the ciphertext too.
+        let len = h.sealed_value.len();
+        if !(MIN_SEALED_LEN..=MIN_SEALED_LEN + MAX_HEADER_VALUE_LEN).contains(&len) {
+            return Err(ApplyError::invalid(format!("{field}.sealed_value"), "truncated or too long"));
+        }
+        if h.hint.chars().count() > 16 {
+            return Err(ApplyError::invalid(format!("{field}.hint"), "at most 16 characters"));
         }
     }
     if !p.pricing.is_empty() {
@@ -97,6 +123,20 @@ pub(crate) fn provider(p: &Provider) -> Result<(), ApplyError> {
     Ok(())
 }
 
+/// A provider header's plaintext value: what the admin server checks before
+/// sealing it, since apply only ever sees the ciphertext.
+pub fn provider_header_value(field: &str, value: &str) -> Result<(), ApplyError> {
+    if value.len() > MAX_HEADER_VALUE_LEN || value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(ApplyError::invalid(
+            field,
+            format!("the value must be at most {MAX_HEADER_VALUE_LEN} bytes of visible characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Accepts exactly what earlier versions accepted (see `provider`'s
+/// headers); admit.rs adds this version's stricter URL rules.
 fn base_url(url: &str) -> Result<(), ApplyError> {
     let invalid = |reason: &str| ApplyError::invalid("base_url", reason.to_string());
     if url.len() > MAX_URL_LEN {
@@ -107,8 +147,11 @@ fn base_url(url: &str) -> Result<(), ApplyError> {
         .or_else(|| url.strip_prefix("http://"))
         .ok_or_else(|| invalid("must start with http:// or https://"))?;
     let authority = rest.split('/').next().unwrap_or("");
-    if authority.is_empty() || authority.contains('@') {
-        return Err(invalid("must name a host (and no user info)"));
+    if authority.contains('@') {
+        return Err(validate::credentials_in_url("base_url", CREDENTIALS_GO));
+    }
+    if authority.is_empty() {
+        return Err(invalid("must name a host, e.g. https://api.openai.com/v1"));
     }
     if url.contains(['?', '#']) || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid("must not carry a query, a fragment or spaces"));
@@ -186,7 +229,7 @@ pub(crate) fn allowed_models(patterns: &[String]) -> Result<(), ApplyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tollgate_proto::config::v1::{AliasTarget, ProviderCredential};
+    use tollgate_proto::config::v1::{AliasTarget, ProviderCredential, ProviderHeader};
 
     fn provider_with(kind: ProviderKind, url: &str) -> Provider {
         Provider {
@@ -203,7 +246,9 @@ mod tests {
         assert!(provider(&provider_with(ProviderKind::Openai, "https://api.openai.com/v1")).is_ok());
         assert!(provider(&provider_with(ProviderKind::Unspecified, "https://api.openai.com/v1")).is_err());
         assert!(provider(&provider_with(ProviderKind::Openai, "ftp://x")).is_err());
-        assert!(provider(&provider_with(ProviderKind::Openai, "https://u:p@x/v1")).is_err());
+        let error = provider(&provider_with(ProviderKind::Openai, "https://u:p@x/v1")).unwrap_err().to_string();
+        assert!(error.contains("put credentials in the provider's key or headers, not in the URL"), "{error}");
+        assert!(provider(&provider_with(ProviderKind::Openai, "https://x/v1?key=1")).is_err());
 
         let mut plaintext = provider_with(ProviderKind::Openai, "https://api.openai.com/v1");
         plaintext.credentials[0].secret = "sk-live".into();
@@ -219,6 +264,27 @@ mod tests {
         let mut twice = provider_with(ProviderKind::Openai, "https://api.openai.com/v1");
         twice.credentials.push(twice.credentials[0].clone());
         assert!(provider(&twice).is_err());
+    }
+
+    #[test]
+    fn header_values_are_sealed_or_legacy_plain_text_never_both() {
+        let with =
+            |h: ProviderHeader| Provider { headers: vec![h], ..provider_with(ProviderKind::Openai, "https://x") };
+        let sealed = crate::secrets::SecretBox::from_key_material(b"k").seal("c", "Bearer abc").unwrap();
+        let header = ProviderHeader { name: "x-auth".into(), sealed_value: sealed.clone(), ..Default::default() };
+        assert!(provider(&with(header.clone())).is_ok());
+        // Written by an earlier version: still applies (its log must replay).
+        let legacy = ProviderHeader { name: "x-auth".into(), value: "Bearer abc".into(), ..Default::default() };
+        assert!(provider(&with(legacy.clone())).is_ok());
+        let both = ProviderHeader { value: "Bearer abc".into(), ..header.clone() };
+        assert!(provider(&with(both)).unwrap_err().to_string().contains("never replicated"));
+        let truncated = ProviderHeader { sealed_value: vec![1, 2, 3], ..header.clone() };
+        assert!(provider(&with(truncated)).is_err());
+        let control = ProviderHeader { value: "a\nb".into(), ..legacy.clone() };
+        assert!(provider(&with(control)).is_err());
+        let mut twice = with(header.clone());
+        twice.headers.push(ProviderHeader { name: "X-Auth".into(), ..header });
+        assert!(provider(&twice).is_ok(), "earlier versions accepted it: apply still does (admission does not)");
     }
 
     #[test]

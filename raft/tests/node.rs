@@ -99,3 +99,38 @@ async fn restart_recovers_from_a_snapshot_after_log_purge() {
     assert_eq!(state.consumers().count(), 60);
     stop(node, engine).await;
 }
+
+#[tokio::test]
+async fn a_command_every_replica_would_reject_never_reaches_the_log() {
+    use tollgate_proto::config::v1::{Provider, ProviderKind};
+    use tollgate_storage::Cf;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (node, engine) = start(dir.path(), 10_000).await;
+    node.propose(Command::new(consumer("c1", "acme"), 1, "test")).await.unwrap();
+    let before = node.status().last_log_index;
+
+    let credentialed = Op::CreateProvider(Provider {
+        meta: Some(Meta { id: "p1".into(), ..Default::default() }),
+        name: "leaky".into(),
+        kind: ProviderKind::OpenaiCompatible as i32,
+        base_url: "https://admin:hunter2-password@llm.internal/v1".into(),
+        ..Default::default()
+    });
+    let rejected = node.propose(Command::new(credentialed, 2, "test")).await.unwrap_err();
+    assert!(matches!(&rejected, ProposeError::Rejected(ApplyError::InvalidArgument { .. })), "{rejected}");
+    assert!(rejected.to_string().contains("not in the URL"), "{rejected}");
+    // State-dependent rejections are confirmed on a linearizable view, then kept out too.
+    let taken = node.propose(Command::new(consumer("c2", "acme"), 3, "test")).await.unwrap_err();
+    assert!(matches!(taken, ProposeError::Rejected(ApplyError::AlreadyExists { .. })), "{taken}");
+    let missing = node.propose(Command::new(Op::DeleteConsumer("ghost".into()), 4, "test")).await.unwrap_err();
+    assert!(matches!(missing, ProposeError::Rejected(ApplyError::NotFound { .. })), "{missing}");
+
+    assert_eq!(node.status().last_log_index, before, "nothing rejected was appended");
+    let log = engine.scan_prefix(Cf::RaftLog, b"").unwrap();
+    assert!(
+        !log.iter().any(|(_, v)| v.windows(b"hunter2".len()).any(|w| w == b"hunter2")),
+        "the password is nowhere in the Raft log"
+    );
+    stop(node, engine).await;
+}

@@ -41,6 +41,8 @@ impl Engine {
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
         let families = Cf::ALL.map(|cf| ColumnFamilyDescriptor::new(cf.name(), opts.clone()));
+        // RocksDB would create it 0755 less the umask; the database is secrets and state.
+        crate::private::private_dir(&path).map_err(|source| StorageError::CreateDir { path: path.clone(), source })?;
         let db = DB::open_cf_descriptors(&opts, &path, families)
             .map_err(|source| StorageError::Open { path: path.clone(), source })?;
         Ok(Engine { db: Arc::new(db), path })

@@ -11,6 +11,15 @@ pub enum StorageError {
         #[source]
         source: rocksdb::Error,
     },
+    #[error(
+        "cannot create the database directory {path} (mode 0700): {source}. Check that the node's user owns \
+         the data directory"
+    )]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot create the checkpoint at {path}: {source}. The target must not exist yet")]
     Checkpoint {
         path: PathBuf,

@@ -8,6 +8,7 @@
 
 mod engine;
 mod error;
+pub mod private;
 
 pub use engine::{Batch, Durability, Engine, KeyValue};
 pub use error::StorageError;

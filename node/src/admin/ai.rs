@@ -8,12 +8,12 @@ use tollgate_proto::admin::v1::ai_service_server::AiService;
 use tollgate_proto::admin::v1::*;
 use tollgate_proto::config::v1::{Meta, ModelAlias, ModelPrice, Provider};
 use tollgate_proto::raft::v1::command::Op;
-use tollgate_raft::secrets::{SecretBox, credential_context};
-use tollgate_raft::{GatewayState, RaftNode};
+use tollgate_raft::secrets::{SecretBox, credential_context, provider_header_context};
+use tollgate_raft::{GatewayState, RaftNode, provider_header_value};
 use tonic::{Request, Response, Status};
 
-use super::propose;
 use super::service::{fresh_meta, id_of, not_found, required, update_target};
+use super::{propose, status};
 use crate::ai::catalog::Catalog;
 use crate::ai::ledger::{LedgerError, UsageLedger};
 use crate::proxy::ProxyContext;
@@ -87,6 +87,47 @@ impl Ai {
     }
 }
 
+/// Seals every header value sent in plain text, so the Raft log,
+/// snapshots and RocksDB only hold ciphertext. A header sent by name
+/// without a value keeps its current one (sealed now if an earlier
+/// version stored it in plain text): a get-modify-update round trip only
+/// sees hints, and must not wipe the values.
+fn seal_headers(secrets: &SecretBox, provider: &mut Provider, existing: Option<&Provider>) -> Result<(), Status> {
+    let provider_id = id_of(&provider.meta);
+    for (i, h) in provider.headers.iter_mut().enumerate() {
+        required("headers[].name", &h.name)?;
+        h.name = h.name.to_ascii_lowercase();
+        // Only this server seals; ciphertext sent by a client is not trusted.
+        h.sealed_value.clear();
+        let value = if h.value.is_empty() {
+            let current = existing.and_then(|p| p.headers.iter().find(|old| old.name.eq_ignore_ascii_case(&h.name)));
+            match current {
+                Some(old) if !old.sealed_value.is_empty() => {
+                    h.sealed_value = old.sealed_value.clone();
+                    h.hint = old.hint.clone();
+                    continue;
+                }
+                Some(old) => old.value.clone(),
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "header {:?} has no value; give one (e.g. `--header {}:VALUE`)",
+                        h.name, h.name
+                    )));
+                }
+            }
+        } else {
+            std::mem::take(&mut h.value)
+        };
+        // Apply only ever sees the ciphertext: the plaintext is checked here.
+        provider_header_value(&format!("headers[{i}]"), &value).map_err(status::from_apply)?;
+        h.sealed_value = secrets
+            .seal(&provider_header_context(&provider_id, &h.name), &value)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        h.hint = hint(&value);
+    }
+    Ok(())
+}
+
 /// The last four characters, enough to tell keys apart, never enough to use one.
 fn hint(secret: &str) -> String {
     let chars: Vec<char> = secret.chars().collect();
@@ -96,11 +137,20 @@ fn hint(secret: &str) -> String {
     format!("…{}", chars[chars.len() - 4..].iter().collect::<String>())
 }
 
-/// What the API returns: never the sealed secret.
+/// What the API returns: never a secret, sealed or not; header values only
+/// as a hint.
 fn redacted(mut p: Provider) -> Provider {
     for c in &mut p.credentials {
         c.sealed_secret.clear();
         c.secret.clear();
+    }
+    for h in &mut p.headers {
+        // Stored in plain text by an earlier version: it has no hint yet.
+        if h.sealed_value.is_empty() && h.hint.is_empty() {
+            h.hint = hint(&h.value);
+        }
+        h.value.clear();
+        h.sealed_value.clear();
     }
     p
 }
@@ -111,6 +161,7 @@ impl AiService for Ai {
         let mut provider = request.into_inner();
         provider.meta = fresh_meta();
         self.seal_credentials(&mut provider, None)?;
+        seal_headers(&self.secrets, &mut provider, None)?;
         let created: Provider = self.write(Op::CreateProvider(provider)).await?;
         Ok(Response::new(redacted(created)))
     }
@@ -136,6 +187,7 @@ impl AiService for Ai {
         let existing = state.find_provider(&key).ok_or_else(|| not_found("provider", &key))?;
         provider.meta = Some(Meta { id: id_of(&existing.meta), ..Default::default() });
         self.seal_credentials(&mut provider, Some(existing))?;
+        seal_headers(&self.secrets, &mut provider, Some(existing))?;
         let updated: Provider = self.write(Op::UpdateProvider(provider)).await?;
         Ok(Response::new(redacted(updated)))
     }
@@ -251,5 +303,64 @@ impl AiService for Ai {
                 other => Status::internal(other.to_string()),
             })?;
         Ok(Response::new(UsageReport { node_id: self.raft.status().node_id, group_by, rows }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tollgate_proto::config::v1::ProviderHeader;
+
+    use super::*;
+
+    fn header(name: &str, value: &str) -> ProviderHeader {
+        ProviderHeader { name: name.into(), value: value.into(), ..Default::default() }
+    }
+
+    fn provider(headers: Vec<ProviderHeader>) -> Provider {
+        Provider { meta: Some(Meta { id: "p1".into(), ..Default::default() }), headers, ..Default::default() }
+    }
+
+    #[test]
+    fn header_values_are_sealed_and_only_a_hint_is_returned() {
+        let secrets = SecretBox::from_key_material(b"cluster");
+        let mut p = provider(vec![header("X-Portkey-Api-Key", "pk-live-0123456789abcd")]);
+        seal_headers(&secrets, &mut p, None).unwrap();
+        let h = &p.headers[0];
+        assert_eq!(h.name, "x-portkey-api-key", "names are stored lower case");
+        assert!(h.value.is_empty(), "the plaintext is never proposed");
+        assert_eq!(h.hint, "…abcd");
+        let context = provider_header_context("p1", "x-portkey-api-key");
+        assert_eq!(secrets.open(&context, &h.sealed_value).unwrap(), "pk-live-0123456789abcd");
+        assert!(!h.sealed_value.windows(7).any(|w| w == b"pk-live"), "ciphertext, not the value");
+
+        let shown = redacted(p.clone());
+        assert!(shown.headers[0].sealed_value.is_empty() && shown.headers[0].value.is_empty());
+        assert_eq!((shown.headers[0].name.as_str(), shown.headers[0].hint.as_str()), ("x-portkey-api-key", "…abcd"));
+    }
+
+    #[test]
+    fn an_update_without_values_keeps_them_and_seals_legacy_plain_text() {
+        let secrets = SecretBox::from_key_material(b"cluster");
+        let mut existing = provider(vec![header("x-a", "value-a-0123456789")]);
+        seal_headers(&secrets, &mut existing, None).unwrap();
+        // An earlier version stored this one in plain text.
+        existing.headers.push(header("x-legacy", "legacy-value-0123"));
+        assert_eq!(redacted(existing.clone()).headers[1].hint, "…0123", "legacy values get a hint too");
+
+        // What `ctl provider update` sends back: names and hints from a get.
+        let mut update = redacted(existing.clone());
+        seal_headers(&secrets, &mut update, Some(&existing)).unwrap();
+        assert_eq!(update.headers[0].sealed_value, existing.headers[0].sealed_value, "kept as it was");
+        assert!(update.headers[1].value.is_empty(), "the legacy value is sealed now");
+        let context = provider_header_context("p1", "x-legacy");
+        assert_eq!(secrets.open(&context, &update.headers[1].sealed_value).unwrap(), "legacy-value-0123");
+
+        // A new value replaces; ciphertext from a client is never trusted.
+        let mut forged = provider(vec![ProviderHeader { sealed_value: vec![1; 40], ..header("x-a", "") }]);
+        let error = seal_headers(&secrets, &mut forged, None).unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+        assert!(error.message().contains("has no value"), "{}", error.message());
+        let mut control = provider(vec![header("x-a", "bad\nvalue")]);
+        assert_eq!(seal_headers(&secrets, &mut control, None).unwrap_err().code(), tonic::Code::InvalidArgument);
     }
 }

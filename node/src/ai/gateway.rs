@@ -44,6 +44,10 @@ pub struct AiCall {
     /// request goes to an Anthropic provider as is.
     pub anthropic_beta: Option<HeaderValue>,
     pub max_body_bytes: u64,
+    /// The whole request body must arrive within this long (the route's
+    /// request timeout, as for a REST request whose body is held for
+    /// retries); a caller trickling or stalling its body gets 408.
+    pub body_timeout: Duration,
 }
 
 /// What the proxy's access log and metrics learn about the call.
@@ -102,7 +106,8 @@ pub fn gateway_error(error: &crate::proxy::ProxyError, request_id: &str, anthrop
     let status = error.status();
     let kind = ErrorKind::from_status(status.as_u16());
     let ingress = if anthropic { Ingress::Anthropic } else { Ingress::OpenAi };
-    let mut response = error_response(ingress, kind, status, &format!("{error} (request id {request_id})"));
+    let mut response =
+        error_response(ingress, kind, status, &format!("{} (request id {request_id})", error.public_message()));
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tollgate\""));
     }
@@ -140,7 +145,16 @@ pub async fn serve(
     }
 
     let limit = usize::try_from(call.max_body_bytes).unwrap_or(usize::MAX);
-    let bytes = match Limited::new(request_body, limit).collect().await {
+    // Bounded in time as well as size: a stalled body would otherwise hold
+    // the connection, and up to `limit` bytes of memory, for as long as the
+    // caller likes.
+    let read = tokio::time::timeout(call.body_timeout, Limited::new(request_body, limit).collect()).await;
+    let Ok(read) = read else {
+        let timeout_ms = u64::try_from(call.body_timeout.as_millis()).unwrap_or(u64::MAX);
+        let error = crate::proxy::ProxyError::BodyTimeout { timeout_ms };
+        return outcome(gateway_error(&error, &call.request_id, ingress == Ingress::Anthropic));
+    };
+    let bytes = match read {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<LengthLimitError>() => {
             let message = format!("request body exceeds the limit of {limit} bytes");
@@ -321,10 +335,14 @@ impl Attempts<'_> {
         let request = http::Request::from_parts(parts, Full::new(bytes).map_err(|never| match never {}).boxed_unsync());
         match tokio::time::timeout(timeout, client.request(request)).await {
             Ok(Ok(response)) => Sent::Answer(response),
-            Ok(Err(error)) => Sent::Failed(Failure::Transport {
-                kind: ErrorKind::Unavailable,
-                message: format!("cannot reach provider {provider}: {error}"),
-            }),
+            Ok(Err(error)) => {
+                // The cause (addresses, OS errors) is for the operator's log, not the caller.
+                tracing::warn!(%provider, %error, "provider unreachable");
+                Sent::Failed(Failure::Transport {
+                    kind: ErrorKind::Unavailable,
+                    message: format!("cannot reach provider {provider}"),
+                })
+            }
             Err(_) => Sent::Failed(Failure::Transport {
                 kind: ErrorKind::Timeout,
                 message: format!("provider {provider} did not answer within {} ms", timeout.as_millis()),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rand::Rng;
 use tollgate_proto::config::v1::{ModelPrice, PriceRef, Provider, ProviderKind as ProtoKind};
 use tollgate_raft::GatewayState;
-use tollgate_raft::secrets::{SecretBox, credential_context};
+use tollgate_raft::secrets::{SecretBox, credential_context, provider_header_context};
 
 use super::catalog::{self, Catalog};
 use super::cooldown::Cooldowns;
@@ -156,7 +156,7 @@ impl AiSnapshot {
                     // Long completions and reasoning models can take minutes before answering.
                     request_timeout: millis_or(p.request_timeout_ms, 600_000),
                     cooldown: millis_or(p.cooldown_ms, 30_000),
-                    headers: p.headers.iter().map(|h| (h.name.clone(), h.value.clone())).collect(),
+                    headers: open_headers(p, &id, &shared.secrets),
                     pricing: default_pricing(p, kind),
                     models: p.models.clone(),
                 };
@@ -243,6 +243,31 @@ impl AiSnapshot {
     pub fn price(&self, catalog: &Catalog, provider: &CompiledProvider, model: &str) -> PriceRef {
         catalog::price_for(&self.prices, catalog, &provider.pricing, model)
     }
+}
+
+/// A provider's extra headers with their values opened. A value an earlier
+/// version stored in plain text is used as it is; one that does not open
+/// (sealed by another cluster, or corrupt) is left out and logged, never
+/// sent as ciphertext.
+fn open_headers(p: &Provider, provider_id: &str, secrets: &SecretBox) -> Vec<(String, String)> {
+    p.headers
+        .iter()
+        .filter_map(|h| {
+            if h.sealed_value.is_empty() {
+                return Some((h.name.clone(), h.value.clone()));
+            }
+            match secrets.open(&provider_header_context(provider_id, &h.name), &h.sealed_value) {
+                Ok(value) => Some((h.name.clone(), value)),
+                Err(error) => {
+                    tracing::error!(
+                        provider = %p.name, header = %h.name, %error,
+                        "provider header unusable; set it again with `tollgate ctl provider update`"
+                    );
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// Empty = every model; a trailing `*` matches a prefix.
@@ -365,6 +390,28 @@ mod tests {
         assert!(snap.plan("a/listed", &["a/*".into()]).is_ok());
         assert_eq!(snap.visible_models(&[]), vec![("a/listed".to_string(), "a".to_string())]);
         assert!(snap.visible_models(&["gpt-*".into()]).is_empty());
+    }
+
+    #[test]
+    fn sealed_header_values_are_opened_and_legacy_plain_text_still_works() {
+        use tollgate_proto::config::v1::ProviderHeader;
+        let secrets = SecretBox::from_key_material(b"cluster");
+        let sealed = secrets.seal(&provider_header_context("p1", "x-auth"), "Bearer live-1").unwrap();
+        let other_cluster = SecretBox::from_key_material(b"other").seal("x", "y").unwrap();
+        let p = Provider {
+            name: "p".into(),
+            headers: vec![
+                ProviderHeader { name: "x-auth".into(), sealed_value: sealed, ..Default::default() },
+                ProviderHeader { name: "x-legacy".into(), value: "plain".into(), ..Default::default() },
+                ProviderHeader { name: "x-broken".into(), sealed_value: other_cluster, ..Default::default() },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            open_headers(&p, "p1", &secrets),
+            vec![("x-auth".to_string(), "Bearer live-1".to_string()), ("x-legacy".to_string(), "plain".to_string())],
+            "a value that does not open is left out, never sent sealed"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use tollgate_proto::admin::v1::ai_service_client::AiServiceClient;
 use tollgate_proto::admin::v1::*;
 use tollgate_proto::config::v1::{
-    AliasTarget, HeaderPair, ModelAlias, ModelPrice, Provider, ProviderCredential, ProviderKind,
+    AliasTarget, ModelAlias, ModelPrice, Provider, ProviderCredential, ProviderHeader, ProviderKind,
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -72,8 +72,10 @@ pub struct ProviderFields {
     /// Rest for a key after a 429 without Retry-After.
     #[arg(long)]
     cooldown_ms: Option<u32>,
-    /// Extra request header NAME:VALUE. Repeatable.
-    #[arg(long = "header")]
+    /// Extra request header NAME:VALUE, where VALUE may be env:VAR or file:PATH.
+    /// Values are sealed like keys and shown only as a hint. Repeatable; replaces
+    /// the whole list when given.
+    #[arg(long = "header", value_name = "NAME:VALUE")]
     headers: Vec<String>,
 }
 
@@ -253,7 +255,11 @@ impl ProviderFields {
                     let (name, value) = h
                         .split_once(':')
                         .ok_or_else(|| CtlError::Usage(format!("--header {h:?}: expected NAME:VALUE")))?;
-                    Ok(HeaderPair { name: name.trim().to_ascii_lowercase(), value: value.trim().to_string() })
+                    Ok(ProviderHeader {
+                        name: name.trim().to_ascii_lowercase(),
+                        value: read_secret(value.trim())?,
+                        ..Default::default()
+                    })
                 })
                 .collect::<Result<_, CtlError>>()?;
         }
@@ -299,20 +305,33 @@ fn provider_json(p: &Provider) -> Value {
         "api_version": p.api_version, "pricing": p.pricing, "models": p.models,
         "request_timeout_ms": p.request_timeout_ms, "cooldown_ms": p.cooldown_ms,
         "credentials": p.credentials.iter().map(|c| json!({"id": c.id, "weight": c.weight, "disabled": c.disabled, "hint": c.hint})).collect::<Vec<_>>(),
+        "headers": p.headers.iter().map(|h| json!({"name": h.name, "hint": h.hint})).collect::<Vec<_>>(),
     })
 }
 
 fn provider_rows(items: &[Provider]) -> Vec<Vec<String>> {
-    let mut rows = vec![["NAME", "KIND", "BASE_URL", "KEYS", "ID"].map(String::from).to_vec()];
+    let mut rows = vec![["NAME", "KIND", "BASE_URL", "KEYS", "HEADERS", "ID"].map(String::from).to_vec()];
     for p in items {
         let keys: Vec<String> = p
             .credentials
             .iter()
             .map(|c| format!("{}{}{}", c.id, c.hint, if c.disabled { " (disabled)" } else { "" }))
             .collect();
-        rows.push(vec![p.name.clone(), kind_name(p.kind).into(), p.base_url.clone(), keys.join(" "), id(&p.meta)]);
+        let headers: Vec<String> = p.headers.iter().map(|h| format!("{}:{}", h.name, h.hint)).collect();
+        rows.push(vec![
+            p.name.clone(),
+            kind_name(p.kind).into(),
+            p.base_url.clone(),
+            keys.join(" "),
+            or_dash(headers.join(" ")),
+            id(&p.meta),
+        ]);
     }
     rows
+}
+
+fn or_dash(s: String) -> String {
+    if s.is_empty() { "-".into() } else { s }
 }
 
 /// Provider names by id, so aliases print the names operators typed.

@@ -394,7 +394,8 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
             }
             ServiceCmd::Get { service } => {
                 let s = admin.get_service(GetRequest { id_or_name: service, stale }).await?.into_inner();
-                out.list_one(output::service_json(&s), output::service_rows(std::slice::from_ref(&s)));
+                let rows = output::service_rows(std::slice::from_ref(&s));
+                out.detail(output::service_json(&s), rows, output::service_detail_rows(&s));
             }
             ServiceCmd::Update { service, rename, fields } => {
                 let mut s = admin.get_service(GetRequest { id_or_name: service, stale: false }).await?.into_inner();
@@ -426,7 +427,11 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
             }
             RouteCmd::Get { route } => {
                 let r = admin.get_route(GetRequest { id_or_name: route, stale }).await?.into_inner();
-                out.list_one(output::route_json(&r), output::route_rows(std::slice::from_ref(&r)));
+                out.detail(
+                    output::route_json(&r),
+                    output::route_rows(std::slice::from_ref(&r)),
+                    output::route_detail_rows(&r),
+                );
             }
             RouteCmd::Update { route, service, fields } => {
                 let mut r = admin.get_route(GetRequest { id_or_name: route, stale: false }).await?.into_inner();
@@ -653,6 +658,15 @@ impl Printer {
         match self.0 {
             Format::Json => println!("{:#}", Value::Array(values)),
             Format::Table => print!("{}", output::table(&rows)),
+        }
+    }
+
+    /// One entity: its row, then its settings one per line (`get`).
+    fn detail(&self, value: Value, rows: Vec<Vec<String>>, details: Vec<Vec<String>>) {
+        match self.0 {
+            Format::Json => println!("{value:#}"),
+            Format::Table if details.is_empty() => print!("{}", output::table(&rows)),
+            Format::Table => print!("{}\n{}", output::table(&rows), output::table(&details)),
         }
     }
 

@@ -165,6 +165,11 @@ pub struct RoutePolicyFlags {
     /// Request header that is part of the cache key. Repeatable.
     #[arg(long = "cache-vary")]
     cache_vary: Vec<String>,
+    /// Also cache for requests that carry a Cookie (off by default: a cookie
+    /// usually means a per-user page). Only for routes whose responses do not
+    /// depend on cookies.
+    #[arg(long)]
+    cache_cookies: Option<bool>,
     #[arg(long)]
     route_connect_timeout_ms: Option<u32>,
     #[arg(long)]
@@ -217,6 +222,9 @@ impl RoutePolicyFlags {
         if !self.cache_vary.is_empty() {
             r.cache.get_or_insert_with(|| ResponseCache { enabled: true, ..Default::default() }).vary_headers =
                 self.cache_vary.iter().map(|h| h.to_ascii_lowercase()).collect();
+        }
+        if let Some(allow) = self.cache_cookies {
+            r.cache.get_or_insert_with(|| ResponseCache { enabled: true, ..Default::default() }).allow_cookies = allow;
         }
         set(&mut r.connect_timeout_ms, &self.route_connect_timeout_ms);
         set(&mut r.request_timeout_ms, &self.route_request_timeout_ms);

@@ -1,15 +1,23 @@
 //! The response cache (DESIGN §2, phase "cache"): in memory, bounded by bytes
 //! (moka, TinyLFU admission), one TTL per entry. Keyed by route, consumer,
-//! method, host, path, query and the route's vary headers. Cache-Control is
-//! honoured both ways: a request's no-store skips the cache and no-cache skips
-//! the lookup; a response's no-store, no-cache, private, Set-Cookie or Vary: *
-//! keeps it out, and its s-maxage/max-age overrides the route's TTL.
+//! method, authority, path, query and the route's vary headers. As a shared
+//! cache (RFC 9111):
+//! - a request's no-store skips the cache and no-cache skips the lookup;
+//! - a response's no-store, no-cache, private, Set-Cookie or `Vary: *` keeps
+//!   it out, and its s-maxage/max-age overrides the route's TTL;
+//! - the request headers a response's `Vary` names become part of the stored
+//!   variant's key (§4.1), so a response that varies on `Authorization` or
+//!   `Accept-Language` is only served to requests that send the same values;
+//! - a response to a request that carried `Authorization` to the upstream is
+//!   stored only if it says `public`, `s-maxage` or `must-revalidate` (§3.5);
+//! - a request with a `Cookie` neither reads nor fills the cache unless the
+//!   route opts in, since cookies usually mean a session.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, StatusCode};
 use moka::Expiry;
 use moka::sync::Cache;
@@ -28,17 +36,43 @@ impl CachedResponse {
     }
 }
 
+/// What a key holds: a response, or (under the primary key of a response
+/// that had `Vary`) the names of the request headers that pick its variant.
+#[derive(Clone)]
+enum Stored {
+    Response(Arc<CachedResponse>),
+    Variants { names: Arc<[HeaderName]>, ttl: Duration },
+}
+
+impl Stored {
+    fn ttl(&self) -> Duration {
+        match self {
+            Stored::Response(r) => r.ttl,
+            Stored::Variants { ttl, .. } => *ttl,
+        }
+    }
+
+    fn weight(&self) -> usize {
+        match self {
+            Stored::Response(r) => {
+                r.body.len() + r.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum::<usize>()
+            }
+            Stored::Variants { names, .. } => names.iter().map(|n| n.as_str().len() + 16).sum(),
+        }
+    }
+}
+
 struct PerEntryTtl;
 
-impl Expiry<String, Arc<CachedResponse>> for PerEntryTtl {
-    fn expire_after_create(&self, _: &String, value: &Arc<CachedResponse>, _: Instant) -> Option<Duration> {
-        Some(value.ttl)
+impl Expiry<String, Stored> for PerEntryTtl {
+    fn expire_after_create(&self, _: &String, value: &Stored, _: Instant) -> Option<Duration> {
+        Some(value.ttl())
     }
 }
 
 #[derive(Clone)]
 pub struct ResponseCache {
-    inner: Cache<String, Arc<CachedResponse>>,
+    inner: Cache<String, Stored>,
 }
 
 /// What the request's own Cache-Control allows.
@@ -56,21 +90,38 @@ impl ResponseCache {
     pub fn new(max_bytes: u64) -> ResponseCache {
         let inner = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|key: &String, value: &Arc<CachedResponse>| {
-                let headers: usize = value.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 32).sum();
-                u32::try_from(key.len() + value.body.len() + headers + 128).unwrap_or(u32::MAX)
-            })
+            .weigher(|key: &String, value: &Stored| u32::try_from(key.len() + value.weight() + 128).unwrap_or(u32::MAX))
             .expire_after(PerEntryTtl)
             .build();
         ResponseCache { inner }
     }
 
-    pub fn get(&self, key: &str) -> Option<Arc<CachedResponse>> {
-        self.inner.get(key)
+    /// The stored response for this key and request, if any: when the
+    /// stored response had `Vary`, only the variant whose request headers
+    /// match this request's.
+    pub fn lookup(&self, key: &str, request: &HeaderMap) -> Option<Arc<CachedResponse>> {
+        match self.inner.get(key)? {
+            Stored::Response(response) => Some(response),
+            Stored::Variants { names, .. } => match self.inner.get(&variant_key(key, &names, request))? {
+                Stored::Response(response) => Some(response),
+                Stored::Variants { .. } => None,
+            },
+        }
     }
 
-    pub fn put(&self, key: String, status: StatusCode, headers: HeaderMap, body: Bytes, ttl: Duration) {
-        self.inner.insert(key, Arc::new(CachedResponse { status, headers, body, stored: Instant::now(), ttl }));
+    /// Stores a response; `request` holds the headers the upstream received,
+    /// which the response's `Vary` may name.
+    pub fn store(&self, key: String, request: &HeaderMap, response: StoredParts, ttl: Duration) {
+        let StoredParts { status, headers, body } = response;
+        let names = vary_names(&headers);
+        let entry = Stored::Response(Arc::new(CachedResponse { status, headers, body, stored: Instant::now(), ttl }));
+        if names.is_empty() {
+            self.inner.insert(key, entry);
+            return;
+        }
+        let names: Arc<[HeaderName]> = names.into();
+        self.inner.insert(variant_key(&key, &names, request), entry);
+        self.inner.insert(key, Stored::Variants { names, ttl });
     }
 
     pub fn entry_count(&self) -> u64 {
@@ -79,8 +130,53 @@ impl ResponseCache {
     }
 }
 
-pub fn request_policy(method: &Method, headers: &HeaderMap) -> RequestPolicy {
+/// A response on its way into the cache.
+pub struct StoredParts {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// The request headers a response's `Vary` names, lower case, sorted and
+/// without repeats, so equal lists give equal keys.
+fn vary_names(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut names: Vec<HeaderName> = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|name| !name.is_empty() && *name != "*")
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .collect();
+    names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    names
+}
+
+/// The key of one variant: the primary key, then each named header's
+/// values (`\u{1d}` and `\u{1e}` cannot occur in header values).
+fn variant_key(key: &str, names: &[HeaderName], request: &HeaderMap) -> String {
+    let mut k = String::with_capacity(key.len() + 64);
+    k.push_str(key);
+    k.push('\u{1d}');
+    for name in names {
+        for value in request.get_all(name) {
+            // Bytes, not text: two values that differ only in non-UTF-8 bytes stay apart.
+            k.push_str(&hex::encode(value.as_bytes()));
+            k.push('\u{1e}');
+        }
+        k.push('\u{1f}');
+    }
+    k
+}
+
+/// `cookies_allowed` is the route's opt-in to caching requests with a Cookie.
+pub fn request_policy(method: &Method, headers: &HeaderMap, cookies_allowed: bool) -> RequestPolicy {
     if method != Method::GET && method != Method::HEAD {
+        return RequestPolicy::Bypass;
+    }
+    if !cookies_allowed && headers.contains_key(header::COOKIE) {
         return RequestPolicy::Bypass;
     }
     let mut policy = RequestPolicy::Normal;
@@ -98,18 +194,38 @@ pub fn request_policy(method: &Method, headers: &HeaderMap) -> RequestPolicy {
 }
 
 /// How long a response may be stored, or None if it must not be.
-pub fn response_ttl(status: StatusCode, headers: &HeaderMap, route_ttl: Duration) -> Option<Duration> {
+/// `authorized` says the request carried `Authorization` to the upstream.
+pub fn response_ttl(
+    status: StatusCode,
+    headers: &HeaderMap,
+    route_ttl: Duration,
+    authorized: bool,
+) -> Option<Duration> {
     if status != StatusCode::OK {
         return None;
     }
-    if headers.contains_key(header::SET_COOKIE) || headers.get(header::VARY).is_some_and(|v| v.as_bytes() == b"*") {
+    let varies_on_everything = headers
+        .get_all(header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|name| name.trim() == "*"));
+    if headers.contains_key(header::SET_COOKIE) || varies_on_everything {
         return None;
     }
     let (mut max_age, mut s_maxage) = (None, None);
+    let mut shareable = false;
     for directive in directives(headers) {
-        match directive {
+        let directive = directive.to_ascii_lowercase();
+        match directive.as_str() {
             "no-store" | "no-cache" | "private" => return None,
+            "public" | "must-revalidate" => shareable = true,
             d => {
+                if d.starts_with("no-cache=") || d.starts_with("private=") {
+                    // The qualified forms still forbid storing the fields they
+                    // name; not storing at all is the simple, safe reading.
+                    return None;
+                }
+                shareable |= d.starts_with("s-maxage=");
                 if let Some(v) = d.strip_prefix("s-maxage=") {
                     s_maxage = v.trim_matches('"').parse::<u64>().ok();
                 } else if let Some(v) = d.strip_prefix("max-age=") {
@@ -117,6 +233,9 @@ pub fn response_ttl(status: StatusCode, headers: &HeaderMap, route_ttl: Duration
                 }
             }
         }
+    }
+    if authorized && !shareable {
+        return None;
     }
     match s_maxage.or(max_age) {
         Some(0) => None,
@@ -174,6 +293,7 @@ mod tests {
     #[test]
     fn cache_control_decides_storage_and_lifetime() {
         let route = Duration::from_secs(60);
+        let response_ttl = |status, headers: &HeaderMap, ttl| response_ttl(status, headers, ttl, false);
         assert_eq!(response_ttl(StatusCode::OK, &HeaderMap::new(), route), Some(route));
         assert_eq!(
             response_ttl(StatusCode::OK, &with("cache-control", "public, max-age=5"), route),
@@ -187,9 +307,54 @@ mod tests {
         assert_eq!(response_ttl(StatusCode::OK, &with("cache-control", "private"), route), None);
         assert_eq!(response_ttl(StatusCode::OK, &with("set-cookie", "a=b"), route), None);
         assert_eq!(response_ttl(StatusCode::NOT_FOUND, &HeaderMap::new(), route), None);
-        assert_eq!(request_policy(&Method::GET, &with("cache-control", "no-store")), RequestPolicy::Bypass);
-        assert_eq!(request_policy(&Method::GET, &with("cache-control", "no-cache")), RequestPolicy::Refresh);
-        assert_eq!(request_policy(&Method::POST, &HeaderMap::new()), RequestPolicy::Bypass);
+        assert_eq!(response_ttl(StatusCode::OK, &with("vary", "accept, *"), route), None);
+        assert_eq!(response_ttl(StatusCode::OK, &with("cache-control", "private=\"x\""), route), None);
+        assert_eq!(request_policy(&Method::GET, &with("cache-control", "no-store"), false), RequestPolicy::Bypass);
+        assert_eq!(request_policy(&Method::GET, &with("cache-control", "no-cache"), false), RequestPolicy::Refresh);
+        assert_eq!(request_policy(&Method::POST, &HeaderMap::new(), false), RequestPolicy::Bypass);
+    }
+
+    #[test]
+    fn responses_to_authorized_requests_are_stored_only_when_explicitly_shareable() {
+        let route = Duration::from_secs(60);
+        assert_eq!(response_ttl(StatusCode::OK, &HeaderMap::new(), route, true), None);
+        assert_eq!(response_ttl(StatusCode::OK, &with("cache-control", "max-age=30"), route, true), None);
+        for shareable in ["public", "Public, max-age=5", "s-maxage=5", "must-revalidate"] {
+            assert!(
+                response_ttl(StatusCode::OK, &with("cache-control", shareable), route, true).is_some(),
+                "{shareable}"
+            );
+        }
+    }
+
+    #[test]
+    fn cookies_bypass_the_cache_unless_the_route_opts_in() {
+        let cookie = with("cookie", "session=abc");
+        assert_eq!(request_policy(&Method::GET, &cookie, false), RequestPolicy::Bypass);
+        assert_eq!(request_policy(&Method::GET, &cookie, true), RequestPolicy::Normal);
+    }
+
+    #[test]
+    fn vary_picks_the_variant_by_the_named_request_headers() {
+        let cache = ResponseCache::new(1 << 20);
+        let ttl = Duration::from_secs(60);
+        let alice = with("authorization", "Bearer alice-session");
+        let response = |body: &'static str| StoredParts {
+            status: StatusCode::OK,
+            headers: with("vary", "Authorization, accept-language"),
+            body: Bytes::from_static(body.as_bytes()),
+        };
+        cache.store("k".into(), &alice, response("alice's"), ttl);
+        assert_eq!(cache.lookup("k", &alice).unwrap().body, "alice's");
+        assert!(cache.lookup("k", &HeaderMap::new()).is_none(), "no header is another variant");
+        assert!(cache.lookup("k", &with("authorization", "Bearer mallory")).is_none());
+        cache.store("k".into(), &HeaderMap::new(), response("anyone's"), ttl);
+        assert_eq!(cache.lookup("k", &HeaderMap::new()).unwrap().body, "anyone's");
+        assert_eq!(cache.lookup("k", &alice).unwrap().body, "alice's", "both variants live side by side");
+
+        let plain = StoredParts { status: StatusCode::OK, headers: HeaderMap::new(), body: Bytes::from_static(b"p") };
+        cache.store("plain".into(), &alice, plain, ttl);
+        assert!(cache.lookup("plain", &HeaderMap::new()).is_some());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tollgate_proto::config::v1::{ApiKey, AuthMode, HashOn};
 
+use super::authority::{self, Authority};
 use super::cache::{self, RequestPolicy};
 use super::circuit::Admit;
 use super::cors::CompiledCors;
@@ -27,6 +28,7 @@ use super::error::ProxyError;
 use super::headers::{self, X_REQUEST_ID};
 use super::health::InFlight;
 use super::lb::hash_key;
+use super::path;
 use super::pool::PoolError;
 use super::retry;
 use super::snapshot::{CompiledConsumer, CompiledRoute, CompiledService, GatewaySnapshot};
@@ -121,13 +123,21 @@ async fn proxy(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
 
-    // match
-    // A cheap clone (shared bytes) so the host can be borrowed while the headers change.
-    let host_header = parts.headers.get(header::HOST).cloned();
-    let host = request_host(&parts.uri, host_header.as_ref());
+    // match: one authority and one normalised path, which every later phase
+    // uses and the upstream receives.
+    let authority = authority::effective(parts.version, &parts.uri, &parts.headers, rctx.client.tls)?;
+    normalize_path(&mut parts.uri, ctx.path_policy)?;
+    // Before the gateway sets any header of its own, so that no Connection
+    // token or `_` spelling can remove or forge one.
+    let scan = headers::scan_request(&parts.headers);
+    let upgrade = if scan.hop_by_hop { upgrade::requested(&parts) } else { None };
+    headers::sanitize_request(&mut parts.headers, scan);
+    // Routes see the path as the most lenient upstream would read it
+    // (`/admin;x/y` is the /admin route's), see `path::routing_view`.
+    let routing_path = path::routing_view(parts.uri.path());
     let matched = snapshot
         .router
-        .find(&parts.method, host.as_deref(), parts.uri.path())
+        .find(&parts.method, authority.as_ref().map(Authority::host), &routing_path)
         .ok_or_else(|| ProxyError::NoRoute { method: parts.method.to_string(), path: parts.uri.path().to_string() })?;
     let route = matched.route.clone();
     rctx.route = Some(route.clone());
@@ -195,6 +205,8 @@ async fn proxy(
             // The request's own span; the AI gateway opens its client span under it.
             trace: rctx.trace.clone(),
             max_body_bytes: limit,
+            // As for a REST body held for retries (see `forward`).
+            body_timeout: route.request_timeout.unwrap_or(ctx.shared.defaults.request),
             anthropic_beta: parts.headers.get("anthropic-beta").cloned(),
         };
         let served =
@@ -206,8 +218,6 @@ async fn proxy(
 
     // A protocol upgrade (WebSocket): its client side, handed over by hyper
     // once the 101 has been written.
-    let hop_by_hop = headers::has_hop_by_hop(&parts.headers);
-    let upgrade = if hop_by_hop { upgrade::requested(&parts) } else { None };
     let client_upgrade = upgrade.as_ref().and_then(|_| parts.extensions.remove::<OnUpgrade>());
 
     // The service is known from here on, so a cache hit is accounted to it too.
@@ -218,29 +228,30 @@ async fn proxy(
     rctx.service = Some(service.label.clone());
 
     // cache
-    let mut cache_key = None;
+    let mut to_store = None;
     if let Some(settings) = route.cache.as_ref().filter(|_| upgrade.is_none()) {
-        let policy = cache::request_policy(&parts.method, &parts.headers);
+        let policy = cache::request_policy(&parts.method, &parts.headers, settings.allow_cookies);
         if policy != RequestPolicy::Bypass {
             let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
             let key = cache::key(
                 &route.id,
                 rctx.consumer.as_deref().map(CompiledConsumer::id),
                 &parts.method,
-                host.as_deref(),
+                authority.as_ref().map(Authority::as_str),
                 pq,
                 &settings.vary,
                 &parts.headers,
             );
             if policy == RequestPolicy::Normal
-                && let Some(hit) = ctx.shared.cache.get(&key)
+                && let Some(hit) = ctx.shared.cache.lookup(&key, &parts.headers)
             {
                 route.metrics.hit.inc();
                 rctx.cache = Some("HIT");
                 return Ok(cached_response(&hit, parts.method == Method::HEAD));
             }
             route.metrics.miss.inc();
-            cache_key = Some(key);
+            // The headers a response's Vary may name, as this lookup saw them.
+            to_store = Some(CacheMiss { key, request_headers: parts.headers.clone() });
         }
         rctx.cache = Some("MISS");
     }
@@ -252,7 +263,8 @@ async fn proxy(
         .or(service.upstream.as_ref())
         .ok_or_else(|| ProxyError::UpstreamTlsMisconfigured { service: service.name.clone() })?;
 
-    let path_and_query = match upstream_path(&route, &matched, parts.uri.path()) {
+    let path_and_query = match upstream_path(route.route.strip_prefix, route.rewrite.as_ref(), &matched, &routing_path)
+    {
         Some(path) => {
             let path_and_query = match parts.uri.query() {
                 Some(q) => format!("{path}?{q}"),
@@ -265,19 +277,15 @@ async fn proxy(
     };
     // The upstream connection is always HTTP/1.1, whatever the client spoke.
     parts.version = http::Version::HTTP_11;
-    if hop_by_hop {
-        headers::strip_found_hop_by_hop(&mut parts.headers);
-    }
     if let Some(protocol) = &upgrade {
         upgrade::restore(&mut parts.headers, protocol.clone());
     }
-    // X-Forwarded-Host carries the authority as the client sent it (Host, or
-    // :authority over HTTP/2), as Envoy and Traefik do.
-    let original_host = parts.headers.remove(header::HOST).or_else(|| {
-        let authority = parts.uri.authority()?;
-        HeaderValue::from_str(authority.as_str()).ok()
-    });
-    headers::add_forwarded(&mut parts.headers, &rctx.client.forwarded_for, original_host, rctx.client.tls);
+    // The upstream's Host names the target (set by the pool); the client's
+    // authority travels in X-Forwarded-Host, validated and canonical, as
+    // Envoy and Traefik send it.
+    parts.headers.remove(header::HOST);
+    let forwarded_host = authority.as_ref().map(|a| a.header_value().clone());
+    headers::add_forwarded(&mut parts.headers, &rctx.client.forwarded_for, forwarded_host, rctx.client.tls);
     parts.headers.insert(X_REQUEST_ID.clone(), rctx.request_id.clone());
     if let Some(trace) = &rctx.trace {
         parts.headers.insert(TRACEPARENT.clone(), trace.header());
@@ -312,8 +320,15 @@ async fn proxy(
     if let Some(x_cache) = rctx.cache {
         head.headers.insert(X_CACHE.clone(), HeaderValue::from_static(x_cache));
     }
-    if let (Some(key), Some(settings)) = (cache_key, &route.cache)
-        && let Some(ttl) = cache::response_ttl(head.status, &head.headers, settings.ttl)
+    if let (Some(miss), Some(settings)) = (to_store, &route.cache)
+        // A response to a request that took Authorization to the upstream
+        // is stored only if it says it may be shared (RFC 9111 §3.5).
+        && let Some(ttl) = cache::response_ttl(
+            head.status,
+            &head.headers,
+            settings.ttl,
+            miss.request_headers.contains_key(header::AUTHORIZATION),
+        )
         && declared_length(&head.headers).is_some_and(|len| len <= settings.max_body_bytes)
     {
         // Small and cacheable: read it whole, store it, answer from memory.
@@ -328,7 +343,8 @@ async fn proxy(
             .to_bytes();
         let mut stored = head.headers.clone();
         stored.remove(&X_CACHE);
-        ctx.shared.cache.put(key, head.status, stored, bytes.clone(), ttl);
+        let parts = cache::StoredParts { status: head.status, headers: stored, body: bytes.clone() };
+        ctx.shared.cache.store(miss.key, &miss.request_headers, parts, ttl);
         return Ok(Response::from_parts(head, full(bytes)));
     }
     Ok(Response::from_parts(head, body))
@@ -406,7 +422,12 @@ async fn forward(
         let body = match streaming.take() {
             // A bodiless request (most GETs) needs no limit, nor a boxed body.
             Some(body) if body.is_end_stream() => empty(),
-            Some(body) => Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync(),
+            // The client's body errors are marked as the client's, so that a
+            // bad chunk or a client that goes away is not the upstream's fault.
+            Some(body) => {
+                let marked = body.map_err(|e| -> BoxError { Box::new(ClientBodyError(e)) });
+                Limited::new(marked, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync()
+            }
             None if held.is_empty() => empty(),
             None => full(held.clone()),
         };
@@ -441,10 +462,12 @@ async fn forward(
                 timeout_ms: timeout.as_millis() as u64,
             }),
         };
-        // The client's oversized body says nothing about the target.
-        if let Err(ProxyError::BodyTooLarge { limit }) = &outcome {
-            return Err(ProxyError::BodyTooLarge { limit: *limit });
-        }
+        // A failure the client caused says nothing about the target: it is
+        // not recorded against its health or the circuit, and not retried.
+        outcome = match outcome {
+            Err(error) if error.is_client_fault() => return Err(error),
+            other => other,
+        };
         let failed = match &outcome {
             Ok((response, _)) => response.status().is_server_error(),
             Err(_) => true,
@@ -529,6 +552,9 @@ fn classify(
         if e.is::<LengthLimitError>() {
             return ProxyError::BodyTooLarge { limit };
         }
+        if let Some(ClientBodyError(client)) = e.downcast_ref::<ClientBodyError>() {
+            return ProxyError::ClientBody { reason: client.to_string() };
+        }
         match e.downcast_ref::<PoolError>() {
             Some(PoolError::ConnectTimeout { ms, .. }) => {
                 return ProxyError::UpstreamConnectTimeout { target, timeout_ms: *ms };
@@ -549,6 +575,13 @@ fn classify(
     }
     ProxyError::UpstreamUnavailable { target, reason }
 }
+
+/// An error reading the client's request body while it streams upstream
+/// (bad chunked framing, a body cut short, a client gone): told apart from
+/// the upstream's errors by its type when the client request fails.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the client's request body failed: {0}")]
+struct ClientBodyError(hyper::Error);
 
 #[derive(Clone, Copy)]
 struct Timeouts {
@@ -702,23 +735,26 @@ fn full(bytes: Bytes) -> ProxyBody {
     Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
 }
 
-/// Host from the URI (HTTP/2 :authority, absolute-form) or the Host header,
-/// lower-cased and without a port.
-fn request_host<'a>(uri: &'a Uri, host_header: Option<&'a HeaderValue>) -> Option<Cow<'a, str>> {
-    let raw = uri.host().or_else(|| {
-        let value = host_header?.to_str().ok()?;
-        Some(if value.starts_with('[') {
-            value.split_inclusive(']').next().unwrap_or(value)
-        } else {
-            value.split(':').next().unwrap_or(value)
-        })
-    })?;
-    let host = raw.trim_start_matches('[').trim_end_matches(']');
-    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(host)
-    })
+/// A cache miss that may be stored once the response is in.
+struct CacheMiss {
+    key: String,
+    request_headers: http::HeaderMap,
+}
+
+/// Replaces the request's path with its normalised form, keeping the query;
+/// the common path that needs no change is left alone, uncopied.
+fn normalize_path(uri: &mut Uri, policy: path::PathPolicy) -> Result<(), ProxyError> {
+    let normalized = match path::normalize(uri.path(), policy)? {
+        Cow::Borrowed(_) => return Ok(()),
+        Cow::Owned(normalized) => normalized,
+    };
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{normalized}?{query}"),
+        None => normalized,
+    };
+    // The authority, if any, was read already; later phases need only the origin form.
+    *uri = Uri::from(PathAndQuery::try_from(path_and_query).map_err(|e| ProxyError::BadRequest(e.to_string()))?);
+    Ok(())
 }
 
 fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
@@ -726,19 +762,21 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
 }
 
 /// The path sent upstream when it differs from the one received: rewritten,
-/// or with the matched prefix stripped. None means "as received".
-fn upstream_path(
-    route: &CompiledRoute,
-    matched: &super::router::Matched<'_, Arc<CompiledRoute>>,
+/// or with the matched prefix stripped. None means "as received". `path` is
+/// the path the route matched (normalised, without `;parameters`).
+fn upstream_path<T>(
+    strip_prefix: bool,
+    rewrite: Option<&super::transform::Rewrite>,
+    matched: &super::router::Matched<'_, T>,
     path: &str,
 ) -> Option<String> {
     let remainder = matched
         .matched_prefix
         .map(|prefix| if prefix == "/" { path } else { &path[prefix.trim_end_matches('/').len()..] });
-    if let Some(rewrite) = &route.rewrite {
+    if let Some(rewrite) = rewrite {
         return Some(rewrite.render(remainder, |name| matched.param(path, name)));
     }
-    match (route.route.strip_prefix, remainder) {
+    match (strip_prefix, remainder) {
         (true, Some(rest)) => Some(strip(rest)),
         _ => None,
     }
@@ -809,6 +847,12 @@ impl Body for ResponseBody {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+    use tollgate_proto::config::v1::{PathMatch, Route, RoutePath};
+
+    use super::super::path::{EscapedSeparatorPolicy, PathPolicy, SlashPolicy};
+    use super::super::router::Router;
+    use super::super::transform::Rewrite;
     use super::*;
 
     #[test]
@@ -816,5 +860,155 @@ mod tests {
         assert_eq!(strip("/users"), "/users");
         assert_eq!(strip(""), "/");
         assert_eq!(strip("users"), "/users");
+    }
+
+    /// How the most lenient origin server reads a path: every escape decoded
+    /// once, `\` taken for `/`, `;parameters` dropped (servlet containers),
+    /// dot segments resolved and empty segments merged.
+    fn as_a_lenient_upstream_reads_it(path: &str) -> String {
+        let bytes = path.as_bytes();
+        let mut decoded = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            match (bytes[i], bytes.get(i + 1).and_then(|b| hex(*b)), bytes.get(i + 2).and_then(|b| hex(*b))) {
+                (b'%', Some(hi), Some(lo)) => {
+                    decoded.push((hi * 16 + lo) as u8);
+                    i += 3;
+                }
+                (b'\\', _, _) => {
+                    decoded.push(b'/');
+                    i += 1;
+                }
+                (b, _, _) => {
+                    decoded.push(b);
+                    i += 1;
+                }
+            }
+        }
+        let decoded = String::from_utf8_lossy(&decoded).replace('\\', "/");
+        let mut kept: Vec<&str> = Vec::new();
+        let mut trailing_slash = false;
+        for segment in decoded.split('/').skip(1) {
+            let name = segment.split(';').next().unwrap_or("");
+            trailing_slash = matches!(name, "" | "." | "..");
+            match name {
+                "" | "." => {}
+                ".." => {
+                    kept.pop();
+                }
+                name => kept.push(name),
+            }
+        }
+        let slash = if trailing_slash && !kept.is_empty() { "/" } else { "" };
+        format!("/{}{slash}", kept.join("/"))
+    }
+
+    fn route(name: &str, kind: PathMatch, path: &str, strip_prefix: bool, rewrite: &str) -> Route {
+        Route {
+            name: name.into(),
+            paths: vec![RoutePath { kind: kind as i32, path: path.into() }],
+            strip_prefix,
+            rewrite_path: rewrite.into(),
+            ..Default::default()
+        }
+    }
+
+    fn segment() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "pub",
+            "admin",
+            "s",
+            "t",
+            "x",
+            "secret.txt",
+            ".",
+            "..",
+            "%2e",
+            "%2E%2e",
+            ".%2e",
+            "",
+            "%2f",
+            "%2F..",
+            "..%2f",
+            "%5c",
+            "\\",
+            "..;",
+            ";x",
+            "a;b",
+            "admin;x",
+            "%41dmin",
+            "%61dmin",
+            "%00",
+            "%",
+            "%zz",
+            "%7e",
+            "%252e%252e",
+            "..%5C..",
+            "%2fadmin",
+            "%C3%A9",
+        ])
+    }
+
+    fn policy() -> impl Strategy<Value = PathPolicy> {
+        (
+            prop::sample::select(vec![SlashPolicy::Merge, SlashPolicy::Reject, SlashPolicy::Keep]),
+            prop::sample::select(vec![
+                EscapedSeparatorPolicy::Reject,
+                EscapedSeparatorPolicy::Keep,
+                EscapedSeparatorPolicy::Decode,
+            ]),
+        )
+            .prop_map(|(slashes, escaped_separators)| PathPolicy { slashes, escaped_separators })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+        /// DESIGN §8: a request never leaves the route that authorized it.
+        /// For any path, under every policy, whatever the upstream receives,
+        /// read as leniently as any server reads it, is covered by the route
+        /// that matched (and a template parameter stays one segment).
+        #[test]
+        fn the_upstream_receives_only_what_the_matched_route_covers(
+            segments in prop::collection::vec(segment(), 0..8),
+            policy in policy(),
+        ) {
+            let routes = [
+                route("root", PathMatch::Prefix, "/", false, ""),
+                route("pub", PathMatch::Prefix, "/pub", false, ""),
+                route("admin", PathMatch::Prefix, "/admin", false, ""),
+                route("stripped", PathMatch::Prefix, "/s", true, ""),
+                route("item", PathMatch::Template, "/t/{id}", false, "/items/{id}"),
+            ];
+            let rewrites: Vec<Option<Rewrite>> = routes.iter().map(|r| Rewrite::compile(&r.rewrite_path)).collect();
+            let router = Router::build(routes.iter().enumerate().map(|(i, r)| (r, i)));
+            let raw = format!("/{}", segments.join("/"));
+            let Ok(normalized) = path::normalize(&raw, policy) else { return Ok(()) };
+            let routing = path::routing_view(&normalized);
+            let matched = router.find(&Method::GET, None, &routing).expect("the root route matches every path");
+            let index = *matched.route;
+            let upstream = upstream_path(routes[index].strip_prefix, rewrites[index].as_ref(), &matched, &routing)
+                .unwrap_or_else(|| normalized.to_string());
+            let name = routes[index].name.as_str();
+            match name {
+                "stripped" => {
+                    // The service behind /s sees the remainder; /s plus it is what it serves.
+                    let seen = as_a_lenient_upstream_reads_it(&format!("/s{upstream}"));
+                    let again = router.find(&Method::GET, None, &seen).map(|m| *m.route);
+                    prop_assert_eq!(again, Some(index), "{} -> {} -> {}", raw, upstream, seen);
+                }
+                "item" => {
+                    let seen = as_a_lenient_upstream_reads_it(&upstream);
+                    prop_assert!(seen.starts_with("/items/"), "{} -> {}", raw, seen);
+                    prop_assert_eq!(seen.matches('/').count(), 2, "{} -> {} -> {}", raw, upstream, seen);
+                }
+                _ => {
+                    let seen = as_a_lenient_upstream_reads_it(&upstream);
+                    let again = router.find(&Method::GET, None, &seen).map(|m| routes[*m.route].name.as_str());
+                    prop_assert_eq!(again, Some(name), "{} -> {} -> {}", raw, upstream, seen);
+                }
+            }
+        }
     }
 }

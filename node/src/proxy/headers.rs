@@ -24,7 +24,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Whether a message carries any hop-by-hop header. Most carry none, so one
 /// pass over the names decides, and only a message that has some pays for
-/// removals (or, for a request, for looking for an upgrade).
+/// removals.
 pub fn has_hop_by_hop(headers: &HeaderMap) -> bool {
     headers.keys().any(is_hop_by_hop)
 }
@@ -41,16 +41,89 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers.get_all(header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
 }
 
+/// Headers a `Connection` token may never remove: the message's framing and
+/// its authority. (Gateway-owned headers are set after the removal, so a
+/// token naming one removes only the client's copy.)
+fn is_protected_from_connection(name: &HeaderName) -> bool {
+    name == header::HOST || name == header::CONTENT_LENGTH
+}
+
 /// `strip_hop_by_hop` for a message already known to carry some.
 pub fn strip_found_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> =
-        connection_tokens(headers).filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok()).collect();
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .filter(|name| !is_protected_from_connection(name))
+        .collect();
     for name in named {
         headers.remove(name);
     }
     let hop: Vec<HeaderName> = headers.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
     for name in hop {
         headers.remove(name);
+    }
+}
+
+/// Headers only the gateway may send upstream (DESIGN §8): identity and
+/// forwarding facts an upstream trusts because the gateway set them.
+/// `x-forwarded-for` is appended to and `-proto`/`-host` overwritten, so the
+/// client's exact spellings of those three are handled where they are set.
+fn is_gateway_owned(dashed_lower: &str) -> bool {
+    dashed_lower.starts_with("x-consumer-")
+        || dashed_lower == "x-anonymous-consumer"
+        || dashed_lower.starts_with("x-forwarded-")
+        || dashed_lower == "x-request-id"
+        || dashed_lower == "traceparent"
+}
+
+/// A client header the gateway drops before anything else runs: another
+/// consumer header than the two the gateway sets, an `x-forwarded-*` the
+/// gateway does not set, or any spelling of a gateway-owned name with `_`
+/// for `-` (CGI, WSGI, PHP and others map both to the same variable, so
+/// `X_Consumer_Id` arrives as `HTTP_X_CONSUMER_ID`).
+fn is_spoofed(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    if name.contains('_') {
+        return is_gateway_owned(&name.replace('_', "-"));
+    }
+    if let Some(rest) = name.strip_prefix("x-forwarded-") {
+        return !matches!(rest, "for" | "proto" | "host");
+    }
+    name.starts_with("x-consumer-") && name != "x-consumer-id" && name != "x-consumer-name"
+}
+
+/// What the first pass over a request's headers found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestScan {
+    /// Some hop-by-hop header is present (a protocol upgrade needs one).
+    pub hop_by_hop: bool,
+    /// Some header is a forgery of a gateway-owned one.
+    pub spoofed: bool,
+}
+
+/// One pass over the request's header names; nearly every request has
+/// neither kind, and then nothing else is done.
+pub fn scan_request(headers: &HeaderMap) -> RequestScan {
+    let mut scan = RequestScan::default();
+    for name in headers.keys() {
+        scan.hop_by_hop |= is_hop_by_hop(name);
+        scan.spoofed |= is_spoofed(name);
+    }
+    scan
+}
+
+/// The request's first header phase, before the gateway sets any header of
+/// its own: hop-by-hop headers and those `Connection` names go (RFC 9110
+/// §7.6.1), and so do forgeries of gateway-owned headers. Whatever the client
+/// sends, it cannot remove or forge what the gateway sets afterwards.
+pub fn sanitize_request(headers: &mut HeaderMap, scan: RequestScan) {
+    if scan.hop_by_hop {
+        strip_found_hop_by_hop(headers);
+    }
+    if scan.spoofed {
+        let forged: Vec<HeaderName> = headers.keys().filter(|n| is_spoofed(n)).cloned().collect();
+        for name in forged {
+            headers.remove(name);
+        }
     }
 }
 
@@ -71,9 +144,12 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, original_hos
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(if tls { "https" } else { "http" }));
-    if let Some(host) = original_host {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
-    }
+    // Only the gateway says which host the client asked for; without one
+    // (HTTP/1.0 without Host) the client's own claim must not pass either.
+    match original_host {
+        Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
 }
 
 /// The client's request id when it is a sane token, else a fresh random one
@@ -121,6 +197,7 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
 
         let mut fresh = HeaderMap::new();
+        fresh.insert("x-forwarded-host", HeaderValue::from_static("forged.example"));
         add_forwarded(&mut fresh, &client, None, true);
         assert_eq!(fresh["x-forwarded-for"], "127.0.0.1");
         assert_eq!(fresh["x-forwarded-proto"], "https");
@@ -148,6 +225,58 @@ mod tests {
         let before = h.clone();
         strip_hop_by_hop(&mut h);
         assert_eq!(h, before);
+    }
+
+    #[test]
+    fn forged_gateway_headers_and_their_underscore_spellings_are_dropped() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x_consumer_id",
+            "X_Consumer_Name",
+            "x-consumer_id",
+            "x_anonymous_consumer",
+            "x-consumer-groups",
+            "x-consumer-custom-id",
+            "x_forwarded_for",
+            "x_forwarded_host",
+            "x-forwarded-prefix",
+            "x-forwarded-port",
+            "x_request_id",
+        ] {
+            h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("forged"));
+        }
+        for kept in ["x-consumer-id", "x-forwarded-for", "x_custom_thing", "accept", "x-forwarded-proto"] {
+            h.insert(HeaderName::from_bytes(kept.as_bytes()).unwrap(), HeaderValue::from_static("kept"));
+        }
+        let scan = scan_request(&h);
+        assert!(scan.spoofed && !scan.hop_by_hop);
+        sanitize_request(&mut h, scan);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        // x-consumer-id stays here only because the authenticate phase always sets or removes it.
+        assert_eq!(left, ["accept", "x-consumer-id", "x-forwarded-for", "x-forwarded-proto", "x_custom_thing"]);
+    }
+
+    #[test]
+    fn connection_cannot_remove_framing_or_authority() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("host, content-length, x-hop"));
+        h.insert("host", HeaderValue::from_static("a.example"));
+        h.insert("content-length", HeaderValue::from_static("3"));
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        let scan = scan_request(&h);
+        sanitize_request(&mut h, scan);
+        assert_eq!(h.len(), 2);
+        assert!(h.contains_key("host") && h.contains_key("content-length"));
+    }
+
+    #[test]
+    fn ordinary_requests_need_no_second_pass() {
+        let mut h = HeaderMap::new();
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        h.insert("user-agent", HeaderValue::from_static("curl"));
+        assert_eq!(scan_request(&h), RequestScan::default());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The proxy data plane: listener, router, phases, upstream pool.
 
+mod authority;
 pub mod cache;
 mod circuit;
+mod connections;
 mod cors;
 mod error;
 mod handler;
@@ -10,6 +12,7 @@ mod health;
 mod ip_filter;
 mod jwt;
 mod lb;
+mod path;
 mod pool;
 mod retry;
 mod router;
@@ -30,16 +33,19 @@ use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tollgate_raft::GatewayState;
 
+pub use connections::{ConnGuard, Connections};
 pub use error::ProxyError;
+pub use path::{EscapedSeparatorPolicy, PathPolicy, SlashPolicy};
 pub use retry::RETRY_BUFFER_BYTES;
 pub use snapshot::{GatewaySnapshot, Shared, TimeoutDefaults};
 pub use upstream::{BoxError, Upstream, UpstreamClient, UpstreamClients};
 
+use crate::net::SendTimeout;
 use crate::telemetry::access_log::AccessLog;
 
 pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, upstream::BoxError>;
@@ -53,13 +59,19 @@ pub struct ClientConn {
     pub forwarded_for: http::HeaderValue,
     /// Set by the first request; until then the connection is on probation.
     sent_a_request: AtomicBool,
+    /// Requests in flight and whether it was asked to close (see `connections`).
+    state: connections::ConnState,
 }
 
 impl ClientConn {
     pub fn new(addr: std::net::SocketAddr, tls: bool) -> ClientConn {
         let forwarded_for =
             http::HeaderValue::from_str(&addr.ip().to_string()).expect("an IP address is a valid header value");
-        ClientConn { addr, tls, forwarded_for, sent_a_request: AtomicBool::new(false) }
+        ClientConn { addr, tls, forwarded_for, sent_a_request: AtomicBool::new(false), state: Default::default() }
+    }
+
+    pub fn sent_a_request(&self) -> bool {
+        self.sent_a_request.load(Ordering::Relaxed)
     }
 
     pub fn request_arrived(&self) {
@@ -73,6 +85,9 @@ impl ClientConn {
 /// connection is taken for dead.
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// `config::Proxy::client_send_timeout_ms`'s default.
+const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Shared by every connection of the proxy listener.
 pub struct ProxyContext {
     pub snapshot: ArcSwap<GatewaySnapshot>,
@@ -82,6 +97,12 @@ pub struct ProxyContext {
     pub access_log: AccessLog,
     /// See `config::Proxy::client_idle_timeout_ms`.
     pub client_idle_timeout: Duration,
+    /// See `config::Proxy::path_slashes` and `path_escaped_separators`.
+    pub path_policy: PathPolicy,
+    /// Open client connections against `config::Proxy::max_connections`.
+    pub connections: Arc<Connections>,
+    /// See `config::Proxy::client_send_timeout_ms`.
+    pub client_send_timeout: Duration,
     /// Raft index of the snapshot currently served.
     served: watch::Sender<u64>,
 }
@@ -93,14 +114,31 @@ impl ProxyContext {
         shared: Shared,
         access_log: AccessLog,
     ) -> ProxyContext {
+        let shared_metrics = shared.metrics.clone();
         ProxyContext {
             snapshot: ArcSwap::from_pointee(GatewaySnapshot::empty()),
             max_body_bytes,
             shared,
             access_log,
             client_idle_timeout,
+            path_policy: PathPolicy::default(),
+            connections: Arc::new(Connections::new(usize::MAX, shared_metrics)),
+            client_send_timeout: DEFAULT_SEND_TIMEOUT,
             served: watch::channel(0).0,
         }
+    }
+
+    /// Caps the client connections of the proxy listeners and bounds how long
+    /// a client may leave a response unread (see `config::Proxy`).
+    pub fn with_client_limits(mut self, max_connections: usize, send_timeout: Duration) -> ProxyContext {
+        self.connections = Arc::new(Connections::new(max_connections, self.shared.metrics.clone()));
+        self.client_send_timeout = send_timeout;
+        self
+    }
+
+    pub fn with_path_policy(mut self, path_policy: PathPolicy) -> ProxyContext {
+        self.path_policy = path_policy;
+        self
     }
 
     fn install(&self, snapshot: GatewaySnapshot) {
@@ -144,6 +182,11 @@ pub async fn follow_state(ctx: Arc<ProxyContext>, mut states: watch::Receiver<Ar
 /// Serves HTTP/1.1 and HTTP/2 (prior knowledge, h2c; or ALPN with `tls`)
 /// until `shutdown` resolves, then stops accepting and lets in-flight
 /// requests finish for up to `drain`.
+///
+/// Connections count against `ctx.connections` from accept to close. When
+/// the proxy is full, accepting pauses while an idle connection is closed to
+/// make room (bounded); a client for whom no room can be made is closed at
+/// once, so it holds no descriptor.
 pub async fn serve(
     listener: TcpListener,
     ctx: Arc<ProxyContext>,
@@ -157,7 +200,7 @@ pub async fn serve(
     // head, so it bounds idle keep-alive time and slow headers alike.
     builder.http1().timer(TokioTimer::new()).header_read_timeout(idle);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(idle).keep_alive_timeout(H2_PING_TIMEOUT);
-    let graceful = GracefulShutdown::new();
+    let send_timeouts = ctx.shared.metrics.send_timeouts("proxy");
     tokio::pin!(shutdown);
     loop {
         let (stream, client) = tokio::select! {
@@ -172,64 +215,118 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
-        let ctx = ctx.clone();
         let conn = Arc::new(ClientConn::new(client, tls.is_some()));
+        let place = match ctx.connections.try_admit(&conn) {
+            Some(place) => place,
+            None => match ctx.connections.admit_evicting(&conn).await {
+                Some(place) => place,
+                None => {
+                    tracing::debug!(%client, "refused a connection: the proxy is at proxy.max_connections");
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let stream = SendTimeout::new(stream, ctx.client_send_timeout, send_timeouts.clone());
         let watched = conn.clone();
-        let service = service_fn(move |request| handler::handle(ctx.clone(), conn.clone(), request));
+        let ctx = ctx.clone();
+        let service = service_fn(move |request| {
+            let (ctx, conn) = (ctx.clone(), conn.clone());
+            async move {
+                // Marks the connection busy, so that it is not the one closed to make room.
+                let _busy = conn.state.busy();
+                handler::handle(ctx, conn.clone(), request).await
+            }
+        });
         match &tls {
             None => {
-                let connection =
-                    graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
-                tokio::spawn(serve_client(connection, watched, idle));
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                tokio::spawn(serve_client(connection, watched, idle, place));
             }
             Some(acceptor) => {
                 // The handshake runs in the connection's task so a slow client cannot stall accept.
-                let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
+                let (acceptor, builder) = (acceptor.clone(), builder.clone());
                 tokio::spawn(async move {
                     let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(error)) => return tracing::debug!(%error, %client, "TLS handshake failed"),
                         Err(_) => return tracing::debug!(%client, "TLS handshake timed out"),
                     };
-                    let connection = watcher
-                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
-                    serve_client(connection, watched, idle).await;
+                    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                    // Boxed as `Send` here: rustc cannot prove it through the
+                    // connection's higher-ranked bounds inside this async block.
+                    let served: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
+                        Box::pin(serve_client(connection, watched, idle, place));
+                    served.await;
                 });
             }
         }
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    ctx.connections.close_all(connections::Close::Graceful);
+    if tokio::time::timeout(drain, ctx.connections.closed()).await.is_err() {
         tracing::warn!(drain_ms = drain.as_millis() as u64, "drain timed out; closing remaining connections");
+        ctx.connections.close_all(connections::Close::Now);
     }
 }
 
-/// Runs one client connection, and drops it if no first request arrives
-/// within `idle`: hyper's header timer only starts once it knows HTTP/1 from
-/// HTTP/2, so a client that connects and sends nothing (or a trickle) would
-/// otherwise stay forever. Once a request has come, the deadline is no longer
-/// polled, so it costs nothing per request.
-async fn serve_client<E: std::fmt::Display>(
-    connection: impl Future<Output = Result<(), E>>,
-    conn: Arc<ClientConn>,
-    idle: Duration,
-) {
+/// How a client connection's task ended.
+enum Ended<E> {
+    Served(Result<(), E>),
+    SentNoRequest,
+    Dropped,
+}
+
+/// Runs one client connection until it ends, holding its `place` among the
+/// proxy's connections until then.
+///
+/// It is dropped if no first request arrives within `idle`: hyper's header
+/// timer only starts once it knows HTTP/1 from HTTP/2, so a client that
+/// connects and sends nothing (or a trickle) would otherwise stay forever.
+/// Once a request has come, the deadline is no longer polled, so it costs
+/// nothing per request. When asked to close (to make room, or on shutdown)
+/// it shuts down gracefully: an idle HTTP/1 connection closes at once, a
+/// busy one after its response, HTTP/2 with GOAWAY.
+async fn serve_client<C>(connection: C, conn: Arc<ClientConn>, idle: Duration, place: ConnGuard)
+where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
     let mut connection = std::pin::pin!(connection);
     let mut deadline = std::pin::pin!(tokio::time::sleep(idle));
+    let mut close = std::pin::pin!(conn.state.notified());
+    let mut shutting_down = false;
     let ended = std::future::poll_fn(|cx| {
-        if let Poll::Ready(result) = connection.as_mut().poll(cx) {
-            return Poll::Ready(Some(result));
+        loop {
+            if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                return Poll::Ready(Ended::Served(result));
+            }
+            if close.as_mut().poll(cx).is_ready() {
+                close.set(conn.state.notified());
+                match conn.state.close_requested() {
+                    connections::Close::Now => return Poll::Ready(Ended::Dropped),
+                    connections::Close::Graceful if !shutting_down => {
+                        shutting_down = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    _ => {}
+                }
+                // Poll the connection again (it acts on the shutdown) and
+                // register for the next close request.
+                continue;
+            }
+            if !conn.sent_a_request() && deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ended::SentNoRequest);
+            }
+            return Poll::Pending;
         }
-        if !conn.sent_a_request.load(Ordering::Relaxed) && deadline.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(None);
-        }
-        Poll::Pending
     })
     .await;
     match ended {
-        Some(Err(error)) => tracing::debug!(%error, client = %conn.addr, "connection ended with an error"),
-        Some(Ok(())) => {}
-        None => tracing::debug!(client = %conn.addr, "closed a connection that sent no request"),
+        Ended::Served(Err(error)) => tracing::debug!(%error, client = %conn.addr, "connection ended with an error"),
+        Ended::Served(Ok(())) => {}
+        Ended::SentNoRequest => tracing::debug!(client = %conn.addr, "closed a connection that sent no request"),
+        Ended::Dropped => tracing::debug!(client = %conn.addr, "closed a connection still busy when the drain ended"),
     }
+    drop(place);
 }

@@ -106,7 +106,9 @@ impl PathPattern {
                 for segment in segments {
                     match (segment, parts.next()) {
                         (Segment::Literal(l), Some(part)) if l == part => {}
-                        (Segment::Param(_), Some(part)) if !part.is_empty() => {}
+                        // A parameter is one plain segment: never a dot segment
+                        // nor an encoded separator a rewrite could turn into one.
+                        (Segment::Param(_), Some(part)) if super::path::is_safe_param(part) => {}
                         _ => return false,
                     }
                 }
@@ -136,8 +138,12 @@ impl<T: Clone> Router<T> {
             let methods: Vec<Method> = route.methods.iter().filter_map(|m| m.parse().ok()).collect();
             for host in &hosts {
                 for p in &route.paths {
+                    // Configured paths are compared with normalised request
+                    // paths, so they are normalised the same way.
+                    let configured = super::path::normalize(&p.path, Default::default())
+                        .map_or_else(|_| p.path.clone(), |c| c.into_owned());
                     let path = match PathMatch::try_from(p.kind) {
-                        Ok(PathMatch::Exact) => PathPattern::Exact(p.path.clone()),
+                        Ok(PathMatch::Exact) => PathPattern::Exact(configured),
                         Ok(PathMatch::Template) => PathPattern::Template(
                             p.path
                                 .split('/')
@@ -151,7 +157,7 @@ impl<T: Clone> Router<T> {
                                 })
                                 .collect(),
                         ),
-                        _ => PathPattern::Prefix(p.path.clone()),
+                        _ => PathPattern::Prefix(configured),
                     };
                     names.push((route.priority, route.name.clone()));
                     entries.push((
@@ -173,7 +179,8 @@ impl<T: Clone> Router<T> {
         Router { entries: entries.into_iter().map(|(_, e)| e).collect() }
     }
 
-    /// `host` must already be lower-cased and stripped of its port.
+    /// `host` must already be lower-cased and stripped of its port, and
+    /// `path` normalised (`super::path::normalize`).
     pub fn find(&self, method: &Method, host: Option<&str>, path: &str) -> Option<Matched<'_, T>> {
         self.entries
             .iter()

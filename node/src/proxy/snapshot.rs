@@ -128,6 +128,8 @@ pub struct CacheSettings {
     pub ttl: Duration,
     pub vary: Vec<HeaderName>,
     pub max_body_bytes: u64,
+    /// `ResponseCache.allow_cookies`.
+    pub allow_cookies: bool,
 }
 
 /// Defaults for services that leave a timeout at 0.
@@ -358,6 +360,7 @@ fn compile_route(r: &Route, service: Option<&CompiledService>, shared: &Shared) 
             ttl: or_default(c.ttl_ms, Duration::from_secs(60)),
             vary: c.vary_headers.iter().filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok()).collect(),
             max_body_bytes: if c.max_body_bytes == 0 { 1 << 20 } else { u64::from(c.max_body_bytes) },
+            allow_cookies: c.allow_cookies,
         }),
         upstream,
         request_timeout: (r.request_timeout_ms > 0).then(|| Duration::from_millis(r.request_timeout_ms.into())),

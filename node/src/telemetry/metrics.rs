@@ -43,6 +43,11 @@ pub struct ServiceLabels {
     pub service: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -58,6 +63,15 @@ pub struct Metrics {
     pub raft_commit_index: Gauge,
     pub raft_applied_index: Gauge,
     pub data_plane_revision: Gauge,
+    /// Open client connections of the proxy listeners (plain and TLS together).
+    pub proxy_connections: Gauge,
+    /// Connections closed at accept: the proxy was at `proxy.max_connections`
+    /// and no idle connection could make room.
+    pub proxy_connections_refused: Counter,
+    /// Idle keep-alive connections closed to make room for a new one.
+    pub proxy_connections_evicted: Counter,
+    /// Connections cut because the client read nothing for the send timeout.
+    send_timeouts: Family<ListenerLabels, Counter>,
     pub ai: crate::ai::metrics::AiMetrics,
 }
 
@@ -99,8 +113,36 @@ impl Metrics {
             "Raft index of the state the proxy serves",
             data_plane_revision.clone(),
         );
+        let proxy_connections = Gauge::default();
+        let proxy_connections_refused = Counter::default();
+        let proxy_connections_evicted = Counter::default();
+        let send_timeouts = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "proxy_connections",
+            "Open client connections to the proxy listeners",
+            proxy_connections.clone(),
+        );
+        registry.register(
+            "proxy_connections_refused",
+            "Client connections closed at accept because the proxy was at proxy.max_connections",
+            proxy_connections_refused.clone(),
+        );
+        registry.register(
+            "proxy_connections_evicted",
+            "Idle keep-alive client connections closed to make room for new ones",
+            proxy_connections_evicted.clone(),
+        );
+        registry.register(
+            "client_send_timeouts",
+            "Client connections closed because the client stopped reading a response",
+            send_timeouts.clone(),
+        );
         let ai = crate::ai::metrics::AiMetrics::register(&mut registry);
         Metrics {
+            proxy_connections,
+            proxy_connections_refused,
+            proxy_connections_evicted,
+            send_timeouts,
             ai,
             registry,
             requests,
@@ -142,6 +184,11 @@ impl Metrics {
             retries: self.retries.get_or_create_owned(&labels),
             circuit_rejections: self.circuit_rejections.get_or_create_owned(&labels),
         }
+    }
+
+    /// The send-timeout counter of one listener ("proxy" or "ops").
+    pub fn send_timeouts(&self, listener: &'static str) -> Counter {
+        self.send_timeouts.get_or_create_owned(&ListenerLabels { listener })
     }
 
     /// Requests that matched no route.

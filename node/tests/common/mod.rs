@@ -42,6 +42,47 @@ pub fn test_config(dir: &Path) -> Config {
     config
 }
 
+/// A route to `service` with one path; `auth` as given.
+pub fn route(
+    name: &str,
+    service: &str,
+    kind: tollgate_proto::config::v1::PathMatch,
+    path: &str,
+    auth: tollgate_proto::config::v1::AuthMode,
+) -> tollgate_proto::config::v1::Route {
+    tollgate_proto::config::v1::Route {
+        name: name.into(),
+        service_id: service.into(),
+        paths: vec![tollgate_proto::config::v1::RoutePath { kind: kind as i32, path: path.into() }],
+        auth: auth as i32,
+        ..Default::default()
+    }
+}
+
+/// The AI gateway on `/v1`, behind API keys.
+pub fn ai_route() -> tollgate_proto::config::v1::Route {
+    use tollgate_proto::config::v1::{AuthMode, PathMatch};
+    tollgate_proto::config::v1::Route {
+        ai_gateway: true,
+        ..route("llm", "", PathMatch::Prefix, "/v1", AuthMode::ApiKey)
+    }
+}
+
+/// Creates consumer `name` and a key for it: (consumer id, plaintext key).
+pub async fn consumer_with_key(admin: &mut Admin, name: &str) -> (String, String) {
+    use tollgate_proto::admin::v1::CreateApiKeyRequest;
+    use tollgate_proto::config::v1::Consumer;
+    let created = admin.create_consumer(Consumer { name: name.into(), ..Default::default() }).await.unwrap();
+    let id = created.into_inner().meta.map(|m| m.id).unwrap_or_default();
+    let key = admin
+        .create_api_key(CreateApiKeyRequest { consumer: name.into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .plaintext;
+    (id, key)
+}
+
 pub async fn start_node(dir: &Path) -> Node {
     Node::start(test_config(dir)).await.expect("node starts")
 }

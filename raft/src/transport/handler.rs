@@ -109,10 +109,16 @@ async fn receive_snapshot(
     recv: &mut quinn::RecvStream,
 ) -> Result<openraft::raft::SnapshotResponse<TypeConfig>, String> {
     let dir = node.snapshot_dir().to_path_buf();
-    tokio::fs::create_dir_all(&dir).await.map_err(|e| e.to_string())?;
+    tollgate_storage::private::private_dir(&dir).map_err(|e| e.to_string())?;
     let path = dir.join(format!("incoming-{}.part", rand::random::<u64>()));
     let result = async {
-        let mut file = tokio::fs::File::create(&path).await.map_err(|e| e.to_string())?;
+        // The incoming snapshot is the whole gateway state: 0600 like the rest.
+        let file = tollgate_storage::private::private_file_options()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| e.to_string())?;
+        let mut file = tokio::fs::File::from_std(file);
         let mut received = 0u64;
         let mut buf = vec![0u8; 1 << 20];
         while received < size {

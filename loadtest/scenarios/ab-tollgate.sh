@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# A/B of two Tollgate builds on the request path, for docs/benchmarks.md:
+# the same API-key route (and an open route) on both, measured in interleaved
+# closed-loop rounds (A, B, A, B, ...) so drift in the machine hits both
+# alike; prints each round's B/A throughput ratio and the median.
+#
+#   A=/path/to/old/tollgate B=target/release/tollgate ROUNDS=7 DUR=6s \
+#     loadtest/scenarios/ab-tollgate.sh
+#
+# Build the old one from a worktree of the commit before the change:
+#   git worktree add /tmp/tg-a <commit> && (cd /tmp/tg-a && . scripts/env.sh &&
+#   cargo build --release -p tollgate-node)
+# Generator on core 0; upstream and both gateways on core 1 (only the one
+# under test is busy). Everything listens on 127.0.0.1 only.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+LOAD=${LOAD:-target/release/tollgate-load}
+A=${A:?set A to the baseline tollgate binary}
+B=${B:-target/release/tollgate}
+DUR=${DUR:-6s}
+CONNS=${CONNS:-50}
+ROUNDS=${ROUNDS:-7}
+ROUTES=${ROUTES:-key open}
+WORK=$(mktemp -d /tmp/tollgate-ab.XXXXXX)
+TOKEN=bench-admin-token-0123456789
+PIDS=()
+cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+taskset -c 1 "$LOAD" --threads 1 mock http --listen 127.0.0.1:29000 > "$WORK/mock.out" 2>/dev/null &
+PIDS+=($!)
+
+start() { # name binary port-offset: starts a gateway, configures it, writes its API key to $WORK/name.key
+  local name=$1 bin=$2 off=$3
+  taskset -c 1 "$bin" serve --data-dir "$WORK/$name" --proxy-listen "127.0.0.1:$((28080 + off))" \
+    --admin-listen "127.0.0.1:$((29090 + off * 10))" --ops-listen "127.0.0.1:$((29091 + off * 10))" \
+    --cluster-listen "127.0.0.1:$((27000 + off))" \
+    --admin-token "$TOKEN" --access-log off --log-format json > /dev/null 2> "$WORK/$name.log" &
+  PIDS+=($!)
+  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$((29091 + off * 10))/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  local ctl=("$bin" ctl --admin "127.0.0.1:$((29090 + off * 10))" --token "$TOKEN")
+  "${ctl[@]}" service create mock --target 127.0.0.1:29000 >/dev/null
+  "${ctl[@]}" route create open --service mock --path /open --auth none >/dev/null
+  "${ctl[@]}" route create key --service mock --path /key >/dev/null
+  "${ctl[@]}" consumer create bench >/dev/null
+  "${ctl[@]}" -o json key create --consumer bench \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])' > "$WORK/$name.key"
+}
+start a "$A" 0
+start b "$B" 1
+KEY_A=$(cat "$WORK/a.key")
+KEY_B=$(cat "$WORK/b.key")
+
+rps() { # url key
+  local out
+  out=$(taskset -c 0 "$LOAD" --threads 1 run "$1" -c "$CONNS" -d "$DUR" -q -H "Authorization: Bearer $2" 2>&1)
+  if echo "$out" | grep -qE "failed +[1-9]"; then echo "failures: $out" >&2; fi
+  echo "$out" | awk '/requests / {sub("/s", "", $NF); sub("=", "", $NF); print $NF; exit}'
+}
+
+# warm-up
+for u in "http://127.0.0.1:28080/open" "http://127.0.0.1:28081/open"; do
+  taskset -c 0 "$LOAD" --threads 1 run "$u" -c 8 -d 1s -q >/dev/null 2>&1
+done
+
+for route in $ROUTES; do
+  ratios=()
+  for round in $(seq 1 "$ROUNDS"); do
+    a=$(rps "http://127.0.0.1:28080/$route" "$KEY_A")
+    b=$(rps "http://127.0.0.1:28081/$route" "$KEY_B")
+    ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", b / a }')
+    ratios+=("$ratio")
+    echo "[$route round $round] A $a req/s, B $b req/s, B/A $ratio"
+  done
+  median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{v[NR] = $1} END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+  echo "[$route] median B/A over $ROUNDS interleaved rounds: $median (${ratios[*]})"
+done

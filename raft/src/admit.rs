@@ -1,0 +1,152 @@
+//! Rules a command must also meet to enter the log, beyond `apply`'s.
+//!
+//! `apply` must accept every command an earlier version accepted: those log
+//! entries replay on upgraded nodes, and during a rolling upgrade an old
+//! leader's entries apply on new followers, so tightening `apply` would let
+//! replicas disagree. Rules this version adds live here instead and are
+//! checked where a command is proposed ([`crate::RaftNode::propose`]), so
+//! they hold for everything written from now on.
+
+use std::collections::HashSet;
+
+use tollgate_proto::config::v1::{Provider, Route};
+use tollgate_proto::raft::v1::command::Op;
+
+use crate::error::ApplyError;
+use crate::validate;
+use crate::validate_ai::{CREDENTIALS_GO, provider_header_value};
+
+const MAX_HEADERS: usize = 64;
+const MAX_HEADER_NAME_LEN: usize = 128;
+
+/// This version's rules for `op`, on top of what `apply` checks.
+pub(crate) fn admit(op: &Op) -> Result<(), ApplyError> {
+    match op {
+        Op::CreateProvider(p) | Op::UpdateProvider(p) => provider(p),
+        Op::CreateRoute(r) | Op::UpdateRoute(r) => route(r),
+        _ => Ok(()),
+    }
+}
+
+fn provider(p: &Provider) -> Result<(), ApplyError> {
+    // Stricter than apply's reading of the authority ('\\' ends it too, a
+    // port needs a host), and says where credentials go.
+    validate::http_url("base_url", &p.base_url, CREDENTIALS_GO)?;
+    if p.headers.len() > MAX_HEADERS {
+        return Err(ApplyError::invalid("headers", format!("at most {MAX_HEADERS} per provider")));
+    }
+    let mut names = HashSet::new();
+    for (i, h) in p.headers.iter().enumerate() {
+        let field = format!("headers[{i}]");
+        if h.name.len() > MAX_HEADER_NAME_LEN {
+            return Err(ApplyError::invalid(field, format!("the name must be at most {MAX_HEADER_NAME_LEN} bytes")));
+        }
+        // Keeping a value on update goes by name: two of one name are ambiguous.
+        if !names.insert(h.name.to_ascii_lowercase()) {
+            return Err(ApplyError::invalid(field, format!("{:?} is given twice", h.name)));
+        }
+        if h.sealed_value.is_empty() {
+            provider_header_value(&field, &h.value)?;
+        }
+    }
+    Ok(())
+}
+
+fn route(r: &Route) -> Result<(), ApplyError> {
+    if let Some(j) = r.jwt.as_ref().filter(|j| !j.jwks_url.is_empty()) {
+        validate::http_url(
+            "jwt.jwks_url",
+            &j.jwks_url,
+            "a JWKS holds public keys: serve it without credentials, or give the keys as public_keys_pem",
+        )?;
+    }
+    if let Some(c) = &r.cors {
+        // An origin is scheme://host[:port]; user info in one can only be a mistake or a leak.
+        for o in c.allow_origins.iter().filter(|o| o.as_str() != "*") {
+            validate::http_url("cors.allow_origins", o, "an origin is scheme://host[:port] and names no user")?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tollgate_proto::config::v1::{Cors, JwtAuth, Meta, ProviderHeader, ProviderKind};
+
+    use super::*;
+    use crate::GatewayState;
+
+    fn openai(url: &str) -> Provider {
+        Provider {
+            meta: Some(Meta { id: "p1".into(), ..Default::default() }),
+            name: "p".into(),
+            kind: ProviderKind::OpenaiCompatible as i32,
+            base_url: url.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn credentialed_urls_are_refused_with_what_to_do() {
+        let error = admit(&Op::CreateProvider(openai("https://u:pw@llm.internal/v1"))).unwrap_err().to_string();
+        assert!(error.contains("put credentials in the provider's key or headers, not in the URL"), "{error}");
+        assert!(admit(&Op::UpdateProvider(openai("https://u@llm.internal\\x/v1"))).is_err());
+        assert!(admit(&Op::CreateProvider(openai("https://llm.internal/v1"))).is_ok());
+
+        let jwks = |url: &str| Route {
+            jwt: Some(JwtAuth { algorithms: vec!["RS256".into()], jwks_url: url.into(), ..Default::default() }),
+            ..Default::default()
+        };
+        let error = admit(&Op::CreateRoute(jwks("https://idp:pw@idp.example.com/jwks"))).unwrap_err().to_string();
+        assert!(error.contains("jwt.jwks_url") && error.contains("not in the URL"), "{error}");
+        assert!(admit(&Op::UpdateRoute(jwks("https://idp.example.com/jwks"))).is_ok());
+        let cors = |o: &str| Route {
+            cors: Some(Cors { allow_origins: vec!["*".into(), o.into()], ..Default::default() }),
+            ..Default::default()
+        };
+        assert!(admit(&Op::CreateRoute(cors("https://u:p@app.example.com"))).is_err());
+        assert!(admit(&Op::CreateRoute(cors("https://app.example.com"))).is_ok());
+    }
+
+    #[test]
+    fn new_rules_do_not_change_what_apply_accepts_from_earlier_logs() {
+        // An earlier version accepted this route; its log entry must still
+        // apply after an upgrade. Only new proposals are refused.
+        let route = Route {
+            meta: Some(Meta { id: "r1".into(), ..Default::default() }),
+            name: "r".into(),
+            paths: vec![tollgate_proto::config::v1::RoutePath {
+                kind: tollgate_proto::config::v1::PathMatch::Prefix as i32,
+                path: "/".into(),
+            }],
+            auth: tollgate_proto::config::v1::AuthMode::Jwt as i32,
+            ai_gateway: true,
+            jwt: Some(JwtAuth {
+                algorithms: vec!["RS256".into()],
+                jwks_url: "https://idp:pw@idp.example.com/jwks".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let op = Op::CreateRoute(route);
+        assert!(admit(&op).is_err());
+        let command = crate::Command::new(op, 1, "test");
+        assert!(crate::apply(&GatewayState::default(), &command.0, 1).is_ok());
+    }
+
+    #[test]
+    fn provider_headers_are_bounded_and_named_once() {
+        let mut p = openai("https://llm.internal/v1");
+        p.headers = vec![
+            ProviderHeader { name: "x-a".into(), sealed_value: vec![1; 40], ..Default::default() },
+            ProviderHeader { name: "X-A".into(), sealed_value: vec![1; 40], ..Default::default() },
+        ];
+        assert!(admit(&Op::CreateProvider(p.clone())).unwrap_err().to_string().contains("twice"));
+        p.headers.truncate(1);
+        assert!(admit(&Op::CreateProvider(p.clone())).is_ok());
+        p.headers = (0..65)
+            .map(|i| ProviderHeader { name: format!("x-{i}"), sealed_value: vec![1; 40], ..Default::default() })
+            .collect();
+        assert!(admit(&Op::CreateProvider(p)).is_err());
+    }
+}
