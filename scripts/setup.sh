@@ -21,5 +21,14 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi
 
+# The official OpenAI, Anthropic and Google SDKs for the AI gateway's
+# compatibility tests (pinned in scripts/python-sdks.txt). Optional: without
+# them those tests skip themselves and say so.
+if command -v python3 >/dev/null 2>&1 && ! python3 -c "import openai, anthropic, google.genai" 2>/dev/null; then
+    echo "installing the Python SDKs of the AI gateway's compatibility tests..." >&2
+    python3 -m pip install -q --disable-pip-version-check -r scripts/python-sdks.txt 2>/dev/null \
+        || echo "note: could not install them (scripts/python-sdks.txt); those tests will be skipped" >&2
+fi
+
 . scripts/env.sh
 tollgate_build_rocksdb_cache

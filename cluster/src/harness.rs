@@ -1,6 +1,8 @@
 //! Starts and controls a local cluster of real `tollgate` processes on
-//! loopback: each node gets its own data directory, run-time ports, and a
-//! relay in front of its peer socket so the harness can partition it.
+//! loopback: each node gets its own data directory, run-time ports (picked at
+//! its first start and kept for the life of the cluster, so the addresses
+//! printed once stay valid across `stop`/`kill` and `start`), and a relay in
+//! front of its peer socket so the harness can partition it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -107,8 +109,11 @@ pub struct NodeHandle {
     /// The node's own peer socket.
     pub peer_listen: SocketAddr,
     relay: Relay,
+    /// Admin, proxy and ops addresses: port 0 until the first start, then
+    /// the same ports on every restart.
     pub admin: SocketAddr,
     pub proxy: SocketAddr,
+    pub ops: SocketAddr,
     child: Option<Child>,
     config: PathBuf,
     paused: bool,
@@ -126,6 +131,48 @@ impl NodeHandle {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Frozen by `pause` (SIGSTOP) and not resumed yet.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// The listen addresses for the next start: run-time ports the first
+    /// time, the ports the node had before on every later start.
+    fn listen_args(&self) -> [String; 6] {
+        let keep = |addr: SocketAddr| if addr.port() == 0 { "127.0.0.1:0".to_string() } else { addr.to_string() };
+        [
+            "--proxy-listen".into(),
+            keep(self.proxy),
+            "--admin-listen".into(),
+            keep(self.admin),
+            "--ops-listen".into(),
+            keep(self.ops),
+        ]
+    }
+}
+
+/// One `GetNodeStatus` call to the admin API at `admin`, bounded as a whole
+/// (connect and answer) by `within`: a frozen node (SIGSTOP) accepts the
+/// connection in its kernel but never answers, so only a deadline ends it.
+pub async fn probe_status(admin: SocketAddr, token: &str, within: Duration) -> Result<NodeStatus, String> {
+    let call = async {
+        let channel = Channel::from_shared(format!("http://{admin}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(within)
+            .connect()
+            .await
+            .map_err(|e| format!("admin API unreachable: {e}"))?;
+        AdminServiceClient::with_interceptor(channel, Bearer(token.to_string()))
+            .get_node_status(GetNodeStatusRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|status| format!("admin API: {}", status.message()))
+    };
+    match tokio::time::timeout(within, call).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("admin API did not answer within {} ms (frozen, or overloaded)", within.as_millis())),
     }
 }
 
@@ -188,6 +235,7 @@ impl Cluster {
                 relay,
                 admin: SocketAddr::from(([127, 0, 0, 1], 0)),
                 proxy: SocketAddr::from(([127, 0, 0, 1], 0)),
+                ops: SocketAddr::from(([127, 0, 0, 1], 0)),
                 child: None,
                 config,
                 paused: false,
@@ -251,7 +299,8 @@ impl Cluster {
         &self.options
     }
 
-    /// Starts (or restarts) a node's process and waits until it serves.
+    /// Starts (or restarts) a node's process and waits until it serves. A
+    /// restart binds the ports of the node's first start again.
     async fn launch(&mut self, id: u64, join: Option<(String, String)>) -> Result<(), HarnessError> {
         let binary = self.options.binary.clone();
         let token = self.options.admin_token.clone();
@@ -271,11 +320,10 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(["--node-id", &id.to_string()])
-            .args(["--proxy-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"])
+            .args(node.listen_args())
             .args(["--cluster-listen", &node.peer_listen.to_string()])
             .args(["--cluster-advertise", &node.relay.addr().to_string()])
             .args(["--admin-token", &token])
-            .env("TOLLGATE_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -292,13 +340,22 @@ impl Cluster {
             {
                 node.admin = json["admin"].as_str().unwrap_or_default().parse().unwrap_or(node.admin);
                 node.proxy = json["proxy"].as_str().unwrap_or_default().parse().unwrap_or(node.proxy);
+                node.ops = json["ops"].as_str().unwrap_or_default().parse().unwrap_or(node.ops);
                 node.child = Some(child);
                 return Ok(());
             }
             if let Ok(Some(status)) = child.try_wait() {
+                let ports = if node.admin.port() == 0 {
+                    String::new()
+                } else {
+                    format!(
+                        "; it restarts on its earlier ports (proxy {}, admin {}, ops {}), one may be taken",
+                        node.proxy, node.admin, node.ops
+                    )
+                };
                 return Err(HarnessError::Node {
                     node: id,
-                    message: format!("exited during start-up ({status})"),
+                    message: format!("exited during start-up ({status}){ports}"),
                     log: node.log.clone(),
                 });
             }
@@ -438,8 +495,17 @@ impl Cluster {
         }
         signal(node, "TERM");
         if let Some(mut child) = node.child.take() {
-            let wait = tokio::task::spawn_blocking(move || child.wait());
-            let _ = tokio::time::timeout(Duration::from_secs(60), wait).await;
+            // A node that does not exit within a minute is killed, so that it
+            // cannot keep its ports (which a later `start` binds again).
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while matches!(child.try_wait(), Ok(None)) {
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         Ok(())
     }
@@ -482,6 +548,12 @@ impl Cluster {
 
     /// Stops every node gracefully.
     pub async fn down(mut self) {
+        self.stop_all().await;
+    }
+
+    /// Stops every running node gracefully; the cluster can be started
+    /// again node by node (`start`).
+    pub async fn stop_all(&mut self) {
         let ids: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
         for id in ids {
             let _ = self.stop(id).await;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
-use tollgate_cluster::harness::{Cluster, ClusterOptions};
+use tollgate_cluster::harness::{Admin, Cluster, ClusterOptions};
 use tollgate_cluster::history::{Event, History, Op, Outcome};
 use tollgate_proto::admin::v1::{GetNodeStatusRequest, GetRequest, ListRequest};
 use tollgate_proto::config::v1::{AuthMode, Consumer, PathMatch, Route, RoutePath, Service, Target};
@@ -108,6 +108,60 @@ async fn wait_data_plane(cluster: &Cluster, node: u64, revision: u64) {
 
 fn follower_of(cluster: &Cluster, leader: u64) -> u64 {
     cluster.nodes().iter().map(|n| n.id).find(|id| *id != leader).unwrap()
+}
+
+/// Every node's role as it reports it, once `isolated` (a leader cut off
+/// from the others) says it has no quorum; its lease must run out first.
+async fn leader_roles(cluster: &Cluster, isolated: u64) -> Vec<(u64, String)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut roles = Vec::new();
+        for node in cluster.nodes() {
+            roles.push((node.id, cluster.node_status(node.id).await.unwrap().role));
+        }
+        if roles.iter().any(|(id, role)| *id == isolated && role.starts_with("leader (no quorum since ")) {
+            return roles;
+        }
+        assert!(Instant::now() < deadline, "node {isolated} never reported its lost quorum: {roles:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A minority's error is a sentence naming the members it cannot reach,
+/// not openraft's debug text.
+fn assert_names_members(error: &str, unreachable: &[u64]) {
+    for id in unreachable {
+        assert!(error.contains(&format!("node {id} (")), "the error names node {id}: {error}");
+    }
+    assert!(!error.contains("BasicNode") && !error.contains("voters:"), "no debug text: {error}");
+}
+
+/// One write's outcome, timed.
+struct Timed {
+    name: String,
+    invoked: Instant,
+    completed: Instant,
+    result: Result<(), String>,
+}
+
+/// Writes unique consumers through `node`, one after the other, until `stop`.
+fn write_through(mut admin: Admin, node: u64, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<Timed>> {
+    tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        for i in 0.. {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let (name, invoked) = (format!("via-{node}-{i}"), Instant::now());
+            let result = admin
+                .create_consumer(Consumer { name: name.clone(), ..Default::default() })
+                .await
+                .map(|_| ())
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()));
+            outcomes.push(Timed { name, invoked, completed: Instant::now(), result });
+        }
+        outcomes
+    })
 }
 
 /// Clients that write unique names and read the whole set, rotating to the
@@ -342,12 +396,20 @@ async fn a_partitioned_leader_commits_nothing_and_the_majority_carries_on() {
     // The majority elects a leader and keeps committing.
     let before = workload.acked.load(Ordering::Relaxed);
     workload.wait_acked(before + 30, Duration::from_secs(60)).await;
+    let majority_term = cluster.lock().await.node_status(majority[0]).await.unwrap().current_term;
     {
         let c = cluster.lock().await;
+        let roles = leader_roles(&c, old_leader).await;
+        println!("roles during the partition: {roles:?}");
+        assert_eq!(roles.iter().filter(|(_, role)| role == "leader").count(), 1, "one leader: {roles:?}");
         let err = write(&c, old_leader, "minority-write").await.unwrap_err();
+        println!("a write on the minority: {err}");
         assert!(err.starts_with("Unavailable"), "minority write must fail clearly: {err}");
+        assert_names_members(&err, &majority);
         let err = names(&c, old_leader, false).await.unwrap_err();
+        println!("a linearizable read on the minority: {err}");
         assert!(err.starts_with("Unavailable"), "linearizable read on the minority must fail: {err}");
+        assert_names_members(&err, &majority);
         assert!(names(&c, old_leader, true).await.is_ok(), "stale reads keep working");
         assert_eq!(
             http_get(c.node(old_leader).proxy, "/still-serving").await,
@@ -361,6 +423,11 @@ async fn a_partitioned_leader_commits_nothing_and_the_majority_carries_on() {
     let cluster = Arc::try_unwrap(cluster).ok().expect("workload done").into_inner();
     cluster.heal();
     cluster.wait_healthy(Duration::from_secs(60)).await.unwrap();
+    // Pre-vote: the old leader rejoins without an election.
+    for node in cluster.nodes() {
+        let term = cluster.node_status(node.id).await.unwrap().current_term;
+        assert_eq!(term, majority_term, "node {} after the heal", node.id);
+    }
     let final_state = agreed_final_state(&cluster).await;
     assert!(!final_state.contains("minority-write"), "the minority committed nothing");
     let violations = history.check(&final_state);
@@ -453,5 +520,100 @@ async fn a_frozen_leader_is_replaced_and_catches_up_when_resumed() {
     let on_old = names(&cluster, old_leader, false).await.unwrap();
     assert!(on_old.contains("before-pause") && (0..10).all(|i| on_old.contains(&format!("during-pause-{i}"))));
     assert_eq!(agreed_final_state(&cluster).await, on_old);
+    cluster.down().await;
+}
+
+/// Writes sent to the followers while the leader is SIGKILLed wait for the
+/// new leader instead of their whole timeout: the followers forward them to
+/// whoever leads. Prints how long writes stalled against how long the
+/// election took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_followers_ride_through_a_leader_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = up(dir.path(), |_| {}).await;
+    let old_leader = cluster.leader().await.unwrap();
+    let followers: Vec<u64> = cluster.nodes().iter().map(|n| n.id).filter(|id| *id != old_leader).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for id in &followers {
+        writers.push((*id, write_through(cluster.admin(*id).await.unwrap(), *id, stop.clone())));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let killed = Instant::now();
+    cluster.kill(old_leader).await.unwrap();
+    let (new_leader, elected) = loop {
+        let status = cluster.node_status(followers[0]).await.unwrap();
+        if let Some(l) = status.leader_id.filter(|l| *l != old_leader) {
+            break (l, killed.elapsed());
+        }
+        assert!(killed.elapsed() < Duration::from_secs(60), "no new leader after the kill");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    println!("killed leader {old_leader}; node {new_leader} leads {elected:?} after the kill (as seen by polling)");
+    let mut acknowledged = BTreeSet::new();
+    for (node, writer) in writers {
+        let outcomes = writer.await.unwrap();
+        acknowledged.extend(outcomes.iter().filter(|t| t.result.is_ok()).map(|t| t.name.clone()));
+        let failed: Vec<&Timed> = outcomes.iter().filter(|t| t.result.is_err()).collect();
+        // The window: the longest stretch without a successful write, across the kill.
+        let successes: Vec<Instant> = outcomes.iter().filter(|t| t.result.is_ok()).map(|t| t.completed).collect();
+        let window = successes.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+        let slowest = outcomes.iter().map(|t| t.completed - t.invoked).max().unwrap_or_default();
+        println!(
+            "writes through node {node}: {} sent, {} failed; no write completed for {window:?} (the election \
+             took {elected:?}); the slowest write took {slowest:?}",
+            outcomes.len(),
+            failed.len()
+        );
+        for t in &failed {
+            println!(
+                "  failed after {:?} (sent {:?} after the kill): {}",
+                t.completed - t.invoked,
+                t.invoked.saturating_duration_since(killed),
+                t.result.as_ref().unwrap_err()
+            );
+            assert!(t.result.as_ref().unwrap_err().starts_with("Unavailable"), "a clear failure");
+        }
+        assert!(
+            outcomes.iter().any(|t| t.result.is_ok() && t.invoked > killed + elected),
+            "writes through node {node} succeed again under the new leader"
+        );
+    }
+    let stored = names(&cluster, new_leader, false).await.unwrap();
+    let lost: Vec<&String> = acknowledged.difference(&stored).collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    cluster.down().await;
+}
+
+/// A follower cut off from the others keeps its term (pre-vote: it asks
+/// before it campaigns), so healing the partition deposes nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healed_partition_leaves_the_term_and_the_leader_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = up(dir.path(), |_| {}).await;
+    let leader = cluster.leader().await.unwrap();
+    let isolated = follower_of(&cluster, leader);
+    let others: Vec<u64> = cluster.nodes().iter().map(|n| n.id).filter(|id| *id != isolated).collect();
+    let term = cluster.node_status(leader).await.unwrap().current_term;
+
+    cluster.partition(vec![vec![isolated], others]);
+    // Several election timeouts (at most 1.2 s each): without pre-vote the
+    // isolated node would raise its term at every one.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let isolated_term = cluster.node_status(isolated).await.unwrap().current_term;
+    cluster.heal();
+    cluster.wait_healthy(Duration::from_secs(60)).await.unwrap();
+
+    println!("term {term} before the partition; node {isolated} at term {isolated_term} while cut off");
+    assert_eq!(isolated_term, term, "the isolated node did not raise its term");
+    assert_eq!(cluster.leader().await.unwrap(), leader, "the healthy leader was not deposed");
+    for node in cluster.nodes() {
+        assert_eq!(cluster.node_status(node.id).await.unwrap().current_term, term, "node {}", node.id);
+    }
+    write(&cluster, isolated, "after-heal").await.unwrap();
     cluster.down().await;
 }

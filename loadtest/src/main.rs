@@ -2,26 +2,29 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
-use tollgate_loadtest::compare::{CompareConfig, run_compare};
+use tollgate_loadtest::compare::{CompareConfig, CompareRound, run_compare};
 use tollgate_loadtest::mock::http::{MockHttp, MockHttpBody, MockHttpConfig};
 use tollgate_loadtest::mock::llm::LlmMockConfig;
 use tollgate_loadtest::mock::{LatencyDist, MockHandle, tls_config_from_files};
-use tollgate_loadtest::report::{json, markdown, svg, terminal};
+use tollgate_loadtest::report::{ReportError, json, markdown, svg, terminal};
 use tollgate_loadtest::runner::run;
 use tollgate_loadtest::scenario::Scenario;
 use tollgate_loadtest::schedule::parse_duration;
 use tollgate_loadtest::spec::LoadSpec;
+use tollgate_loadtest::summary::{EXIT_ERROR_RATE, RunSummary};
 
 #[derive(Parser)]
 #[command(
     name = "tollgate-load",
     version,
-    about = "Load generator with LLM-aware metrics, reports, A/B comparisons and mock upstreams"
+    about = "Load generator with LLM-aware metrics, reports, A/B comparisons and mock upstreams",
+    after_help = "Exit codes: 0 success; 1 error (bad target, unreadable file, ...); 2 usage; \
+                  3 the run completed but more requests failed than --max-error-rate allows (default 1%)."
 )]
 struct Cli {
     /// Tokio worker threads (default: one per core). Use 1 when pinning with taskset -c N.
@@ -205,7 +208,8 @@ enum MockCmd {
 
 fn main() -> std::process::ExitCode {
     match real_main() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(Gate::Passed) => std::process::ExitCode::SUCCESS,
+        Ok(Gate::Failed) => std::process::ExitCode::from(EXIT_ERROR_RATE),
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -213,7 +217,34 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn real_main() -> Result<()> {
+/// Whether a run stayed within --max-error-rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    Passed,
+    Failed,
+}
+
+/// Prints the error-rate verdict of each summary to stderr.
+fn gate<'a>(summaries: impl IntoIterator<Item = &'a RunSummary>, max: f64) -> Gate {
+    let mut verdict = Gate::Passed;
+    for s in summaries {
+        if let Err(why) = s.check_error_rate(max) {
+            eprintln!("error: {why}; exit code {EXIT_ERROR_RATE}");
+            verdict = Gate::Failed;
+        }
+    }
+    verdict
+}
+
+/// Writes a report and says where it went.
+fn wrote(kind: &str, path: &Path, result: Result<(), ReportError>) -> Result<()> {
+    result?;
+    let shown = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    println!("{kind} written to {}", shown.display());
+    Ok(())
+}
+
+fn real_main() -> Result<Gate> {
     tollgate_loadtest::tls::install_provider();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -227,7 +258,7 @@ fn real_main() -> Result<()> {
     rt.enable_all().build().context("cannot start the async runtime")?.block_on(dispatch(cli.cmd))
 }
 
-async fn dispatch(cmd: Cmd) -> Result<()> {
+async fn dispatch(cmd: Cmd) -> Result<Gate> {
     match cmd {
         Cmd::Run { spec, quiet } => run_spec(&spec, None, quiet).await,
         Cmd::Scenario { cmd: ScenarioCmd::Run { file, overrides, quiet } } => {
@@ -250,7 +281,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
                 s.to_run_config(sc.base_dir.as_deref()).await?.validate()?;
             }
             println!("{}: ok", file.display());
-            Ok(())
+            Ok(Gate::Passed)
         }
         Cmd::Compare { a, b, label_a, label_b, rounds, spec } => {
             let side = |targets: Vec<String>, label: String| {
@@ -258,29 +289,31 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             };
             compare(side(a, label_a), side(b, label_b), rounds, None, false).await
         }
-        Cmd::Mock { kind } => mock(kind).await,
+        Cmd::Mock { kind } => mock(kind).await.map(|()| Gate::Passed),
     }
 }
 
-async fn run_spec(spec: &LoadSpec, base: Option<&std::path::Path>, quiet: bool) -> Result<()> {
+async fn run_spec(spec: &LoadSpec, base: Option<&Path>, quiet: bool) -> Result<Gate> {
+    let max_error_rate = spec.max_error_rate()?;
     let mut cfg = spec.to_run_config(base).await?;
     cfg.progress = !quiet;
     let summary = run(cfg).await?;
     print!("{}", terminal::render(&summary));
     let paths = spec.report_paths();
     if let Some(p) = &paths.json {
-        json::write(p, &summary)?;
+        wrote("JSON report", p, json::write(p, &summary))?;
     }
     if let Some(p) = &paths.markdown {
-        markdown::write(p, &summary)?;
+        wrote("Markdown report", p, markdown::write(p, &summary))?;
     }
     if let Some(p) = &paths.chart {
-        svg::write(p, &summary)?;
+        wrote("SVG chart", p, svg::write(p, &summary))?;
     }
-    Ok(())
+    Ok(gate([&summary], max_error_rate))
 }
 
-async fn compare(a: LoadSpec, b: LoadSpec, rounds: u32, base: Option<PathBuf>, quiet: bool) -> Result<()> {
+async fn compare(a: LoadSpec, b: LoadSpec, rounds: u32, base: Option<PathBuf>, quiet: bool) -> Result<Gate> {
+    let max_error_rate = a.max_error_rate()?.min(b.max_error_rate()?);
     let mut ca = a.to_run_config(base.as_deref()).await?;
     let mut cb = b.to_run_config(base.as_deref()).await?;
     ca.progress = !quiet;
@@ -300,15 +333,32 @@ async fn compare(a: LoadSpec, b: LoadSpec, rounds: u32, base: Option<PathBuf>, q
     print!("{}", terminal::render_compare(&summary));
     let paths = a.report_paths();
     if let Some(p) = &paths.json {
-        json::write(p, &summary)?;
+        wrote("JSON report", p, json::write(p, &summary))?;
     }
     if let Some(p) = &paths.markdown {
-        markdown::write_compare(p, &summary)?;
+        wrote("Markdown report", p, markdown::write_compare(p, &summary))?;
     }
     if paths.chart.is_some() {
         eprintln!("note: --chart is not produced for comparisons; use `run` per side for charts");
     }
-    Ok(())
+    // The gate applies to each side over all its rounds.
+    let side = |pick: fn(&CompareRound) -> &RunSummary| {
+        let mut total = RunSummary::default();
+        for r in &summary.rounds {
+            let s = pick(r);
+            total.label.clone_from(&s.label);
+            total.requests += s.requests;
+            total.failed += s.failed;
+            for (k, v) in &s.status_codes {
+                *total.status_codes.entry(k.clone()).or_default() += v;
+            }
+            for (k, v) in &s.errors {
+                *total.errors.entry(k.clone()).or_default() += v;
+            }
+        }
+        total
+    };
+    Ok(gate(&[side(|r| &r.a), side(|r| &r.b)], max_error_rate))
 }
 
 fn tls_of(c: &MockCommon) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>> {

@@ -304,9 +304,33 @@ impl Sender for HttpSender {
     }
 }
 
+/// The open-loop target of the second that ends at `elapsed`: what the schedule planned
+/// to send in it, so a ramp shows as a rising target rather than as its average.
+pub fn live_target(schedule: &Schedule, elapsed: Duration) -> f64 {
+    let from = elapsed.saturating_sub(Duration::from_secs(1));
+    let span = (elapsed - from).as_secs_f64();
+    if span <= 0.0 { schedule.rate_at(elapsed) } else { schedule.arrivals_between(from, elapsed) / span }
+}
+
+/// The live progress line: `[   5.0s/10s] 900 done, 200 req/s (target 200), 0 errors, 3 in flight`.
+pub fn progress_line(
+    elapsed: Duration,
+    total: Option<Duration>,
+    done: u64,
+    rate: u64,
+    target: Option<f64>,
+    errors: u64,
+    in_flight: u64,
+) -> String {
+    let elapsed = elapsed.as_secs_f64();
+    let target = target.map(|r| format!(" (target {r:.0})")).unwrap_or_default();
+    let of = total.map(|t| format!("/{:.0}s", t.as_secs_f64())).unwrap_or_default();
+    format!("[{elapsed:6.1}s{of}] {done} done, {rate} req/s{target}, {errors} errors, {in_flight} in flight")
+}
+
 fn spawn_progress(
     ctx: Arc<RunContext>,
-    target_rate: Option<f64>,
+    schedule: Option<Schedule>,
     total: Option<Duration>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -317,14 +341,11 @@ fn spawn_progress(
         loop {
             tick.tick().await;
             let (done, errors, in_flight) = ctx.live.snapshot();
-            let elapsed = ctx.start.elapsed().as_secs_f64();
+            let elapsed = ctx.start.elapsed();
             let rate = done - last;
             last = done;
-            let target = target_rate.map(|r| format!(" (target {r:.0})")).unwrap_or_default();
-            let of = total.map(|t| format!("/{:.0}s", t.as_secs_f64())).unwrap_or_default();
-            let line = format!(
-                "[{elapsed:6.1}s{of}] {done} done, {rate} req/s{target}, {errors} errors, {in_flight} in flight"
-            );
+            let target = schedule.as_ref().map(|s| live_target(s, elapsed));
+            let line = progress_line(elapsed, total, done, rate, target, errors, in_flight);
             if tty {
                 eprint!("\r\x1b[2K{line}");
             } else {
@@ -340,7 +361,11 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, RunError> {
     for t in &cfg.targets {
         Prepared::new(&cfg, t)?;
     }
-    let deadline = cfg.duration.or_else(|| cfg.schedule.as_ref().map(Schedule::duration).filter(|d| !d.is_zero()));
+    // A schedule with an endless tail (`--rate R --ramp-up D -n N`) is bounded by `-n`,
+    // not by the end of its phases.
+    let deadline = cfg.duration.or_else(|| {
+        cfg.schedule.as_ref().filter(|s| s.then.is_none()).map(Schedule::duration).filter(|d| !d.is_zero())
+    });
     let ctx = Arc::new(RunContext {
         dispatcher: Dispatcher::new(cfg.schedule.clone(), cfg.requests, deadline),
         start: Instant::now(),
@@ -371,8 +396,7 @@ pub async fn run(cfg: RunConfig) -> Result<RunSummary, RunError> {
             rec
         }));
     }
-    let target_rate = cfg.schedule.as_ref().map(Schedule::mean_rate);
-    let progress = cfg.progress.then(|| spawn_progress(ctx.clone(), target_rate, deadline));
+    let progress = cfg.progress.then(|| spawn_progress(ctx.clone(), cfg.schedule.clone(), deadline));
     let stopper = {
         let ctx = ctx.clone();
         tokio::spawn(async move {

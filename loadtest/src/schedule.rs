@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ScheduleError {
@@ -26,7 +26,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, ScheduleError> {
 }
 
 /// A span of time whose arrival rate moves linearly from `from` to `to` (requests/second).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Phase {
     pub from: f64,
     pub to: f64,
@@ -35,8 +35,33 @@ pub struct Phase {
 }
 
 mod secs {
+    use serde::Deserialize;
+
     pub fn serialize<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        std::time::Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `12`, `12.5`: rates and seconds as people write them.
+fn num(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}").trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+/// `2s`, `1m30s`, `1.5s`.
+fn human(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    } else {
+        format!("{}s", num(d.as_secs_f64()))
     }
 }
 
@@ -75,6 +100,26 @@ impl Phase {
         (self.from + self.to) / 2.0 * self.duration.as_secs_f64()
     }
 
+    /// The rate `t` seconds into the phase.
+    fn rate_at(&self, t: f64) -> f64 {
+        let d = self.duration.as_secs_f64();
+        if d == 0.0 { self.to } else { self.from + (self.to - self.from) * (t / d).clamp(0.0, 1.0) }
+    }
+
+    /// Arrivals in the first `t` seconds of the phase.
+    fn arrivals_until(&self, t: f64) -> f64 {
+        let t = t.clamp(0.0, self.duration.as_secs_f64());
+        (self.from + self.rate_at(t)) / 2.0 * t
+    }
+
+    fn describe(&self) -> String {
+        if self.from == self.to {
+            format!("{}/s for {}", num(self.from), human(self.duration))
+        } else {
+            format!("{}→{}/s over {}", num(self.from), num(self.to), human(self.duration))
+        }
+    }
+
     /// Offset into the phase at which the `m`-th arrival (counted from the phase start) falls.
     fn time_of(&self, m: f64) -> f64 {
         let a = self.from;
@@ -92,7 +137,7 @@ impl Phase {
 
 /// Open-loop arrival schedule: a sequence of phases, optionally followed by an endless
 /// constant rate (used when the run is bounded by a request count instead of time).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Schedule {
     pub phases: Vec<Phase>,
     pub then: Option<f64>,
@@ -110,6 +155,90 @@ impl Schedule {
     /// Total length of the phases (the endless tail is not counted).
     pub fn duration(&self) -> Duration {
         self.phases.iter().map(|p| p.duration).sum()
+    }
+
+    /// The rate the schedule was configured for: `--rate` (whatever ramp leads up to it),
+    /// or the highest rate of explicit phases. This is the "target" of reports; a ramp is
+    /// shown as a ramp, never averaged into it.
+    pub fn configured_rate(&self) -> f64 {
+        self.phases.iter().flat_map(|p| [p.from, p.to]).chain(self.then).fold(0.0, f64::max)
+    }
+
+    /// The target rate `t` into the run (0 once a bounded schedule has ended).
+    pub fn rate_at(&self, t: Duration) -> f64 {
+        let mut t = t.as_secs_f64();
+        for phase in &self.phases {
+            let d = phase.duration.as_secs_f64();
+            if t < d {
+                return phase.rate_at(t);
+            }
+            t -= d;
+        }
+        self.then.unwrap_or(0.0)
+    }
+
+    /// Arrivals the schedule plans in the first `t` seconds of the run.
+    pub fn arrivals_until(&self, t: Duration) -> f64 {
+        let mut t = t.as_secs_f64();
+        let mut total = 0.0;
+        for phase in &self.phases {
+            total += phase.arrivals_until(t);
+            t -= phase.duration.as_secs_f64();
+            if t <= 0.0 {
+                return total;
+            }
+        }
+        total + self.then.unwrap_or(0.0) * t
+    }
+
+    /// Arrivals the schedule plans between `from` and `to` into the run.
+    pub fn arrivals_between(&self, from: Duration, to: Duration) -> f64 {
+        (self.arrivals_until(to) - self.arrivals_until(from)).max(0.0)
+    }
+
+    /// The (time, rate) corners of the target rate line up to `end`, for charts: a ramp is
+    /// a slope, a step is a vertical jump.
+    pub fn rate_line(&self, end: Duration) -> Vec<(f64, f64)> {
+        let end = end.as_secs_f64();
+        let mut points = Vec::new();
+        let mut t = 0.0;
+        for phase in &self.phases {
+            if t >= end {
+                return points;
+            }
+            let d = phase.duration.as_secs_f64();
+            points.push((t, phase.from));
+            if t + d > end {
+                points.push((end, phase.rate_at(end - t)));
+                return points;
+            }
+            points.push((t + d, phase.to));
+            t += d;
+        }
+        if let Some(rate) = self.then
+            && t < end
+        {
+            points.push((t, rate));
+            points.push((end, rate));
+        }
+        points
+    }
+
+    /// True when the target is one constant rate from the start (nothing to explain).
+    pub fn is_constant(&self) -> bool {
+        let mut rates = self.phases.iter().flat_map(|p| [p.from, p.to]).chain(self.then);
+        let first = self.configured_rate();
+        rates.all(|r| r == first)
+    }
+
+    /// The schedule in words: `0→200/s over 2s, 200/s for 8s`.
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> =
+            self.phases.iter().filter(|p| !p.duration.is_zero()).map(Phase::describe).collect();
+        if let Some(rate) = self.then {
+            parts.push(if parts.is_empty() { format!("{}/s", num(rate)) } else { format!("then {}/s", num(rate)) });
+        }
+        parts.join(", ")
     }
 
     /// Mean target rate over the phases, or the tail rate when there are no phases.

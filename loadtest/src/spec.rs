@@ -39,6 +39,8 @@ pub enum SpecError {
     NoKeys(PathBuf),
     #[error("{0}")]
     Conflict(&'static str),
+    #[error("--max-error-rate is a fraction between 0 and 1 (0.01 = 1%), got {0}")]
+    ErrorRate(f64),
 }
 
 /// How to generate load. Every field is optional so scenario sections can be layered.
@@ -118,6 +120,10 @@ pub struct LoadSpec {
     /// Write an SVG chart of latency percentiles and throughput over time here.
     #[arg(long)]
     pub chart: Option<PathBuf>,
+    /// Exit with code 3 when more than this fraction of requests fails (HTTP 4xx/5xx,
+    /// transport errors, incomplete streams) [default: 0.01, i.e. 1%; 1 never fails].
+    #[arg(long, value_name = "FRACTION")]
+    pub max_error_rate: Option<f64>,
 }
 
 /// Where reports go.
@@ -173,6 +179,16 @@ impl LoadSpec {
             json: pick(&self.json, &over.json),
             markdown: pick(&self.markdown, &over.markdown),
             chart: pick(&self.chart, &over.chart),
+            max_error_rate: pick(&self.max_error_rate, &over.max_error_rate),
+        }
+    }
+
+    /// The error-rate gate: `--max-error-rate`, default 1%.
+    pub fn max_error_rate(&self) -> Result<f64, SpecError> {
+        match self.max_error_rate {
+            None => Ok(crate::summary::DEFAULT_MAX_ERROR_RATE),
+            Some(r) if (0.0..=1.0).contains(&r) => Ok(r),
+            Some(r) => Err(SpecError::ErrorRate(r)),
         }
     }
 
@@ -222,6 +238,7 @@ impl LoadSpec {
     /// Resolves targets and files into a runnable config. Relative input files are taken
     /// from `base_dir` (the scenario's folder) when given.
     pub async fn to_run_config(&self, base_dir: Option<&Path>) -> Result<RunConfig, SpecError> {
+        self.max_error_rate()?;
         let schedule = self.schedule()?;
         let mut duration = self.duration.as_deref().map(parse_duration).transpose()?;
         if duration.is_none() && self.requests.is_none() && schedule.is_none() {

@@ -87,12 +87,14 @@ pub struct Bucket {
     pub errors: u64,
     pub tokens: u64,
     pub latency: Histogram<u64>,
+    /// Time to first token of the streams that completed in this second.
+    pub ttft: Histogram<u64>,
 }
 
 impl Bucket {
     fn new() -> Self {
         // Two significant figures keep per-second buckets small; they only feed charts.
-        Bucket { requests: 0, errors: 0, tokens: 0, latency: new_histogram(2) }
+        Bucket { requests: 0, errors: 0, tokens: 0, latency: new_histogram(2), ttft: new_histogram(2) }
     }
 
     fn merge(&mut self, other: &Bucket) {
@@ -100,6 +102,7 @@ impl Bucket {
         self.errors += other.errors;
         self.tokens += other.tokens;
         let _ = self.latency.add(&other.latency);
+        let _ = self.ttft.add(&other.ttft);
     }
 }
 
@@ -120,6 +123,11 @@ pub struct TimelinePoint {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Time to first token of the streams that completed in this second (SSE runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_p50_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_p99_ms: Option<f64>,
 }
 
 impl Timeline {
@@ -138,6 +146,7 @@ impl Timeline {
             .enumerate()
             .map(|(i, b)| {
                 let p = Percentiles::from_histogram(&b.latency);
+                let ttft = (!b.ttft.is_empty()).then(|| Percentiles::from_histogram(&b.ttft));
                 TimelinePoint {
                     second: i as u64,
                     requests: b.requests,
@@ -147,6 +156,8 @@ impl Timeline {
                     p90_ms: p.p90_ms,
                     p99_ms: p.p99_ms,
                     max_ms: p.max_ms,
+                    ttft_p50_ms: ttft.as_ref().map(|t| t.p50_ms),
+                    ttft_p99_ms: ttft.as_ref().map(|t| t.p99_ms),
                 }
             })
             .collect()
@@ -268,6 +279,9 @@ impl Recorder {
         if let Some(s) = &outcome.stream {
             self.record_stream(s);
             self.current.tokens += s.output_tokens;
+            if let Some(t) = s.ttft {
+                record(&mut self.current.ttft, t);
+            }
         }
         live.completed.fetch_add(1, Ordering::Relaxed);
     }

@@ -6,7 +6,15 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::runner::RunConfig;
+use crate::schedule::Schedule;
 use crate::stats::{Percentiles, Recorder, TimelinePoint};
+
+/// Exit code of `tollgate-load` when the run completed but more requests failed than
+/// `--max-error-rate` allows (1 is any other error, 2 a usage error).
+pub const EXIT_ERROR_RATE: u8 = 3;
+
+/// `--max-error-rate` when none is given: 1% of requests may fail.
+pub const DEFAULT_MAX_ERROR_RATE: f64 = 0.01;
 
 /// LLM streaming metrics (present when the run parsed SSE).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -35,7 +43,15 @@ pub struct RunSummary {
     pub connections: usize,
     pub http2: bool,
     pub keepalive: bool,
+    /// The configured open-loop rate (`--rate`, or the highest rate of `--phase`s); a
+    /// ramp leading up to it is in `schedule`, not averaged into this.
     pub target_rate: Option<f64>,
+    /// The open-loop schedule (ramps and steps), for reports that draw the target line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+    /// How many requests the schedule (and `-n`) planned to send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_requests: Option<u64>,
     pub elapsed_s: f64,
     pub requests: u64,
     pub failed: u64,
@@ -80,7 +96,9 @@ impl RunSummary {
             connections: cfg.connections,
             http2: cfg.client.http2,
             keepalive: cfg.keepalive,
-            target_rate: cfg.schedule.as_ref().map(|s| s.mean_rate()),
+            target_rate: cfg.schedule.as_ref().map(Schedule::configured_rate),
+            schedule: cfg.schedule.clone(),
+            scheduled_requests: scheduled_requests(cfg),
             elapsed_s: secs,
             requests: rec.requests,
             failed: rec.failed,
@@ -98,5 +116,57 @@ impl RunSummary {
     /// Successful requests per second.
     pub fn success_rate(&self) -> f64 {
         (self.requests - self.failed) as f64 / self.elapsed_s.max(1e-9)
+    }
+
+    /// Failed requests as a fraction of all requests (0 when none completed).
+    pub fn error_rate(&self) -> f64 {
+        if self.requests == 0 { 0.0 } else { self.failed as f64 / self.requests as f64 }
+    }
+
+    /// The CI gate: Err with a sentence when more than `max` of the requests failed, or
+    /// when no request completed at all.
+    pub fn check_error_rate(&self, max: f64) -> Result<(), String> {
+        if self.requests == 0 {
+            return Err(format!("{}: no request completed", self.label));
+        }
+        if self.error_rate() > max {
+            let mut causes: Vec<(String, u64)> = self
+                .status_codes
+                .iter()
+                .filter(|(code, _)| code.parse::<u16>().is_ok_and(|c| c >= 400))
+                .map(|(code, n)| (format!("HTTP {code}"), *n))
+                .chain(self.errors.iter().map(|(e, n)| (e.clone(), *n)))
+                .collect();
+            causes.sort_by_key(|c| std::cmp::Reverse(c.1));
+            let causes: Vec<String> = causes.iter().take(3).map(|(c, n)| format!("{c}: {n}")).collect();
+            return Err(format!(
+                "{}: {} of {} requests failed ({}), above --max-error-rate {} ({})",
+                self.label,
+                self.failed,
+                self.requests,
+                percent(self.error_rate()),
+                percent(max),
+                causes.join(", ")
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `0.5%`, `12.34%`, `100%`.
+pub fn percent(fraction: f64) -> String {
+    let p = format!("{:.2}", fraction * 100.0);
+    format!("{}%", p.trim_end_matches('0').trim_end_matches('.'))
+}
+
+/// Requests the schedule plans before the run's end, capped by `-n`.
+fn scheduled_requests(cfg: &RunConfig) -> Option<u64> {
+    let schedule = cfg.schedule.as_ref()?;
+    let horizon =
+        cfg.duration.or_else(|| Some(schedule.duration()).filter(|d| !d.is_zero() && schedule.then.is_none()));
+    let by_time = horizon.map(|h| schedule.arrivals_until(h).ceil() as u64);
+    match (by_time, cfg.requests) {
+        (Some(t), Some(n)) => Some(t.min(n)),
+        (t, n) => t.or(n),
     }
 }

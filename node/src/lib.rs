@@ -6,6 +6,7 @@ pub mod admin;
 pub mod ai;
 pub mod apikey;
 pub mod clock;
+pub mod cluster_events;
 pub mod config;
 pub mod ctl;
 pub mod net;

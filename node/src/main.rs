@@ -62,6 +62,9 @@ struct CtlArgsForToken {
     /// Lifetime such as 3600s, 90m, 12h or 7d.
     #[arg(long, default_value = "24h")]
     ttl: String,
+    /// Give up after this long (e.g. 15s, 500ms); then exit 7.
+    #[arg(long, default_value = "15s", value_parser = ctl::parse_timeout)]
+    timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args, Default)]
@@ -104,6 +107,13 @@ struct ServeArgs {
     log_format: Option<LogFormat>,
 }
 
+/// `tollgate` with no subcommand reads `serve`'s settings from the environment.
+#[derive(clap::Parser)]
+struct ServeFromEnv {
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
 fn main() -> ExitCode {
     // Everything the node writes (RocksDB, snapshots, keys, the admin token)
     // is private; set before any thread or file exists. Node::start sets it
@@ -135,6 +145,7 @@ fn main() -> ExitCode {
                 data_dir: t.data_dir,
                 output: ctl::Format::Table,
                 stale: false,
+                timeout: t.timeout,
                 command: ctl::CtlCommand::Cluster(ctl::ClusterCmd::Token { ttl }),
             };
             run_ctl(&runtime, args)
@@ -142,20 +153,21 @@ fn main() -> ExitCode {
         Some(Command::Cluster(ClusterCommand::Init { data_dir, node_id })) => match cluster_init(&data_dir, node_id) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", chain(&e));
                 ExitCode::FAILURE
             }
         },
         command => {
             let args = match command {
                 Some(Command::Serve(args)) => args,
-                _ => ServeArgs::default(),
+                // Plain `tollgate`: no flags, but the same TOLLGATE_* environment as `serve`.
+                _ => ServeFromEnv::parse_from(["tollgate"]).serve,
             };
             telemetry::init(args.log_format.unwrap_or(LogFormat::Text));
             match runtime.block_on(serve(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", chain(&e));
                     ExitCode::FAILURE
                 }
             }
@@ -175,13 +187,65 @@ fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
+/// An error and its causes, each said once: several of our errors already
+/// include their cause's text ("cannot listen on …: Address already in use"),
+/// and `{:#}` would repeat it.
+fn chain(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
 fn run_ctl(runtime: &tokio::runtime::Runtime, args: CtlArgs) -> ExitCode {
     match runtime.block_on(ctl::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            if !e.is_quiet() {
+                eprintln!("error: {e}");
+            }
             ExitCode::from(e.exit_code() as u8)
         }
+    }
+}
+
+/// The `tollgate ctl` command that finds this node and its token, flags only
+/// where the defaults would not (`--data-dir` resolves against the directory
+/// ctl runs in, so a relative one is said to be).
+fn ctl_hint(data_dir: &std::path::Path, admin: SocketAddr) -> String {
+    let mut command = String::from("tollgate ctl");
+    let default_dir = std::path::Path::new("./tollgate-data");
+    if data_dir != default_dir && data_dir != std::path::Path::new("tollgate-data") {
+        command.push_str(" --data-dir ");
+        command.push_str(&shell_word(&data_dir.display().to_string()));
+    }
+    // A wildcard listener is reached on loopback.
+    let reach = match admin.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => SocketAddr::from(([127, 0, 0, 1], admin.port())),
+        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, admin.port())),
+        _ => admin,
+    };
+    if reach.to_string() != "127.0.0.1:9090" {
+        command.push_str(&format!(" --admin {reach}"));
+    }
+    command.push_str(" status");
+    if data_dir.is_relative() { format!("`{command}` run from this directory") } else { format!("`{command}`") }
+}
+
+/// `s` as one shell word: unchanged when that is safe, else single-quoted.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+=:@,".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
     }
 }
 
@@ -250,9 +314,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     if node.admin_token_generated {
         eprintln!(
-            "\nA new admin token was generated and saved to {}:\n\n    {}\n\n`tollgate ctl` run from this directory reads it automatically.\n",
+            "\nA new admin token was generated and saved to {}:\n\n    {}\n\n{} reads it from there \
+             (or pass --token, or set TOLLGATE_ADMIN_TOKEN).\n",
             node.data_dir.join("admin-token").display(),
-            node.admin_token
+            node.admin_token,
+            ctl_hint(&node.data_dir, node.admin_addr),
         );
     }
     wait_for_signal().await?;

@@ -147,9 +147,19 @@ async fn bind(addr: SocketAddr, what: &'static str, flag: &'static str) -> Resul
 impl Node {
     pub async fn start(config: Config) -> Result<Node, NodeError> {
         let data_dir = config.data_dir.clone();
-        // 0700, files 0600 (umask, for RocksDB's), an older open one closed: see storage::private.
-        tollgate_storage::private::secure_data_dir(&data_dir)
-            .map_err(|source| NodeError::DataDir { path: data_dir.clone(), source })?;
+        let created = !data_dir.exists();
+        let started = Node::start_in(config).await;
+        if started.is_err() && created {
+            // A start that failed (a port in use, a refused join) leaves no
+            // empty data directory behind to puzzle the next attempt. Only
+            // an empty one: anything written is kept for inspection.
+            let _ = std::fs::remove_dir(&data_dir);
+        }
+        started
+    }
+
+    async fn start_in(config: Config) -> Result<Node, NodeError> {
+        let data_dir = config.data_dir.clone();
         // Before any socket or file is open: the proxy's connection cap is sized from it.
         let fds = crate::net::raise_nofile_limit();
         // Bind first: a port conflict should fail before anything touches the data.
@@ -180,6 +190,9 @@ impl Node {
             None => None,
         };
         let proxy_tls_addr = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
+        // 0700, files 0600 (umask, for RocksDB's), an older open one closed: see storage::private.
+        tollgate_storage::private::secure_data_dir(&data_dir)
+            .map_err(|source| NodeError::DataDir { path: data_dir.clone(), source })?;
         let terminator = match &config.proxy.tls {
             Some(tls) => Some(Arc::new(crate::proxy::tls::TlsTerminator::new(tls.certificates.clone())?)),
             None => None,
@@ -214,6 +227,11 @@ impl Node {
             proxy_addr: proxy_addr.to_string(),
         };
         let raft = RaftNode::start(engine.clone(), raft_config, setup).await?;
+        // At once, so a joining node's first snapshot install is seen as a
+        // change. A member silent for a few election timeouts is worth a
+        // warning; shorter gaps are a restart or a join in progress.
+        let unreachable_after = (ms(config.raft.election_timeout_max_ms) * 3).max(Duration::from_secs(5));
+        let events_task = tokio::spawn(crate::cluster_events::watch(raft.clone(), unreachable_after));
         if bootstrap {
             // A single node elects itself at once; make the first admin write
             // succeed instead of racing the election.
@@ -268,13 +286,16 @@ impl Node {
         let drain = ms(config.proxy.drain_timeout_ms);
         let proxy_task =
             tokio::spawn(proxy::serve(proxy_listener, proxy.clone(), until_stopped(stopped.clone()), drain, None));
-        let mut dataplane_tasks = vec![tokio::spawn(crate::ops::serve(
-            ops_listener,
-            crate::ops::OpsLimits::from(&config.ops),
-            proxy.clone(),
-            raft.clone(),
-            until_stopped(stopped.clone()),
-        ))];
+        let mut dataplane_tasks = vec![
+            events_task,
+            tokio::spawn(crate::ops::serve(
+                ops_listener,
+                crate::ops::OpsLimits::from(&config.ops),
+                proxy.clone(),
+                raft.clone(),
+                until_stopped(stopped.clone()),
+            )),
+        ];
         if let (Some(listener), Some(terminator), Some(tls)) = (tls_listener, terminator, &config.proxy.tls) {
             let interval = ms(if tls.reload_interval_ms == 0 { 5000 } else { tls.reload_interval_ms });
             dataplane_tasks.push(tokio::spawn(terminator.clone().watch(interval)));

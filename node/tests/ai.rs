@@ -823,3 +823,516 @@ async fn messages_to_an_anthropic_provider_pass_through_untranslated() {
     let row = gw.usage_of("claude/claude-sonnet-4-5", 2).await;
     assert_eq!((row.errors, row.estimated, row.output_tokens), (0, 0, 10), "accounted from the passed-through stream");
 }
+
+// === §7: streams cut or cancelled, refused models, provider auth, the Gemini ingress ===
+
+/// A provider family, with the mock that speaks its wire format.
+#[derive(Clone, Copy, Debug)]
+enum Family {
+    OpenAi,
+    /// Shares OpenAI's stream decoder (and drops Azure's empty prompt-filter chunk).
+    Azure,
+    /// Shares OpenAI's adapter whole.
+    Compatible,
+    Anthropic,
+    Gemini,
+}
+
+impl Family {
+    async fn spawn(self, cfg: LlmMockConfig) -> MockHandle {
+        match self {
+            Family::Anthropic => MockAnthropic::spawn(cfg).await.unwrap(),
+            Family::Gemini => MockGemini::spawn(cfg).await.unwrap(),
+            Family::OpenAi | Family::Azure | Family::Compatible => MockOpenAi::spawn(cfg).await.unwrap(),
+        }
+    }
+
+    fn kind(self) -> ProviderKind {
+        match self {
+            Family::OpenAi => ProviderKind::Openai,
+            Family::Azure => ProviderKind::AzureOpenai,
+            Family::Compatible => ProviderKind::OpenaiCompatible,
+            Family::Anthropic => ProviderKind::Anthropic,
+            Family::Gemini => ProviderKind::Gemini,
+        }
+    }
+
+    fn base_url(self, mock: &MockHandle) -> String {
+        match self {
+            Family::OpenAi | Family::Compatible => format!("{}/v1", mock.url()),
+            _ => mock.url(),
+        }
+    }
+}
+
+/// The text of OpenAI-format chunks.
+fn chunk_text(chunks: &[Value]) -> String {
+    chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect()
+}
+
+/// Reads a streamed body until the complete events so far carry at least `words` words; their text.
+async fn read_words(body: &mut hyper::body::Incoming, words: usize) -> String {
+    let mut buf = Vec::new();
+    loop {
+        let frame = body.frame().await.expect("the stream continues").unwrap();
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+        }
+        let Some(end) = buf.windows(2).rposition(|w| w == b"\n\n") else { continue };
+        let text = chunk_text(&sse_data(&buf[..end + 2]).0);
+        if text.split_whitespace().count() >= words {
+            return text;
+        }
+    }
+}
+
+/// Tokens the gateway's tokenizer counts in a text, as it bills estimates.
+fn tokens_in(text: &str) -> u64 {
+    tollgate_node::ai::tokens::count_tokens(text)
+}
+
+/// A stream the provider cuts, and one the client abandons, are billed for the
+/// text they delivered, by the tokenizer, and marked estimated — whatever
+/// partial count the provider had sent (Anthropic's `message_start` says
+/// `output_tokens: 1`; Gemini's running count is not final).
+async fn cut_and_cancelled_streams_bill_the_delivered_text(family: Family) {
+    let cut = family
+        .spawn(LlmMockConfig { tokens: 40, tokens_per_second: 400.0, cut_stream: 1.0, ..Default::default() })
+        .await;
+    let slow = family.spawn(LlmMockConfig { tokens: 400, tokens_per_second: 100.0, ..Default::default() }).await;
+    let mut gw = Gateway::start().await;
+    gw.provider("cut", family.kind(), family.base_url(&cut), &["k1"]).await;
+    gw.provider("slow", family.kind(), family.base_url(&slow), &["k2"]).await;
+
+    // The provider drops the connection half-way through.
+    let reply = gw.post("/v1/chat/completions", chat("cut/model-a", true)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let (chunks, done) = sse_data(&reply.body);
+    assert!(!done, "{family:?}: a cut stream does not claim to be complete");
+    let delivered = chunk_text(&chunks);
+    assert!(delivered.split_whitespace().count() >= 2, "{family:?}: some text came before the cut: {delivered:?}");
+    let row = gw.usage_of("cut/model-a", 1).await;
+    assert_eq!((row.requests, row.errors, row.estimated), (1, 1, 1), "{family:?}: {row:?}");
+    assert_eq!(row.output_tokens, tokens_in(&delivered), "{family:?}: billed for {delivered:?}: {row:?}");
+    assert!(row.input_tokens > 0, "{family:?}: {row:?}");
+
+    // The client goes away mid-stream.
+    let request = Request::post(format!("http://{}/v1/chat/completions", gw.node.proxy_addr))
+        .header("authorization", format!("Bearer {}", gw.key))
+        .body(full(Bytes::from(chat("slow/model-b", true).to_string())))
+        .unwrap();
+    let client = http_client();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let seen = read_words(&mut body, 5).await;
+    drop(body);
+    drop(client);
+    let row = gw.usage_of("slow/model-b", 1).await;
+    assert_eq!((row.requests, row.cancelled, row.estimated), (1, 1, 1), "{family:?}: {row:?}");
+    let whole = tokens_in(&tollgate_loadtest::mock::llm::full_text(400));
+    assert!(
+        row.output_tokens >= tokens_in(&seen) && row.output_tokens < whole,
+        "{family:?}: billed {} tokens; the client saw {} ({seen:?}) of {whole}",
+        row.output_tokens,
+        tokens_in(&seen)
+    );
+    assert!(row.input_tokens > 0, "{family:?}: {row:?}");
+}
+
+#[tokio::test]
+async fn cut_and_cancelled_openai_streams_bill_the_delivered_text() {
+    cut_and_cancelled_streams_bill_the_delivered_text(Family::OpenAi).await;
+}
+
+#[tokio::test]
+async fn cut_and_cancelled_azure_streams_bill_the_delivered_text() {
+    cut_and_cancelled_streams_bill_the_delivered_text(Family::Azure).await;
+}
+
+#[tokio::test]
+async fn cut_and_cancelled_openai_compatible_streams_bill_the_delivered_text() {
+    cut_and_cancelled_streams_bill_the_delivered_text(Family::Compatible).await;
+}
+
+#[tokio::test]
+async fn cut_and_cancelled_anthropic_streams_bill_the_delivered_text() {
+    cut_and_cancelled_streams_bill_the_delivered_text(Family::Anthropic).await;
+}
+
+#[tokio::test]
+async fn cut_and_cancelled_gemini_streams_bill_the_delivered_text() {
+    cut_and_cancelled_streams_bill_the_delivered_text(Family::Gemini).await;
+}
+
+#[tokio::test]
+async fn a_provider_name_without_a_model_is_refused_before_any_upstream_call() {
+    let mock = mock_openai(LlmMockConfig::default()).await;
+    let mut gw = Gateway::start().await;
+    gw.provider("openai", ProviderKind::Openai, format!("{}/v1", mock.url()), &["k1"]).await;
+
+    for model in ["openai/", "openai/ ", "", " "] {
+        let reply = gw.post("/v1/chat/completions", chat(model, false)).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{model:?}: {:?}", reply.body);
+        assert_eq!(reply.json()["error"]["type"], "invalid_request_error", "{model:?}");
+        let reply = gw.post("/v1/chat/completions", chat(model, true)).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{model:?} streamed");
+    }
+    let reply = gw.post("/v1/chat/completions", chat("openai/", false)).await;
+    let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("names a provider but no model"), "{message}");
+    let reply = gw.post("/v1/embeddings", json!({"model": "openai/", "input": "fox"})).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let reply = gw
+        .post(
+            "/v1/messages",
+            json!({"model": "openai/", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.json()["error"]["type"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request_error"))
+    );
+    let reply = gw.post("/v1/models/openai/:generateContent", json!({"contents": [{"parts": [{"text": "hi"}]}]})).await;
+    assert_eq!(
+        (reply.status, reply.json()["error"]["status"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("INVALID_ARGUMENT"))
+    );
+    assert!(mock.requests().is_empty(), "no upstream call: {:?}", mock.requests());
+}
+
+#[tokio::test]
+async fn a_provider_refusing_the_gateway_key_is_a_bad_gateway_that_names_it() {
+    let good = || LlmMockConfig { accepted_keys: vec!["sk-good".into()], ..Default::default() };
+    let openai = mock_openai(good()).await;
+    let claude = MockAnthropic::spawn(good()).await.unwrap();
+    let google = MockGemini::spawn(good()).await.unwrap();
+    let mut gw = Gateway::start().await;
+    // Keys the providers do not (or no longer) accept.
+    gw.provider("openai", ProviderKind::Openai, format!("{}/v1", openai.url()), &["revoked"]).await;
+    gw.provider("claude", ProviderKind::Anthropic, claude.url(), &["revoked"]).await;
+    // Gemini answers a bad key with 400 API_KEY_INVALID.
+    gw.provider("google", ProviderKind::Gemini, google.url(), &["revoked"]).await;
+
+    for (model, provider) in
+        [("openai/gpt-4o", "openai"), ("claude/claude-haiku-4-5", "claude"), ("google/gemini-2.0-flash", "google")]
+    {
+        for stream in [false, true] {
+            let reply = gw.post("/v1/chat/completions", chat(model, stream)).await;
+            assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{model}: {:?}", reply.body);
+            assert!(!reply.headers.contains_key("www-authenticate"), "the caller is not asked to authenticate");
+            let error = &reply.json()["error"];
+            assert_eq!(
+                (error["type"].as_str(), error["code"].as_str()),
+                (Some("server_error"), Some("provider_auth_failed"))
+            );
+            let message = error["message"].as_str().unwrap();
+            assert!(message.contains(&format!("provider {provider} refused the gateway's credential")), "{message}");
+        }
+    }
+    // Anthropic and Gemini callers get it in their own formats.
+    let reply = gw
+        .post(
+            "/v1/messages",
+            json!({"model": "openai/gpt-4o", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!((reply.status, reply.json()["error"]["type"].as_str()), (StatusCode::BAD_GATEWAY, Some("api_error")));
+    assert!(reply.json()["error"]["message"].as_str().unwrap().contains("provider openai"));
+    let reply =
+        gw.post("/v1/models/openai/gpt-4o:generateContent", json!({"contents": [{"parts": [{"text": "hi"}]}]})).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.json()["error"]["details"][0]["reason"], "PROVIDER_AUTH_FAILED");
+
+    // A bad caller key is still the caller's own 401.
+    let reply = post(gw.node.proxy_addr, "/v1/chat/completions", "tg_bad_key", chat("openai/gpt-4o", false)).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply.json()["error"]["code"], "invalid_api_key");
+
+    let row = gw.usage_of("openai/gpt-4o", 4).await;
+    assert_eq!(row.errors, 4);
+    let text = String::from_utf8_lossy(&common::get(gw.node.ops_addr, "/metrics", &[]).await.body).to_string();
+    assert!(text.contains("kind=\"authentication\""), "the attempt metric keeps the provider's answer: {text}");
+}
+
+// --- the Gemini ingress ---
+
+fn gemini_request(text: &str) -> Value {
+    json!({
+        "contents": [{"role": "user", "parts": [{"text": text}]}],
+        "systemInstruction": {"parts": [{"text": "Be brief."}]},
+        "generationConfig": {"maxOutputTokens": 64, "temperature": 0.1}
+    })
+}
+
+/// POST as Google's clients do: the key in `x-goog-api-key`, or none (then it is in the query).
+async fn gemini_post(proxy: SocketAddr, path_and_query: &str, key: Option<&str>, body: &Value) -> common::Reply {
+    let mut request =
+        Request::post(format!("http://{proxy}{path_and_query}")).header("content-type", "application/json");
+    if let Some(key) = key {
+        request = request.header("x-goog-api-key", key);
+    }
+    send(&http_client(), request.body(full(Bytes::from(body.to_string()))).unwrap()).await
+}
+
+/// The `GenerateContentResponse`s of an `alt=sse` body.
+fn gemini_events(body: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(body)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("bad event {d}: {e}")))
+        .collect()
+}
+
+fn gemini_text(responses: &[Value]) -> String {
+    responses
+        .iter()
+        .flat_map(|r| r["candidates"][0]["content"]["parts"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p["text"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn gemini_ingress_serves_google_clients_from_any_provider() {
+    let openai = mock_openai(LlmMockConfig { tokens: 6, ..Default::default() }).await;
+    let claude = MockAnthropic::spawn(LlmMockConfig { tokens: 7, ..Default::default() }).await.unwrap();
+    let google = MockGemini::spawn(LlmMockConfig { tokens: 5, ..Default::default() }).await.unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let log_path = log.path().to_string_lossy().to_string();
+    let mut gw = Gateway::start_with(vec![], |config| config.proxy.access_log = log_path).await;
+    gw.provider("openai", ProviderKind::Openai, format!("{}/v1", openai.url()), &["o1"]).await;
+    gw.provider("claude", ProviderKind::Anthropic, claude.url(), &["a1"]).await;
+    gw.provider("google", ProviderKind::Gemini, google.url(), &["g1"]).await;
+    gw.alias("fast", &[("openai", "gpt-4o-mini", 0)], 0).await;
+    let (proxy, key) = (gw.node.proxy_addr, gw.key.clone());
+
+    // Not streamed, the key in x-goog-api-key, to an OpenAI provider.
+    let reply = gemini_post(proxy, "/v1/models/fast:generateContent", Some(&key), &gemini_request("Hello")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let body = reply.json();
+    let candidate = &body["candidates"][0];
+    assert_eq!(candidate["content"]["role"], "model");
+    assert!(candidate["content"]["parts"][0]["text"].as_str().unwrap().contains("quick"), "{body}");
+    assert_eq!(candidate["finishReason"], "STOP");
+    assert_eq!(body["usageMetadata"]["candidatesTokenCount"], 6);
+    assert_eq!(body["modelVersion"], "fast");
+    let upstream = openai.last_request().unwrap().body.unwrap();
+    assert_eq!(upstream["model"], "gpt-4o-mini");
+    assert_eq!(upstream["messages"][0], json!({"role": "system", "content": "Be brief."}));
+    assert_eq!((upstream["max_tokens"].as_u64(), upstream["temperature"].as_f64()), (Some(64), Some(0.1)));
+
+    // Streamed as SSE, the key in the query, to an Anthropic provider.
+    let path = format!("/v1/models/claude/claude-haiku-4-5:streamGenerateContent?alt=sse&key={key}");
+    let reply = gemini_post(proxy, &path, None, &gemini_request("Hello")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.headers["content-type"], "text/event-stream");
+    let events = gemini_events(&reply.body);
+    assert!(gemini_text(&events).starts_with("The quick brown"), "{events:?}");
+    let last = events.last().unwrap();
+    assert_eq!(last["candidates"][0]["finishReason"], "STOP");
+    assert_eq!(last["usageMetadata"]["candidatesTokenCount"], 7);
+    let seen = claude.last_request().unwrap();
+    assert_eq!((seen.path.as_str(), seen.credential.as_deref()), ("/v1/messages", Some("sk-a1")));
+    assert_eq!(seen.body.unwrap()["system"], "Be brief.");
+
+    // Streamed as one JSON array (the default), to an OpenAI provider.
+    let reply = gemini_post(proxy, "/v1/models/fast:streamGenerateContent", Some(&key), &gemini_request("Hi")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.headers["content-type"], "application/json");
+    let array: Vec<Value> = serde_json::from_slice(&reply.body).expect("one JSON array");
+    assert!(array.len() > 2);
+    assert!(gemini_text(&array).starts_with("The quick brown"));
+    assert_eq!(array.last().unwrap()["usageMetadata"]["candidatesTokenCount"], 6);
+
+    // A Gemini provider gets the caller's body as it is, and its answer comes back as it is.
+    let mut request = gemini_request("Hello");
+    request["safetySettings"] = json!([{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_ONLY_HIGH"}]);
+    let path = format!("/v1/models/google/gemini-2.0-flash:generateContent?key={key}");
+    let reply = gemini_post(proxy, &path, None, &request).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(reply.json()["modelVersion"], "gemini-2.0-flash", "the provider's own answer");
+    let seen = google.last_request().unwrap();
+    assert_eq!(seen.body.as_ref(), Some(&request), "safetySettings and all");
+    assert_eq!(seen.path, "/v1beta/models/gemini-2.0-flash:generateContent", "the caller's key stays behind");
+    assert_eq!(seen.credential.as_deref(), Some("sk-g1"));
+    for format in ["?alt=sse", ""] {
+        let path = format!("/v1/models/google/gemini-2.0-flash:streamGenerateContent{format}");
+        let reply = gemini_post(proxy, &path, Some(&key), &request).await;
+        assert_eq!(reply.status, StatusCode::OK, "{format}: {:?}", reply.body);
+        let responses =
+            if format.is_empty() { serde_json::from_slice(&reply.body).unwrap() } else { gemini_events(&reply.body) };
+        assert_eq!(gemini_text(&responses), "The quick brown fox jumps", "{format}");
+        assert_eq!(responses.last().unwrap()["candidates"][0]["finishReason"], "STOP", "{format}");
+        assert!(google.last_request().unwrap().path.ends_with(":streamGenerateContent?alt=sse"));
+    }
+    for seen in openai.requests().iter().chain(&claude.requests()).chain(&google.requests()) {
+        assert!(!seen.path.contains(&key) && seen.headers.iter().all(|(_, v)| !v.contains(&key)), "{seen:?}");
+    }
+
+    // Errors in Google's format.
+    let reply = gemini_post(proxy, "/v1/models/fast:generateContent?key=tg_bad_key", None, &gemini_request("x")).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        (reply.json()["error"]["code"].as_u64(), reply.json()["error"]["status"].as_str()),
+        (Some(401), Some("UNAUTHENTICATED"))
+    );
+    let reply = gemini_post(proxy, "/v1/models/fast:generateContent", None, &gemini_request("x")).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    let reply = gemini_post(proxy, "/v1/models/missing:generateContent", Some(&key), &gemini_request("x")).await;
+    assert_eq!((reply.status, reply.json()["error"]["status"].as_str()), (StatusCode::NOT_FOUND, Some("NOT_FOUND")));
+    let reply = gemini_post(proxy, "/v1/models/fast:generateContent", Some(&key), &json!({"contents": []})).await;
+    assert_eq!(
+        (reply.status, reply.json()["error"]["status"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("INVALID_ARGUMENT"))
+    );
+
+    let row = gw.usage_of("openai/gpt-4o-mini", 2).await;
+    assert_eq!((row.errors, row.estimated, row.output_tokens), (0, 0, 12));
+    let row = gw.usage_of("google/gemini-2.0-flash", 3).await;
+    assert_eq!((row.errors, row.estimated), (0, 0));
+
+    // The access log has the path, never the query and its key.
+    let mut logged = String::new();
+    for _ in 0..200 {
+        logged = std::fs::read_to_string(log.path()).unwrap();
+        if logged.matches(":generateContent").count() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(logged.contains("\"path\":\"/v1/models/google/gemini-2.0-flash:generateContent\""), "{logged}");
+    assert!(!logged.contains(&key) && !logged.contains("key="), "{logged}");
+}
+
+#[tokio::test]
+async fn google_style_keys_are_read_on_ai_routes_only() {
+    let upstream = common::Upstream::start("u").await;
+    let gw = Gateway::start().await;
+    let mut admin = common::admin_client(gw.node.admin_addr, TOKEN).await;
+    admin
+        .create_service(tollgate_proto::config::v1::Service {
+            name: "rest".into(),
+            targets: vec![tollgate_proto::config::v1::Target {
+                host: "127.0.0.1".into(),
+                port: upstream.addr.port().into(),
+                weight: 1,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    admin
+        .create_route(common::route(
+            "rest",
+            "rest",
+            PathMatch::Prefix,
+            "/rest",
+            tollgate_proto::config::v1::AuthMode::ApiKey,
+        ))
+        .await
+        .unwrap();
+    let key = gw.key.clone();
+    let reply = common::get(gw.node.proxy_addr, &format!("/rest/x?key={key}"), &[]).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "?key= is not a REST credential");
+    let reply = common::get(gw.node.proxy_addr, "/rest/x", &[("x-goog-api-key", &key)]).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "nor is x-goog-api-key");
+    let reply = common::get(gw.node.proxy_addr, "/rest/x", &[("x-api-key", &key)]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+const GENAI_SDK_SCRIPT: &str = r#"
+import os, sys
+from google import genai
+from google.genai import errors, types
+
+base, key = os.environ["TOLLGATE_URL"], os.environ["TOLLGATE_KEY"]
+client = genai.Client(api_key=key, http_options=types.HttpOptions(base_url=base))
+
+reply = client.models.generate_content(model="fast", contents="hi")
+assert "fox" in reply.text, reply
+assert reply.usage_metadata.candidates_token_count == 9, reply.usage_metadata
+assert reply.candidates[0].finish_reason == types.FinishReason.STOP, reply
+
+text, usage = "", None
+for chunk in client.models.generate_content_stream(model="fast", contents="hi"):
+    text += chunk.text or ""
+    if chunk.usage_metadata:
+        usage = chunk.usage_metadata
+assert "fox" in text, text
+assert usage is not None and usage.candidates_token_count == 9, usage
+
+config = types.GenerateContentConfig(system_instruction="Be brief.", max_output_tokens=64, temperature=0.2)
+reply = client.models.generate_content(model="openai/gpt-4o-mini", contents="hi", config=config)
+assert reply.text, reply
+
+lookup = types.FunctionDeclaration(
+    name="lookup", description="Look something up",
+    parameters=types.Schema(type="OBJECT", properties={"query": types.Schema(type="STRING")}, required=["query"]))
+tools = types.GenerateContentConfig(
+    tools=[types.Tool(function_declarations=[lookup])],
+    automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True))
+called = client.models.generate_content(model="fast", contents="find foxes", config=tools)
+call = called.function_calls[0]
+assert call.name == "lookup" and call.args["query"], called
+history = [
+    types.Content(role="user", parts=[types.Part(text="find foxes")]),
+    called.candidates[0].content,
+    types.Content(role="user", parts=[types.Part.from_function_response(name="lookup", response={"result": "red"})]),
+]
+answered = client.models.generate_content(model="fast", contents=history, config=tools)
+assert "fox" in answered.text, answered
+
+chat = client.chats.create(model="fast")
+assert "fox" in chat.send_message("hi").text
+assert "fox" in chat.send_message("again").text
+
+try:
+    client.models.generate_content(model="missing", contents="hi")
+    sys.exit("expected a 404")
+except errors.ClientError as e:
+    assert e.code == 404 and e.status == "NOT_FOUND", e
+stranger = genai.Client(api_key="tg_bad_key", http_options=types.HttpOptions(base_url=base))
+try:
+    stranger.models.generate_content(model="fast", contents="hi")
+    sys.exit("expected a 401")
+except errors.ClientError as e:
+    assert e.code == 401 and e.status == "UNAUTHENTICATED", e
+print("SDK OK")
+"#;
+
+#[tokio::test]
+async fn the_official_google_genai_python_sdk_works_through_the_gateway() {
+    if !python_has(&["google.genai"]).await {
+        eprintln!("SKIPPED: python3 with the `google-genai` package is not available (pip install google-genai)");
+        return;
+    }
+    let mock = mock_openai(LlmMockConfig { tokens: 9, ..Default::default() }).await;
+    let mut gw = Gateway::start().await;
+    gw.provider("openai", ProviderKind::Openai, format!("{}/v1", mock.url()), &["k1"]).await;
+    gw.alias("fast", &[("openai", "gpt-4o-mini", 0)], 0).await;
+    // The SDK's default path: {base_url}/v1beta/models/{model}:generateContent.
+    let mut admin = common::admin_client(gw.node.admin_addr, TOKEN).await;
+    admin
+        .create_route(Route {
+            name: "gemini".into(),
+            paths: vec![RoutePath { kind: PathMatch::Prefix as i32, path: "/v1beta".into() }],
+            auth: AuthMode::ApiKey as i32,
+            ai_gateway: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let output = tokio::process::Command::new("python3")
+        .args(["-c", GENAI_SDK_SCRIPT])
+        .env("TOLLGATE_URL", format!("http://{}", gw.node.proxy_addr))
+        .env("TOLLGATE_KEY", &gw.key)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), output).await.expect("the SDK script ends").unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stdout.contains("SDK OK"), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let row = gw.usage_of("openai/gpt-4o-mini", 7).await;
+    assert_eq!(row.errors, 0);
+}

@@ -2,10 +2,16 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 
+use bytes::Bytes;
 use common::*;
 use http::StatusCode;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 
 fn ctl(admin: std::net::SocketAddr, token: &str, args: &[&str]) -> Output {
@@ -110,7 +116,8 @@ async fn exit_codes_scripts_can_rely_on() {
     let dead: std::net::SocketAddr = format!("127.0.0.1:{}", dead_port().await).parse().unwrap();
     let unreachable = ctl_async(dead, TOKEN, vec!["service", "list"]).await;
     assert_eq!(unreachable.status.code(), Some(7), "unreachable");
-    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("Is `tollgate` running?"));
+    let text = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(text.starts_with(&format!("error: {dead}: ")) && text.contains("Is `tollgate` running there?"), "{text}");
     node.shutdown().await;
 }
 
@@ -372,4 +379,219 @@ async fn route_get_names_every_auth_mode_and_shows_policies_but_no_secrets() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("put credentials in the provider's key or headers, not in the URL"), "{stderr}");
     node.shutdown().await;
+}
+
+#[test]
+fn every_ctl_argument_has_help_and_defaults_and_global_flags_are_grouped() {
+    use clap::Args;
+    let command = tollgate_node::ctl::CtlArgs::augment_args(clap::Command::new("ctl"));
+    let mut missing = Vec::new();
+    let mut helps = std::collections::HashMap::new();
+    fn walk(
+        command: &clap::Command,
+        path: &str,
+        missing: &mut Vec<String>,
+        helps: &mut std::collections::HashMap<String, String>,
+    ) {
+        for arg in command.get_arguments() {
+            let name =
+                format!("{path} {}", arg.get_long().map_or_else(|| arg.get_id().to_string(), |l| format!("--{l}")));
+            match arg.get_long_help().or(arg.get_help()) {
+                Some(help) => {
+                    helps.insert(name, help.to_string());
+                }
+                None => missing.push(name),
+            }
+        }
+        for sub in command.get_subcommands() {
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                missing.push(format!("{path} {} (the command)", sub.get_name()));
+            }
+            walk(sub, &format!("{path} {}", sub.get_name()), missing, helps);
+        }
+    }
+    walk(&command, "ctl", &mut missing, &mut helps);
+    assert!(missing.is_empty(), "without help text: {missing:#?}");
+
+    for flag in [
+        "ctl service create --connect-timeout-ms",
+        "ctl service create --request-timeout-ms",
+        "ctl service create --retries",
+        "ctl service create --retry-budget-percent",
+        "ctl service create --health-interval-ms",
+        "ctl route create --priority",
+        "ctl route create --route-connect-timeout-ms",
+        "ctl route create --route-request-timeout-ms",
+        "ctl alias create --retries",
+        "ctl alias create --backoff-ms",
+        "ctl provider create --request-timeout-ms",
+        "ctl provider create --cooldown-ms",
+        "ctl --timeout",
+    ] {
+        let help = helps.get(flag).unwrap_or_else(|| panic!("no flag {flag}"));
+        let shown = help.contains("[default: ") || command_default_shown(&command, flag);
+        assert!(shown, "{flag} does not say its default: {help:?}");
+    }
+    for global in ["admin", "token", "data-dir", "output", "stale", "timeout"] {
+        let arg = command.get_arguments().find(|a| a.get_long() == Some(global)).unwrap();
+        assert_eq!(arg.get_help_heading(), Some("Global options"), "--{global}");
+    }
+
+    let help = Command::new(env!("CARGO_BIN_EXE_tollgate")).args(["ctl", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("Global options:") && help.contains("Exit codes:"), "{help}");
+    assert!(help.contains("--timeout <TIMEOUT>") && help.contains("[default: 15s]"), "{help}");
+}
+
+/// Whether clap prints a default for the flag itself (`default_value`).
+fn command_default_shown(command: &clap::Command, flag: &str) -> bool {
+    let long = flag.rsplit("--").next().unwrap();
+    command.get_arguments().any(|a| a.get_long() == Some(long) && !a.get_default_values().is_empty())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn service_create_without_a_target_is_a_usage_error() {
+    let dead: SocketAddr = format!("127.0.0.1:{}", dead_port().await).parse().unwrap();
+    let output = ctl_async(dead, TOKEN, vec!["service", "create", "foo"]).await;
+    assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--target"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_stdout_is_a_quiet_exit_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let admin = node.admin_addr.to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["ctl", "--admin", &admin, "--token", TOKEN, "-o", "json", "price", "list"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // As `| head` does once it has its lines: the reader goes away.
+        drop(child.stdout.take());
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked") && stderr.is_empty(), "{stderr}");
+    assert_eq!(output.status.code(), Some(0), "ripgrep's convention: a closed pipe is a clean end");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tables_show_names_and_dates_where_people_want_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let admin = node.admin_addr;
+    let svc = ok_json(
+        &ctl_async(admin, TOKEN, vec!["-o", "json", "service", "create", "orders", "--target", "127.0.0.1:1"]).await,
+    );
+    let service_id = svc["meta"]["id"].as_str().unwrap().to_string();
+    ok_json(
+        &ctl_async(admin, TOKEN, vec!["-o", "json", "route", "create", "r", "--service", "orders", "--path", "/o"])
+            .await,
+    );
+    let consumer = ok_json(&ctl_async(admin, TOKEN, vec!["-o", "json", "consumer", "create", "acme"]).await);
+    let consumer_id = consumer["meta"]["id"].as_str().unwrap().to_string();
+    ok_json(
+        &ctl_async(admin, TOKEN, vec!["-o", "json", "key", "create", "--consumer", "acme", "--expires-in", "1d"]).await,
+    );
+
+    let routes = String::from_utf8(ctl_async(admin, TOKEN, vec!["route", "list"]).await.stdout).unwrap();
+    assert!(routes.contains("orders") && !routes.contains(&service_id), "the service's name, not its id:\n{routes}");
+    let keys = String::from_utf8(ctl_async(admin, TOKEN, vec!["key", "list"]).await.stdout).unwrap();
+    assert!(keys.contains("acme") && !keys.contains(&consumer_id), "the consumer's name, not its id:\n{keys}");
+    let year = keys.lines().nth(1).unwrap().split_whitespace().find(|w| w.ends_with('Z') && w.contains('T'));
+    assert!(year.is_some_and(|d| d.len() == "2026-05-01T12:00:00Z".len()), "RFC 3339 dates:\n{keys}");
+    assert!(!keys.contains("EXPIRES_AT_MS"), "{keys}");
+    // Scripts keep the ids.
+    let json = ok_json(&ctl_async(admin, TOKEN, vec!["-o", "json", "route", "list"]).await);
+    assert_eq!(json[0]["service_id"], service_id.as_str());
+    node.shutdown().await;
+}
+
+/// A stand-in admin API (h2c): `Answer` gives every call that gRPC status;
+/// `Vanish` closes the connection as soon as a call arrives, as a node that
+/// dies mid-request does.
+enum Fake {
+    Answer(u16, &'static str),
+    Vanish,
+}
+
+async fn fake_admin(mode: Fake) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mode = Arc::new(mode);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let mode = mode.clone();
+            tokio::spawn(async move {
+                let arrived = Arc::new(tokio::sync::Notify::new());
+                let signal = arrived.clone();
+                let service = service_fn(move |_request| {
+                    let (mode, signal) = (mode.clone(), signal.clone());
+                    async move {
+                        match &*mode {
+                            Fake::Answer(code, message) => Ok::<_, Infallible>(
+                                http::Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .header("grpc-status", code.to_string())
+                                    .header("grpc-message", *message)
+                                    .body(http_body_util::Empty::<Bytes>::new())
+                                    .unwrap(),
+                            ),
+                            Fake::Vanish => {
+                                signal.notify_one();
+                                std::future::pending().await
+                            }
+                        }
+                    }
+                });
+                let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = connection => {}
+                    _ = arrived.notified() => {}
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_drops_the_call_is_unreachable_and_named() {
+    let addr = fake_admin(Fake::Vanish).await;
+    let output = ctl_async(addr, TOKEN, vec!["service", "list"]).await;
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(7), "exit 7, not 1: {text}");
+    assert!(text.starts_with(&format!("error: {addr}: ")), "{text}");
+    assert_ne!(text.trim(), "error: transport error");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_whose_read_fails_does_not_suggest_stale() {
+    const NO_QUORUM: &str = "no linearizable read point within 10 s: this node cannot reach a leader with a \
+                             majority. Use --stale to read this node's possibly outdated state";
+    let addr = fake_admin(Fake::Answer(14, NO_QUORUM)).await;
+
+    let read = ctl_async(addr, TOKEN, vec!["service", "get", "orders"]).await;
+    assert_eq!(read.status.code(), Some(7));
+    let text = String::from_utf8_lossy(&read.stderr);
+    assert!(text.contains("--stale"), "a read may be retried with --stale: {text}");
+
+    for update in [
+        vec!["service", "update", "orders", "--target", "10.0.0.1:80"],
+        vec!["route", "update", "orders", "--priority", "2"],
+    ] {
+        let write = ctl_async(addr, TOKEN, update).await;
+        assert_eq!(write.status.code(), Some(7));
+        let text = String::from_utf8_lossy(&write.stderr);
+        assert!(!text.contains("--stale"), "--stale means nothing for a write: {text}");
+        assert!(text.starts_with(&format!("error: {addr}: ")) && text.contains("majority"), "{text}");
+    }
 }

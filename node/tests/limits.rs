@@ -361,3 +361,42 @@ async fn ops_closes_connections_beyond_its_cap() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// An HTTP/2 client multiplies its requests over one connection; each may
+/// hold an upstream connection for as long as the upstream (or the client's
+/// flow-control window) keeps it, so upstream requests in flight share the
+/// cap: past it they get 503 `overloaded`, and the upstream never sees them.
+#[tokio::test]
+async fn upstream_requests_in_flight_are_capped_like_connections() {
+    let upstream = common::Upstream::start("u").await;
+    let (node, _dir) = start(|c| c.proxy.max_connections = 2).await;
+    proxy_to(&node, &upstream).await;
+    let client = common::h2c_client();
+    let proxy = node.proxy_addr;
+    // Five requests on one HTTP/2 connection to a path the upstream never answers.
+    let mut hanging = Vec::new();
+    for _ in 0..5 {
+        let client = client.clone();
+        hanging.push(tokio::spawn(async move {
+            let request = http::Request::get(format!("http://{proxy}/hang")).body(common::full("")).unwrap();
+            common::send(&client, request).await
+        }));
+    }
+    // Three come back refused; two stay with the upstream.
+    let mut refused = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while refused < 3 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        refused = hanging.iter().filter(|task| task.is_finished()).count();
+    }
+    assert_eq!(refused, 3, "three of five requests should have been refused");
+    for task in hanging.iter_mut().filter(|task| task.is_finished()) {
+        let reply = task.await.unwrap();
+        assert_eq!(reply.status, http::StatusCode::SERVICE_UNAVAILABLE, "{:?}", reply.body);
+        assert_eq!(reply.json()["error"]["code"], "overloaded");
+    }
+    assert_eq!(upstream.hits.load(std::sync::atomic::Ordering::SeqCst), 2, "the refused ones never reached it");
+    for task in hanging {
+        task.abort();
+    }
+}

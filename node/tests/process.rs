@@ -202,3 +202,40 @@ async fn sigterm_drains_in_flight_requests_then_exits_cleanly() {
     assert!(status.success(), "clean exit after draining: {status:?}");
     assert!(std::fs::read_to_string(&log).unwrap().contains("draining"));
 }
+
+/// Plain `tollgate` (no subcommand) takes `serve`'s settings from the
+/// environment: a container or unit sets TOLLGATE_* and runs just `tollgate`.
+#[tokio::test]
+async fn plain_tollgate_reads_its_listen_addresses_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .env("TOLLGATE_DATA_DIR", &data_dir)
+        .env("TOLLGATE_PROXY_LISTEN", "127.0.0.1:0")
+        .env("TOLLGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("TOLLGATE_CLUSTER_LISTEN", "127.0.0.1:0")
+        .env("TOLLGATE_OPS_LISTEN", "127.0.0.1:0")
+        .env("TOLLGATE_ADMIN_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("tollgate starts");
+    let endpoints = data_dir.join("endpoints.json");
+    let mut started = None;
+    for _ in 0..600 {
+        if let Ok(text) = std::fs::read_to_string(&endpoints)
+            && let Ok(json) = serde_json::from_str::<serde_json::Value>(&text)
+            && json["pid"] == child.id()
+        {
+            started = Some(json);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let json = started.expect("tollgate used TOLLGATE_DATA_DIR and wrote its endpoints there");
+    assert_ne!(json["proxy"], "127.0.0.1:8080", "TOLLGATE_PROXY_LISTEN was ignored: {json}");
+    assert_ne!(json["admin"], "127.0.0.1:9090", "TOLLGATE_ADMIN_LISTEN was ignored: {json}");
+}

@@ -210,6 +210,8 @@ async fn a_request_never_leaves_the_route_that_authorized_it() {
     item.rewrite_path = "/items/{id}".into();
     admin.create_route(item).await.unwrap();
     admin.create_route(route("admin", "private", PathMatch::Prefix, "/admin", AuthMode::ApiKey)).await.unwrap();
+    admin.create_route(route("billing", "private", PathMatch::Exact, "/billing", AuthMode::ApiKey)).await.unwrap();
+    admin.create_route(route("root", "public", PathMatch::Prefix, "/", AuthMode::None)).await.unwrap();
 
     // Every spelling of "up and into /admin" is the /admin route's: it needs a key.
     for target in [
@@ -223,6 +225,8 @@ async fn a_request_never_leaves_the_route_that_authorized_it() {
         "/pub/../%61dmin/secret.txt",
         "/admin;x/secret.txt",
         "//admin/secret.txt",
+        "/billing/",
+        "/x/../billing",
     ] {
         let reply = get_raw(node.proxy_addr, target, "").await;
         assert_eq!(reply.status, 401, "{target}: {}", reply.body);
@@ -281,7 +285,22 @@ async fn only_the_gateway_speaks_for_a_consumer() {
          X-Consumer-Groups: admins\r\nX_Anonymous_Consumer: false\r\nX_Forwarded_For: 10.0.0.1\r\n\
          X-Forwarded-Prefix: /evil\r\nX_Request_Id: forged\r\n"
     );
-    let owned = ["x-consumer-id", "x-consumer-name", "x-consumer-groups", "x-anonymous-consumer", "x-forwarded-prefix"];
+    let forged = format!(
+        "{forged}Forwarded: for=10.0.0.1;host=internal.example;proto=https\r\nX-Real-IP: 10.0.0.1\r\n\
+         X-Original-URL: /admin/secret.txt\r\nX-Rewrite-URL: /admin\r\nX-HTTP-Method-Override: DELETE\r\n"
+    );
+    let owned = [
+        "x-consumer-id",
+        "x-consumer-name",
+        "x-consumer-groups",
+        "x-anonymous-consumer",
+        "x-forwarded-prefix",
+        "forwarded",
+        "x-real-ip",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+    ];
 
     // An open route: no consumer at all reaches the upstream, in any spelling.
     let reply = get_raw(node.proxy_addr, "/open/x", &forged).await;
@@ -354,13 +373,15 @@ async fn the_cache_never_serves_a_private_response_to_another_caller() {
     let alice = "Authorization: Bearer alice-session\r\n";
     let mallory = "Authorization: Bearer mallory\r\n";
 
-    // Authorization went upstream and the response did not say it may be shared: never stored.
-    upstream.respond_with(&[("cache-control", "max-age=600"), ("vary", "Authorization")]);
-    let private = get_raw(node.proxy_addr, "/c/a", alice).await;
-    for caller in ["", mallory] {
-        let reply = get_raw(node.proxy_addr, "/c/a", caller).await;
-        assert_ne!(reply.body, private.body, "alice's response went to {caller:?}");
-        assert_ne!(reply.header("x-cache").as_deref(), Some("HIT"));
+    // A credential went upstream and the response did not say it may be
+    // shared (and has no Vary to key it by): never stored (RFC 9111 §3.5).
+    upstream.respond_with(&[("cache-control", "max-age=600")]);
+    for (path, credential) in [("/c/a", alice), ("/c/k", "X-Api-Key: alice-upstream-key\r\n")] {
+        let private = get_raw(node.proxy_addr, path, credential).await;
+        for caller in ["", mallory] {
+            let reply = get_raw(node.proxy_addr, path, caller).await;
+            assert_ne!(reply.body, private.body, "{path}: alice's response went to {caller:?}");
+        }
     }
 
     // Shareable, and Vary: Authorization: each caller gets their own variant.
@@ -473,6 +494,8 @@ async fn a_clients_bad_request_never_counts_against_the_upstream() {
             name: "fragile".into(),
             targets: vec![target],
             circuit_breaker: Some(CircuitBreaker { failure_threshold: 2, open_ms: 600_000 }),
+            // Short, so a client that stalls its body runs into it.
+            request_timeout_ms: 500,
             outlier_detection: Some(OutlierDetection { consecutive_failures: 2, ejection_ms: 600_000 }),
             ..Default::default()
         })
@@ -499,6 +522,16 @@ async fn a_clients_bad_request_never_counts_against_the_upstream() {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         drop(stream);
+    }
+    // Clients that stall in the middle of their bodies (and stay connected)
+    // run out the request timeout: their 408, not the upstream's 504.
+    for _ in 0..3 {
+        let reply = raw(
+            node.proxy_addr,
+            b"POST /upload HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 100\r\nConnection: close\r\n\r\npartial",
+        )
+        .await;
+        assert_eq!(reply.status, 408, "{}", reply.body);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     // The service is still in service for everyone else.

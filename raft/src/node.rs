@@ -8,9 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use openraft::alias::LeaderIdOf;
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::errors::{LinearizableReadError, RaftError};
+use openraft::impls::ProgressResponder;
 use openraft::raft::ReadPolicy;
+use openraft::vote::RaftLeaderIdExt;
 use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -22,14 +25,17 @@ use tollgate_storage::Engine;
 use crate::admit::admit;
 use crate::apply::apply;
 use crate::error::{ApplyError, RaftNodeError};
+use crate::leader::{self, LeaderError, via_leader};
 use crate::log_store::LogStore;
+use crate::outcomes::Outcomes;
 use crate::pki::ClusterTls;
+use crate::quorum::{QuorumLoss, Reach};
 use crate::state::GatewayState;
 use crate::state_machine::StateMachine;
 use crate::transport::handler::rejection;
-use crate::transport::wire::{JoinRequest, PeerRequest, PeerResponse, WriteRejection};
+use crate::transport::wire::{JoinRequest, LeaderTerm, PeerRequest, PeerResponse, WriteRejection};
 use crate::transport::{JoinToken, MembershipOp, PeerNetwork, PeerStatus, Transport};
-use crate::types::{Applied, Command, Raft};
+use crate::types::{Applied, Command, CommandResponse, Raft, TypeConfig};
 
 #[derive(Debug, Clone)]
 pub struct RaftConfig {
@@ -93,6 +99,20 @@ pub struct NodeStatus {
     pub last_log_index: u64,
     pub committed_index: u64,
     pub applied_index: u64,
+    /// Set when this node leads but a majority has not acknowledged it
+    /// within its lease: a partitioned leader still holds the role.
+    pub quorum_loss: Option<QuorumLoss>,
+}
+
+impl NodeStatus {
+    /// The role as status reports it: `leader (no quorum since …)` for a
+    /// leader cut off from its majority, so two nodes never both read "leader".
+    pub fn role_text(&self) -> String {
+        match &self.quorum_loss {
+            Some(loss) => loss.role(),
+            None => self.role.as_str().to_string(),
+        }
+    }
 }
 
 /// Why a proposal did not produce an applied change.
@@ -143,6 +163,10 @@ struct Inner {
     admin_addr: String,
     proxy_addr: String,
     write_timeout: Duration,
+    /// openraft's leader lease (its maximum election timeout): a leader not
+    /// acknowledged by a majority for this long refuses writes.
+    lease: Duration,
+    outcomes: Arc<Outcomes>,
     data_plane_index: AtomicU64,
 }
 
@@ -168,6 +192,10 @@ impl RaftNode {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_after_logs),
             max_in_snapshot_log_to_keep: config.logs_kept_after_snapshot,
             enable_heartbeat: true,
+            // A node cut off from the others must not raise its term with
+            // every election timeout: back in touch, the higher term would
+            // depose a healthy leader. Pre-vote asks first whether it could win.
+            enable_pre_vote: Some(true),
             ..Default::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| RaftNodeError::Config(e.to_string()))?);
@@ -177,6 +205,7 @@ impl RaftNode {
             None => transport.local_addr().map(|a| a.to_string()).unwrap_or_else(|| cluster.listen.to_string()),
         };
         let (state_machine, state) = StateMachine::open(engine.clone(), config.snapshot_dir.clone())?;
+        let outcomes = state_machine.outcomes();
         let network = PeerNetwork::new(transport.clone());
         let raft = Raft::new(config.node_id, raft_config, network, LogStore::new(engine), state_machine)
             .await
@@ -193,6 +222,8 @@ impl RaftNode {
                 admin_addr: cluster.admin_addr,
                 proxy_addr: cluster.proxy_addr,
                 write_timeout: config.write_timeout,
+                lease: config.election_timeout_max,
+                outcomes,
                 data_plane_index: AtomicU64::new(0),
             }),
         };
@@ -238,17 +269,22 @@ impl RaftNode {
         metrics.current_leader.ok_or_else(|| RaftNodeError::Raft("no leader".into()))
     }
 
-    /// Replicates `command` (through the leader, wherever it is), waits until
-    /// it is applied on this node, and returns what it did.
+    /// Replicates `command` (through the leader, wherever it is, and through
+    /// a change of leader), waits until it is applied on this node, and
+    /// returns what it did.
     pub async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
-        self.precheck(&command).await?;
-        let timeout = self.inner.write_timeout;
-        match tokio::time::timeout(timeout, self.propose_inner(command)).await {
-            Ok(result) => result,
+        let deadline = tokio::time::Instant::now() + self.inner.write_timeout;
+        self.precheck(&command, deadline).await?;
+        let response = via_leader(self, &leader::Write(&command), deadline).await.map_err(|e| self.write_error(e))?;
+        let applied = response.0?;
+        // The leader has applied it; this node follows within a heartbeat or so.
+        match tokio::time::timeout_at(deadline, self.wait_applied(applied.revision)).await {
+            Ok(state) => state.map(|_| applied).map_err(ProposeError::from),
             Err(_) => Err(RaftNodeError::Unavailable(format!(
-                "the write was not confirmed within {} s, so it may or may not have been applied; the cluster \
-                 has no reachable majority from this node (partition or lost quorum). Check `tollgate ctl cluster status`",
-                timeout.as_secs()
+                "the write was applied (revision {}), but this node has not caught up with it within {} s; \
+                 read it from the leader, or check this node with `tollgate ctl cluster status`",
+                applied.revision,
+                self.inner.write_timeout.as_secs()
             ))
             .into()),
         }
@@ -261,7 +297,7 @@ impl RaftNode {
     /// compacted, with whatever it carried (such as a URL with a password in
     /// it). `apply` still decides: the state can change between this check
     /// and the commit.
-    async fn precheck(&self, command: &Command) -> Result<(), ProposeError> {
+    async fn precheck(&self, command: &Command, deadline: tokio::time::Instant) -> Result<(), ProposeError> {
         if let Some(op) = &command.0.op {
             admit(op)?;
         }
@@ -272,50 +308,70 @@ impl RaftNode {
             return Err(error.into());
         }
         // Missing or clashing entities do, and this node's view may be behind:
-        // confirm on a state that includes every acknowledged write.
-        let state = self.linearizable_state().await?;
+        // confirm on a state that includes every acknowledged write. Nothing
+        // was proposed yet, so a failure here is the write's failure.
+        let state = self.read_point(deadline).await.map_err(|e| match e {
+            LeaderError::Failed(reason) => {
+                RaftNodeError::Unavailable(format!("the write was not applied: {reason}")).into()
+            }
+            other => self.write_error(other),
+        })?;
         apply(&state, &command.0, 0).map(|_| ()).map_err(ProposeError::from)
     }
 
-    async fn propose_inner(&self, command: Command) -> Result<Applied, ProposeError> {
-        loop {
-            let leader = match self.raft().client_write(command.clone()).await {
-                Ok(response) => return Ok(response.data.0?),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    f.leader_node.map(|n| (f.leader_id, n.addr))
-                }
-                Err(e) => return Err(RaftNodeError::Raft(e.to_string()).into()),
-            };
-            let Some((leader_id, addr)) = leader else {
-                // An election is under way; ask again shortly.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            let response = self
-                .inner
-                .transport
-                .call(&addr, &PeerRequest::Write(Box::new(command.clone())), self.inner.write_timeout)
-                .await
-                .map_err(|e| unreachable_leader(leader_id, &e))?;
-            match response {
-                PeerResponse::Write(Ok(result)) => {
-                    let applied = result.0?;
-                    self.wait_applied(applied.revision).await?;
-                    return Ok(applied);
-                }
-                PeerResponse::Write(Err(WriteRejection::NotLeader { .. })) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                PeerResponse::Write(Err(WriteRejection::Failed(reason))) => {
-                    return Err(
-                        RaftNodeError::Unavailable(format!("the leader could not commit the write: {reason}")).into()
-                    );
-                }
-                other => {
-                    return Err(RaftNodeError::Raft(format!("unexpected answer from the leader: {other:?}")).into());
-                }
+    /// Proposes `command` when this node leads (also for a follower's
+    /// forwarded write), or says who leads. With `leader`, only if this node
+    /// is that leader in that term: the sender then knows in which term a
+    /// copy could be in the log.
+    pub(crate) async fn write_here(
+        &self,
+        command: Command,
+        leader: Option<LeaderTerm>,
+    ) -> Result<CommandResponse, WriteRejection> {
+        let (responder, answer) = ProgressResponder::complete_only();
+        let mut write = self.raft().write(command).responder(responder);
+        if let Some(leader) = leader {
+            write = write.with_leader(LeaderIdOf::<TypeConfig>::new_committed(leader.term, leader.node));
+        }
+        write.await.map_err(|fatal| WriteRejection::Failed(fatal.to_string()))?;
+        match answer.await {
+            Ok(result) => result.map(|r| r.data).map_err(|e| rejection(RaftError::APIError(e))),
+            Err(_) => Err(WriteRejection::Failed("raft stopped before answering".into())),
+        }
+    }
+
+    /// The leader this node follows (or is), its term and its address.
+    pub(crate) fn known_leader(&self) -> Option<(LeaderTerm, String)> {
+        let metrics = self.raft().metrics();
+        let m = metrics.borrow_watched();
+        if !m.vote.committed {
+            return None;
+        }
+        let leader = LeaderTerm { term: m.vote.leader_id.term, node: m.vote.leader_id.node_id };
+        let addr = m.membership_config.membership().get_node(&leader.node)?.addr.clone();
+        Some((leader, addr))
+    }
+
+    pub(crate) fn outcomes(&self) -> &Outcomes {
+        &self.inner.outcomes
+    }
+
+    /// Completes when this node no longer believes `leader` leads (a vote
+    /// for a candidate, a new leader, shutdown): a request forwarded to it
+    /// and not received yet can then go to the next leader.
+    pub(crate) async fn leader_changed_from(&self, leader: u64) {
+        // Server metrics change with the role, the leader or the membership
+        // only, not with every log entry as the full metrics do.
+        let mut rx = self.raft().server_metrics();
+        while rx.borrow_watched().current_leader == Some(leader) {
+            if rx.changed().await.is_err() {
+                return;
             }
         }
+    }
+
+    pub(crate) fn transport(&self) -> &Transport {
+        &self.inner.transport
     }
 
     async fn wait_applied(&self, index: u64) -> Result<Arc<GatewayState>, RaftNodeError> {
@@ -338,39 +394,27 @@ impl RaftNode {
     /// this node has applied up to that point.
     pub async fn linearizable_state(&self) -> Result<Arc<GatewayState>, RaftNodeError> {
         let timeout = self.inner.write_timeout;
-        let read = async {
-            loop {
-                match self.local_read_index().await {
-                    Ok(index) => return self.wait_applied(index).await,
-                    Err(WriteRejection::NotLeader { leader_id, leader_addr: Some(addr) }) => {
-                        let response = self
-                            .inner
-                            .transport
-                            .call(&addr, &PeerRequest::ReadIndex, timeout)
-                            .await
-                            .map_err(|e| unreachable_leader(leader_id, &e))?;
-                        match response {
-                            PeerResponse::ReadIndex(Ok(index)) => return self.wait_applied(index).await,
-                            PeerResponse::ReadIndex(Err(WriteRejection::NotLeader { .. })) => {}
-                            PeerResponse::ReadIndex(Err(WriteRejection::Failed(reason))) => {
-                                return Err(RaftNodeError::Unavailable(reason));
-                            }
-                            other => return Err(RaftNodeError::Raft(format!("unexpected answer: {other:?}"))),
-                        }
-                    }
-                    Err(WriteRejection::NotLeader { .. }) => {}
-                    Err(WriteRejection::Failed(reason)) => return Err(RaftNodeError::Unavailable(reason)),
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        };
-        tokio::time::timeout(timeout, read).await.unwrap_or_else(|_| {
-            Err(RaftNodeError::Unavailable(format!(
-                "no linearizable read point within {} s: this node cannot reach a leader with a majority. \
-                 Use --stale to read this node's possibly outdated state",
-                timeout.as_secs()
-            )))
+        self.read_point(tokio::time::Instant::now() + timeout).await.map_err(|e| match e {
+            LeaderError::Deadline { last, .. } => RaftNodeError::Unavailable(format!(
+                "no linearizable read point within {} s: {}. Use --stale to read this node's possibly outdated state",
+                timeout.as_secs(),
+                self.why_no_leader(last)
+            )),
+            other => RaftNodeError::Unavailable(format!(
+                "no linearizable read point: {other}. Use --stale to read this node's possibly outdated state"
+            )),
         })
+    }
+
+    async fn read_point(&self, deadline: tokio::time::Instant) -> Result<Arc<GatewayState>, LeaderError> {
+        let index = via_leader(self, &leader::ReadIndex, deadline).await?;
+        match tokio::time::timeout_at(deadline, self.wait_applied(index)).await {
+            Ok(state) => state.map_err(|e| LeaderError::Failed(e.to_string())),
+            Err(_) => Err(LeaderError::Deadline {
+                last: Some(format!("this node has not applied up to the read point (index {index}) yet")),
+                maybe_applied: false,
+            }),
+        }
     }
 
     /// The read index when this node is the leader.
@@ -380,8 +424,49 @@ impl RaftNode {
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                 Err(WriteRejection::NotLeader { leader_id: f.leader_id, leader_addr: f.leader_node.map(|n| n.addr) })
             }
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(q))) => {
+                let reach = Reach::of(&self.raft().metrics().borrow_watched(), &q.got);
+                Err(WriteRejection::Failed(format!(
+                    "node {} leads but cannot confirm it still does: {reach}. Writes and linearizable reads \
+                     resume once a majority is reachable; meanwhile use a node on the majority side",
+                    self.inner.node_id
+                )))
+            }
             Err(e) => Err(WriteRejection::Failed(e.to_string())),
         }
+    }
+
+    /// Why nothing was served by the deadline, in this node's own terms: a
+    /// leader cut off from its majority names whom it reaches and whom not.
+    fn why_no_leader(&self, last: Option<String>) -> String {
+        if let Some(loss) = self.status().quorum_loss {
+            return format!("this node (node {}) leads without a majority: {}", self.inner.node_id, loss.reach);
+        }
+        let last = last.map(|l| format!(" (last attempt: {l})")).unwrap_or_default();
+        format!("this node cannot reach a leader with a majority (partition or lost quorum){last}")
+    }
+
+    /// A write's failure in words that say whether it took effect and what to do.
+    fn write_error(&self, error: LeaderError) -> ProposeError {
+        let secs = self.inner.write_timeout.as_secs();
+        let message = match error {
+            LeaderError::Deadline { last, maybe_applied: true } => format!(
+                "the write was not confirmed within {secs} s, so it may or may not have been applied: {}. \
+                 Check `tollgate ctl cluster status`, and read the change back before retrying it",
+                self.why_no_leader(last)
+            ),
+            LeaderError::Deadline { last, maybe_applied: false } => format!(
+                "the write was not applied (no leader took it within {secs} s): {}. Retry it once \
+                 `tollgate ctl cluster status` shows a leader with a majority",
+                self.why_no_leader(last)
+            ),
+            LeaderError::Unknown { leader, why } => format!(
+                "{why}. Node {leader} failed or lost its leadership, and this node can no longer tell whether the \
+                 write was committed, so it may or may not have been applied: read the change back before retrying it"
+            ),
+            LeaderError::Failed(reason) => format!("the leader could not commit the write: {reason}"),
+        };
+        RaftNodeError::Unavailable(message).into()
     }
 
     /// Notified after every applied batch with the new state.
@@ -411,6 +496,7 @@ impl RaftNode {
             last_log_index: m.last_log_index.unwrap_or(0),
             committed_index: m.cluster_committed.as_ref().or(m.local_committed.as_ref()).map_or(0, |l| l.index()),
             applied_index: m.last_applied.as_ref().map_or(0, |l| l.index()),
+            quorum_loss: QuorumLoss::of(&m, self.inner.lease, now_ms()),
         }
     }
 
@@ -418,7 +504,7 @@ impl RaftNode {
         let s = self.status();
         PeerStatus {
             node_id: s.node_id,
-            role: s.role.as_str().to_string(),
+            role: s.role_text(),
             current_term: s.current_term,
             leader_id: s.leader_id,
             last_log_index: s.last_log_index,
@@ -452,38 +538,21 @@ impl RaftNode {
         members
     }
 
-    /// Applies a membership change through the leader. Returns the log index.
+    /// Applies a membership change through the leader (and through a
+    /// change of leader). Returns the log index.
     pub async fn change_membership(&self, op: MembershipOp) -> Result<u64, RaftNodeError> {
-        let attempt = async {
-            loop {
-                match self.change_membership_here(op.clone()).await {
-                    Ok(index) => return Ok(index),
-                    Err(WriteRejection::Failed(reason)) => return Err(RaftNodeError::Raft(reason)),
-                    Err(WriteRejection::NotLeader { leader_id, leader_addr: Some(addr) }) => {
-                        let response = self
-                            .inner
-                            .transport
-                            .call(&addr, &PeerRequest::Membership(op.clone()), self.inner.write_timeout)
-                            .await
-                            .map_err(|e| unreachable_leader(leader_id, &e))?;
-                        match response {
-                            PeerResponse::Membership(Ok(index)) => return Ok(index),
-                            PeerResponse::Membership(Err(WriteRejection::Failed(reason))) => {
-                                return Err(RaftNodeError::Raft(reason));
-                            }
-                            PeerResponse::Membership(Err(WriteRejection::NotLeader { .. })) => {}
-                            other => return Err(RaftNodeError::Raft(format!("unexpected answer: {other:?}"))),
-                        }
-                    }
-                    Err(WriteRejection::NotLeader { .. }) => {}
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        };
-        tokio::time::timeout(self.inner.write_timeout, attempt).await.unwrap_or_else(|_| {
-            Err(RaftNodeError::Unavailable(
-                "the membership change was not confirmed in time; check cluster status".into(),
-            ))
+        let secs = self.inner.write_timeout.as_secs();
+        let deadline = tokio::time::Instant::now() + self.inner.write_timeout;
+        via_leader(self, &leader::Membership(&op), deadline).await.map_err(|e| match e {
+            LeaderError::Failed(reason) => RaftNodeError::Raft(reason),
+            LeaderError::Deadline { last, maybe_applied } => RaftNodeError::Unavailable(format!(
+                "the membership change was not confirmed within {secs} s{}: {}. Check `tollgate ctl cluster status`",
+                if maybe_applied { ", so it may or may not have been made" } else { " and was not made" },
+                self.why_no_leader(last)
+            )),
+            unknown @ LeaderError::Unknown { .. } => RaftNodeError::Unavailable(format!(
+                "{unknown}, so the membership change may or may not have been made. Check `tollgate ctl cluster status`"
+            )),
         })
     }
 
@@ -597,13 +666,6 @@ impl RaftNode {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
         }
     }
-}
-
-fn unreachable_leader(leader_id: Option<u64>, error: &crate::transport::TransportError) -> RaftNodeError {
-    RaftNodeError::Unavailable(format!(
-        "cannot reach the leader{}: {error}. This node may be partitioned from the majority",
-        leader_id.map(|l| format!(" (node {l})")).unwrap_or_default()
-    ))
 }
 
 fn millis(d: Duration) -> u64 {

@@ -35,6 +35,8 @@ pub(crate) fn write(dir: &Path, meta: &Meta, entries: &[(Vec<u8>, Vec<u8>)]) -> 
     tollgate_storage::private::private_dir(dir)?;
     let path = dir.join(file_name(meta));
     let tmp = dir.join(format!("{}.tmp", file_name(meta)));
+    // A temp file left by a crash keeps its old mode when reopened; start afresh.
+    let _ = std::fs::remove_file(&tmp);
     {
         let file =
             tollgate_storage::private::private_file_options().write(true).create(true).truncate(true).open(&tmp)?;

@@ -19,6 +19,7 @@ use crate::apply::{Change, apply};
 use crate::error::{EntityKind, RaftNodeError};
 use crate::keys;
 use crate::log_store::{decode, encode};
+use crate::outcomes::Outcomes;
 use crate::snapshot_file;
 use crate::state::GatewayState;
 use crate::types::{Applied, CommandResponse, TypeConfig};
@@ -34,6 +35,7 @@ pub struct StateMachine {
     last_applied: Option<LogIdOf<TypeConfig>>,
     membership: StoredMembershipOf<TypeConfig>,
     publish: watch::Sender<Arc<GatewayState>>,
+    outcomes: Arc<Outcomes>,
 }
 
 impl StateMachine {
@@ -54,7 +56,14 @@ impl StateMachine {
             .unwrap_or_default();
         let state = GatewayState::load(&engine, last_applied.as_ref().map_or(0, |l| l.index()))?;
         let (publish, receiver) = watch::channel(Arc::new(state.clone()));
-        Ok((StateMachine { engine, snapshot_dir, state, last_applied, membership, publish }, receiver))
+        let outcomes = Arc::new(Outcomes::new(index_of(&last_applied), term_of(&last_applied)));
+        Ok((StateMachine { engine, snapshot_dir, state, last_applied, membership, publish, outcomes }, receiver))
+    }
+
+    /// The outcomes of the last commands applied, for writes whose leader
+    /// failed before answering.
+    pub(crate) fn outcomes(&self) -> Arc<Outcomes> {
+        self.outcomes.clone()
     }
 
     fn stage(batch: &mut Batch, change: &Change) {
@@ -87,6 +96,14 @@ impl StateMachine {
         self.state.set_applied_index(self.last_applied.as_ref().map_or(0, |l| l.index()));
         self.publish.send_replace(Arc::new(self.state.clone()));
     }
+}
+
+fn index_of(log_id: &Option<LogIdOf<TypeConfig>>) -> u64 {
+    log_id.as_ref().map_or(0, |l| l.index)
+}
+
+fn term_of(log_id: &Option<LogIdOf<TypeConfig>>) -> u64 {
+    log_id.as_ref().map_or(0, |l| l.leader_id.term)
 }
 
 fn meta_id(meta: &Option<tollgate_proto::config::v1::Meta>) -> &str {
@@ -130,6 +147,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }),
             };
             self.last_applied = Some(entry.log_id());
+            let command = match (&entry.payload, &response) {
+                (EntryPayload::Normal(cmd), Some(response)) => Some((cmd, response)),
+                _ => None,
+            };
+            self.outcomes.applied(index, entry.log_id().leader_id.term, command);
             if let Some(responder) = responder {
                 responses.push((
                     responder,
@@ -191,6 +213,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.engine.write(batch, Durability::Machine).map_err(io::Error::other)?;
 
         self.state = state;
+        self.outcomes.reset(index_of(&meta.last_log_id), term_of(&meta.last_log_id));
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.publish();

@@ -69,6 +69,9 @@ async fn proposals_apply_and_survive_restart() {
     let state = node.linearizable_state().await.unwrap();
     assert!(state.find_consumer("acme").is_some());
     assert!(state.applied_index() >= applied.revision);
+    // A single voter is its own majority: never "leader (no quorum …)".
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(node.status().role_text(), "leader");
     stop(node, engine).await;
 
     let (node, engine) = start(dir.path(), 10_000).await;

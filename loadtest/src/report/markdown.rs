@@ -37,9 +37,19 @@ pub fn render(s: &RunSummary) -> String {
     if let Some(r) = s.target_rate {
         let _ = writeln!(out, "| target rate | {r:.1} req/s |");
     }
+    if let Some(schedule) = s.schedule.as_ref().filter(|sc| !sc.is_constant()) {
+        let _ = writeln!(out, "| schedule | {} |", schedule.describe());
+    }
     let _ = writeln!(out, "| achieved rate | {:.1} req/s |", s.achieved_rate);
-    let _ = writeln!(out, "| requests | {} in {:.2}s |", s.requests, s.elapsed_s);
-    let _ = writeln!(out, "| failed | {} |", s.failed);
+    match s.scheduled_requests {
+        Some(planned) => {
+            let _ = writeln!(out, "| requests | {} of {planned} scheduled, in {:.2}s |", s.requests, s.elapsed_s);
+        }
+        None => {
+            let _ = writeln!(out, "| requests | {} in {:.2}s |", s.requests, s.elapsed_s);
+        }
+    }
+    let _ = writeln!(out, "| failed | {} ({}) |", s.failed, crate::summary::percent(s.error_rate()));
     let _ = writeln!(out, "\n| latency | p50 | p90 | p99 | p99.9 | max | n |\n|---|---|---|---|---|---|---|");
     pct_row(&mut out, "request", &s.latency);
     if let Some(l) = &s.llm {

@@ -32,11 +32,19 @@ pub fn render(s: &RunSummary) -> String {
         if s.keepalive { "" } else { ", no keep-alive" }
     );
     let _ = writeln!(out, "  targets        {}", s.targets.join(", "));
-    let target = s
-        .target_rate
-        .map(|r| format!(" (target {r:.1}/s, {:.1}%)", 100.0 * s.achieved_rate / r.max(1e-9)))
-        .unwrap_or_default();
+    let target = match (s.target_rate, s.scheduled_requests) {
+        (Some(r), Some(planned)) => format!(
+            " (target {r:.1}/s; {} of {planned} scheduled, {:.1}%)",
+            s.requests,
+            100.0 * s.requests as f64 / planned.max(1) as f64
+        ),
+        (Some(r), None) => format!(" (target {r:.1}/s, {:.1}%)", 100.0 * s.achieved_rate / r.max(1e-9)),
+        _ => String::new(),
+    };
     let _ = writeln!(out, "  requests       {} in {:.2}s = {:.1}/s{target}", s.requests, s.elapsed_s, s.achieved_rate);
+    if let Some(schedule) = s.schedule.as_ref().filter(|sc| !sc.is_constant()) {
+        let _ = writeln!(out, "  schedule       {}", schedule.describe());
+    }
     let _ =
         writeln!(out, "  failed         {} ({:.2}%)", s.failed, 100.0 * s.failed as f64 / (s.requests.max(1)) as f64);
     let _ = writeln!(out, "  received       {:.2} MiB", s.bytes_received as f64 / (1024.0 * 1024.0));

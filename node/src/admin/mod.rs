@@ -1,6 +1,6 @@
 //! The admin gRPC server: AdminService behind a bearer-token check, plus
-//! server reflection and the standard health service (both open, so probes
-//! and tooling work without the token).
+//! server reflection (v1 and v1alpha) and the standard health service (both
+//! open, so probes and tooling work without the token).
 
 mod ai;
 mod cluster;
@@ -66,11 +66,15 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<AdminServiceServer<service::Admin>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("descriptor sets compiled into the binary are valid");
+    // v1, and v1alpha beside it: grpcio-reflection (Python), Postman and
+    // older grpcurl speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tollgate_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().expect("descriptor sets compiled into the binary are valid");
+    let reflection_v1alpha = reflection().build_v1alpha().expect("descriptor sets compiled into the binary are valid");
     let require_token = RequireToken { expected: Arc::from(token) };
     let cluster = ClusterServiceServer::with_interceptor(cluster::Cluster::new(raft.clone()), require_token.clone());
     let ai = AiServiceServer::with_interceptor(
@@ -80,7 +84,8 @@ pub async fn serve(
     let admin = AdminServiceServer::with_interceptor(service::Admin::new(raft, proxy), require_token);
     tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(admin)
         .add_service(cluster)
         .add_service(ai)

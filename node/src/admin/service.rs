@@ -350,7 +350,7 @@ impl AdminService for Admin {
         let s = self.raft.status();
         Ok(Response::new(NodeStatus {
             node_id: s.node_id,
-            role: s.role.as_str().to_string(),
+            role: s.role_text(),
             current_term: s.current_term,
             leader_id: s.leader_id,
             last_log_index: s.last_log_index,

@@ -159,7 +159,11 @@ impl Accounting {
     /// part it did not report before a stream broke) the tokenizer's, marked estimated.
     fn tokens(&self, served: &Served<'_>) -> (u64, u64, u64, bool) {
         match &served.usage {
-            Some(u) if served.usage_is_estimate => (u.prompt_tokens, 0, u.completion_tokens, true),
+            // Counted by the caller (a stream's billed usage): the input and its cached part may
+            // still be the provider's.
+            Some(u) if served.usage_is_estimate => {
+                (u.prompt_tokens, u.cached_tokens().min(u.prompt_tokens), u.completion_tokens, true)
+            }
             Some(u) => {
                 let mut output = u.completion_tokens;
                 let mut estimated = false;

@@ -44,6 +44,12 @@ pub enum ErrorKind {
     Server,
     Timeout,
     Unavailable,
+    /// The provider refused the gateway's own credential (a 401 or 403 to the
+    /// provider key, or a provider with no usable key): the operator's problem,
+    /// never the caller's, so it is reported as a bad gateway with a code of
+    /// its own rather than as the caller's authentication error. Only the
+    /// gateway produces it; no upstream answer is classified as it.
+    ProviderAuth,
 }
 
 impl ErrorKind {
@@ -71,7 +77,7 @@ impl ErrorKind {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Overloaded | ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::Server => StatusCode::BAD_GATEWAY,
+            ErrorKind::Server | ErrorKind::ProviderAuth => StatusCode::BAD_GATEWAY,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -87,6 +93,27 @@ impl ErrorKind {
             ErrorKind::Server => ("server_error", "server_error"),
             ErrorKind::Timeout => ("server_error", "timeout"),
             ErrorKind::Unavailable => ("server_error", "service_unavailable"),
+            ErrorKind::ProviderAuth => ("server_error", "provider_auth_failed"),
+        }
+    }
+
+    /// The machine-readable code of this kind, the same in every caller format
+    /// (OpenAI's `error.code`, Gemini's `ErrorInfo.reason` in lower case).
+    pub fn code(self) -> &'static str {
+        self.openai_type_and_code().1
+    }
+
+    /// Google's canonical status name (`error.status` of a Gemini error body).
+    pub fn gemini_status(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidRequest => "INVALID_ARGUMENT",
+            ErrorKind::Authentication => "UNAUTHENTICATED",
+            ErrorKind::PermissionDenied => "PERMISSION_DENIED",
+            ErrorKind::NotFound => "NOT_FOUND",
+            ErrorKind::RateLimited => "RESOURCE_EXHAUSTED",
+            ErrorKind::Overloaded | ErrorKind::Unavailable => "UNAVAILABLE",
+            ErrorKind::Timeout => "DEADLINE_EXCEEDED",
+            ErrorKind::Server | ErrorKind::ProviderAuth => "INTERNAL",
         }
     }
 
@@ -100,7 +127,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => "rate_limit_error",
             ErrorKind::Overloaded => "overloaded_error",
             ErrorKind::Timeout => "timeout_error",
-            ErrorKind::Server | ErrorKind::Unavailable => "api_error",
+            ErrorKind::Server | ErrorKind::Unavailable | ErrorKind::ProviderAuth => "api_error",
         }
     }
 
@@ -214,4 +241,24 @@ pub fn anthropic_error_event(kind: ErrorKind, message: &str) -> Bytes {
 
 fn anthropic_error_json(kind: ErrorKind, message: &str) -> Value {
     json!({"type": "error", "error": {"type": kind.anthropic_type(), "message": message}})
+}
+
+/// A Gemini-format error body for `…:generateContent` callers:
+/// `{"error":{"code","message","status","details":[ErrorInfo]}}`, as Google's
+/// APIs answer, with the gateway's code as the `ErrorInfo` reason.
+pub fn gemini_error_body(status: StatusCode, kind: ErrorKind, message: &str) -> (StatusCode, Bytes) {
+    (status, Bytes::from(gemini_error_json(status, kind, message).to_string()))
+}
+
+pub(crate) fn gemini_error_json(status: StatusCode, kind: ErrorKind, message: &str) -> Value {
+    json!({"error": {
+        "code": status.as_u16(),
+        "message": message,
+        "status": kind.gemini_status(),
+        "details": [{
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": kind.code().to_ascii_uppercase(),
+            "domain": "tollgate",
+        }],
+    }})
 }

@@ -15,10 +15,13 @@ use tollgate_proto::config::v1::{ApiKey, UsageOutcome, UsageRecord};
 
 use super::account::{Accounting, PromptSource, Served};
 use super::anthropic_ingress::{self, MessagesStreamEncoder};
-use super::error::{AdapterError, ErrorKind, ProviderError, anthropic_error_body, openai_error_body};
-use super::provider::UpstreamTarget;
+use super::error::{
+    AdapterError, ErrorKind, ProviderError, anthropic_error_body, gemini_error_body, openai_error_body,
+};
+use super::gemini_ingress::{self, GeminiCall, GenerateContentStreamEncoder, StreamFormat};
+use super::provider::{ProviderKind, UpstreamTarget};
 use super::snapshot::{AiShared, AiSnapshot, Candidate, CompiledCredential, PlanError, pick_credential};
-use super::stream::{AiStream, Encoder};
+use super::stream::{AiStream, Encoder, Passthrough};
 use super::tokens;
 use super::types::{ChatRequest, EmbeddingsInput, EmbeddingsRequest, Usage};
 use crate::proxy::{ProxyBody, UpstreamClient};
@@ -57,24 +60,51 @@ pub struct AiOutcome {
     pub attempts: u32,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Ingress {
+/// The API format a caller speaks, and gets its answers and errors in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ingress {
     OpenAi,
+    /// `POST …/messages`.
     Anthropic,
+    /// `POST …/models/{model}:generateContent` and `:streamGenerateContent`.
+    Gemini,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+impl Ingress {
+    /// The format of a request to an AI route, from its path alone (also for
+    /// errors of the proxy phases before the gateway).
+    pub fn of_path(path: &str) -> Ingress {
+        if path.trim_end_matches('/').ends_with("/messages") {
+            Ingress::Anthropic
+        } else if gemini_ingress::is_gemini_path(path) {
+            Ingress::Gemini
+        } else {
+            Ingress::OpenAi
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
 enum Endpoint {
-    Chat(Ingress),
+    /// `/chat/completions`.
+    Chat,
+    /// `/messages`.
+    Messages,
+    GenerateContent(GeminiCall),
     Embeddings,
     Models,
 }
 
-fn endpoint(method: &Method, path: &str) -> Option<Endpoint> {
+fn endpoint(method: &Method, path: &str, query: Option<&str>) -> Option<Endpoint> {
+    if *method == Method::POST
+        && let Some(call) = gemini_ingress::parse_call(path, query)
+    {
+        return Some(Endpoint::GenerateContent(call));
+    }
     let path = path.trim_end_matches('/');
     match *method {
-        Method::POST if path.ends_with("/chat/completions") => Some(Endpoint::Chat(Ingress::OpenAi)),
-        Method::POST if path.ends_with("/messages") => Some(Endpoint::Chat(Ingress::Anthropic)),
+        Method::POST if path.ends_with("/chat/completions") => Some(Endpoint::Chat),
+        Method::POST if path.ends_with("/messages") => Some(Endpoint::Messages),
         Method::POST if path.ends_with("/embeddings") => Some(Endpoint::Embeddings),
         Method::GET if path.ends_with("/models") => Some(Endpoint::Models),
         _ => None,
@@ -96,16 +126,16 @@ fn error_response(ingress: Ingress, kind: ErrorKind, status: StatusCode, message
     let (status, bytes) = match ingress {
         Ingress::OpenAi => openai_error_body(status, kind, message),
         Ingress::Anthropic => anthropic_error_body(status, kind, message),
+        Ingress::Gemini => gemini_error_body(status, kind, message),
     };
     json_response(status, bytes)
 }
 
 /// A failure of the proxy phases before the AI gateway (authentication, IP
 /// filter, body limit) on an AI route, in the caller's API format.
-pub fn gateway_error(error: &crate::proxy::ProxyError, request_id: &str, anthropic: bool) -> Response<ProxyBody> {
+pub fn gateway_error(error: &crate::proxy::ProxyError, request_id: &str, ingress: Ingress) -> Response<ProxyBody> {
     let status = error.status();
     let kind = ErrorKind::from_status(status.as_u16());
-    let ingress = if anthropic { Ingress::Anthropic } else { Ingress::OpenAi };
     let mut response =
         error_response(ingress, kind, status, &format!("{} (request id {request_id})", error.public_message()));
     if status == StatusCode::UNAUTHORIZED {
@@ -127,17 +157,21 @@ pub async fn serve(
     request_body: Incoming,
 ) -> AiOutcome {
     let started = Instant::now();
-    let Some(endpoint) = endpoint(&parts.method, parts.uri.path()) else {
+    let Some(endpoint) = endpoint(&parts.method, parts.uri.path(), parts.uri.query()) else {
+        // The path only: the query may hold a key (`?key=`).
         let message = format!(
-            "{} {} is not an AI gateway endpoint; use POST …/chat/completions, POST …/embeddings, GET …/models or POST …/messages",
+            "{} {} is not an AI gateway endpoint; use POST …/chat/completions, POST …/embeddings, GET …/models, \
+             POST …/messages or POST …/models/{{model}}:generateContent (or :streamGenerateContent)",
             parts.method,
             parts.uri.path()
         );
-        return outcome(error_response(Ingress::OpenAi, ErrorKind::NotFound, StatusCode::NOT_FOUND, &message));
+        let ingress = Ingress::of_path(parts.uri.path());
+        return outcome(error_response(ingress, ErrorKind::NotFound, StatusCode::NOT_FOUND, &message));
     };
-    let ingress = match endpoint {
-        Endpoint::Chat(ingress) => ingress,
-        _ => Ingress::OpenAi,
+    let (ingress, gemini_stream) = match &endpoint {
+        Endpoint::Messages => (Ingress::Anthropic, None),
+        Endpoint::GenerateContent(call) => (Ingress::Gemini, call.stream),
+        Endpoint::Chat | Endpoint::Embeddings | Endpoint::Models => (Ingress::OpenAi, None),
     };
     let allowed: &[String] = call.api_key.as_ref().map_or(&[], |k| k.allowed_models.as_slice());
     if endpoint == Endpoint::Models {
@@ -152,7 +186,7 @@ pub async fn serve(
     let Ok(read) = read else {
         let timeout_ms = u64::try_from(call.body_timeout.as_millis()).unwrap_or(u64::MAX);
         let error = crate::proxy::ProxyError::BodyTimeout { timeout_ms };
-        return outcome(gateway_error(&error, &call.request_id, ingress == Ingress::Anthropic));
+        return outcome(gateway_error(&error, &call.request_id, ingress));
     };
     let bytes = match read {
         Ok(collected) => collected.to_bytes(),
@@ -171,16 +205,22 @@ pub async fn serve(
         }
     };
 
-    let attempt = Attempts { shared, snapshot, metrics, call: &call, started, ingress };
+    let attempt = Attempts { shared, snapshot, metrics, call: &call, started, ingress, gemini_stream };
     match endpoint {
-        Endpoint::Chat(Ingress::OpenAi) => match serde_json::from_slice::<ChatRequest>(&bytes) {
+        Endpoint::Chat => match serde_json::from_slice::<ChatRequest>(&bytes) {
             Ok(request) => attempt.chat(request, None).await,
             Err(error) => outcome(bad_request(ingress, &AdapterError::MalformedRequest(error))),
         },
-        Endpoint::Chat(Ingress::Anthropic) => match anthropic_ingress::messages_request_to_chat(&bytes) {
+        Endpoint::Messages => match anthropic_ingress::messages_request_to_chat(&bytes) {
             Ok(request) => attempt.chat(request, Some(&bytes)).await,
             Err(error) => outcome(bad_request(ingress, &error)),
         },
+        Endpoint::GenerateContent(gemini) => {
+            match gemini_ingress::generate_content_to_chat(&bytes, &gemini.model, gemini.stream.is_some()) {
+                Ok(request) => attempt.chat(request, Some(&bytes)).await,
+                Err(error) => outcome(bad_request(ingress, &error)),
+            }
+        }
         Endpoint::Embeddings => match serde_json::from_slice::<EmbeddingsRequest>(&bytes) {
             Ok(request) => attempt.embeddings(request).await,
             Err(error) => outcome(bad_request(ingress, &AdapterError::MalformedRequest(error))),
@@ -205,8 +245,8 @@ fn models(snapshot: &AiSnapshot, allowed: &[String]) -> Response<ProxyBody> {
 
 /// Why an attempt did not produce an answer.
 enum Failure {
-    /// The provider answered with an error.
-    Provider(ProviderError),
+    /// The provider (named) answered with an error.
+    Provider(String, ProviderError),
     /// Connect error, reset, or no headers within the timeout.
     Transport { kind: ErrorKind, message: String },
 }
@@ -223,40 +263,65 @@ impl Failure {
             ErrorKind::PermissionDenied => "permission_denied",
             ErrorKind::NotFound => "not_found",
             ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::ProviderAuth => "provider_auth",
         }
     }
 
     fn kind(&self) -> ErrorKind {
         match self {
-            Failure::Provider(e) => e.kind,
+            Failure::Provider(_, e) => e.kind,
             Failure::Transport { kind, .. } => *kind,
         }
     }
 
     fn status(&self) -> StatusCode {
         match self {
-            Failure::Provider(e) => StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_GATEWAY),
+            Failure::Provider(_, e) => StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_GATEWAY),
             Failure::Transport { kind, .. } => kind.status(),
         }
     }
 
     fn message(&self) -> String {
         match self {
-            Failure::Provider(e) => e.message.clone(),
+            Failure::Provider(_, e) => e.message.clone(),
             Failure::Transport { message, .. } => message.clone(),
         }
     }
 
     fn retryable(&self) -> bool {
         match self {
-            Failure::Provider(e) => e.retryable(),
+            Failure::Provider(_, e) => e.retryable(),
             Failure::Transport { .. } => true,
         }
     }
 
     /// Worth trying another target even though retrying this one is not.
     fn try_elsewhere(&self) -> bool {
-        matches!(self.kind(), ErrorKind::Authentication | ErrorKind::PermissionDenied | ErrorKind::NotFound)
+        matches!(
+            self.kind(),
+            ErrorKind::Authentication | ErrorKind::PermissionDenied | ErrorKind::NotFound | ErrorKind::ProviderAuth
+        )
+    }
+
+    /// Kind, status and message for the caller. A provider refusing the
+    /// gateway's own key (401, 403) is not the caller's authentication
+    /// failure: it is reported as a bad gateway (502, `provider_auth_failed`)
+    /// naming the provider, so nobody mistakes a revoked provider key for a
+    /// bad caller key.
+    fn for_caller(&self) -> (ErrorKind, StatusCode, String) {
+        match self {
+            Failure::Provider(provider, e)
+                if matches!(e.kind, ErrorKind::Authentication | ErrorKind::PermissionDenied) =>
+            {
+                let message = format!(
+                    "provider {provider} refused the gateway's credential (HTTP {}: {}); the caller's key is not at \
+                     fault: an operator must check the provider's API keys (`tollgate ctl provider get {provider}`)",
+                    e.status, e.message
+                );
+                (ErrorKind::ProviderAuth, ErrorKind::ProviderAuth.status(), message)
+            }
+            _ => (self.kind(), self.status(), self.message()),
+        }
     }
 }
 
@@ -267,6 +332,8 @@ struct Attempts<'a> {
     call: &'a AiCall,
     started: Instant,
     ingress: Ingress,
+    /// How a Gemini caller's stream is framed (`None`: not streamed, or not Gemini).
+    gemini_stream: Option<StreamFormat>,
 }
 
 enum Sent {
@@ -367,6 +434,14 @@ impl Attempts<'_> {
         let allowed: &[String] = self.call.api_key.as_ref().map_or(&[], |k| k.allowed_models.as_slice());
         let plan = match self.snapshot.plan(requested, allowed) {
             Ok(plan) => plan,
+            Err(error @ PlanError::NoModel(_)) => {
+                return Err(self.refuse(
+                    account,
+                    ErrorKind::InvalidRequest,
+                    StatusCode::BAD_REQUEST,
+                    &error.to_string(),
+                ));
+            }
             Err(error @ PlanError::NotAllowed(_)) => {
                 return Err(self.refuse(
                     account,
@@ -401,18 +476,22 @@ impl Attempts<'_> {
                                 "",
                                 price.clone(),
                             );
-                            let message = if provider.credentials.is_empty() {
-                                format!(
-                                    "provider {} has no usable API key; check its keys with `tollgate ctl provider get {}`",
+                            // No key at all is the operator's to fix, like a refused one.
+                            let failure = if provider.credentials.is_empty() {
+                                let message = format!(
+                                    "provider {} has no usable API key; an operator must add one \
+                                     (`tollgate ctl provider get {}`)",
                                     provider.name, provider.name
-                                )
+                                );
+                                Failure::Transport { kind: ErrorKind::ProviderAuth, message }
                             } else {
-                                format!(
+                                let message = format!(
                                     "every API key of provider {} is cooling down after rate limiting",
                                     provider.name
-                                )
+                                );
+                                Failure::Transport { kind: ErrorKind::RateLimited, message }
                             };
-                            last = Some(Failure::Transport { kind: ErrorKind::RateLimited, message });
+                            last = Some(failure);
                             break;
                         }
                     }
@@ -464,7 +543,7 @@ impl Attempts<'_> {
                         let body = read_limited(response.into_body(), MAX_ERROR_BODY, provider.request_timeout)
                             .await
                             .unwrap_or_default();
-                        Failure::Provider(provider.adapter.error(status, &headers, &body))
+                        Failure::Provider(provider.name.clone(), provider.adapter.error(status, &headers, &body))
                     }
                     Sent::Failed(failure) => failure,
                 };
@@ -472,7 +551,7 @@ impl Attempts<'_> {
                 let rate_limited = failure.kind() == ErrorKind::RateLimited;
                 if rate_limited && let Some(c) = credential {
                     let rest = match &failure {
-                        Failure::Provider(e) => e.retry_after.unwrap_or(provider.cooldown),
+                        Failure::Provider(_, e) => e.retry_after.unwrap_or(provider.cooldown),
                         Failure::Transport { .. } => provider.cooldown,
                     };
                     self.shared.cooldowns.rest(&provider.id, &c.id, rest);
@@ -482,9 +561,15 @@ impl Attempts<'_> {
                     request_id = %self.call.request_id, provider = %provider.name, model = %candidate.model,
                     credential = credential_id, attempt = try_no + 1, error = %failure.message(), "AI attempt failed"
                 );
+                if failure.kind() == ErrorKind::Authentication || failure.kind() == ErrorKind::PermissionDenied {
+                    tracing::warn!(
+                        provider = %provider.name, credential = credential_id, error = %failure.message(),
+                        "the provider refused the gateway's API key; replace or remove the key"
+                    );
+                }
                 let (retryable, elsewhere) = (failure.retryable(), failure.try_elsewhere());
                 if !retryable && !elsewhere {
-                    let (kind, status, message) = (failure.kind(), failure.status(), failure.message());
+                    let (kind, status, message) = failure.for_caller();
                     return Err(self.refuse(account, kind, status, &message));
                 }
                 last = Some(failure);
@@ -503,15 +588,17 @@ impl Attempts<'_> {
             kind: ErrorKind::Unavailable,
             message: format!("model {requested} has no reachable target"),
         });
-        let message = format!("every target of {requested} failed; last error: {}", failure.message());
-        Err(self.refuse(account, failure.kind(), failure.status(), &message))
+        let (kind, status, message) = failure.for_caller();
+        let message = format!("every target of {requested} failed; last error: {message}");
+        Err(self.refuse(account, kind, status, &message))
     }
 
-    /// `anthropic_body` is the caller's original `/messages` body: sent as is
-    /// (but for the model) when the target is an Anthropic provider, so
-    /// nothing the canonical form lacks (cache_control, thinking) is lost.
-    async fn chat(&self, request: ChatRequest, anthropic_body: Option<&Bytes>) -> AiOutcome {
-        if request.model.is_empty() {
+    /// `original` is the caller's own body for the Anthropic and Gemini
+    /// ingresses: sent as is (Anthropic's with the target's model) when the
+    /// target speaks the same API, so nothing the canonical form lacks
+    /// (cache_control, thinking, safetySettings) is lost.
+    async fn chat(&self, request: ChatRequest, original: Option<&Bytes>) -> AiOutcome {
+        if request.model.trim().is_empty() {
             return outcome(error_response(
                 self.ingress,
                 ErrorKind::InvalidRequest,
@@ -522,17 +609,31 @@ impl Attempts<'_> {
         let requested = request.model.clone();
         let stream = request.is_stream();
         let request = Arc::new(request);
-        let endpoint_name = if self.ingress == Ingress::Anthropic { "messages" } else { "chat.completions" };
+        let endpoint_name = match self.ingress {
+            Ingress::OpenAi => "chat.completions",
+            Ingress::Anthropic => "messages",
+            Ingress::Gemini => "generate_content",
+        };
         let mut account = self.accounting(endpoint_name, &requested, stream, PromptSource::Chat(request.clone()));
-        let passes_through = |candidate: &Candidate| {
-            anthropic_body.is_some() && candidate.provider.kind == super::provider::ProviderKind::Anthropic
+        let same_api = |candidate: &Candidate| {
+            original.is_some()
+                && match self.ingress {
+                    Ingress::Anthropic => candidate.provider.kind == ProviderKind::Anthropic,
+                    Ingress::Gemini => candidate.provider.kind == ProviderKind::Gemini,
+                    Ingress::OpenAi => false,
+                }
         };
         let answered = self
             .attempt(&mut account, &requested, |candidate, target| {
                 let mut upstream = candidate.provider.adapter.chat_request(&request, target)?;
-                if let Some(original) = anthropic_body.filter(|_| passes_through(candidate)) {
-                    *upstream.body_mut() = passthrough_body(original, target.model)?;
-                    if let Some(beta) = &self.call.anthropic_beta {
+                if let Some(original) = original.filter(|_| same_api(candidate)) {
+                    *upstream.body_mut() = match self.ingress {
+                        // Gemini's body names no model: the URL does.
+                        Ingress::Gemini => original.clone(),
+                        _ => passthrough_body(original, target.model)?,
+                    };
+                    if let Some(beta) = self.call.anthropic_beta.as_ref().filter(|_| self.ingress == Ingress::Anthropic)
+                    {
                         upstream.headers_mut().insert("anthropic-beta", beta.clone());
                     }
                 }
@@ -546,23 +647,34 @@ impl Attempts<'_> {
         let provider = candidate.provider.clone();
         let attempts = account.record.attempts;
         let provider_name = Some(provider.name.clone());
-        let passthrough = passes_through(&candidate);
+        // The provider's answer goes out as it came — but a Gemini provider
+        // always streams SSE, so a caller wanting a JSON array gets it encoded.
+        let passthrough = same_api(&candidate) && self.gemini_stream != Some(StreamFormat::JsonArray);
 
         if stream {
             let encoder = match self.ingress {
-                _ if passthrough => Encoder::Passthrough,
+                Ingress::Anthropic if passthrough => Encoder::Passthrough(Passthrough::Anthropic),
+                Ingress::Gemini if passthrough => Encoder::Passthrough(Passthrough::GeminiSse),
                 Ingress::OpenAi => Encoder::OpenAi { include_usage: super::types::wants_usage_chunk(&request) },
                 Ingress::Anthropic => Encoder::Anthropic(Box::new(MessagesStreamEncoder::new(
                     &requested,
                     tokens::estimate_prompt_tokens(&request),
                 ))),
+                Ingress::Gemini => Encoder::Gemini(Box::new(GenerateContentStreamEncoder::new(
+                    self.gemini_stream.unwrap_or(StreamFormat::Sse),
+                    &requested,
+                ))),
+            };
+            let content_type = match &encoder {
+                Encoder::Gemini(encoder) => encoder.content_type(),
+                _ => "text/event-stream",
             };
             // A provider that falls silent mid-stream gets as long as it had for its headers.
             let idle = provider.request_timeout;
             let body = AiStream::new(response.into_body(), provider.adapter.stream_decoder(), encoder, account, idle);
             let mut out = Response::new(body.boxed_unsync());
             let headers = out.headers_mut();
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             return AiOutcome { response: out, provider: provider_name, attempts };
         }
@@ -597,6 +709,9 @@ impl Attempts<'_> {
             Ingress::OpenAi => serde_json::to_vec(&answer).map(Bytes::from),
             Ingress::Anthropic => {
                 serde_json::to_vec(&anthropic_ingress::chat_response_to_messages(&answer, &requested)).map(Bytes::from)
+            }
+            Ingress::Gemini => {
+                serde_json::to_vec(&gemini_ingress::chat_response_to_gemini(&answer, &requested)).map(Bytes::from)
             }
         };
         let response = match json {

@@ -249,19 +249,12 @@ fn dimension(r: &UsageRecord, group: &str) -> String {
     }
 }
 
-/// `YYYY-MM-DD` (UTC) of a Unix millisecond time (civil-from-days, proleptic Gregorian).
+/// `YYYY-MM-DD` (UTC) of a Unix millisecond time.
 pub fn utc_day(at_ms: i64) -> String {
-    let days = at_ms.div_euclid(86_400_000);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(at_ms).unwrap_or(0));
+    let mut day = humantime::format_rfc3339_seconds(at).to_string();
+    day.truncate(10);
+    day
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
-//! The AI gateway: one OpenAI-compatible API (and Anthropic-format ingress)
-//! over many providers, with token and cost accounting.
+//! The AI gateway: one OpenAI-compatible API (and Anthropic- and
+//! Gemini-format ingress) over many providers, with token and cost accounting.
 //!
 //! The translation layer is pure — canonical (OpenAI-format) types, provider
-//! adapters, SSE decoding, the Anthropic ingress, token estimation — and the
+//! adapters, SSE decoding, the Anthropic and Gemini ingresses, token
+//! estimation — and the
 //! request path (`gateway`, `stream`, `account`) sends what it builds.
 
 pub mod account;
@@ -11,6 +12,7 @@ pub mod catalog;
 pub mod cooldown;
 pub mod error;
 pub mod gateway;
+pub mod gemini_ingress;
 pub mod ledger;
 pub mod metrics;
 pub mod provider;
@@ -24,7 +26,8 @@ pub mod types;
 mod golden_tests;
 
 pub use error::{
-    AdapterError, ErrorKind, ProviderError, anthropic_error_body, anthropic_error_event, openai_error_body,
+    AdapterError, ErrorKind, ProviderError, anthropic_error_body, anthropic_error_event, gemini_error_body,
+    openai_error_body,
 };
 pub use provider::{ProviderAdapter, ProviderKind, StreamDecoder, UpstreamTarget, adapter};
 pub use types::wants_usage_chunk;

@@ -96,6 +96,8 @@ pub enum PlanError {
     UnknownModel(String),
     #[error("your API key may not use the model `{0}`; ask an operator to add it to the key's allowed models")]
     NotAllowed(String),
+    #[error("the model `{0}` names a provider but no model; send `provider/model`, e.g. `openai/gpt-4o-mini`")]
+    NoModel(String),
 }
 
 fn kind_of(p: &Provider) -> ProviderKind {
@@ -211,6 +213,10 @@ impl AiSnapshot {
         }
         let (provider, model) =
             requested.split_once('/').ok_or_else(|| PlanError::UnknownModel(requested.to_string()))?;
+        // `openai/` is a mistake of the caller's, answered before any provider is asked.
+        if model.trim().is_empty() {
+            return Err(PlanError::NoModel(requested.to_string()));
+        }
         let provider = self.provider_named(provider).ok_or_else(|| PlanError::UnknownModel(requested.to_string()))?;
         if !provider.models.is_empty() && !provider.models.iter().any(|m| m == model) {
             return Err(PlanError::UnknownModel(requested.to_string()));
@@ -387,6 +393,8 @@ mod tests {
         assert!(matches!(snap.plan("nobody/listed", &[]), Err(PlanError::UnknownModel(_))));
         assert!(matches!(snap.plan("gpt-4o", &[]), Err(PlanError::UnknownModel(_))));
         assert!(matches!(snap.plan("a/listed", &["b/*".into()]), Err(PlanError::NotAllowed(_))));
+        assert_eq!(snap.plan("a/", &[]).err(), Some(PlanError::NoModel("a/".into())));
+        assert_eq!(snap.plan("a/ ", &[]).err(), Some(PlanError::NoModel("a/ ".into())));
         assert!(snap.plan("a/listed", &["a/*".into()]).is_ok());
         assert_eq!(snap.visible_models(&[]), vec![("a/listed".to_string(), "a".to_string())]);
         assert!(snap.visible_models(&["gpt-*".into()]).is_empty());

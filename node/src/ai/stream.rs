@@ -1,7 +1,12 @@
 //! A streamed AI answer: provider SSE bytes in, the caller's format out
-//! (OpenAI chunks or Anthropic events), with usage accounted exactly once —
-//! when the stream completes, when it breaks, or when the client goes away
-//! (the body is dropped).
+//! (OpenAI chunks, Anthropic events or Gemini responses), with usage
+//! accounted exactly once — when the stream completes, when it breaks, or
+//! when the client goes away (the body is dropped).
+//!
+//! A stream that did not complete is billed for what it delivered: the
+//! provider's input count when it gave one, and the tokenizer's count of the
+//! output decoded so far, marked estimated (a provider's output count is
+//! final only at the end of its stream; see `StreamDecoder::usage_is_final`).
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -18,6 +23,7 @@ use tollgate_proto::config::v1::UsageOutcome;
 use super::account::{Accounting, Served};
 use super::anthropic_ingress::MessagesStreamEncoder;
 use super::error::{AdapterError, ErrorKind, ProviderError, anthropic_error_event};
+use super::gemini_ingress::{self, GenerateContentStreamEncoder};
 use super::provider::StreamDecoder;
 use super::types::{ChatChunk, Usage};
 use crate::proxy::BoxError;
@@ -28,9 +34,18 @@ pub enum Encoder {
         include_usage: bool,
     },
     Anthropic(Box<MessagesStreamEncoder>),
+    Gemini(Box<GenerateContentStreamEncoder>),
     /// The provider already speaks the caller's format: its bytes go out
     /// unchanged and are decoded only for accounting.
-    Passthrough,
+    Passthrough(Passthrough),
+}
+
+/// The format of a passed-through stream, for an error the gateway adds to it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Passthrough {
+    Anthropic,
+    /// Gemini's `alt=sse` stream.
+    GeminiSse,
 }
 
 pub struct AiStream {
@@ -85,7 +100,8 @@ impl AiStream {
                     }
                 }
                 Encoder::Anthropic(encoder) => self.pending.extend(encoder.encode(&chunk)),
-                Encoder::Passthrough => {}
+                Encoder::Gemini(encoder) => self.pending.extend(encoder.encode(&chunk)),
+                Encoder::Passthrough(_) => {}
             }
             chunk.choices.clear();
             self.last = Some(chunk);
@@ -105,13 +121,27 @@ impl AiStream {
         out.freeze()
     }
 
+    /// What to bill: the provider's counts once it reported its final ones;
+    /// otherwise (no usage at all, or a stream cut, cancelled or broken before
+    /// the final counts) the provider's input count if it gave one, and the
+    /// tokenizer's count of the output decoded so far — estimated.
+    fn billed_usage(&self) -> (Usage, bool) {
+        let reported = self.decoder.usage();
+        if self.decoder.usage_is_final()
+            && let Some(usage) = reported
+        {
+            return (usage, false);
+        }
+        let (input, cached) = match reported.filter(|u| u.prompt_tokens > 0) {
+            Some(u) => (u.prompt_tokens, u.prompt_tokens_details.map(|d| d.cached_tokens)),
+            None => (self.account.prompt_estimate(), None),
+        };
+        (Usage::new(input, super::tokens::count_tokens(self.decoder.output_text()), cached), true)
+    }
+
     fn complete(&mut self) {
         self.ended = true;
-        // The provider's counts, else what we will bill: the tokenizer's, counted once.
-        let (usage, usage_is_estimate) = match self.decoder.usage() {
-            Some(usage) => (usage, false),
-            None => (estimated_usage(&self.account, self.decoder.output_text()), true),
-        };
+        let (usage, usage_is_estimate) = self.billed_usage();
         let finish_reason = self.decoder.finish_reason();
         match &mut self.encoder {
             Encoder::OpenAi { include_usage } => {
@@ -128,7 +158,10 @@ impl AiStream {
             Encoder::Anthropic(encoder) => {
                 self.pending.extend(encoder.finish(Some(&usage), finish_reason.as_deref()));
             }
-            Encoder::Passthrough => {}
+            Encoder::Gemini(encoder) => {
+                self.pending.extend(encoder.finish(Some(&usage), finish_reason.as_deref()));
+            }
+            Encoder::Passthrough(_) => {}
         }
         let output_text = self.decoder.output_text().to_string();
         self.account.finish(Served {
@@ -148,31 +181,31 @@ impl AiStream {
             AdapterError::UpstreamStream { error, .. } => (error.kind, error.message.clone()),
             other => (ErrorKind::Server, other.to_string()),
         };
-        match &self.encoder {
+        match &mut self.encoder {
             Encoder::OpenAi { .. } => {
                 let body = serde_json::json!({"error": {"message": message, "type": "server_error", "param": null, "code": "stream_interrupted"}});
                 self.pending.push_back(sse_data(&body.to_string()));
             }
-            Encoder::Anthropic(_) | Encoder::Passthrough => {
+            Encoder::Anthropic(_) | Encoder::Passthrough(Passthrough::Anthropic) => {
                 self.pending.push_back(anthropic_error_event(kind, &message))
+            }
+            Encoder::Gemini(encoder) => self.pending.push_back(encoder.error(kind, &message)),
+            Encoder::Passthrough(Passthrough::GeminiSse) => {
+                self.pending.push_back(gemini_ingress::sse_error_event(kind, &message))
             }
         }
         let output_text = self.decoder.output_text().to_string();
+        let (usage, usage_is_estimate) = self.billed_usage();
         self.account.finish(Served {
             outcome: UsageOutcome::Error,
             http_status: 200,
-            usage: self.decoder.usage(),
-            usage_is_estimate: false,
+            usage: Some(usage),
+            usage_is_estimate,
             output_text: &output_text,
             finish_reason: self.decoder.finish_reason(),
             error: Some(error.to_string()),
         });
     }
-}
-
-/// The tokenizer's count for a stream that reported no usage.
-fn estimated_usage(account: &Accounting, output_text: &str) -> Usage {
-    Usage::new(account.prompt_estimate(), super::tokens::count_tokens(output_text), None)
 }
 
 impl Body for AiStream {
@@ -209,7 +242,7 @@ impl Body for AiStream {
                     let (limit, timer) = &mut this.idle;
                     timer.as_mut().reset(tokio::time::Instant::now() + *limit);
                     if let Ok(data) = frame.into_data() {
-                        if matches!(this.encoder, Encoder::Passthrough) {
+                        if matches!(this.encoder, Encoder::Passthrough(_)) {
                             this.pending.push_back(data.clone());
                         }
                         match this.decoder.feed(&data) {
@@ -250,11 +283,12 @@ impl Drop for AiStream {
         if !self.account.is_done() {
             // The client went away mid-stream: bill what was produced.
             let output_text = self.decoder.output_text().to_string();
+            let (usage, usage_is_estimate) = self.billed_usage();
             self.account.finish(Served {
                 outcome: UsageOutcome::Cancelled,
                 http_status: 499,
-                usage: self.decoder.usage(),
-                usage_is_estimate: false,
+                usage: Some(usage),
+                usage_is_estimate,
                 output_text: &output_text,
                 finish_reason: self.decoder.finish_reason(),
                 error: Some("the client closed the connection before the answer was complete".into()),

@@ -20,16 +20,21 @@ pub type AiClient = AiServiceClient<InterceptedService<Channel, BearerToken>>;
 pub enum ProviderCmd {
     /// Add a provider: `provider create openai --kind openai --key main=env:OPENAI_API_KEY`.
     Create {
+        /// Name used in alias targets and in provider/model.
         name: String,
         #[command(flatten)]
         fields: ProviderFields,
     },
+    /// Every provider (key secrets are never shown, only a hint).
     List,
+    /// One provider.
     Get {
+        /// Name or id.
         provider: String,
     },
     /// Change a provider; --key flags replace the whole key list when given.
     Update {
+        /// Name or id.
         provider: String,
         #[command(flatten)]
         fields: ProviderFields,
@@ -42,6 +47,7 @@ pub enum ProviderCmd {
     },
     /// Fails while aliases still use the provider.
     Delete {
+        /// Name or id.
         provider: String,
     },
 }
@@ -58,7 +64,8 @@ pub struct ProviderFields {
     /// to keep it out of shell history. Repeatable (a pool of keys).
     #[arg(long = "key", value_name = "ID[*WEIGHT]=SECRET")]
     keys: Vec<String>,
-    /// Azure api-version or anthropic-version.
+    /// Azure api-version or anthropic-version sent to the provider
+    /// [default: 2024-10-21 for azure-openai, 2023-06-01 for anthropic].
     #[arg(long)]
     api_version: Option<String>,
     /// Price catalog namespace (default: by kind, or the provider name).
@@ -67,9 +74,10 @@ pub struct ProviderFields {
     /// Model offered for direct "provider/model" use and listed by /v1/models. Repeatable.
     #[arg(long = "model")]
     models: Vec<String>,
+    /// Longest wait for the provider's answer (the whole stream included) [default: 600000].
     #[arg(long)]
     request_timeout_ms: Option<u32>,
-    /// Rest for a key after a 429 without Retry-After.
+    /// Rest for a key after a 429 without Retry-After [default: 30000].
     #[arg(long)]
     cooldown_ms: Option<u32>,
     /// Extra request header NAME:VALUE, where VALUE may be env:VAR or file:PATH.
@@ -83,21 +91,28 @@ pub struct ProviderFields {
 pub enum AliasCmd {
     /// Map a model name to targets: `alias create gpt-4o --target openai/gpt-4o --target azure/gpt-4o@-1`.
     Create {
+        /// The model name clients send, e.g. gpt-4o or fast.
         name: String,
         #[command(flatten)]
         fields: AliasFields,
     },
+    /// Every alias, with its targets' provider names.
     List,
+    /// One alias.
     Get {
+        /// Name or id.
         alias: String,
     },
     /// --target flags replace the whole target list when given.
     Update {
+        /// Name or id.
         alias: String,
         #[command(flatten)]
         fields: AliasFields,
     },
+    /// Clients asking for the alias get 404 model_not_found.
     Delete {
+        /// Name or id.
         alias: String,
     },
 }
@@ -108,11 +123,13 @@ pub struct AliasFields {
     /// fallbacks; weights split traffic within a priority. Repeatable.
     #[arg(long = "target", value_name = "PROVIDER/MODEL[*W][@P]")]
     targets: Vec<String>,
-    /// Extra attempts on a target after a 429/5xx/timeout before falling back.
+    /// Extra attempts on a target after a 429/5xx/timeout before falling back [default: 0].
     #[arg(long)]
     retries: Option<u32>,
+    /// First wait before a retry, doubled each time [default: 200].
     #[arg(long)]
     backoff_ms: Option<u32>,
+    /// Free-form note for people.
     #[arg(long)]
     description: Option<String>,
 }
@@ -142,13 +159,18 @@ pub enum PriceCmd {
         /// USD per million cached input tokens (default: the input price).
         #[arg(long)]
         cached_input_per_mtok: Option<f64>,
+        /// Context window in tokens, for reference (0 = unknown).
         #[arg(long, default_value_t = 0)]
         context_window: u64,
+        /// What the model is priced for.
         #[arg(long, default_value = "chat", value_parser = ["chat", "embedding"])]
         mode: String,
     },
     /// Remove an override; the built-in price applies again.
-    Delete { name: String },
+    Delete {
+        /// NAMESPACE/MODEL.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
 //! Connecting to the admin API with the bearer token attached to every call.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use tollgate_proto::admin::v1::admin_service_client::AdminServiceClient;
 use tollgate_proto::admin::v1::cluster_service_client::ClusterServiceClient;
@@ -38,14 +39,20 @@ pub fn resolve_token(explicit: Option<&str>, data_dir: &Path) -> Result<String, 
     }
 }
 
-pub async fn connect(endpoint: &str, token: &str) -> Result<(Admin, Cluster, super::ai::AiClient), CtlError> {
+pub async fn connect(
+    endpoint: &str,
+    token: &str,
+    timeout: Duration,
+) -> Result<(Admin, Cluster, super::ai::AiClient), CtlError> {
     let url = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
     let channel = Channel::from_shared(url.clone())
         .map_err(|e| CtlError::Usage(format!("invalid --admin address {url:?}: {e}")))?
+        .connect_timeout(timeout)
         .connect()
         .await
-        .map_err(|e| {
-            CtlError::Unavailable(format!("cannot connect to the admin API at {url}: {e}. Is `tollgate` running?"))
+        .map_err(|e| CtlError::Unavailable {
+            addr: endpoint.to_string(),
+            why: format!("cannot connect to the admin API ({}). Is `tollgate` running there?", causes(&e)),
         })?;
     let value = format!("Bearer {token}")
         .parse()
@@ -56,4 +63,55 @@ pub async fn connect(endpoint: &str, token: &str) -> Result<(Admin, Cluster, sup
         ClusterServiceClient::with_interceptor(channel.clone(), bearer.clone()),
         tollgate_proto::admin::v1::ai_service_client::AiServiceClient::with_interceptor(channel, bearer),
     ))
+}
+
+/// An error's message and its causes, each once: tonic's "transport error"
+/// alone says nothing, its source says what happened.
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    with_causes(error.to_string(), error.source())
+}
+
+fn with_causes(text: String, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut parts = vec![text];
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&cause_text)) {
+            parts.push(cause_text);
+        }
+        source = cause.source();
+    }
+    // tonic's wrapper says nothing its causes do not say better.
+    if parts.len() > 1 {
+        parts.retain(|p| p != "transport error");
+    }
+    parts.join(": ")
+}
+
+/// Every failure to reach the node, or to get an answer from it, becomes
+/// [`CtlError::Unavailable`] (exit 7) and names the address: a connection
+/// refused or reset, a node that died mid-request (tonic's bare "transport
+/// error", exit 1 before), or a node that answers UNAVAILABLE (no leader).
+/// Answers the node gave on purpose (not found, invalid, ...) stay as they are.
+pub fn name_the_node(error: CtlError, addr: &str) -> CtlError {
+    let CtlError::Status(status) = error else { return error };
+    use tonic::Code;
+    // A status built by the client from an I/O or HTTP/2 failure carries
+    // that failure as its source; one the server sent has none.
+    let from_transport = std::error::Error::source(&status).is_some();
+    match status.code() {
+        Code::Unknown | Code::Internal | Code::Cancelled | Code::Unavailable if from_transport => {
+            CtlError::Unavailable {
+                addr: addr.to_string(),
+                why: format!(
+                    "the connection to the admin API broke before it answered ({}); the node may have \
+                     stopped or restarted. Is `tollgate` running there?",
+                    with_causes(status.message().to_string(), std::error::Error::source(&status))
+                ),
+            }
+        }
+        Code::Unavailable | Code::DeadlineExceeded => {
+            CtlError::Unavailable { addr: addr.to_string(), why: status.message().to_string() }
+        }
+        _ => CtlError::Status(status),
+    }
 }

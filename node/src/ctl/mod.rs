@@ -1,23 +1,32 @@
 //! `tollgate ctl`: the admin API from the command line. Tables for people,
-//! `-o json` for scripts, and exit codes scripts can branch on:
+//! `-o json` for scripts, and exit codes scripts can branch on
+//! ([`EXIT_CODES`], also printed by `tollgate ctl --help`):
 //!
 //! | code | meaning |
 //! |---|---|
-//! | 0 | success |
+//! | 0 | success (also when stdout is closed early, as by `| head`) |
 //! | 1 | any other error |
 //! | 2 | bad usage (flags, arguments, missing token) |
 //! | 3 | not found |
 //! | 4 | already exists |
 //! | 5 | invalid argument or failed precondition |
 //! | 6 | admin token rejected |
-//! | 7 | node unreachable or unavailable |
+//! | 7 | node unreachable, not answering within `--timeout`, or unavailable (no leader with a majority) |
+//!
+//! Every command is bounded by `--timeout` (15 s by default): a frozen node
+//! (SIGSTOP, a full disk) must not hang a script. Errors that concern the node
+//! start with its address, as ripgrep's start with the path.
 
 mod ai;
 mod client;
 mod output;
 mod policy;
 
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -26,22 +35,37 @@ use tollgate_proto::config::v1::{AuthMode, Consumer, PathMatch, Route, RoutePath
 
 pub use output::Format;
 
+/// The exit codes, for `--help` (see the module docs).
+pub const EXIT_CODES: &str = "Exit codes: 0 success (also when stdout is closed early, e.g. by `| head`), \
+1 other error, 2 usage, 3 not found, 4 already exists, 5 invalid argument or failed precondition, \
+6 admin token rejected, 7 node unreachable, not answering within --timeout, or without a leader";
+
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
     #[error("{0}")]
     Usage(String),
-    #[error("{0}")]
-    Unavailable(String),
+    /// The node could not be reached, stopped answering, or answered that it
+    /// cannot serve the request now. The message starts with its address.
+    #[error("{addr}: {why}")]
+    Unavailable { addr: String, why: String },
     #[error("{}", .0.message())]
     Status(#[from] tonic::Status),
+    /// Stdout was closed before everything was written (`| head`): not an
+    /// error for the person who closed it, so nothing is printed.
+    #[error("broken pipe")]
+    BrokenPipe,
+    #[error("cannot write the output: {0}")]
+    Output(std::io::Error),
 }
 
 impl CtlError {
     pub fn exit_code(&self) -> i32 {
         use tonic::Code;
         match self {
+            CtlError::BrokenPipe => 0,
             CtlError::Usage(_) => 2,
-            CtlError::Unavailable(_) => 7,
+            CtlError::Unavailable { .. } => 7,
+            CtlError::Output(_) => 1,
             CtlError::Status(s) => match s.code() {
                 Code::NotFound => 3,
                 Code::AlreadyExists => 4,
@@ -52,26 +76,53 @@ impl CtlError {
             },
         }
     }
+
+    /// Whether `main` should print nothing (the pipe reader went away).
+    pub fn is_quiet(&self) -> bool {
+        matches!(self, CtlError::BrokenPipe)
+    }
 }
 
+/// Parses `--timeout`: `15s`, `500ms`, `2m`, or bare seconds.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = match s.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}; use e.g. 15s, 500ms or 2m"))?,
+    };
+    if d.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    Ok(d)
+}
+
+const GLOBAL: &str = "Global options";
+
 #[derive(Debug, Args)]
+#[command(after_help = EXIT_CODES)]
 pub struct CtlArgs {
     /// Admin API address of any node.
-    #[arg(long, global = true, env = "TOLLGATE_ADMIN", default_value = "127.0.0.1:9090")]
+    #[arg(long, global = true, env = "TOLLGATE_ADMIN", default_value = "127.0.0.1:9090", help_heading = GLOBAL)]
     pub admin: String,
     /// Admin bearer token [default: read from <data-dir>/admin-token].
-    #[arg(long, global = true, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true, help_heading = GLOBAL)]
     pub token: Option<String>,
     /// Data directory of a local node, to find its admin token.
-    #[arg(long, global = true, env = "TOLLGATE_DATA_DIR", default_value = "./tollgate-data")]
+    #[arg(long, global = true, env = "TOLLGATE_DATA_DIR", default_value = "./tollgate-data", help_heading = GLOBAL)]
     pub data_dir: PathBuf,
     /// Output format.
-    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "table", help_heading = GLOBAL)]
     pub output: Format,
     /// Read this node's applied state instead of a linearizable read through
     /// the leader: works during a partition, may miss the latest writes.
-    #[arg(long, global = true)]
+    /// Reads only; a write always needs the leader.
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub stale: bool,
+    /// Give up after this long, connecting and answering together (e.g. 15s,
+    /// 500ms, 2m); then exit 7. Writes wait up to the node's raft.write_timeout_ms
+    /// (10 s by default) for a majority, so keep it above that.
+    #[arg(long, global = true, env = "TOLLGATE_CTL_TIMEOUT", default_value = "15s", value_parser = parse_timeout,
+          help_heading = GLOBAL)]
+    pub timeout: Duration,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -122,54 +173,88 @@ pub enum ClusterCmd {
     },
     /// Join tokens that exist (ids and expiry; secrets are never shown again).
     Tokens,
-    /// Revoke a join token (its id, or the whole token).
-    RevokeToken { id: String },
+    /// Revoke a join token.
+    RevokeToken {
+        /// Its id, or the whole token.
+        id: String,
+    },
     /// Add a running node (with the cluster's certificates) as a learner.
-    AddLearner { node_id: u64, peer_addr: String },
+    AddLearner {
+        /// The node's --node-id.
+        node_id: u64,
+        /// Its peer (QUIC) address, host:port.
+        peer_addr: String,
+    },
     /// Make a learner a voter.
-    Promote { node_id: u64 },
+    Promote {
+        /// The learner's node id.
+        node_id: u64,
+    },
     /// Remove a node from the cluster.
-    Remove { node_id: u64 },
+    Remove {
+        /// The member's node id.
+        node_id: u64,
+    },
     /// Hand leadership to another voter.
-    TransferLeader { node_id: u64 },
+    TransferLeader {
+        /// The voter's node id.
+        node_id: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ServiceCmd {
     /// Create a service: `service create orders --target 10.0.0.5:8080 --target 10.0.0.6:8080*3`.
     Create {
+        /// Name routes use to refer to it.
         name: String,
+        /// Upstream target as host:port, or host:port*weight. Repeatable; at least one.
+        #[arg(long = "target", value_name = "HOST:PORT[*WEIGHT]", required = true)]
+        targets: Vec<String>,
         #[command(flatten)]
         fields: ServiceFields,
     },
+    /// Every service.
     List,
+    /// One service and its policies.
     Get {
+        /// Name or id.
         service: String,
     },
     /// Change fields of a service; flags not given keep their value.
     Update {
+        /// Name or id.
         service: String,
+        /// New name (routes refer to the id, so they keep working).
         #[arg(long)]
         rename: Option<String>,
+        /// Upstream target as host:port, or host:port*weight. Repeatable; replaces the whole list.
+        #[arg(long = "target", value_name = "HOST:PORT[*WEIGHT]")]
+        targets: Vec<String>,
         #[command(flatten)]
         fields: ServiceFields,
     },
+    /// Fails while routes still use the service.
     Delete {
+        /// Name or id.
         service: String,
     },
 }
 
 #[derive(Debug, Args)]
 pub struct ServiceFields {
-    /// Upstream target as host:port, or host:port*weight. Repeatable.
-    #[arg(long = "target", value_name = "HOST:PORT[*WEIGHT]")]
-    targets: Vec<String>,
+    /// Free-form version label shown with the service, e.g. v1 or 2024-06-01 (not used for routing).
     #[arg(long = "api-version")]
     version: Option<String>,
+    /// Longest wait to connect to a target, then the next target or 504
+    /// [default: the node's proxy.connect_timeout_ms, 5000].
     #[arg(long)]
     connect_timeout_ms: Option<u32>,
+    /// Longest wait for a target's response headers, then 504
+    /// [default: the node's proxy.request_timeout_ms, 60000].
     #[arg(long)]
     request_timeout_ms: Option<u32>,
+    /// Free-form note for people.
     #[arg(long)]
     description: Option<String>,
     #[command(flatten)]
@@ -181,7 +266,9 @@ pub enum RouteCmd {
     /// Create a route: `route create orders --service orders --path /orders --strip-prefix`,
     /// or an AI gateway route: `route create llm --ai --path /v1`.
     Create {
+        /// Unique route name.
         name: String,
+        /// Service (name or id) that receives the matched requests; required unless --ai.
         #[arg(long, required_unless_present = "ai", conflicts_with = "ai")]
         service: Option<String>,
         /// Serve the OpenAI-compatible AI API below the route's path instead of forwarding.
@@ -190,19 +277,26 @@ pub enum RouteCmd {
         #[command(flatten)]
         fields: RouteFields,
     },
+    /// Every route, with the name of the service it forwards to.
     List,
+    /// One route and its policies.
     Get {
+        /// Name or id.
         route: String,
     },
     /// Change fields of a route; list flags (--path, --host, --method) replace the whole list when given.
     Update {
+        /// Name or id.
         route: String,
+        /// Service (name or id) that receives the matched requests.
         #[arg(long)]
         service: Option<String>,
         #[command(flatten)]
         fields: RouteFields,
     },
+    /// Delete a route; its traffic gets 404 (or a less specific route) at once.
     Delete {
+        /// Name or id.
         route: String,
     },
 }
@@ -224,6 +318,7 @@ pub struct RouteFields {
     /// HTTP method. Repeatable; none = any method.
     #[arg(long = "method")]
     methods: Vec<String>,
+    /// Breaks ties between equally specific routes: the higher wins; negative allowed [default: 0].
     #[arg(long, allow_hyphen_values = true)]
     priority: Option<i32>,
     /// Remove the matched prefix before forwarding.
@@ -238,17 +333,24 @@ pub struct RouteFields {
 
 #[derive(Debug, Subcommand)]
 pub enum ConsumerCmd {
+    /// Create a consumer: `consumer create acme --description "Acme Corp, billing team"`.
     Create {
+        /// Unique consumer name (sent upstream as x-consumer-name).
         name: String,
+        /// Free-form note for people.
         #[arg(long, default_value = "")]
         description: String,
     },
+    /// Every consumer.
     List,
+    /// One consumer.
     Get {
+        /// Name or id.
         consumer: String,
     },
     /// Deletes the consumer and all of its API keys.
     Delete {
+        /// Name or id.
         consumer: String,
     },
 }
@@ -257,8 +359,10 @@ pub enum ConsumerCmd {
 pub enum KeyCmd {
     /// Create a key; its plaintext is printed once and cannot be shown again.
     Create {
+        /// Consumer (name or id) the key belongs to.
         #[arg(long)]
         consumer: String,
+        /// Label for people, e.g. the machine that uses the key.
         #[arg(long, default_value = "")]
         name: String,
         /// Lifetime such as 3600s, 90m, 12h or 30d; default never expires.
@@ -269,20 +373,30 @@ pub enum KeyCmd {
         #[arg(long = "model")]
         models: Vec<String>,
     },
+    /// Keys (never their secrets), with their consumer's name.
     List {
+        /// Only this consumer's keys (name or id).
         #[arg(long, default_value = "")]
         consumer: String,
     },
+    /// One key.
     Get {
+        /// Key id.
         id: String,
     },
+    /// Refuse the key until enabled again.
     Disable {
+        /// Key id.
         id: String,
     },
+    /// Accept a disabled key again.
     Enable {
+        /// Key id.
         id: String,
     },
+    /// Delete the key for good.
     Delete {
+        /// Key id.
         id: String,
     },
 }
@@ -316,9 +430,9 @@ fn parse_target(s: &str) -> Result<Target, CtlError> {
 }
 
 impl ServiceFields {
-    fn apply_to(&self, service: &mut Service) -> Result<(), CtlError> {
-        if !self.targets.is_empty() {
-            service.targets = self.targets.iter().map(|t| parse_target(t)).collect::<Result<_, _>>()?;
+    fn apply_to(&self, targets: &[String], service: &mut Service) -> Result<(), CtlError> {
+        if !targets.is_empty() {
+            service.targets = targets.iter().map(|t| parse_target(t)).collect::<Result<_, _>>()?;
         }
         if let Some(v) = &self.version {
             service.version = v.clone();
@@ -372,17 +486,37 @@ impl RouteFields {
     }
 }
 
-/// Runs one ctl command, printing its result to stdout.
+/// Runs one ctl command within `--timeout`, printing its result to stdout.
 pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
     let token = client::resolve_token(args.token.as_deref(), &args.data_dir)?;
-    let (mut admin, cluster, ai_client) = client::connect(&args.admin, &token).await?;
-    let out = Printer(args.output);
+    let addr = args.admin.clone();
+    let timeout = args.timeout;
+    let out = Printer::new(args.output);
+    let outcome = tokio::time::timeout(timeout, execute(args, &token, &out)).await;
+    let result = match outcome {
+        Ok(result) => result,
+        Err(_) => Err(CtlError::Unavailable {
+            addr: addr.clone(),
+            why: format!(
+                "no answer within {} (--timeout): the node may be stopped (SIGSTOP), overloaded, or \
+                 waiting for a leader; check it with `tollgate ctl --admin <another node> cluster status`",
+                humantime::format_duration(timeout)
+            ),
+        }),
+    };
+    // What was printed so far goes out even when a later call failed.
+    out.flush()?;
+    result.map_err(|e| client::name_the_node(e, &addr))
+}
+
+async fn execute(args: CtlArgs, token: &str, out: &Printer) -> Result<(), CtlError> {
+    let (mut admin, cluster, ai_client) = client::connect(&args.admin, token, args.timeout).await?;
     let stale = args.stale;
     match args.command {
         CtlCommand::Service(cmd) => match cmd {
-            ServiceCmd::Create { name, fields } => {
+            ServiceCmd::Create { name, targets, fields } => {
                 let mut service = Service { name, ..Default::default() };
-                fields.apply_to(&mut service)?;
+                fields.apply_to(&targets, &mut service)?;
                 let created = admin.create_service(service).await?.into_inner();
                 out.one(output::service_json(&created), || {
                     format!("created service {} ({})", created.name, id(&created.meta))
@@ -397,9 +531,13 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
                 let rows = output::service_rows(std::slice::from_ref(&s));
                 out.detail(output::service_json(&s), rows, output::service_detail_rows(&s));
             }
-            ServiceCmd::Update { service, rename, fields } => {
-                let mut s = admin.get_service(GetRequest { id_or_name: service, stale: false }).await?.into_inner();
-                fields.apply_to(&mut s)?;
+            ServiceCmd::Update { service, rename, targets, fields } => {
+                let mut s = admin
+                    .get_service(GetRequest { id_or_name: service.clone(), stale: false })
+                    .await
+                    .map_err(|e| pre_read_failed(e, "service", &service))?
+                    .into_inner();
+                fields.apply_to(&targets, &mut s)?;
                 if let Some(name) = rename {
                     s.name = name;
                 }
@@ -423,18 +561,24 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
             }
             RouteCmd::List => {
                 let list = admin.list_routes(ListRequest { stale }).await?.into_inner().routes;
-                out.list(list.iter().map(output::route_json).collect(), output::route_rows(&list));
+                let names = service_names(&mut admin, stale, out).await?;
+                out.list(list.iter().map(output::route_json).collect(), output::route_rows(&list, &names));
             }
             RouteCmd::Get { route } => {
                 let r = admin.get_route(GetRequest { id_or_name: route, stale }).await?.into_inner();
+                let names = service_names(&mut admin, stale, out).await?;
                 out.detail(
                     output::route_json(&r),
-                    output::route_rows(std::slice::from_ref(&r)),
+                    output::route_rows(std::slice::from_ref(&r), &names),
                     output::route_detail_rows(&r),
                 );
             }
             RouteCmd::Update { route, service, fields } => {
-                let mut r = admin.get_route(GetRequest { id_or_name: route, stale: false }).await?.into_inner();
+                let mut r = admin
+                    .get_route(GetRequest { id_or_name: route.clone(), stale: false })
+                    .await
+                    .map_err(|e| pre_read_failed(e, "route", &route))?
+                    .into_inner();
                 fields.apply_to(&mut r)?;
                 if let Some(service) = service {
                     r.service_id = service;
@@ -488,11 +632,13 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
             }
             KeyCmd::List { consumer } => {
                 let list = admin.list_api_keys(ListApiKeysRequest { consumer, stale }).await?.into_inner().api_keys;
-                out.list(list.iter().map(output::api_key_json).collect(), output::api_key_rows(&list));
+                let names = consumer_names(&mut admin, stale, out).await?;
+                out.list(list.iter().map(output::api_key_json).collect(), output::api_key_rows(&list, &names));
             }
             KeyCmd::Get { id } => {
                 let k = admin.get_api_key(GetRequest { id_or_name: id, stale }).await?.into_inner();
-                out.list_one(output::api_key_json(&k), output::api_key_rows(std::slice::from_ref(&k)));
+                let names = consumer_names(&mut admin, stale, out).await?;
+                out.list_one(output::api_key_json(&k), output::api_key_rows(std::slice::from_ref(&k), &names));
             }
             KeyCmd::Disable { id } => {
                 let k = admin
@@ -513,11 +659,11 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
                 out.one(json!({"deleted": id, "revision": r.revision}), || format!("deleted key {id}"));
             }
         },
-        CtlCommand::Cluster(cmd) => cluster_command(cmd, cluster, &out).await?,
-        CtlCommand::Provider(cmd) => ai::provider_command(cmd, ai_client, &out, stale).await?,
-        CtlCommand::Alias(cmd) => ai::alias_command(cmd, ai_client, &out, stale).await?,
-        CtlCommand::Price(cmd) => ai::price_command(cmd, ai_client, &out).await?,
-        CtlCommand::Usage(args) => ai::usage_command(args, ai_client, &out).await?,
+        CtlCommand::Cluster(cmd) => cluster_command(cmd, cluster, out).await?,
+        CtlCommand::Provider(cmd) => ai::provider_command(cmd, ai_client, out, stale).await?,
+        CtlCommand::Alias(cmd) => ai::alias_command(cmd, ai_client, out, stale).await?,
+        CtlCommand::Price(cmd) => ai::price_command(cmd, ai_client, out).await?,
+        CtlCommand::Usage(args) => ai::usage_command(args, ai_client, out).await?,
         CtlCommand::Status => {
             let s = admin.get_node_status(GetNodeStatusRequest {}).await?.into_inner();
             let value = json!({
@@ -599,13 +745,12 @@ async fn cluster_command(cmd: ClusterCmd, mut cluster: client::Cluster, out: &Pr
         }
         ClusterCmd::Tokens => {
             let tokens = cluster.list_join_tokens(ListJoinTokensRequest {}).await?.into_inner().tokens;
-            let rows: Vec<Vec<String>> =
-                std::iter::once(vec!["ID".to_string(), "CREATED_AT_MS".into(), "EXPIRES_AT_MS".into()])
-                    .chain(tokens.iter().map(|t| {
-                        let m = t.meta.clone().unwrap_or_default();
-                        vec![m.id, m.created_at_ms.to_string(), t.expires_at_ms.to_string()]
-                    }))
-                    .collect();
+            let rows: Vec<Vec<String>> = std::iter::once(vec!["ID".to_string(), "CREATED".into(), "EXPIRES".into()])
+                .chain(tokens.iter().map(|t| {
+                    let m = t.meta.clone().unwrap_or_default();
+                    vec![m.id, output::date(m.created_at_ms), output::date(t.expires_at_ms)]
+                }))
+                .collect();
             let values = tokens
                 .iter()
                 .map(|t| {
@@ -643,37 +788,98 @@ fn id(meta: &Option<tollgate_proto::config::v1::Meta>) -> String {
     meta.as_ref().map(|m| m.id.clone()).unwrap_or_default()
 }
 
-struct Printer(Format);
+/// Service names by id, for tables (scripts get ids in `-o json`).
+async fn service_names(admin: &mut client::Admin, stale: bool, out: &Printer) -> Result<output::Names, CtlError> {
+    if out.format == Format::Json {
+        return Ok(output::Names::new());
+    }
+    let services = admin.list_services(ListRequest { stale }).await?.into_inner().services;
+    Ok(services.into_iter().map(|s| (id(&s.meta), s.name)).collect())
+}
+
+/// Consumer names by id, for tables.
+async fn consumer_names(admin: &mut client::Admin, stale: bool, out: &Printer) -> Result<output::Names, CtlError> {
+    if out.format == Format::Json {
+        return Ok(output::Names::new());
+    }
+    let consumers = admin.list_consumers(ListRequest { stale }).await?.into_inner().consumers;
+    Ok(consumers.into_iter().map(|c| (id(&c.meta), c.name)).collect())
+}
+
+/// The read an update starts with (get, change, put) goes through the
+/// leader like the write will, so when it fails the advice is about the
+/// write: the server's hint to read with `--stale` is left out, as it would
+/// only fetch a copy the write could not use.
+fn pre_read_failed(status: tonic::Status, kind: &str, name: &str) -> CtlError {
+    if !matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded) {
+        return CtlError::Status(status);
+    }
+    let reason: Vec<&str> =
+        status.message().split(". ").map(str::trim).filter(|s| !s.is_empty() && !s.contains("--stale")).collect();
+    let reason = reason.join(". ");
+    let reason = reason.trim_end_matches('.');
+    CtlError::Status(tonic::Status::unavailable(format!(
+        "cannot update {kind} {name}: reading its current settings failed: {reason}. An update is a write and \
+         needs a leader with a majority; see which members answer with `tollgate ctl cluster status`"
+    )))
+}
+
+/// Collects the output and writes it once at the end, so a closed stdout
+/// (`| head`) is one error handled in one place: a quiet exit, as ripgrep's.
+struct Printer {
+    format: Format,
+    buffer: RefCell<String>,
+}
 
 impl Printer {
+    fn new(format: Format) -> Printer {
+        Printer { format, buffer: RefCell::new(String::new()) }
+    }
+
+    fn push(&self, text: std::fmt::Arguments<'_>) {
+        // Writing into a String cannot fail.
+        let _ = self.buffer.borrow_mut().write_fmt(text);
+    }
+
     /// A write's result: a short sentence, or the entity as JSON.
     fn one(&self, value: Value, message: impl FnOnce() -> String) {
-        match self.0 {
-            Format::Json => println!("{value:#}"),
-            Format::Table => println!("{}", message()),
+        match self.format {
+            Format::Json => self.push(format_args!("{value:#}\n")),
+            Format::Table => self.push(format_args!("{}\n", message())),
         }
     }
 
     fn list(&self, values: Vec<Value>, rows: Vec<Vec<String>>) {
-        match self.0 {
-            Format::Json => println!("{:#}", Value::Array(values)),
-            Format::Table => print!("{}", output::table(&rows)),
+        match self.format {
+            Format::Json => self.push(format_args!("{:#}\n", Value::Array(values))),
+            Format::Table => self.push(format_args!("{}", output::table(&rows))),
         }
     }
 
     /// One entity: its row, then its settings one per line (`get`).
     fn detail(&self, value: Value, rows: Vec<Vec<String>>, details: Vec<Vec<String>>) {
-        match self.0 {
-            Format::Json => println!("{value:#}"),
-            Format::Table if details.is_empty() => print!("{}", output::table(&rows)),
-            Format::Table => print!("{}\n{}", output::table(&rows), output::table(&details)),
+        match self.format {
+            Format::Json => self.push(format_args!("{value:#}\n")),
+            Format::Table if details.is_empty() => self.push(format_args!("{}", output::table(&rows))),
+            Format::Table => self.push(format_args!("{}\n{}", output::table(&rows), output::table(&details))),
         }
     }
 
     fn list_one(&self, value: Value, rows: Vec<Vec<String>>) {
-        match self.0 {
-            Format::Json => println!("{value:#}"),
-            Format::Table => print!("{}", output::table(&rows)),
+        match self.format {
+            Format::Json => self.push(format_args!("{value:#}\n")),
+            Format::Table => self.push(format_args!("{}", output::table(&rows))),
         }
+    }
+
+    /// Writes what was collected to stdout. A closed pipe is
+    /// [`CtlError::BrokenPipe`] (exit 0, nothing printed), never a panic.
+    fn flush(&self) -> Result<(), CtlError> {
+        let text = std::mem::take(&mut *self.buffer.borrow_mut());
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => CtlError::BrokenPipe,
+            _ => CtlError::Output(e),
+        })
     }
 }

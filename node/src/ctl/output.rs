@@ -190,7 +190,27 @@ pub fn service_rows(items: &[Service]) -> Vec<Vec<String>> {
     rows
 }
 
-pub fn route_rows(items: &[Route]) -> Vec<Vec<String>> {
+/// Names by id, so tables show what people typed (`route list` the service
+/// name, `key list` the consumer name). An id with no name (deleted since,
+/// or not looked up) prints as the id.
+pub type Names = std::collections::HashMap<String, String>;
+
+fn name_of(names: &Names, id: &str) -> String {
+    names.get(id).cloned().unwrap_or_else(|| id.to_string())
+}
+
+/// A Unix millisecond time as RFC 3339 UTC to the second
+/// (`2026-05-01T12:00:00Z`), as a person reads it; `-` for 0 (unset).
+pub fn date(unix_ms: i64) -> String {
+    match u64::try_from(unix_ms) {
+        Ok(0) | Err(_) => "-".into(),
+        Ok(ms) => {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+        }
+    }
+}
+
+pub fn route_rows(items: &[Route], services: &Names) -> Vec<Vec<String>> {
     let mut rows: Vec<Vec<String>> = vec![
         ["ID", "NAME", "HOSTS", "METHODS", "PATHS", "PRIORITY", "AUTH", "SERVICE"]
             .into_iter()
@@ -207,7 +227,7 @@ pub fn route_rows(items: &[Route]) -> Vec<Vec<String>> {
             paths.join(","),
             r.priority.to_string(),
             auth_name(r.auth).to_string(),
-            r.service_id.clone(),
+            if r.ai_gateway { "(ai gateway)".into() } else { name_of(services, &r.service_id) },
         ]);
     }
     rows
@@ -341,9 +361,9 @@ pub fn consumer_rows(items: &[Consumer]) -> Vec<Vec<String>> {
     rows
 }
 
-pub fn api_key_rows(items: &[ApiKey]) -> Vec<Vec<String>> {
+pub fn api_key_rows(items: &[ApiKey], consumers: &Names) -> Vec<Vec<String>> {
     let mut rows = vec![
-        ["ID", "CONSUMER", "NAME", "PREFIX", "EXPIRES_AT_MS", "STATUS"]
+        ["ID", "CONSUMER", "NAME", "PREFIX", "CREATED", "EXPIRES", "STATUS"]
             .into_iter()
             .map(String::from)
             .collect::<Vec<_>>(),
@@ -351,10 +371,11 @@ pub fn api_key_rows(items: &[ApiKey]) -> Vec<Vec<String>> {
     for k in items {
         rows.push(vec![
             id(&k.meta),
-            k.consumer_id.clone(),
+            name_of(consumers, &k.consumer_id),
             k.name.clone(),
             k.display_prefix.clone(),
-            if k.expires_at_ms == 0 { "never".into() } else { k.expires_at_ms.to_string() },
+            date(k.meta.as_ref().map_or(0, |m| m.created_at_ms)),
+            if k.expires_at_ms == 0 { "never".into() } else { date(k.expires_at_ms) },
             if k.disabled { "disabled".into() } else { "enabled".into() },
         ]);
     }
@@ -474,7 +495,7 @@ mod tests {
             assert!(details.contains(expected), "{expected:?} missing from\n{details}");
         }
         assert!(!details.contains("super-secret") && !details.contains("sealed"), "{details}");
-        assert!(table(&route_rows(&[r])).contains("jwt"), "the list shows the auth mode's name");
+        assert!(table(&route_rows(&[r], &Names::new())).contains("jwt"), "the list shows the auth mode's name");
     }
 
     #[test]
@@ -493,6 +514,29 @@ mod tests {
         let details = table(&service_detail_rows(&s));
         assert!(details.contains("hash_on:") && details.contains("header:x-user"), "{details}");
         assert!(details.contains("retry.attempts:"), "{details}");
+    }
+
+    #[test]
+    fn tables_show_names_and_dates_not_ids_and_milliseconds() {
+        let route = Route { name: "r".into(), service_id: "svc_01".into(), ..Default::default() };
+        let names = Names::from([("svc_01".to_string(), "orders".to_string())]);
+        let text = table(&route_rows(std::slice::from_ref(&route), &names));
+        assert!(text.contains("orders") && !text.contains("svc_01"), "{text}");
+        let text = table(&route_rows(&[route], &Names::new()));
+        assert!(text.contains("svc_01"), "an unknown id still prints: {text}");
+
+        let key = ApiKey {
+            meta: Some(Meta { id: "k1".into(), created_at_ms: 1_777_636_800_000, ..Default::default() }),
+            consumer_id: "con_01".into(),
+            expires_at_ms: 1_777_723_200_123,
+            ..Default::default()
+        };
+        let names = Names::from([("con_01".to_string(), "acme".to_string())]);
+        let text = table(&api_key_rows(&[key], &names));
+        assert!(text.contains("acme") && !text.contains("con_01"), "{text}");
+        assert!(text.contains("2026-05-01T12:00:00Z") && text.contains("2026-05-02T12:00:00Z"), "{text}");
+        assert!(!text.contains("1777"), "no epoch milliseconds: {text}");
+        assert_eq!(date(0), "-");
     }
 
     #[test]

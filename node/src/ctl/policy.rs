@@ -14,41 +14,47 @@ pub struct ServicePolicyFlags {
     /// Balancing: round-robin (weighted by target weights), least-connections or consistent-hash.
     #[arg(long, value_parser = ["round-robin", "least-connections", "consistent-hash"])]
     lb: Option<String>,
-    /// Consistent-hash key: client-ip, consumer, or header:<name>.
+    /// Consistent-hash key: client-ip, consumer, or header:<name> [default: client-ip].
     #[arg(long)]
     hash_on: Option<String>,
     /// Active health check path probed on every target, e.g. /healthz.
     #[arg(long)]
     health_path: Option<String>,
+    /// Time between two probes of a target [default: 5000].
     #[arg(long)]
     health_interval_ms: Option<u32>,
-    /// Probes failing in a row before a target is marked unhealthy (default 3).
+    /// Probes failing in a row before a target is marked unhealthy [default: 3].
     #[arg(long)]
     health_unhealthy_after: Option<u32>,
-    /// Probes succeeding in a row before it is healthy again (default 2).
+    /// Probes succeeding in a row before it is healthy again [default: 2].
     #[arg(long)]
     health_healthy_after: Option<u32>,
-    /// Passive checks: eject a target after this many consecutive failures.
+    /// Passive checks: eject a target after this many consecutive failures [default: 5 once enabled].
     #[arg(long)]
     eject_after: Option<u32>,
+    /// How long an ejected target gets no traffic [default: 30000].
     #[arg(long)]
     ejection_ms: Option<u32>,
-    /// Extra attempts for idempotent requests (never POST/PATCH); a body is held for resending up to 64 KiB.
+    /// Extra attempts on another target for idempotent requests (never POST/PATCH); a body is held for
+    /// resending up to 64 KiB [default: 0, no retries].
     #[arg(long)]
     retries: Option<u32>,
-    /// Retries may add at most this % of requests (default 20).
+    /// Retries may add at most this % of requests [default: 20].
     #[arg(long)]
     retry_budget_percent: Option<u32>,
-    /// Open the circuit after this many consecutive failed requests.
+    /// Open the circuit after this many consecutive failed requests [default: 5 once enabled].
     #[arg(long)]
     circuit_failures: Option<u32>,
+    /// How long an open circuit answers 503 before one trial request [default: 10000].
     #[arg(long)]
     circuit_open_ms: Option<u32>,
     /// Speak TLS to the targets (verified against the system roots or --upstream-ca-file).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     upstream_tls: Option<bool>,
+    /// PEM CA bundle to verify the targets' certificates with [default: the system roots].
     #[arg(long)]
     upstream_ca_file: Option<std::path::PathBuf>,
+    /// Name the targets' certificates must carry (and the SNI sent) [default: each target's host].
     #[arg(long)]
     upstream_server_name: Option<String>,
 }
@@ -124,14 +130,17 @@ pub struct RoutePolicyFlags {
     /// PEM public key file for RS*/ES* tokens. Repeatable.
     #[arg(long = "jwt-public-key-file")]
     jwt_public_keys: Vec<std::path::PathBuf>,
+    /// JWKS URL for RS*/ES* keys, fetched by every node, refreshed every 5 minutes and when a token
+    /// names an unknown kid.
     #[arg(long)]
     jwks_url: Option<String>,
+    /// Required iss claim [default: any issuer].
     #[arg(long)]
     jwt_issuer: Option<String>,
-    /// Accepted audience. Repeatable.
+    /// Accepted audience. Repeatable [default: any audience].
     #[arg(long = "jwt-audience")]
     jwt_audiences: Vec<String>,
-    /// Claim naming the consumer (default sub).
+    /// Claim naming the consumer, by name or id [default: sub].
     #[arg(long)]
     jwt_consumer_claim: Option<String>,
     /// Reject tokens whose claim names no consumer.
@@ -152,14 +161,17 @@ pub struct RoutePolicyFlags {
     /// Request header to set, name:value. Repeatable; replaces the list.
     #[arg(long = "set-request-header")]
     set_request_headers: Vec<String>,
+    /// Request header removed before forwarding. Repeatable; replaces the list.
     #[arg(long = "remove-request-header")]
     remove_request_headers: Vec<String>,
     /// Response header to set, name:value. Repeatable; replaces the list.
     #[arg(long = "set-response-header")]
     set_response_headers: Vec<String>,
+    /// Response header removed before answering the client. Repeatable; replaces the list.
     #[arg(long = "remove-response-header")]
     remove_response_headers: Vec<String>,
-    /// Cache responses of this route for this long unless Cache-Control says otherwise; 0 turns the cache off.
+    /// Cache responses of this route for this long unless Cache-Control says otherwise; 0 turns the cache off
+    /// [default: off].
     #[arg(long)]
     cache_ttl_ms: Option<u32>,
     /// Request header that is part of the cache key. Repeatable.
@@ -170,11 +182,13 @@ pub struct RoutePolicyFlags {
     /// depend on cookies.
     #[arg(long)]
     cache_cookies: Option<bool>,
+    /// Connect timeout for this route's requests [default: the service's --connect-timeout-ms].
     #[arg(long)]
     route_connect_timeout_ms: Option<u32>,
+    /// Longest wait for the response headers on this route [default: the service's --request-timeout-ms].
     #[arg(long)]
     route_request_timeout_ms: Option<u32>,
-    /// Longest pause between chunks of the upstream's response body.
+    /// Longest pause between chunks of the upstream's response body [default: none].
     #[arg(long)]
     idle_timeout_ms: Option<u32>,
 }

@@ -161,6 +161,9 @@ fn variant_key(key: &str, names: &[HeaderName], request: &HeaderMap) -> String {
     k.push_str(key);
     k.push('\u{1d}');
     for name in names {
+        // The names too: two Vary lists over the same values are different variants.
+        k.push_str(name.as_str());
+        k.push('\u{1e}');
         for value in request.get_all(name) {
             // Bytes, not text: two values that differ only in non-UTF-8 bytes stay apart.
             k.push_str(&hex::encode(value.as_bytes()));
@@ -169,6 +172,14 @@ fn variant_key(key: &str, names: &[HeaderName], request: &HeaderMap) -> String {
         k.push('\u{1f}');
     }
     k
+}
+
+/// Whether a request sends the upstream a credential of its own: the
+/// gateway removes the ones it checked, so any left are for the upstream,
+/// and its answer may be private to that caller.
+pub fn carries_credentials(headers: &HeaderMap) -> bool {
+    static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+    headers.contains_key(header::AUTHORIZATION) || headers.contains_key(&X_API_KEY)
 }
 
 /// `cookies_allowed` is the route's opt-in to caching requests with a Cookie.
@@ -181,7 +192,8 @@ pub fn request_policy(method: &Method, headers: &HeaderMap, cookies_allowed: boo
     }
     let mut policy = RequestPolicy::Normal;
     for directive in directives(headers) {
-        match directive {
+        // Directive names are case-insensitive (RFC 9111 §5.2).
+        match directive.to_ascii_lowercase().as_str() {
             "no-store" => return RequestPolicy::Bypass,
             "no-cache" | "max-age=0" => policy = RequestPolicy::Refresh,
             _ => {}
@@ -194,7 +206,8 @@ pub fn request_policy(method: &Method, headers: &HeaderMap, cookies_allowed: boo
 }
 
 /// How long a response may be stored, or None if it must not be.
-/// `authorized` says the request carried `Authorization` to the upstream.
+/// `authorized` says the request carried a credential to the upstream
+/// (see [`carries_credentials`]).
 pub fn response_ttl(
     status: StatusCode,
     headers: &HeaderMap,
@@ -312,6 +325,7 @@ mod tests {
         assert_eq!(request_policy(&Method::GET, &with("cache-control", "no-store"), false), RequestPolicy::Bypass);
         assert_eq!(request_policy(&Method::GET, &with("cache-control", "no-cache"), false), RequestPolicy::Refresh);
         assert_eq!(request_policy(&Method::POST, &HeaderMap::new(), false), RequestPolicy::Bypass);
+        assert_eq!(request_policy(&Method::GET, &with("cache-control", "No-Store"), false), RequestPolicy::Bypass);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! then forcibly after the drain timeout.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -66,6 +66,10 @@ impl ConnState {
         }
     }
 
+    pub(crate) fn has_in_flight(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
     fn idle(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0 && self.close_requested() == Close::Open
     }
@@ -82,6 +86,24 @@ pub(crate) struct Busy<'a>(&'a ConnState);
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Keeps a connection busy while a response body is still streaming to it
+/// (a download, server-sent events, an AI stream): such a connection is not
+/// idle, and closing it "to make room" would free nothing until it ends.
+pub(crate) struct Streaming(Arc<ClientConn>);
+
+impl Streaming {
+    pub(crate) fn new(conn: &Arc<ClientConn>) -> Streaming {
+        conn.state.in_flight.fetch_add(1, Ordering::AcqRel);
+        Streaming(conn.clone())
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.0.state.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -256,6 +278,44 @@ impl Connections {
             }
             changed.await;
         }
+    }
+}
+
+/// Upstream requests in flight, capped at `proxy.max_connections` too: an
+/// HTTP/2 client opens up to 200 streams per connection, each of which may
+/// hold an upstream connection (for as long as the client withholds its
+/// flow-control window), so the client cap alone does not bound the
+/// upstream descriptors. Past the cap a request gets 503 `overloaded`, never
+/// counted against a target.
+pub struct UpstreamSlots {
+    max: usize,
+    used: AtomicUsize,
+}
+
+/// One upstream request in flight; held by its response body until it ends.
+pub struct UpstreamSlot(Arc<UpstreamSlots>);
+
+impl UpstreamSlots {
+    pub fn new(max: usize) -> UpstreamSlots {
+        UpstreamSlots { max: max.max(1), used: AtomicUsize::new(0) }
+    }
+
+    pub fn try_take(self: &Arc<Self>) -> Option<UpstreamSlot> {
+        if self.used.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.used.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(UpstreamSlot(self.clone()))
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for UpstreamSlot {
+    fn drop(&mut self) {
+        self.0.used.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -36,6 +36,8 @@ pub enum ProxyError {
     UpstreamConnectTimeout { target: String, timeout_ms: u64 },
     #[error("{0}")]
     Forbidden(&'static str),
+    #[error("the gateway is at its connection limit (proxy.max_connections); retry later")]
+    Overloaded,
     #[error("service {service} is failing and its circuit is open; retry later")]
     CircuitOpen { service: String },
     #[error("service {service} has unusable upstream TLS settings (check tls.ca_pem and tls.server_name)")]
@@ -59,7 +61,7 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ProxyError::CircuitOpen { .. } | ProxyError::UpstreamTlsMisconfigured { .. } => {
+            ProxyError::CircuitOpen { .. } | ProxyError::UpstreamTlsMisconfigured { .. } | ProxyError::Overloaded => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -81,6 +83,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } | ProxyError::UpstreamConnectTimeout { .. } => "upstream_timeout",
             ProxyError::Forbidden(_) => "forbidden",
             ProxyError::CircuitOpen { .. } => "circuit_open",
+            ProxyError::Overloaded => "overloaded",
             ProxyError::UpstreamTlsMisconfigured { .. } => "upstream_tls_misconfigured",
         }
     }

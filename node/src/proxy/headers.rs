@@ -73,6 +73,26 @@ fn is_gateway_owned(dashed_lower: &str) -> bool {
         || dashed_lower.starts_with("x-forwarded-")
         || dashed_lower == "x-request-id"
         || dashed_lower == "traceparent"
+        || is_never_forwarded(dashed_lower)
+}
+
+/// Client headers that upstream frameworks trust to override what the
+/// gateway checked, so they never pass: `Forwarded` (RFC 7239; Spring and
+/// Undertow prefer it to `X-Forwarded-*`) and `X-Real-IP` claim the client's
+/// address, host and scheme; `X-Original-URL`/`X-Rewrite-URL` make Symfony and
+/// IIS serve a path the gateway never routed; the method-override headers
+/// turn a GET the route allowed into a DELETE it did not.
+fn is_never_forwarded(name: &str) -> bool {
+    matches!(
+        name,
+        "forwarded"
+            | "x-real-ip"
+            | "x-original-url"
+            | "x-rewrite-url"
+            | "x-http-method-override"
+            | "x-http-method"
+            | "x-method-override"
+    )
 }
 
 /// A client header the gateway drops before anything else runs: another
@@ -88,7 +108,8 @@ fn is_spoofed(name: &HeaderName) -> bool {
     if let Some(rest) = name.strip_prefix("x-forwarded-") {
         return !matches!(rest, "for" | "proto" | "host");
     }
-    name.starts_with("x-consumer-") && name != "x-consumer-id" && name != "x-consumer-name"
+    (name.starts_with("x-consumer-") && name != "x-consumer-id" && name != "x-consumer-name")
+        || is_never_forwarded(name)
 }
 
 /// What the first pass over a request's headers found.
@@ -124,6 +145,20 @@ pub fn sanitize_request(headers: &mut HeaderMap, scan: RequestScan) {
         for name in forged {
             headers.remove(name);
         }
+    }
+}
+
+/// HTTP/2 may split `Cookie` into one field per cookie; an HTTP/1.1 upstream
+/// must get them joined with "; " (RFC 9113 §8.2.3), or servers that join
+/// repeated fields with ", " (WSGI, CGI) read one garbled cookie.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
+    if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, value);
     }
 }
 
@@ -242,6 +277,14 @@ mod tests {
             "x-forwarded-prefix",
             "x-forwarded-port",
             "x_request_id",
+            "forwarded",
+            "x-real-ip",
+            "x_real_ip",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-http-method-override",
+            "X-HTTP-Method",
+            "x-method-override",
         ] {
             h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("forged"));
         }
@@ -255,6 +298,15 @@ mod tests {
         left.sort_unstable();
         // x-consumer-id stays here only because the authenticate phase always sets or removes it.
         assert_eq!(left, ["accept", "x-consumer-id", "x-forwarded-for", "x-forwarded-proto", "x_custom_thing"]);
+    }
+
+    #[test]
+    fn http2_cookie_fields_are_joined_for_http11() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1"));
+        h.append("cookie", HeaderValue::from_static("b=2"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().collect::<Vec<_>>(), ["a=1; b=2"]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod authority;
 pub mod cache;
 mod circuit;
+mod client_body;
 mod connections;
 mod cors;
 mod error;
@@ -38,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tollgate_raft::GatewayState;
 
-pub use connections::{ConnGuard, Connections};
+pub use connections::{ConnGuard, Connections, UpstreamSlots};
 pub use error::ProxyError;
 pub use path::{EscapedSeparatorPolicy, PathPolicy, SlashPolicy};
 pub use retry::RETRY_BUFFER_BYTES;
@@ -101,6 +102,8 @@ pub struct ProxyContext {
     pub path_policy: PathPolicy,
     /// Open client connections against `config::Proxy::max_connections`.
     pub connections: Arc<Connections>,
+    /// Upstream requests in flight, against the same cap.
+    pub upstream_slots: Arc<UpstreamSlots>,
     /// See `config::Proxy::client_send_timeout_ms`.
     pub client_send_timeout: Duration,
     /// Raft index of the snapshot currently served.
@@ -123,6 +126,7 @@ impl ProxyContext {
             client_idle_timeout,
             path_policy: PathPolicy::default(),
             connections: Arc::new(Connections::new(usize::MAX, shared_metrics)),
+            upstream_slots: Arc::new(UpstreamSlots::new(usize::MAX)),
             client_send_timeout: DEFAULT_SEND_TIMEOUT,
             served: watch::channel(0).0,
         }
@@ -132,6 +136,7 @@ impl ProxyContext {
     /// a client may leave a response unread (see `config::Proxy`).
     pub fn with_client_limits(mut self, max_connections: usize, send_timeout: Duration) -> ProxyContext {
         self.connections = Arc::new(Connections::new(max_connections, self.shared.metrics.clone()));
+        self.upstream_slots = Arc::new(UpstreamSlots::new(max_connections));
         self.client_send_timeout = send_timeout;
         self
     }
@@ -247,10 +252,16 @@ pub async fn serve(
                 // The handshake runs in the connection's task so a slow client cannot stall accept.
                 let (acceptor, builder) = (acceptor.clone(), builder.clone());
                 tokio::spawn(async move {
-                    let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(error)) => return tracing::debug!(%error, %client, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!(%client, "TLS handshake timed out"),
+                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                    // A connection still shaking hands holds a place too, and
+                    // is the first closed to make room: stop when asked.
+                    let stream = tokio::select! {
+                        done = handshake => match done {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => return tracing::debug!(%error, %client, "TLS handshake failed"),
+                            Err(_) => return tracing::debug!(%client, "TLS handshake timed out"),
+                        },
+                        () = watched.state.notified() => return tracing::debug!(%client, "closed during its TLS handshake"),
                     };
                     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                     // Boxed as `Send` here: rustc cannot prove it through the
@@ -269,6 +280,10 @@ pub async fn serve(
         ctx.connections.close_all(connections::Close::Now);
     }
 }
+
+/// How long a connection asked to close gracefully may stay open with
+/// nothing in flight before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_millis(250);
 
 /// How a client connection's task ended.
 enum Ended<E> {
@@ -296,6 +311,10 @@ where
     let mut deadline = std::pin::pin!(tokio::time::sleep(idle));
     let mut close = std::pin::pin!(conn.state.notified());
     let mut shutting_down = false;
+    // Armed by a graceful close: a connection with nothing in flight that is
+    // still open after it (an HTTP/2 client that never acknowledges GOAWAY's
+    // ping, say) is dropped, so closing one to make room always makes room.
+    let mut grace = std::pin::pin!(tokio::time::sleep(Duration::MAX));
     let ended = std::future::poll_fn(|cx| {
         loop {
             if let Poll::Ready(result) = connection.as_mut().poll(cx) {
@@ -308,6 +327,7 @@ where
                     connections::Close::Graceful if !shutting_down => {
                         shutting_down = true;
                         connection.as_mut().graceful_shutdown();
+                        grace.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
                     }
                     _ => {}
                 }
@@ -318,6 +338,14 @@ where
             if !conn.sent_a_request() && deadline.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ended::SentNoRequest);
             }
+            if shutting_down && grace.as_mut().poll(cx).is_ready() {
+                if !conn.state.has_in_flight() {
+                    return Poll::Ready(Ended::Dropped);
+                }
+                // Busy: let it finish; look again after another grace period.
+                grace.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+                continue;
+            }
             return Poll::Pending;
         }
     })
@@ -326,7 +354,7 @@ where
         Ended::Served(Err(error)) => tracing::debug!(%error, client = %conn.addr, "connection ended with an error"),
         Ended::Served(Ok(())) => {}
         Ended::SentNoRequest => tracing::debug!(client = %conn.addr, "closed a connection that sent no request"),
-        Ended::Dropped => tracing::debug!(client = %conn.addr, "closed a connection still busy when the drain ended"),
+        Ended::Dropped => tracing::debug!(client = %conn.addr, "dropped a connection that did not close when asked"),
     }
     drop(place);
 }

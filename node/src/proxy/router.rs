@@ -95,7 +95,12 @@ impl PathPattern {
 
     fn matches(&self, path: &str) -> bool {
         match self {
-            PathPattern::Exact(p) => p == path,
+            // One trailing slash is the same resource to many frameworks
+            // (Spring before 6, Express by default), so it is this route's
+            // too: no catch-all route may take `/billing/` past `/billing`.
+            PathPattern::Exact(p) => {
+                p == path || (!p.ends_with('/') && path.strip_suffix('/').is_some_and(|bare| bare == p))
+            }
             PathPattern::Prefix(p) => {
                 // "/api" matches "/api" and "/api/x", never "/apix".
                 path.starts_with(p.as_str())
@@ -112,7 +117,8 @@ impl PathPattern {
                         _ => return false,
                     }
                 }
-                parts.next().is_none()
+                // As for exact paths, one trailing slash still matches.
+                matches!((parts.next(), parts.next()), (None, _) | (Some(""), None))
             }
         }
     }
@@ -152,7 +158,10 @@ impl<T: Clone> Router<T> {
                                     if s.starts_with('{') {
                                         Segment::Param(s.trim_matches(|c| c == '{' || c == '}').to_string())
                                     } else {
-                                        Segment::Literal(s.to_string())
+                                        // Normalised as request paths are (`%c3` is `%C3`, `%41` is `A`).
+                                        let literal = super::path::normalize(&format!("/{s}"), Default::default())
+                                            .map_or_else(|_| s.to_string(), |n| n.trim_start_matches('/').to_string());
+                                        Segment::Literal(literal)
                                     }
                                 })
                                 .collect(),
@@ -251,6 +260,8 @@ mod tests {
         assert_eq!(find(&router, "GET", None, "/api/v1/users/42"), Some("user"));
         assert_eq!(find(&router, "GET", None, "/api/v1/users/me"), Some("me"));
         assert_eq!(find(&router, "GET", None, "/api/v1/users/42/x"), Some("api-v1"));
+        assert_eq!(find(&router, "GET", None, "/api/v1/users/42/"), Some("user"), "a trailing slash stays");
+        assert_eq!(find(&router, "GET", None, "/api/v1/users/me/"), Some("me"));
         let m = router.find(&Method::GET, None, "/api/v1/users/42").unwrap();
         assert_eq!(m.param("/api/v1/users/42", "id"), Some("42"));
         assert_eq!(m.param("/api/v1/users/42", "nope"), None);

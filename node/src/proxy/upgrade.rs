@@ -43,10 +43,12 @@ pub fn restore(headers: &mut HeaderMap, protocol: HeaderValue) {
 
 /// Joins the client's and the target's upgraded connections once hyper has
 /// handed both over (the client's after the 101 has been written to it).
-/// With `idle`, a tunnel that carries no bytes either way for that long
-/// (checked once per period, so between one and two periods) is closed.
-pub fn tunnel(client: OnUpgrade, upstream: OnUpgrade, target: Arc<str>, idle: Option<Duration>) {
+/// A tunnel that carries no bytes either way for `idle` (checked once per
+/// period, so between one and two periods) is closed. `hold` (the tunnel's
+/// place among the proxy's connections) is kept until the tunnel ends.
+pub fn tunnel<H: Send + 'static>(client: OnUpgrade, upstream: OnUpgrade, target: Arc<str>, idle: Duration, hold: H) {
     tokio::spawn(async move {
+        let _hold = hold;
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(both) => both,
             Err(error) => return tracing::debug!(%error, %target, "upgrade did not complete"),
@@ -55,12 +57,7 @@ pub fn tunnel(client: OnUpgrade, upstream: OnUpgrade, target: Arc<str>, idle: Op
         let mut client = Counted { io: TokioIo::new(client), reads: activity.clone() };
         let mut upstream = Counted { io: TokioIo::new(upstream), reads: activity.clone() };
         let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-        let quiet = async {
-            match idle {
-                Some(idle) => quiet_for(&activity, idle).await,
-                None => std::future::pending().await,
-            }
-        };
+        let quiet = quiet_for(&activity, idle);
         tokio::select! {
             copied = copy => match copied {
                 Ok((sent, received)) => tracing::debug!(sent, received, %target, "upgraded connection closed"),

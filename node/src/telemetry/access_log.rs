@@ -27,6 +27,20 @@ impl Sink {
     }
 }
 
+/// Opens (appending) the access log. The process runs with umask 077 so the
+/// data directory stays private; a log is for shippers that often run as
+/// another user of the same group, so a file created here is 0640, and an
+/// existing file keeps the mode its owner gave it.
+fn open_log_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::PermissionsExt;
+    let existed = path.exists();
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    if !existed {
+        file.set_permissions(std::fs::Permissions::from_mode(0o640))?;
+    }
+    Ok(file)
+}
+
 pub struct AccessLog {
     tx: Option<SyncSender<String>>,
     pub dropped: AtomicU64,
@@ -37,7 +51,7 @@ impl AccessLog {
         let mut out: Box<dyn Write + Send> = match sink {
             Sink::Off => return Ok(AccessLog { tx: None, dropped: AtomicU64::new(0) }),
             Sink::Stdout => Box::new(std::io::stdout()),
-            Sink::File(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+            Sink::File(path) => Box::new(open_log_file(path)?),
         };
         let (tx, rx) = sync_channel::<String>(16_384);
         std::thread::Builder::new().name("access-log".into()).spawn(move || {
@@ -70,5 +84,25 @@ impl AccessLog {
         {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_new_log_file_is_readable_by_its_group_only_and_an_existing_one_keeps_its_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("access.log");
+        open_log_file(&new).unwrap();
+        assert_eq!(std::fs::metadata(&new).unwrap().permissions().mode() & 0o777, 0o640);
+        let existing = dir.path().join("kept.log");
+        std::fs::write(&existing, b"").unwrap();
+        std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o600)).unwrap();
+        open_log_file(&existing).unwrap();
+        assert_eq!(std::fs::metadata(&existing).unwrap().permissions().mode() & 0o777, 0o600);
     }
 }

@@ -33,6 +33,45 @@ pub enum TransportError {
     Snapshot(std::io::Error),
 }
 
+/// Why a [`Transport::call_once`] got no answer, and whether the peer may
+/// have acted on the request.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The request was not (fully) sent: the peer cannot have acted on it.
+    #[error(transparent)]
+    NotSent(TransportError),
+    /// Sent, and the answer failed or did not come in time: the peer may have acted on it.
+    #[error(transparent)]
+    NoAnswer(TransportError),
+    /// Sent, and not answered when the caller stopped waiting (the leader
+    /// changed): the peer may have acted on it.
+    #[error("peer {addr} had not answered when the leader changed")]
+    Abandoned { addr: String },
+}
+
+impl CallError {
+    pub fn may_have_acted(&self) -> bool {
+        !matches!(self, CallError::NotSent(_))
+    }
+}
+
+/// A sent request still waiting for its answer. Dropped unanswered (given up
+/// on, or its caller cancelled), it resets the stream: a finished stream is
+/// otherwise retransmitted until the peer has it, which for a dead peer is
+/// wasted traffic until the connection times out.
+struct Unanswered {
+    send: quinn::SendStream,
+    answered: bool,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if !self.answered {
+            let _ = self.send.reset(0u32.into());
+        }
+    }
+}
+
 /// A connection, or one being established. Establishing runs in its own task
 /// and is shared, so an RPC that times out (heartbeats allow ~100 ms) does not
 /// abort a QUIC handshake that the next RPC can use.
@@ -122,6 +161,48 @@ impl Transport {
             wire::read_frame(&mut recv).await.map_err(wire)
         };
         self.bounded(addr, timeout, attempt).await
+    }
+
+    /// One request that must not take effect twice (a forwarded write), so a
+    /// caller that gets no answer must know whether it was sent at all. Waits
+    /// for the answer until `timeout` or until `abandon` completes; a request
+    /// given up on is withdrawn (its stream reset, so QUIC stops
+    /// retransmitting it to a peer that may be gone).
+    pub async fn call_once(
+        &self,
+        addr: &str,
+        request: &PeerRequest,
+        timeout: Duration,
+        abandon: impl std::future::Future<Output = ()>,
+    ) -> Result<PeerResponse, CallError> {
+        let expiry = tokio::time::sleep(timeout);
+        tokio::pin!(expiry, abandon);
+        let wire = |source| TransportError::Wire { addr: addr.to_string(), source };
+        let send_request = async {
+            let (mut send, recv) = self.open_stream(addr).await?;
+            wire::write_frame(&mut send, request).await.map_err(wire)?;
+            let _ = send.finish();
+            Ok((send, recv))
+        };
+        let timed_out = || TransportError::Timeout { addr: addr.to_string(), timeout_ms: timeout.as_millis() as u64 };
+        // Until the whole frame is written, the peer cannot decode (or act on) any of it.
+        let (send, mut recv) = tokio::select! {
+            sent = send_request => sent.map_err(CallError::NotSent)?,
+            () = &mut expiry => return Err(CallError::NotSent(timed_out())),
+            () = &mut abandon => return Err(CallError::NotSent(TransportError::Unreachable {
+                addr: addr.to_string(),
+                reason: "the leader changed before the request was sent".into(),
+            })),
+        };
+        let mut pending = Unanswered { send, answered: false };
+        tokio::select! {
+            answer = wire::read_frame(&mut recv) => {
+                pending.answered = true;
+                answer.map_err(|e| CallError::NoAnswer(wire(e)))
+            }
+            () = &mut expiry => Err(CallError::NoAnswer(timed_out())),
+            () = &mut abandon => Err(CallError::Abandoned { addr: addr.to_string() }),
+        }
     }
 
     /// Streams a snapshot file after its header; the file is never read whole into memory.

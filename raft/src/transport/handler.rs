@@ -71,9 +71,16 @@ async fn answer(
 
 pub(crate) fn rejection(error: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> WriteRejection {
     match error {
+        // Refused before it reached the log: safe to send to the leader named.
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
             WriteRejection::NotLeader { leader_id: f.leader_id, leader_addr: f.leader_node.map(|n| n.addr) }
         }
+        // In the log, then this node lost its leadership: the next leader
+        // may still commit it, so it must not be sent again blindly.
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(f)) => WriteRejection::Unknown(format!(
+            "the leader lost its leadership before the change was committed{}",
+            f.leader_id.map(|l| format!(" (node {l} leads now)")).unwrap_or_default()
+        )),
         other => WriteRejection::Failed(other.to_string()),
     }
 }
@@ -90,10 +97,16 @@ async fn dispatch(request: PeerRequest, recv: &mut quinn::RecvStream, node: &Raf
         PeerRequest::Snapshot { vote, meta, size } => {
             PeerResponse::Snapshot(receive_snapshot(node, vote, meta, size, recv).await)
         }
-        PeerRequest::Write(command) => PeerResponse::Write(match raft.client_write(*command).await {
-            Ok(response) => Ok(response.data),
-            Err(error) => Err(rejection(error)),
-        }),
+        PeerRequest::WriteAt { command, leader } => PeerResponse::Write(node.write_here(*command, Some(leader)).await),
+        // From a node of the previous version, which does not know `Unknown`.
+        PeerRequest::Write(command) => {
+            PeerResponse::Write(node.write_here(*command, None).await.map_err(|e| match e {
+                WriteRejection::Unknown(why) => {
+                    WriteRejection::Failed(format!("{why}, so it may or may not have been applied; read it back"))
+                }
+                other => other,
+            }))
+        }
         PeerRequest::ReadIndex => PeerResponse::ReadIndex(node.local_read_index().await),
         PeerRequest::Membership(op) => PeerResponse::Membership(node.change_membership_here(op).await),
         PeerRequest::Status => PeerResponse::Status(node.peer_status()),

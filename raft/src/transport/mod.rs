@@ -7,6 +7,6 @@ mod network;
 pub(crate) mod tls;
 pub mod wire;
 
-pub use endpoint::{JoinError, JoinToken, Transport, TransportError, join};
+pub use endpoint::{CallError, JoinError, JoinToken, Transport, TransportError, join};
 pub use network::PeerNetwork;
 pub use wire::{MembershipOp, PeerStatus};

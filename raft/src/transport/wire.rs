@@ -39,6 +39,22 @@ pub enum PeerRequest {
     Membership(MembershipOp),
     /// This node's view of itself, for cluster status.
     Status,
+    /// A forwarded write that only `leader` may append, and only in its
+    /// term: if no answer comes, the sender knows in which term a copy could
+    /// be in the log, so it can find out whether it committed instead of
+    /// sending it twice. (After the others: nodes of the previous version
+    /// refuse it, and are sent `Write`.)
+    WriteAt {
+        command: Box<Command>,
+        leader: LeaderTerm,
+    },
+}
+
+/// A leader and its term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderTerm {
+    pub term: u64,
+    pub node: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,6 +92,10 @@ pub enum WriteRejection {
         leader_addr: Option<String>,
     },
     Failed(String),
+    /// It reached the leader's log, then the leader lost its leadership
+    /// before committing it: the next leader may still commit it. (Only in
+    /// answer to `WriteAt`: nodes of the previous version do not know it.)
+    Unknown(String),
 }
 
 /// One node's report of itself.

@@ -87,6 +87,7 @@ fn cut_stream_keeps_input_usage_and_partial_text() {
     let a = adapter(ProviderKind::Anthropic);
     let d = cut_stream(a, fixture!("anthropic/stream_tool_use.sse"), "event: message_delta");
     assert_eq!(d.usage, Some(Usage::new(472, 2, None)), "message_start usage counts even when cut");
+    assert!(!d.usage_final, "message_start's output_tokens is a placeholder, not a count to bill");
     assert_eq!(
         d.text,
         "Okay, let's check the weather for San Francisco, CA:{\"location\": \"San Francisco, CA\", \"unit\": \"fahrenheit\"}"

@@ -73,6 +73,7 @@ fn cut_stream_keeps_usage_so_far_and_partial_text() {
     let last = text.rfind("data: ").unwrap();
     let d = cut_stream(adapter(ProviderKind::Gemini), text, &text[last..]);
     assert_eq!(d.text, "The sky is blue because of Rayleigh");
+    assert!(!d.usage_final, "a running candidatesTokenCount is not final");
     assert_eq!(d.usage.map(|u| u.prompt_tokens), Some(9));
     assert_eq!(d.finish_reason, None);
 }

@@ -3,6 +3,7 @@
 
 mod anthropic;
 mod gemini;
+mod gemini_ingress;
 mod ingress;
 mod openai;
 
@@ -93,6 +94,8 @@ pub(crate) struct Decoded {
     pub finish: Result<(), AdapterError>,
     pub text: String,
     pub usage: Option<super::types::Usage>,
+    /// The decoder holds the provider's final counts (not a running or placeholder one).
+    pub usage_final: bool,
     pub finish_reason: Option<String>,
 }
 
@@ -110,6 +113,7 @@ pub(crate) fn decode(adapter: &dyn ProviderAdapter, transcript: &[u8], cuts: &[u
         finish,
         text: decoder.output_text().to_owned(),
         usage: decoder.usage(),
+        usage_final: decoder.usage_is_final(),
         finish_reason: decoder.finish_reason(),
     }
 }
@@ -121,6 +125,7 @@ pub(crate) fn assert_stream_golden(adapter: &dyn ProviderAdapter, transcript: &s
     let expected = json(expected);
     let whole = decode(adapter, bytes, &[]);
     whole.finish.as_ref().expect("complete transcript finishes cleanly");
+    assert_eq!(whole.usage_final, whole.usage.is_some(), "a complete transcript's usage is final");
     assert_eq!(Value::Array(normalized(&whole.chunks, pin_created)), expected, "whole transcript");
     for i in 0..=bytes.len() {
         let d = decode(adapter, bytes, &[i]);

@@ -103,12 +103,14 @@ fn openai_stream_cut_reports_truncation_and_keeps_partial_state() {
     let a = adapter(ProviderKind::OpenAi);
     let d = cut_stream(a, fixture!("openai/stream.sse"), "data: [DONE]");
     assert_eq!(d.usage.map(|u| u.prompt_tokens), Some(9));
+    assert!(d.usage_final, "the usage-only chunk came: its counts are final even without [DONE]");
     let d = cut_stream(
         a,
         fixture!("openai/stream.sse"),
         "data: {\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"created\":1694268190,\"model\":\"gpt-4o-mini\",\"system_fingerprint\":\"fp_44709d6fcb\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"!\"}",
     );
     assert_eq!((d.text.as_str(), d.usage, d.finish_reason), ("Hello", None, None));
+    assert!(!d.usage_final);
 }
 
 #[test]

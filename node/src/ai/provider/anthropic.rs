@@ -437,6 +437,9 @@ pub(crate) struct AnthropicStreamDecoder {
     model: String,
     created: u64,
     usage: Option<AnthropicUsage>,
+    /// `message_delta` reported the output count; until then the one from `message_start` is
+    /// a placeholder (`output_tokens: 1`).
+    final_usage: bool,
     finish_reason: Option<String>,
     /// Anthropic content block index → OpenAI tool call index.
     tool_index: HashMap<u64, u32>,
@@ -535,6 +538,7 @@ impl AnthropicStreamDecoder {
             }
             "message_delta" => {
                 self.merge_usage(ev.get("usage"));
+                self.final_usage |= ev.pointer("/usage/output_tokens").is_some_and(Value::is_u64);
                 if let Some(reason) = ev["delta"].get("stop_reason").and_then(Value::as_str) {
                     let finish = stop_reason_to_finish(reason).to_owned();
                     self.finish_reason = Some(finish.clone());
@@ -589,6 +593,10 @@ impl EventDecoder for AnthropicStreamDecoder {
 
     fn usage(&self) -> Option<Usage> {
         self.usage.as_ref().map(AnthropicUsage::to_usage)
+    }
+
+    fn usage_is_final(&self) -> bool {
+        self.final_usage
     }
 
     fn finish_reason(&self) -> Option<String> {

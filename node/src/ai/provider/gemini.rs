@@ -543,6 +543,12 @@ impl EventDecoder for GeminiStreamDecoder {
         self.usage.clone()
     }
 
+    /// Gemini repeats a running `usageMetadata` on every event; the one with the candidates'
+    /// `finishReason` is final.
+    fn usage_is_final(&self) -> bool {
+        self.usage.is_some() && self.done()
+    }
+
     fn finish_reason(&self) -> Option<String> {
         self.finish_reason.clone()
     }

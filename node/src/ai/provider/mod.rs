@@ -86,6 +86,12 @@ pub trait StreamDecoder: Send {
     /// Usage reported by the provider so far, if any (partial usage counts: Anthropic's
     /// message_start input tokens even if cut).
     fn usage(&self) -> Option<Usage>;
+    /// Whether [`usage`](Self::usage) holds the provider's final counts (its output count
+    /// included). Before that, what a provider reported is partial — Anthropic's
+    /// `message_start` carries a placeholder `output_tokens: 1`, Gemini's running
+    /// `candidatesTokenCount` is not final — so a stream cut or cancelled earlier is billed
+    /// for its output by the tokenizer, from [`output_text`](Self::output_text).
+    fn usage_is_final(&self) -> bool;
     fn finish_reason(&self) -> Option<String>;
     /// Text produced so far (content + tool-call arguments), so the gateway can estimate output
     /// tokens when the provider gave no usage.
@@ -99,6 +105,7 @@ pub(crate) trait EventDecoder: Send {
     /// The body ended: `Err(AdapterError::Truncated{..})` unless the end marker came.
     fn on_end(&mut self, out: &mut Vec<ChatChunk>) -> Result<(), AdapterError>;
     fn usage(&self) -> Option<Usage>;
+    fn usage_is_final(&self) -> bool;
     fn finish_reason(&self) -> Option<String>;
     fn output_text(&self) -> &str;
 }
@@ -134,6 +141,10 @@ impl<E: EventDecoder> StreamDecoder for SseStream<E> {
 
     fn usage(&self) -> Option<Usage> {
         self.inner.usage()
+    }
+
+    fn usage_is_final(&self) -> bool {
+        self.inner.usage_is_final()
     }
 
     fn finish_reason(&self) -> Option<String> {

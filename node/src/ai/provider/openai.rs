@@ -137,13 +137,24 @@ pub(crate) struct OpenAiStreamDecoder {
     done: bool,
     drop_empty: bool,
     usage: Option<Usage>,
+    /// The usage came in the final usage-only chunk (empty `choices`), not on a content chunk
+    /// (some compatible servers report running counts on every chunk).
+    final_usage: bool,
     finish_reason: Option<String>,
     text: String,
 }
 
 impl OpenAiStreamDecoder {
     pub(crate) fn new(provider: &'static str, drop_empty: bool) -> Self {
-        OpenAiStreamDecoder { provider, done: false, drop_empty, usage: None, finish_reason: None, text: String::new() }
+        OpenAiStreamDecoder {
+            provider,
+            done: false,
+            drop_empty,
+            usage: None,
+            final_usage: false,
+            finish_reason: None,
+            text: String::new(),
+        }
     }
 
     fn event(&mut self, data: &str, out: &mut Vec<ChatChunk>) -> Result<(), AdapterError> {
@@ -165,6 +176,7 @@ impl OpenAiStreamDecoder {
             .map_err(|e| AdapterError::bad_payload(self.provider, format!("stream chunk: {e}")))?;
         if let Some(usage) = &chunk.usage {
             self.usage = Some(usage.clone());
+            self.final_usage = chunk.choices.is_empty();
         }
         for choice in &chunk.choices {
             if let Some(reason) = &choice.finish_reason {
@@ -200,6 +212,10 @@ impl EventDecoder for OpenAiStreamDecoder {
 
     fn usage(&self) -> Option<Usage> {
         self.usage.clone()
+    }
+
+    fn usage_is_final(&self) -> bool {
+        self.usage.is_some() && (self.final_usage || self.done)
     }
 
     fn finish_reason(&self) -> Option<String> {
