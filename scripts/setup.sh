@@ -22,11 +22,12 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
 fi
 
 # The official OpenAI, Anthropic and Google SDKs for the AI gateway's
-# compatibility tests (pinned in scripts/python-sdks.txt). Optional: without
-# them those tests skip themselves and say so.
+# compatibility tests (pinned in scripts/python-sdks.txt). Optional here:
+# without them those tests skip themselves and say so (under CI, or with
+# TOLLGATE_REQUIRE_SDKS=1, they fail instead).
 if command -v python3 >/dev/null 2>&1 && ! python3 -c "import openai, anthropic, google.genai" 2>/dev/null; then
     echo "installing the Python SDKs of the AI gateway's compatibility tests..." >&2
-    python3 -m pip install -q --disable-pip-version-check -r scripts/python-sdks.txt 2>/dev/null \
+    python3 -m pip install -q --disable-pip-version-check -r scripts/python-sdks.txt \
         || echo "note: could not install them (scripts/python-sdks.txt); those tests will be skipped" >&2
 fi
 

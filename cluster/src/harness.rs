@@ -196,6 +196,19 @@ impl Drop for Cluster {
     }
 }
 
+/// A node process that is still starting: killed (and reaped) when dropped,
+/// unless taken out once it serves.
+struct Starting(Option<Child>);
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn signal(node: &NodeHandle, name: &str) -> bool {
     match node.pid() {
         Some(pid) => {
@@ -330,7 +343,10 @@ impl Cluster {
         if let Some((seed, join_token)) = join {
             command.args(["--join", &seed, "--join-token", &join_token]);
         }
-        let mut child = command.spawn().map_err(io(format!("start {}", binary.display())))?;
+        // Guarded from the spawn on: a start-up abandoned (an error, or `up`
+        // dropping this future on SIGTERM) must not leave the process behind.
+        let mut starting = Starting(Some(command.spawn().map_err(io(format!("start {}", binary.display())))?));
+        let child = starting.0.as_mut().expect("just spawned");
         let pid = child.id();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -341,7 +357,7 @@ impl Cluster {
                 node.admin = json["admin"].as_str().unwrap_or_default().parse().unwrap_or(node.admin);
                 node.proxy = json["proxy"].as_str().unwrap_or_default().parse().unwrap_or(node.proxy);
                 node.ops = json["ops"].as_str().unwrap_or_default().parse().unwrap_or(node.ops);
-                node.child = Some(child);
+                node.child = starting.0.take();
                 return Ok(());
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -360,8 +376,7 @@ impl Cluster {
                 });
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+                // Killed by the guard.
                 return Err(HarnessError::Node {
                     node: id,
                     message: "not ready within 60 s".into(),

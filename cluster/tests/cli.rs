@@ -2,7 +2,8 @@
 //! and `down` (or a signal) end with exit 0, `start` keeps a node's ports,
 //! `status` answers while a node is frozen and marks it unreachable, and the
 //! output is a table unless `-o json` is asked for. Every wait is bounded;
-//! nothing asserts how long a step took.
+//! the only timing asserted is a generous one (8 s for a status call and a
+//! `resume` issued during it, against the 15 s a status once held `up` for).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -199,9 +200,31 @@ fn status_with_a_paused_node_returns_and_marks_it_unreachable() {
     assert_eq!(row[..4], ["1", "paused", pid.as_str(), "unreachable"], "{table}");
     assert!(table.contains("node 1: "), "the table says why: {table}");
 
-    // `resume` is not stuck behind the status calls, and the node answers again.
+    // `resume` is not stuck behind a status call in flight (which once held
+    // the cluster for its whole 15 s), and the node answers again.
+    let began = Instant::now();
+    let mut status = Command::new(BIN)
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["status", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     let resumed = up.json(&["resume", "1"]);
     assert_eq!(node(&resumed, 1)["state"], "running");
+    while matches!(status.try_wait(), Ok(None)) && began.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = status.kill();
+    let status = status.wait_with_output().unwrap();
+    assert!(status.status.success(), "status: {}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        began.elapsed() < Duration::from_secs(8),
+        "status and resume took {:?}; resume waited for the status call",
+        began.elapsed()
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     while node(&up.json(&["status"]), 1)["reachable"] != true {
         assert!(Instant::now() < deadline, "node 1 did not answer again after resume");
@@ -211,4 +234,47 @@ fn status_with_a_paused_node_returns_and_marks_it_unreachable() {
     up.ok(&["pause", "1"]);
     assert!(up.cli(&["down"]).status.success());
     assert_eq!(up.wait().status.code(), Some(0));
+}
+
+/// SIGTERM while `up` is still starting its node: the node being launched
+/// is stopped with it, not left running.
+#[test]
+fn an_interrupted_up_leaves_no_node_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["up", "-n", "1", "--binary"])
+        .arg(tollgate())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dir.path().join("node-1.log").exists() {
+        assert!(Instant::now() < deadline, "up did not start node 1 within 60 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let running = |dir: &Path| -> Vec<String> {
+        let needle = dir.join("node-1").to_string_lossy().into_owned();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok().map(|c| (e.file_name(), c)))
+            .filter(|(_, cmdline)| String::from_utf8_lossy(cmdline).contains(&needle))
+            .map(|(pid, _)| pid.to_string_lossy().into_owned())
+            .collect()
+    };
+    assert!(!running(dir.path()).is_empty(), "node 1 is starting when the signal arrives");
+    assert!(!dir.path().join("cluster.json").exists(), "up is still starting");
+    let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    while matches!(child.try_wait(), Ok(None)) {
+        assert!(Instant::now() < deadline, "up did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = running(dir.path());
+    assert!(left.is_empty(), "node processes left running: {left:?}");
 }

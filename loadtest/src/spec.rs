@@ -121,7 +121,8 @@ pub struct LoadSpec {
     #[arg(long)]
     pub chart: Option<PathBuf>,
     /// Exit with code 3 when more than this fraction of requests fails (HTTP 4xx/5xx,
-    /// transport errors, incomplete streams) [default: 0.01, i.e. 1%; 1 never fails].
+    /// transport errors, incomplete streams) [default: 0.01, i.e. 1%; 1 allows any error rate].
+    /// A run in which no request completed always exits 3.
     #[arg(long, value_name = "FRACTION")]
     pub max_error_rate: Option<f64>,
 }

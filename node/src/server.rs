@@ -151,9 +151,10 @@ impl Node {
         let started = Node::start_in(config).await;
         if started.is_err() && created {
             // A start that failed (a port in use, a refused join) leaves no
-            // empty data directory behind to puzzle the next attempt. Only
-            // an empty one: anything written is kept for inspection.
-            let _ = std::fs::remove_dir(&data_dir);
+            // data directory behind to puzzle the next attempt: a cluster CA
+            // or database left by it would make a retry with --join
+            // bootstrap a cluster of its own. Only one this run created.
+            let _ = std::fs::remove_dir_all(&data_dir);
         }
         started
     }
@@ -190,6 +191,17 @@ impl Node {
             None => None,
         };
         let proxy_tls_addr = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
+        // Raft binds its UDP port only once the data is open; a busy one must
+        // fail here, before the CA is created or RocksDB opened. Port 0 is
+        // settled later and cannot be busy.
+        if config.listen.cluster.port() != 0 {
+            drop(std::net::UdpSocket::bind(config.listen.cluster).map_err(|source| NodeError::Bind {
+                what: "cluster",
+                flag: "cluster-listen",
+                addr: config.listen.cluster,
+                source,
+            })?);
+        }
         // 0700, files 0600 (umask, for RocksDB's), an older open one closed: see storage::private.
         tollgate_storage::private::secure_data_dir(&data_dir)
             .map_err(|source| NodeError::DataDir { path: data_dir.clone(), source })?;

@@ -599,6 +599,21 @@ async fn python_has(modules: &[&str]) -> bool {
         .unwrap_or(false)
 }
 
+/// A Python SDK a test drives is missing. Under CI (`CI` set) or with
+/// `TOLLGATE_REQUIRE_SDKS=1` the test fails, naming the pip command;
+/// otherwise it skips, saying so on stdout and stderr.
+fn missing_sdk(packages: &str) {
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false");
+    let required = ci || std::env::var("TOLLGATE_REQUIRE_SDKS").as_deref() == Ok("1");
+    let message = format!(
+        "python3 with the {packages} package(s) is not available; install them with \
+         `python3 -m pip install -r scripts/python-sdks.txt` (or `pip install {packages}`)"
+    );
+    assert!(!required, "{message}; the SDK tests are required here (CI or TOLLGATE_REQUIRE_SDKS=1 is set)");
+    println!("SKIPPED: {message}");
+    eprintln!("SKIPPED: {message}");
+}
+
 const SDK_SCRIPT: &str = r#"
 import os, sys
 import openai, anthropic
@@ -649,9 +664,7 @@ print("SDK OK")
 #[tokio::test]
 async fn the_official_openai_and_anthropic_python_sdks_work_through_the_gateway() {
     if !python_has(&["openai", "anthropic"]).await {
-        eprintln!(
-            "SKIPPED: python3 with the `openai` and `anthropic` packages is not available (pip install openai anthropic)"
-        );
+        missing_sdk("openai anthropic");
         return;
     }
     let mock = mock_openai(LlmMockConfig { tokens: 9, ..Default::default() }).await;
@@ -827,7 +840,7 @@ async fn messages_to_an_anthropic_provider_pass_through_untranslated() {
 // === §7: streams cut or cancelled, refused models, provider auth, the Gemini ingress ===
 
 /// A provider family, with the mock that speaks its wire format.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Family {
     OpenAi,
     /// Shares OpenAI's stream decoder (and drops Azure's empty prompt-filter chunk).
@@ -892,9 +905,10 @@ fn tokens_in(text: &str) -> u64 {
 }
 
 /// A stream the provider cuts, and one the client abandons, are billed for the
-/// text they delivered, by the tokenizer, and marked estimated — whatever
-/// partial count the provider had sent (Anthropic's `message_start` says
-/// `output_tokens: 1`; Gemini's running count is not final).
+/// text they delivered, by the tokenizer, and marked estimated — or for the
+/// provider's running output count when that is larger (Gemini's, which
+/// counts thinking tokens too); Anthropic's placeholder `output_tokens: 1` in
+/// `message_start` is smaller than any text.
 async fn cut_and_cancelled_streams_bill_the_delivered_text(family: Family) {
     let cut = family
         .spawn(LlmMockConfig { tokens: 40, tokens_per_second: 400.0, cut_stream: 1.0, ..Default::default() })
@@ -913,7 +927,16 @@ async fn cut_and_cancelled_streams_bill_the_delivered_text(family: Family) {
     assert!(delivered.split_whitespace().count() >= 2, "{family:?}: some text came before the cut: {delivered:?}");
     let row = gw.usage_of("cut/model-a", 1).await;
     assert_eq!((row.requests, row.errors, row.estimated), (1, 1, 1), "{family:?}: {row:?}");
-    assert_eq!(row.output_tokens, tokens_in(&delivered), "{family:?}: billed for {delivered:?}: {row:?}");
+    if family == Family::Gemini {
+        // Gemini's running candidatesTokenCount may count a little more than the tokenizer.
+        let whole = tokens_in(&tollgate_loadtest::mock::llm::full_text(40));
+        assert!(
+            (tokens_in(&delivered)..=whole).contains(&row.output_tokens),
+            "{family:?}: billed for {delivered:?}: {row:?}"
+        );
+    } else {
+        assert_eq!(row.output_tokens, tokens_in(&delivered), "{family:?}: billed for {delivered:?}: {row:?}");
+    }
     assert!(row.input_tokens > 0, "{family:?}: {row:?}");
 
     // The client goes away mid-stream.
@@ -1028,6 +1051,10 @@ async fn a_provider_refusing_the_gateway_key_is_a_bad_gateway_that_names_it() {
             );
             let message = error["message"].as_str().unwrap();
             assert!(message.contains(&format!("provider {provider} refused the gateway's credential")), "{message}");
+            // The provider's own text (which may quote the key) stays in the gateway's log.
+            for raw in ["Incorrect API key", "invalid x-api-key", "API key not valid"] {
+                assert!(!message.contains(raw), "{message}");
+            }
         }
     }
     // Anthropic and Gemini callers get it in their own formats.
@@ -1303,7 +1330,7 @@ print("SDK OK")
 #[tokio::test]
 async fn the_official_google_genai_python_sdk_works_through_the_gateway() {
     if !python_has(&["google.genai"]).await {
-        eprintln!("SKIPPED: python3 with the `google-genai` package is not available (pip install google-genai)");
+        missing_sdk("google-genai");
         return;
     }
     let mock = mock_openai(LlmMockConfig { tokens: 9, ..Default::default() }).await;

@@ -587,6 +587,8 @@ async fn a_write_whose_read_fails_does_not_suggest_stale() {
     for update in [
         vec!["service", "update", "orders", "--target", "10.0.0.1:80"],
         vec!["route", "update", "orders", "--priority", "2"],
+        vec!["provider", "update", "orders", "--base-url", "http://127.0.0.1:1"],
+        vec!["alias", "update", "orders", "--retries", "1"],
     ] {
         let write = ctl_async(addr, TOKEN, update).await;
         assert_eq!(write.status.code(), Some(7));
@@ -594,4 +596,41 @@ async fn a_write_whose_read_fails_does_not_suggest_stale() {
         assert!(!text.contains("--stale"), "--stale means nothing for a write: {text}");
         assert!(text.starts_with(&format!("error: {addr}: ")) && text.contains("majority"), "{text}");
     }
+}
+
+/// An HTTP server that is not the admin API (the proxy port, say): 404 for
+/// everything, over HTTP/1.1 or h2c.
+async fn plain_http() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let service = service_fn(|_request| async {
+                    Ok::<_, Infallible>(
+                        http::Response::builder()
+                            .status(StatusCode::NOT_FOUND)
+                            .header("content-type", "text/plain")
+                            .body(http_body_util::Full::new(Bytes::from_static(b"no route matched\n")))
+                            .unwrap(),
+                    )
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctl_against_a_plain_http_server_says_it_is_not_the_admin_api() {
+    let addr = plain_http().await;
+    let output = ctl_async(addr, TOKEN, vec!["status"]).await;
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(7), "{text}");
+    assert!(text.starts_with(&format!("error: {addr}: ")), "{text}");
+    assert!(text.contains("does not look like a Tollgate admin API"), "{text}");
+    assert!(!text.contains("grpc-status") && !text.contains("compression flag"), "{text}");
 }

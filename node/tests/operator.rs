@@ -270,6 +270,22 @@ async fn a_port_in_use_is_reported_once_and_leaves_no_data_directory() {
     assert_eq!(text.matches("in use").count(), 1, "said once:\n{text}");
     assert!(text.contains(&port) && text.contains("--proxy-listen"), "{text}");
     assert!(!data.exists(), "a failed first start leaves no empty data directory behind");
+
+    // A busy peer (UDP) port is found before the CA or the database is made.
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let output = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .args(["--proxy-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"])
+        .args(["--cluster-listen", &port])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let text = stderr(&output);
+    assert_eq!(text.matches("in use").count(), 1, "said once:\n{text}");
+    assert!(text.contains(&port) && text.contains("--cluster-listen"), "{text}");
+    assert!(!data.exists(), "a failed first start leaves no data directory behind");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -81,6 +81,10 @@ pub enum RaftNodeError {
     NotLeader { leader: Option<u64> },
     #[error("raft error: {0}")]
     Raft(String),
+    /// A membership change that would break the cluster (a node reusing
+    /// another member's address or id); refused before it was proposed.
+    #[error("{0}")]
+    InvalidMembership(String),
     #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]

@@ -168,6 +168,9 @@ struct Inner {
     lease: Duration,
     outcomes: Arc<Outcomes>,
     data_plane_index: AtomicU64,
+    /// Held from checking a new learner against the membership until it is
+    /// added, so two joins cannot both claim one free address.
+    learner_lock: tokio::sync::Mutex<()>,
 }
 
 #[derive(Clone)]
@@ -225,6 +228,7 @@ impl RaftNode {
                 lease: config.election_timeout_max,
                 outcomes,
                 data_plane_index: AtomicU64::new(0),
+                learner_lock: tokio::sync::Mutex::new(()),
             }),
         };
         tokio::spawn(crate::transport::handler::serve(transport, node.clone()));
@@ -541,6 +545,11 @@ impl RaftNode {
     /// Applies a membership change through the leader (and through a
     /// change of leader). Returns the log index.
     pub async fn change_membership(&self, op: MembershipOp) -> Result<u64, RaftNodeError> {
+        // Checked here against this node's view for a typed answer, and
+        // again by the leader against the current membership.
+        if let MembershipOp::AddLearner { node_id, addr } = &op {
+            self.learner_conflict(*node_id, addr).map_err(RaftNodeError::InvalidMembership)?;
+        }
         let secs = self.inner.write_timeout.as_secs();
         let deadline = tokio::time::Instant::now() + self.inner.write_timeout;
         via_leader(self, &leader::Membership(&op), deadline).await.map_err(|e| match e {
@@ -564,7 +573,11 @@ impl RaftNode {
             m.membership_config.membership().voter_ids().any(|v| v == id)
         };
         let result = match op {
-            MembershipOp::AddLearner { node_id, addr } => raft.add_learner(node_id, BasicNode { addr }, false).await,
+            MembershipOp::AddLearner { node_id, addr } => {
+                let _serial = self.inner.learner_lock.lock().await;
+                self.learner_conflict(node_id, &addr).map_err(WriteRejection::Failed)?;
+                raft.add_learner(node_id, BasicNode { addr }, false).await
+            }
             MembershipOp::Promote { node_id } => {
                 raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false).await
             }
@@ -643,20 +656,25 @@ impl RaftNode {
         if record.expires_at_ms <= now_ms() {
             return Err("the join token has expired; create a new one with `tollgate ctl cluster token`".into());
         }
-        let membership = self.raft().metrics().borrow_watched().membership_config.membership().clone();
-        if let Some(existing) = membership.get_node(&request.node_id)
-            && existing.addr != request.addr
-        {
-            return Err(format!(
-                "node id {} is already a member at {}; remove it first or pick another --node-id",
-                request.node_id, existing.addr
-            ));
-        }
+        self.learner_conflict(request.node_id, &request.addr)?;
         let tls = self.inner.tls.for_joiner(request.node_id).map_err(|e| e.to_string())?;
         self.change_membership(MembershipOp::AddLearner { node_id: request.node_id, addr: request.addr.clone() })
             .await
             .map_err(|e| e.to_string())?;
         Ok(tls)
+    }
+
+    /// Why node `node_id` cannot be added as a learner at `addr`, given the
+    /// membership this node knows. Re-adding a member at its own address is fine.
+    fn learner_conflict(&self, node_id: u64, addr: &str) -> Result<(), String> {
+        let membership = self.raft().metrics().borrow_watched().membership_config.membership().clone();
+        let mut members: Vec<(u64, String)> = membership.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        // This node, under every address it answers at (normally also in the membership).
+        members.push((self.inner.node_id, self.inner.advertise.clone()));
+        if let Some(listen) = self.peer_listen_addr() {
+            members.push((self.inner.node_id, listen.to_string()));
+        }
+        check_new_learner(members.iter().map(|(id, a)| (*id, a.as_str())), node_id, addr)
     }
 
     /// Stops serving peers and stops Raft. Applied state is already durable.
@@ -668,6 +686,64 @@ impl RaftNode {
     }
 }
 
+/// Why node `node_id` cannot join at `addr` beside `members` (id, address).
+/// Two members at one address would make the leader send Raft traffic to
+/// itself (openraft panics on that, again at every restart), and one id at
+/// two addresses would split what the cluster knows of that node.
+pub(crate) fn check_new_learner<'a>(
+    members: impl IntoIterator<Item = (u64, &'a str)>,
+    node_id: u64,
+    addr: &str,
+) -> Result<(), String> {
+    let members: Vec<(u64, &str)> = members.into_iter().collect();
+    if let Some((_, existing)) = members.iter().find(|(id, a)| *id == node_id && !same_address(a, addr)) {
+        return Err(format!(
+            "node id {node_id} is already a member at {existing}; remove it first or pick another --node-id"
+        ));
+    }
+    if let Some((other, _)) = members.iter().find(|(id, a)| *id != node_id && same_address(a, addr)) {
+        return Err(format!(
+            "node {other} already uses address {addr}; give the joining node its own --cluster-listen/--cluster-advertise"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether two peer addresses name the same endpoint: equal as socket
+/// addresses (`[::1]:7000` vs `[0:0:0:0:0:0:0:1]:7000`), or as host:port text.
+fn same_address(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim(), b.trim());
+    match (a.parse::<SocketAddr>(), b.parse::<SocketAddr>()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a.eq_ignore_ascii_case(b),
+    }
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod learner_tests {
+    use super::check_new_learner;
+
+    const MEMBERS: [(u64, &str); 2] = [(1, "10.0.0.1:7000"), (2, "10.0.0.2:7000")];
+
+    #[test]
+    fn a_new_learner_needs_an_address_and_id_of_its_own() {
+        assert!(check_new_learner(MEMBERS, 3, "10.0.0.3:7000").is_ok());
+        // Re-joining with the same id and address is idempotent.
+        assert!(check_new_learner(MEMBERS, 2, "10.0.0.2:7000").is_ok());
+        let err = check_new_learner(MEMBERS, 3, "10.0.0.1:7000").unwrap_err();
+        assert!(err.contains("node 1 already uses address 10.0.0.1:7000"), "{err}");
+        assert!(err.contains("--cluster-listen/--cluster-advertise"), "{err}");
+        let err = check_new_learner(MEMBERS, 2, "10.0.0.9:7000").unwrap_err();
+        assert!(err.contains("node id 2 is already a member at 10.0.0.2:7000"), "{err}");
+        // One endpoint written two ways is still one endpoint.
+        let v6 = [(1, "[::1]:7000")];
+        assert!(check_new_learner(v6, 3, "[0:0:0:0:0:0:0:1]:7000").is_err());
+        let named = [(1, "Node-A.example:7000")];
+        assert!(check_new_learner(named, 3, "node-a.example:7000").is_err());
+        assert!(check_new_learner(named, 3, "node-a.example:7001").is_ok());
+    }
 }

@@ -279,3 +279,85 @@ async fn writes_through_followers_survive_the_leader_stopping() {
         node.shutdown().await;
     }
 }
+
+/// A join (or an admin add-learner) at an address a member already uses —
+/// the leader's own above all — is refused before it is proposed: a learner
+/// at the leader's address made openraft's leader follow itself and panic,
+/// at every restart. The leader keeps serving writes afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_reusing_a_members_address_is_refused() {
+    use tollgate_raft::RaftNodeError;
+
+    let dir = tempfile::tempdir().unwrap();
+    let n1 = start(1, dir.path(), ClusterTls::create(1).unwrap(), true).await;
+    n1.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    let token = n1.create_join_token(Duration::from_secs(600), "test").await.unwrap();
+    let seed = n1.peer_listen_addr().unwrap().to_string();
+    let leader_addr = n1.advertise_addr().to_string();
+
+    // The leader's own address, as a join and as an admin add-learner.
+    let err = transport::join(&seed, &token, 2, &leader_addr).await.unwrap_err();
+    assert!(err.to_string().contains(&format!("node 1 already uses address {leader_addr}")), "{err}");
+    assert!(err.to_string().contains("--cluster-listen/--cluster-advertise"), "{err}");
+    let err = n1.change_membership(MembershipOp::AddLearner { node_id: 2, addr: seed.clone() }).await.unwrap_err();
+    assert!(matches!(err, RaftNodeError::InvalidMembership(_)), "{err:?}");
+    assert_eq!(n1.cluster_status().await.len(), 1, "nothing was added");
+
+    // The leader is unharmed and keeps serving writes.
+    n1.propose(consumer("after-refusal")).await.unwrap();
+    assert_eq!(n1.status().leader_id, Some(1));
+
+    // A learner's address is taken too; the same node re-joining at its own address is fine.
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr2 = probe.local_addr().unwrap().to_string();
+    drop(probe);
+    transport::join(&seed, &token, 2, &addr2).await.unwrap();
+    transport::join(&seed, &token, 2, &addr2).await.unwrap();
+    let err = transport::join(&seed, &token, 3, &addr2).await.unwrap_err();
+    assert!(err.to_string().contains(&format!("node 2 already uses address {addr2}")), "{err}");
+    let err = n1.change_membership(MembershipOp::AddLearner { node_id: 3, addr: addr2.clone() }).await.unwrap_err();
+    assert!(matches!(err, RaftNodeError::InvalidMembership(_)), "{err:?}");
+    // And one id cannot move to another address without being removed first.
+    let err = transport::join(&seed, &token, 2, "127.0.0.1:1").await.unwrap_err();
+    assert!(err.to_string().contains("already a member"), "{err}");
+
+    let members = n1.cluster_status().await;
+    assert_eq!(members.iter().map(|m| m.node_id).collect::<Vec<_>>(), vec![1, 2], "{members:?}");
+    n1.propose(consumer("after-learner")).await.unwrap();
+    assert!(n1.linearizable_state().await.unwrap().consumer("after-learner").is_some());
+    n1.shutdown().await;
+}
+
+/// Should a member ever be listed at this node's address (a cluster that
+/// took such a join before the check above), Raft traffic from this node to
+/// itself is refused rather than panicking openraft, so the leader keeps
+/// leading and the bad member can be removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_traffic_from_a_node_to_itself_is_refused() {
+    use openraft::raft::AppendEntriesRequest;
+    use tollgate_raft::TypeConfig;
+    use tollgate_raft::transport::Transport;
+    use tollgate_raft::transport::wire::{PeerRequest, PeerResponse};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_tls = ClusterTls::create(1).unwrap();
+    let n1 = start(1, dir.path(), cluster_tls.clone(), true).await;
+    n1.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    let target = n1.peer_listen_addr().unwrap().to_string();
+
+    let term = n1.status().current_term;
+    let member = Transport::bind("127.0.0.1:0".parse().unwrap(), &cluster_tls.for_joiner(5).unwrap()).unwrap();
+    let own = PeerRequest::AppendEntries(AppendEntriesRequest::<TypeConfig> {
+        vote: openraft::alias::VoteOf::<TypeConfig>::new_committed(term, 1),
+        prev_log_id: None,
+        entries: Vec::new(),
+        leader_commit: None,
+    });
+    let answer = member.call(&target, &own, Duration::from_secs(5)).await.unwrap();
+    assert!(matches!(answer, PeerResponse::Refused(ref why) if why.contains("its own Raft traffic")), "{answer:?}");
+
+    n1.propose(consumer("still-leading")).await.unwrap();
+    assert_eq!(n1.status().leader_id, Some(1));
+    member.close();
+    n1.shutdown().await;
+}

@@ -18,6 +18,7 @@ pub fn from_node(error: RaftNodeError) -> Status {
     match error {
         RaftNodeError::NotLeader { .. } | RaftNodeError::Unavailable(_) => Status::unavailable(message),
         RaftNodeError::Fatal(_) => Status::unavailable(message),
+        RaftNodeError::InvalidMembership(_) => Status::invalid_argument(message),
         _ => Status::internal(message),
     }
 }

@@ -4,6 +4,7 @@
 //! provider/model) → attempts with key rotation, cooldown after 429, retries
 //! with backoff and fallback → answer in the caller's format → account.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -313,16 +314,41 @@ impl Failure {
             Failure::Provider(provider, e)
                 if matches!(e.kind, ErrorKind::Authentication | ErrorKind::PermissionDenied) =>
             {
+                // The provider's own text stays in the log: it may quote (part of) the key.
                 let message = format!(
-                    "provider {provider} refused the gateway's credential (HTTP {}: {}); the caller's key is not at \
+                    "provider {provider} refused the gateway's credential (HTTP {}); the caller's key is not at \
                      fault: an operator must check the provider's API keys (`tollgate ctl provider get {provider}`)",
-                    e.status, e.message
+                    e.status
                 );
                 (ErrorKind::ProviderAuth, ErrorKind::ProviderAuth.status(), message)
             }
             _ => (self.kind(), self.status(), self.message()),
         }
     }
+}
+
+/// How often a provider refusing one credential is logged at WARN.
+const AUTH_WARN_INTERVAL: Duration = Duration::from_secs(60);
+
+/// When each (provider, credential) refusal was last logged at WARN.
+static AUTH_WARNED: std::sync::LazyLock<std::sync::Mutex<HashMap<(String, String), Instant>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Whether a refusal of this credential is to be logged at WARN now: once per
+/// credential per [`AUTH_WARN_INTERVAL`], so a revoked key does not flood the
+/// log with one line per request.
+fn auth_warn_due(provider: &str, credential: &str, now: Instant) -> bool {
+    let mut warned = AUTH_WARNED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let key = (provider.to_string(), credential.to_string());
+    if warned.get(&key).is_some_and(|last| now.saturating_duration_since(*last) < AUTH_WARN_INTERVAL) {
+        return false;
+    }
+    // Keys are configured credentials; forget the stale ones if many come and go.
+    if warned.len() >= 4096 {
+        warned.retain(|_, last| now.saturating_duration_since(*last) < AUTH_WARN_INTERVAL);
+    }
+    warned.insert(key, now);
+    true
 }
 
 struct Attempts<'a> {
@@ -561,7 +587,12 @@ impl Attempts<'_> {
                     request_id = %self.call.request_id, provider = %provider.name, model = %candidate.model,
                     credential = credential_id, attempt = try_no + 1, error = %failure.message(), "AI attempt failed"
                 );
-                if failure.kind() == ErrorKind::Authentication || failure.kind() == ErrorKind::PermissionDenied {
+                if (failure.kind() == ErrorKind::Authentication || failure.kind() == ErrorKind::PermissionDenied)
+                    && auth_warn_due(&provider.id, credential_id, Instant::now())
+                {
+                    // At most one per credential a minute; every refusal is
+                    // counted in the attempt-error metric (authentication,
+                    // permission_denied).
                     tracing::warn!(
                         provider = %provider.name, credential = credential_id, error = %failure.message(),
                         "the provider refused the gateway's API key; replace or remove the key"
@@ -810,5 +841,36 @@ async fn read_limited(body: Incoming, limit: usize, timeout: Duration) -> Result
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(error)) => Err(format!("cannot read the provider's answer: {error}")),
         Err(_) => Err(format!("the provider's answer did not arrive within {} ms", timeout.as_millis())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_auth_failures_keep_the_providers_text_from_the_caller() {
+        let error = ProviderError {
+            status: 401,
+            kind: ErrorKind::Authentication,
+            message: "Incorrect API key provided: sk-proj-****************abcd.".into(),
+            retry_after: None,
+        };
+        let (kind, status, message) = Failure::Provider("openai".into(), error).for_caller();
+        assert_eq!((kind, status), (ErrorKind::ProviderAuth, StatusCode::BAD_GATEWAY));
+        assert!(message.contains("provider openai refused the gateway's credential"), "{message}");
+        assert!(message.contains("the caller's key is not at fault"), "{message}");
+        assert!(!message.contains("sk-proj") && !message.contains("Incorrect API key"), "{message}");
+    }
+
+    #[test]
+    fn a_refused_credential_is_warned_about_once_a_minute() {
+        let now = Instant::now();
+        assert!(auth_warn_due("p-test-warn", "k1", now));
+        assert!(!auth_warn_due("p-test-warn", "k1", now + Duration::from_secs(1)));
+        assert!(!auth_warn_due("p-test-warn", "k1", now + Duration::from_secs(59)));
+        assert!(auth_warn_due("p-test-warn", "k2", now + Duration::from_secs(1)), "per credential");
+        assert!(auth_warn_due("p-test-warn", "k1", now + AUTH_WARN_INTERVAL));
+        assert!(!auth_warn_due("p-test-warn", "k1", now + AUTH_WARN_INTERVAL + Duration::from_secs(1)));
     }
 }

@@ -7,7 +7,7 @@
 //! canonical answer back into a `GenerateContentResponse`. A Gemini provider
 //! gets the caller's body untranslated (see the gateway).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -22,6 +22,15 @@ use super::types::{
 };
 
 const INGRESS: &str = "the Gemini ingress";
+
+/// The most `contents` one request may hold.
+pub const MAX_CONTENTS: usize = 10_000;
+/// The most parts (text, media, functionCall, functionResponse) one request
+/// may hold, over all its contents. A 16 MB body could otherwise carry
+/// hundreds of thousands of tiny parts.
+pub const MAX_PARTS: usize = 50_000;
+/// The range of `candidateCount` accepted (Gemini's own limit is 8).
+const CANDIDATE_COUNT: std::ops::RangeInclusive<u64> = 1..=8;
 
 /// How a streamed answer is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,6 +157,18 @@ pub fn generate_content_to_chat(body: &[u8], model: &str, stream: bool) -> Resul
     if req.contents.is_empty() {
         return Err(AdapterError::InvalidRequest("`contents` is required and must not be empty".into()));
     }
+    if req.contents.len() > MAX_CONTENTS {
+        return Err(AdapterError::InvalidRequest(format!(
+            "`contents` holds {} entries; the gateway accepts at most {MAX_CONTENTS} per request",
+            req.contents.len()
+        )));
+    }
+    let parts: usize = req.contents.iter().map(|c| c.parts.len()).sum();
+    if parts > MAX_PARTS {
+        return Err(AdapterError::InvalidRequest(format!(
+            "`contents` holds {parts} parts in all; the gateway accepts at most {MAX_PARTS} parts per request"
+        )));
+    }
     let mut messages = Vec::new();
     if let Some(system) = &req.system_instruction {
         let text = match system {
@@ -169,12 +190,12 @@ pub fn generate_content_to_chat(body: &[u8], model: &str, stream: bool) -> Resul
     // Calls of the latest model turn not answered yet: (id, name). Gemini's
     // functionResponse names its function (and may carry the call's id); the
     // canonical tool message needs the id of the call it answers.
-    let mut pending: Vec<(String, String)> = Vec::new();
+    let mut pending = Pending::default();
     for (turn, content) in req.contents.iter().enumerate() {
         match content.role.as_deref().unwrap_or("user") {
             "model" => {
                 let (message, calls) = model_turn(&content.parts, turn)?;
-                pending = calls;
+                pending = Pending::new(calls);
                 messages.push(message);
             }
             // "function" is the older role of functionResponse turns.
@@ -242,22 +263,60 @@ fn model_turn(parts: &[Value], turn: usize) -> Result<(ChatMessage, Vec<(String,
     Ok((message, pending))
 }
 
+/// The calls of the latest model turn not answered yet, in order, indexed by
+/// id and by function name so that matching a response is O(1) amortised
+/// (a turn may hold many thousands of calls).
+#[derive(Default)]
+struct Pending {
+    ids: Vec<String>,
+    used: Vec<bool>,
+    by_id: HashMap<String, VecDeque<usize>>,
+    by_name: HashMap<String, VecDeque<usize>>,
+}
+
+impl Pending {
+    fn new(calls: Vec<(String, String)>) -> Self {
+        let mut pending = Pending { used: vec![false; calls.len()], ..Pending::default() };
+        for (at, (id, name)) in calls.into_iter().enumerate() {
+            pending.by_id.entry(id.clone()).or_default().push_back(at);
+            pending.by_name.entry(name).or_default().push_back(at);
+            pending.ids.push(id);
+        }
+        pending
+    }
+
+    /// Marks the first unanswered call in `queue` answered and returns its id.
+    fn take(queue: Option<&mut VecDeque<usize>>, used: &mut [bool], ids: &[String]) -> Option<String> {
+        let queue = queue?;
+        while let Some(at) = queue.pop_front() {
+            if !used[at] {
+                used[at] = true;
+                return Some(ids[at].clone());
+            }
+        }
+        None
+    }
+
+    fn take_id(&mut self, id: &str) -> Option<String> {
+        Self::take(self.by_id.get_mut(id), &mut self.used, &self.ids)
+    }
+
+    fn take_name(&mut self, name: &str) -> Option<String> {
+        Self::take(self.by_name.get_mut(name), &mut self.used, &self.ids)
+    }
+}
+
 /// A user turn: the tool messages of its functionResponse parts first (the
 /// canonical form wants them right after the assistant's calls), then the rest
 /// as one user message.
-fn user_turn(
-    parts: &[Value],
-    pending: &mut Vec<(String, String)>,
-    out: &mut Vec<ChatMessage>,
-) -> Result<(), AdapterError> {
+fn user_turn(parts: &[Value], pending: &mut Pending, out: &mut Vec<ChatMessage>) -> Result<(), AdapterError> {
     // Responses naming their call's id take it first; the others then take the
     // first unanswered call of their function's name.
     let by_id: Vec<Option<String>> = parts
         .iter()
         .map(|part| {
             let id = field(part, "functionResponse", "function_response")?.get("id")?.as_str()?;
-            let at = pending.iter().position(|(pid, _)| pid == id)?;
-            Some(pending.remove(at).0)
+            pending.take_id(id)
         })
         .collect();
     let mut content = Vec::new();
@@ -281,14 +340,11 @@ fn user_turn(
             let name = str_of(response, "name");
             let call_id = match by_id {
                 Some(id) => id,
-                None => {
-                    let at = pending.iter().position(|(_, pname)| pname == name).ok_or_else(|| {
-                        AdapterError::InvalidRequest(format!(
-                            "functionResponse for {name:?} answers no functionCall of the model turn before it"
-                        ))
-                    })?;
-                    pending.remove(at).0
-                }
+                None => pending.take_name(name).ok_or_else(|| {
+                    AdapterError::InvalidRequest(format!(
+                        "functionResponse for {name:?} answers no functionCall of the model turn before it"
+                    ))
+                })?,
             };
             let result = response.get("response").cloned().unwrap_or_else(|| json!({}));
             let mut message = ChatMessage::new(Role::Tool, result.to_string());
@@ -331,7 +387,18 @@ fn apply_generation_config(config: &Map<String, Value>, request: &mut ChatReques
     request.temperature = get("temperature", "temperature").and_then(Value::as_f64);
     request.top_p = get("topP", "top_p").and_then(Value::as_f64);
     request.max_tokens = get("maxOutputTokens", "max_output_tokens").and_then(Value::as_u64);
-    request.n = get("candidateCount", "candidate_count").and_then(Value::as_u64).map(|n| n as u32);
+    if let Some(count) = get("candidateCount", "candidate_count") {
+        match count.as_u64().filter(|n| CANDIDATE_COUNT.contains(n)) {
+            Some(n) => request.n = Some(n as u32),
+            None => {
+                return Err(AdapterError::InvalidRequest(format!(
+                    "generationConfig.candidateCount is {count}; it must be an integer from {} to {}",
+                    CANDIDATE_COUNT.start(),
+                    CANDIDATE_COUNT.end()
+                )));
+            }
+        }
+    }
     request.presence_penalty = get("presencePenalty", "presence_penalty").and_then(Value::as_f64);
     request.frequency_penalty = get("frequencyPenalty", "frequency_penalty").and_then(Value::as_f64);
     request.seed = get("seed", "seed").and_then(Value::as_i64);

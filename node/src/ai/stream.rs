@@ -4,8 +4,9 @@
 //! when the client goes away (the body is dropped).
 //!
 //! A stream that did not complete is billed for what it delivered: the
-//! provider's input count when it gave one, and the tokenizer's count of the
-//! output decoded so far, marked estimated (a provider's output count is
+//! provider's input count when it gave one, and for the output the larger of
+//! the provider's running count and the tokenizer's count of the output
+//! decoded so far, marked estimated (a provider's output count is
 //! final only at the end of its stream; see `StreamDecoder::usage_is_final`).
 
 use std::collections::VecDeque;
@@ -121,22 +122,13 @@ impl AiStream {
         out.freeze()
     }
 
-    /// What to bill: the provider's counts once it reported its final ones;
-    /// otherwise (no usage at all, or a stream cut, cancelled or broken before
-    /// the final counts) the provider's input count if it gave one, and the
-    /// tokenizer's count of the output decoded so far — estimated.
     fn billed_usage(&self) -> (Usage, bool) {
-        let reported = self.decoder.usage();
-        if self.decoder.usage_is_final()
-            && let Some(usage) = reported
-        {
-            return (usage, false);
-        }
-        let (input, cached) = match reported.filter(|u| u.prompt_tokens > 0) {
-            Some(u) => (u.prompt_tokens, u.prompt_tokens_details.map(|d| d.cached_tokens)),
-            None => (self.account.prompt_estimate(), None),
-        };
-        (Usage::new(input, super::tokens::count_tokens(self.decoder.output_text()), cached), true)
+        billed_usage(
+            self.decoder.usage(),
+            self.decoder.usage_is_final(),
+            || self.account.prompt_estimate(),
+            self.decoder.output_text(),
+        )
     }
 
     fn complete(&mut self) {
@@ -295,4 +287,30 @@ impl Drop for AiStream {
             });
         }
     }
+}
+
+/// What to bill: the provider's counts once it reported its final ones;
+/// otherwise (no usage at all, or a stream cut, cancelled or broken before the
+/// final counts) the provider's input count if it gave one, and for the output
+/// the larger of the provider's running count and the tokenizer's count of the
+/// output decoded so far — estimated. The running count matters: Gemini's
+/// includes thinking tokens, which never appear in the visible text.
+/// (Anthropic's running count is a placeholder 1 until its last event; the
+/// larger of the two is then the tokenizer's.)
+pub(crate) fn billed_usage(
+    reported: Option<Usage>,
+    usage_is_final: bool,
+    prompt_estimate: impl FnOnce() -> u64,
+    output_text: &str,
+) -> (Usage, bool) {
+    if usage_is_final && let Some(usage) = reported {
+        return (usage, false);
+    }
+    let (input, cached) = match reported.as_ref().filter(|u| u.prompt_tokens > 0) {
+        Some(u) => (u.prompt_tokens, u.prompt_tokens_details.as_ref().map(|d| d.cached_tokens)),
+        None => (prompt_estimate(), None),
+    };
+    let running = reported.map_or(0, |u| u.completion_tokens);
+    let output = running.max(super::tokens::count_tokens(output_text));
+    (Usage::new(input, output, cached), true)
 }

@@ -423,7 +423,11 @@ pub async fn provider_command(cmd: ProviderCmd, mut ai: AiClient, out: &Printer,
             out.list_one(provider_json(&p), provider_rows(std::slice::from_ref(&p)));
         }
         ProviderCmd::Update { provider, fields, disable_keys, enable_keys } => {
-            let mut p = ai.get_provider(GetRequest { id_or_name: provider, stale: false }).await?.into_inner();
+            let mut p = ai
+                .get_provider(GetRequest { id_or_name: provider.clone(), stale: false })
+                .await
+                .map_err(|e| super::pre_read_failed(e, "provider", &provider))?
+                .into_inner();
             fields.apply_to(&mut p)?;
             for c in &mut p.credentials {
                 if disable_keys.contains(&c.id) {
@@ -464,7 +468,11 @@ pub async fn alias_command(cmd: AliasCmd, mut ai: AiClient, out: &Printer, stale
             out.list_one(alias_json(&a, &names), alias_rows(std::slice::from_ref(&a), &names));
         }
         AliasCmd::Update { alias, fields } => {
-            let mut a = ai.get_model_alias(GetRequest { id_or_name: alias, stale: false }).await?.into_inner();
+            let mut a = ai
+                .get_model_alias(GetRequest { id_or_name: alias.clone(), stale: false })
+                .await
+                .map_err(|e| super::pre_read_failed(e, "alias", &alias))?
+                .into_inner();
             fields.apply_to(&mut a)?;
             let updated = ai.update_model_alias(a).await?.into_inner();
             let names = provider_names(&mut ai, false).await?;
@@ -529,7 +537,37 @@ pub async fn price_command(cmd: PriceCmd, mut ai: AiClient, out: &Printer) -> Re
     Ok(())
 }
 
-pub async fn usage_command(args: UsageArgs, mut ai: AiClient, out: &Printer) -> Result<(), CtlError> {
+impl UsageArgs {
+    /// The dimensions asked for, in order.
+    pub fn groups(&self) -> &[String] {
+        &self.by
+    }
+}
+
+/// Names shown in a usage table instead of key and consumer ids.
+#[derive(Default)]
+pub struct UsageNames {
+    pub keys: super::output::Names,
+    pub consumers: super::output::Names,
+}
+
+impl UsageNames {
+    fn show(&self, group: &str, value: &str) -> String {
+        let names = match group {
+            "key" => &self.keys,
+            "consumer" => &self.consumers,
+            _ => return value.to_string(),
+        };
+        names.get(value).cloned().unwrap_or_else(|| value.to_string())
+    }
+}
+
+pub async fn usage_command(
+    args: UsageArgs,
+    mut ai: AiClient,
+    out: &Printer,
+    names: &UsageNames,
+) -> Result<(), CtlError> {
     let from_ms = args.since.map_or(0, |ms| crate::clock::unix_ms() - ms);
     let group_by: Vec<String> = args.by.into_iter().filter(|g| !g.is_empty()).collect();
     let report = ai.get_usage(GetUsageRequest { from_ms, to_ms: 0, group_by: group_by.clone() }).await?.into_inner();
@@ -550,7 +588,7 @@ pub async fn usage_command(args: UsageArgs, mut ai: AiClient, out: &Printer) -> 
             value[g] = Value::String(v.clone());
         }
         values.push(value);
-        let mut row = r.group.clone();
+        let mut row: Vec<String> = group_by.iter().zip(&r.group).map(|(g, v)| names.show(g, v)).collect();
         row.extend([
             r.requests.to_string(),
             r.errors.to_string(),

@@ -98,6 +98,13 @@ pub fn name_the_node(error: CtlError, addr: &str) -> CtlError {
     // A status built by the client from an I/O or HTTP/2 failure carries
     // that failure as its source; one the server sent has none.
     let from_transport = std::error::Error::source(&status).is_some();
+    if not_grpc(&status) {
+        return CtlError::Unavailable {
+            addr: addr.to_string(),
+            why: "this does not look like a Tollgate admin API (is it the admin port? default 127.0.0.1:9090)"
+                .to_string(),
+        };
+    }
     match status.code() {
         Code::Unknown | Code::Internal | Code::Cancelled | Code::Unavailable if from_transport => {
             CtlError::Unavailable {
@@ -114,4 +121,18 @@ pub fn name_the_node(error: CtlError, addr: &str) -> CtlError {
         }
         _ => CtlError::Status(status),
     }
+}
+
+/// A status the client made up because the answer was not gRPC at all: an
+/// HTTP server (the proxy port, say) answering 404 or HTML, or one that does
+/// not speak HTTP/2. tonic's own words for it mean nothing to an operator.
+fn not_grpc(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    if !matches!(status.code(), Code::Internal | Code::Unknown | Code::Unimplemented) {
+        return false;
+    }
+    let text = with_causes(status.message().to_string(), std::error::Error::source(status));
+    ["grpc-status header missing", "invalid compression flag", "protocol error", "frame with invalid size"]
+        .iter()
+        .any(|sign| text.contains(sign))
 }

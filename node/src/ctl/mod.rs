@@ -663,7 +663,10 @@ async fn execute(args: CtlArgs, token: &str, out: &Printer) -> Result<(), CtlErr
         CtlCommand::Provider(cmd) => ai::provider_command(cmd, ai_client, out, stale).await?,
         CtlCommand::Alias(cmd) => ai::alias_command(cmd, ai_client, out, stale).await?,
         CtlCommand::Price(cmd) => ai::price_command(cmd, ai_client, out).await?,
-        CtlCommand::Usage(args) => ai::usage_command(args, ai_client, out).await?,
+        CtlCommand::Usage(args) => {
+            let names = usage_names(&mut admin, args.groups(), stale, out).await;
+            ai::usage_command(args, ai_client, out, &names).await?
+        }
         CtlCommand::Status => {
             let s = admin.get_node_status(GetNodeStatusRequest {}).await?.into_inner();
             let value = json!({
@@ -804,6 +807,31 @@ async fn consumer_names(admin: &mut client::Admin, stale: bool, out: &Printer) -
     }
     let consumers = admin.list_consumers(ListRequest { stale }).await?.into_inner().consumers;
     Ok(consumers.into_iter().map(|c| (id(&c.meta), c.name)).collect())
+}
+
+/// Names for the ids a usage table groups by (`key`, `consumer`), fetched
+/// once per command; JSON keeps the ids. Best effort: a list that cannot be
+/// read leaves the ids, as the report itself may still be shown.
+async fn usage_names(admin: &mut client::Admin, groups: &[String], stale: bool, out: &Printer) -> ai::UsageNames {
+    let mut names = ai::UsageNames::default();
+    if out.format == Format::Json {
+        return names;
+    }
+    if groups.iter().any(|g| g == "consumer") {
+        names.consumers = consumer_names(admin, stale, out).await.unwrap_or_default();
+    }
+    if groups.iter().any(|g| g == "key")
+        && let Ok(keys) = admin.list_api_keys(ListApiKeysRequest { consumer: String::new(), stale }).await
+    {
+        names.keys = keys
+            .into_inner()
+            .api_keys
+            .into_iter()
+            .map(|k| (id(&k.meta), if k.name.is_empty() { k.display_prefix } else { k.name }))
+            .filter(|(_, name)| !name.is_empty())
+            .collect();
+    }
+    names
 }
 
 /// The read an update starts with (get, change, put) goes through the

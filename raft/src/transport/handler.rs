@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use openraft::alias::SnapshotOf;
 use openraft::errors::{ClientWriteError, RaftError};
+use openraft::vote::RaftLeaderId;
 use tokio::io::AsyncWriteExt;
 
 use super::endpoint::Transport;
@@ -86,6 +87,9 @@ pub(crate) fn rejection(error: RaftError<TypeConfig, ClientWriteError<TypeConfig
 }
 
 async fn dispatch(request: PeerRequest, recv: &mut quinn::RecvStream, node: &RaftNode) -> PeerResponse {
+    if let Some(refusal) = refuse_own_traffic(&request, node.node_id()) {
+        return refusal;
+    }
     let raft = node.raft();
     match request {
         PeerRequest::AppendEntries(rpc) => PeerResponse::AppendEntries(raft.append_entries(rpc).await),
@@ -111,6 +115,30 @@ async fn dispatch(request: PeerRequest, recv: &mut quinn::RecvStream, node: &Raf
         PeerRequest::Membership(op) => PeerResponse::Membership(node.change_membership_here(op).await),
         PeerRequest::Status => PeerResponse::Status(node.peer_status()),
     }
+}
+
+/// A node never sends Raft messages to itself: one that carries this node's
+/// own id as leader or candidate came back through another member listed at
+/// this node's address. openraft would panic on it (a leader made to follow
+/// itself), so it is refused; replication to that member just fails until
+/// it is removed.
+fn refuse_own_traffic(request: &PeerRequest, own_id: u64) -> Option<PeerResponse> {
+    let sender = match request {
+        PeerRequest::AppendEntries(rpc) => rpc.vote.leader_id().node_id(),
+        PeerRequest::Vote(rpc) | PeerRequest::PreVote(rpc) => rpc.vote.leader_id().node_id(),
+        PeerRequest::Snapshot { vote, .. } => vote.leader_id().node_id(),
+        _ => return None,
+    };
+    (*sender == own_id).then(|| {
+        tracing::warn!(
+            node_id = own_id,
+            "received Raft traffic from this node itself: another member is listed at this node's address; \
+             remove it with `tollgate ctl cluster remove <id>`"
+        );
+        PeerResponse::Refused(format!(
+            "node {own_id} was sent its own Raft traffic: a member shares its address; remove that member"
+        ))
+    })
 }
 
 /// Streams the snapshot into a file beside the others, then installs it.

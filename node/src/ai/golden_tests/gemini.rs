@@ -79,6 +79,42 @@ fn cut_stream_keeps_usage_so_far_and_partial_text() {
 }
 
 #[test]
+fn cut_thinking_stream_bills_the_running_thought_tokens() {
+    // Thinking tokens never appear as visible text; the running usageMetadata counts them.
+    let transcript = concat!(
+        r#"data: {"candidates":[{"content":{"parts":[{"text":"Thinking hard","thought":true}],"role":"model"},"index":0}],"usageMetadata":{"promptTokenCount":9,"thoughtsTokenCount":3000,"totalTokenCount":3009}}"#,
+        "\r\n\r\n",
+        r#"data: {"candidates":[{"content":{"parts":[{"text":"The answer"}],"role":"model"},"index":0}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":2,"thoughtsTokenCount":3000,"totalTokenCount":3011}}"#,
+        "\r\n\r\n",
+        r#"data: {"candidates":[{"content":{"parts":[{"text":" is 42."}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":5,"thoughtsTokenCount":3000,"totalTokenCount":3014}}"#,
+        "\r\n\r\n",
+    );
+    let d = cut_stream(
+        adapter(ProviderKind::Gemini),
+        transcript,
+        r#"data: {"candidates":[{"content":{"parts":[{"text":" is 42."#,
+    );
+    assert_eq!(d.text, "The answer");
+    assert!(!d.usage_final);
+    let (billed, estimated) = crate::ai::stream::billed_usage(d.usage, d.usage_final, || 1234, &d.text);
+    assert!(estimated, "a cut stream's usage is an estimate");
+    assert_eq!(billed.prompt_tokens, 9, "the provider's input count");
+    assert!(billed.completion_tokens >= 3000, "thinking tokens are billed: {billed:?}");
+
+    // Anthropic-style placeholder (1) loses to the tokenizer's count of what was delivered.
+    let placeholder = Some(Usage::new(9, 1, None));
+    let text = "Hello! How can I assist you today?";
+    let (billed, estimated) = crate::ai::stream::billed_usage(placeholder, false, || 0, text);
+    assert_eq!((billed.completion_tokens, estimated), (9, true));
+    // No usage at all: the prompt estimate and the tokenizer's count.
+    let (billed, _) = crate::ai::stream::billed_usage(None, false, || 77, text);
+    assert_eq!((billed.prompt_tokens, billed.completion_tokens), (77, 9));
+    // Final counts are billed as they are.
+    let (billed, estimated) = crate::ai::stream::billed_usage(Some(Usage::new(9, 3005, None)), true, || 0, "");
+    assert_eq!((billed.completion_tokens, estimated), (3005, false));
+}
+
+#[test]
 fn errors_read_status_and_retry_info() {
     let a = adapter(ProviderKind::Gemini);
     let e = a.error(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), fixture!("gemini/error_quota.json").as_bytes());

@@ -254,3 +254,63 @@ fn gemini_error_bodies_carry_the_gateway_code() {
                                       "reason": "PROVIDER_AUTH_FAILED", "domain": "tollgate"}]}})
     );
 }
+
+#[test]
+fn requests_above_the_part_cap_are_refused_with_the_limit() {
+    use crate::ai::gemini_ingress::{MAX_CONTENTS, MAX_PARTS};
+    let parts: Vec<Value> = (0..=MAX_PARTS).map(|_| json!({"text": "x"})).collect();
+    let err = translate(&json!({"contents": [{"parts": parts}]})).unwrap_err();
+    assert!(matches!(err, AdapterError::InvalidRequest(_)), "{err}");
+    assert!(err.to_string().contains(&format!("at most {MAX_PARTS} parts")), "{err}");
+    let contents: Vec<Value> = (0..=MAX_CONTENTS).map(|_| json!({"parts": [{"text": "x"}]})).collect();
+    let err = translate(&json!({ "contents": contents })).unwrap_err().to_string();
+    assert!(err.contains(&format!("at most {MAX_CONTENTS}")), "{err}");
+    // Rendered for a Gemini caller: a 400 in Google's error format.
+    let (status, body) = crate::ai::gemini_error_body(http::StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, &err);
+    assert_eq!(status, 400);
+    assert_eq!(json(std::str::from_utf8(&body).unwrap())["error"]["status"], "INVALID_ARGUMENT");
+}
+
+#[test]
+fn ten_thousand_calls_and_responses_translate() {
+    const N: usize = 10_000;
+    let calls: Vec<Value> =
+        (0..N).map(|i| json!({"functionCall": {"name": format!("f{}", i % 7), "args": {}}})).collect();
+    // Half answer by id (in reverse), half by name only.
+    let responses: Vec<Value> = (0..N)
+        .rev()
+        .map(|i| {
+            let name = format!("f{}", i % 7);
+            if i % 2 == 0 {
+                json!({"functionResponse": {"id": format!("call_1_{i}"), "name": name, "response": {"i": i}}})
+            } else {
+                json!({"functionResponse": {"name": name, "response": {"i": i}}})
+            }
+        })
+        .collect();
+    let req = translate(&json!({"contents": [
+        {"parts": [{"text": "go"}]},
+        {"role": "model", "parts": calls},
+        {"role": "user", "parts": responses}
+    ]}))
+    .unwrap();
+    assert_eq!(req.messages.len(), 2 + N);
+    let mut answered: Vec<String> = req.messages[2..].iter().map(|m| m.tool_call_id.clone().unwrap()).collect();
+    // By id where given.
+    assert_eq!(answered[1], format!("call_1_{}", N - 2));
+    answered.sort();
+    answered.dedup();
+    assert_eq!(answered.len(), N, "every call answered exactly once");
+}
+
+#[test]
+fn candidate_count_out_of_range_is_refused() {
+    let with = |count: Value| {
+        translate(&json!({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"candidateCount": count}}))
+    };
+    assert_eq!(with(json!(3)).unwrap().n, Some(3));
+    for bad in [json!(0), json!(9), json!(4294967297u64), json!(-1), json!(1.5), json!("2")] {
+        let err = with(bad.clone()).unwrap_err().to_string();
+        assert!(err.contains("candidateCount") && err.contains("from 1 to 8"), "{bad}: {err}");
+    }
+}
