@@ -441,5 +441,11 @@ async fn websocket_style_upgrades_are_tunnelled_after_auth() {
         assert!(head.starts_with("http/1.1 200"), "{protocol}: {head}");
         assert!(head.contains("x-seen: /sneak none none"), "{protocol}: the target saw no upgrade: {head}");
     }
-    node.shutdown().await;
+    // A tunnel cannot be drained: stopping the node cuts it rather than
+    // waiting out the drain timeout (30 s) for it.
+    tokio::time::timeout(Duration::from_secs(10), node.shutdown()).await.expect("shutdown does not wait on tunnels");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tunnel.read_to_end(&mut rest))
+        .await
+        .expect("the open tunnel was closed when the node stopped");
 }

@@ -66,10 +66,6 @@ impl ConnState {
         }
     }
 
-    pub(crate) fn has_in_flight(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) > 0
-    }
-
     fn idle(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0 && self.close_requested() == Close::Open
     }

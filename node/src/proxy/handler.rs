@@ -335,7 +335,7 @@ async fn proxy(
         // (as nginx's proxy_read_timeout bounds a WebSocket).
         let idle = route.idle_timeout.unwrap_or(ctx.client_idle_timeout);
         let hold = (tunnel_place, Streaming::new(&rctx.client));
-        upgrade::tunnel(client_side, upstream_side, target, idle, hold);
+        upgrade::tunnel(client_side, upstream_side, target, idle, rctx.client.clone(), hold);
     }
     if let Some(ops) = &route.response_headers {
         ops.apply(&mut head.headers);

@@ -281,8 +281,8 @@ pub async fn serve(
     }
 }
 
-/// How long a connection asked to close gracefully may stay open with
-/// nothing in flight before it is dropped.
+/// How long a connection that never sent a request may stay open after it
+/// was asked to close before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_millis(250);
 
 /// How a client connection's task ended.
@@ -311,9 +311,11 @@ where
     let mut deadline = std::pin::pin!(tokio::time::sleep(idle));
     let mut close = std::pin::pin!(conn.state.notified());
     let mut shutting_down = false;
-    // Armed by a graceful close: a connection with nothing in flight that is
-    // still open after it (an HTTP/2 client that never acknowledges GOAWAY's
-    // ping, say) is dropped, so closing one to make room always makes room.
+    // Armed by a graceful close: a connection that never sent a request and
+    // is still open after it (an HTTP/2 or TLS client that ignores GOAWAY)
+    // is dropped, so closing such a one to make room always makes room. One
+    // that did send requests is left to finish: hyper may still be writing
+    // a response whose body it has already let go of.
     let mut grace = std::pin::pin!(tokio::time::sleep(Duration::MAX));
     let ended = std::future::poll_fn(|cx| {
         loop {
@@ -338,13 +340,8 @@ where
             if !conn.sent_a_request() && deadline.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ended::SentNoRequest);
             }
-            if shutting_down && grace.as_mut().poll(cx).is_ready() {
-                if !conn.state.has_in_flight() {
-                    return Poll::Ready(Ended::Dropped);
-                }
-                // Busy: let it finish; look again after another grace period.
-                grace.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
-                continue;
+            if shutting_down && !conn.sent_a_request() && grace.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ended::Dropped);
             }
             return Poll::Pending;
         }

@@ -45,10 +45,25 @@ pub fn restore(headers: &mut HeaderMap, protocol: HeaderValue) {
 /// handed both over (the client's after the 101 has been written to it).
 /// A tunnel that carries no bytes either way for `idle` (checked once per
 /// period, so between one and two periods) is closed. `hold` (the tunnel's
-/// place among the proxy's connections) is kept until the tunnel ends.
-pub fn tunnel<H: Send + 'static>(client: OnUpgrade, upstream: OnUpgrade, target: Arc<str>, idle: Duration, hold: H) {
+/// place among the proxy's connections) is kept until the tunnel ends. A
+/// tunnel cannot be drained, so it is cut when its connection is asked to
+/// close (the node is stopping).
+pub fn tunnel<H: Send + 'static>(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    target: Arc<str>,
+    idle: Duration,
+    conn: Arc<super::ClientConn>,
+    hold: H,
+) {
     tokio::spawn(async move {
         let _hold = hold;
+        let stopping = async {
+            let notified = conn.state.notified();
+            if conn.state.close_requested() == super::connections::Close::Open {
+                notified.await;
+            }
+        };
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(both) => both,
             Err(error) => return tracing::debug!(%error, %target, "upgrade did not complete"),
@@ -64,6 +79,7 @@ pub fn tunnel<H: Send + 'static>(client: OnUpgrade, upstream: OnUpgrade, target:
                 Err(error) => tracing::debug!(%error, %target, "upgraded connection failed"),
             },
             () = quiet => tracing::debug!(%target, "upgraded connection idle; closed"),
+            () = stopping => tracing::debug!(%target, "upgraded connection cut: the node is stopping"),
         }
     });
 }
