@@ -232,7 +232,8 @@ async fn proxy(
     // `proxy.max_connections` goes when hyper hands the socket over), so it
     // takes a place of its own, held until it closes.
     let tunnel_place = match &client_upgrade {
-        Some(_) => Some(ctx.connections.try_admit(&rctx.client).ok_or(ProxyError::Overloaded)?),
+        // At the cap, an idle connection is closed to make room, as for a new client.
+        Some(_) => Some(ctx.connections.admit_evicting(&rctx.client).await.ok_or(ProxyError::Overloaded)?),
         None => None,
     };
 
