@@ -63,26 +63,21 @@ async fn spawn(data_dir: &Path, log: &Path, args: &[&str]) -> Proc {
         .stderr(stderr)
         .spawn()
         .expect("tollgate starts");
-    let endpoints = data_dir.join("endpoints.json");
-    for _ in 0..600 {
-        if let Ok(text) = std::fs::read_to_string(&endpoints)
-            && let Ok(json) = serde_json::from_str::<serde_json::Value>(&text)
-            && json["pid"] == child.id()
-        {
-            return Proc {
-                admin: json["admin"].as_str().unwrap().parse().unwrap(),
-                peer: json["advertise"].as_str().unwrap().to_string(),
-                log: log.to_path_buf(),
-                child,
-            };
+    match wait_for_endpoints(data_dir, &mut child).await {
+        Ok(json) => Proc {
+            admin: json["admin"].as_str().unwrap().parse().unwrap(),
+            peer: json["advertise"].as_str().unwrap().to_string(),
+            log: log.to_path_buf(),
+            child,
+        },
+        Err(NotReady::Exited(status)) => {
+            panic!("tollgate exited during start-up ({status}):\n{}", std::fs::read_to_string(log).unwrap())
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("tollgate exited during start-up ({status}):\n{}", std::fs::read_to_string(log).unwrap());
+        Err(NotReady::TimedOut) => {
+            let _ = child.kill();
+            panic!("tollgate did not become ready within 60 s; see {}", log.display())
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = child.kill();
-    panic!("tollgate did not become ready within 30 s; see {}", log.display());
 }
 
 /// Runs `tollgate ctl` against `admin`, killing it if it runs past `limit`.

@@ -32,23 +32,18 @@ async fn spawn(data_dir: &Path, log_path: &Path) -> Proc {
         .stderr(log)
         .spawn()
         .expect("tollgate starts");
-    let endpoints = data_dir.join("endpoints.json");
-    for _ in 0..600 {
-        if let Ok(text) = std::fs::read_to_string(&endpoints)
-            && let Ok(json) = serde_json::from_str::<serde_json::Value>(&text)
-            && json["pid"] == child.id()
-        {
-            return Proc {
-                proxy: json["proxy"].as_str().unwrap().parse().unwrap(),
-                admin: json["admin"].as_str().unwrap().parse().unwrap(),
-                child,
-            };
+    match wait_for_endpoints(data_dir, &mut child).await {
+        Ok(json) => Proc {
+            proxy: json["proxy"].as_str().unwrap().parse().unwrap(),
+            admin: json["admin"].as_str().unwrap().parse().unwrap(),
+            child,
+        },
+        Err(why) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tollgate did not become ready ({why:?}); see {}", log_path.display());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("tollgate did not become ready within 60 s; see {}", log_path.display());
 }
 
 impl Drop for Proc {
@@ -221,18 +216,7 @@ async fn plain_tollgate_reads_its_listen_addresses_from_the_environment() {
         .stderr(log)
         .spawn()
         .expect("tollgate starts");
-    let endpoints = data_dir.join("endpoints.json");
-    let mut started = None;
-    for _ in 0..600 {
-        if let Ok(text) = std::fs::read_to_string(&endpoints)
-            && let Ok(json) = serde_json::from_str::<serde_json::Value>(&text)
-            && json["pid"] == child.id()
-        {
-            started = Some(json);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let started = wait_for_endpoints(&data_dir, &mut child).await;
     let _ = child.kill();
     let _ = child.wait();
     let json = started.expect("tollgate used TOLLGATE_DATA_DIR and wrote its endpoints there");

@@ -178,8 +178,7 @@ fn variant_key(key: &str, names: &[HeaderName], request: &HeaderMap) -> String {
 /// gateway removes the ones it checked, so any left are for the upstream,
 /// and its answer may be private to that caller.
 pub fn carries_credentials(headers: &HeaderMap) -> bool {
-    static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-    headers.contains_key(header::AUTHORIZATION) || headers.contains_key(&X_API_KEY)
+    headers.contains_key(header::AUTHORIZATION) || headers.contains_key(&super::headers::X_API_KEY)
 }
 
 /// `cookies_allowed` is the route's opt-in to caching requests with a Cookie.

@@ -27,7 +27,7 @@ use super::client_body::{ClientBody, ClientBodyError};
 use super::connections::{Streaming, UpstreamSlot};
 use super::cors::CompiledCors;
 use super::error::ProxyError;
-use super::headers::{self, X_REQUEST_ID};
+use super::headers::{self, X_API_KEY, X_REQUEST_ID};
 use super::health::InFlight;
 use super::lb::hash_key;
 use super::path;
@@ -40,7 +40,6 @@ use super::{ClientConn, ProxyBody, ProxyContext};
 use crate::apikey;
 use crate::telemetry::tracing::{TRACEPARENT, TraceCtx};
 
-static X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
 static X_CONSUMER_ID: http::HeaderName = http::HeaderName::from_static("x-consumer-id");
 static X_CONSUMER_NAME: http::HeaderName = http::HeaderName::from_static("x-consumer-name");
 static X_ANONYMOUS_CONSUMER: http::HeaderName = http::HeaderName::from_static("x-anonymous-consumer");

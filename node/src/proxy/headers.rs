@@ -4,6 +4,8 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The gateway's API-key header (besides `Authorization: Bearer`).
+pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");

@@ -125,7 +125,6 @@ fn hex_value(b: u8) -> Option<u8> {
 /// Decodes the escapes of unreserved characters (and of separators when
 /// asked to), upper-cases the rest, and applies the backslash rule.
 fn decode(path: &str, separators: EscapedSeparatorPolicy) -> Result<String, PathError> {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
     let mut i = 0;
@@ -144,18 +143,10 @@ fn decode(path: &str, separators: EscapedSeparatorPolicy) -> Result<String, Path
                     b'/' | b'\\' => match separators {
                         EscapedSeparatorPolicy::Reject => return Err(PathError::EncodedSeparator),
                         EscapedSeparatorPolicy::Decode => out.push('/'),
-                        EscapedSeparatorPolicy::Keep => {
-                            out.push('%');
-                            out.push(char::from(HEX[usize::from(hi)]));
-                            out.push(char::from(HEX[usize::from(lo)]));
-                        }
+                        EscapedSeparatorPolicy::Keep => push_escape(&mut out, hi, lo),
                     },
                     v if is_unreserved(v) => out.push(char::from(v)),
-                    _ => {
-                        out.push('%');
-                        out.push(char::from(HEX[usize::from(hi)]));
-                        out.push(char::from(HEX[usize::from(lo)]));
-                    }
+                    _ => push_escape(&mut out, hi, lo),
                 }
                 i += 3;
             }
@@ -176,6 +167,14 @@ fn decode(path: &str, separators: EscapedSeparatorPolicy) -> Result<String, Path
         }
     }
     Ok(out)
+}
+
+/// Appends `%XY` with upper-case hex digits (RFC 3986 §6.2.2.1).
+fn push_escape(out: &mut String, hi: u8, lo: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(char::from(HEX[usize::from(hi)]));
+    out.push(char::from(HEX[usize::from(lo)]));
 }
 
 /// Removes dot segments (RFC 3986 §5.2.4) and applies the `//` policy.
@@ -245,8 +244,19 @@ fn check_segment(segment: &str) -> Result<(), PathError> {
 /// upstream reads the forwarded path, the route chosen covers it. Borrowed
 /// (nothing to do) for nearly every path.
 pub fn routing_view(path: &str) -> Cow<'_, str> {
-    let encoded_separator = path.contains('%') && (path.contains("%2F") || path.contains("%5C"));
-    if !path.contains(';') && !encoded_separator && !path.contains("//") {
+    // One pass decides; nearly every path has none of these.
+    let bytes = path.as_bytes();
+    let mut encoded_separator = false;
+    let mut changes = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b';' => changes = true,
+            b'/' if bytes.get(i + 1) == Some(&b'/') => changes = true,
+            b'%' if matches!(bytes.get(i + 1..i + 3), Some(b"2F" | b"5C")) => encoded_separator = true,
+            _ => {}
+        }
+    }
+    if !changes && !encoded_separator {
         return Cow::Borrowed(path);
     }
     let decoded = if encoded_separator { path.replace("%2F", "/").replace("%5C", "/") } else { path.to_string() };

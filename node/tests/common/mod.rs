@@ -83,6 +83,35 @@ pub async fn consumer_with_key(admin: &mut Admin, name: &str) -> (String, String
     (id, key)
 }
 
+/// Why a node process gave no endpoints.
+#[derive(Debug)]
+pub enum NotReady {
+    Exited(std::process::ExitStatus),
+    TimedOut,
+}
+
+/// Waits (at most 60 s) until the node process `child` has written its bound
+/// addresses to `<data_dir>/endpoints.json`, and returns them.
+pub async fn wait_for_endpoints(
+    data_dir: &Path,
+    child: &mut std::process::Child,
+) -> Result<serde_json::Value, NotReady> {
+    let endpoints = data_dir.join("endpoints.json");
+    for _ in 0..1200 {
+        if let Ok(text) = std::fs::read_to_string(&endpoints)
+            && let Ok(json) = serde_json::from_str::<serde_json::Value>(&text)
+            && json["pid"] == child.id()
+        {
+            return Ok(json);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(NotReady::Exited(status));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Err(NotReady::TimedOut)
+}
+
 pub async fn start_node(dir: &Path) -> Node {
     Node::start(test_config(dir)).await.expect("node starts")
 }
