@@ -3,6 +3,7 @@
 //! No clocks, no randomness, no I/O: ids and times come inside the command.
 
 use prost::Message;
+use tollgate_proto::config::v1::route::Backend;
 use tollgate_proto::config::v1::{ApiKey, Consumer, JoinToken, Meta, ModelAlias, ModelPrice, Provider, Route, Service};
 use tollgate_proto::raft::v1::{Command, command::Op};
 
@@ -67,7 +68,11 @@ pub fn apply(state: &GatewayState, cmd: &Command, index: u64) -> Result<Outcome,
         }
         Op::DeleteService(id) => {
             state.service(id).ok_or_else(|| ApplyError::not_found(EntityKind::Service, id))?;
-            let users: Vec<&str> = state.routes().filter(|r| &r.service_id == id).map(|r| r.name.as_str()).collect();
+            let users: Vec<&str> = state
+                .routes()
+                .filter(|r| r.backend_service_id() == Some(id.as_str()))
+                .map(|r| r.name.as_str())
+                .collect();
             if !users.is_empty() {
                 return Err(ApplyError::FailedPrecondition(format!(
                     "service {id} is used by route(s) {}; delete or re-point them first",
@@ -79,6 +84,7 @@ pub fn apply(state: &GatewayState, cmd: &Command, index: u64) -> Result<Outcome,
 
         Op::CreateRoute(r) => {
             let mut r = r.clone();
+            adopt_legacy_backend(&mut r)?;
             r.meta = Some(create_meta(r.meta.as_ref(), now, index)?);
             check_route(state, &r)?;
             unique_id(state.route(id_of(&r.meta)).is_some(), EntityKind::Route, id_of(&r.meta))?;
@@ -89,6 +95,7 @@ pub fn apply(state: &GatewayState, cmd: &Command, index: u64) -> Result<Outcome,
             let existing =
                 state.route(id_of(&r.meta)).ok_or_else(|| ApplyError::not_found(EntityKind::Route, id_of(&r.meta)))?;
             let mut r = r.clone();
+            adopt_legacy_backend(&mut r)?;
             r.meta = Some(update_meta(existing.meta.as_ref(), now, index));
             check_route(state, &r)?;
             unique_name(state.route_id_named(&r.name), Some(id_of(&r.meta)), EntityKind::Route, &r.name)?;
@@ -301,22 +308,23 @@ fn check_route(state: &GatewayState, r: &Route) -> Result<(), ApplyError> {
     validate::route_paths(&r.paths)?;
     validate::auth(r.auth)?;
     crate::validate_policy::route(r)?;
-    if r.ai_gateway {
-        if !r.service_id.is_empty() {
-            return Err(ApplyError::invalid(
-                "service_id",
-                "an AI gateway route answers itself and forwards to no service; leave service_id empty",
-            ));
+    match &r.backend {
+        Some(Backend::Ai(_)) => Ok(()),
+        Some(Backend::Service(s)) if s.service_id.is_empty() => {
+            Err(ApplyError::invalid("backend.service.service_id", "a route must name the service it forwards to"))
         }
-        return Ok(());
+        Some(Backend::Service(s)) => match state.service(&s.service_id) {
+            Some(_) => Ok(()),
+            None => Err(ApplyError::not_found(EntityKind::Service, &s.service_id)),
+        },
+        None => Err(ApplyError::invalid("backend", "a route must name its backend: a service, or the AI gateway")),
     }
-    if r.service_id.is_empty() {
-        return Err(ApplyError::invalid("service_id", "a route must name the service it forwards to"));
-    }
-    if state.service(&r.service_id).is_none() {
-        return Err(ApplyError::not_found(EntityKind::Service, &r.service_id));
-    }
-    Ok(())
+}
+
+/// Routes from clients and log entries of the previous format name their
+/// backend in `service_id`/`ai_gateway`; they apply exactly as they did.
+fn adopt_legacy_backend(r: &mut Route) -> Result<(), ApplyError> {
+    r.adopt_legacy_backend().map_err(|reason| ApplyError::invalid("service_id", reason))
 }
 
 fn check_api_key(state: &GatewayState, k: &ApiKey) -> Result<(), ApplyError> {

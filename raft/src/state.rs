@@ -275,7 +275,12 @@ impl GatewayState {
         if key.starts_with(keys::entity_prefix(EntityKind::Service)) {
             self.services.put(decode(value)?);
         } else if key.starts_with(keys::entity_prefix(EntityKind::Route)) {
-            self.routes.put(decode(value)?);
+            // A route stored by the previous version names its backend in
+            // the legacy fields; hold it in the current form. It was valid
+            // when stored, so both legacy fields are never set.
+            let mut route: Route = decode(value)?;
+            route.adopt_legacy_backend().map_err(|e| RaftNodeError::Corrupt { what: "route", detail: e.into() })?;
+            self.routes.put(route);
         } else if key.starts_with(keys::entity_prefix(EntityKind::Consumer)) {
             self.consumers.put(decode(value)?);
         } else if key.starts_with(keys::entity_prefix(EntityKind::ApiKey)) {

@@ -127,7 +127,11 @@ fn disk_state(engine: &Engine) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 fn check_invariants(state: &GatewayState) {
     for route in state.routes() {
-        assert!(state.service(&route.service_id).is_some(), "route {} points at a missing service", route.name);
+        assert!(
+            route.backend_service_id().is_some_and(|s| state.service(s).is_some()),
+            "route {} points at a missing service",
+            route.name
+        );
     }
     for key in state.api_keys() {
         assert!(state.consumer(&key.consumer_id).is_some(), "a key outlived its consumer");

@@ -138,7 +138,15 @@ fn redacted(mut route: Route) -> Route {
 /// Fills in what clients may leave out, the same way for every client:
 /// a path without a kind is a prefix, a route without an auth mode requires
 /// an API key (closed by default), hosts are case-insensitive, methods upper-case.
-fn normalize_route(route: &mut Route) {
+/// Accepts a service name where an id is expected; the id is what is stored.
+fn resolve_service_name(route: &mut Route, state: &GatewayState) {
+    if let Some(service) = route.backend_service_id().and_then(|s| state.find_service(s)) {
+        route.set_service_backend(id_of(&service.meta));
+    }
+}
+
+fn normalize_route(route: &mut Route) -> Result<(), Status> {
+    route.adopt_legacy_backend().map_err(Status::invalid_argument)?;
     for path in &mut route.paths {
         if path.kind == PathMatch::Unspecified as i32 {
             path.kind = PathMatch::Prefix as i32;
@@ -149,6 +157,7 @@ fn normalize_route(route: &mut Route) {
     }
     route.hosts.iter_mut().for_each(|h| *h = h.to_ascii_lowercase());
     route.methods.iter_mut().for_each(|m| *m = m.to_ascii_uppercase());
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -194,14 +203,10 @@ impl AdminService for Admin {
     async fn create_route(&self, request: Request<Route>) -> Result<Response<Route>, Status> {
         let mut route = request.into_inner();
         route.meta = fresh_meta();
-        normalize_route(&mut route);
+        normalize_route(&mut route)?;
         self.seal_jwt_secret(&mut route, None)?;
-        // Accept a service name where an id is expected; the id is what is stored.
-        if !route.service_id.is_empty() {
-            let state = self.read().await?;
-            if let Some(service) = state.find_service(&route.service_id) {
-                route.service_id = id_of(&service.meta);
-            }
+        if route.backend_service_id().is_some() {
+            resolve_service_name(&mut route, &*self.read().await?);
         }
         self.write(Op::CreateRoute(route)).await.map(|r| Response::new(redacted(r)))
     }
@@ -226,13 +231,9 @@ impl AdminService for Admin {
         let state = self.read().await?;
         let existing = state.find_route(&key).ok_or_else(|| not_found("route", &key))?;
         route.meta = Some(Meta { id: id_of(&existing.meta), ..Default::default() });
-        normalize_route(&mut route);
+        normalize_route(&mut route)?;
         self.seal_jwt_secret(&mut route, existing.jwt.as_ref())?;
-        if !route.service_id.is_empty()
-            && let Some(service) = state.find_service(&route.service_id)
-        {
-            route.service_id = id_of(&service.meta);
-        }
+        resolve_service_name(&mut route, &state);
         self.write(Op::UpdateRoute(route)).await.map(|r| Response::new(redacted(r)))
     }
 

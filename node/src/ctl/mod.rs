@@ -31,7 +31,9 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use tollgate_proto::admin::v1::*;
-use tollgate_proto::config::v1::{AuthMode, Consumer, PathMatch, Route, RoutePath, Service, Target};
+use tollgate_proto::config::v1::{
+    AiBackend, AuthMode, Consumer, PathMatch, Route, RoutePath, Service, ServiceBackend, Target, route,
+};
 
 pub use output::Format;
 
@@ -551,8 +553,12 @@ async fn execute(args: CtlArgs, token: &str, out: &Printer) -> Result<(), CtlErr
         },
         CtlCommand::Route(cmd) => match cmd {
             RouteCmd::Create { name, service, ai, fields } => {
-                let mut route =
-                    Route { name, service_id: service.unwrap_or_default(), ai_gateway: ai, ..Default::default() };
+                let backend = match (ai, service) {
+                    (true, _) => Some(route::Backend::Ai(AiBackend {})),
+                    (false, Some(service_id)) => Some(route::Backend::Service(ServiceBackend { service_id })),
+                    (false, None) => None,
+                };
+                let mut route = Route { name, backend, ..Default::default() };
                 fields.apply_to(&mut route)?;
                 let created = admin.create_route(route).await?.into_inner();
                 out.one(output::route_json(&created), || {
@@ -581,7 +587,7 @@ async fn execute(args: CtlArgs, token: &str, out: &Printer) -> Result<(), CtlErr
                     .into_inner();
                 fields.apply_to(&mut r)?;
                 if let Some(service) = service {
-                    r.service_id = service;
+                    r.set_service_backend(service);
                 }
                 let updated = admin.update_route(r).await?.into_inner();
                 out.one(output::route_json(&updated), || format!("updated route {}", updated.name));

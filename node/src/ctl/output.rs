@@ -138,8 +138,9 @@ pub fn route_json(r: &Route) -> Value {
         "priority": r.priority,
         "strip_prefix": r.strip_prefix,
         "rewrite_path": r.rewrite_path,
-        "service_id": r.service_id,
-        "ai_gateway": r.ai_gateway,
+        "backend": if r.is_ai_backend() { "ai" } else { "service" },
+        "service_id": r.backend_service_id().unwrap_or_default(),
+        "ai_gateway": r.is_ai_backend(),
         "auth": auth_name(r.auth),
         "jwt": r.jwt.as_ref().map(jwt_json),
         "ip_allow": r.ip_allow,
@@ -227,7 +228,10 @@ pub fn route_rows(items: &[Route], services: &Names) -> Vec<Vec<String>> {
             paths.join(","),
             r.priority.to_string(),
             auth_name(r.auth).to_string(),
-            if r.ai_gateway { "(ai gateway)".into() } else { name_of(services, &r.service_id) },
+            match r.backend_service_id() {
+                Some(service_id) => name_of(services, service_id),
+                None => "(ai gateway)".into(),
+            },
         ]);
     }
     rows
@@ -239,7 +243,7 @@ pub fn route_detail_rows(r: &Route) -> Vec<Vec<String>> {
     let mut d = Details::default();
     d.add("strip_prefix", r.strip_prefix.to_string());
     d.add("rewrite_path", r.rewrite_path.clone());
-    if r.ai_gateway {
+    if r.is_ai_backend() {
         d.add("ai_gateway", "true".into());
     }
     if let Some(j) = &r.jwt {
@@ -518,7 +522,8 @@ mod tests {
 
     #[test]
     fn tables_show_names_and_dates_not_ids_and_milliseconds() {
-        let route = Route { name: "r".into(), service_id: "svc_01".into(), ..Default::default() };
+        let mut route = Route { name: "r".into(), ..Default::default() };
+        route.set_service_backend("svc_01".into());
         let names = Names::from([("svc_01".to_string(), "orders".to_string())]);
         let text = table(&route_rows(std::slice::from_ref(&route), &names));
         assert!(text.contains("orders") && !text.contains("svc_01"), "{text}");

@@ -102,7 +102,7 @@ pub async fn handle(
             }
             match &rctx.route {
                 // AI clients (OpenAI and Anthropic SDKs) parse errors in their own format.
-                Some(route) if route.route.ai_gateway => {
+                Some(route) if route.route.is_ai_backend() => {
                     crate::ai::gateway::gateway_error(&error, rctx.id(), ai_format)
                 }
                 _ => error.into_response(rctx.id()),
@@ -160,10 +160,10 @@ async fn proxy(
 
     // authenticate
     let caller = authenticate(snapshot, &route, &parts.headers, parts.uri.query())?;
-    let ai_key = caller.as_ref().and_then(|c| c.key).filter(|_| route.route.ai_gateway).cloned();
+    let ai_key = caller.as_ref().and_then(|c| c.key).filter(|_| route.route.is_ai_backend()).cloned();
     let ai_consumer = caller
         .as_ref()
-        .filter(|_| route.route.ai_gateway)
+        .filter(|_| route.route.is_ai_backend())
         .map(|c| (c.consumer.id().to_string(), c.consumer.name().to_string()));
     // Set or removed on every route, open ones too, so that no client can
     // pose as a consumer to an upstream that trusts these headers.
@@ -201,7 +201,7 @@ async fn proxy(
     }
 
     // The AI gateway answers itself, in the caller's API format.
-    if route.route.ai_gateway {
+    if route.route.is_ai_backend() {
         let (consumer_id, consumer_name) = ai_consumer.unwrap_or_default();
         let call = crate::ai::gateway::AiCall {
             request_id: rctx.id().to_string(),
@@ -237,10 +237,9 @@ async fn proxy(
     };
 
     // The service is known from here on, so a cache hit is accounted to it too.
-    let service = snapshot
-        .services
-        .get(&route.route.service_id)
-        .ok_or_else(|| ProxyError::NoTarget { service: route.route.service_id.clone() })?;
+    let service_id = route.route.backend_service_id().unwrap_or_default();
+    let service =
+        snapshot.services.get(service_id).ok_or_else(|| ProxyError::NoTarget { service: service_id.to_string() })?;
     rctx.service = Some(service.label.clone());
 
     // cache
@@ -689,7 +688,7 @@ fn authenticate<'s>(
             let presented = bearer.or_else(|| headers.get(&X_API_KEY).and_then(|v| v.to_str().ok()));
             // Google's SDKs send `x-goog-api-key` or `?key=`: accepted on AI routes only.
             let presented = presented.or_else(|| {
-                route.route.ai_gateway.then(|| crate::ai::gemini_ingress::presented_key(headers, query)).flatten()
+                route.route.is_ai_backend().then(|| crate::ai::gemini_ingress::presented_key(headers, query)).flatten()
             });
             authenticate_key(snapshot, presented).map(Some)
         }

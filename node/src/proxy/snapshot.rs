@@ -220,7 +220,9 @@ impl GatewaySnapshot {
 
         let routes: Vec<(Arc<Route>, Arc<CompiledRoute>)> = state
             .routes()
-            .map(|r| (r.clone(), Arc::new(compile_route(r, services.get(&r.service_id), shared))))
+            .map(|r| {
+                (r.clone(), Arc::new(compile_route(r, r.backend_service_id().and_then(|id| services.get(id)), shared)))
+            })
             .collect();
         shared.jwks.retain_used();
         GatewaySnapshot {
