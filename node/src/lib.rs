@@ -11,6 +11,7 @@ pub mod config;
 pub mod ctl;
 pub mod net;
 pub mod ops;
+pub mod plumbing;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;

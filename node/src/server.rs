@@ -16,7 +16,8 @@ use tollgate_storage::{Engine, StorageError};
 
 use crate::admin::{self, token};
 use crate::config::{Config, ms};
-use crate::proxy::{self, ProxyContext, TimeoutDefaults, UpstreamClients};
+use crate::plumbing::UpstreamClients;
+use crate::proxy::{self, ProxyContext, TimeoutDefaults};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

@@ -44,16 +44,6 @@ async fn tally(proxy: std::net::SocketAddr, path: &str, n: usize, headers: &[(&s
 }
 
 /// Polls `check` until it holds, for at most 15 s.
-async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut check: F) {
-    for _ in 0..300 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("gave up waiting for: {what}");
-}
-
 #[tokio::test]
 async fn each_balancing_policy_distributes_as_specified() {
     let dir = tempfile::tempdir().unwrap();

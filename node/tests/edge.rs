@@ -8,7 +8,7 @@ mod flex;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use common::*;
@@ -30,16 +30,6 @@ fn open_route(name: &str, service: &str, path: &str) -> Route {
         auth: AuthMode::None as i32,
         ..Default::default()
     }
-}
-
-async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut check: F) {
-    for _ in 0..300 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("gave up waiting for: {what}");
 }
 
 fn now() -> i64 {

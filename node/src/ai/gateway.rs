@@ -25,7 +25,7 @@ use super::snapshot::{AiShared, AiSnapshot, Candidate, CompiledCredential, PlanE
 use super::stream::{AiStream, Encoder, Passthrough};
 use super::tokens;
 use super::types::{ChatRequest, EmbeddingsInput, EmbeddingsRequest, Usage};
-use crate::proxy::{ProxyBody, UpstreamClient};
+use crate::plumbing::{GatewayBody, GatewayError, UpstreamClient};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::tracing::TraceCtx;
 
@@ -56,7 +56,7 @@ pub struct AiCall {
 
 /// What the proxy's access log and metrics learn about the call.
 pub struct AiOutcome {
-    pub response: Response<ProxyBody>,
+    pub response: Response<GatewayBody>,
     pub provider: Option<String>,
     pub attempts: u32,
 }
@@ -112,18 +112,18 @@ fn endpoint(method: &Method, path: &str, query: Option<&str>) -> Option<Endpoint
     }
 }
 
-fn body(bytes: Bytes) -> ProxyBody {
+fn body(bytes: Bytes) -> GatewayBody {
     Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
 }
 
-fn json_response(status: StatusCode, bytes: Bytes) -> Response<ProxyBody> {
+fn json_response(status: StatusCode, bytes: Bytes) -> Response<GatewayBody> {
     let mut response = Response::new(body(bytes));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
-fn error_response(ingress: Ingress, kind: ErrorKind, status: StatusCode, message: &str) -> Response<ProxyBody> {
+fn error_response(ingress: Ingress, kind: ErrorKind, status: StatusCode, message: &str) -> Response<GatewayBody> {
     let (status, bytes) = match ingress {
         Ingress::OpenAi => openai_error_body(status, kind, message),
         Ingress::Anthropic => anthropic_error_body(status, kind, message),
@@ -132,11 +132,12 @@ fn error_response(ingress: Ingress, kind: ErrorKind, status: StatusCode, message
     json_response(status, bytes)
 }
 
-/// A failure of the proxy phases before the AI gateway (authentication, IP
-/// filter, body limit) on an AI route, in the caller's API format.
-pub fn gateway_error(error: &crate::proxy::ProxyError, request_id: &str, ingress: Ingress) -> Response<ProxyBody> {
+/// A request-path failure on an AI route (a phase before the gateway
+/// refused it: authentication, IP filter, body limit; or the gateway
+/// itself), in the caller's API format, classified by the error's kind.
+pub fn render_error(error: &GatewayError, request_id: &str, ingress: Ingress) -> Response<GatewayBody> {
     let status = error.status();
-    let kind = ErrorKind::from_status(status.as_u16());
+    let kind = error.kind();
     let mut response =
         error_response(ingress, kind, status, &format!("{} (request id {request_id})", error.public_message()));
     if status == StatusCode::UNAUTHORIZED {
@@ -145,7 +146,7 @@ pub fn gateway_error(error: &crate::proxy::ProxyError, request_id: &str, ingress
     response
 }
 
-fn outcome(response: Response<ProxyBody>) -> AiOutcome {
+fn outcome(response: Response<GatewayBody>) -> AiOutcome {
     AiOutcome { response, provider: None, attempts: 0 }
 }
 
@@ -186,8 +187,8 @@ pub async fn serve(
     let read = tokio::time::timeout(call.body_timeout, Limited::new(request_body, limit).collect()).await;
     let Ok(read) = read else {
         let timeout_ms = u64::try_from(call.body_timeout.as_millis()).unwrap_or(u64::MAX);
-        let error = crate::proxy::ProxyError::BodyTimeout { timeout_ms };
-        return outcome(gateway_error(&error, &call.request_id, ingress));
+        let error = GatewayError::BodyTimeout { timeout_ms };
+        return outcome(render_error(&error, &call.request_id, ingress));
     };
     let bytes = match read {
         Ok(collected) => collected.to_bytes(),
@@ -230,11 +231,11 @@ pub async fn serve(
     }
 }
 
-fn bad_request(ingress: Ingress, error: &AdapterError) -> Response<ProxyBody> {
+fn bad_request(ingress: Ingress, error: &AdapterError) -> Response<GatewayBody> {
     error_response(ingress, ErrorKind::InvalidRequest, StatusCode::BAD_REQUEST, &error.to_string())
 }
 
-fn models(snapshot: &AiSnapshot, allowed: &[String]) -> Response<ProxyBody> {
+fn models(snapshot: &AiSnapshot, allowed: &[String]) -> Response<GatewayBody> {
     let data: Vec<serde_json::Value> = snapshot
         .visible_models(allowed)
         .into_iter()

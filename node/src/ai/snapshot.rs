@@ -15,7 +15,7 @@ use super::catalog::{self, Catalog};
 use super::cooldown::Cooldowns;
 use super::ledger::UsageLedger;
 use super::provider::{self, ProviderAdapter, ProviderKind};
-use crate::proxy::UpstreamClient;
+use crate::plumbing::UpstreamClient;
 
 /// Lives as long as the node.
 pub struct AiShared {

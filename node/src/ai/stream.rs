@@ -27,7 +27,7 @@ use super::error::{AdapterError, ErrorKind, ProviderError, anthropic_error_event
 use super::gemini_ingress::{self, GenerateContentStreamEncoder};
 use super::provider::StreamDecoder;
 use super::types::{ChatChunk, Usage};
-use crate::proxy::BoxError;
+use crate::plumbing::BoxError;
 
 /// The caller's stream format.
 pub enum Encoder {

@@ -216,6 +216,12 @@ fn canonical_name(name: &[u8]) -> Option<String> {
     String::from_utf8(name.to_ascii_lowercase()).ok()
 }
 
+impl From<AuthorityError> for crate::plumbing::GatewayError {
+    fn from(error: AuthorityError) -> Self {
+        crate::plumbing::GatewayError::InvalidAuthority(error.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::upstream::BoxError;
+use crate::plumbing::BoxError;
 
 /// Reading the client's request body failed while it streamed upstream.
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Empty};
 use tokio::task::JoinHandle;
 use tollgate_proto::config::v1::HealthCheck;
 
-use super::upstream::UpstreamClient;
+use crate::plumbing::UpstreamClient;
 
 /// Milliseconds since the process started; ejection deadlines use it so they
 /// never depend on the wall clock.

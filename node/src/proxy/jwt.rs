@@ -18,8 +18,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tollgate_proto::config::v1::JwtAuth;
 
-use super::error::ProxyError;
-use super::upstream::UpstreamClient;
+use crate::plumbing::GatewayError;
+use crate::plumbing::UpstreamClient;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Family {
@@ -122,7 +122,7 @@ impl JwtVerifier {
     }
 
     /// Checks the token, from the cache of verified tokens when it is there.
-    pub fn verify(&self, token: &str) -> Result<Arc<Verified>, ProxyError> {
+    pub fn verify(&self, token: &str) -> Result<Arc<Verified>, GatewayError> {
         if let Some(verified) = self.verified.get(token) {
             let now = u64::try_from(crate::clock::unix_ms() / 1000).unwrap_or(0);
             if now > verified.expires_at.saturating_add(self.leeway_s) {
@@ -139,19 +139,19 @@ impl JwtVerifier {
         Ok(verified)
     }
 
-    fn verify_signature_and_claims(&self, token: &str) -> Result<Verified, ProxyError> {
+    fn verify_signature_and_claims(&self, token: &str) -> Result<Verified, GatewayError> {
         let header =
-            jsonwebtoken::decode_header(token).map_err(|_| ProxyError::Unauthorized("the JWT is malformed"))?;
+            jsonwebtoken::decode_header(token).map_err(|_| GatewayError::Unauthorized("the JWT is malformed"))?;
         let (alg, validation) = self
             .validations
             .iter()
             .find(|(a, _)| *a == header.alg)
-            .ok_or(ProxyError::Unauthorized("the JWT's algorithm is not accepted on this route"))?;
+            .ok_or(GatewayError::Unauthorized("the JWT's algorithm is not accepted on this route"))?;
         let fam = family(*alg);
         let matches_kid = |k: &Key| k.family == fam && (header.kid.is_none() || k.kid.is_none() || k.kid == header.kid);
         let jwks_keys = self.jwks.as_ref().map(|j| j.keys.load_full());
         let candidates = self.keys.iter().chain(jwks_keys.iter().flat_map(|k| k.iter())).filter(|k| matches_kid(k));
-        let mut last = ProxyError::Unauthorized("no key on this route can verify the JWT");
+        let mut last = GatewayError::Unauthorized("no key on this route can verify the JWT");
         let mut any = false;
         for key in candidates {
             any = true;
@@ -188,8 +188,8 @@ impl JwtVerifier {
     }
 }
 
-fn classify(kind: &ErrorKind) -> ProxyError {
-    ProxyError::Unauthorized(match kind {
+fn classify(kind: &ErrorKind) -> GatewayError {
+    GatewayError::Unauthorized(match kind {
         ErrorKind::ExpiredSignature => "the JWT has expired",
         ErrorKind::ImmatureSignature => "the JWT is not valid yet (nbf)",
         ErrorKind::InvalidAudience => "the JWT's audience is not accepted",
@@ -318,9 +318,8 @@ mod tests {
 
     fn verifier() -> JwtVerifier {
         let config = JwtAuth { algorithms: vec!["HS256".into()], ..Default::default() };
-        let client = super::super::upstream::UpstreamClients::new(Duration::from_secs(60))
-            .get(Duration::from_secs(1), None)
-            .unwrap();
+        let client =
+            crate::plumbing::UpstreamClients::new(Duration::from_secs(60)).get(Duration::from_secs(1), None).unwrap();
         JwtVerifier::compile(&config, Some("s3cret"), &JwksStore::new(client))
     }
 
@@ -354,7 +353,7 @@ mod tests {
         // As if the token had been verified an hour ago and has expired since.
         verifier.verified.insert(stale.clone(), Arc::new(Verified { subject: None, expires_at: 1, not_before: None }));
         match verifier.verify(&stale) {
-            Err(ProxyError::Unauthorized(reason)) => assert_eq!(reason, "the JWT has expired"),
+            Err(GatewayError::Unauthorized(reason)) => assert_eq!(reason, "the JWT has expired"),
             other => panic!("expected expiry, got {:?}", other.map(|v| v.subject.clone())),
         }
         let early = token(serde_json::json!({"sub": "bob", "exp": in_an_hour(), "nbf": in_an_hour()}), "s3cret");
@@ -363,7 +362,7 @@ mod tests {
             Arc::new(Verified { subject: None, expires_at: in_an_hour(), not_before: Some(in_an_hour()) }),
         );
         match verifier.verify(&early) {
-            Err(ProxyError::Unauthorized(reason)) => assert_eq!(reason, "the JWT is not valid yet (nbf)"),
+            Err(GatewayError::Unauthorized(reason)) => assert_eq!(reason, "the JWT is not valid yet (nbf)"),
             other => panic!("expected nbf, got {:?}", other.map(|v| v.subject.clone())),
         }
     }

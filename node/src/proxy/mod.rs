@@ -6,7 +6,6 @@ mod circuit;
 mod client_body;
 mod connections;
 mod cors;
-mod error;
 mod handler;
 mod headers;
 mod health;
@@ -14,15 +13,14 @@ mod ip_filter;
 mod jwt;
 mod lb;
 mod path;
-mod pool;
+mod phases;
 mod retry;
 mod router;
-mod self_wake;
+mod service_backend;
 mod snapshot;
 pub mod tls;
 mod transform;
 mod upgrade;
-mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,16 +38,14 @@ use tokio::sync::watch;
 use tollgate_raft::GatewayState;
 
 pub use connections::{ConnGuard, Connections, UpstreamSlots};
-pub use error::ProxyError;
 pub use path::{EscapedSeparatorPolicy, PathPolicy, SlashPolicy};
 pub use retry::RETRY_BUFFER_BYTES;
 pub use snapshot::{GatewaySnapshot, Shared, TimeoutDefaults};
-pub use upstream::{BoxError, Upstream, UpstreamClient, UpstreamClients};
 
 use crate::net::SendTimeout;
 use crate::telemetry::access_log::AccessLog;
 
-pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, upstream::BoxError>;
+pub use crate::plumbing::GatewayBody;
 
 /// What the request path needs to know about a client connection, worked out
 /// once when it is accepted rather than on every request.

@@ -285,6 +285,12 @@ pub fn is_safe_param(value: &str) -> bool {
     })
 }
 
+impl From<PathError> for crate::plumbing::GatewayError {
+    fn from(error: PathError) -> Self {
+        crate::plumbing::GatewayError::InvalidPath(error.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
-use tollgate_proto::config::v1::{ApiKey, Consumer, HashOn, JwtAuth, Route, Service};
+use tollgate_proto::config::v1::{ApiKey, Consumer, HashOn, JwtAuth, Route, Service, route};
 use tollgate_raft::GatewayState;
 
 use super::cache::ResponseCache;
@@ -22,7 +22,7 @@ use super::lb::{Balancer, CompiledTarget};
 use super::retry::RetryBudget;
 use super::router::Router;
 use super::transform::{HeaderOps, Rewrite};
-use super::upstream::{Upstream, UpstreamClient, UpstreamClients};
+use crate::plumbing::{Upstream, UpstreamClient, UpstreamClients};
 use crate::telemetry::metrics::{Metrics, RouteMetrics, ServiceMetrics};
 
 pub struct GatewaySnapshot {
@@ -110,6 +110,8 @@ pub struct RetrySettings {
 pub struct CompiledRoute {
     pub id: String,
     pub route: Arc<Route>,
+    /// What serves a matched request.
+    pub backend: RouteBackend,
     pub metrics: RouteMetrics,
     pub jwt: Option<JwtVerifier>,
     pub ip: Option<IpFilter>,
@@ -122,6 +124,38 @@ pub struct CompiledRoute {
     pub upstream: Option<Upstream>,
     pub request_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
+}
+
+/// A route's backend, from its proto `oneof backend`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteBackend {
+    /// The REST service backend (`proxy::service_backend`).
+    Service { service_id: String },
+    /// The AI gateway (`crate::ai::gateway`).
+    Ai,
+}
+
+impl RouteBackend {
+    fn of(route: &Route) -> RouteBackend {
+        match &route.backend {
+            Some(route::Backend::Ai(_)) => RouteBackend::Ai,
+            Some(route::Backend::Service(s)) => RouteBackend::Service { service_id: s.service_id.clone() },
+            // The state holds only routes with a backend (apply adopts the
+            // previous format's fields); an empty one forwards nowhere.
+            None => RouteBackend::Service { service_id: String::new() },
+        }
+    }
+
+    pub fn is_ai(&self) -> bool {
+        matches!(self, RouteBackend::Ai)
+    }
+
+    pub fn service_id(&self) -> Option<&str> {
+        match self {
+            RouteBackend::Service { service_id } => Some(service_id),
+            RouteBackend::Ai => None,
+        }
+    }
 }
 
 pub struct CacheSettings {
@@ -350,6 +384,7 @@ fn compile_route(r: &Route, service: Option<&CompiledService>, shared: &Shared) 
     };
     CompiledRoute {
         id: id_of(&r.meta),
+        backend: RouteBackend::of(r),
         route: Arc::new(r.clone()),
         metrics: shared.metrics.route(&r.name, service_name),
         jwt: r.jwt.as_ref().map(|j| JwtVerifier::compile(j, jwt_secret(r, j, shared).as_deref(), &shared.jwks)),

@@ -317,3 +317,15 @@ pub async fn raw_head(stream: &mut tokio::net::TcpStream, head: &str) -> String 
     }
     String::from_utf8(got).unwrap().to_ascii_lowercase()
 }
+
+/// Polls `check` until it holds (up to 15 s): for effects that land
+/// asynchronously, such as access-log lines or replicated changes.
+pub async fn eventually<F: AsyncFnMut() -> bool>(what: &str, mut check: F) {
+    for _ in 0..300 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("gave up waiting for: {what}");
+}

@@ -22,7 +22,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tollgate_proto::config::v1::UpstreamTls;
 
-use super::lb::CompiledTarget;
 use super::pool::{Http1Pool, PooledBody};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -58,21 +57,24 @@ impl Upstream {
         matches!(self, Upstream::Pooled(_))
     }
 
-    /// `upgrade`: the request asks for a protocol upgrade, so its connection
-    /// must be one that can be handed over (never a pooled one).
+    /// Sends `request` to the target at `authority` (`host:port`), whose
+    /// `Host` header is `host`. `upgrade`: the request asks for a protocol
+    /// upgrade, so its connection must be one that can be handed over (never
+    /// a pooled one).
     pub async fn request(
         &self,
-        target: &CompiledTarget,
+        authority: &Arc<str>,
+        host: &http::HeaderValue,
         request: Request<UpstreamBody>,
         upgrade: bool,
     ) -> Result<Response<UpstreamResponseBody>, BoxError> {
         match self {
             Upstream::Pooled(pool) if upgrade => {
-                let response = pool.send_upgrade(&target.authority, &target.host, request).await?;
+                let response = pool.send_upgrade(authority, host, request).await?;
                 Ok(response.map(UpstreamResponseBody::Client))
             }
             Upstream::Pooled(pool) => {
-                let response = pool.send(&target.authority, &target.host, request).await?;
+                let response = pool.send(authority, host, request).await?;
                 Ok(response.map(UpstreamResponseBody::Pooled))
             }
             Upstream::Client(client) => {

@@ -24,8 +24,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::client::{BoxError, UpstreamBody};
 use super::self_wake::SelfWake;
-use super::upstream::{BoxError, UpstreamBody};
 
 type Connection = http1::Connection<TokioIo<TcpStream>, UpstreamBody>;
 

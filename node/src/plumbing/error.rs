@@ -1,0 +1,180 @@
+//! The one error type of the request path. Every phase and every backend
+//! fails with a [`GatewayError`]; it has one [`kind`](GatewayError::kind)
+//! (the caller-facing classification every API format shares) and one status,
+//! and each backend renders it in its callers' format: REST JSON here
+//! ([`GatewayError::into_response`]), OpenAI, Anthropic and Gemini bodies in
+//! the AI backend.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+
+use super::body::GatewayBody;
+use crate::ai::error::ErrorKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("no route matches {method} {path}")]
+    NoRoute { method: String, path: String },
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("request body exceeds the limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("the request body did not arrive within {timeout_ms} ms")]
+    BodyTimeout { timeout_ms: u64 },
+    #[error("request is malformed: {0}")]
+    BadRequest(String),
+    /// The path could not be normalised (see `proxy::path`); the reason says what to send.
+    #[error("{0}")]
+    InvalidPath(String),
+    /// No single valid authority (see `proxy::authority`).
+    #[error("{0}")]
+    InvalidAuthority(String),
+    /// The client's request body broke off or was badly framed while it was
+    /// being forwarded: the client's fault, never the upstream's.
+    #[error("the request body was cut off or malformed: {reason}")]
+    ClientBody { reason: String },
+    #[error("service {service} has no upstream targets")]
+    NoTarget { service: String },
+    #[error("upstream {target} failed: {reason}")]
+    UpstreamUnavailable { target: String, reason: String },
+    #[error("upstream {target} did not respond within {timeout_ms} ms")]
+    UpstreamTimeout { target: String, timeout_ms: u64 },
+    #[error("connecting to upstream {target} timed out after {timeout_ms} ms")]
+    UpstreamConnectTimeout { target: String, timeout_ms: u64 },
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("the gateway is at its connection limit (proxy.max_connections); retry later")]
+    Overloaded,
+    #[error("service {service} is failing and its circuit is open; retry later")]
+    CircuitOpen { service: String },
+    #[error("service {service} has unusable upstream TLS settings (check tls.ca_pem and tls.server_name)")]
+    UpstreamTlsMisconfigured { service: String },
+    /// A backend's own refusal or failure (an AI provider's error, a model
+    /// the key may not use), with the kind and status it decided. The
+    /// message is already safe to show the caller.
+    #[error("{message}")]
+    Backend { kind: ErrorKind, status: StatusCode, message: String },
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::BadRequest(_)
+            | GatewayError::InvalidPath(_)
+            | GatewayError::InvalidAuthority(_)
+            | GatewayError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamTimeout { .. } | GatewayError::UpstreamConnectTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::CircuitOpen { .. }
+            | GatewayError::UpstreamTlsMisconfigured { .. }
+            | GatewayError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Backend { status, .. } => *status,
+        }
+    }
+
+    /// What kind of failure this is for the caller, in the classification
+    /// every API format shares: it picks the OpenAI `type`, the Anthropic
+    /// `error.type` and the Gemini `status` of an AI caller's error body.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            GatewayError::NoRoute { .. } => ErrorKind::NotFound,
+            GatewayError::Unauthorized(_) => ErrorKind::Authentication,
+            GatewayError::Forbidden(_) => ErrorKind::PermissionDenied,
+            GatewayError::BodyTooLarge { .. }
+            | GatewayError::BadRequest(_)
+            | GatewayError::InvalidPath(_)
+            | GatewayError::InvalidAuthority(_)
+            | GatewayError::ClientBody { .. } => ErrorKind::InvalidRequest,
+            GatewayError::BodyTimeout { .. }
+            | GatewayError::UpstreamTimeout { .. }
+            | GatewayError::UpstreamConnectTimeout { .. } => ErrorKind::Timeout,
+            GatewayError::NoTarget { .. }
+            | GatewayError::CircuitOpen { .. }
+            | GatewayError::Overloaded
+            | GatewayError::UpstreamTlsMisconfigured { .. } => ErrorKind::Unavailable,
+            GatewayError::UpstreamUnavailable { .. } => ErrorKind::Server,
+            GatewayError::Backend { kind, .. } => *kind,
+        }
+    }
+
+    /// A stable machine-readable code for clients and dashboards.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::NoRoute { .. } => "route_not_found",
+            GatewayError::Unauthorized(_) => "unauthorized",
+            GatewayError::BodyTooLarge { .. } => "body_too_large",
+            GatewayError::BodyTimeout { .. } => "request_timeout",
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::InvalidPath(_) => "invalid_path",
+            GatewayError::InvalidAuthority(_) => "invalid_host",
+            GatewayError::ClientBody { .. } => "bad_request_body",
+            GatewayError::NoTarget { .. } => "no_upstream_target",
+            GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",
+            GatewayError::UpstreamTimeout { .. } | GatewayError::UpstreamConnectTimeout { .. } => "upstream_timeout",
+            GatewayError::Forbidden(_) => "forbidden",
+            GatewayError::CircuitOpen { .. } => "circuit_open",
+            GatewayError::Overloaded => "overloaded",
+            GatewayError::UpstreamTlsMisconfigured { .. } => "upstream_tls_misconfigured",
+            GatewayError::Backend { kind, .. } => kind.code(),
+        }
+    }
+
+    /// Whether the client caused this failure: it then says nothing about the
+    /// upstream, and never counts against its health, circuit or retry budget.
+    pub fn is_client_fault(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::BodyTooLarge { .. }
+                | GatewayError::BodyTimeout { .. }
+                | GatewayError::BadRequest(_)
+                | GatewayError::ClientBody { .. }
+        )
+    }
+
+    /// What the client is told. Failures of the gateway's side never name an
+    /// upstream address, a service's settings or an internal cause: those
+    /// go to the log (`Display`), with the request id the client does see.
+    pub fn public_message(&self) -> std::borrow::Cow<'static, str> {
+        use std::borrow::Cow;
+        match self {
+            GatewayError::UpstreamUnavailable { .. } => Cow::Borrowed("the upstream service failed to answer"),
+            GatewayError::UpstreamTimeout { timeout_ms, .. } => {
+                Cow::Owned(format!("the upstream service did not respond within {timeout_ms} ms"))
+            }
+            GatewayError::UpstreamConnectTimeout { timeout_ms, .. } => {
+                Cow::Owned(format!("connecting to the upstream service timed out after {timeout_ms} ms"))
+            }
+            GatewayError::NoTarget { .. } => Cow::Borrowed("the service has no upstream available"),
+            GatewayError::CircuitOpen { .. } => {
+                Cow::Borrowed("the service is failing and its circuit is open; retry later")
+            }
+            GatewayError::UpstreamTlsMisconfigured { .. } => Cow::Borrowed("the service is misconfigured"),
+            GatewayError::ClientBody { .. } => Cow::Borrowed("the request body was cut off or malformed"),
+            other => Cow::Owned(other.to_string()),
+        }
+    }
+
+    pub fn into_response(self, request_id: &str) -> Response<GatewayBody> {
+        let body = serde_json::json!({
+            "error": { "code": self.code(), "message": self.public_message(), "request_id": request_id }
+        });
+        let mut response =
+            Response::new(Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed_unsync());
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if matches!(self, GatewayError::Unauthorized(_)) {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tollgate\""));
+        }
+        response
+    }
+}

@@ -1,0 +1,106 @@
+//! **backend**: runs last before `account`, when no earlier phase answered.
+//! Calls the route's backend: a REST service (`proxy::service_backend`:
+//! balancing, retries, health, circuit breaking, WebSocket tunnels) or the
+//! AI gateway (`crate::ai::gateway`, which knows nothing of the proxy and is
+//! handed the caller as the earlier phases established it).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::Response;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::super::connections::{Streaming, UpstreamSlot};
+use super::super::snapshot::{CompiledConsumer, CompiledRoute, GatewaySnapshot, RouteBackend};
+use super::super::{ClientConn, ProxyContext, service_backend};
+use super::RequestCtx;
+use crate::ai::gateway::AiCall;
+use crate::plumbing::{BoxError, GatewayBody, GatewayError};
+
+pub async fn run(
+    ctx: &ProxyContext,
+    snapshot: &GatewaySnapshot,
+    rctx: &mut RequestCtx,
+    route: &Arc<CompiledRoute>,
+    parts: http::request::Parts,
+    body: Incoming,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    match &route.backend {
+        RouteBackend::Service { service_id } => {
+            service_backend::serve(ctx, snapshot, rctx, route, service_id, parts, body).await
+        }
+        RouteBackend::Ai => ai(ctx, snapshot, rctx, route, parts, body).await,
+    }
+}
+
+async fn ai(
+    ctx: &ProxyContext,
+    snapshot: &GatewaySnapshot,
+    rctx: &mut RequestCtx,
+    route: &CompiledRoute,
+    parts: http::request::Parts,
+    body: Incoming,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let consumer = rctx.consumer.as_deref();
+    let call = AiCall {
+        request_id: rctx.id().to_string(),
+        route: route.route.name.clone(),
+        consumer_id: consumer.map(CompiledConsumer::id).unwrap_or_default().to_string(),
+        consumer_name: consumer.map(CompiledConsumer::name).unwrap_or_default().to_string(),
+        api_key: rctx.api_key.clone(),
+        // The request's own span; the AI gateway opens its client span under it.
+        trace: rctx.trace.clone(),
+        max_body_bytes: ctx.max_body_bytes,
+        // As for a REST body held for retries (see `service_backend`).
+        body_timeout: route.request_timeout.unwrap_or(ctx.shared.defaults.request),
+        anthropic_beta: parts.headers.get("anthropic-beta").cloned(),
+    };
+    let slot = ctx.upstream_slots.try_take().ok_or(GatewayError::Overloaded)?;
+    let served = crate::ai::gateway::serve(&ctx.shared.ai, &snapshot.ai, &ctx.shared.metrics, call, parts, body).await;
+    rctx.upstream = served.provider.map(Arc::from);
+    rctx.attempts = served.attempts;
+    Ok(keep_busy_while_streaming(served.response, &rctx.client, slot))
+}
+
+/// An AI answer (often a stream) keeps its connection busy until it ends.
+/// Its upstream slot is held as long.
+fn keep_busy_while_streaming(
+    response: Response<GatewayBody>,
+    client: &Arc<ClientConn>,
+    slot: UpstreamSlot,
+) -> Response<GatewayBody> {
+    if response.body().is_end_stream() {
+        return response;
+    }
+    let hold = (Streaming::new(client), slot);
+    response.map(|body| StreamingBody { inner: body, _hold: hold }.boxed_unsync())
+}
+
+/// A body that keeps its connection busy until it is dropped; everything
+/// else (frames, end of stream, length) is the inner body's, so a sized
+/// answer keeps its Content-Length.
+struct StreamingBody {
+    inner: GatewayBody,
+    _hold: (Streaming, UpstreamSlot),
+}
+
+impl Body for StreamingBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,198 @@
+//! The request path's phases, in the order they run (DESIGN §2). Each is a
+//! plain function in its own file, over the snapshot taken at the start of
+//! the request and the per-request [`RequestCtx`]; it returns
+//! [`Step::Continue`], a response of its own ([`Step::Respond`]), or a
+//! [`GatewayError`] that the route's backend renders for its caller.
+//!
+//! | phase | when it runs | what it may decide |
+//! |---|---|---|
+//! | [`route_match`] | first, for every request | one authority, one normalised path, the route, the upstream path; 404; CORS preflight |
+//! | [`lifecycle`] | once a route matched | the API version's lifecycle (draft, deprecated, retired) |
+//! | [`authenticate`] | after lifecycle | the caller (key, JWT, or none); 401 |
+//! | [`authorize`] | after authenticate | IP filter, body size; 403, 413 |
+//! | [`limit`] | after authorize | rate limits, token limits, budgets; 429 |
+//! | [`cache`] | after limit, before the backend | a stored response (HIT) |
+//! | [`backend`] | last before account | the route's backend: a REST service or the AI gateway |
+//! | [`account`] | once, for every request, whatever happened before | metrics, access log, trace span |
+//!
+//! Adding a phase: see `docs/architecture.md`, "How to add a phase".
+
+pub mod account;
+pub mod authenticate;
+pub mod authorize;
+pub mod backend;
+pub mod cache;
+pub mod lifecycle;
+pub mod limit;
+pub mod route_match;
+
+use std::sync::Arc;
+
+use http::Response;
+use http::header::HeaderValue;
+use http::uri::PathAndQuery;
+use tollgate_proto::config::v1::ApiKey;
+
+use super::ClientConn;
+use super::authority::Authority;
+use super::connections::UpstreamSlot;
+use super::snapshot::{CompiledConsumer, CompiledRoute};
+use crate::plumbing::{GatewayBody, GatewayError};
+use crate::telemetry::tracing::TraceCtx;
+
+/// What a phase decided.
+pub enum Step {
+    /// Go on to the next phase.
+    Continue,
+    /// Answer with this response; later phases (but `account`) do not run.
+    Respond(Response<GatewayBody>),
+}
+
+/// A phase's result: go on, answer, or fail (rendered by the route's backend).
+pub type PhaseResult = Result<Step, GatewayError>;
+
+/// The phases, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Match,
+    Lifecycle,
+    Authenticate,
+    Authorize,
+    Limit,
+    Cache,
+    Backend,
+    Account,
+}
+
+impl Phase {
+    pub const ORDER: [Phase; 8] = [
+        Phase::Match,
+        Phase::Lifecycle,
+        Phase::Authenticate,
+        Phase::Authorize,
+        Phase::Limit,
+        Phase::Cache,
+        Phase::Backend,
+        Phase::Account,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Match => "match",
+            Phase::Lifecycle => "lifecycle",
+            Phase::Authenticate => "authenticate",
+            Phase::Authorize => "authorize",
+            Phase::Limit => "limit",
+            Phase::Cache => "cache",
+            Phase::Backend => "backend",
+            Phase::Account => "account",
+        }
+    }
+}
+
+/// Which phases a request went through: the access log names the last one
+/// (where a refused request was refused), and tests check the order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PhasesRun(u16);
+
+impl PhasesRun {
+    pub fn enter(&mut self, phase: Phase) {
+        self.0 |= 1 << phase as u16;
+    }
+
+    pub fn contains(self, phase: Phase) -> bool {
+        self.0 & (1 << phase as u16) != 0
+    }
+
+    /// The last phase entered before `account`.
+    pub fn last(self) -> Option<Phase> {
+        Phase::ORDER.iter().rev().copied().filter(|p| *p != Phase::Account).find(|p| self.contains(*p))
+    }
+
+    /// The names of the phases entered, in order.
+    pub fn names(self) -> Vec<&'static str> {
+        Phase::ORDER.iter().copied().filter(|p| self.contains(*p)).map(Phase::name).collect()
+    }
+}
+
+/// Per-request facts the phases hand to each other and to `account`.
+pub struct RequestCtx {
+    /// Validated as visible ASCII, so it is also a `&str` (see `id`).
+    pub request_id: HeaderValue,
+    pub client: Arc<ClientConn>,
+    pub phases: PhasesRun,
+    /// From `route_match`: the effective authority, if the request named one.
+    pub authority: Option<Authority>,
+    /// From `route_match`: the protocol a WebSocket upgrade asks for.
+    pub upgrade: Option<HeaderValue>,
+    /// From `route_match`: the path and query the upstream receives.
+    pub upstream_path: Option<PathAndQuery>,
+    pub route: Option<Arc<CompiledRoute>>,
+    /// The service's metrics label, once the route's backend is a known service.
+    pub service: Option<Arc<str>>,
+    pub consumer: Option<Arc<CompiledConsumer>>,
+    /// The API key the caller authenticated with, if that is how it did.
+    pub api_key: Option<Arc<ApiKey>>,
+    pub upstream: Option<Arc<str>>,
+    pub origin: Option<HeaderValue>,
+    pub cache: Option<&'static str>,
+    pub attempts: u32,
+    pub trace: Option<TraceCtx>,
+    /// Taken before the upstream is called; its response body holds it.
+    pub upstream_slot: Option<UpstreamSlot>,
+}
+
+impl RequestCtx {
+    pub fn new(request_id: HeaderValue, client: Arc<ClientConn>, trace: Option<TraceCtx>) -> RequestCtx {
+        RequestCtx {
+            request_id,
+            client,
+            phases: PhasesRun::default(),
+            authority: None,
+            upgrade: None,
+            upstream_path: None,
+            route: None,
+            service: None,
+            consumer: None,
+            api_key: None,
+            upstream: None,
+            origin: None,
+            cache: None,
+            attempts: 0,
+            trace,
+            upstream_slot: None,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        self.request_id.to_str().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_runs_between_match_and_authenticate_and_limit_between_authorize_and_cache() {
+        let at = |phase| Phase::ORDER.iter().position(|p| *p == phase).unwrap();
+        assert_eq!(at(Phase::Match), 0);
+        assert_eq!(at(Phase::Lifecycle), at(Phase::Match) + 1);
+        assert_eq!(at(Phase::Authenticate), at(Phase::Lifecycle) + 1);
+        assert_eq!(at(Phase::Limit), at(Phase::Authorize) + 1);
+        assert_eq!(at(Phase::Cache), at(Phase::Limit) + 1);
+        assert_eq!(*Phase::ORDER.last().unwrap(), Phase::Account);
+    }
+
+    #[test]
+    fn the_last_phase_is_where_a_request_stopped_and_account_is_never_it() {
+        let mut run = PhasesRun::default();
+        assert_eq!(run.last(), None);
+        for phase in [Phase::Match, Phase::Lifecycle, Phase::Authenticate] {
+            run.enter(phase);
+        }
+        run.enter(Phase::Account);
+        assert_eq!(run.last(), Some(Phase::Authenticate));
+        assert_eq!(run.names(), ["match", "lifecycle", "authenticate", "account"]);
+    }
+}
