@@ -270,7 +270,7 @@ impl Node {
             ledger: ledger.clone(),
             cooldowns: Default::default(),
             client: clients.get(defaults.connect, Some(&provider_tls)).or_else(|| clients.get(defaults.connect, None)),
-            catalog: crate::ai::catalog::Catalog::builtin(),
+            catalog: tollgate_llm::catalog::Catalog::builtin(),
         });
         let shared = proxy::Shared::new(clients, defaults, metrics, config.proxy.cache_max_bytes, ai);
         let access_log = crate::telemetry::access_log::AccessLog::start(&crate::telemetry::access_log::Sink::parse(

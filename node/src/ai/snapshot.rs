@@ -7,14 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
+use tollgate_llm::catalog::Catalog;
+use tollgate_llm::provider::{self, ProviderAdapter, ProviderKind};
 use tollgate_proto::config::v1::{ModelPrice, PriceRef, Provider, ProviderKind as ProtoKind};
 use tollgate_raft::GatewayState;
 use tollgate_raft::secrets::{SecretBox, credential_context, provider_header_context};
 
-use super::catalog::{self, Catalog};
 use super::cooldown::Cooldowns;
 use super::ledger::UsageLedger;
-use super::provider::{self, ProviderAdapter, ProviderKind};
+use super::pricing;
 use crate::proxy::UpstreamClient;
 
 /// Lives as long as the node.
@@ -247,7 +248,7 @@ impl AiSnapshot {
     }
 
     pub fn price(&self, catalog: &Catalog, provider: &CompiledProvider, model: &str) -> PriceRef {
-        catalog::price_for(&self.prices, catalog, &provider.pricing, model)
+        pricing::price_for(&self.prices, catalog, &provider.pricing, model)
     }
 }
 

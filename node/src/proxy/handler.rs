@@ -18,6 +18,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
+use tollgate_llm::gemini_ingress;
 use tollgate_proto::config::v1::{ApiKey, AuthMode, HashOn};
 
 use super::authority::{self, Authority};
@@ -688,7 +689,7 @@ fn authenticate<'s>(
             let presented = bearer.or_else(|| headers.get(&X_API_KEY).and_then(|v| v.to_str().ok()));
             // Google's SDKs send `x-goog-api-key` or `?key=`: accepted on AI routes only.
             let presented = presented.or_else(|| {
-                route.route.is_ai_backend().then(|| crate::ai::gemini_ingress::presented_key(headers, query)).flatten()
+                route.route.is_ai_backend().then(|| gemini_ingress::presented_key(headers, query)).flatten()
             });
             authenticate_key(snapshot, presented).map(Some)
         }
