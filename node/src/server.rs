@@ -267,13 +267,12 @@ impl Node {
         // http for local servers such as vLLM and Ollama).
         let provider_tls = tollgate_proto::config::v1::UpstreamTls { enabled: true, ..Default::default() };
         let ai = Arc::new(crate::ai::snapshot::AiShared {
-            secrets: secrets.clone(),
             ledger: ledger.clone(),
             cooldowns: Default::default(),
             client: clients.get(defaults.connect, Some(&provider_tls)).or_else(|| clients.get(defaults.connect, None)),
-            catalog: crate::ai::catalog::Catalog::builtin(),
+            catalog: tollgate_llm::catalog::Catalog::builtin(),
         });
-        let shared = proxy::Shared::new(clients, defaults, metrics, config.proxy.cache_max_bytes, ai);
+        let shared = proxy::Shared::new(clients, defaults, metrics, config.proxy.cache_max_bytes, ai, secrets.clone());
         let access_log = crate::telemetry::access_log::AccessLog::start(&crate::telemetry::access_log::Sink::parse(
             &config.proxy.access_log,
         ))

@@ -901,7 +901,7 @@ async fn read_words(body: &mut hyper::body::Incoming, words: usize) -> String {
 
 /// Tokens the gateway's tokenizer counts in a text, as it bills estimates.
 fn tokens_in(text: &str) -> u64 {
-    tollgate_node::ai::tokens::count_tokens(text)
+    tollgate_llm::tokens::count_tokens(text)
 }
 
 /// A stream the provider cuts, and one the client abandons, are billed for the

@@ -1,4 +1,4 @@
-//! The shipped model catalog (`src/ai/catalog.toml`) parses and holds sane data: prices are
+//! The shipped model catalog (`llm/src/catalog.toml`) parses and holds sane data: prices are
 //! what cost records are computed from, so a typo there is a billing bug.
 
 use std::collections::HashSet;
@@ -26,7 +26,7 @@ struct Model {
 }
 
 fn catalog() -> Catalog {
-    toml::from_str(include_str!("../src/ai/catalog.toml")).expect("catalog.toml parses")
+    toml::from_str(include_str!("../llm/src/catalog.toml")).expect("catalog.toml parses")
 }
 
 /// A list price in USD per million tokens: finite, not negative, at most 6 decimals (a

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use prost::Message;
+use tollgate_llm::catalog::Catalog;
 use tollgate_proto::admin::v1::ai_service_server::AiService;
 use tollgate_proto::admin::v1::*;
 use tollgate_proto::config::v1::{Meta, ModelAlias, ModelPrice, Provider};
@@ -14,8 +15,8 @@ use tonic::{Request, Response, Status};
 
 use super::service::{fresh_meta, id_of, not_found, required, update_target};
 use super::{propose, status};
-use crate::ai::catalog::Catalog;
 use crate::ai::ledger::{LedgerError, UsageLedger};
+use crate::ai::pricing::model_price;
 use crate::proxy::ProxyContext;
 
 pub struct Ai {
@@ -270,7 +271,7 @@ impl AiService for Ai {
             catalog
                 .entries()
                 .filter(|p| wanted(&p.name) && state.find_model_price(&p.name).is_none())
-                .map(|p| PricedModel { source: format!("catalog {}", catalog.revision), price: Some(p.clone()) }),
+                .map(|p| PricedModel { source: format!("catalog {}", catalog.revision), price: Some(model_price(p)) }),
         );
         models.sort_by(|a, b| {
             let name = |m: &PricedModel| m.price.as_ref().map(|p| p.name.clone()).unwrap_or_default();

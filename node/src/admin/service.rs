@@ -51,7 +51,7 @@ impl Admin {
         // Its length is checked when the command applies: sealing keeps it.
         let context = jwt_secret_context(&id_of(&route.meta));
         jwt.sealed_hs_secret =
-            self.proxy.shared.ai.secrets.seal(&context, &secret).map_err(|e| Status::unavailable(e.to_string()))?;
+            self.proxy.shared.secrets.seal(&context, &secret).map_err(|e| Status::unavailable(e.to_string()))?;
         Ok(())
     }
 

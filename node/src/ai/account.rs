@@ -7,13 +7,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use opentelemetry::KeyValue;
+use tollgate_llm::catalog::dollars;
+use tollgate_llm::tokens;
+use tollgate_llm::types::{ChatRequest, Usage};
 use tollgate_proto::config::v1::{PriceRef, UsageOutcome, UsageRecord};
 
-use super::catalog::{cost_picodollars, dollars};
-use super::metrics::{AttemptErrorLabels, CredentialLabels, ModelLabels, OutcomeLabels, TokenLabels, UsageLabels};
+use super::pricing::cost_picodollars;
 use super::snapshot::AiShared;
-use super::tokens;
-use super::types::{ChatRequest, Usage};
+use crate::telemetry::ai_metrics::{
+    AttemptErrorLabels, CredentialLabels, ModelLabels, OutcomeLabels, TokenLabels, UsageLabels,
+};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::tracing::TraceCtx;
 

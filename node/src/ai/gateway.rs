@@ -12,19 +12,19 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
+use tollgate_llm::anthropic_ingress::{self, MessagesStreamEncoder};
+use tollgate_llm::error::{
+    AdapterError, ErrorKind, ProviderError, anthropic_error_body, gemini_error_body, openai_error_body,
+};
+use tollgate_llm::gemini_ingress::{self, GeminiCall, GenerateContentStreamEncoder, StreamFormat};
+use tollgate_llm::provider::{ProviderKind, UpstreamTarget};
+use tollgate_llm::tokens;
+use tollgate_llm::types::{self, ChatRequest, EmbeddingsInput, EmbeddingsRequest, Usage};
 use tollgate_proto::config::v1::{ApiKey, UsageOutcome, UsageRecord};
 
 use super::account::{Accounting, PromptSource, Served};
-use super::anthropic_ingress::{self, MessagesStreamEncoder};
-use super::error::{
-    AdapterError, ErrorKind, ProviderError, anthropic_error_body, gemini_error_body, openai_error_body,
-};
-use super::gemini_ingress::{self, GeminiCall, GenerateContentStreamEncoder, StreamFormat};
-use super::provider::{ProviderKind, UpstreamTarget};
 use super::snapshot::{AiShared, AiSnapshot, Candidate, CompiledCredential, PlanError, pick_credential};
 use super::stream::{AiStream, Encoder, Passthrough};
-use super::tokens;
-use super::types::{ChatRequest, EmbeddingsInput, EmbeddingsRequest, Usage};
 use crate::plumbing::{GatewayBody, GatewayError, UpstreamClient};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::tracing::TraceCtx;
@@ -687,7 +687,7 @@ impl Attempts<'_> {
             let encoder = match self.ingress {
                 Ingress::Anthropic if passthrough => Encoder::Passthrough(Passthrough::Anthropic),
                 Ingress::Gemini if passthrough => Encoder::Passthrough(Passthrough::GeminiSse),
-                Ingress::OpenAi => Encoder::OpenAi { include_usage: super::types::wants_usage_chunk(&request) },
+                Ingress::OpenAi => Encoder::OpenAi { include_usage: types::wants_usage_chunk(&request) },
                 Ingress::Anthropic => Encoder::Anthropic(Box::new(MessagesStreamEncoder::new(
                     &requested,
                     tokens::estimate_prompt_tokens(&request),
@@ -799,7 +799,7 @@ impl Attempts<'_> {
         let usage = answer.usage.as_ref().map(|u| Usage::new(u.prompt_tokens, 0, None));
         if answer.usage.is_none() {
             let estimate = if token_ids > 0 { token_ids } else { account.prompt_estimate() };
-            answer.usage = Some(super::types::EmbeddingsUsage { prompt_tokens: estimate, total_tokens: estimate });
+            answer.usage = Some(types::EmbeddingsUsage { prompt_tokens: estimate, total_tokens: estimate });
         }
         let usage = usage.or_else(|| (token_ids > 0).then(|| Usage::new(token_ids, 0, None)));
         account.finish(Served {

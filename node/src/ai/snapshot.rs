@@ -7,19 +7,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
+use tollgate_llm::catalog::Catalog;
+use tollgate_llm::provider::{self, ProviderAdapter, ProviderKind};
 use tollgate_proto::config::v1::{ModelPrice, PriceRef, Provider, ProviderKind as ProtoKind};
 use tollgate_raft::GatewayState;
 use tollgate_raft::secrets::{SecretBox, credential_context, provider_header_context};
 
-use super::catalog::{self, Catalog};
 use super::cooldown::Cooldowns;
 use super::ledger::UsageLedger;
-use super::provider::{self, ProviderAdapter, ProviderKind};
+use super::pricing;
 use crate::plumbing::UpstreamClient;
 
 /// Lives as long as the node.
 pub struct AiShared {
-    pub secrets: SecretBox,
     pub ledger: Arc<UsageLedger>,
     pub cooldowns: Cooldowns,
     /// Speaks https (system roots) and plain http; None when the system has no CA store.
@@ -128,7 +128,8 @@ fn millis_or(ms: u32, default_ms: u64) -> Duration {
 }
 
 impl AiSnapshot {
-    pub fn compile(state: &GatewayState, shared: &AiShared) -> AiSnapshot {
+    /// `secrets` opens the provider credentials and header values sealed at rest.
+    pub fn compile(state: &GatewayState, secrets: &SecretBox) -> AiSnapshot {
         let providers: HashMap<String, Arc<CompiledProvider>> = state
             .providers()
             .map(|p| {
@@ -138,7 +139,7 @@ impl AiSnapshot {
                     .credentials
                     .iter()
                     .filter(|c| !c.disabled)
-                    .filter_map(|c| match shared.secrets.open(&credential_context(&id, &c.id), &c.sealed_secret) {
+                    .filter_map(|c| match secrets.open(&credential_context(&id, &c.id), &c.sealed_secret) {
                         Ok(secret) => Some(CompiledCredential { id: c.id.clone(), secret, weight: c.weight.max(1) }),
                         Err(error) => {
                             tracing::error!(provider = %p.name, credential = %c.id, %error, "provider key unusable");
@@ -158,7 +159,7 @@ impl AiSnapshot {
                     // Long completions and reasoning models can take minutes before answering.
                     request_timeout: millis_or(p.request_timeout_ms, 600_000),
                     cooldown: millis_or(p.cooldown_ms, 30_000),
-                    headers: open_headers(p, &id, &shared.secrets),
+                    headers: open_headers(p, &id, secrets),
                     pricing: default_pricing(p, kind),
                     models: p.models.clone(),
                 };
@@ -247,7 +248,7 @@ impl AiSnapshot {
     }
 
     pub fn price(&self, catalog: &Catalog, provider: &CompiledProvider, model: &str) -> PriceRef {
-        catalog::price_for(&self.prices, catalog, &provider.pricing, model)
+        pricing::price_for(&self.prices, catalog, &provider.pricing, model)
     }
 }
 

@@ -19,14 +19,15 @@ use std::future::Future;
 use bytes::Bytes;
 use http_body::{Body, Frame};
 use hyper::body::Incoming;
+use tollgate_llm::anthropic_ingress::MessagesStreamEncoder;
+use tollgate_llm::error::{AdapterError, ErrorKind, ProviderError, anthropic_error_event};
+use tollgate_llm::gemini_ingress::{self, GenerateContentStreamEncoder};
+use tollgate_llm::provider::StreamDecoder;
+use tollgate_llm::tokens;
+use tollgate_llm::types::{ChatChunk, Usage};
 use tollgate_proto::config::v1::UsageOutcome;
 
 use super::account::{Accounting, Served};
-use super::anthropic_ingress::MessagesStreamEncoder;
-use super::error::{AdapterError, ErrorKind, ProviderError, anthropic_error_event};
-use super::gemini_ingress::{self, GenerateContentStreamEncoder};
-use super::provider::StreamDecoder;
-use super::types::{ChatChunk, Usage};
 use crate::plumbing::BoxError;
 
 /// The caller's stream format.
@@ -311,6 +312,6 @@ pub(crate) fn billed_usage(
         None => (prompt_estimate(), None),
     };
     let running = reported.map_or(0, |u| u.completion_tokens);
-    let output = running.max(super::tokens::count_tokens(output_text));
+    let output = running.max(tokens::count_tokens(output_text));
     (Usage::new(input, output, cached), true)
 }

@@ -578,7 +578,7 @@ pub async fn usage_command(
     let mut rows = vec![header];
     let mut values = Vec::new();
     for r in &report.rows {
-        let cost = crate::ai::catalog::dollars(r.cost_picodollars);
+        let cost = tollgate_llm::catalog::dollars(r.cost_picodollars);
         let mut value = json!({
             "requests": r.requests, "errors": r.errors, "cancelled": r.cancelled, "input_tokens": r.input_tokens,
             "output_tokens": r.output_tokens, "cached_input_tokens": r.cached_input_tokens, "estimated": r.estimated,

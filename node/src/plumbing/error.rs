@@ -10,7 +10,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 
 use super::body::GatewayBody;
-use crate::ai::error::ErrorKind;
+use tollgate_llm::error::ErrorKind;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use tollgate_proto::config::v1::{ApiKey, Consumer, HashOn, JwtAuth, Route, Service, route};
 use tollgate_raft::GatewayState;
+use tollgate_raft::secrets::SecretBox;
 
 use super::cache::ResponseCache;
 use super::circuit::Circuit;
@@ -182,6 +183,10 @@ pub struct Shared {
     pub cache: ResponseCache,
     pub defaults: TimeoutDefaults,
     pub ai: Arc<crate::ai::snapshot::AiShared>,
+    /// The node's key material: opens (and the admin API seals) the
+    /// secrets kept sealed in the replicated state, JWT HMAC secrets and
+    /// provider credentials alike.
+    pub secrets: SecretBox,
     circuits: Mutex<HashMap<String, Arc<Circuit>>>,
     budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
 }
@@ -193,6 +198,7 @@ impl Shared {
         metrics: Arc<Metrics>,
         cache_bytes: u64,
         ai: Arc<crate::ai::snapshot::AiShared>,
+        secrets: SecretBox,
     ) -> Shared {
         let jwks_client = clients.get(defaults.connect, None).expect("the plain upstream pool always builds");
         Shared {
@@ -203,6 +209,7 @@ impl Shared {
             cache: ResponseCache::new(cache_bytes),
             defaults,
             ai,
+            secrets,
             circuits: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
         }
@@ -269,7 +276,7 @@ impl GatewaySnapshot {
                 .map(|c| (id_of(&c.meta), Arc::new(CompiledConsumer::new(c.clone()))))
                 .collect(),
             consumer_ids_by_name: state.consumers().map(|c| (c.name.clone(), id_of(&c.meta))).collect(),
-            ai: crate::ai::snapshot::AiSnapshot::compile(state, &shared.ai),
+            ai: crate::ai::snapshot::AiSnapshot::compile(state, &shared.secrets),
         }
     }
 
@@ -363,7 +370,7 @@ fn jwt_secret(r: &Route, jwt: &JwtAuth, shared: &Shared) -> Option<String> {
         return Some(jwt.hs_secret.clone()).filter(|s| !s.is_empty());
     }
     let context = tollgate_raft::secrets::jwt_secret_context(&id_of(&r.meta));
-    match shared.ai.secrets.open(&context, &jwt.sealed_hs_secret) {
+    match shared.secrets.open(&context, &jwt.sealed_hs_secret) {
         Ok(secret) => Some(secret),
         Err(_) => {
             tracing::error!(

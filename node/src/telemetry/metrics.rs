@@ -72,7 +72,7 @@ pub struct Metrics {
     pub proxy_connections_evicted: Counter,
     /// Connections cut because the client read nothing for the send timeout.
     send_timeouts: Family<ListenerLabels, Counter>,
-    pub ai: crate::ai::metrics::AiMetrics,
+    pub ai: super::ai_metrics::AiMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -137,7 +137,7 @@ impl Metrics {
             "Client connections closed because the client stopped reading a response",
             send_timeouts.clone(),
         );
-        let ai = crate::ai::metrics::AiMetrics::register(&mut registry);
+        let ai = super::ai_metrics::AiMetrics::register(&mut registry);
         Metrics {
             proxy_connections,
             proxy_connections_refused,

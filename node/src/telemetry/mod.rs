@@ -2,6 +2,7 @@
 //! `--log-format json` (access log lines carry `target: "access"`).
 
 pub mod access_log;
+pub mod ai_metrics;
 pub mod metrics;
 pub mod tracing;
 

@@ -87,7 +87,7 @@ fn authenticate<'s>(
             let presented = bearer.or_else(|| headers.get(&X_API_KEY).and_then(|v| v.to_str().ok()));
             // Google's SDKs send `x-goog-api-key` or `?key=`: accepted on AI routes only.
             let presented = presented.or_else(|| {
-                route.backend.is_ai().then(|| crate::ai::gemini_ingress::presented_key(headers, query)).flatten()
+                route.backend.is_ai().then(|| tollgate_llm::gemini_ingress::presented_key(headers, query)).flatten()
             });
             authenticate_key(snapshot, presented).map(Some)
         }

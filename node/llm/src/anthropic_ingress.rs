@@ -9,9 +9,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::error::AdapterError;
-use super::provider::anthropic::{finish_to_stop_reason, image_url_from_source, tool_choice_from_anthropic};
-use super::types::{
+use crate::error::AdapterError;
+use crate::provider::anthropic::{finish_to_stop_reason, image_url_from_source, tool_choice_from_anthropic};
+use crate::types::{
     ChatChunk, ChatMessage, ChatRequest, ChatResponse, ContentPart, FunctionCall, FunctionDef, MessageContent, Role,
     Stop, StreamOptions, Tool, ToolCall, Usage,
 };

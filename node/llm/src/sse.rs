@@ -5,7 +5,7 @@
 //! complete, and a trailing `\r` is remembered so that a `\n` opening the next piece is not read
 //! as a second (empty) line, which would dispatch an event too early.
 
-use super::error::AdapterError;
+use crate::error::AdapterError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SseEvent {

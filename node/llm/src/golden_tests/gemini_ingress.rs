@@ -4,13 +4,13 @@
 use serde_json::json;
 
 use super::*;
-use crate::ai::error::{AdapterError, ErrorKind};
-use crate::ai::gemini_ingress::{
+use crate::error::{AdapterError, ErrorKind};
+use crate::gemini_ingress::{
     GeminiCall, GenerateContentStreamEncoder, StreamFormat, chat_response_to_gemini, generate_content_to_chat,
     parse_call, presented_key,
 };
-use crate::ai::provider::{ProviderKind, adapter};
-use crate::ai::types::wants_usage_chunk;
+use crate::provider::{ProviderKind, adapter};
+use crate::types::wants_usage_chunk;
 
 fn translate(body: &Value) -> Result<ChatRequest, AdapterError> {
     generate_content_to_chat(body.to_string().as_bytes(), "m", false)
@@ -240,7 +240,7 @@ fn json_array_streams_are_one_valid_array_even_when_they_break() {
 
 #[test]
 fn gemini_error_bodies_carry_the_gateway_code() {
-    let (status, body) = crate::ai::gemini_error_body(
+    let (status, body) = crate::error::gemini_error_body(
         http::StatusCode::BAD_GATEWAY,
         ErrorKind::ProviderAuth,
         "provider google refused the gateway's credential",
@@ -257,7 +257,7 @@ fn gemini_error_bodies_carry_the_gateway_code() {
 
 #[test]
 fn requests_above_the_part_cap_are_refused_with_the_limit() {
-    use crate::ai::gemini_ingress::{MAX_CONTENTS, MAX_PARTS};
+    use crate::gemini_ingress::{MAX_CONTENTS, MAX_PARTS};
     let parts: Vec<Value> = (0..=MAX_PARTS).map(|_| json!({"text": "x"})).collect();
     let err = translate(&json!({"contents": [{"parts": parts}]})).unwrap_err();
     assert!(matches!(err, AdapterError::InvalidRequest(_)), "{err}");
@@ -266,7 +266,8 @@ fn requests_above_the_part_cap_are_refused_with_the_limit() {
     let err = translate(&json!({ "contents": contents })).unwrap_err().to_string();
     assert!(err.contains(&format!("at most {MAX_CONTENTS}")), "{err}");
     // Rendered for a Gemini caller: a 400 in Google's error format.
-    let (status, body) = crate::ai::gemini_error_body(http::StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, &err);
+    let (status, body) =
+        crate::error::gemini_error_body(http::StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest, &err);
     assert_eq!(status, 400);
     assert_eq!(json(std::str::from_utf8(&body).unwrap())["error"]["status"], "INVALID_ARGUMENT");
 }

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use tiktoken_rs::CoreBPE;
 
-use super::types::{ChatRequest, MessageContent};
+use crate::types::{ChatRequest, MessageContent};
 
 /// OpenAI's documented chat overhead: every message is wrapped in 3 tokens, a `name` adds one,
 /// and the reply is primed with 3 more.
@@ -70,7 +70,7 @@ pub fn estimate_prompt_tokens(req: &ChatRequest) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ai::types::{ChatMessage, Role};
+    use crate::types::{ChatMessage, Role};
 
     #[test]
     fn counts_with_o200k_base() {

@@ -10,8 +10,8 @@ use super::openai::{
 use super::{
     ProviderAdapter, ProviderKind, SseStream, StreamDecoder, UpstreamTarget, join_url, post_json, to_json_body,
 };
-use crate::ai::error::{AdapterError, ProviderError};
-use crate::ai::types::{ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse};
+use crate::error::{AdapterError, ProviderError};
+use crate::types::{ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse};
 
 /// The latest GA data-plane version when this was written.
 pub const DEFAULT_API_VERSION: &str = "2024-10-21";

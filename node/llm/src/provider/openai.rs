@@ -11,10 +11,8 @@ use super::{
     EventDecoder, ProviderAdapter, ProviderKind, SseStream, StreamDecoder, UpstreamTarget, join_url, post_json,
     to_json_body,
 };
-use crate::ai::error::{AdapterError, ErrorKind, ProviderError, classify, error_object};
-use crate::ai::types::{
-    ChatChunk, ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, StreamOptions, Usage,
-};
+use crate::error::{AdapterError, ErrorKind, ProviderError, classify, error_object};
+use crate::types::{ChatChunk, ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, StreamOptions, Usage};
 
 pub struct OpenAiAdapter {
     kind: ProviderKind,

@@ -15,9 +15,9 @@ use bytes::Bytes;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Method};
 
-use super::error::{AdapterError, ProviderError};
-use super::sse::SseParser;
-use super::types::{ChatChunk, ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Usage};
+use crate::error::{AdapterError, ProviderError};
+use crate::sse::SseParser;
+use crate::types::{ChatChunk, ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Usage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProviderKind {
@@ -78,7 +78,7 @@ pub trait StreamDecoder: Send {
     /// Raw upstream body bytes in (any split); canonical OpenAI chunks out. The provider's usage
     /// arrives as a final chunk with empty `choices` (forward it only if [`wants_usage_chunk`]).
     ///
-    /// [`wants_usage_chunk`]: crate::ai::types::wants_usage_chunk
+    /// [`wants_usage_chunk`]: crate::types::wants_usage_chunk
     fn feed(&mut self, bytes: &[u8]) -> Result<Vec<ChatChunk>, AdapterError>;
     /// Upstream body ended. `Err(AdapterError::Truncated{..})` if the provider's end marker
     /// ([DONE] / message_stop / Gemini finishReason) never came.

@@ -14,8 +14,8 @@ use super::{
     EventDecoder, ProviderAdapter, ProviderKind, SseStream, StreamDecoder, UpstreamTarget, join_url, post_json,
     to_json_body, unix_now,
 };
-use crate::ai::error::{AdapterError, ErrorKind, ProviderError, classify, error_object};
-use crate::ai::types::{
+use crate::error::{AdapterError, ErrorKind, ProviderError, classify, error_object};
+use crate::types::{
     ChatChunk, ChatMessage, ChatRequest, ChatResponse, Choice, ContentPart, Delta, EmbeddingsRequest,
     EmbeddingsResponse, FunctionCall, FunctionCallDelta, FunctionName, MessageContent, NamedToolChoice, ResponseFormat,
     Role, ToolCall, ToolCallDelta, ToolChoice, Usage,

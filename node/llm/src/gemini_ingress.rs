@@ -14,8 +14,8 @@ use http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::error::{AdapterError, ErrorKind, gemini_error_json};
-use super::types::{
+use crate::error::{AdapterError, ErrorKind, gemini_error_json};
+use crate::types::{
     ChatChunk, ChatMessage, ChatRequest, ChatResponse, ContentPart, FunctionCall, FunctionDef, FunctionName,
     JsonSchemaFormat, MessageContent, NamedToolChoice, ResponseFormat, Role, Stop, StreamOptions, Tool, ToolCall,
     ToolChoice, Usage,

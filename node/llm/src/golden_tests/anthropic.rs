@@ -6,9 +6,9 @@ use http::StatusCode;
 use serde_json::json;
 
 use super::*;
-use crate::ai::error::{AdapterError, ErrorKind};
-use crate::ai::provider::{ProviderKind, adapter};
-use crate::ai::types::{EmbeddingsRequest, Usage};
+use crate::error::{AdapterError, ErrorKind};
+use crate::provider::{ProviderKind, adapter};
+use crate::types::{EmbeddingsRequest, Usage};
 
 const BASE: &str = "https://api.anthropic.com";
 const MODEL: &str = "claude-sonnet-4-20250514";

@@ -1,5 +1,5 @@
 //! Golden translation tests against the providers' documented examples, kept as files under
-//! `node/tests/fixtures/ai/<provider>/`.
+//! `node/llm/tests/fixtures/<provider>/`.
 
 mod anthropic;
 mod gemini;
@@ -13,13 +13,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use super::error::AdapterError;
-use super::provider::{ProviderAdapter, UpstreamTarget};
-use super::types::{ChatChunk, ChatRequest};
+use crate::error::AdapterError;
+use crate::provider::{ProviderAdapter, UpstreamTarget};
+use crate::types::{ChatChunk, ChatRequest};
 
 macro_rules! fixture {
     ($path:literal) => {
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ai/", $path))
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/", $path))
     };
 }
 pub(crate) use fixture;
@@ -93,7 +93,7 @@ pub(crate) struct Decoded {
     pub chunks: Vec<ChatChunk>,
     pub finish: Result<(), AdapterError>,
     pub text: String,
-    pub usage: Option<super::types::Usage>,
+    pub usage: Option<crate::types::Usage>,
     /// The decoder holds the provider's final counts (not a running or placeholder one).
     pub usage_final: bool,
     pub finish_reason: Option<String>,

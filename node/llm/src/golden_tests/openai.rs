@@ -6,9 +6,9 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::ai::error::{AdapterError, ErrorKind, anthropic_error_body, openai_error_body};
-use crate::ai::provider::{ProviderKind, adapter};
-use crate::ai::types::{ChatResponse, EmbeddingsRequest, Usage, wants_usage_chunk};
+use crate::error::{AdapterError, ErrorKind, anthropic_error_body, openai_error_body};
+use crate::provider::{ProviderKind, adapter};
+use crate::types::{ChatResponse, EmbeddingsRequest, Usage, wants_usage_chunk};
 
 const OPENAI_BASE: &str = "https://api.openai.com/v1";
 const AZURE_BASE: &str = "https://res.openai.azure.com";

@@ -12,8 +12,8 @@ use super::{
     EventDecoder, ProviderAdapter, ProviderKind, SseStream, StreamDecoder, UpstreamTarget, join_url, new_completion_id,
     post_json, to_json_body, unix_now,
 };
-use crate::ai::error::{AdapterError, ErrorKind, ProviderError, classify, error_object};
-use crate::ai::types::{
+use crate::error::{AdapterError, ErrorKind, ProviderError, classify, error_object};
+use crate::types::{
     ChatChunk, ChatMessage, ChatRequest, ChatResponse, Choice, ContentPart, Delta, Embedding, EmbeddingVector,
     EmbeddingsInput, EmbeddingsRequest, EmbeddingsResponse, FunctionCall, FunctionCallDelta, MessageContent, Role,
     ToolCall, ToolCallDelta, ToolChoice, Usage,

@@ -3,10 +3,10 @@
 use serde_json::json;
 
 use super::*;
-use crate::ai::anthropic_ingress::{MessagesStreamEncoder, chat_response_to_messages, messages_request_to_chat};
-use crate::ai::error::AdapterError;
-use crate::ai::provider::{ProviderKind, adapter};
-use crate::ai::types::wants_usage_chunk;
+use crate::anthropic_ingress::{MessagesStreamEncoder, chat_response_to_messages, messages_request_to_chat};
+use crate::error::AdapterError;
+use crate::provider::{ProviderKind, adapter};
+use crate::types::wants_usage_chunk;
 
 /// `event: X\ndata: Y\n\n` frames → `{"event": X, "data": Y}`.
 fn events(frames: &[Bytes]) -> Value {
