@@ -1,31 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum EntityKind {
-    Service,
-    Route,
-    Consumer,
-    ApiKey,
-    JoinToken,
-    Provider,
-    ModelAlias,
-    ModelPrice,
-}
-
-impl std::fmt::Display for EntityKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            EntityKind::Service => "service",
-            EntityKind::Route => "route",
-            EntityKind::Consumer => "consumer",
-            EntityKind::ApiKey => "api key",
-            EntityKind::JoinToken => "join token",
-            EntityKind::Provider => "provider",
-            EntityKind::ModelAlias => "model alias",
-            EntityKind::ModelPrice => "model price",
-        })
-    }
-}
+use crate::entities::EntityKind;
 
 /// Why `apply` rejected a command. Deterministic: every replica rejects the
 /// same command with the same error, and a rejected command changes nothing.
@@ -33,25 +8,12 @@ impl std::fmt::Display for EntityKind {
 pub enum ApplyError {
     #[error("invalid {field}: {reason}")]
     InvalidArgument { field: String, reason: String },
-    #[error("{kind} {id:?} does not exist; list them with `tollgate ctl {list_cmd}`", list_cmd = list_command(*.kind))]
+    #[error("{kind} {id:?} does not exist; list them with `tollgate ctl {list_cmd}`", list_cmd = .kind.list_command())]
     NotFound { kind: EntityKind, id: String },
     #[error("a {kind} named {name:?} already exists; pick another name or update the existing one")]
     AlreadyExists { kind: EntityKind, name: String },
     #[error("{0}")]
     FailedPrecondition(String),
-}
-
-fn list_command(kind: EntityKind) -> &'static str {
-    match kind {
-        EntityKind::Service => "service list",
-        EntityKind::Route => "route list",
-        EntityKind::Consumer => "consumer list",
-        EntityKind::ApiKey => "key list",
-        EntityKind::JoinToken => "cluster tokens",
-        EntityKind::Provider => "provider list",
-        EntityKind::ModelAlias => "alias list",
-        EntityKind::ModelPrice => "price list",
-    }
 }
 
 impl ApplyError {

@@ -2,23 +2,11 @@
 //! is a plain scan and name indexes are rebuilt in memory instead of stored.
 //! Raft log keys are big-endian indexes so RocksDB's order is log order.
 
-use crate::error::EntityKind;
+use crate::entities::EntityKind;
 
-pub(crate) fn entity_prefix(kind: EntityKind) -> &'static [u8] {
-    match kind {
-        EntityKind::Service => b"svc/",
-        EntityKind::Route => b"rte/",
-        EntityKind::Consumer => b"con/",
-        EntityKind::ApiKey => b"key/",
-        EntityKind::JoinToken => b"jtk/",
-        EntityKind::Provider => b"prv/",
-        EntityKind::ModelAlias => b"als/",
-        EntityKind::ModelPrice => b"prc/",
-    }
-}
-
+/// `<kind prefix><id>`; the prefixes are declared with the entities.
 pub(crate) fn entity_key(kind: EntityKind, id: &str) -> Vec<u8> {
-    let mut key = entity_prefix(kind).to_vec();
+    let mut key = kind.key_prefix().to_vec();
     key.extend_from_slice(id.as_bytes());
     key
 }

@@ -6,7 +6,9 @@
 
 mod admit;
 mod apply;
+mod entities;
 mod error;
+mod journal;
 mod keys;
 mod leader;
 mod log_store;
@@ -14,10 +16,12 @@ mod node;
 mod outcomes;
 pub mod pki;
 mod quorum;
+mod registry;
 pub mod secrets;
 mod snapshot_file;
 mod state;
 mod state_machine;
+mod table;
 pub mod transport;
 mod types;
 mod validate;
@@ -25,7 +29,9 @@ mod validate_ai;
 mod validate_policy;
 
 pub use apply::{Change, apply};
-pub use error::{ApplyError, EntityKind, RaftNodeError};
+pub use entities::{AnyEntity, EntityKind};
+pub use error::{ApplyError, RaftNodeError};
+pub use journal::Touched;
 pub use log_store::LogStore;
 pub use node::{ClusterSetup, MemberStatus, NodeStatus, ProposeError, RaftConfig, RaftNode, Role};
 pub use quorum::{QuorumLoss, Reach, Voter};

@@ -306,6 +306,7 @@ impl RaftNode {
             admit(op)?;
         }
         // The index only stamps the entity's revision, which a dry run discards.
+        // The state is shared, not copied: the dry run costs what the command touches.
         let Err(error) = apply(&self.local_state(), &command.0, 0) else { return Ok(()) };
         // Field rules do not depend on the state: no need to ask the leader.
         if matches!(error, ApplyError::InvalidArgument { .. }) {

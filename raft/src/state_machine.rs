@@ -1,5 +1,6 @@
-//! openraft's state machine over RocksDB's `state` family, with the gateway
-//! state kept in memory and published to the data plane after each batch.
+//! openraft's state machine over the `state` family of a storage engine, with
+//! the gateway state kept in memory and published to the data plane after
+//! each batch. Nodes run it on RocksDB; tests may run it in memory.
 
 use std::fs::File;
 use std::io;
@@ -11,12 +12,11 @@ use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
 use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use prost::Message;
 use tokio::sync::watch;
-use tollgate_storage::{Batch, Cf, Durability, Engine};
+use tollgate_storage::{Batch, Cf, Durability, Engine, KvEngine};
 
-use crate::apply::{Change, apply};
-use crate::error::{EntityKind, RaftNodeError};
+use crate::apply::apply;
+use crate::error::RaftNodeError;
 use crate::keys;
 use crate::log_store::{decode, encode};
 use crate::outcomes::Outcomes;
@@ -28,8 +28,8 @@ use crate::types::{Applied, CommandResponse, TypeConfig};
 /// follower is still streaming it.
 const SNAPSHOTS_KEPT: usize = 2;
 
-pub struct StateMachine {
-    engine: Engine,
+pub struct StateMachine<E: KvEngine = Engine> {
+    engine: E,
     snapshot_dir: PathBuf,
     state: GatewayState,
     last_applied: Option<LogIdOf<TypeConfig>>,
@@ -38,13 +38,13 @@ pub struct StateMachine {
     outcomes: Arc<Outcomes>,
 }
 
-impl StateMachine {
+impl<E: KvEngine> StateMachine<E> {
     /// Loads the applied state from `engine`. The receiver sees a new
     /// [`GatewayState`] after every applied batch; it never blocks the state machine.
     pub fn open(
-        engine: Engine,
+        engine: E,
         snapshot_dir: PathBuf,
-    ) -> Result<(StateMachine, watch::Receiver<Arc<GatewayState>>), RaftNodeError> {
+    ) -> Result<(StateMachine<E>, watch::Receiver<Arc<GatewayState>>), RaftNodeError> {
         let meta = |key: &[u8]| engine.get(Cf::RaftMeta, key);
         let corrupt = |what| move |e: io::Error| RaftNodeError::Corrupt { what, detail: e.to_string() };
         let last_applied: Option<LogIdOf<TypeConfig>> =
@@ -66,32 +66,7 @@ impl StateMachine {
         self.outcomes.clone()
     }
 
-    fn stage(batch: &mut Batch, change: &Change) {
-        let (kind, id, value) = match change {
-            Change::PutService(s) => (EntityKind::Service, meta_id(&s.meta), Some(s.encode_to_vec())),
-            Change::PutRoute(r) => (EntityKind::Route, meta_id(&r.meta), Some(r.encode_to_vec())),
-            Change::PutConsumer(c) => (EntityKind::Consumer, meta_id(&c.meta), Some(c.encode_to_vec())),
-            Change::PutApiKey(k) => (EntityKind::ApiKey, meta_id(&k.meta), Some(k.encode_to_vec())),
-            Change::DeleteService(id) => (EntityKind::Service, id.as_str(), None),
-            Change::DeleteRoute(id) => (EntityKind::Route, id.as_str(), None),
-            Change::DeleteConsumer(id) => (EntityKind::Consumer, id.as_str(), None),
-            Change::DeleteApiKey(id) => (EntityKind::ApiKey, id.as_str(), None),
-            Change::PutJoinToken(t) => (EntityKind::JoinToken, meta_id(&t.meta), Some(t.encode_to_vec())),
-            Change::DeleteJoinToken(id) => (EntityKind::JoinToken, id.as_str(), None),
-            Change::PutProvider(p) => (EntityKind::Provider, meta_id(&p.meta), Some(p.encode_to_vec())),
-            Change::DeleteProvider(id) => (EntityKind::Provider, id.as_str(), None),
-            Change::PutModelAlias(a) => (EntityKind::ModelAlias, meta_id(&a.meta), Some(a.encode_to_vec())),
-            Change::DeleteModelAlias(id) => (EntityKind::ModelAlias, id.as_str(), None),
-            Change::PutModelPrice(p) => (EntityKind::ModelPrice, meta_id(&p.meta), Some(p.encode_to_vec())),
-            Change::DeleteModelPrice(id) => (EntityKind::ModelPrice, id.as_str(), None),
-        };
-        let key = keys::entity_key(kind, id);
-        match value {
-            Some(v) => batch.put(Cf::State, &key, &v),
-            None => batch.delete(Cf::State, &key),
-        }
-    }
-
+    /// O(1): the copy shares every table and the journal with `self.state`.
     fn publish(&mut self) {
         self.state.set_applied_index(self.last_applied.as_ref().map_or(0, |l| l.index()));
         self.publish.send_replace(Arc::new(self.state.clone()));
@@ -106,11 +81,7 @@ fn term_of(log_id: &Option<LogIdOf<TypeConfig>>) -> u64 {
     log_id.as_ref().map_or(0, |l| l.leader_id.term)
 }
 
-fn meta_id(meta: &Option<tollgate_proto::config::v1::Meta>) -> &str {
-    meta.as_ref().map_or("", |m| m.id.as_str())
-}
-
-impl RaftStateMachine<TypeConfig> for StateMachine {
+impl<E: KvEngine> RaftStateMachine<TypeConfig> for StateMachine<E> {
     type SnapshotData = File;
     type SnapshotBuilder = SnapshotBuilder;
 
@@ -135,8 +106,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(cmd) => Some(match apply(&self.state, &cmd.0, index) {
                     Ok(outcome) => {
                         for change in &outcome.changes {
-                            Self::stage(&mut batch, change);
-                            self.state.commit(change);
+                            change.stage(&mut batch);
+                            self.state.commit(change, index);
                         }
                         CommandResponse(Ok(Applied { revision: index, entity: outcome.entity }))
                     }
@@ -174,6 +145,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        // O(1), like `publish`.
         SnapshotBuilder {
             state: self.state.clone(),
             last_applied: self.last_applied,
@@ -186,7 +158,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let dir = self.snapshot_dir.clone();
         let meta_owned = meta.clone();
         let (state, entries) = tokio::task::spawn_blocking(move || -> io::Result<_> {
-            let mut state = GatewayState::default();
+            // The journal starts over: readers from before the snapshot rebuild.
+            let mut state = GatewayState::empty_at(index_of(&meta_owned.last_log_id));
             let mut entries = Vec::new();
             let file_meta = snapshot_file::read_all(snapshot, |k, v| {
                 state.insert_encoded(&k, &v).map_err(io::Error::other)?;
@@ -246,10 +219,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> io::Result<SnapshotOf<TypeConfig, File>> {
         let meta =
             SnapshotMetaOf::<TypeConfig> { last_log_id: self.last_applied, last_membership: self.membership.clone() };
-        let entries = self.state.encoded_entries();
+        let state = self.state.clone();
         let dir = self.dir.clone();
         let meta_for_file = meta.clone();
+        // Encoding is O(state): off the async runtime, with the file I/O.
         let path = tokio::task::spawn_blocking(move || {
+            let entries = state.encoded_entries();
             let path = snapshot_file::write(&dir, &meta_for_file, &entries)?;
             snapshot_file::prune(&dir, SNAPSHOTS_KEPT)?;
             Ok::<_, io::Error>(path)

@@ -28,36 +28,7 @@ impl Command {
 
     /// A short, secret-free description for logs and the audit trail.
     pub fn summary(&self) -> String {
-        use pb::command::Op;
-        match &self.0.op {
-            None => "empty".to_string(),
-            Some(Op::CreateService(s)) => format!("create service {}", s.name),
-            Some(Op::UpdateService(s)) => format!("update service {}", s.name),
-            Some(Op::DeleteService(id)) => format!("delete service {id}"),
-            Some(Op::CreateRoute(r)) => format!("create route {}", r.name),
-            Some(Op::UpdateRoute(r)) => format!("update route {}", r.name),
-            Some(Op::DeleteRoute(id)) => format!("delete route {id}"),
-            Some(Op::CreateConsumer(c)) => format!("create consumer {}", c.name),
-            Some(Op::UpdateConsumer(c)) => format!("update consumer {}", c.name),
-            Some(Op::DeleteConsumer(id)) => format!("delete consumer {id}"),
-            Some(Op::CreateApiKey(k)) => {
-                format!("create api key {} for {}", k.meta.as_ref().map_or("", |m| m.id.as_str()), k.consumer_id)
-            }
-            Some(Op::UpdateApiKey(k)) => format!("update api key {}", k.meta.as_ref().map_or("", |m| m.id.as_str())),
-            Some(Op::DeleteApiKey(id)) => format!("delete api key {id}"),
-            Some(Op::DeleteJoinToken(id)) => format!("delete join token {id}"),
-            Some(Op::CreateJoinToken(t)) => {
-                format!("create join token {}", t.meta.as_ref().map_or("", |m| m.id.as_str()))
-            }
-            Some(Op::CreateProvider(p)) => format!("create provider {}", p.name),
-            Some(Op::UpdateProvider(p)) => format!("update provider {}", p.name),
-            Some(Op::DeleteProvider(id)) => format!("delete provider {id}"),
-            Some(Op::CreateModelAlias(a)) => format!("create model alias {}", a.name),
-            Some(Op::UpdateModelAlias(a)) => format!("update model alias {}", a.name),
-            Some(Op::DeleteModelAlias(id)) => format!("delete model alias {id}"),
-            Some(Op::PutModelPrice(p)) => format!("set model price {}", p.name),
-            Some(Op::DeleteModelPrice(id)) => format!("delete model price {id}"),
-        }
+        self.0.op.as_ref().map_or_else(|| "empty".to_string(), crate::entities::summarize)
     }
 }
 

@@ -5,7 +5,8 @@ use std::collections::HashSet;
 
 use tollgate_proto::config::v1::{ModelAlias, ModelPrice, Provider, ProviderKind};
 
-use crate::error::{ApplyError, EntityKind};
+use crate::entities::EntityKind;
+use crate::error::ApplyError;
 use crate::state::GatewayState;
 use crate::validate;
 

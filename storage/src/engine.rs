@@ -1,7 +1,9 @@
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions};
+//! What the layers above may ask of an engine, and the batch they write with.
+//!
+//! The traits name no RocksDB type: the state machine runs over any
+//! [`KvEngine`], so its property tests use [`crate::MemEngine`] while every
+//! node runs on [`crate::Engine`]. The conformance suite (`conformance.rs`)
+//! holds both to the same contract.
 
 use crate::{Cf, StorageError};
 
@@ -17,80 +19,42 @@ pub enum Durability {
     Machine,
 }
 
-/// A handle to the database. Cheap to clone; every clone shares one RocksDB.
-#[derive(Clone)]
-pub struct Engine {
-    db: Arc<DB>,
-    path: PathBuf,
-}
+/// An ordered key/value store with a fixed set of column families.
+///
+/// Handles are cheap to clone and every clone sees the same data, as the
+/// state machine and the log store share one database.
+pub trait KvEngine: Clone + Send + Sync + 'static {
+    /// The value stored at `key`, if any.
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
 
-impl std::fmt::Debug for Engine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("path", &self.path).finish()
-    }
-}
+    /// Applies every operation of `batch`, in the order they were added,
+    /// atomically across column families: a reader sees all of them or none.
+    /// An in-memory engine has nothing to make durable and ignores `durability`.
+    fn write(&self, batch: Batch, durability: Durability) -> Result<(), StorageError>;
 
-impl Engine {
-    /// Opens (creating if needed) the database at `path` with every column family.
-    pub fn open(path: impl AsRef<Path>) -> Result<Engine, StorageError> {
-        let path = path.as_ref().to_path_buf();
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        // Fresh logs/state compress cheaply with lz4; the bottom level holds most bytes, zstd there.
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
-        let families = Cf::ALL.map(|cf| ColumnFamilyDescriptor::new(cf.name(), opts.clone()));
-        // RocksDB would create it 0755 less the umask; the database is secrets and state.
-        crate::private::private_dir(&path).map_err(|source| StorageError::CreateDir { path: path.clone(), source })?;
-        let db = DB::open_cf_descriptors(&opts, &path, families)
-            .map_err(|source| StorageError::Open { path: path.clone(), source })?;
-        Ok(Engine { db: Arc::new(db), path })
-    }
+    /// Visits keys `>= start` in key order until `visit` returns false. The
+    /// visit sees one consistent view: writes made meanwhile are not in it.
+    fn for_each_from(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StorageError>;
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
+    /// The greatest key of a family and its value.
+    fn last(&self, cf: Cf) -> Result<Option<KeyValue>, StorageError>;
 
-    fn handle(&self, cf: Cf) -> &ColumnFamily {
-        // Every family is created in `open`, so a missing one is a programming error.
-        self.db.cf_handle(cf.name()).expect("column family created at open")
-    }
-
-    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.db.get_cf(self.handle(cf), key).map_err(StorageError::io("get"))
-    }
-
-    pub fn put(&self, cf: Cf, key: &[u8], value: &[u8], durability: Durability) -> Result<(), StorageError> {
+    /// Writes one value; a batch of one.
+    fn put(&self, cf: Cf, key: &[u8], value: &[u8], durability: Durability) -> Result<(), StorageError> {
         let mut batch = Batch::default();
         batch.put(cf, key, value);
         self.write(batch, durability)
     }
 
-    /// Applies every operation of `batch` atomically, across column families.
-    pub fn write(&self, batch: Batch, durability: Durability) -> Result<(), StorageError> {
-        let mut wb = WriteBatch::default();
-        for op in batch.ops {
-            match op {
-                Op::Put(cf, k, v) => wb.put_cf(self.handle(cf), k, v),
-                Op::Delete(cf, k) => wb.delete_cf(self.handle(cf), k),
-                Op::DeleteRange(cf, from, to) => wb.delete_range_cf(self.handle(cf), from, to),
-            }
-        }
-        let mut opts = WriteOptions::default();
-        opts.set_sync(durability == Durability::Machine);
-        self.db.write_opt(wb, &opts).map_err(StorageError::io("write"))
-    }
-
-    /// fsyncs the write-ahead log, making every earlier `Process` write machine-durable.
-    pub fn sync_wal(&self) -> Result<(), StorageError> {
-        self.db.flush_wal(true).map_err(StorageError::io("sync wal"))
-    }
-
     /// Every key/value whose key starts with `prefix`, in key order.
-    pub fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<KeyValue>, StorageError> {
+    fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<KeyValue>, StorageError> {
         let mut out = Vec::new();
-        self.for_each_from(cf, prefix, |k, v| {
+        self.for_each_from(cf, prefix, &mut |k, v| {
             if !k.starts_with(prefix) {
                 return false;
             }
@@ -99,62 +63,19 @@ impl Engine {
         })?;
         Ok(out)
     }
-
-    /// Visits keys `>= start` in order until `visit` returns false.
-    pub fn for_each_from(
-        &self,
-        cf: Cf,
-        start: &[u8],
-        mut visit: impl FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), StorageError> {
-        let iter = self.db.iterator_cf(self.handle(cf), IteratorMode::From(start, Direction::Forward));
-        for item in iter {
-            let (k, v) = item.map_err(StorageError::io("iterate"))?;
-            if !visit(&k, &v) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// The greatest key of a family and its value.
-    pub fn last(&self, cf: Cf) -> Result<Option<KeyValue>, StorageError> {
-        match self.db.iterator_cf(self.handle(cf), IteratorMode::End).next() {
-            None => Ok(None),
-            Some(item) => {
-                let (k, v) = item.map_err(StorageError::io("iterate"))?;
-                Ok(Some((k.to_vec(), v.to_vec())))
-            }
-        }
-    }
-
-    /// A consistent, openable copy of the whole database at `target` (hard links
-    /// where possible), for backups.
-    pub fn checkpoint(&self, target: impl AsRef<Path>) -> Result<(), StorageError> {
-        let target = target.as_ref();
-        let err = |source| StorageError::Checkpoint { path: target.to_path_buf(), source };
-        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(err)?;
-        checkpoint.create_checkpoint(target).map_err(err)
-    }
-
-    /// How many handles share this database; lets a restart wait until the
-    /// last user has let go before reopening the same directory.
-    pub fn handle_count(&self) -> usize {
-        Arc::strong_count(&self.db)
-    }
 }
 
 #[derive(Debug)]
-enum Op {
+pub(crate) enum Op {
     Put(Cf, Vec<u8>, Vec<u8>),
     Delete(Cf, Vec<u8>),
     DeleteRange(Cf, Vec<u8>, Vec<u8>),
 }
 
-/// Writes collected for one atomic `Engine::write`.
+/// Writes collected for one atomic [`KvEngine::write`].
 #[derive(Debug, Default)]
 pub struct Batch {
-    ops: Vec<Op>,
+    pub(crate) ops: Vec<Op>,
 }
 
 impl Batch {
@@ -166,7 +87,7 @@ impl Batch {
         self.ops.push(Op::Delete(cf, key.to_vec()));
     }
 
-    /// Deletes keys in `[from, to)`.
+    /// Deletes keys in `[from, to)`; nothing when `from >= to`.
     pub fn delete_range(&mut self, cf: Cf, from: &[u8], to: &[u8]) {
         self.ops.push(Op::DeleteRange(cf, from.to_vec(), to.to_vec()));
     }
@@ -177,64 +98,5 @@ impl Batch {
 
     pub fn len(&self) -> usize {
         self.ops.len()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batch_is_atomic_across_families_and_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let engine = Engine::open(dir.path()).unwrap();
-            let mut batch = Batch::default();
-            batch.put(Cf::State, b"svc/1", b"a");
-            batch.put(Cf::RaftMeta, b"applied", b"7");
-            engine.write(batch, Durability::Machine).unwrap();
-        }
-        let engine = Engine::open(dir.path()).unwrap();
-        assert_eq!(engine.get(Cf::State, b"svc/1").unwrap().as_deref(), Some(&b"a"[..]));
-        assert_eq!(engine.get(Cf::RaftMeta, b"applied").unwrap().as_deref(), Some(&b"7"[..]));
-        assert_eq!(engine.get(Cf::Local, b"svc/1").unwrap(), None, "families are separate");
-    }
-
-    #[test]
-    fn prefix_scan_stops_at_prefix_end_and_range_delete_is_half_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(dir.path()).unwrap();
-        for key in ["a/1", "a/2", "a/3", "b/1"] {
-            engine.put(Cf::State, key.as_bytes(), b"v", Durability::Process).unwrap();
-        }
-        let keys: Vec<_> = engine.scan_prefix(Cf::State, b"a/").unwrap().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, vec![b"a/1".to_vec(), b"a/2".to_vec(), b"a/3".to_vec()]);
-
-        let mut batch = Batch::default();
-        batch.delete_range(Cf::State, b"a/1", b"a/3");
-        engine.write(batch, Durability::Process).unwrap();
-        let keys: Vec<_> = engine.scan_prefix(Cf::State, b"").unwrap().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, vec![b"a/3".to_vec(), b"b/1".to_vec()]);
-        assert_eq!(engine.last(Cf::State).unwrap().unwrap().0, b"b/1".to_vec());
-    }
-
-    #[test]
-    fn checkpoint_opens_as_an_independent_copy() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(dir.path().join("db")).unwrap();
-        engine.put(Cf::State, b"k", b"before", Durability::Process).unwrap();
-        engine.checkpoint(dir.path().join("backup")).unwrap();
-        engine.put(Cf::State, b"k", b"after", Durability::Process).unwrap();
-
-        let copy = Engine::open(dir.path().join("backup")).unwrap();
-        assert_eq!(copy.get(Cf::State, b"k").unwrap().as_deref(), Some(&b"before"[..]));
-    }
-
-    #[test]
-    fn second_open_of_a_live_directory_is_a_clear_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let _engine = Engine::open(dir.path()).unwrap();
-        let err = Engine::open(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("another tollgate process"), "{err}");
     }
 }

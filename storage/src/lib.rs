@@ -4,14 +4,24 @@
 //! This crate knows nothing about Raft or about what the bytes mean; the layers
 //! above decide keys and encodings. Keeping RocksDB behind this one crate also
 //! keeps most of the workspace from having to know its API.
+//!
+//! [`KvEngine`] is what the state machine needs of an engine (`engine.rs`).
+//! [`Engine`] (RocksDB, `rocks.rs`) is the one nodes run on; [`MemEngine`]
+//! (`mem.rs`) keeps everything in memory for tests.
 #![forbid(unsafe_code)]
 
+#[cfg(test)]
+mod conformance;
 mod engine;
 mod error;
+mod mem;
 pub mod private;
+mod rocks;
 
-pub use engine::{Batch, Durability, Engine, KeyValue};
+pub use engine::{Batch, Durability, KeyValue, KvEngine};
 pub use error::StorageError;
+pub use mem::MemEngine;
+pub use rocks::Engine;
 
 /// The column families of DESIGN §3. Each has one job, so that a snapshot can
 /// stream exactly the replicated state and a log purge touches nothing else.

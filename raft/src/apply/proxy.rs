@@ -1,0 +1,120 @@
+//! Rules of the proxy's entities: services and the routes that lead to them.
+
+use tollgate_proto::config::v1::route::Backend;
+use tollgate_proto::config::v1::{Route, Service};
+
+use super::{Change, Rules};
+use crate::entities::EntityKind;
+use crate::error::ApplyError;
+use crate::state::GatewayState;
+use crate::{validate, validate_policy};
+
+impl Rules for Service {
+    fn validate(&self, _state: &GatewayState) -> Result<(), ApplyError> {
+        validate::name("name", &self.name)?;
+        if self.version.len() > validate::MAX_NAME_LEN {
+            return Err(ApplyError::invalid("version", "must be at most 64 characters"));
+        }
+        validate::targets(&self.targets)?;
+        validate_policy::service(self)
+    }
+
+    /// A route may not lead to a missing service. Scanning the routes is
+    /// O(routes), which a rare delete can afford.
+    fn on_delete(state: &GatewayState, id: &str) -> Result<Vec<Change>, ApplyError> {
+        let users: Vec<&str> =
+            state.routes().filter(|r| r.backend_service_id() == Some(id)).map(|r| r.name.as_str()).collect();
+        if !users.is_empty() {
+            return Err(ApplyError::FailedPrecondition(format!(
+                "service {id} is used by route(s) {}; delete or re-point them first",
+                users.join(", ")
+            )));
+        }
+        Ok(Vec::new())
+    }
+
+    #[cfg(test)]
+    fn arbitrary() -> proptest::strategy::BoxedStrategy<Self> {
+        use proptest::prelude::*;
+        use tollgate_proto::config::v1::Target;
+
+        use crate::tests::{arbitrary_id, arbitrary_name, meta};
+        (arbitrary_id(), arbitrary_name(), any::<bool>())
+            .prop_map(|(id, name, has_target)| Service {
+                meta: meta(&id),
+                name,
+                targets: if has_target {
+                    vec![Target { host: "127.0.0.1".into(), port: 8000, weight: 1 }]
+                } else {
+                    vec![]
+                },
+                ..Default::default()
+            })
+            .boxed()
+    }
+}
+
+impl Rules for Route {
+    /// Routes from clients and log entries of the previous format name their
+    /// backend in `service_id`/`ai_gateway`; they apply exactly as they did.
+    fn upgrade(&mut self) -> Result<(), ApplyError> {
+        self.adopt_legacy_backend().map_err(|reason| ApplyError::invalid("service_id", reason))
+    }
+
+    fn validate(&self, state: &GatewayState) -> Result<(), ApplyError> {
+        validate::name("name", &self.name)?;
+        validate::route_hosts(&self.hosts)?;
+        validate::methods(&self.methods)?;
+        validate::route_paths(&self.paths)?;
+        validate::auth(self.auth)?;
+        validate_policy::route(self)?;
+        match &self.backend {
+            Some(Backend::Ai(_)) => Ok(()),
+            Some(Backend::Service(s)) if s.service_id.is_empty() => {
+                Err(ApplyError::invalid("backend.service.service_id", "a route must name the service it forwards to"))
+            }
+            Some(Backend::Service(s)) => match state.service(&s.service_id) {
+                Some(_) => Ok(()),
+                None => Err(ApplyError::not_found(EntityKind::Service, &s.service_id)),
+            },
+            None => Err(ApplyError::invalid("backend", "a route must name its backend: a service, or the AI gateway")),
+        }
+    }
+
+    #[cfg(test)]
+    fn arbitrary() -> proptest::strategy::BoxedStrategy<Self> {
+        use proptest::prelude::*;
+        use tollgate_proto::config::v1::{AiBackend, AuthMode, PathMatch, RoutePath, ServiceBackend};
+
+        use crate::tests::{arbitrary_id, arbitrary_name, meta};
+        // The backend in each form a command may carry: the oneof, or the
+        // previous format's fields (both at once is refused).
+        let backend = prop_oneof![
+            arbitrary_id().prop_map(|id| (
+                Some(Backend::Service(ServiceBackend { service_id: id })),
+                String::new(),
+                false
+            )),
+            arbitrary_id().prop_map(|id| (None, id, false)),
+            Just((Some(Backend::Ai(AiBackend {})), String::new(), false)),
+            Just((None, String::new(), true)),
+            arbitrary_id().prop_map(|id| (None, id, true)),
+            Just((None, String::new(), false)),
+        ];
+        (arbitrary_id(), arbitrary_name(), backend, any::<bool>())
+            .prop_map(|(id, name, (backend, service_id, ai_gateway), good_path)| Route {
+                meta: meta(&id),
+                name,
+                backend,
+                service_id,
+                ai_gateway,
+                paths: vec![RoutePath {
+                    kind: PathMatch::Prefix as i32,
+                    path: if good_path { "/api".into() } else { "api".into() },
+                }],
+                auth: AuthMode::ApiKey as i32,
+                ..Default::default()
+            })
+            .boxed()
+    }
+}
