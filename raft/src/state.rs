@@ -2,7 +2,7 @@ use tollgate_storage::{Cf, KeyValue, KvEngine};
 
 use crate::apply::Change;
 use crate::entities::{EntityKind, Tables};
-use crate::error::RaftNodeError;
+use crate::error::{ApplyError, RaftNodeError};
 use crate::journal::{Journal, Touched};
 use crate::registry::Entity;
 use crate::table::Table;
@@ -52,6 +52,25 @@ impl GatewayState {
     /// The entities of type `E`.
     pub(crate) fn table<E: Entity>(&self) -> &Table<E> {
         E::table(&self.tables)
+    }
+
+    /// The state after the command at log `index`, as a replica applying it
+    /// would hold it (its changes committed and journalled, the applied index
+    /// moved), or why it is rejected. `self` is untouched, and the copy costs
+    /// what the command changes. For tools and tests that need a state
+    /// without a Raft log, such as the data plane's incremental rebuild test.
+    pub fn with_command(
+        &self,
+        cmd: &tollgate_proto::raft::v1::Command,
+        index: u64,
+    ) -> Result<GatewayState, ApplyError> {
+        let outcome = crate::apply::apply(self, cmd, index)?;
+        let mut next = self.clone();
+        for change in &outcome.changes {
+            next.commit(change, index);
+        }
+        next.applied_index = index;
+        Ok(next)
     }
 
     /// Makes `change`, a change of the command at log `index`, and journals it.

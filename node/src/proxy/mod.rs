@@ -18,6 +18,8 @@ mod retry;
 mod router;
 mod service_backend;
 mod snapshot;
+#[cfg(test)]
+mod snapshot_tests;
 pub mod tls;
 mod transform;
 mod upgrade;
@@ -142,10 +144,12 @@ impl ProxyContext {
         self
     }
 
-    fn install(&self, snapshot: GatewaySnapshot) {
+    fn install(&self, snapshot: GatewaySnapshot) -> Arc<GatewaySnapshot> {
         let revision = snapshot.revision;
-        self.snapshot.store(Arc::new(snapshot));
+        let snapshot = Arc::new(snapshot);
+        self.snapshot.store(snapshot.clone());
         self.served.send_replace(revision);
+        snapshot
     }
 
     /// Notified with each newly served revision.
@@ -167,13 +171,20 @@ impl ProxyContext {
     }
 }
 
-/// Recompiles the data-plane snapshot whenever Raft publishes a new state.
-/// `watch` keeps only the newest value, so bursts of writes coalesce into one
-/// rebuild.
+/// Moves the data-plane snapshot to each state Raft publishes: by the
+/// entities changed since the snapshot served (see `GatewaySnapshot::update`),
+/// or compiled whole when the state's change journal no longer reaches back
+/// (at start, after a snapshot install, after a very large burst). `watch`
+/// keeps only the newest value, so bursts of writes coalesce into one update.
 pub async fn follow_state(ctx: Arc<ProxyContext>, mut states: watch::Receiver<Arc<GatewayState>>) {
+    let mut served: Option<Arc<GatewaySnapshot>> = None;
     loop {
         let state = states.borrow_and_update().clone();
-        ctx.install(GatewaySnapshot::compile(&state, &ctx.shared));
+        let next = match served.as_deref().and_then(|s| Some((s, state.changes_since(s.revision)?))) {
+            Some((current, touched)) => current.update(&state, touched, &ctx.shared),
+            None => GatewaySnapshot::compile(&state, &ctx.shared),
+        };
+        served = Some(ctx.install(next));
         if states.changed().await.is_err() {
             return;
         }

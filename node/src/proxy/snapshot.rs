@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use tollgate_proto::config::v1::{ApiKey, Consumer, HashOn, JwtAuth, Route, Service, route};
-use tollgate_raft::GatewayState;
 use tollgate_raft::secrets::SecretBox;
+use tollgate_raft::{EntityKind, GatewayState, Touched};
 
 use super::cache::ResponseCache;
 use super::circuit::Circuit;
@@ -26,15 +26,29 @@ use super::transform::{HeaderOps, Rewrite};
 use crate::plumbing::{Upstream, UpstreamClient, UpstreamClients};
 use crate::telemetry::metrics::{Metrics, RouteMetrics, ServiceMetrics};
 
+/// The routes, matched by the router.
+pub type RouteTable = Router<Arc<CompiledRoute>>;
+/// The services, by id.
+pub type ServiceTable = HashMap<String, CompiledService>;
+
+/// What the data plane serves from, compiled from one replicated state.
+///
+/// A change costs what it changes (see [`GatewaySnapshot::update`]):
+/// consumers and keys, which can number in the hundreds of thousands, are
+/// persistent maps updated entry by entry and shared between snapshots;
+/// routes with their services, and the AI gateway's providers and models
+/// (dozens, each compiled with clients, probes and verifiers), are rebuilt
+/// as a whole when one of them changes and shared otherwise.
+#[derive(Clone)]
 pub struct GatewaySnapshot {
     /// Raft log index this snapshot reflects.
     pub revision: u64,
-    pub router: Router<Arc<CompiledRoute>>,
-    pub services: HashMap<String, CompiledService>,
-    pub api_keys: HashMap<String, Arc<ApiKey>>,
-    pub consumers: HashMap<String, Arc<CompiledConsumer>>,
-    pub consumer_ids_by_name: HashMap<String, String>,
-    pub ai: crate::ai::snapshot::AiSnapshot,
+    pub router: Arc<RouteTable>,
+    pub services: Arc<ServiceTable>,
+    pub api_keys: imbl::HashMap<Arc<str>, Arc<ApiKey>>,
+    pub consumers: imbl::HashMap<Arc<str>, Arc<CompiledConsumer>>,
+    pub consumer_ids_by_name: imbl::HashMap<Arc<str>, Arc<str>>,
+    pub ai: Arc<crate::ai::snapshot::AiSnapshot>,
 }
 
 /// A consumer with the identity headers sent upstream built once, not per request.
@@ -238,52 +252,132 @@ impl GatewaySnapshot {
     pub fn empty() -> GatewaySnapshot {
         GatewaySnapshot {
             revision: 0,
-            router: Router::build([]),
-            services: HashMap::new(),
-            api_keys: HashMap::new(),
-            consumers: HashMap::new(),
-            consumer_ids_by_name: HashMap::new(),
+            router: Arc::new(Router::build([])),
+            services: Default::default(),
+            api_keys: imbl::HashMap::new(),
+            consumers: imbl::HashMap::new(),
+            consumer_ids_by_name: imbl::HashMap::new(),
             ai: Default::default(),
         }
     }
 
+    /// Compiles the whole of `state`: at start, and when the state's change
+    /// journal no longer reaches back to the snapshot being served.
     pub fn compile(state: &GatewayState, shared: &Shared) -> GatewaySnapshot {
-        let mut probes = Vec::new();
-        let mut live_targets = Vec::new();
-        let services: HashMap<String, CompiledService> = state
-            .services()
-            .map(|s| {
-                let compiled = compile_service(s, shared, &mut probes, &mut live_targets);
-                (compiled.id.clone(), compiled)
-            })
-            .collect();
-        shared.health.reconcile(probes, &live_targets);
-
-        let routes: Vec<(Arc<Route>, Arc<CompiledRoute>)> = state
-            .routes()
-            .map(|r| {
-                (r.clone(), Arc::new(compile_route(r, r.backend_service_id().and_then(|id| services.get(id)), shared)))
-            })
-            .collect();
-        shared.jwks.retain_used();
+        let (router, services) = compile_routing(state, shared);
         GatewaySnapshot {
             revision: state.applied_index(),
-            router: Router::build(routes.iter().map(|(r, c)| (r.as_ref(), c.clone()))),
+            router,
             services,
-            api_keys: state.api_keys().map(|k| (id_of(&k.meta), k.clone())).collect(),
+            api_keys: state.api_keys().map(|k| (Arc::from(meta_id(&k.meta)), k.clone())).collect(),
             consumers: state
                 .consumers()
-                .map(|c| (id_of(&c.meta), Arc::new(CompiledConsumer::new(c.clone()))))
+                .map(|c| (Arc::from(meta_id(&c.meta)), Arc::new(CompiledConsumer::new(c.clone()))))
                 .collect(),
-            consumer_ids_by_name: state.consumers().map(|c| (c.name.clone(), id_of(&c.meta))).collect(),
-            ai: crate::ai::snapshot::AiSnapshot::compile(state, &shared.secrets),
+            consumer_ids_by_name: state
+                .consumers()
+                .map(|c| (Arc::from(c.name.as_str()), Arc::from(meta_id(&c.meta))))
+                .collect(),
+            ai: Arc::new(crate::ai::snapshot::AiSnapshot::compile(state, &shared.secrets)),
+        }
+    }
+
+    /// This snapshot moved to `state`, given the entities `touched` since
+    /// this snapshot's revision (from `GatewayState::changes_since`). Costs
+    /// what the touched entities cost to compile, not the whole state: the
+    /// result shares everything untouched with `self`.
+    pub fn update<'t>(
+        &self,
+        state: &GatewayState,
+        touched: impl Iterator<Item = &'t Touched>,
+        shared: &Shared,
+    ) -> GatewaySnapshot {
+        let mut next = self.clone();
+        let (mut routing, mut ai) = (false, false);
+        for touch in touched {
+            match touch.kind {
+                EntityKind::Service | EntityKind::Route => routing = true,
+                EntityKind::Provider | EntityKind::ModelAlias | EntityKind::ModelPrice => ai = true,
+                EntityKind::Consumer => next.put_consumer(state, &touch.id),
+                EntityKind::ApiKey => match state.api_key(&touch.id) {
+                    Some(key) => {
+                        next.api_keys.insert(touch.id.clone(), key.clone());
+                    }
+                    None => {
+                        next.api_keys.remove(&*touch.id);
+                    }
+                },
+                // Entities the data plane does not read (join tokens, and any
+                // kind added without a data-plane use).
+                _ => {}
+            }
+        }
+        if routing {
+            (next.router, next.services) = compile_routing(state, shared);
+        }
+        if ai {
+            next.ai = Arc::new(crate::ai::snapshot::AiSnapshot::compile(state, &shared.secrets));
+        }
+        next.revision = state.applied_index();
+        next
+    }
+
+    /// Consumer `id` as `state` has it now (or gone), with its name index.
+    fn put_consumer(&mut self, state: &GatewayState, id: &Arc<str>) {
+        let current = state.consumer(id);
+        if let Some(old) = self.consumers.get(&**id)
+            && current.is_none_or(|c| c.name != old.name())
+            && self.consumer_ids_by_name.get(old.name()).is_some_and(|holder| holder == id)
+        {
+            self.consumer_ids_by_name.remove(old.name());
+        }
+        match current {
+            Some(consumer) => {
+                self.consumer_ids_by_name.insert(Arc::from(consumer.name.as_str()), id.clone());
+                self.consumers.insert(id.clone(), Arc::new(CompiledConsumer::new(consumer.clone())));
+            }
+            None => {
+                self.consumers.remove(&**id);
+            }
         }
     }
 
     /// A consumer by id, else by unique name (JWT claims may carry either).
     pub fn consumer_by_id_or_name(&self, key: &str) -> Option<&Arc<CompiledConsumer>> {
-        self.consumers.get(key).or_else(|| self.consumers.get(self.consumer_ids_by_name.get(key)?))
+        self.consumers.get(key).or_else(|| self.consumers.get(&**self.consumer_ids_by_name.get(key)?))
     }
+}
+
+/// Services and the routes over them, compiled together (a route holds its
+/// service's clients and names). Also reconciles the health probes and the
+/// JWKS documents with what is now configured.
+fn compile_routing(
+    state: &GatewayState,
+    shared: &Shared,
+) -> (Arc<RouteTable>, Arc<ServiceTable>) {
+    let mut probes = Vec::new();
+    let mut live_targets = Vec::new();
+    let services: ServiceTable = state
+        .services()
+        .map(|s| {
+            let compiled = compile_service(s, shared, &mut probes, &mut live_targets);
+            (compiled.id.clone(), compiled)
+        })
+        .collect();
+    shared.health.reconcile(probes, &live_targets);
+    let routes: Vec<(Arc<Route>, Arc<CompiledRoute>)> = state
+        .routes()
+        .map(|r| {
+            (r.clone(), Arc::new(compile_route(r, r.backend_service_id().and_then(|id| services.get(id)), shared)))
+        })
+        .collect();
+    shared.jwks.retain_used();
+    let router = Router::build(routes.iter().map(|(r, c)| (r.as_ref(), c.clone())));
+    (Arc::new(router), Arc::new(services))
+}
+
+fn meta_id(meta: &Option<tollgate_proto::config::v1::Meta>) -> &str {
+    meta.as_ref().map_or("", |m| m.id.as_str())
 }
 
 fn compile_service(

@@ -129,7 +129,7 @@ fn authenticate_key<'s>(snapshot: &'s GatewaySnapshot, presented: Option<&str>) 
     }
     snapshot
         .consumers
-        .get(&key.consumer_id)
+        .get(key.consumer_id.as_str())
         .map(|c| Caller { consumer: c, key: Some(key) })
         .ok_or(GatewayError::Unauthorized("the API key is invalid, disabled or expired"))
 }
