@@ -10,8 +10,10 @@
 # Build the old one from a worktree of the commit before the change:
 #   git worktree add /tmp/tg-a <commit> && (cd /tmp/tg-a && . scripts/env.sh &&
 #   cargo build --release -p tollgate-node)
-# Generator on core 0; upstream and both gateways on core 1 (only the one
-# under test is busy). Everything listens on 127.0.0.1 only.
+# Routes: `key` (API key), `open` (no auth), and `ai` (an OpenAI-format chat
+# completion through the AI gateway to the OpenAI mock, API key, ledger and
+# metrics on). Generator on core 0; upstreams and both gateways on core 1
+# (only the one under test is busy). Everything listens on 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LOAD=${LOAD:-target/release/tollgate-load}
@@ -29,6 +31,8 @@ trap cleanup EXIT
 
 taskset -c 1 "$LOAD" --threads 1 mock http --listen 127.0.0.1:29000 > "$WORK/mock.out" 2>/dev/null &
 PIDS+=($!)
+taskset -c 1 "$LOAD" --threads 1 mock openai --listen 127.0.0.1:29300 --tokens 64 > "$WORK/mock-openai.out" 2>&1 &
+PIDS+=($!)
 
 start() { # name binary port-offset: starts a gateway, configures it, writes its API key to $WORK/name.key
   local name=$1 bin=$2 off=$3
@@ -42,6 +46,9 @@ start() { # name binary port-offset: starts a gateway, configures it, writes its
   "${ctl[@]}" service create mock --target 127.0.0.1:29000 >/dev/null
   "${ctl[@]}" route create open --service mock --path /open --auth none >/dev/null
   "${ctl[@]}" route create key --service mock --path /key >/dev/null
+  "${ctl[@]}" provider create mock --kind openai --base-url http://127.0.0.1:29300/v1 --key main=sk-bench >/dev/null
+  "${ctl[@]}" alias create mock-gpt --target mock/mock-gpt >/dev/null
+  "${ctl[@]}" route create ai --ai --path /ai/v1 >/dev/null
   "${ctl[@]}" consumer create bench >/dev/null
   "${ctl[@]}" -o json key create --consumer bench \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])' > "$WORK/$name.key"
@@ -51,9 +58,10 @@ start b "$B" 1
 KEY_A=$(cat "$WORK/a.key")
 KEY_B=$(cat "$WORK/b.key")
 
-rps() { # url key
-  local out
-  out=$(taskset -c 0 "$LOAD" --threads 1 run "$1" -c "$CONNS" -d "$DUR" -q -H "Authorization: Bearer $2" 2>&1)
+rps() { # url key [extra load args]
+  local out url=$1 key=$2
+  shift 2
+  out=$(taskset -c 0 "$LOAD" --threads 1 run "$url" -c "$CONNS" -d "$DUR" -q -H "Authorization: Bearer $key" "$@" 2>&1)
   if echo "$out" | grep -qE "failed +[1-9]"; then echo "failures: $out" >&2; fi
   echo "$out" | awk '/requests / {sub("/s", "", $NF); sub("=", "", $NF); print $NF; exit}'
 }
@@ -63,11 +71,14 @@ for u in "http://127.0.0.1:28080/open" "http://127.0.0.1:28081/open"; do
   taskset -c 0 "$LOAD" --threads 1 run "$u" -c 8 -d 1s -q >/dev/null 2>&1
 done
 
+CHAT=(--body-file loadtest/scenarios/bodies/openai-chat.json -H "Content-Type: application/json")
 for route in $ROUTES; do
   ratios=()
+  path=$route extra=()
+  if [ "$route" = ai ]; then path=ai/v1/chat/completions extra=("${CHAT[@]}"); fi
   for round in $(seq 1 "$ROUNDS"); do
-    a=$(rps "http://127.0.0.1:28080/$route" "$KEY_A")
-    b=$(rps "http://127.0.0.1:28081/$route" "$KEY_B")
+    a=$(rps "http://127.0.0.1:28080/$path" "$KEY_A" "${extra[@]}")
+    b=$(rps "http://127.0.0.1:28081/$path" "$KEY_B" "${extra[@]}")
     ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", b / a }')
     ratios+=("$ratio")
     echo "[$route round $round] A $a req/s, B $b req/s, B/A $ratio"

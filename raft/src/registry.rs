@@ -15,7 +15,13 @@
 //!   delete of `apply`, which asks the entity's [`Rules`](crate::apply::Rules)
 //!   only for what is particular to it;
 //! - `summarize`: the secret-free description of a command;
-//! - in tests, `arbitrary_op`: commands over every entity for the property test.
+//! - in tests, `arbitrary_op`: commands over every entity for the property test;
+//! - the generic admin surface (`node/src/admin/entities.rs`, `tollgate ctl
+//!   get|list|create|update|delete <kind>`): each kind's protobuf message
+//!   name, the kind by the name people type, decoding a message into an
+//!   [`AnyEntity`], building the `Op` of each change the entry's `ops`
+//!   declares, lookups by kind, and whether the kind is `typed` (its own
+//!   admin RPCs do work on the way in, so the generic surface leaves it alone).
 
 use std::sync::Arc;
 
@@ -85,6 +91,32 @@ macro_rules! entities {
     };
     (@name $entity:expr, $find:ident) => { Some($entity.name.as_str()) };
     (@name $entity:expr,) => { None };
+    (@typed $command:literal) => { Some($command) };
+    (@typed) => { None };
+    // Whether an `ops` entry is the change `$wanted` (a runtime `Action`).
+    (@does delete, $wanted:ident) => { false };
+    (@does $action:ident, $wanted:ident) => { $wanted == $crate::registry::entities!(@action $action) };
+    // The `Op` of the change `$wanted` on `$entity`, if `ops` declares one:
+    // an if-else chain over the entry's ops, deletes left out.
+    (@into_op $entity:ident, $wanted:ident;) => { None };
+    (@into_op $entity:ident, $wanted:ident; delete $variant:ident $(, $action:ident $rest:ident)*) => {
+        $crate::registry::entities!(@into_op $entity, $wanted; $($action $rest),*)
+    };
+    (@into_op $entity:ident, $wanted:ident; $first:ident $variant:ident $(, $action:ident $rest:ident)*) => {
+        if $wanted == $crate::registry::entities!(@action $first) {
+            Some(::tollgate_proto::raft::v1::command::Op::$variant(::std::sync::Arc::unwrap_or_clone($entity)))
+        } else {
+            $crate::registry::entities!(@into_op $entity, $wanted; $($action $rest),*)
+        }
+    };
+    // The delete `Op` of the entry, if `ops` declares one.
+    (@delete_op $id:ident;) => { None };
+    (@delete_op $id:ident; delete $variant:ident $(, $action:ident $rest:ident)*) => {
+        Some(::tollgate_proto::raft::v1::command::Op::$variant($id))
+    };
+    (@delete_op $id:ident; $first:ident $variant:ident $(, $action:ident $rest:ident)*) => {
+        $crate::registry::entities!(@delete_op $id; $($action $rest),*)
+    };
 
     // === the list ===
     ($(
@@ -95,6 +127,7 @@ macro_rules! entities {
             key: $key:literal,
             shown: $shown:literal,
             list: $list:literal,
+            $(typed: $typed:literal,)?
             ops: [$($action:ident $variant:ident),+ $(,)?] $(,)?
         }
     ),+ $(,)?) => {
@@ -134,6 +167,85 @@ macro_rules! entities {
             /// The kind a `state` family key belongs to.
             pub(crate) fn of_key(key: &[u8]) -> Option<EntityKind> {
                 EntityKind::ALL.iter().copied().find(|kind| key.starts_with(kind.key_prefix()))
+            }
+
+            /// The protobuf full name of the kind's message
+            /// ("tollgate.config.v1.Consumer"), for a descriptor lookup.
+            pub fn message_name(self) -> &'static str {
+                match self {
+                    $(EntityKind::$ty => concat!("tollgate.config.v1.", stringify!($ty)),)+
+                }
+            }
+
+            /// How a command line names the kind: `shown` with hyphens ("model-price").
+            pub fn arg_name(self) -> String {
+                self.shown().replace(' ', "-")
+            }
+
+            /// The kind people mean by `name`: its shown name with spaces,
+            /// hyphens or underscores ("model price", "model-price",
+            /// "model_price"), or its message name ("ModelPrice",
+            /// "tollgate.config.v1.ModelPrice"), in any case.
+            pub fn from_name(name: &str) -> Option<EntityKind> {
+                let spaced = name.trim().replace(['-', '_'], " ");
+                EntityKind::ALL.iter().copied().find(|kind| {
+                    spaced.eq_ignore_ascii_case(kind.shown())
+                        || name.eq_ignore_ascii_case(kind.message_name())
+                        || kind.message_name().rsplit('.').next().is_some_and(|short| name.eq_ignore_ascii_case(short))
+                })
+            }
+
+            /// What to say when no kind is named `name`: the kinds the
+            /// generic surface serves, then those with their own commands.
+            pub fn unknown(name: &str) -> String {
+                let names = |typed: bool| {
+                    EntityKind::ALL
+                        .iter()
+                        .filter(|kind| kind.typed_command().is_some() == typed)
+                        .map(|kind| kind.arg_name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                format!(
+                    "unknown entity kind {name:?}; the kinds are {} (and {}, through their own commands)",
+                    names(false),
+                    names(true)
+                )
+            }
+
+            /// `Some(command)` when the kind is `typed`: its own admin RPCs
+            /// do work on the way in (seal a secret, generate a key) and out
+            /// (redact), and `tollgate ctl <command>` is the way to it. The
+            /// generic entity surface neither reads nor writes such a kind.
+            /// `None`: the generic surface serves it.
+            pub fn typed_command(self) -> Option<&'static str> {
+                match self {
+                    $(EntityKind::$ty => $crate::registry::entities!(@typed $($typed)?),)+
+                }
+            }
+
+            /// Whether the kind's `ops` declare a command for `action`.
+            pub fn supports(self, action: $crate::apply::Action) -> bool {
+                match self {
+                    $(EntityKind::$ty => false $(|| $crate::registry::entities!(@does $action, action))+,)+
+                }
+            }
+
+            /// Decodes a message of this kind from its protobuf bytes.
+            pub fn decode(self, bytes: &[u8]) -> Result<AnyEntity, ::prost::DecodeError> {
+                match self {
+                    $(EntityKind::$ty => {
+                        <$ty as ::prost::Message>::decode(bytes).map(|e| AnyEntity::$ty(::std::sync::Arc::new(e)))
+                    })+
+                }
+            }
+
+            /// The command that deletes the entity of this kind with `id`,
+            /// if its `ops` declare one.
+            pub fn delete_op(self, id: String) -> Option<::tollgate_proto::raft::v1::command::Op> {
+                match self {
+                    $(EntityKind::$ty => $crate::registry::entities!(@delete_op id; $($action $variant),+),)+
+                }
             }
         }
 
@@ -187,6 +299,37 @@ macro_rules! entities {
             pub fn encode_to_vec(&self) -> Vec<u8> {
                 match self {
                     $(AnyEntity::$ty(e) => ::prost::Message::encode_to_vec(e.as_ref()),)+
+                }
+            }
+
+            pub fn meta(&self) -> Option<&::tollgate_proto::config::v1::Meta> {
+                match self {
+                    $(AnyEntity::$ty(e) => <$ty as $crate::registry::Entity>::meta(e),)+
+                }
+            }
+
+            /// Replaces the entity's meta (a fresh id for a create, the
+            /// target's id for an update).
+            pub fn set_meta(&mut self, meta: ::tollgate_proto::config::v1::Meta) {
+                match self {
+                    $(AnyEntity::$ty(e) => {
+                        *<$ty as $crate::registry::Entity>::meta_mut(::std::sync::Arc::make_mut(e)) = Some(meta)
+                    })+
+                }
+            }
+
+            /// The unique name, for kinds that have one.
+            pub fn name(&self) -> Option<&str> {
+                match self {
+                    $(AnyEntity::$ty(e) => <$ty as $crate::registry::Entity>::name(e),)+
+                }
+            }
+
+            /// The command that makes the change `action` with this entity,
+            /// if its kind's `ops` declare one.
+            pub fn into_op(self, action: $crate::apply::Action) -> Option<::tollgate_proto::raft::v1::command::Op> {
+                match self {
+                    $(AnyEntity::$ty(entity) => $crate::registry::entities!(@into_op entity, action; $($action $variant),+),)+
                 }
             }
         }
@@ -254,6 +397,23 @@ macro_rules! entities {
                     }
                 )?
             )+
+        }
+
+        impl $crate::state::GatewayState {
+            /// The entity of `kind` with this id, else the one with this
+            /// unique name.
+            pub fn entity(&self, kind: EntityKind, id_or_name: &str) -> Option<AnyEntity> {
+                match kind {
+                    $(EntityKind::$ty => self.tables().$table.find(id_or_name).cloned().map(AnyEntity::$ty),)+
+                }
+            }
+
+            /// Every entity of `kind`, in id order.
+            pub fn entities(&self, kind: EntityKind) -> Vec<AnyEntity> {
+                match kind {
+                    $(EntityKind::$ty => self.tables().$table.values().cloned().map(AnyEntity::$ty).collect(),)+
+                }
+            }
         }
 
         /// Runs the generic path of `op`'s kind of change for its entity.

@@ -1,9 +1,12 @@
 //! The admin gRPC server: AdminService behind a bearer-token check, plus
 //! server reflection (v1 and v1alpha) and the standard health service (both
-//! open, so probes and tooling work without the token).
+//! open, so probes and tooling work without the token). The token check is
+//! one interceptor per gRPC service ([`RequireToken`]), so every RPC of
+//! AdminService, the generic entity RPCs (`entities.rs`) included, needs it.
 
 mod ai;
 mod cluster;
+mod entities;
 mod propose;
 mod service;
 mod status;

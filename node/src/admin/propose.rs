@@ -13,7 +13,8 @@ use tonic::{Response, Status};
 use super::status;
 use crate::proxy::ProxyContext;
 
-async fn commit(raft: &RaftNode, proxy: &ProxyContext, op: Op) -> Result<Applied, Status> {
+/// Proposes `op` and returns once this node's proxy serves its result.
+pub(super) async fn commit(raft: &RaftNode, proxy: &ProxyContext, op: Op) -> Result<Applied, Status> {
     let command = Command::new(op, crate::clock::unix_ms(), "admin");
     let applied = raft.propose(command).await.map_err(status::from_propose)?;
     proxy.wait_served(applied.revision).await;

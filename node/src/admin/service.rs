@@ -13,7 +13,7 @@ use tollgate_raft::secrets::jwt_secret_context;
 use tollgate_raft::{GatewayState, RaftNode};
 use tonic::{Request, Response, Status};
 
-use super::propose;
+use super::{entities, propose};
 use crate::apikey;
 use crate::proxy::ProxyContext;
 
@@ -345,6 +345,25 @@ impl AdminService for Admin {
         let id = request.into_inner().id_or_name;
         required("id", &id)?;
         self.delete(Op::DeleteApiKey(id)).await
+    }
+
+    async fn put_entity(&self, request: Request<PutEntityRequest>) -> Result<Response<StoredEntity>, Status> {
+        entities::put(&self.raft, &self.proxy, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn get_entity(&self, request: Request<GetEntityRequest>) -> Result<Response<StoredEntity>, Status> {
+        entities::get(&self.raft, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn list_entities(
+        &self,
+        request: Request<ListEntitiesRequest>,
+    ) -> Result<Response<ListEntitiesResponse>, Status> {
+        entities::list(&self.raft, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn delete_entity(&self, request: Request<DeleteEntityRequest>) -> Result<Response<DeleteResponse>, Status> {
+        entities::delete(&self.raft, &self.proxy, request.into_inner()).await
     }
 
     async fn get_node_status(&self, _: Request<GetNodeStatusRequest>) -> Result<Response<NodeStatus>, Status> {

@@ -1,8 +1,11 @@
-//! The AI gateway's request path, behind a route with `ai_gateway` set (after
-//! the proxy's match, authentication and authorization phases):
-//! parse → check the key may use the model → plan (alias targets or
-//! provider/model) → attempts with key rotation, cooldown after 429, retries
-//! with backoff and fallback → answer in the caller's format → account.
+//! The AI backend: serves routes whose backend is `ai` (the proxy's
+//! `backend` phase calls [`serve`] after match, authentication and
+//! authorization, handing over the caller as [`AiCall`]; it never reads the
+//! proxy's internals): parse → check the key may use the model → plan (alias
+//! targets or provider/model) → attempts with key rotation, cooldown after
+//! 429, retries with backoff and fallback → answer in the caller's format →
+//! account its tokens and cost. Failures render in the caller's format
+//! ([`render_error`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;

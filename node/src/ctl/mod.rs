@@ -13,12 +13,17 @@
 //! | 6 | admin token rejected |
 //! | 7 | node unreachable, not answering within `--timeout`, or unavailable (no leader with a majority) |
 //!
+//! `get`, `list`, `create`, `update` and `delete` take an entity kind and
+//! serve every kind without secrets, those added later included, as JSON
+//! (`entities.rs`); the per-kind commands (`service`, `route`, …) have flags.
+//!
 //! Every command is bounded by `--timeout` (15 s by default): a frozen node
 //! (SIGSTOP, a full disk) must not hang a script. Errors that concern the node
 //! start with its address, as ripgrep's start with the path.
 
 mod ai;
 mod client;
+mod entities;
 mod output;
 mod policy;
 
@@ -161,6 +166,16 @@ pub enum CtlCommand {
     Price(ai::PriceCmd),
     /// Tokens and cost from this node's usage ledger.
     Usage(ai::UsageArgs),
+    /// One entity of any kind without secrets, by name or id: `get model-price openai/gpt-4o`.
+    Get(entities::GetArgs),
+    /// Every entity of a kind: `list consumer`.
+    List(entities::ListArgs),
+    /// Create an entity from JSON: `create consumer -f acme.json` (`-f -` reads stdin).
+    Create(entities::CreateArgs),
+    /// Change an entity: the file's top-level fields replace its own.
+    Update(entities::UpdateArgs),
+    /// Delete an entity of any kind without secrets.
+    Delete(entities::DeleteArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -666,6 +681,11 @@ async fn execute(args: CtlArgs, token: &str, out: &Printer) -> Result<(), CtlErr
             }
         },
         CtlCommand::Cluster(cmd) => cluster_command(cmd, cluster, out).await?,
+        CtlCommand::Get(args) => entities::get(args, admin, out, stale).await?,
+        CtlCommand::List(args) => entities::list(args, admin, out, stale).await?,
+        CtlCommand::Create(args) => entities::create(args, admin, out).await?,
+        CtlCommand::Update(args) => entities::update(args, admin, out).await?,
+        CtlCommand::Delete(args) => entities::delete(args, admin, out).await?,
         CtlCommand::Provider(cmd) => ai::provider_command(cmd, ai_client, out, stale).await?,
         CtlCommand::Alias(cmd) => ai::alias_command(cmd, ai_client, out, stale).await?,
         CtlCommand::Price(cmd) => ai::price_command(cmd, ai_client, out).await?,

@@ -351,10 +351,7 @@ impl GatewaySnapshot {
 /// Services and the routes over them, compiled together (a route holds its
 /// service's clients and names). Also reconciles the health probes and the
 /// JWKS documents with what is now configured.
-fn compile_routing(
-    state: &GatewayState,
-    shared: &Shared,
-) -> (Arc<RouteTable>, Arc<ServiceTable>) {
+fn compile_routing(state: &GatewayState, shared: &Shared) -> (Arc<RouteTable>, Arc<ServiceTable>) {
     let mut probes = Vec::new();
     let mut live_targets = Vec::new();
     let services: ServiceTable = state

@@ -66,9 +66,9 @@ pub fn apply(state: &GatewayState, cmd: &Command, index: u64) -> Result<Outcome,
     entities::dispatch(state, op, cmd.proposed_at_ms, index)
 }
 
-/// The kinds of change a command can make to one entity.
+/// The kinds of change a command can make to one entity (a delete aside).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Action {
+pub enum Action {
     Create,
     Update,
     /// Create, or replace the entity with the same unique name.
