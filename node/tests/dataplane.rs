@@ -43,7 +43,6 @@ async fn tally(proxy: std::net::SocketAddr, path: &str, n: usize, headers: &[(&s
     counts
 }
 
-/// Polls `check` until it holds, for at most 15 s.
 #[tokio::test]
 async fn each_balancing_policy_distributes_as_specified() {
     let dir = tempfile::tempdir().unwrap();

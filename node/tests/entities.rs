@@ -72,6 +72,11 @@ async fn consumers_and_prices_round_trip_through_the_generic_commands() {
     assert_eq!(acme_id.len(), 16, "a fresh id, as the typed create gives: {acme_id}");
     assert!(acme["meta"]["revision"].as_u64().unwrap() > 0);
 
+    // Normalised as the typed RPC normalises it: target hosts are case-insensitive.
+    let service = r#"{"name": "api", "targets": [{"host": "API.Example.Test", "port": 8080, "weight": 1}]}"#;
+    let api = ok_json(&ctl_in(admin, &["-o", "json", "create", "service", "-f", "-"], service).await);
+    assert_eq!(api["targets"][0]["host"], "api.example.test");
+
     let price = r#"{"name": "openai/gpt-x", "mode": "chat", "inputMicrosPerMtok": 2500000,
                     "output_micros_per_mtok": "10000000"}"#;
     let created = ok_json(&ctl_in(admin, &["-o", "json", "create", "model-price", "-f", "-"], price).await);

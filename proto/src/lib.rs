@@ -27,29 +27,65 @@ mod route_backend {
     use crate::config::v1::{AiBackend, Route, ServiceBackend};
 
     impl Route {
-        /// Moves the previous format's backend fields (`service_id`,
-        /// `ai_gateway`) into `backend` and clears them, so that a route
-        /// written by an older client or stored by an older version applies
-        /// and serves exactly as before. A legacy field that is set wins: a
-        /// client that sets it speaks the old format on purpose.
+        /// Reconciles the two formats of a route's backend and keeps both.
         ///
-        /// Returns an error when both legacy fields are set, which named two
-        /// backends at once.
+        /// The previous version named the backend in `service_id` /
+        /// `ai_gateway`; this one in `backend`. A route that has no
+        /// `backend` (from an older client, an older node's log entry or
+        /// stored record) takes it from the legacy fields. Then the legacy
+        /// fields are set to mirror `backend`, so that nodes and clients of
+        /// the previous version, which do not know `backend`, read the same
+        /// route during a rolling upgrade (their decoder drops the unknown
+        /// field; without the mirror they would see a route with no backend).
+        ///
+        /// Errors when the legacy fields name two backends at once, or a
+        /// different backend than `backend` does.
         pub fn adopt_legacy_backend(&mut self) -> Result<(), &'static str> {
-            match (self.ai_gateway, self.service_id.is_empty()) {
+            let legacy = match (self.ai_gateway, self.service_id.is_empty()) {
                 (true, false) => {
                     return Err("an AI gateway route answers itself and forwards to no service; \
                                 set backend to ai or to a service, not both");
                 }
-                (true, true) => self.backend = Some(Backend::Ai(AiBackend {})),
-                (false, false) => {
-                    self.backend =
-                        Some(Backend::Service(ServiceBackend { service_id: std::mem::take(&mut self.service_id) }))
+                (true, true) => Some(Backend::Ai(AiBackend {})),
+                (false, false) => Some(Backend::Service(ServiceBackend { service_id: self.service_id.clone() })),
+                (false, true) => None,
+            };
+            match (&self.backend, legacy) {
+                (None, legacy) => self.backend = legacy,
+                (Some(backend), Some(legacy)) if *backend != legacy => {
+                    return Err("service_id / ai_gateway (the previous format) name a different backend than \
+                                backend does; set one of them");
                 }
-                (false, true) => {}
+                _ => {}
             }
-            self.ai_gateway = false;
+            self.mirror_legacy_backend();
             Ok(())
+        }
+
+        /// For an update from a client that read `stored` and sends this:
+        /// the format the client edited wins. An older client knows only the
+        /// legacy fields (and sends no `backend`, already handled by
+        /// [`Route::adopt_legacy_backend`]); a current one that edited only
+        /// the legacy mirror means it, and one that edited `backend` left a
+        /// stale mirror behind.
+        pub fn resolve_backend_edit(&mut self, stored: &Route) {
+            let mut mirror = stored.clone();
+            mirror.mirror_legacy_backend();
+            let legacy_edited = self.service_id != mirror.service_id || self.ai_gateway != mirror.ai_gateway;
+            if self.backend == stored.backend && legacy_edited {
+                self.backend = None;
+            } else if self.backend != stored.backend && !legacy_edited {
+                self.service_id.clear();
+                self.ai_gateway = false;
+            }
+        }
+
+        fn mirror_legacy_backend(&mut self) {
+            (self.service_id, self.ai_gateway) = match &self.backend {
+                Some(Backend::Service(s)) => (s.service_id.clone(), false),
+                Some(Backend::Ai(_)) => (String::new(), true),
+                None => (String::new(), false),
+            };
         }
 
         /// The service this route forwards to, if its backend is a service.
@@ -65,9 +101,10 @@ mod route_backend {
             matches!(self.backend, Some(Backend::Ai(_)))
         }
 
-        /// Sets the backend to forward to `service_id`.
+        /// Sets the backend to forward to `service_id` (and its legacy mirror).
         pub fn set_service_backend(&mut self, service_id: String) {
             self.backend = Some(Backend::Service(ServiceBackend { service_id }));
+            self.mirror_legacy_backend();
         }
     }
 
@@ -76,34 +113,83 @@ mod route_backend {
         use super::*;
 
         #[test]
-        fn the_previous_formats_backend_fields_become_the_oneof() {
+        fn the_previous_formats_backend_fields_become_the_oneof_and_stay_as_its_mirror() {
             let mut ai = Route { ai_gateway: true, ..Default::default() };
             ai.adopt_legacy_backend().unwrap();
             assert!(ai.is_ai_backend());
-            assert!(!ai.ai_gateway);
+            assert!(ai.ai_gateway, "kept for nodes of the previous version");
 
             let mut svc = Route { service_id: "s1".into(), ..Default::default() };
             svc.adopt_legacy_backend().unwrap();
             assert_eq!(svc.backend_service_id(), Some("s1"));
-            assert!(svc.service_id.is_empty());
+            assert_eq!(svc.service_id, "s1");
 
-            // An old client that edits a fetched route's legacy field means it.
-            let mut edited = svc.clone();
-            edited.service_id = "s2".into();
-            edited.adopt_legacy_backend().unwrap();
-            assert_eq!(edited.backend_service_id(), Some("s2"));
+            let mut current = Route::default();
+            current.set_service_backend("s2".into());
+            current.adopt_legacy_backend().unwrap();
+            assert_eq!((current.backend_service_id(), current.service_id.as_str()), (Some("s2"), "s2"));
 
             let mut both = Route { ai_gateway: true, service_id: "s".into(), ..Default::default() };
             assert!(both.adopt_legacy_backend().is_err());
+            let mut disagree =
+                Route { service_id: "s1".into(), backend: Some(Backend::Ai(AiBackend {})), ..Default::default() };
+            assert!(disagree.adopt_legacy_backend().is_err());
         }
 
         #[test]
-        fn a_route_encoded_in_the_previous_format_decodes_and_adopts() {
+        fn an_update_keeps_the_format_the_client_edited() {
+            let mut stored = Route::default();
+            stored.set_service_backend("a".into());
+
+            // A current client that edited only the legacy mirror.
+            let mut edited_legacy = stored.clone();
+            edited_legacy.service_id = "b".into();
+            edited_legacy.resolve_backend_edit(&stored);
+            edited_legacy.adopt_legacy_backend().unwrap();
+            assert_eq!(edited_legacy.backend_service_id(), Some("b"));
+
+            // A current client that edited `backend` and left the mirror stale.
+            let mut edited_backend = stored.clone();
+            edited_backend.backend = Some(Backend::Ai(AiBackend {}));
+            edited_backend.resolve_backend_edit(&stored);
+            edited_backend.adopt_legacy_backend().unwrap();
+            assert!(
+                edited_backend.is_ai_backend() && edited_backend.ai_gateway && edited_backend.service_id.is_empty()
+            );
+
+            // An older client: no `backend` at all.
+            let mut old_client = Route { service_id: "c".into(), ..Default::default() };
+            old_client.resolve_backend_edit(&stored);
+            old_client.adopt_legacy_backend().unwrap();
+            assert_eq!(old_client.backend_service_id(), Some("c"));
+        }
+
+        #[test]
+        fn a_route_in_the_current_format_is_readable_by_a_previous_version() {
             use prost::Message;
-            // Field 21 (ai_gateway) = true, as the previous version wrote it.
-            let old = Route { name: "ai".into(), ai_gateway: true, ..Default::default() }.encode_to_vec();
+            // What the previous version's generated type knew of a route.
+            #[derive(Clone, PartialEq, prost::Message)]
+            struct PreviousRoute {
+                #[prost(string, tag = "2")]
+                name: String,
+                #[prost(string, tag = "8")]
+                service_id: String,
+                #[prost(bool, tag = "21")]
+                ai_gateway: bool,
+            }
+            let mut route = Route { name: "r".into(), ..Default::default() };
+            route.set_service_backend("s1".into());
+            let seen = PreviousRoute::decode(route.encode_to_vec().as_slice()).unwrap();
+            assert_eq!((seen.service_id.as_str(), seen.ai_gateway), ("s1", false));
+
+            let mut ai = Route { name: "a".into(), backend: Some(Backend::Ai(AiBackend {})), ..Default::default() };
+            ai.adopt_legacy_backend().unwrap();
+            let seen = PreviousRoute::decode(ai.encode_to_vec().as_slice()).unwrap();
+            assert!(seen.ai_gateway && seen.service_id.is_empty());
+
+            // And a route the previous version wrote reads in the current form.
+            let old = PreviousRoute { name: "o".into(), service_id: String::new(), ai_gateway: true }.encode_to_vec();
             let mut decoded = Route::decode(old.as_slice()).unwrap();
-            assert_eq!(decoded.backend, None);
             decoded.adopt_legacy_backend().unwrap();
             assert!(decoded.is_ai_backend());
         }

@@ -73,7 +73,9 @@ fn check_invariants(state: &GatewayState) {
             Some(s) => assert!(state.service(s).is_some(), "route {} points at a missing service", route.name),
             None => assert!(route.is_ai_backend(), "route {} has no backend", route.name),
         }
-        assert!(route.service_id.is_empty() && !route.ai_gateway, "route {} kept a legacy field", route.name);
+        // The legacy fields mirror the backend, for nodes of the previous version.
+        assert_eq!(route.backend_service_id().unwrap_or_default(), route.service_id, "route {}", route.name);
+        assert_eq!(route.is_ai_backend(), route.ai_gateway, "route {}", route.name);
     }
     for key in state.api_keys() {
         assert!(state.consumer(&key.consumer_id).is_some(), "a key outlived its consumer");
@@ -283,10 +285,10 @@ fn log_entries_of_the_previous_route_format_apply_in_the_current_form() {
 
         let old = old.borrow().clone();
         let chat = old.find_route("chat").expect("the AI route was created");
-        assert!(chat.is_ai_backend() && !chat.ai_gateway);
+        assert!(chat.is_ai_backend() && chat.ai_gateway);
         let orders = old.find_route("orders").expect("the service route was created");
         assert_eq!(orders.backend_service_id(), Some("s1"));
-        assert!(orders.service_id.is_empty());
+        assert_eq!(orders.service_id, "s1", "the mirror a node of the previous version reads");
         // Byte-identical to the same routes written in the current form, so
         // the data plane serves them identically.
         assert_eq!(old.encoded_entries(), new.borrow().encoded_entries());
@@ -307,8 +309,11 @@ fn state_records_of_the_previous_route_format_load_in_the_current_form() {
     assert!(state.find_route("chat").unwrap().is_ai_backend());
     assert_eq!(state.find_route("orders").unwrap().backend_service_id(), Some("s1"));
     let current: Vec<_> = current_routes()
-        .iter()
-        .map(|r| (keys::entity_key(EntityKind::Route, &r.meta.as_ref().unwrap().id), r.encode_to_vec()))
+        .into_iter()
+        .map(|mut r| {
+            r.adopt_legacy_backend().unwrap();
+            (keys::entity_key(EntityKind::Route, &r.meta.as_ref().unwrap().id), r.encode_to_vec())
+        })
         .collect();
     assert_eq!(state.encoded_entries()[..2], current[..], "held and snapshotted in the current form");
 

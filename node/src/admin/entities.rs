@@ -21,6 +21,14 @@ use super::propose;
 use super::service::{fresh_meta, required, update_target};
 use crate::proxy::ProxyContext;
 
+/// What the typed RPCs normalise on the way in, done the same here, so an
+/// entity is stored alike whichever path wrote it.
+fn normalize(entity: &mut AnyEntity) {
+    if let AnyEntity::Service(service) = entity {
+        super::service::normalize_service(std::sync::Arc::make_mut(service));
+    }
+}
+
 /// Creates or replaces an entity; returns it as stored.
 pub(super) async fn put(
     raft: &RaftNode,
@@ -31,6 +39,7 @@ pub(super) async fn put(
     let mut entity = kind
         .decode(&request.entity)
         .map_err(|e| Status::invalid_argument(format!("the entity is not a {kind} ({}): {e}", kind.message_name())))?;
+    normalize(&mut entity);
     let action = if request.create {
         entity.set_meta(fresh_meta().unwrap_or_default());
         create_action(raft, kind, &entity).await?

@@ -135,9 +135,14 @@ fn redacted(mut route: Route) -> Route {
     route
 }
 
-/// Fills in what clients may leave out, the same way for every client:
-/// a path without a kind is a prefix, a route without an auth mode requires
-/// an API key (closed by default), hosts are case-insensitive, methods upper-case.
+/// Target hosts are case-insensitive: stored lower-case, as pools and
+/// health checks key them. Shared with the generic entity path.
+pub(super) fn normalize_service(service: &mut Service) {
+    for target in &mut service.targets {
+        target.host = target.host.to_ascii_lowercase();
+    }
+}
+
 /// Accepts a service name where an id is expected; the id is what is stored.
 fn resolve_service_name(route: &mut Route, state: &GatewayState) {
     if let Some(service) = route.backend_service_id().and_then(|s| state.find_service(s)) {
@@ -145,6 +150,10 @@ fn resolve_service_name(route: &mut Route, state: &GatewayState) {
     }
 }
 
+/// Fills in what clients may leave out, the same way for every client:
+/// the backend in either format (see `Route::adopt_legacy_backend`), a path
+/// without a kind is a prefix, a route without an auth mode requires an API
+/// key (closed by default), hosts are case-insensitive, methods upper-case.
 fn normalize_route(route: &mut Route) -> Result<(), Status> {
     route.adopt_legacy_backend().map_err(Status::invalid_argument)?;
     for path in &mut route.paths {
@@ -165,9 +174,7 @@ impl AdminService for Admin {
     async fn create_service(&self, request: Request<Service>) -> Result<Response<Service>, Status> {
         let mut service = request.into_inner();
         service.meta = fresh_meta();
-        for target in &mut service.targets {
-            target.host = target.host.to_ascii_lowercase();
-        }
+        normalize_service(&mut service);
         self.write(Op::CreateService(service)).await.map(Response::new)
     }
 
@@ -189,9 +196,7 @@ impl AdminService for Admin {
         let mut service = request.into_inner();
         let key = update_target(&service.meta, &service.name)?;
         service.meta = Some(Meta { id: self.service_id(&key).await?, ..Default::default() });
-        for target in &mut service.targets {
-            target.host = target.host.to_ascii_lowercase();
-        }
+        normalize_service(&mut service);
         self.write(Op::UpdateService(service)).await.map(Response::new)
     }
 
@@ -231,6 +236,7 @@ impl AdminService for Admin {
         let state = self.read().await?;
         let existing = state.find_route(&key).ok_or_else(|| not_found("route", &key))?;
         route.meta = Some(Meta { id: id_of(&existing.meta), ..Default::default() });
+        route.resolve_backend_edit(existing);
         normalize_route(&mut route)?;
         self.seal_jwt_secret(&mut route, existing.jwt.as_ref())?;
         resolve_service_name(&mut route, &state);

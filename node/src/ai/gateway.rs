@@ -126,7 +126,16 @@ fn json_response(status: StatusCode, bytes: Bytes) -> Response<GatewayBody> {
     response
 }
 
+/// The AI backend's own refusal or failure, as the one request-path error
+/// type, rendered in the caller's format.
 fn error_response(ingress: Ingress, kind: ErrorKind, status: StatusCode, message: &str) -> Response<GatewayBody> {
+    render(ingress, &GatewayError::Backend { kind, status, message: message.to_string() }, message)
+}
+
+/// The one place an AI caller's error body is built: `error`'s kind and
+/// status in the caller's API format, with `message` (already safe to show).
+fn render(ingress: Ingress, error: &GatewayError, message: &str) -> Response<GatewayBody> {
+    let (status, kind) = (error.status(), error.kind());
     let (status, bytes) = match ingress {
         Ingress::OpenAi => openai_error_body(status, kind, message),
         Ingress::Anthropic => anthropic_error_body(status, kind, message),
@@ -139,11 +148,8 @@ fn error_response(ingress: Ingress, kind: ErrorKind, status: StatusCode, message
 /// refused it: authentication, IP filter, body limit; or the gateway
 /// itself), in the caller's API format, classified by the error's kind.
 pub fn render_error(error: &GatewayError, request_id: &str, ingress: Ingress) -> Response<GatewayBody> {
-    let status = error.status();
-    let kind = error.kind();
-    let mut response =
-        error_response(ingress, kind, status, &format!("{} (request id {request_id})", error.public_message()));
-    if status == StatusCode::UNAUTHORIZED {
+    let mut response = render(ingress, error, &format!("{} (request id {request_id})", error.public_message()));
+    if error.status() == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"tollgate\""));
     }
     response

@@ -72,7 +72,12 @@ async fn run_phases(
         };
     }
     phase!(Phase::Match, phases::route_match::run(ctx, snapshot, rctx, &mut parts));
-    let route = rctx.route.clone().ok_or_else(|| GatewayError::BadRequest("no route was matched".into()))?;
+    // `route_match` continues only with a route; should it ever not, the
+    // request is unrouted, never served by a default.
+    let route = rctx.route.clone().ok_or_else(|| GatewayError::NoRoute {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+    })?;
     phase!(Phase::Lifecycle, phases::lifecycle::run(snapshot, rctx, &route, &parts));
     phase!(Phase::Authenticate, phases::authenticate::run(snapshot, rctx, &route, &mut parts));
     phase!(Phase::Authorize, phases::authorize::run(ctx, rctx, &route, &parts));

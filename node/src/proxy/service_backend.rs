@@ -63,7 +63,17 @@ pub async fn serve(
         .or(service.upstream.as_ref())
         .ok_or_else(|| GatewayError::UpstreamTlsMisconfigured { service: service.name.clone() })?;
 
-    let path_and_query = rctx.upstream_path.take().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path_and_query = match rctx.rewritten_path.take() {
+        Some(path) => {
+            let path_and_query = match parts.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            PathAndQuery::try_from(path_and_query).map_err(|e| GatewayError::BadRequest(e.to_string()))?
+        }
+        // Unchanged: the parsed original is shared, not rebuilt.
+        None => parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
+    };
     // The upstream connection is always HTTP/1.1, whatever the client spoke.
     parts.version = http::Version::HTTP_11;
     if let Some(protocol) = &rctx.upgrade {

@@ -30,7 +30,6 @@ use std::sync::Arc;
 
 use http::Response;
 use http::header::HeaderValue;
-use http::uri::PathAndQuery;
 use tollgate_proto::config::v1::ApiKey;
 
 use super::ClientConn;
@@ -90,28 +89,34 @@ impl Phase {
     }
 }
 
-/// Which phases a request went through: the access log names the last one
-/// (where a refused request was refused), and tests check the order.
+/// The phases a request went through, in the order it entered them: the
+/// access log lists them (and names the last one, where a refused request
+/// was refused), and tests check the order. Four bits per phase in one
+/// word, so recording costs a shift and an or.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PhasesRun(u16);
+pub struct PhasesRun(u32);
 
 impl PhasesRun {
     pub fn enter(&mut self, phase: Phase) {
-        self.0 |= 1 << phase as u16;
+        debug_assert!(self.iter().all(|p| (p as u8) < (phase as u8)), "{phase:?} entered out of order");
+        // Phase::ORDER has 8 phases: 8 × 4 bits fit the word.
+        self.0 = (self.0 << 4) | (phase as u32 + 1);
     }
 
-    pub fn contains(self, phase: Phase) -> bool {
-        self.0 & (1 << phase as u16) != 0
+    /// The phases entered, first to last.
+    pub fn iter(self) -> impl Iterator<Item = Phase> {
+        let codes: Vec<u32> = (0..8).rev().map(|i| (self.0 >> (i * 4)) & 0xf).filter(|c| *c != 0).collect();
+        codes.into_iter().map(|c| Phase::ORDER[c as usize - 1])
     }
 
     /// The last phase entered before `account`.
     pub fn last(self) -> Option<Phase> {
-        Phase::ORDER.iter().rev().copied().filter(|p| *p != Phase::Account).find(|p| self.contains(*p))
+        self.iter().filter(|p| *p != Phase::Account).last()
     }
 
-    /// The names of the phases entered, in order.
+    /// The names of the phases entered, in the order entered.
     pub fn names(self) -> Vec<&'static str> {
-        Phase::ORDER.iter().copied().filter(|p| self.contains(*p)).map(Phase::name).collect()
+        self.iter().map(Phase::name).collect()
     }
 }
 
@@ -125,8 +130,9 @@ pub struct RequestCtx {
     pub authority: Option<Authority>,
     /// From `route_match`: the protocol a WebSocket upgrade asks for.
     pub upgrade: Option<HeaderValue>,
-    /// From `route_match`: the path and query the upstream receives.
-    pub upstream_path: Option<PathAndQuery>,
+    /// From `route_match`: the path the upstream receives when strip or
+    /// rewrite changed it (None: the normalised path as received).
+    pub rewritten_path: Option<String>,
     pub route: Option<Arc<CompiledRoute>>,
     /// The service's metrics label, once the route's backend is a known service.
     pub service: Option<Arc<str>>,
@@ -150,7 +156,7 @@ impl RequestCtx {
             phases: PhasesRun::default(),
             authority: None,
             upgrade: None,
-            upstream_path: None,
+            rewritten_path: None,
             route: None,
             service: None,
             consumer: None,
@@ -194,5 +200,22 @@ mod tests {
         run.enter(Phase::Account);
         assert_eq!(run.last(), Some(Phase::Authenticate));
         assert_eq!(run.names(), ["match", "lifecycle", "authenticate", "account"]);
+    }
+
+    #[test]
+    fn phases_are_listed_in_the_order_entered() {
+        let mut run = PhasesRun::default();
+        for phase in Phase::ORDER {
+            run.enter(phase);
+        }
+        assert_eq!(run.iter().collect::<Vec<_>>(), Phase::ORDER);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of order")]
+    fn entering_a_phase_out_of_order_is_caught_in_debug_builds() {
+        let mut run = PhasesRun::default();
+        run.enter(Phase::Cache);
+        run.enter(Phase::Authenticate);
     }
 }

@@ -47,18 +47,6 @@ pub fn run(
             || GatewayError::NoRoute { method: parts.method.to_string(), path: parts.uri.path().to_string() },
         )?;
     let route = matched.route.clone();
-    rctx.upstream_path = match upstream_path(route.route.strip_prefix, route.rewrite.as_ref(), &matched, &routing_path)
-    {
-        Some(path) => {
-            let path_and_query = match parts.uri.query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path,
-            };
-            Some(PathAndQuery::try_from(path_and_query).map_err(|e| GatewayError::BadRequest(e.to_string()))?)
-        }
-        // Unchanged: the parsed original is shared, not rebuilt.
-        None => parts.uri.path_and_query().cloned(),
-    };
     // Known from here on, so that a cache hit is accounted to the service too.
     if let Some(service) = route.backend.service_id().and_then(|id| snapshot.services.get(id)) {
         rctx.service = Some(service.label.clone());
@@ -71,6 +59,10 @@ pub fn run(
             return Ok(Step::Respond(Response::from_parts(head, empty())));
         }
         rctx.origin = parts.headers.get(header::ORIGIN).cloned();
+    }
+    // Decided here, where the match is known; the service backend sends it.
+    if !route.backend.is_ai() {
+        rctx.rewritten_path = upstream_path(route.route.strip_prefix, route.rewrite.as_ref(), &matched, &routing_path);
     }
     Ok(Step::Continue)
 }
