@@ -9,6 +9,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use super::headers::{self, X_REQUEST_ID};
+use super::phases::route_match::Routed;
 use super::phases::{self, Phase, RequestCtx, Step};
 use super::snapshot::GatewaySnapshot;
 use super::{ClientConn, GatewayBody, ProxyContext};
@@ -71,20 +72,18 @@ async fn run_phases(
             }
         };
     }
-    phase!(Phase::Match, phases::route_match::run(ctx, snapshot, rctx, &mut parts));
-    // `route_match` continues only with a route; should it ever not, the
-    // request is unrouted, never served by a default.
-    let route = rctx.route.clone().ok_or_else(|| GatewayError::NoRoute {
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_string(),
-    })?;
-    phase!(Phase::Lifecycle, phases::lifecycle::run(snapshot, rctx, &route, &parts));
-    phase!(Phase::Authenticate, phases::authenticate::run(snapshot, rctx, &route, &mut parts));
-    phase!(Phase::Authorize, phases::authorize::run(ctx, rctx, &route, &parts));
-    phase!(Phase::Limit, phases::limit::run(snapshot, rctx, &route, &parts));
+    rctx.phases.enter(Phase::Match);
+    let route = match phases::route_match::run(ctx, snapshot, rctx, &mut parts)? {
+        Routed::To(route) => route,
+        Routed::Respond(response) => return Ok(response),
+    };
+    phase!(Phase::Lifecycle, phases::lifecycle::run(snapshot, rctx, route, &parts));
+    phase!(Phase::Authenticate, phases::authenticate::run(snapshot, rctx, route, &mut parts));
+    phase!(Phase::Authorize, phases::authorize::run(ctx, rctx, route, &parts));
+    phase!(Phase::Limit, phases::limit::run(snapshot, rctx, route, &parts));
     let mut miss = None;
-    phase!(Phase::Cache, phases::cache::lookup(ctx, rctx, &route, &parts, &mut miss));
+    phase!(Phase::Cache, phases::cache::lookup(ctx, rctx, route, &parts, &mut miss));
     rctx.phases.enter(Phase::Backend);
-    let response = phases::backend::run(ctx, snapshot, rctx, &route, parts, body).await?;
-    phases::cache::store(ctx, rctx, &route, miss, response).await
+    let response = phases::backend::run(ctx, snapshot, rctx, route, parts, body).await?;
+    phases::cache::store(ctx, rctx, route, miss, response).await
 }

@@ -127,6 +127,9 @@ pub struct CompiledRoute {
     pub route: Arc<Route>,
     /// What serves a matched request.
     pub backend: RouteBackend,
+    /// The metrics label of the route's service, for routes whose backend is
+    /// a service (routes are recompiled with their services, so it is current).
+    pub service_label: Option<Arc<str>>,
     pub metrics: RouteMetrics,
     pub jwt: Option<JwtVerifier>,
     pub ip: Option<IpFilter>,
@@ -487,6 +490,7 @@ fn compile_route(r: &Route, service: Option<&CompiledService>, shared: &Shared) 
     CompiledRoute {
         id: id_of(&r.meta),
         backend: RouteBackend::of(r),
+        service_label: service.map(|s| s.label.clone()),
         route: Arc::new(r.clone()),
         metrics: shared.metrics.route(&r.name, service_name),
         jwt: r.jwt.as_ref().map(|j| JwtVerifier::compile(j, jwt_secret(r, j, shared).as_deref(), &shared.jwks)),

@@ -6,6 +6,7 @@
 //! decides the path the upstream receives after strip or rewrite.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use http::Response;
 use http::header;
@@ -17,18 +18,24 @@ use super::super::cors::CompiledCors;
 use super::super::headers;
 use super::super::path;
 use super::super::router::Matched;
-use super::super::snapshot::GatewaySnapshot;
+use super::super::snapshot::{CompiledRoute, GatewaySnapshot};
 use super::super::transform::Rewrite;
 use super::super::upgrade;
-use super::{PhaseResult, RequestCtx, Step};
-use crate::plumbing::{GatewayError, empty};
+use super::RequestCtx;
+use crate::plumbing::{GatewayBody, GatewayError, empty};
 
-pub fn run(
+/// What `match` decided: go on with the matched route, or answer now.
+pub enum Routed<'s> {
+    To(&'s Arc<CompiledRoute>),
+    Respond(Response<GatewayBody>),
+}
+
+pub fn run<'s>(
     ctx: &ProxyContext,
-    snapshot: &GatewaySnapshot,
+    snapshot: &'s GatewaySnapshot,
     rctx: &mut RequestCtx,
     parts: &mut http::request::Parts,
-) -> PhaseResult {
+) -> Result<Routed<'s>, GatewayError> {
     rctx.authority = authority::effective(parts.version, &parts.uri, &parts.headers, rctx.client.tls)?;
     normalize_path(&mut parts.uri, ctx.path_policy)?;
     // Before the gateway sets any header of its own, so that no Connection
@@ -46,17 +53,15 @@ pub fn run(
         snapshot.router.find(&parts.method, rctx.authority.as_ref().map(Authority::host), &routing_path).ok_or_else(
             || GatewayError::NoRoute { method: parts.method.to_string(), path: parts.uri.path().to_string() },
         )?;
-    let route = matched.route.clone();
+    let route = matched.route;
     // Known from here on, so that a cache hit is accounted to the service too.
-    if let Some(service) = route.backend.service_id().and_then(|id| snapshot.services.get(id)) {
-        rctx.service = Some(service.label.clone());
-    }
+    rctx.service = route.service_label.clone();
     rctx.route = Some(route.clone());
 
     if let Some(cors) = &route.cors {
         if CompiledCors::is_preflight(&parts.method, &parts.headers) {
             let (head, ()) = cors.preflight(&parts.headers).into_parts();
-            return Ok(Step::Respond(Response::from_parts(head, empty())));
+            return Ok(Routed::Respond(Response::from_parts(head, empty())));
         }
         rctx.origin = parts.headers.get(header::ORIGIN).cloned();
     }
@@ -64,7 +69,7 @@ pub fn run(
     if !route.backend.is_ai() {
         rctx.rewritten_path = upstream_path(route.route.strip_prefix, route.rewrite.as_ref(), &matched, &routing_path);
     }
-    Ok(Step::Continue)
+    Ok(Routed::To(route))
 }
 
 /// Replaces the request's path with its normalised form, keeping the query;
