@@ -34,6 +34,7 @@ use crate::plumbing::{BoxError, GatewayBody, GatewayError, PoolError, Upstream, 
 use crate::telemetry::tracing::TRACEPARENT;
 
 /// Forwards the request to `service_id`'s targets.
+#[inline]
 pub async fn serve(
     ctx: &ProxyContext,
     snapshot: &GatewaySnapshot,

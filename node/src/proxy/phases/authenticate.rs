@@ -20,6 +20,7 @@ static X_CONSUMER_ID: http::HeaderName = http::HeaderName::from_static("x-consum
 static X_CONSUMER_NAME: http::HeaderName = http::HeaderName::from_static("x-consumer-name");
 static X_ANONYMOUS_CONSUMER: http::HeaderName = http::HeaderName::from_static("x-anonymous-consumer");
 
+#[inline]
 pub fn run(
     snapshot: &GatewaySnapshot,
     rctx: &mut RequestCtx,

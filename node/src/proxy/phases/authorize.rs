@@ -8,6 +8,7 @@ use super::super::snapshot::CompiledRoute;
 use super::{PhaseResult, RequestCtx, Step};
 use crate::plumbing::GatewayError;
 
+#[inline]
 pub fn run(ctx: &ProxyContext, rctx: &RequestCtx, route: &CompiledRoute, parts: &http::request::Parts) -> PhaseResult {
     if let Some(filter) = &route.ip
         && !filter.permits(rctx.client.addr.ip())
@@ -21,6 +22,7 @@ pub fn run(ctx: &ProxyContext, rctx: &RequestCtx, route: &CompiledRoute, parts: 
     Ok(Step::Continue)
 }
 
+#[inline]
 pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
     headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }

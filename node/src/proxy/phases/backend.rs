@@ -21,6 +21,7 @@ use super::RequestCtx;
 use crate::ai::gateway::AiCall;
 use crate::plumbing::{BoxError, GatewayBody, GatewayError};
 
+#[inline]
 pub async fn run(
     ctx: &ProxyContext,
     snapshot: &GatewaySnapshot,

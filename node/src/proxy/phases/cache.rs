@@ -25,6 +25,7 @@ pub struct Miss {
 }
 
 /// Looks the request up; a miss that may be stored is left in `miss`.
+#[inline]
 pub fn lookup(
     ctx: &ProxyContext,
     rctx: &mut RequestCtx,
@@ -66,6 +67,7 @@ pub fn lookup(
 
 /// Stores the backend's response when the lookup missed and the response
 /// may be stored; returns the response to send either way.
+#[inline]
 pub async fn store(
     ctx: &ProxyContext,
     rctx: &RequestCtx,

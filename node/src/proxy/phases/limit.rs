@@ -7,6 +7,7 @@
 use super::super::snapshot::{CompiledRoute, GatewaySnapshot};
 use super::{PhaseResult, RequestCtx, Step};
 
+#[inline]
 pub fn run(
     _snapshot: &GatewaySnapshot,
     _rctx: &mut RequestCtx,

@@ -97,6 +97,7 @@ impl Phase {
 pub struct PhasesRun(u32);
 
 impl PhasesRun {
+    #[inline]
     pub fn enter(&mut self, phase: Phase) {
         debug_assert!(self.iter().all(|p| (p as u8) < (phase as u8)), "{phase:?} entered out of order");
         // Phase::ORDER has 8 phases: 8 × 4 bits fit the word.
@@ -149,6 +150,7 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    #[inline]
     pub fn new(request_id: HeaderValue, client: Arc<ClientConn>, trace: Option<TraceCtx>) -> RequestCtx {
         RequestCtx {
             request_id,

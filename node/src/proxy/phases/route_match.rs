@@ -30,6 +30,7 @@ pub enum Routed<'s> {
     Respond(Response<GatewayBody>),
 }
 
+#[inline]
 pub fn run<'s>(
     ctx: &ProxyContext,
     snapshot: &'s GatewaySnapshot,
