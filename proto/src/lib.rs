@@ -62,13 +62,26 @@ mod route_backend {
             Ok(())
         }
 
-        /// For an update from a client that read `stored` and sends this:
-        /// the format the client edited wins. An older client knows only the
-        /// legacy fields (and sends no `backend`, already handled by
-        /// [`Route::adopt_legacy_backend`]); a current one that edited only
-        /// the legacy mirror means it, and one that edited `backend` left a
-        /// stale mirror behind.
-        pub fn resolve_backend_edit(&mut self, stored: &Route) {
+        /// For an update of `stored` by a client that read it at `read_revision`
+        /// (the `meta.revision` it sent back): when the request's `backend`
+        /// and legacy fields name different backends, keeps the one the
+        /// client edited. That is knowable only against the version the
+        /// client read, so a request from another revision (a retry after
+        /// its own write, a blind write) is left as it is, and `apply`
+        /// refuses the disagreement instead of guessing. A client of the
+        /// previous version sends no `backend`: its legacy fields are taken
+        /// as they are by [`Route::adopt_legacy_backend`].
+        pub fn resolve_backend_edit(&mut self, stored: &Route, read_revision: u64) {
+            let Some(backend) = &self.backend else { return };
+            let mut legacy =
+                Route { service_id: self.service_id.clone(), ai_gateway: self.ai_gateway, ..Default::default() };
+            if legacy.adopt_legacy_backend().is_err() || legacy.backend.as_ref().is_none_or(|l| l == backend) {
+                return;
+            }
+            let stored_revision = stored.meta.as_ref().map_or(0, |m| m.revision);
+            if read_revision == 0 || read_revision != stored_revision {
+                return;
+            }
             let mut mirror = stored.clone();
             mirror.mirror_legacy_backend();
             let legacy_edited = self.service_id != mirror.service_id || self.ai_gateway != mirror.ai_gateway;
@@ -78,6 +91,12 @@ mod route_backend {
                 self.service_id.clear();
                 self.ai_gateway = false;
             }
+        }
+
+        /// Sets the backend to the AI gateway (and its legacy mirror).
+        pub fn set_ai_backend(&mut self) {
+            self.backend = Some(Backend::Ai(AiBackend {}));
+            self.mirror_legacy_backend();
         }
 
         fn mirror_legacy_backend(&mut self) {
@@ -137,31 +156,39 @@ mod route_backend {
         }
 
         #[test]
-        fn an_update_keeps_the_format_the_client_edited() {
-            let mut stored = Route::default();
+        fn an_update_keeps_the_format_the_client_edited_in_the_version_it_read() {
+            let mut stored = Route {
+                meta: Some(crate::config::v1::Meta { revision: 7, ..Default::default() }),
+                ..Default::default()
+            };
             stored.set_service_backend("a".into());
-
+            let edit = |change: &dyn Fn(&mut Route), read_revision: u64| {
+                let mut request = stored.clone();
+                change(&mut request);
+                request.resolve_backend_edit(&stored, read_revision);
+                request.adopt_legacy_backend().map(|()| request.backend_service_id().map(str::to_string))
+            };
             // A current client that edited only the legacy mirror.
-            let mut edited_legacy = stored.clone();
-            edited_legacy.service_id = "b".into();
-            edited_legacy.resolve_backend_edit(&stored);
-            edited_legacy.adopt_legacy_backend().unwrap();
-            assert_eq!(edited_legacy.backend_service_id(), Some("b"));
-
+            assert_eq!(edit(&|r| r.service_id = "b".into(), 7), Ok(Some("b".into())));
             // A current client that edited `backend` and left the mirror stale.
-            let mut edited_backend = stored.clone();
-            edited_backend.backend = Some(Backend::Ai(AiBackend {}));
-            edited_backend.resolve_backend_edit(&stored);
-            edited_backend.adopt_legacy_backend().unwrap();
-            assert!(
-                edited_backend.is_ai_backend() && edited_backend.ai_gateway && edited_backend.service_id.is_empty()
-            );
+            assert_eq!(edit(&|r| r.backend = Some(Backend::Ai(AiBackend {})), 7), Ok(None));
+            // The same requests from another revision (a retry after they
+            // committed, or a blind write) are refused, never guessed.
+            assert!(edit(&|r| r.service_id = "b".into(), 8).is_err());
+            assert!(edit(&|r| r.backend = Some(Backend::Ai(AiBackend {})), 0).is_err());
+            // Consistent requests pass whatever revision they carry.
+            assert_eq!(edit(&|r| r.set_service_backend("c".into()), 0), Ok(Some("c".into())));
+            assert_eq!(edit(&|r| r.priority = 5, 3), Ok(Some("a".into())));
 
-            // An older client: no `backend` at all.
-            let mut old_client = Route { service_id: "c".into(), ..Default::default() };
-            old_client.resolve_backend_edit(&stored);
-            old_client.adopt_legacy_backend().unwrap();
-            assert_eq!(old_client.backend_service_id(), Some("c"));
+            // A client of the previous version: no `backend`, the legacy
+            // fields as it read them (unchanged, or edited).
+            let old_client = |service_id: &str| {
+                let mut request = Route { service_id: service_id.into(), priority: 5, ..Default::default() };
+                request.resolve_backend_edit(&stored, 0);
+                request.adopt_legacy_backend().map(|()| request.backend_service_id().map(str::to_string))
+            };
+            assert_eq!(old_client("a"), Ok(Some("a".into())));
+            assert_eq!(old_client("c"), Ok(Some("c".into())));
         }
 
         #[test]

@@ -21,8 +21,10 @@ use super::propose;
 use super::service::{fresh_meta, required, update_target};
 use crate::proxy::ProxyContext;
 
-/// What the typed RPCs normalise on the way in, done the same here, so an
-/// entity is stored alike whichever path wrote it.
+/// What the typed RPCs normalise on the way in (service target hosts are
+/// lower-cased), done the same here. The typed RPCs also resolve names to
+/// ids in places (a model alias's providers); the generic path takes ids
+/// only, and `apply` refuses a name where an id belongs.
 fn normalize(entity: &mut AnyEntity) {
     if let AnyEntity::Service(service) = entity {
         super::service::normalize_service(std::sync::Arc::make_mut(service));

@@ -235,8 +235,9 @@ impl AdminService for Admin {
         let key = update_target(&route.meta, &route.name)?;
         let state = self.read().await?;
         let existing = state.find_route(&key).ok_or_else(|| not_found("route", &key))?;
+        let read_revision = route.meta.as_ref().map_or(0, |m| m.revision);
         route.meta = Some(Meta { id: id_of(&existing.meta), ..Default::default() });
-        route.resolve_backend_edit(existing);
+        route.resolve_backend_edit(existing, read_revision);
         normalize_route(&mut route)?;
         self.seal_jwt_secret(&mut route, existing.jwt.as_ref())?;
         resolve_service_name(&mut route, &state);

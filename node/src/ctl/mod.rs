@@ -36,9 +36,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use tollgate_proto::admin::v1::*;
-use tollgate_proto::config::v1::{
-    AiBackend, AuthMode, Consumer, PathMatch, Route, RoutePath, Service, ServiceBackend, Target, route,
-};
+use tollgate_proto::config::v1::{AuthMode, Consumer, PathMatch, Route, RoutePath, Service, Target};
 
 pub use output::Format;
 
@@ -568,12 +566,14 @@ async fn execute(args: CtlArgs, token: &str, out: &Printer) -> Result<(), CtlErr
         },
         CtlCommand::Route(cmd) => match cmd {
             RouteCmd::Create { name, service, ai, fields } => {
-                let backend = match (ai, service) {
-                    (true, _) => Some(route::Backend::Ai(AiBackend {})),
-                    (false, Some(service_id)) => Some(route::Backend::Service(ServiceBackend { service_id })),
-                    (false, None) => None,
-                };
-                let mut route = Route { name, backend, ..Default::default() };
+                let mut route = Route { name, ..Default::default() };
+                // With the legacy mirror, so an admin node of the previous
+                // version (during a rolling upgrade) reads the same route.
+                match (ai, service) {
+                    (true, _) => route.set_ai_backend(),
+                    (false, Some(service_id)) => route.set_service_backend(service_id),
+                    (false, None) => {}
+                }
                 fields.apply_to(&mut route)?;
                 let created = admin.create_route(route).await?.into_inner();
                 out.one(output::route_json(&created), || {

@@ -96,6 +96,9 @@ impl Phase {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PhasesRun(u32);
 
+// Four bits per phase: a ninth phase needs a wider word.
+const _: () = assert!(Phase::ORDER.len() <= 8);
+
 impl PhasesRun {
     #[inline]
     pub fn enter(&mut self, phase: Phase) {
@@ -106,8 +109,9 @@ impl PhasesRun {
 
     /// The phases entered, first to last.
     pub fn iter(self) -> impl Iterator<Item = Phase> {
-        let codes: Vec<u32> = (0..8).rev().map(|i| (self.0 >> (i * 4)) & 0xf).filter(|c| *c != 0).collect();
-        codes.into_iter().map(|c| Phase::ORDER[c as usize - 1])
+        // Every code is non-zero, so the used nibbles are the significant ones.
+        let entered = (u32::BITS - self.0.leading_zeros()).div_ceil(4);
+        (0..entered).rev().map(move |i| Phase::ORDER[((self.0 >> (i * 4)) & 0xf) as usize - 1])
     }
 
     /// The last phase entered before `account`.
