@@ -25,7 +25,28 @@ const KEPT: usize = 4096;
 pub(crate) type Fingerprint = [u8; 32];
 
 pub(crate) fn fingerprint(command: &Command) -> Fingerprint {
-    Sha256::digest(command.0.encode_to_vec()).into()
+    Sha256::digest(upgrade_stable(&command.0).encode_to_vec()).into()
+}
+
+/// The command as every version in a rolling upgrade keeps it. A leader of
+/// the previous version re-encodes a forwarded command with its own types,
+/// dropping the fields it does not know (a route's `backend`, whose legacy
+/// mirror it keeps), so the forwarder must not count those fields, or it
+/// would never recognise its own write in that leader's log.
+fn upgrade_stable(
+    command: &tollgate_proto::raft::v1::Command,
+) -> std::borrow::Cow<'_, tollgate_proto::raft::v1::Command> {
+    use tollgate_proto::raft::v1::command::Op;
+    match &command.op {
+        Some(Op::CreateRoute(route) | Op::UpdateRoute(route)) if route.backend.is_some() => {
+            let mut stable = command.clone();
+            if let Some(Op::CreateRoute(route) | Op::UpdateRoute(route)) = &mut stable.op {
+                route.backend = None;
+            }
+            std::borrow::Cow::Owned(stable)
+        }
+        _ => std::borrow::Cow::Borrowed(command),
+    }
 }
 
 /// What became of a command a leader may have appended in some term.
@@ -155,5 +176,28 @@ mod tests {
             outcomes.applied(index, 5, Some((&create(&index.to_string()), &ok(index))));
         }
         assert_eq!(outcomes.fate(&fingerprint(&create("a")), 50, 5), Fate::Unknowable, "evicted");
+    }
+
+    #[test]
+    fn a_route_write_re_encoded_by_a_previous_version_leader_is_still_recognised() {
+        use tollgate_proto::config::v1::Route;
+        use tollgate_proto::raft::v1::command::Op;
+        let mut route = Route { name: "r".into(), ..Default::default() };
+        route.set_service_backend("s1".into());
+        let sent = Command(tollgate_proto::raft::v1::Command {
+            op: Some(Op::CreateRoute(route.clone())),
+            ..Default::default()
+        });
+        // What an older leader logs: the route without the field it does not know.
+        let mut logged = sent.clone();
+        if let Some(Op::CreateRoute(r)) = &mut logged.0.op {
+            r.backend = None;
+        }
+        assert_eq!(fingerprint(&sent), fingerprint(&logged));
+        let mut other = route;
+        other.set_service_backend("s2".into());
+        let different =
+            Command(tollgate_proto::raft::v1::Command { op: Some(Op::CreateRoute(other)), ..Default::default() });
+        assert_ne!(fingerprint(&sent), fingerprint(&different), "the mirror still tells writes apart");
     }
 }

@@ -128,7 +128,21 @@ fn cache_json(c: &ResponseCache) -> Value {
     })
 }
 
+/// A route as this version reads it: one from a node of the previous
+/// version (during a rolling upgrade) names its backend only in the legacy
+/// fields.
+fn current_form(r: &Route) -> std::borrow::Cow<'_, Route> {
+    if r.backend.is_some() {
+        return std::borrow::Cow::Borrowed(r);
+    }
+    let mut current = r.clone();
+    // A stored route never names two backends; if one did, show it as stored.
+    let _ = current.adopt_legacy_backend();
+    std::borrow::Cow::Owned(current)
+}
+
 pub fn route_json(r: &Route) -> Value {
+    let r = &*current_form(r);
     json!({
         "meta": meta(&r.meta),
         "name": r.name,
@@ -219,6 +233,7 @@ pub fn route_rows(items: &[Route], services: &Names) -> Vec<Vec<String>> {
             .collect(),
     ];
     for r in items {
+        let r = &*current_form(r);
         let paths: Vec<String> = r.paths.iter().map(|p| format!("{}:{}", path_kind(p.kind), p.path)).collect();
         rows.push(vec![
             id(&r.meta),
@@ -240,6 +255,7 @@ pub fn route_rows(items: &[Route], services: &Names) -> Vec<Vec<String>> {
 /// What `route get` prints under the route's row: every policy that is set,
 /// one `field  value` line each. Never the JWT secret.
 pub fn route_detail_rows(r: &Route) -> Vec<Vec<String>> {
+    let r = &*current_form(r);
     let mut d = Details::default();
     d.add("strip_prefix", r.strip_prefix.to_string());
     d.add("rewrite_path", r.rewrite_path.clone());
@@ -418,6 +434,15 @@ mod tests {
     use super::*;
 
     use tollgate_proto::config::v1::{HeaderPair, RetryPolicy};
+
+    #[test]
+    fn a_route_from_a_node_of_the_previous_version_shows_its_backend() {
+        let ai = Route { name: "llm".into(), ai_gateway: true, ..Default::default() };
+        assert_eq!(route_json(&ai)["backend"], "ai");
+        let svc = Route { name: "orders".into(), service_id: "svc_01".into(), ..Default::default() };
+        let json = route_json(&svc);
+        assert_eq!((json["backend"].as_str(), json["service_id"].as_str()), (Some("service"), Some("svc_01")));
+    }
 
     fn jwt_route() -> Route {
         Route {
