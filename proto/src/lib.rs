@@ -41,16 +41,7 @@ mod route_backend {
         /// Errors when the legacy fields name two backends at once, or a
         /// different backend than `backend` does.
         pub fn adopt_legacy_backend(&mut self) -> Result<(), &'static str> {
-            let legacy = match (self.ai_gateway, self.service_id.is_empty()) {
-                (true, false) => {
-                    return Err("an AI gateway route answers itself and forwards to no service; \
-                                set backend to ai or to a service, not both");
-                }
-                (true, true) => Some(Backend::Ai(AiBackend {})),
-                (false, false) => Some(Backend::Service(ServiceBackend { service_id: self.service_id.clone() })),
-                (false, true) => None,
-            };
-            match (&self.backend, legacy) {
+            match (&self.backend, self.legacy_backend()?) {
                 (None, legacy) => self.backend = legacy,
                 (Some(backend), Some(legacy)) if *backend != legacy => {
                     return Err("service_id / ai_gateway (the previous format) name a different backend than \
@@ -73,10 +64,9 @@ mod route_backend {
         /// as they are by [`Route::adopt_legacy_backend`].
         pub fn resolve_backend_edit(&mut self, stored: &Route, read_revision: u64) {
             let Some(backend) = &self.backend else { return };
-            let mut legacy =
-                Route { service_id: self.service_id.clone(), ai_gateway: self.ai_gateway, ..Default::default() };
-            if legacy.adopt_legacy_backend().is_err() || legacy.backend.as_ref().is_none_or(|l| l == backend) {
-                return;
+            match self.legacy_backend() {
+                Ok(Some(legacy)) if legacy != *backend => {}
+                _ => return,
             }
             let stored_revision = stored.meta.as_ref().map_or(0, |m| m.revision);
             if read_revision == 0 || read_revision != stored_revision {
@@ -97,6 +87,17 @@ mod route_backend {
         pub fn set_ai_backend(&mut self) {
             self.backend = Some(Backend::Ai(AiBackend {}));
             self.mirror_legacy_backend();
+        }
+
+        /// The backend the legacy fields name, if any.
+        fn legacy_backend(&self) -> Result<Option<Backend>, &'static str> {
+            match (self.ai_gateway, self.service_id.is_empty()) {
+                (true, false) => Err("an AI gateway route answers itself and forwards to no service; \
+                                      set backend to ai or to a service, not both"),
+                (true, true) => Ok(Some(Backend::Ai(AiBackend {}))),
+                (false, false) => Ok(Some(Backend::Service(ServiceBackend { service_id: self.service_id.clone() }))),
+                (false, true) => Ok(None),
+            }
         }
 
         fn mirror_legacy_backend(&mut self) {

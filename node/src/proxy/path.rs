@@ -237,6 +237,16 @@ fn check_segment(segment: &str) -> Result<(), PathError> {
     Ok(())
 }
 
+/// `path` with the request's `query` appended, as the request target the
+/// upstream receives (an already-normalised or rewritten path).
+pub fn with_query(path: String, query: Option<&str>) -> Result<http::uri::PathAndQuery, http::uri::InvalidUri> {
+    let path_and_query = match query {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    http::uri::PathAndQuery::try_from(path_and_query)
+}
+
 /// The path as routes see it: segment names without `;parameters` (servlet
 /// containers drop them, so `/admin;x/y` is read as `/admin/y`), separators
 /// kept encoded under `EscapedSeparatorPolicy::Keep` counted as separators,

@@ -66,33 +66,12 @@ pub async fn serve(
 
     let path_and_query = match rctx.rewritten_path.take() {
         Some(path) => {
-            let path_and_query = match parts.uri.query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path,
-            };
-            PathAndQuery::try_from(path_and_query).map_err(|e| GatewayError::BadRequest(e.to_string()))?
+            super::path::with_query(path, parts.uri.query()).map_err(|e| GatewayError::BadRequest(e.to_string()))?
         }
         // Unchanged: the parsed original is shared, not rebuilt.
         None => parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
-    // The upstream connection is always HTTP/1.1, whatever the client spoke.
-    parts.version = http::Version::HTTP_11;
-    if let Some(protocol) = &rctx.upgrade {
-        upgrade::restore(&mut parts.headers, protocol.clone());
-    }
-    // The upstream's Host names the target (set by the pool); the client's
-    // authority travels in X-Forwarded-Host, validated and canonical, as
-    // Envoy and Traefik send it.
-    parts.headers.remove(header::HOST);
-    let forwarded_host = rctx.authority.as_ref().map(|a| a.header_value().clone());
-    headers::add_forwarded(&mut parts.headers, &rctx.client.forwarded_for, forwarded_host, rctx.client.tls);
-    parts.headers.insert(X_REQUEST_ID.clone(), rctx.request_id.clone());
-    if let Some(trace) = &rctx.trace {
-        parts.headers.insert(TRACEPARENT.clone(), trace.header());
-    }
-    if let Some(ops) = &route.request_headers {
-        ops.apply(&mut parts.headers);
-    }
+    upstream_request_head(rctx, route, &mut parts);
 
     rctx.upstream_slot = Some(ctx.upstream_slots.try_take().ok_or(GatewayError::Overloaded)?);
     let upgrade = rctx.upgrade.is_some();
@@ -126,6 +105,29 @@ pub async fn serve(
         ops.apply(&mut head.headers);
     }
     Ok(Response::from_parts(head, body))
+}
+
+/// The request head as the upstream receives it: HTTP/1.1, the upgrade it
+/// asked for, the gateway's forwarding headers, the route's header changes.
+fn upstream_request_head(rctx: &RequestCtx, route: &CompiledRoute, parts: &mut http::request::Parts) {
+    // The upstream connection is always HTTP/1.1, whatever the client spoke.
+    parts.version = http::Version::HTTP_11;
+    if let Some(protocol) = &rctx.upgrade {
+        upgrade::restore(&mut parts.headers, protocol.clone());
+    }
+    // The upstream's Host names the target (set by the pool); the client's
+    // authority travels in X-Forwarded-Host, validated and canonical, as
+    // Envoy and Traefik send it.
+    parts.headers.remove(header::HOST);
+    let forwarded_host = rctx.authority.as_ref().map(|a| a.header_value().clone());
+    headers::add_forwarded(&mut parts.headers, &rctx.client.forwarded_for, forwarded_host, rctx.client.tls);
+    parts.headers.insert(X_REQUEST_ID.clone(), rctx.request_id.clone());
+    if let Some(trace) = &rctx.trace {
+        parts.headers.insert(TRACEPARENT.clone(), trace.header());
+    }
+    if let Some(ops) = &route.request_headers {
+        ops.apply(&mut parts.headers);
+    }
 }
 
 /// One request's way to a service: what `forward` needs besides the request.

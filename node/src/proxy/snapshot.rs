@@ -272,14 +272,14 @@ impl GatewaySnapshot {
             revision: state.applied_index(),
             router,
             services,
-            api_keys: state.api_keys().map(|k| (Arc::from(meta_id(&k.meta)), k.clone())).collect(),
+            api_keys: state.api_keys().map(|k| (Arc::from(id_of(&k.meta)), k.clone())).collect(),
             consumers: state
                 .consumers()
-                .map(|c| (Arc::from(meta_id(&c.meta)), Arc::new(CompiledConsumer::new(c.clone()))))
+                .map(|c| (Arc::from(id_of(&c.meta)), Arc::new(CompiledConsumer::new(c.clone()))))
                 .collect(),
             consumer_ids_by_name: state
                 .consumers()
-                .map(|c| (Arc::from(c.name.as_str()), Arc::from(meta_id(&c.meta))))
+                .map(|c| (Arc::from(c.name.as_str()), Arc::from(id_of(&c.meta))))
                 .collect(),
             ai: Arc::new(crate::ai::snapshot::AiSnapshot::compile(state, &shared.secrets)),
         }
@@ -375,10 +375,6 @@ fn compile_routing(state: &GatewayState, shared: &Shared) -> (Arc<RouteTable>, A
     shared.jwks.retain_used();
     let router = Router::build(routes.iter().map(|(r, c)| (r.as_ref(), c.clone())));
     (Arc::new(router), Arc::new(services))
-}
-
-fn meta_id(meta: &Option<tollgate_proto::config::v1::Meta>) -> &str {
-    meta.as_ref().map_or("", |m| m.id.as_str())
 }
 
 fn compile_service(

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use http::Response;
 use http::header;
-use http::uri::{PathAndQuery, Uri};
+use http::uri::Uri;
 
 use super::super::ProxyContext;
 use super::super::authority::{self, Authority};
@@ -80,12 +80,10 @@ fn normalize_path(uri: &mut Uri, policy: path::PathPolicy) -> Result<(), Gateway
         Cow::Borrowed(_) => return Ok(()),
         Cow::Owned(normalized) => normalized,
     };
-    let path_and_query = match uri.query() {
-        Some(query) => format!("{normalized}?{query}"),
-        None => normalized,
-    };
+    let path_and_query =
+        path::with_query(normalized, uri.query()).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
     // The authority, if any, was read already; later phases need only the origin form.
-    *uri = Uri::from(PathAndQuery::try_from(path_and_query).map_err(|e| GatewayError::BadRequest(e.to_string()))?);
+    *uri = Uri::from(path_and_query);
     Ok(())
 }
 
