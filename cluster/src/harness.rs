@@ -218,6 +218,28 @@ fn signal(node: &NodeHandle, name: &str) -> bool {
     }
 }
 
+/// Waits (bounded) until every thread of `pid` is in the stopped state
+/// (`T` in `/proc/<pid>/task/<tid>/stat`).
+fn wait_until_stopped(pid: u32, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !all_threads_stopped(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        // Gone (or not Linux): nothing left that could answer.
+        return true;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            // The state follows the parenthesised command name, which may itself contain spaces.
+            .map(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t')))
+            .unwrap_or(true)
+    })
+}
+
 fn free_udp_port() -> Result<SocketAddr, HarnessError> {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(io("pick a UDP port"))?;
     socket.local_addr().map_err(io("pick a UDP port"))
@@ -534,9 +556,16 @@ impl Cluster {
     }
 
     /// SIGSTOP: the process is frozen, its sockets stay open.
+    ///
+    /// Returns once every thread of the node is stopped: `kill` only queues
+    /// the signal, and a thread running on another core may otherwise still
+    /// answer a request or two after `pause` returned.
     pub fn pause(&mut self, id: u64) -> Result<(), HarnessError> {
         let node = self.handle_mut(id)?;
         node.paused = signal(node, "STOP");
+        if let (true, Some(pid)) = (node.paused, node.pid()) {
+            wait_until_stopped(pid, Duration::from_secs(5));
+        }
         Ok(())
     }
 
