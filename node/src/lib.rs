@@ -9,6 +9,7 @@ pub mod clock;
 pub mod cluster_events;
 pub mod config;
 pub mod ctl;
+pub mod limits;
 pub mod net;
 pub mod ops;
 pub mod plumbing;

@@ -22,6 +22,8 @@ pub mod admin {
 /// Encoded `FileDescriptorSet` of every Tollgate proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tollgate_descriptor");
 
+pub mod limits;
+
 mod route_backend {
     use crate::config::v1::route::Backend;
     use crate::config::v1::{AiBackend, Route, ServiceBackend};

@@ -36,7 +36,10 @@
 //! property test, an arbitrary value) in `apply/`. Its admin API and CLI are
 //! the generic ones; no code in `node` names it.
 
-use tollgate_proto::config::v1::{ApiKey, Consumer, JoinToken, ModelAlias, ModelPrice, Provider, Route, Service};
+use tollgate_proto::config::v1::{
+    ApiKey, Consumer, JoinToken, Limit, ModelAlias, ModelPrice, Provider, QuotaWindow, Route, Service, UsageCounter,
+    UsageWatermark,
+};
 
 use crate::registry::entities;
 
@@ -91,6 +94,34 @@ entities! {
         key: b"prc/", shown: "model price", list: "price list",
         ops: [upsert PutModelPrice, delete DeleteModelPrice],
     },
+    // Rate limits and budgets (DESIGN §5).
+    Limit {
+        table: limits, get: limit, find: find_limit,
+        key: b"lim/", shown: "limit", list: "limit list",
+        ops: [create CreateLimit, update UpdateLimit, delete DeleteLimit],
+    },
+    // The entries below are written by the cluster itself, never by an
+    // admin: quota leases (apply/quota.rs) and the usage ledger
+    // (apply/usage.rs). They have no ops, and are read through their own
+    // commands.
+    QuotaWindow {
+        table: quota_windows, get: quota_window,
+        key: b"qta/", shown: "quota window", list: "limit status",
+        typed: "limit status",
+        ops: [],
+    },
+    UsageCounter {
+        table: usage_counters, get: usage_counter,
+        key: b"usc/", shown: "usage counter", list: "usage",
+        typed: "usage",
+        ops: [],
+    },
+    UsageWatermark {
+        table: usage_watermarks, get: usage_watermark,
+        key: b"usw/", shown: "usage watermark", list: "usage",
+        typed: "usage",
+        ops: [],
+    },
 }
 
 #[cfg(test)]
@@ -122,7 +153,18 @@ mod tests {
     #[test]
     fn kinds_with_secrets_are_typed_the_rest_generic() {
         let typed: Vec<_> = EntityKind::ALL.iter().filter(|k| k.typed_command().is_some()).copied().collect();
-        assert_eq!(typed, [EntityKind::Route, EntityKind::ApiKey, EntityKind::JoinToken, EntityKind::Provider]);
+        assert_eq!(
+            typed,
+            [
+                EntityKind::Route,
+                EntityKind::ApiKey,
+                EntityKind::JoinToken,
+                EntityKind::Provider,
+                EntityKind::QuotaWindow,
+                EntityKind::UsageCounter,
+                EntityKind::UsageWatermark
+            ]
+        );
         assert_eq!(EntityKind::Route.typed_command(), Some("route"));
     }
 

@@ -28,7 +28,7 @@ mod validate;
 mod validate_ai;
 mod validate_policy;
 
-pub use apply::{Action, Change, apply};
+pub use apply::{Action, Change, USAGE_DIMENSIONS, apply, usage_counter_id};
 pub use entities::{AnyEntity, EntityKind};
 pub use error::{ApplyError, RaftNodeError};
 pub use journal::Touched;

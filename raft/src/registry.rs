@@ -98,7 +98,10 @@ macro_rules! entities {
     (@does $action:ident, $wanted:ident) => { $wanted == $crate::registry::entities!(@action $action) };
     // The `Op` of the change `$wanted` on `$entity`, if `ops` declares one:
     // an if-else chain over the entry's ops, deletes left out.
-    (@into_op $entity:ident, $wanted:ident;) => { None };
+    (@into_op $entity:ident, $wanted:ident;) => {{
+        let _ = $entity;
+        None
+    }};
     (@into_op $entity:ident, $wanted:ident; delete $variant:ident $(, $action:ident $rest:ident)*) => {
         $crate::registry::entities!(@into_op $entity, $wanted; $($action $rest),*)
     };
@@ -128,7 +131,7 @@ macro_rules! entities {
             shown: $shown:literal,
             list: $list:literal,
             $(typed: $typed:literal,)?
-            ops: [$($action:ident $variant:ident),+ $(,)?] $(,)?
+            ops: [$($action:ident $variant:ident),* $(,)?] $(,)?
         }
     ),+ $(,)?) => {
         /// A kind of replicated entity.
@@ -227,7 +230,7 @@ macro_rules! entities {
             /// Whether the kind's `ops` declare a command for `action`.
             pub fn supports(self, action: $crate::apply::Action) -> bool {
                 match self {
-                    $(EntityKind::$ty => false $(|| $crate::registry::entities!(@does $action, action))+,)+
+                    $(EntityKind::$ty => false $(|| $crate::registry::entities!(@does $action, action))*,)+
                 }
             }
 
@@ -244,7 +247,7 @@ macro_rules! entities {
             /// if its `ops` declare one.
             pub fn delete_op(self, id: String) -> Option<::tollgate_proto::raft::v1::command::Op> {
                 match self {
-                    $(EntityKind::$ty => $crate::registry::entities!(@delete_op id; $($action $variant),+),)+
+                    $(EntityKind::$ty => $crate::registry::entities!(@delete_op id; $($action $variant),*),)+
                 }
             }
         }
@@ -329,7 +332,7 @@ macro_rules! entities {
             /// if its kind's `ops` declare one.
             pub fn into_op(self, action: $crate::apply::Action) -> Option<::tollgate_proto::raft::v1::command::Op> {
                 match self {
-                    $(AnyEntity::$ty(entity) => $crate::registry::entities!(@into_op entity, action; $($action $variant),+),)+
+                    $(AnyEntity::$ty(entity) => $crate::registry::entities!(@into_op entity, action; $($action $variant),*),)+
                 }
             }
         }
@@ -425,7 +428,9 @@ macro_rules! entities {
         ) -> Result<$crate::apply::Outcome, $crate::error::ApplyError> {
             use ::tollgate_proto::raft::v1::command::Op;
             match op {
-                $($(Op::$variant(input) => $crate::registry::entities!(@run $action, $ty, state, input, now, index),)+)+
+                $($(Op::$variant(input) => $crate::registry::entities!(@run $action, $ty, state, input, now, index),)*)+
+                // Quota leases and usage batches (apply/quota.rs, apply/usage.rs).
+                other => $crate::apply::apply_system_op(state, other, now, index),
             }
         }
 
@@ -433,7 +438,8 @@ macro_rules! entities {
         pub(crate) fn summarize(op: &::tollgate_proto::raft::v1::command::Op) -> String {
             use ::tollgate_proto::raft::v1::command::Op;
             match op {
-                $($(Op::$variant(input) => $crate::registry::entities!(@summary $action, $ty, input),)+)+
+                $($(Op::$variant(input) => $crate::registry::entities!(@summary $action, $ty, input),)*)+
+                other => $crate::apply::summarize_system_op(other),
             }
         }
 
@@ -441,7 +447,8 @@ macro_rules! entities {
         #[cfg(test)]
         pub(crate) fn arbitrary_op() -> ::proptest::strategy::BoxedStrategy<::tollgate_proto::raft::v1::command::Op> {
             ::proptest::strategy::Strategy::boxed(::proptest::strategy::Union::new(vec![
-                $($($crate::registry::entities!(@arbitrary $action, $ty, $variant),)+)+
+                $($($crate::registry::entities!(@arbitrary $action, $ty, $variant),)*)+
+                $crate::tests::arbitrary_system_op(),
             ]))
         }
     };

@@ -47,6 +47,35 @@ pub(crate) fn arbitrary_name() -> impl Strategy<Value = String> {
     prop::sample::select(NAMES.to_vec()).prop_map(str::to_string)
 }
 
+/// Lease and usage commands, valid and not, over the same few ids, so they
+/// meet the limits the entity ops create and delete.
+pub(crate) fn arbitrary_system_op() -> BoxedStrategy<Op> {
+    let ask = (arbitrary_id(), prop::sample::select(vec!["", "k1", "10.0.0.1"]), 0u64..20, 0u64..5, 0u64..5).prop_map(
+        |(limit_id, bucket, want, need, give_back)| pb::LeaseAsk {
+            limit_id,
+            bucket: bucket.to_string(),
+            want,
+            need,
+            give_back,
+            give_back_window_start_ms: COMMAND_TIME_MS / 1_000 * 1_000,
+        },
+    );
+    let lease = (0u64..3, prop::collection::vec(ask, 0..3))
+        .prop_map(|(node_id, asks)| Op::Lease(pb::LeaseRequest { node_id, asks }));
+    let delta = (prop::sample::select(vec!["", "k1", "k2"]), 0u64..5).prop_map(|(key, requests)| pb::UsageDelta {
+        hour_start_ms: COMMAND_TIME_MS,
+        key: key.to_string(),
+        requests,
+        ..Default::default()
+    });
+    let usage = (0u64..3, 0u64..4, 0u64..3, prop::collection::vec(delta, 0..3)).prop_map(
+        |(node_id, first_seq, more, deltas)| {
+            Op::Usage(pb::UsageBatch { node_id, first_seq, last_seq: first_seq + more, deltas })
+        },
+    );
+    prop_oneof![lease, usage].boxed()
+}
+
 pub(crate) fn meta(id: &str) -> Option<Meta> {
     Some(Meta { id: id.to_string(), ..Default::default() })
 }
@@ -79,6 +108,23 @@ fn check_invariants(state: &GatewayState) {
     }
     for key in state.api_keys() {
         assert!(state.consumer(&key.consumer_id).is_some(), "a key outlived its consumer");
+    }
+    for limit in state.limits() {
+        for (kind, ids) in [
+            (EntityKind::Route, &limit.route_ids),
+            (EntityKind::Service, &limit.service_ids),
+            (EntityKind::Consumer, &limit.consumer_ids),
+            (EntityKind::ApiKey, &limit.api_key_ids),
+        ] {
+            for id in ids {
+                assert!(state.entity(kind, id).is_some(), "limit {} is attached to a missing {kind} {id}", limit.name);
+            }
+        }
+    }
+    for window in state.quota_windows() {
+        assert!(state.limit(&window.limit_id).is_some(), "a quota window outlived its limit");
+        assert_eq!(window.granted, window.grants.iter().map(|g| g.units).sum::<u64>(), "grants add up");
+        assert!(window.grants.windows(2).all(|g| g[0].node_id < g[1].node_id), "grants sorted by node");
     }
     for alias in state.model_aliases() {
         for t in &alias.targets {

@@ -49,6 +49,8 @@ pub struct GatewaySnapshot {
     pub consumers: imbl::HashMap<Arc<str>, Arc<CompiledConsumer>>,
     pub consumer_ids_by_name: imbl::HashMap<Arc<str>, Arc<str>>,
     pub ai: Arc<crate::ai::snapshot::AiSnapshot>,
+    /// Rate limits and budgets, indexed by what they are attached to.
+    pub limits: Arc<crate::limits::CompiledLimits>,
 }
 
 /// A consumer with the identity headers sent upstream built once, not per request.
@@ -261,6 +263,7 @@ impl GatewaySnapshot {
             consumers: imbl::HashMap::new(),
             consumer_ids_by_name: imbl::HashMap::new(),
             ai: Default::default(),
+            limits: Default::default(),
         }
     }
 
@@ -282,6 +285,7 @@ impl GatewaySnapshot {
                 .map(|c| (Arc::from(c.name.as_str()), Arc::from(id_of(&c.meta))))
                 .collect(),
             ai: Arc::new(crate::ai::snapshot::AiSnapshot::compile(state, &shared.secrets)),
+            limits: Arc::new(crate::limits::CompiledLimits::compile(state)),
         }
     }
 
@@ -296,7 +300,7 @@ impl GatewaySnapshot {
         shared: &Shared,
     ) -> GatewaySnapshot {
         let mut next = self.clone();
-        let (mut routing, mut ai) = (false, false);
+        let (mut routing, mut ai, mut limits) = (false, false, false);
         for touch in touched {
             match touch.kind {
                 EntityKind::Service | EntityKind::Route => routing = true,
@@ -314,6 +318,10 @@ impl GatewaySnapshot {
                 // Every kind has an arm (no wildcard): a new entity does not
                 // compile until it says here what the data plane does with it.
                 EntityKind::JoinToken => {}
+                EntityKind::Limit => limits = true,
+                // Lease and ledger bookkeeping: read by the lease client and
+                // the admin API from the replicated state, not by requests.
+                EntityKind::QuotaWindow | EntityKind::UsageCounter | EntityKind::UsageWatermark => {}
             }
         }
         if routing {
@@ -321,6 +329,9 @@ impl GatewaySnapshot {
         }
         if ai {
             next.ai = Arc::new(crate::ai::snapshot::AiSnapshot::compile(state, &shared.secrets));
+        }
+        if limits {
+            next.limits = Arc::new(crate::limits::CompiledLimits::compile(state));
         }
         next.revision = state.applied_index();
         next

@@ -17,7 +17,10 @@ impl Rules for Consumer {
     /// Keys cannot outlive their consumer: they go in the same command.
     /// Scanning the keys is O(keys), which a rare delete can afford.
     fn on_delete(state: &GatewayState, id: &str) -> Result<Vec<Change>, ApplyError> {
-        Ok(state.api_keys().filter(|k| k.consumer_id == id).map(|k| Change::delete::<ApiKey>(k.id())).collect())
+        super::limits::refuse_if_limited(state, EntityKind::Consumer, &[id])?;
+        let keys: Vec<&str> = state.api_keys().filter(|k| k.consumer_id == id).map(|k| k.id()).collect();
+        super::limits::refuse_if_limited(state, EntityKind::ApiKey, &keys)?;
+        Ok(keys.into_iter().map(Change::delete::<ApiKey>).collect())
     }
 
     #[cfg(test)]
@@ -63,6 +66,11 @@ impl Rules for ApiKey {
             Action::Create => format!("{} for {}", self.id(), self.consumer_id),
             Action::Update | Action::Upsert => self.id().to_string(),
         }
+    }
+
+    fn on_delete(state: &GatewayState, id: &str) -> Result<Vec<Change>, ApplyError> {
+        super::limits::refuse_if_limited(state, EntityKind::ApiKey, &[id])?;
+        Ok(Vec::new())
     }
 
     #[cfg(test)]

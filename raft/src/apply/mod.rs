@@ -9,7 +9,12 @@
 mod ai;
 mod cluster;
 mod consumers;
+mod limits;
 mod proxy;
+mod quota;
+mod usage;
+
+pub use usage::{DIMENSIONS as USAGE_DIMENSIONS, counter_id as usage_counter_id};
 
 use std::sync::Arc;
 
@@ -64,6 +69,31 @@ pub struct Outcome {
 pub fn apply(state: &GatewayState, cmd: &Command, index: u64) -> Result<Outcome, ApplyError> {
     let op = cmd.op.as_ref().ok_or_else(|| ApplyError::invalid("op", "the command carries no operation"))?;
     entities::dispatch(state, op, cmd.proposed_at_ms, index)
+}
+
+/// Commands that change no admin-declared entity: quota leases and usage
+/// batches (the registry sends every other `Op` to its entity's path).
+pub(crate) fn apply_system_op(
+    state: &GatewayState,
+    op: &tollgate_proto::raft::v1::command::Op,
+    now: i64,
+    index: u64,
+) -> Result<Outcome, ApplyError> {
+    use tollgate_proto::raft::v1::command::Op;
+    match op {
+        Op::Lease(request) => quota::lease(state, request, now, index),
+        Op::Usage(batch) => usage::fold(state, batch, now, index),
+        _ => Err(ApplyError::invalid("op", "an entity operation the registry does not know")),
+    }
+}
+
+pub(crate) fn summarize_system_op(op: &tollgate_proto::raft::v1::command::Op) -> String {
+    use tollgate_proto::raft::v1::command::Op;
+    match op {
+        Op::Lease(request) => format!("lease for node {} ({} asks)", request.node_id, request.asks.len()),
+        Op::Usage(batch) => format!("usage of node {} records {}..={}", batch.node_id, batch.first_seq, batch.last_seq),
+        _ => "unknown operation".to_string(),
+    }
 }
 
 /// The kinds of change a command can make to one entity (a delete aside).

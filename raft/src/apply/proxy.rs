@@ -22,6 +22,7 @@ impl Rules for Service {
     /// A route may not lead to a missing service. Scanning the routes is
     /// O(routes), which a rare delete can afford.
     fn on_delete(state: &GatewayState, id: &str) -> Result<Vec<Change>, ApplyError> {
+        super::limits::refuse_if_limited(state, EntityKind::Service, &[id])?;
         let users: Vec<&str> =
             state.routes().filter(|r| r.backend_service_id() == Some(id)).map(|r| r.name.as_str()).collect();
         if !users.is_empty() {
@@ -79,6 +80,11 @@ impl Rules for Route {
             },
             None => Err(ApplyError::invalid("backend", "a route must name its backend: a service, or the AI gateway")),
         }
+    }
+
+    fn on_delete(state: &GatewayState, id: &str) -> Result<Vec<Change>, ApplyError> {
+        super::limits::refuse_if_limited(state, EntityKind::Route, &[id])?;
+        Ok(Vec::new())
     }
 
     #[cfg(test)]

@@ -1,0 +1,125 @@
+//! The limits of one snapshot, indexed by what they are attached to, so a
+//! request finds its limits with a few hash lookups.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tollgate_proto::config::v1::{Limit, LimitScope};
+use tollgate_raft::GatewayState;
+
+#[derive(Default)]
+pub struct CompiledLimits {
+    global: Vec<Arc<Limit>>,
+    by_route: HashMap<String, Vec<Arc<Limit>>>,
+    by_service: HashMap<String, Vec<Arc<Limit>>>,
+    by_consumer: HashMap<String, Vec<Arc<Limit>>>,
+    by_key: HashMap<String, Vec<Arc<Limit>>>,
+}
+
+/// Who is calling what: the identities a limit can be attached to or scoped by.
+#[derive(Debug, Clone, Copy)]
+pub struct Who<'a> {
+    pub route_id: &'a str,
+    pub service_id: Option<&'a str>,
+    pub consumer_id: Option<&'a str>,
+    pub api_key_id: Option<&'a str>,
+    pub client_ip: IpAddr,
+}
+
+/// A limit that applies to a request, with the value of its scope the
+/// request is counted under.
+#[derive(Debug, Clone)]
+pub struct Bucketed {
+    pub limit: Arc<Limit>,
+    pub bucket: Box<str>,
+}
+
+impl CompiledLimits {
+    pub fn compile(state: &GatewayState) -> CompiledLimits {
+        let mut compiled = CompiledLimits::default();
+        for limit in state.limits() {
+            if limit.global {
+                compiled.global.push(limit.clone());
+            }
+            for (ids, index) in [
+                (&limit.route_ids, &mut compiled.by_route),
+                (&limit.service_ids, &mut compiled.by_service),
+                (&limit.consumer_ids, &mut compiled.by_consumer),
+                (&limit.api_key_ids, &mut compiled.by_key),
+            ] {
+                for id in ids {
+                    index.entry(id.clone()).or_default().push(limit.clone());
+                }
+            }
+        }
+        compiled
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.global.is_empty()
+            && self.by_route.is_empty()
+            && self.by_service.is_empty()
+            && self.by_consumer.is_empty()
+            && self.by_key.is_empty()
+    }
+
+    /// Every limit attached to `who` but those scoped by model, with its
+    /// bucket, each once and in id order (so every request takes its leases
+    /// in the same order).
+    pub fn applicable(&self, who: &Who<'_>) -> Vec<Bucketed> {
+        self.attached(who)
+            .into_iter()
+            .filter_map(|limit| Some(Bucketed { bucket: bucket(limit, who)?, limit: limit.clone() }))
+            .collect()
+    }
+
+    /// The model-scoped limits attached to `who`, counted under `model`:
+    /// known only once an AI backend has resolved the model.
+    pub fn for_model(&self, who: &Who<'_>, model: &str) -> Vec<Bucketed> {
+        self.attached(who)
+            .into_iter()
+            .filter(|limit| limit.scope() == LimitScope::Model)
+            .map(|limit| Bucketed { limit: limit.clone(), bucket: model.into() })
+            .collect()
+    }
+
+    fn attached(&self, who: &Who<'_>) -> Vec<&Arc<Limit>> {
+        if self.is_empty() {
+            return Vec::new();
+        }
+        fn of<'m>(index: &'m HashMap<String, Vec<Arc<Limit>>>, id: Option<&str>) -> &'m [Arc<Limit>] {
+            id.and_then(|id| index.get(id)).map(Vec::as_slice).unwrap_or_default()
+        }
+        let mut limits: Vec<&Arc<Limit>> = self
+            .global
+            .iter()
+            .chain(of(&self.by_route, Some(who.route_id)))
+            .chain(of(&self.by_service, who.service_id))
+            .chain(of(&self.by_consumer, who.consumer_id))
+            .chain(of(&self.by_key, who.api_key_id))
+            .collect();
+        limits.sort_by(|a, b| id(a).cmp(id(b)));
+        limits.dedup_by(|a, b| id(a) == id(b));
+        limits
+    }
+}
+
+fn id(limit: &Limit) -> &str {
+    limit.meta.as_ref().map_or("", |m| m.id.as_str())
+}
+
+/// The scope's value for `who`. A key or consumer scope falls back to the
+/// client's address for a caller without one (an open route), as Kong does,
+/// so an anonymous caller is limited too rather than not at all.
+fn bucket(limit: &Limit, who: &Who<'_>) -> Option<Box<str>> {
+    let ip = || format!("ip:{}", who.client_ip).into_boxed_str();
+    Some(match limit.scope() {
+        LimitScope::ApiKey => who.api_key_id.map_or_else(ip, Box::from),
+        LimitScope::Consumer => who.consumer_id.map_or_else(ip, Box::from),
+        LimitScope::Route => who.route_id.into(),
+        LimitScope::Service => who.service_id.unwrap_or(who.route_id).into(),
+        LimitScope::ClientIp => who.client_ip.to_string().into_boxed_str(),
+        LimitScope::Model | LimitScope::Unspecified => return None,
+    })
+}

@@ -1,0 +1,357 @@
+//! Quota leases: the only place the cluster hands out permission to admit.
+//!
+//! For each limit and value of its scope (a bucket), the state holds the
+//! current window and what each node was granted in it. A lease command
+//! asks for units for a node; apply grants at most what the window has
+//! left, so the grants of a window never add up to more than the limit's
+//! amount, whichever node asks, however often, and across leader changes
+//! (the grants are replicated state, not the leader's memory).
+//!
+//! Windows are opened by the replicated clock: the time inside the command.
+//! A bucket's window only moves forward: a command stamped with an earlier
+//! time (a node whose clock lags) is granted units of the window already
+//! open, never of one that closed, so clock skew cannot spend a window twice.
+//! The grants of a window die with it: a node that dies holding units
+//! strands them only until the window ends.
+
+use std::collections::BTreeMap;
+
+use tollgate_proto::config::v1::{Limit, Meta, NodeGrant, QuotaWindow};
+use tollgate_proto::limits::{quota_window_id, window_bounds};
+use tollgate_proto::raft::v1::{LeaseAsk, LeaseGrant, LeaseGrants, LeaseRequest};
+
+use super::{Change, Outcome};
+use crate::error::ApplyError;
+use crate::state::GatewayState;
+
+/// Asks per command: a node batches the buckets it needs.
+pub(crate) const MAX_ASKS: usize = 1024;
+/// Bytes of a bucket (a key id, an IP, a model name).
+pub(crate) const MAX_BUCKET_LEN: usize = 256;
+
+pub(crate) fn lease(state: &GatewayState, request: &LeaseRequest, now: i64, index: u64) -> Result<Outcome, ApplyError> {
+    check(request)?;
+    // Asks for one bucket in one command see each other's grants.
+    let mut windows: BTreeMap<String, QuotaWindow> = BTreeMap::new();
+    let mut grants = Vec::with_capacity(request.asks.len());
+    for ask in &request.asks {
+        let Some(limit) = state.limit(&ask.limit_id) else {
+            grants.push(LeaseGrant {
+                limit_id: ask.limit_id.clone(),
+                bucket: ask.bucket.clone(),
+                limit_missing: true,
+                ..Default::default()
+            });
+            continue;
+        };
+        let id = quota_window_id(&ask.limit_id, &ask.bucket);
+        let stored = windows.get(&id).cloned().or_else(|| state.quota_window(&id).map(|w| w.as_ref().clone()));
+        let Some(mut window) = current_window(limit, stored, &ask.bucket, now) else {
+            return Err(ApplyError::invalid("proposed_at_ms", format!("{now} is outside the calendar")));
+        };
+        give_back(&mut window, request.node_id, ask);
+        let units = grant_size(limit.amount, window.granted, ask);
+        if units > 0 {
+            *node_units(&mut window, request.node_id) += units;
+            window.granted += units;
+            window.leases += 1;
+        }
+        grants.push(LeaseGrant {
+            limit_id: ask.limit_id.clone(),
+            bucket: ask.bucket.clone(),
+            units,
+            window_start_ms: window.window_start_ms,
+            window_end_ms: window.window_end_ms,
+            amount: limit.amount,
+            granted: window.granted,
+            limit_missing: false,
+        });
+        windows.insert(id, window);
+    }
+    let changes = windows
+        .into_iter()
+        .map(|(id, mut window)| {
+            let created = state.quota_window(&id).and_then(|w| w.meta.as_ref()).map_or(now, |m| m.created_at_ms);
+            window.meta = Some(Meta { id, created_at_ms: created, updated_at_ms: now, revision: index });
+            Change::Put(crate::entities::AnyEntity::QuotaWindow(std::sync::Arc::new(window)))
+        })
+        .collect();
+    Ok(Outcome { changes, entity: Some(prost::Message::encode_to_vec(&LeaseGrants { grants })) })
+}
+
+fn check(request: &LeaseRequest) -> Result<(), ApplyError> {
+    if request.node_id == 0 {
+        return Err(ApplyError::invalid("node_id", "must name the node the lease is for"));
+    }
+    if request.asks.is_empty() || request.asks.len() > MAX_ASKS {
+        return Err(ApplyError::invalid("asks", format!("must hold 1 to {MAX_ASKS} asks")));
+    }
+    for (i, ask) in request.asks.iter().enumerate() {
+        if ask.bucket.len() > MAX_BUCKET_LEN {
+            return Err(ApplyError::invalid(format!("asks[{i}].bucket"), format!("at most {MAX_BUCKET_LEN} bytes")));
+        }
+    }
+    Ok(())
+}
+
+/// The window open for the bucket at `now`: the stored one if it is still
+/// open or newer than `now`'s (a lagging clock), else a fresh one.
+fn current_window(limit: &Limit, stored: Option<QuotaWindow>, bucket: &str, now: i64) -> Option<QuotaWindow> {
+    let (start, end) = window_bounds(limit.window(), now)?;
+    match stored {
+        Some(window) if window.window_start_ms >= start => Some(window),
+        _ => Some(QuotaWindow {
+            limit_id: limit.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
+            bucket: bucket.to_string(),
+            window_start_ms: start,
+            window_end_ms: end,
+            ..Default::default()
+        }),
+    }
+}
+
+/// Takes back what the node says it will not spend, if it is of this window
+/// and no more than the node holds.
+fn give_back(window: &mut QuotaWindow, node_id: u64, ask: &LeaseAsk) {
+    if ask.give_back == 0 || ask.give_back_window_start_ms != window.window_start_ms {
+        return;
+    }
+    let held = node_units(window, node_id);
+    let back = ask.give_back.min(*held);
+    *held -= back;
+    window.granted -= back;
+    window.returned += back;
+}
+
+/// What to grant: what the node wants, but no more than half of what is
+/// left (so that when a window runs low the rest is shared in shrinking
+/// grants rather than taken by the first node to ask), and at least `need`
+/// if that much is left, else nothing.
+pub(crate) fn grant_size(amount: u64, granted: u64, ask: &LeaseAsk) -> u64 {
+    let left = amount.saturating_sub(granted);
+    let need = ask.need.max(1);
+    if left < need || ask.want == 0 {
+        return 0;
+    }
+    ask.want.min(left.div_ceil(2)).max(need).min(left)
+}
+
+fn node_units(window: &mut QuotaWindow, node_id: u64) -> &mut u64 {
+    let at = match window.grants.binary_search_by_key(&node_id, |g| g.node_id) {
+        Ok(at) => at,
+        Err(at) => {
+            window.grants.insert(at, NodeGrant { node_id, units: 0 });
+            at
+        }
+    };
+    &mut window.grants[at].units
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use tollgate_proto::config::v1::{LimitScope, LimitUnit, LimitWindow};
+    use tollgate_proto::raft::v1::Command;
+    use tollgate_proto::raft::v1::command::Op;
+
+    use super::*;
+    use crate::tests::meta;
+
+    const T0: i64 = 1_700_000_000_000; // a whole second, not a whole minute
+
+    fn limit_state(amount: u64, window: LimitWindow) -> GatewayState {
+        let limit = Limit {
+            meta: meta("l1"),
+            name: "per-key".into(),
+            unit: LimitUnit::Requests.into(),
+            amount,
+            window: window.into(),
+            scope: LimitScope::ApiKey.into(),
+            global: true,
+            ..Default::default()
+        };
+        run(&GatewayState::default(), 1, T0, Op::CreateLimit(limit)).0
+    }
+
+    fn run(state: &GatewayState, index: u64, now: i64, op: Op) -> (GatewayState, Option<Vec<u8>>) {
+        let cmd = Command { proposed_at_ms: now, actor: "test".into(), op: Some(op) };
+        let outcome = crate::apply::apply(state, &cmd, index).expect("applies");
+        (state.with_command(&cmd, index).unwrap(), outcome.entity)
+    }
+
+    fn ask(want: u64, need: u64) -> LeaseAsk {
+        LeaseAsk { limit_id: "l1".into(), bucket: "k1".into(), want, need, ..Default::default() }
+    }
+
+    /// Applies one lease command for `node` at `now` and returns its grant.
+    fn lease_at(state: &mut GatewayState, index: &mut u64, node: u64, now: i64, ask: LeaseAsk) -> LeaseGrant {
+        *index += 1;
+        let (next, entity) = run(state, *index, now, Op::Lease(LeaseRequest { node_id: node, asks: vec![ask] }));
+        *state = next;
+        let grants: LeaseGrants = prost::Message::decode(entity.unwrap().as_slice()).unwrap();
+        grants.grants.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn grants_stop_at_the_amount_and_shrink_as_the_window_runs_low() {
+        let mut state = limit_state(100, LimitWindow::Second);
+        let mut index = 1;
+        let first = lease_at(&mut state, &mut index, 1, T0 + 10, ask(80, 1));
+        assert_eq!(first.units, 50, "at most half of what is left");
+        assert_eq!((first.window_start_ms, first.window_end_ms), (T0, T0 + 1_000));
+        assert_eq!(lease_at(&mut state, &mut index, 2, T0 + 20, ask(80, 1)).units, 25);
+        assert_eq!(lease_at(&mut state, &mut index, 3, T0 + 30, ask(5, 1)).units, 5);
+        let mut total = 80;
+        while total < 100 {
+            let grant = lease_at(&mut state, &mut index, 1, T0 + 40, ask(100, 1));
+            assert!(grant.units >= 1);
+            total += grant.units;
+        }
+        assert_eq!(total, 100);
+        let spent = lease_at(&mut state, &mut index, 2, T0 + 50, ask(1, 1));
+        assert_eq!((spent.units, spent.granted, spent.amount), (0, 100, 100));
+        let window = state.quota_window("l1/k1").unwrap();
+        assert_eq!(window.grants.iter().map(|g| g.units).sum::<u64>(), 100);
+    }
+
+    #[test]
+    fn a_reservation_gets_what_it_needs_or_nothing() {
+        let mut state = limit_state(1_000, LimitWindow::Minute);
+        let mut index = 1;
+        assert_eq!(lease_at(&mut state, &mut index, 1, T0, ask(900, 900)).units, 900, "need wins over half");
+        assert_eq!(lease_at(&mut state, &mut index, 2, T0, ask(200, 200)).units, 0, "100 left cannot hold 200");
+        assert_eq!(lease_at(&mut state, &mut index, 2, T0, ask(50, 50)).units, 50);
+    }
+
+    #[test]
+    fn the_window_rolls_with_the_commands_clock_and_never_goes_back() {
+        let mut state = limit_state(10, LimitWindow::Second);
+        let mut index = 1;
+        assert_eq!(lease_at(&mut state, &mut index, 1, T0 + 500, ask(10, 10)).units, 10);
+        // The next second opens a fresh window with the whole amount.
+        let next = lease_at(&mut state, &mut index, 1, T0 + 1_200, ask(10, 10));
+        assert_eq!((next.units, next.window_start_ms), (10, T0 + 1_000));
+        // A node whose clock lags asks "in" the first second: it is given the
+        // open window (spent), never the closed one again.
+        let late = lease_at(&mut state, &mut index, 2, T0 + 900, ask(1, 1));
+        assert_eq!((late.units, late.window_start_ms), (0, T0 + 1_000));
+    }
+
+    #[test]
+    fn units_given_back_return_to_the_open_window_only() {
+        let mut state = limit_state(10, LimitWindow::Minute);
+        let mut index = 1;
+        let first = lease_at(&mut state, &mut index, 1, T0, ask(10, 10));
+        let start = first.window_start_ms;
+        assert_eq!(first.units, 10);
+        let back = LeaseAsk { give_back: 4, give_back_window_start_ms: start, ..ask(0, 0) };
+        let after = lease_at(&mut state, &mut index, 1, T0 + 1, back);
+        assert_eq!((after.units, after.granted), (0, 6));
+        // More than the node holds is capped at what it holds.
+        let greedy = LeaseAsk { give_back: 100, give_back_window_start_ms: start, ..ask(0, 0) };
+        assert_eq!(lease_at(&mut state, &mut index, 2, T0 + 2, greedy).granted, 6, "node 2 held nothing");
+        // A return for a window that closed changes nothing.
+        let stale = LeaseAsk { give_back: 3, give_back_window_start_ms: start - 60_000, ..ask(0, 0) };
+        assert_eq!(lease_at(&mut state, &mut index, 1, T0 + 3, stale).granted, 6);
+        assert_eq!(lease_at(&mut state, &mut index, 2, T0 + 4, ask(4, 4)).units, 4);
+    }
+
+    #[test]
+    fn a_lease_for_a_missing_limit_says_so_and_changes_nothing() {
+        let state = GatewayState::default();
+        let (next, entity) = run(&state, 1, T0, Op::Lease(LeaseRequest { node_id: 1, asks: vec![ask(1, 1)] }));
+        let grants: LeaseGrants = prost::Message::decode(entity.unwrap().as_slice()).unwrap();
+        assert!(grants.grants[0].limit_missing);
+        assert_eq!(next.quota_windows().count(), 0);
+    }
+
+    #[test]
+    fn deleting_a_limit_deletes_its_windows() {
+        let mut state = limit_state(10, LimitWindow::Minute);
+        let mut index = 1;
+        lease_at(&mut state, &mut index, 1, T0, ask(1, 1));
+        let (state, _) = run(&state, 9, T0, Op::DeleteLimit("l1".into()));
+        assert_eq!(state.quota_windows().count(), 0);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Ask { node: u64, at: i64, want: u64, need: u64 },
+        GiveBack { node: u64, at: i64, units: u64, of_window: i64 },
+        Resize(u64),
+        NewLeader,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (1u64..4, 0i64..3_000, 0u64..40, 0u64..10).prop_map(|(node, at, want, need)| Step::Ask {
+                node,
+                at,
+                want,
+                need
+            }),
+            (1u64..4, 0i64..3_000, 0u64..40, 0i64..3).prop_map(|(node, at, units, w)| Step::GiveBack {
+                node,
+                at,
+                units,
+                of_window: w * 1_000
+            }),
+            (1u64..60).prop_map(Step::Resize),
+            Just(Step::NewLeader),
+        ]
+    }
+
+    proptest! {
+        /// Whatever nodes ask and give back, in any order and with any
+        /// clocks, what each node may spend in a window (what it was
+        /// granted minus what it gave back) never adds up to more than the
+        /// amount in force when each grant was made.
+        #[test]
+        fn no_sequence_of_grants_and_returns_over_grants(steps in prop::collection::vec(step(), 1..80)) {
+            let mut state = limit_state(30, LimitWindow::Second);
+            let mut index = 1;
+            // Per window: what nodes hold, by the answers they got.
+            let mut held: BTreeMap<i64, BTreeMap<u64, u64>> = BTreeMap::new();
+            let mut amount = 30;
+            for step in steps {
+                match step {
+                    Step::Ask { node, at, want, need } => {
+                        let grant = lease_at(&mut state, &mut index, node, T0 + at, ask(want, need));
+                        *held.entry(grant.window_start_ms).or_default().entry(node).or_default() += grant.units;
+                        let total: u64 = held[&grant.window_start_ms].values().sum();
+                        prop_assert_eq!(total, grant.granted, "the state counts what nodes were told");
+                        prop_assert!(grant.units == 0 || grant.granted <= amount, "over-granted: {:?}", grant);
+                    }
+                    Step::GiveBack { node, at, units, of_window } => {
+                        let window_start = T0 + of_window;
+                        let back = LeaseAsk { give_back: units, give_back_window_start_ms: window_start, ..ask(0, 0) };
+                        let answer = lease_at(&mut state, &mut index, node, T0 + at, back);
+                        if answer.window_start_ms == window_start {
+                            let mine = held.entry(window_start).or_default().entry(node).or_default();
+                            *mine -= units.min(*mine);
+                        }
+                    }
+                    Step::Resize(to) => {
+                        amount = to;
+                        let mut limit = state.limit("l1").unwrap().as_ref().clone();
+                        limit.amount = to;
+                        index += 1;
+                        state = run(&state, index, T0, Op::UpdateLimit(limit)).0;
+                    }
+                    // The grants are replicated state: a new leader applies
+                    // the next command to the same state. Simulate it by
+                    // reloading the state from its encoded form.
+                    Step::NewLeader => {
+                        let engine = tollgate_storage::MemEngine::new();
+                        let mut batch = tollgate_storage::Batch::default();
+                        for (k, v) in state.encoded_entries() {
+                            batch.put(tollgate_storage::Cf::State, &k, &v);
+                        }
+                        tollgate_storage::KvEngine::write(&engine, batch, tollgate_storage::Durability::Process).unwrap();
+                        state = GatewayState::load(&engine, index).unwrap();
+                    }
+                }
+            }
+        }
+    }
+}
