@@ -20,6 +20,7 @@ pub struct Config {
     pub cluster: Cluster,
     pub telemetry: Telemetry,
     pub ops: Ops,
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -170,6 +171,7 @@ impl Default for Config {
             cluster: Cluster::default(),
             telemetry: Telemetry::default(),
             ops: Ops::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -292,4 +294,30 @@ impl Config {
 
 pub(crate) fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
+}
+
+/// Quota leases (DESIGN §5): how long a request may wait for a grant, and
+/// when a node gives back what it holds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// A request that finds this node's lease empty while more is being
+    /// asked for waits this long for the grant, then is refused (429).
+    pub lease_wait_ms: u64,
+    /// The same for the first request of a bucket this node has never held
+    /// a lease for: its grant is a Raft commit away.
+    pub first_lease_wait_ms: u64,
+    /// A lease command that has not committed by then fails: the requests
+    /// waiting for it are refused, and the node admits nothing beyond what
+    /// it holds (as when it cannot reach a majority).
+    pub ask_timeout_ms: u64,
+    /// Units of an hour-, day- or month-long window that a node has not
+    /// used for this long go back to the cluster for other nodes to use.
+    pub idle_return_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { lease_wait_ms: 5, first_lease_wait_ms: 250, ask_timeout_ms: 2_000, idle_return_ms: 5_000 }
+    }
 }

@@ -272,7 +272,11 @@ impl Node {
             client: clients.get(defaults.connect, Some(&provider_tls)).or_else(|| clients.get(defaults.connect, None)),
             catalog: tollgate_llm::catalog::Catalog::builtin(),
         });
-        let shared = proxy::Shared::new(clients, defaults, metrics, config.proxy.cache_max_bytes, ai, secrets.clone());
+        let (limiter, lease_asks) = crate::limits::Limiter::new(config.limits.clone(), metrics.limits.clone());
+        tokio::spawn(crate::limits::client::run(limiter.clone(), lease_asks, config.node_id, lease_proposer(&raft)));
+        let mut shared =
+            proxy::Shared::new(clients, defaults, metrics, config.proxy.cache_max_bytes, ai, secrets.clone());
+        shared.limiter = limiter;
         let access_log = crate::telemetry::access_log::AccessLog::start(&crate::telemetry::access_log::Sink::parse(
             &config.proxy.access_log,
         ))
@@ -410,4 +414,22 @@ impl Node {
         }
         let _ = std::fs::remove_file(self.data_dir.join("endpoints.json"));
     }
+}
+
+/// Lease commands go through Raft like any write (to the leader, from any
+/// node), stamped with this node's clock: the replicated state opens and
+/// closes windows from these times (see `tollgate_raft`'s `apply/quota.rs`).
+fn lease_proposer(raft: &RaftNode) -> crate::limits::client::ProposeLease {
+    let raft = raft.clone();
+    Arc::new(move |request| {
+        let raft = raft.clone();
+        Box::pin(async move {
+            let actor = format!("node {}", request.node_id);
+            let op = tollgate_proto::raft::v1::command::Op::Lease(request);
+            let command = tollgate_raft::Command::new(op, crate::clock::unix_ms(), actor);
+            let applied = raft.propose(command).await.map_err(|e| e.to_string())?;
+            let bytes = applied.entity.unwrap_or_default();
+            prost::Message::decode(bytes.as_slice()).map_err(|e| format!("a lease answer did not decode: {e}"))
+        })
+    })
 }

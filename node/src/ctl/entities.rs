@@ -24,21 +24,21 @@ const KIND_HELP: &str = "Entity kind, e.g. consumer, service, model-alias or mod
 #[derive(Debug, Args)]
 pub struct GetArgs {
     #[arg(value_parser = parse_kind, help = KIND_HELP)]
-    kind: EntityKind,
+    pub(super) kind: EntityKind,
     /// Name or id.
-    id_or_name: String,
+    pub(super) id_or_name: String,
 }
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
     #[arg(value_parser = parse_kind, help = KIND_HELP)]
-    kind: EntityKind,
+    pub(super) kind: EntityKind,
 }
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     #[arg(value_parser = parse_kind, help = KIND_HELP)]
-    kind: EntityKind,
+    pub(super) kind: EntityKind,
     /// JSON file with the entity, as `get -o json` prints it (`-` reads stdin);
     /// its id is new, whatever `meta` says.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
@@ -48,9 +48,9 @@ pub struct CreateArgs {
 #[derive(Debug, Args)]
 pub struct UpdateArgs {
     #[arg(value_parser = parse_kind, help = KIND_HELP)]
-    kind: EntityKind,
+    pub(super) kind: EntityKind,
     /// Name or id of the entity to change.
-    id_or_name: String,
+    pub(super) id_or_name: String,
     /// JSON file (`-` reads stdin) whose top-level fields replace the
     /// entity's; fields it leaves out keep their value.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
@@ -60,9 +60,9 @@ pub struct UpdateArgs {
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
     #[arg(value_parser = parse_kind, help = KIND_HELP)]
-    kind: EntityKind,
+    pub(super) kind: EntityKind,
     /// Name or id.
-    id_or_name: String,
+    pub(super) id_or_name: String,
 }
 
 fn parse_kind(name: &str) -> Result<EntityKind, String> {
@@ -138,6 +138,16 @@ pub(super) async fn delete(args: DeleteArgs, mut admin: client::Admin, out: &Pri
     let (kind, key) = (args.kind, args.id_or_name);
     out.one(json!({"deleted": key, "revision": revision}), || format!("deleted {kind} {key}"));
     Ok(())
+}
+
+/// The id of a stored entity of any kind.
+pub(super) fn entity_id(stored: &StoredEntity) -> Result<String, CtlError> {
+    let value = to_json(&decode(&stored.type_name, &stored.entity)?)?;
+    Ok(value["meta"]["id"].as_str().unwrap_or_default().to_string())
+}
+
+pub(super) fn written_entity(stored: &StoredEntity, verb: &str, out: &Printer) -> Result<(), CtlError> {
+    written(stored, verb, out)
 }
 
 fn written(stored: &StoredEntity, verb: &str, out: &Printer) -> Result<(), CtlError> {

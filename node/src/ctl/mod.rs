@@ -24,6 +24,7 @@
 mod ai;
 mod client;
 mod entities;
+mod limits;
 mod output;
 mod policy;
 
@@ -164,6 +165,9 @@ pub enum CtlCommand {
     Price(ai::PriceCmd),
     /// Tokens and cost from this node's usage ledger.
     Usage(ai::UsageArgs),
+    /// Rate limits (requests or tokens per second … day) and budgets (money per day or month).
+    #[command(subcommand)]
+    Limit(limits::LimitCmd),
     /// One entity of any kind without secrets, by name or id: `get model-price openai/gpt-4o`.
     Get(entities::GetArgs),
     /// Every entity of a kind: `list consumer`.
@@ -681,6 +685,7 @@ async fn execute(args: CtlArgs, token: &str, out: &Printer) -> Result<(), CtlErr
             }
         },
         CtlCommand::Cluster(cmd) => cluster_command(cmd, cluster, out).await?,
+        CtlCommand::Limit(cmd) => limits::limit_command(cmd, admin, out, stale).await?,
         CtlCommand::Get(args) => entities::get(args, admin, out, stale).await?,
         CtlCommand::List(args) => entities::list(args, admin, out, stale).await?,
         CtlCommand::Create(args) => entities::create(args, admin, out).await?,

@@ -55,6 +55,51 @@ pub enum GatewayError {
     /// message is already safe to show the caller.
     #[error("{message}")]
     Backend { kind: ErrorKind, status: StatusCode, message: String },
+    /// A rate limit or a budget refused the request (429).
+    #[error("{}", .0.message())]
+    RateLimited(Box<LimitRefusal>),
+}
+
+/// Which limit refused a request, and when it lets requests through again.
+/// Plain data, so every backend can render it in its own format; the
+/// response headers come from `crate::limits::headers`.
+#[derive(Debug, Clone)]
+pub struct LimitRefusal {
+    /// The limit's name: the policy named in the RateLimit headers.
+    pub policy: String,
+    pub amount: u64,
+    /// What the cluster can still admit in the window, as this node knows it.
+    pub remaining: u64,
+    pub window_secs: u64,
+    pub reset_at_ms: i64,
+    pub now_ms: i64,
+    /// A budget (money) rather than a rate limit.
+    pub budget: bool,
+    /// "100 requests per minute", "5000000 micro-dollars per month".
+    pub what: String,
+}
+
+impl LimitRefusal {
+    /// Whole seconds until the window resets, at least 1 (Retry-After).
+    pub fn retry_after_secs(&self) -> u64 {
+        ((self.reset_at_ms - self.now_ms).max(0) as u64).div_ceil(1_000).max(1)
+    }
+
+    pub fn message(&self) -> String {
+        let reset = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.reset_at_ms.max(0) as u64),
+        );
+        if self.budget {
+            format!("budget {:?} ({}) is spent; it resets at {reset}", self.policy, self.what)
+        } else {
+            format!(
+                "rate limit {:?} ({}) is exceeded; retry after {} s (resets at {reset})",
+                self.policy,
+                self.what,
+                self.retry_after_secs()
+            )
+        }
+    }
 }
 
 impl GatewayError {
@@ -78,6 +123,7 @@ impl GatewayError {
             | GatewayError::UpstreamTlsMisconfigured { .. }
             | GatewayError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Backend { status, .. } => *status,
+            GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -103,6 +149,7 @@ impl GatewayError {
             | GatewayError::UpstreamTlsMisconfigured { .. } => ErrorKind::Unavailable,
             GatewayError::UpstreamUnavailable { .. } => ErrorKind::Server,
             GatewayError::Backend { kind, .. } => *kind,
+            GatewayError::RateLimited(_) => ErrorKind::RateLimited,
         }
     }
 
@@ -125,6 +172,8 @@ impl GatewayError {
             GatewayError::Overloaded => "overloaded",
             GatewayError::UpstreamTlsMisconfigured { .. } => "upstream_tls_misconfigured",
             GatewayError::Backend { kind, .. } => kind.code(),
+            GatewayError::RateLimited(refusal) if refusal.budget => "budget_exceeded",
+            GatewayError::RateLimited(_) => "rate_limited",
         }
     }
 

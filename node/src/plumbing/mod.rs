@@ -14,5 +14,5 @@ mod self_wake;
 
 pub use body::{GatewayBody, empty, full};
 pub use client::{BoxError, Upstream, UpstreamClient, UpstreamClients, UpstreamResponseBody};
-pub use error::GatewayError;
+pub use error::{GatewayError, LimitRefusal};
 pub use pool::PoolError;

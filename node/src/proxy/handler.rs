@@ -37,13 +37,24 @@ pub async fn handle(
             if error.status().is_server_error() {
                 tracing::warn!(request_id = rctx.id(), %error, "request failed");
             }
-            match &rctx.route {
+            let refusal = match &error {
+                GatewayError::RateLimited(refusal) => Some(refusal.clone()),
+                _ => None,
+            };
+            let mut response = match &rctx.route {
                 // AI clients (OpenAI, Anthropic and Google SDKs) parse errors in their own format.
                 Some(route) if route.backend.is_ai() => crate::ai::gateway::render_error(&error, rctx.id(), ai_format),
                 _ => error.into_response(rctx.id()),
+            };
+            if let Some(refusal) = refusal {
+                crate::limits::headers::refused(&refusal, response.headers_mut());
             }
+            response
         }
     };
+    if let Some(taken) = &rctx.limits {
+        crate::limits::headers::on_response(taken, response.headers_mut());
+    }
     if let Some(route) = &rctx.route
         && let Some(cors) = &route.cors
     {
@@ -80,7 +91,7 @@ async fn run_phases(
     phase!(Phase::Lifecycle, phases::lifecycle::run(snapshot, rctx, route, &parts));
     phase!(Phase::Authenticate, phases::authenticate::run(snapshot, rctx, route, &mut parts));
     phase!(Phase::Authorize, phases::authorize::run(ctx, rctx, route, &parts));
-    phase!(Phase::Limit, phases::limit::run(snapshot, rctx, route, &parts));
+    phase!(Phase::Limit, phases::limit::run(ctx, snapshot, rctx, route).await);
     let mut miss = None;
     phase!(Phase::Cache, phases::cache::lookup(ctx, rctx, route, &parts, &mut miss));
     rctx.phases.enter(Phase::Backend);

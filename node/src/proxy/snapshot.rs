@@ -206,6 +206,9 @@ pub struct Shared {
     /// secrets kept sealed in the replicated state, JWT HMAC secrets and
     /// provider credentials alike.
     pub secrets: SecretBox,
+    /// This node's quota leases; replaced by the server with one whose
+    /// lease client runs (see `crate::limits::client`).
+    pub limiter: Arc<crate::limits::Limiter>,
     circuits: Mutex<HashMap<String, Arc<Circuit>>>,
     budgets: Mutex<HashMap<String, Arc<RetryBudget>>>,
 }
@@ -220,6 +223,7 @@ impl Shared {
         secrets: SecretBox,
     ) -> Shared {
         let jwks_client = clients.get(defaults.connect, None).expect("the plain upstream pool always builds");
+        let metrics_limits = metrics.limits.clone();
         Shared {
             clients,
             health: HealthRegistry::default(),
@@ -229,6 +233,8 @@ impl Shared {
             defaults,
             ai,
             secrets,
+            // No lease client: a limit refuses everything it is not granted.
+            limiter: crate::limits::Limiter::new(Default::default(), metrics_limits).0,
             circuits: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
         }

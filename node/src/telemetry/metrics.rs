@@ -73,6 +73,7 @@ pub struct Metrics {
     /// Connections cut because the client read nothing for the send timeout.
     send_timeouts: Family<ListenerLabels, Counter>,
     pub ai: super::ai_metrics::AiMetrics,
+    pub limits: super::limit_metrics::LimitMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -138,12 +139,14 @@ impl Metrics {
             send_timeouts.clone(),
         );
         let ai = super::ai_metrics::AiMetrics::register(&mut registry);
+        let limits = super::limit_metrics::LimitMetrics::register(&mut registry);
         Metrics {
             proxy_connections,
             proxy_connections_refused,
             proxy_connections_evicted,
             send_timeouts,
             ai,
+            limits,
             registry,
             requests,
             latency,

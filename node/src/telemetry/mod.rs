@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod ai_metrics;
+pub mod limit_metrics;
 pub mod metrics;
 pub mod tracing;
 

@@ -151,6 +151,9 @@ pub struct RequestCtx {
     pub trace: Option<TraceCtx>,
     /// Taken before the upstream is called; its response body holds it.
     pub upstream_slot: Option<UpstreamSlot>,
+    /// From `limit`: the quota units this request took, for the response's
+    /// RateLimit headers.
+    pub limits: Option<crate::limits::Taken>,
 }
 
 impl RequestCtx {
@@ -173,6 +176,7 @@ impl RequestCtx {
             attempts: 0,
             trace,
             upstream_slot: None,
+            limits: None,
         }
     }
 

@@ -1,0 +1,99 @@
+//! The rate-limit response headers: `RateLimit` and `RateLimit-Policy` as
+//! draft-ietf-httpapi-ratelimit-headers has them (structured-field lists:
+//! `"name";q=100;w=60` and `"name";r=0;t=30`), the `X-RateLimit-Limit`,
+//! `-Remaining` and `-Reset` (Unix seconds, as GitHub sends) that most
+//! clients still read, and `Retry-After` on a refusal.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::Taken;
+use crate::plumbing::LimitRefusal;
+
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+/// A budget past its soft threshold says so on every response.
+pub const X_BUDGET_WARNING: HeaderName = HeaderName::from_static("x-tollgate-budget-warning");
+
+/// The headers of a refusal (429).
+pub fn refused(refusal: &LimitRefusal, headers: &mut HeaderMap) {
+    let state = State {
+        policy: &refusal.policy,
+        amount: refusal.amount,
+        remaining: 0,
+        window_secs: refusal.window_secs,
+        reset_at_ms: refusal.reset_at_ms,
+        now_ms: refusal.now_ms,
+    };
+    state.write(headers);
+    headers.insert(http::header::RETRY_AFTER, HeaderValue::from(refusal.retry_after_secs()));
+}
+
+/// The headers of an admitted request, from its tightest limit's lease.
+pub fn on_response(taken: &Taken, headers: &mut HeaderMap) {
+    let Some((limit, view)) = taken.tightest() else { return };
+    State {
+        policy: &limit.name,
+        amount: view.amount,
+        remaining: view.remaining,
+        window_secs: super::limiter::window_secs(limit),
+        reset_at_ms: view.window_end_ms,
+        now_ms: crate::clock::unix_ms(),
+    }
+    .write(headers);
+}
+
+struct State<'a> {
+    policy: &'a str,
+    amount: u64,
+    remaining: u64,
+    window_secs: u64,
+    reset_at_ms: i64,
+    now_ms: i64,
+}
+
+impl State<'_> {
+    fn write(&self, headers: &mut HeaderMap) {
+        let reset_in = ((self.reset_at_ms - self.now_ms).max(0) as u64).div_ceil(1_000);
+        // Limit names are [A-Za-z0-9._-]: valid inside a structured-field string.
+        let policy = format!("\"{}\";q={};w={}", self.policy, self.amount, self.window_secs);
+        let now = format!("\"{}\";r={};t={}", self.policy, self.remaining, reset_in);
+        for (name, value) in [(RATELIMIT_POLICY, policy), (RATELIMIT, now)] {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        }
+        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(self.amount));
+        headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(self.remaining));
+        headers.insert(X_RATELIMIT_RESET, HeaderValue::from((self.reset_at_ms.max(0) as u64).div_ceil(1_000)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_names_its_policy_and_when_to_retry() {
+        let refusal = LimitRefusal {
+            policy: "per-key".into(),
+            amount: 100,
+            remaining: 3,
+            window_secs: 60,
+            reset_at_ms: 1_700_000_060_000,
+            now_ms: 1_700_000_030_500,
+            budget: false,
+            what: "100 requests per minute".into(),
+        };
+        let mut headers = HeaderMap::new();
+        refused(&refusal, &mut headers);
+        assert_eq!(headers["ratelimit-policy"], "\"per-key\";q=100;w=60");
+        assert_eq!(headers["ratelimit"], "\"per-key\";r=0;t=30");
+        assert_eq!(headers["retry-after"], "30");
+        assert_eq!(headers["x-ratelimit-limit"], "100");
+        assert_eq!(headers["x-ratelimit-remaining"], "0");
+        assert_eq!(headers["x-ratelimit-reset"], "1700000060");
+    }
+}

@@ -1,0 +1,235 @@
+//! This node's leases and the admission of a request across every limit
+//! that applies to it. The request path only takes units from leases it
+//! holds; asking for more is the background task of `client.rs`, which a
+//! request at most waits for, briefly (`limits.lease_wait_ms`).
+
+use std::collections::HashMap;
+use std::pin::pin;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tollgate_proto::config::v1::{Limit, LimitUnit};
+
+use super::compiled::Bucketed;
+use super::lease::{Lease, LeaseView, Take};
+use crate::plumbing::LimitRefusal;
+use crate::telemetry::limit_metrics::{LimitCounters, LimitMetrics};
+
+pub struct Limiter {
+    /// By limit id, then bucket: a lookup takes no allocation.
+    leases: RwLock<HashMap<Arc<str>, LimitLeases>>,
+    asks: mpsc::UnboundedSender<Arc<Lease>>,
+    pub(crate) config: crate::config::Limits,
+    pub(crate) metrics: LimitMetrics,
+}
+
+struct LimitLeases {
+    counters: LimitCounters,
+    by_bucket: HashMap<Box<str>, Arc<Lease>>,
+}
+
+/// Units taken for one request, to give back if it is refused by a later
+/// limit, or to reconcile once its real usage is known.
+#[derive(Default)]
+pub struct Taken {
+    pub(crate) parts: Vec<TakenPart>,
+}
+
+pub(crate) struct TakenPart {
+    pub(crate) lease: Arc<Lease>,
+    pub(crate) limit: Arc<Limit>,
+    pub(crate) units: u64,
+    pub(crate) window_start_ms: i64,
+}
+
+impl Taken {
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// Returns every unit taken (the request was refused after all).
+    pub fn give_back(self) {
+        for part in self.parts {
+            part.lease.refund(part.units, part.window_start_ms);
+        }
+    }
+
+    /// The lease views for response headers: the limit with the least left,
+    /// relative to its amount, speaks for all of them.
+    pub fn tightest(&self) -> Option<(&Limit, LeaseView)> {
+        self.parts
+            .iter()
+            .map(|p| (p.limit.as_ref(), p.lease.view()))
+            .min_by_key(|(_, view)| view.remaining.saturating_mul(1_000) / view.amount.max(1))
+    }
+}
+
+impl Limiter {
+    /// The limiter and the receiving end of its asks, for `client::run`.
+    pub fn new(
+        config: crate::config::Limits,
+        metrics: LimitMetrics,
+    ) -> (Arc<Limiter>, mpsc::UnboundedReceiver<Arc<Lease>>) {
+        let (asks, receiver) = mpsc::unbounded_channel();
+        let limiter = Limiter { leases: RwLock::new(HashMap::new()), asks, config, metrics };
+        (Arc::new(limiter), receiver)
+    }
+
+    /// Takes `units_of(limit)` from this node's lease of every limit in
+    /// `limits`, waiting briefly for a grant where the lease is empty; all
+    /// or nothing. A limit for which `units_of` says 0 is not consulted.
+    pub async fn admit(
+        &self,
+        limits: &[Bucketed],
+        units_of: impl Fn(&Limit) -> u64,
+    ) -> Result<Taken, Box<LimitRefusal>> {
+        let mut taken = Taken { parts: Vec::with_capacity(limits.len()) };
+        for bucketed in limits {
+            let units = units_of(&bucketed.limit);
+            if units == 0 {
+                continue;
+            }
+            let (lease, counters) = self.lease(&bucketed.limit, &bucketed.bucket);
+            match self.take(&lease, units, bucketed.limit.amount).await {
+                Some(window_start_ms) => {
+                    counters.admitted.inc();
+                    taken.parts.push(TakenPart { lease, limit: bucketed.limit.clone(), units, window_start_ms });
+                }
+                None => {
+                    counters.refused.inc();
+                    taken.give_back();
+                    return Err(Box::new(refusal(&bucketed.limit, lease.view())));
+                }
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Takes `units` from `lease`, asking for more and waiting for the
+    /// answer (bounded) when it is empty; the window the units are of.
+    async fn take(&self, lease: &Arc<Lease>, units: u64, amount: u64) -> Option<i64> {
+        if let Some(decided) = self.decide(lease, lease.try_take(units, amount, crate::clock::unix_ms())) {
+            return decided;
+        }
+        let wait = if lease.has_held() { self.config.lease_wait_ms } else { self.config.first_lease_wait_ms };
+        // Registered before the balance is looked at again, so an answer
+        // that lands in between wakes this request.
+        let mut answered = pin!(lease.answered());
+        answered.as_mut().enable();
+        for _ in 0..2 {
+            if let Some(decided) = self.decide(lease, lease.try_take(units, amount, crate::clock::unix_ms())) {
+                return decided;
+            }
+            if tokio::time::timeout(Duration::from_millis(wait), answered.as_mut()).await.is_err() {
+                return None;
+            }
+            answered.set(lease.answered());
+            answered.as_mut().enable();
+        }
+        None
+    }
+
+    /// What a take decided (queuing an ask if it says so): admitted with
+    /// the window, refused, or None when the request should wait for a grant.
+    fn decide(&self, lease: &Arc<Lease>, take: Take) -> Option<Option<i64>> {
+        match take {
+            Take::Taken { ask } => {
+                if ask {
+                    self.queue(lease);
+                }
+                Some(Some(lease.window_start_ms()))
+            }
+            Take::SpentOut => Some(None),
+            Take::Empty { ask } => {
+                if ask {
+                    self.queue(lease);
+                }
+                None
+            }
+        }
+    }
+
+    fn queue(&self, lease: &Arc<Lease>) {
+        // The client task is gone only at shutdown; the request then waits out its bound.
+        let _ = self.asks.send(lease.clone());
+    }
+
+    fn lease(&self, limit: &Limit, bucket: &str) -> (Arc<Lease>, LimitCounters) {
+        let limit_id = limit.meta.as_ref().map_or("", |m| m.id.as_str());
+        if let Ok(leases) = self.leases.read()
+            && let Some(of_limit) = leases.get(limit_id)
+            && let Some(lease) = of_limit.by_bucket.get(bucket)
+        {
+            return (lease.clone(), of_limit.counters.clone());
+        }
+        let mut leases = self.leases.write().unwrap_or_else(|p| p.into_inner());
+        let of_limit = leases
+            .entry(Arc::from(limit_id))
+            .or_insert_with(|| LimitLeases { counters: self.metrics.of(&limit.name), by_bucket: HashMap::new() });
+        let lease = of_limit
+            .by_bucket
+            .entry(Box::from(bucket))
+            .or_insert_with(|| Arc::new(Lease::new(Arc::from(limit_id), Box::from(bucket))))
+            .clone();
+        (lease, of_limit.counters.clone())
+    }
+
+    pub(crate) fn counters(&self, limit_id: &str) -> Option<LimitCounters> {
+        self.leases.read().ok()?.get(limit_id).map(|l| l.counters.clone())
+    }
+
+    /// Every lease, for the client's periodic give-back and clean-up.
+    pub(crate) fn all_leases(&self) -> Vec<Arc<Lease>> {
+        let Ok(leases) = self.leases.read() else { return Vec::new() };
+        leases.values().flat_map(|l| l.by_bucket.values().cloned()).collect()
+    }
+
+    /// Forgets leases whose window ended before `before_ms` and that no
+    /// request used since: a bucket per client address would otherwise grow
+    /// the map without bound.
+    pub(crate) fn forget_stale(&self, before_ms: i64) {
+        let mut leases = self.leases.write().unwrap_or_else(|p| p.into_inner());
+        for of_limit in leases.values_mut() {
+            of_limit.by_bucket.retain(|_, lease| {
+                lease.window_end_ms() >= before_ms
+                    || lease.last_used_ms.load(std::sync::atomic::Ordering::Relaxed) >= before_ms
+            });
+        }
+        leases.retain(|_, l| !l.by_bucket.is_empty());
+    }
+}
+
+/// What a refused request is told: which limit, and when it resets.
+pub fn refusal(limit: &Limit, view: LeaseView) -> LimitRefusal {
+    let now = crate::clock::unix_ms();
+    let reset_at_ms = if view.window_end_ms > now {
+        view.window_end_ms
+    } else {
+        // Never held a lease (no quorum, or the grant did not come in
+        // time): the window as this node's clock has it.
+        tollgate_proto::limits::window_bounds(limit.window(), now).map_or(now + 1_000, |(_, end)| end)
+    };
+    LimitRefusal {
+        policy: limit.name.clone(),
+        amount: limit.amount,
+        remaining: view.remaining,
+        window_secs: window_secs(limit),
+        reset_at_ms,
+        now_ms: now,
+        budget: limit.unit() == LimitUnit::CostMicros,
+        what: format!("{} {} per {}", limit.amount, limit.unit_text(), limit.window_text()),
+    }
+}
+
+/// The window's length for `RateLimit-Policy`'s `w` (a month as 30 days).
+pub(crate) fn window_secs(limit: &Limit) -> u64 {
+    use tollgate_proto::config::v1::LimitWindow;
+    match limit.window() {
+        LimitWindow::Second | LimitWindow::Unspecified => 1,
+        LimitWindow::Minute => 60,
+        LimitWindow::Hour => 3_600,
+        LimitWindow::Day => 86_400,
+        LimitWindow::Month => 30 * 86_400,
+    }
+}
