@@ -56,11 +56,19 @@ impl Taken {
     }
 
     /// The lease views for response headers: the limit with the least left,
-    /// relative to its amount, speaks for all of them.
+    /// relative to its amount, speaks for all of them. The reset is the end
+    /// of the window the request's units were taken from (the lease may
+    /// have moved on to the next window since).
     pub fn tightest(&self) -> Option<(&Limit, LeaseView)> {
         self.parts
             .iter()
-            .map(|p| (p.limit.as_ref(), p.lease.view()))
+            .map(|p| {
+                let mut view = p.lease.view();
+                if let Some((_, end)) = tollgate_proto::limits::window_bounds(p.limit.window(), p.window_start_ms) {
+                    view.window_end_ms = end;
+                }
+                (p.limit.as_ref(), view)
+            })
             .min_by_key(|(_, view)| view.remaining.saturating_mul(1_000) / view.amount.max(1))
     }
 }

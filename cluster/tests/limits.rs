@@ -1,0 +1,248 @@
+//! Cluster-wide rate limits through quota leases (issue 14, DESIGN §5), on
+//! three real `tollgate` processes: whichever nodes the traffic goes to,
+//! whatever dies or is cut off, a window never admits more than the limit,
+//! and under steady over-demand it admits nearly all of it.
+//!
+//! Admissions are attributed to windows by the `X-RateLimit-Reset` each
+//! admitted response carries: the end of the window its unit was leased
+//! in, as the replicated state opened it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+use tollgate_cluster::harness::{Cluster, ClusterOptions};
+use tollgate_proto::admin::v1::{GetNodeStatusRequest, PutEntityRequest};
+use tollgate_proto::config::v1::{
+    AuthMode, Limit, LimitScope, LimitUnit, LimitWindow, PathMatch, Route, RoutePath, Service, Target,
+};
+
+/// Per second: the test runs several whole windows in a few seconds.
+const LIMIT: u64 = 100;
+
+/// (node, status, window end in Unix seconds for admitted requests).
+type Outcomes = Arc<Mutex<Vec<(u64, u16, Option<u64>)>>>;
+
+async fn upstream() -> SocketAddr {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let service = service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(bytes::Bytes::from_static(b"ok"))))
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A 3-node cluster with an open route limited to `LIMIT` requests per
+/// second for the whole route, on every node's data plane.
+async fn limited_cluster(dir: &std::path::Path) -> Cluster {
+    let cluster = Cluster::up(ClusterOptions::new(3, dir)).await.expect("a 3-node cluster starts");
+    let upstream = upstream().await;
+    let mut admin = cluster.admin(1).await.unwrap();
+    let target = Target { host: "127.0.0.1".into(), port: upstream.port().into(), weight: 1 };
+    admin.create_service(Service { name: "svc".into(), targets: vec![target], ..Default::default() }).await.unwrap();
+    let route = Route {
+        name: "open".into(),
+        service_id: "svc".into(),
+        paths: vec![RoutePath { kind: PathMatch::Prefix as i32, path: "/".into() }],
+        auth: AuthMode::None as i32,
+        ..Default::default()
+    };
+    let route_id = admin.create_route(route).await.unwrap().into_inner().meta.unwrap().id;
+    let limit = Limit {
+        name: "route-rps".into(),
+        unit: LimitUnit::Requests.into(),
+        amount: LIMIT,
+        window: LimitWindow::Second.into(),
+        scope: LimitScope::Route.into(),
+        route_ids: vec![route_id],
+        ..Default::default()
+    };
+    let request = PutEntityRequest {
+        kind: "limit".into(),
+        entity: prost::Message::encode_to_vec(&limit),
+        create: true,
+        id_or_name: String::new(),
+    };
+    let stored = admin.put_entity(request).await.unwrap().into_inner();
+    let stored: Limit = prost::Message::decode(stored.entity.as_slice()).unwrap();
+    let revision = stored.meta.unwrap().revision;
+    for node in cluster.nodes() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut admin = cluster.admin(node.id).await.unwrap();
+            let status = admin.get_node_status(GetNodeStatusRequest {}).await.unwrap().into_inner();
+            if status.data_plane_index >= revision {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {} never served the limit", node.id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    cluster
+}
+
+/// Sends `rate` requests per second to `proxy` until `until`, from four
+/// keep-alive connections, recording each outcome.
+fn offer(node: u64, proxy: SocketAddr, rate: u32, until: Instant, outcomes: Outcomes) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let outcomes = outcomes.clone();
+                tokio::spawn(async move {
+                    use http_body_util::{BodyExt, Empty};
+                    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                        .build_http::<Empty<bytes::Bytes>>();
+                    let mut tick = tokio::time::interval(Duration::from_secs_f64(4.0 / f64::from(rate)));
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                    while Instant::now() < until {
+                        tick.tick().await;
+                        let uri = format!("http://{proxy}/x").parse().unwrap();
+                        let outcome = match tokio::time::timeout(Duration::from_secs(2), client.get(uri)).await {
+                            Ok(Ok(response)) => {
+                                let status = response.status().as_u16();
+                                let reset = response
+                                    .headers()
+                                    .get("x-ratelimit-reset")
+                                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                                let _ = response.into_body().collect().await;
+                                (node, status, reset.filter(|_| status == 200))
+                            }
+                            // No answer: the request got no response and is not counted.
+                            _ => continue,
+                        };
+                        outcomes.lock().await.push(outcome);
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            let _ = worker.await;
+        }
+    })
+}
+
+/// Admitted requests per window (by the window's end second).
+async fn admitted_per_window(outcomes: &Outcomes) -> BTreeMap<u64, u64> {
+    let mut per_window = BTreeMap::new();
+    for (_, status, reset) in outcomes.lock().await.iter() {
+        if *status == 200 {
+            *per_window.entry(reset.expect("an admitted response names its window")).or_default() += 1;
+        }
+    }
+    per_window
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn assert_never_over(per_window: &BTreeMap<u64, u64>) {
+    for (end, admitted) in per_window {
+        assert!(*admitted <= LIMIT, "the window ending at {end} admitted {admitted} > {LIMIT}: {per_window:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uneven_load_at_twice_the_limit_admits_at_most_the_limit_and_nearly_all_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = limited_cluster(dir.path()).await;
+    let outcomes: Outcomes = Default::default();
+    let started = unix_secs();
+    let until = Instant::now() + Duration::from_secs(5);
+    // 2 x LIMIT per second, 70/20/10 across the nodes.
+    let shares = [(1, 140), (2, 40), (3, 20)];
+    let load: Vec<_> =
+        shares.iter().map(|(id, rate)| offer(*id, cluster.node(*id).proxy, *rate, until, outcomes.clone())).collect();
+    for task in load {
+        task.await.unwrap();
+    }
+    let ended = unix_secs();
+    let per_window = admitted_per_window(&outcomes).await;
+    assert_never_over(&per_window);
+    // Windows the load covered whole: ending after the first full second
+    // and before the load stopped.
+    let whole: Vec<_> = per_window.iter().filter(|(end, _)| **end >= started + 2 && **end < ended).collect();
+    assert!(whole.len() >= 2, "at least two whole windows: {per_window:?} ({started}..{ended})");
+    for (end, admitted) in whole {
+        assert!(*admitted * 100 >= LIMIT * 95, "the window ending at {end} admitted only {admitted}: {per_window:?}");
+    }
+    println!("admitted per window: {per_window:?}");
+    cluster.down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_and_a_killed_leader_never_let_a_window_over_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = limited_cluster(dir.path()).await;
+    let outcomes: Outcomes = Default::default();
+    let until = Instant::now() + Duration::from_secs(8);
+    let load: Vec<_> = [(1, 80), (2, 80), (3, 80)]
+        .iter()
+        .map(|(id, rate)| offer(*id, cluster.node(*id).proxy, *rate, until, outcomes.clone()))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let leader = cluster.leader().await.unwrap();
+    let follower = cluster.nodes().iter().map(|n| n.id).find(|id| *id != leader).unwrap();
+    cluster.kill(follower).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    cluster.start(follower).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let leader = cluster.leader().await.unwrap();
+    cluster.kill(leader).await.unwrap();
+    for task in load {
+        task.await.unwrap();
+    }
+    let per_window = admitted_per_window(&outcomes).await;
+    assert_never_over(&per_window);
+    assert!(per_window.values().sum::<u64>() > 0, "something was admitted");
+    println!("admitted per window: {per_window:?}");
+    cluster.down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_node_admits_nothing_beyond_the_leases_it_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = limited_cluster(dir.path()).await;
+    let outcomes: Outcomes = Default::default();
+    let leader = cluster.leader().await.unwrap();
+    let cut = cluster.nodes().iter().map(|n| n.id).find(|id| *id != leader).unwrap();
+    let until = Instant::now() + Duration::from_secs(6);
+    let load: Vec<_> = cluster.nodes().iter().map(|n| offer(n.id, n.proxy, 60, until, outcomes.clone())).collect();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let others: Vec<u64> = cluster.nodes().iter().map(|n| n.id).filter(|id| *id != cut).collect();
+    cluster.partition(vec![vec![cut], others]);
+    let cut_at = unix_secs();
+    for task in load {
+        task.await.unwrap();
+    }
+    cluster.heal();
+    let outcomes_now = outcomes.lock().await.clone();
+    // Windows that opened after the partition: the cut-off node could get no
+    // lease for them, so it admitted none of their units.
+    let after: Vec<_> = outcomes_now
+        .iter()
+        .filter(|(node, status, reset)| *node == cut && *status == 200 && reset.is_some_and(|end| end > cut_at + 1))
+        .collect();
+    assert!(after.is_empty(), "node {cut} admitted in windows opened after it was cut off: {after:?}");
+    let majority_after = outcomes_now
+        .iter()
+        .filter(|(node, status, reset)| *node != cut && *status == 200 && reset.is_some_and(|end| end > cut_at + 1))
+        .count();
+    assert!(majority_after > 0, "the majority kept admitting");
+    assert_never_over(&admitted_per_window(&outcomes).await);
+    cluster.down().await;
+}
