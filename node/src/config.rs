@@ -305,7 +305,8 @@ pub struct Limits {
     /// asked for waits this long for the grant, then is refused (429).
     pub lease_wait_ms: u64,
     /// The same for the first request of a bucket this node has never held
-    /// a lease for: its grant is a Raft commit away.
+    /// a lease for (its grant is a Raft commit away), and for an AI call's
+    /// token or cost reservation, which lasts seconds anyway.
     pub first_lease_wait_ms: u64,
     /// A lease command that has not committed by then fails: the requests
     /// waiting for it are refused, and the node admits nothing beyond what

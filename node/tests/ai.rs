@@ -1363,3 +1363,157 @@ async fn the_official_google_genai_python_sdk_works_through_the_gateway() {
     let row = gw.usage_of("openai/gpt-4o-mini", 7).await;
     assert_eq!(row.errors, 0);
 }
+
+// === Token limits and budgets (issue 14) ===
+
+/// Attaches a limit to the AI route; day windows, so none rolls during a test
+/// (unless it runs right at midnight UTC: then it waits for the new day).
+async fn limit_ai_route(gw: &Gateway, limit: tollgate_proto::config::v1::Limit) {
+    let in_day = tollgate_node::clock::unix_ms().rem_euclid(86_400_000);
+    if in_day > 86_400_000 - 30_000 {
+        tokio::time::sleep(Duration::from_millis((86_400_000 - in_day + 1_000) as u64)).await;
+    }
+    let mut admin = common::admin_client(gw.node.admin_addr, TOKEN).await;
+    let route = admin.get_route(tollgate_proto::admin::v1::GetRequest { id_or_name: "llm".into(), stale: false });
+    let route_id = route.await.unwrap().into_inner().meta.unwrap().id;
+    let limit = tollgate_proto::config::v1::Limit { route_ids: vec![route_id], ..limit };
+    let request = tollgate_proto::admin::v1::PutEntityRequest {
+        kind: "limit".into(),
+        entity: prost::Message::encode_to_vec(&limit),
+        create: true,
+        id_or_name: String::new(),
+    };
+    admin.put_entity(request).await.unwrap();
+}
+
+fn per_key_per_day(
+    name: &str,
+    unit: tollgate_proto::config::v1::LimitUnit,
+    amount: u64,
+) -> tollgate_proto::config::v1::Limit {
+    use tollgate_proto::config::v1::{Limit, LimitScope, LimitWindow};
+    Limit {
+        name: name.into(),
+        unit: unit.into(),
+        amount,
+        window: LimitWindow::Day.into(),
+        scope: LimitScope::ApiKey.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_token_limit_reserves_max_tokens_reconciles_with_usage_and_refuses_in_each_callers_format() {
+    use tollgate_proto::config::v1::LimitUnit;
+    // The provider answers 5 tokens whatever max_tokens says.
+    let mock = mock_openai(LlmMockConfig { tokens: 5, ..Default::default() }).await;
+    let mut gw = Gateway::start().await;
+    gw.provider("openai", ProviderKind::Openai, format!("{}/v1", mock.url()), &["k1"]).await;
+    limit_ai_route(&gw, per_key_per_day("tokens-per-key", LimitUnit::TotalTokens, 400)).await;
+    let mut body = chat("openai/gpt-4o-mini", false);
+    body["max_tokens"] = json!(100);
+
+    let mut used = 0;
+    let mut admitted = 0;
+    let mut per_call = 0;
+    let refused = loop {
+        let reply = gw.post("/v1/chat/completions", body.clone()).await;
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            break reply;
+        }
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        assert!(reply.headers.contains_key("ratelimit-policy"));
+        per_call = reply.json()["usage"]["total_tokens"].as_u64().unwrap();
+        used += per_call;
+        admitted += 1;
+        assert!(admitted < 100, "never refused");
+    };
+    // Each call reserved its prompt + 100 and was reconciled to prompt + 5:
+    // without reconciliation 400 tokens would hold 3 calls; with it, calls
+    // stop only once what is left cannot hold one more reservation.
+    assert!(used <= 400, "used {used} of 400");
+    assert!(
+        used + per_call + 95 >= 400,
+        "only {used} of 400 used in {admitted} calls: reservations were not reconciled"
+    );
+    assert!(admitted > 3, "{admitted} calls");
+    assert_eq!(mock.requests().len(), admitted as usize, "a refused call never reaches the provider");
+    let error = refused.json();
+    assert_eq!(error["error"]["code"], "rate_limit_exceeded", "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("tokens-per-key"));
+    assert!(refused.headers.contains_key("retry-after"));
+    assert_eq!(refused.headers["ratelimit-policy"], "\"tokens-per-key\";q=400;w=86400");
+
+    // An Anthropic SDK caller gets Anthropic's error type.
+    let messages = json!({"model": "openai/gpt-4o-mini", "max_tokens": 100,
+        "messages": [{"role": "user", "content": "Say something about foxes."}]});
+    let refused = gw.post("/v1/messages", messages).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.json()["error"]["type"], "rate_limit_error", "{:?}", refused.body);
+}
+
+#[tokio::test]
+async fn a_stream_cut_short_reconciles_with_what_was_delivered() {
+    use tollgate_proto::config::v1::LimitUnit;
+    // Every stream is cut half way through its 40 tokens.
+    let mock = mock_openai(LlmMockConfig { tokens: 40, cut_stream: 1.0, ..Default::default() }).await;
+    let mut gw = Gateway::start().await;
+    gw.provider("openai", ProviderKind::Openai, format!("{}/v1", mock.url()), &["k1"]).await;
+    limit_ai_route(&gw, per_key_per_day("output-per-key", LimitUnit::OutputTokens, 100)).await;
+    let mut body = chat("openai/gpt-4o-mini", true);
+    body["max_tokens"] = json!(40);
+    let mut admitted = 0;
+    for _ in 0..20 {
+        let reply = gw.post("/v1/chat/completions", body.clone()).await;
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        assert_eq!(reply.status, StatusCode::OK);
+        admitted += 1;
+        // The stream's accounting (and reconciliation) runs when it ends.
+        gw.usage_of("openai/gpt-4o-mini", admitted).await;
+    }
+    let row = gw.usage_of("openai/gpt-4o-mini", admitted).await;
+    assert!(row.output_tokens <= 100, "{row:?}");
+    // 40 reserved per stream, about 20 delivered: with reconciliation more
+    // than 100 / 40 streams fit.
+    assert!(admitted >= 3, "only {admitted} streams: a cut stream kept its whole reservation ({row:?})");
+}
+
+#[tokio::test]
+async fn a_budget_warns_past_its_threshold_and_then_refuses_naming_itself_and_its_reset() {
+    use tollgate_proto::config::v1::LimitUnit;
+    let mock = mock_openai(LlmMockConfig { tokens: 50, ..Default::default() }).await;
+    let mut gw = Gateway::start().await;
+    gw.provider("openai", ProviderKind::Openai, format!("{}/v1", mock.url()), &["k1"]).await;
+    // 10 $ per million tokens either way: a call of ~70 tokens costs ~700 micro-dollars.
+    gw.price("openai/gpt-4o-mini", 10_000_000, 10_000_000, 10_000_000).await;
+    let budget = tollgate_proto::config::v1::Limit {
+        warn_at_percent: 50,
+        ..per_key_per_day("daily-spend", LimitUnit::CostMicros, 5_000)
+    };
+    limit_ai_route(&gw, budget).await;
+    let mut body = chat("openai/gpt-4o-mini", false);
+    body["max_tokens"] = json!(50);
+    let mut warned = false;
+    let refused = loop {
+        let reply = gw.post("/v1/chat/completions", body.clone()).await;
+        if reply.status == StatusCode::TOO_MANY_REQUESTS {
+            break reply;
+        }
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        warned |= reply
+            .headers
+            .get("x-tollgate-budget-warning")
+            .is_some_and(|v| v.to_str().unwrap().starts_with("budget \"daily-spend\" is "));
+    };
+    assert!(warned, "the soft threshold warned before the budget ran out");
+    let message = refused.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("budget \"daily-spend\"") && message.contains("resets at"), "{message}");
+    let row = gw.usage_of("openai/gpt-4o-mini", 1).await;
+    assert!(
+        row.cost_picodollars <= 5_000 * 1_000_000,
+        "spent {} of 5000 micro-dollars",
+        row.cost_picodollars / 1_000_000
+    );
+}

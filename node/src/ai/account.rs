@@ -49,6 +49,8 @@ pub struct Accounting {
     prompt_tokens: std::sync::OnceLock<u64>,
     done: bool,
     listed_model: bool,
+    /// Tokens and cost reserved on the caller's limits, reconciled in `finish`.
+    reservation: Option<super::limits::Reservation>,
 }
 
 pub struct Served<'a> {
@@ -87,6 +89,7 @@ impl Accounting {
             prompt_tokens: std::sync::OnceLock::new(),
             done: false,
             listed_model: false,
+            reservation: None,
         }
     }
 
@@ -150,6 +153,11 @@ impl Accounting {
         }
     }
 
+    /// Hands over the call's reservation, to reconcile when it ends.
+    pub fn reserved(&mut self, reservation: super::limits::Reservation) {
+        self.reservation = Some(reservation);
+    }
+
     pub fn prompt_estimate(&self) -> u64 {
         *self.prompt_tokens.get_or_init(|| self.prompt.estimate())
     }
@@ -207,6 +215,10 @@ impl Accounting {
         r.duration_ms = u32::try_from(elapsed.as_millis()).unwrap_or(u32::MAX);
         r.ttft_ms = self.first_token.map_or(0, |t| u32::try_from((t - self.started).as_millis()).unwrap_or(u32::MAX));
         r.cost_picodollars = r.price.as_ref().map_or(0, |p| cost_picodollars(p, input, cached, output));
+        // What was used and delivered, a stream cut short included.
+        if let Some(reservation) = self.reservation.take() {
+            reservation.settle(input, output, r.cost_picodollars);
+        }
 
         let outcome = match served.outcome {
             UsageOutcome::Ok => "ok",

@@ -55,6 +55,8 @@ pub struct AiCall {
     /// request timeout, as for a REST request whose body is held for
     /// retries); a caller trickling or stalling its body gets 408.
     pub body_timeout: Duration,
+    /// Token limits, budgets and model-scoped limits to reserve from.
+    pub limits: Option<super::limits::AiLimits>,
 }
 
 /// What the proxy's access log and metrics learn about the call.
@@ -638,6 +640,47 @@ impl Attempts<'_> {
     /// ingresses: sent as is (Anthropic's with the target's model) when the
     /// target speaks the same API, so nothing the canonical form lacks
     /// (cache_control, thinking, safetySettings) is lost.
+    /// Reserves the call's estimated tokens and cost on the caller's token
+    /// limits and budgets (see `super::limits`); the reservation rides with
+    /// `account`, which reconciles it when the call ends. A refusal is a 429
+    /// in the caller's format, accounted like any other refusal.
+    async fn reserve(
+        &self,
+        account: &mut Accounting,
+        requested: &str,
+        output_limit: Option<u64>,
+    ) -> Result<http::HeaderMap, AiOutcome> {
+        let Some(limits) = self.call.limits.as_ref().filter(|l| !l.deferred.is_empty()) else {
+            return Ok(http::HeaderMap::new());
+        };
+        let allowed: &[String] = self.call.api_key.as_ref().map_or(&[], |k| k.allowed_models.as_slice());
+        // A model the caller may not use is refused by `attempt`, before
+        // anything is spent: nothing to reserve.
+        let Ok(plan) = self.snapshot.plan(requested, allowed) else { return Ok(http::HeaderMap::new()) };
+        let price = plan
+            .candidates
+            .first()
+            .map(|c| self.snapshot.price(self.shared.catalog, &c.provider, &c.model))
+            .map_or((0, 0), |p| (p.input_micros_per_mtok, p.output_micros_per_mtok));
+        let estimate = super::limits::Estimate {
+            input_tokens: account.prompt_estimate(),
+            output_tokens: output_limit,
+            price_micros_per_mtok: price,
+        };
+        match limits.reserve(requested, estimate).await {
+            Ok((reservation, headers)) => {
+                account.reserved(reservation);
+                Ok(headers)
+            }
+            Err(refusal) => {
+                let message = refusal.message();
+                let mut refused = self.refuse(account, ErrorKind::RateLimited, StatusCode::TOO_MANY_REQUESTS, &message);
+                crate::limits::headers::refused(&refusal, refused.response.headers_mut());
+                Err(refused)
+            }
+        }
+    }
+
     async fn chat(&self, request: ChatRequest, original: Option<&Bytes>) -> AiOutcome {
         if request.model.trim().is_empty() {
             return outcome(error_response(
@@ -656,6 +699,10 @@ impl Attempts<'_> {
             Ingress::Gemini => "generate_content",
         };
         let mut account = self.accounting(endpoint_name, &requested, stream, PromptSource::Chat(request.clone()));
+        let limit_headers = match self.reserve(&mut account, &requested, request.output_limit()).await {
+            Ok(headers) => headers,
+            Err(refused) => return refused,
+        };
         let same_api = |candidate: &Candidate| {
             original.is_some()
                 && match self.ingress {
@@ -717,6 +764,7 @@ impl Attempts<'_> {
             let headers = out.headers_mut();
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            headers.extend(limit_headers);
             return AiOutcome { response: out, provider: provider_name, attempts };
         }
 
@@ -755,12 +803,13 @@ impl Attempts<'_> {
                 serde_json::to_vec(&gemini_ingress::chat_response_to_gemini(&answer, &requested)).map(Bytes::from)
             }
         };
-        let response = match json {
+        let mut response = match json {
             Ok(bytes) => json_response(StatusCode::OK, bytes),
             Err(error) => {
                 error_response(self.ingress, ErrorKind::Server, StatusCode::INTERNAL_SERVER_ERROR, &error.to_string())
             }
         };
+        response.headers_mut().extend(limit_headers);
         AiOutcome { response, provider: provider_name, attempts }
     }
 
@@ -786,6 +835,10 @@ impl Attempts<'_> {
             _ => 0,
         };
         let mut account = self.accounting("embeddings", &requested, false, PromptSource::Texts(texts));
+        let limit_headers = match self.reserve(&mut account, &requested, Some(0)).await {
+            Ok(headers) => headers,
+            Err(refused) => return refused,
+        };
         let answered = self
             .attempt(&mut account, &requested, |candidate, target| {
                 candidate.provider.adapter.embeddings_request(&request, target)
@@ -820,12 +873,13 @@ impl Attempts<'_> {
             finish_reason: None,
             error: None,
         });
-        let response = match serde_json::to_vec(&answer) {
+        let mut response = match serde_json::to_vec(&answer) {
             Ok(bytes) => json_response(StatusCode::OK, Bytes::from(bytes)),
             Err(error) => {
                 error_response(self.ingress, ErrorKind::Server, StatusCode::INTERNAL_SERVER_ERROR, &error.to_string())
             }
         };
+        response.headers_mut().extend(limit_headers);
         AiOutcome { response, provider: Some(provider.name.clone()), attempts }
     }
 }

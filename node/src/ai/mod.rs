@@ -11,6 +11,7 @@ pub mod account;
 pub mod cooldown;
 pub mod gateway;
 pub mod ledger;
+pub mod limits;
 pub mod pricing;
 pub mod snapshot;
 pub mod stream;

@@ -106,7 +106,8 @@ impl Lease {
                 if self.is_spent_out(amount, now_ms) {
                     return Take::SpentOut;
                 }
-                return Take::Empty { ask: self.start_asking(units) };
+                // What it holds counts: the ask needs only the rest.
+                return Take::Empty { ask: self.start_asking(units - balance.max(0)) };
             }
             match self.balance.compare_exchange_weak(balance, balance - units, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => break,
@@ -184,8 +185,15 @@ impl Lease {
         sizing.last_ask_ms = now_ms;
         sizing.spent_at_last_ask = spent;
         let by_rate = (sizing.rate * horizon_ms as f64 / 1000.0).ceil() as u64;
-        let want = by_rate.max(spent_since.saturating_mul(2)).max(need).max(1);
-        (want, need)
+        let mut want = by_rate.max(spent_since.saturating_mul(2));
+        // Near the end of the window, no more than the node can spend before
+        // it closes: units still held then are stranded (leased, never spent).
+        let end = self.window_end_ms.load(Ordering::Acquire);
+        if self.has_held() && end > now_ms {
+            let spendable = (sizing.rate * (end - now_ms) as f64 / 1000.0).ceil() as u64 + 1;
+            want = want.min(spendable);
+        }
+        (want.max(need).max(1), need)
     }
 
     /// Applies the answer to an ask, and wakes the requests waiting for it.

@@ -55,6 +55,25 @@ impl Taken {
         }
     }
 
+    /// Every limit taken from, with its lease's view.
+    pub fn views(&self) -> impl Iterator<Item = (&Limit, LeaseView)> {
+        self.parts.iter().map(|p| (p.limit.as_ref(), p.lease.view()))
+    }
+
+    /// Reconciles each part with the units actually used (`actual` says how
+    /// many, or None to keep what was taken): the difference is refunded
+    /// to, or charged on, the lease of the window the units came from.
+    pub fn settle(self, actual: impl Fn(&Limit) -> Option<u64>) {
+        for part in self.parts {
+            let Some(used) = actual(&part.limit) else { continue };
+            if used < part.units {
+                part.lease.refund(part.units - used, part.window_start_ms);
+            } else if used > part.units {
+                part.lease.charge(used - part.units, part.window_start_ms);
+            }
+        }
+    }
+
     /// The lease views for response headers: the limit with the least left,
     /// relative to its amount, speaks for all of them. The reset is the end
     /// of the window the request's units were taken from (the lease may
@@ -92,6 +111,26 @@ impl Limiter {
         limits: &[Bucketed],
         units_of: impl Fn(&Limit) -> u64,
     ) -> Result<Taken, Box<LimitRefusal>> {
+        self.admit_waiting(limits, units_of, self.config.lease_wait_ms).await
+    }
+
+    /// As `admit`, for a call that may wait `first_lease_wait_ms` for a
+    /// grant even on a lease it held before: an AI call lasts seconds, and
+    /// its reservation (hundreds of tokens) often needs a grant of its own.
+    pub async fn admit_patiently(
+        &self,
+        limits: &[Bucketed],
+        units_of: impl Fn(&Limit) -> u64,
+    ) -> Result<Taken, Box<LimitRefusal>> {
+        self.admit_waiting(limits, units_of, self.config.first_lease_wait_ms).await
+    }
+
+    async fn admit_waiting(
+        &self,
+        limits: &[Bucketed],
+        units_of: impl Fn(&Limit) -> u64,
+        refill_wait_ms: u64,
+    ) -> Result<Taken, Box<LimitRefusal>> {
         let mut taken = Taken { parts: Vec::with_capacity(limits.len()) };
         for bucketed in limits {
             let units = units_of(&bucketed.limit);
@@ -99,7 +138,7 @@ impl Limiter {
                 continue;
             }
             let (lease, counters) = self.lease(&bucketed.limit, &bucketed.bucket);
-            match self.take(&lease, units, bucketed.limit.amount).await {
+            match self.take(&lease, units, bucketed.limit.amount, refill_wait_ms).await {
                 Some(window_start_ms) => {
                     counters.admitted.inc();
                     taken.parts.push(TakenPart { lease, limit: bucketed.limit.clone(), units, window_start_ms });
@@ -116,11 +155,11 @@ impl Limiter {
 
     /// Takes `units` from `lease`, asking for more and waiting for the
     /// answer (bounded) when it is empty; the window the units are of.
-    async fn take(&self, lease: &Arc<Lease>, units: u64, amount: u64) -> Option<i64> {
+    async fn take(&self, lease: &Arc<Lease>, units: u64, amount: u64, refill_wait_ms: u64) -> Option<i64> {
         if let Some(decided) = self.decide(lease, lease.try_take(units, amount, crate::clock::unix_ms())) {
             return decided;
         }
-        let wait = if lease.has_held() { self.config.lease_wait_ms } else { self.config.first_lease_wait_ms };
+        let wait = if lease.has_held() { refill_wait_ms } else { self.config.first_lease_wait_ms };
         // Registered before the balance is looked at again, so an answer
         // that lands in between wakes this request.
         let mut answered = pin!(lease.answered());
@@ -181,6 +220,10 @@ impl Limiter {
             .or_insert_with(|| Arc::new(Lease::new(Arc::from(limit_id), Box::from(bucket))))
             .clone();
         (lease, of_limit.counters.clone())
+    }
+
+    pub fn counters_of(&self, limit: &Limit) -> Option<LimitCounters> {
+        self.counters(limit.meta.as_ref().map_or("", |m| m.id.as_str()))
     }
 
     pub(crate) fn counters(&self, limit_id: &str) -> Option<LimitCounters> {

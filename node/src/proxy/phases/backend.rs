@@ -59,6 +59,10 @@ async fn ai(
         // As for a REST body held for retries (see `service_backend`).
         body_timeout: route.request_timeout.unwrap_or(ctx.shared.defaults.request),
         anthropic_beta: parts.headers.get("anthropic-beta").cloned(),
+        limits: (!rctx.ai_limits.is_empty()).then(|| crate::ai::limits::AiLimits {
+            limiter: ctx.shared.limiter.clone(),
+            deferred: std::mem::take(&mut rctx.ai_limits),
+        }),
     };
     let slot = ctx.upstream_slots.try_take().ok_or(GatewayError::Overloaded)?;
     let served = crate::ai::gateway::serve(&ctx.shared.ai, &snapshot.ai, &ctx.shared.metrics, call, parts, body).await;

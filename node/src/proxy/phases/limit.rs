@@ -43,6 +43,10 @@ async fn admit(
         client_ip: rctx.client.addr.ip(),
     };
     let limits = snapshot.limits.applicable(&who);
+    if route.backend.is_ai() {
+        rctx.ai_limits = limits.iter().filter(|b| b.limit.counts_usage()).cloned().collect();
+        rctx.ai_limits.extend(snapshot.limits.for_model(&who, ""));
+    }
     if limits.is_empty() {
         return Ok(Step::Continue);
     }

@@ -154,6 +154,9 @@ pub struct RequestCtx {
     /// From `limit`: the quota units this request took, for the response's
     /// RateLimit headers.
     pub limits: Option<crate::limits::Taken>,
+    /// From `limit`, on AI routes: the token limits, budgets and
+    /// model-scoped limits the AI backend reserves from.
+    pub ai_limits: Vec<crate::limits::Bucketed>,
 }
 
 impl RequestCtx {
@@ -177,6 +180,7 @@ impl RequestCtx {
             trace,
             upstream_slot: None,
             limits: None,
+            ai_limits: Vec::new(),
         }
     }
 
