@@ -246,3 +246,144 @@ async fn a_partitioned_node_admits_nothing_beyond_the_leases_it_held() {
     assert_never_over(&admitted_per_window(&outcomes).await);
     cluster.down().await;
 }
+
+/// A budget spent through the nodes in turn stops spending on every node:
+/// the money granted across the cluster never exceeds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_spent_through_one_node_stops_spending_on_every_node() {
+    use tollgate_loadtest::mock::llm::LlmMockConfig;
+    use tollgate_proto::admin::v1::CreateApiKeyRequest;
+    use tollgate_proto::admin::v1::ai_service_client::AiServiceClient;
+    use tollgate_proto::config::v1::{Consumer, ModelPrice, Provider, ProviderCredential, ProviderKind};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::up(ClusterOptions::new(3, dir.path())).await.expect("a 3-node cluster starts");
+    let mock = tollgate_loadtest::mock::openai::MockOpenAi::spawn(LlmMockConfig { tokens: 50, ..Default::default() })
+        .await
+        .unwrap();
+    let mut admin = cluster.admin(1).await.unwrap();
+    let consumer = admin.create_consumer(Consumer { name: "acme".into(), ..Default::default() }).await.unwrap();
+    let consumer_id = consumer.into_inner().meta.unwrap().id;
+    let key = admin
+        .create_api_key(CreateApiKeyRequest { consumer: "acme".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .plaintext;
+    let route = Route {
+        name: "llm".into(),
+        paths: vec![RoutePath { kind: PathMatch::Prefix as i32, path: "/v1".into() }],
+        auth: AuthMode::ApiKey as i32,
+        ai_gateway: true,
+        ..Default::default()
+    };
+    admin.create_route(route).await.unwrap();
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", cluster.node(1).admin))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let token = cluster.options().admin_token.clone();
+    let mut ai = AiServiceClient::with_interceptor(channel, move |mut request: tonic::Request<()>| {
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        Ok(request)
+    });
+    let credentials = vec![ProviderCredential { id: "k1".into(), secret: "sk-k1".into(), ..Default::default() }];
+    let provider = Provider {
+        name: "openai".into(),
+        kind: ProviderKind::Openai as i32,
+        base_url: format!("{}/v1", mock.url()),
+        credentials,
+        ..Default::default()
+    };
+    ai.create_provider(provider).await.unwrap();
+    // 10 micro-dollars a token either way.
+    let price = ModelPrice {
+        name: "openai/gpt-4o-mini".into(),
+        mode: "chat".into(),
+        input_micros_per_mtok: 10_000_000,
+        output_micros_per_mtok: 10_000_000,
+        ..Default::default()
+    };
+    ai.put_model_price(price).await.unwrap();
+    const BUDGET_MICROS: u64 = 10_000;
+    let budget = Limit {
+        name: "acme-daily".into(),
+        unit: LimitUnit::CostMicros.into(),
+        amount: BUDGET_MICROS,
+        window: LimitWindow::Day.into(),
+        scope: LimitScope::Consumer.into(),
+        consumer_ids: vec![consumer_id],
+        ..Default::default()
+    };
+    let request = PutEntityRequest {
+        kind: "limit".into(),
+        entity: prost::Message::encode_to_vec(&budget),
+        create: true,
+        id_or_name: String::new(),
+    };
+    let stored = admin.put_entity(request).await.unwrap().into_inner();
+    let revision = prost::Message::decode(stored.entity.as_slice()).map(|l: Limit| l.meta.unwrap().revision).unwrap();
+    for node in cluster.nodes() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cluster
+            .admin(node.id)
+            .await
+            .unwrap()
+            .get_node_status(GetNodeStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .data_plane_index
+            < revision
+        {
+            assert!(Instant::now() < deadline, "node {} never served the budget", node.id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // Spend through the nodes in turn until every node refuses.
+    let mut spent_micros = 0;
+    let mut refusals_in_a_row = 0;
+    let mut calls = 0;
+    while refusals_in_a_row < 3 {
+        calls += 1;
+        assert!(calls < 200, "the budget never stopped spending ({spent_micros} micro-dollars)");
+        let node = cluster.node((calls % 3 + 1) as u64);
+        let (status, body) = chat(node.proxy, &key).await;
+        match status {
+            200 => {
+                refusals_in_a_row = 0;
+                spent_micros += body["usage"]["total_tokens"].as_u64().unwrap() * 10;
+            }
+            429 => {
+                refusals_in_a_row += 1;
+                let message = body["error"]["message"].as_str().unwrap_or_default();
+                assert!(message.contains("acme-daily") && message.contains("resets at"), "{body}");
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(spent_micros <= BUDGET_MICROS, "spent {spent_micros} of {BUDGET_MICROS}");
+    // Each call reserves its prompt plus max_tokens (60) and is reconciled
+    // to its 50 output tokens: spending stops only once what is left cannot
+    // hold one more reservation (and leases stranded on the other nodes).
+    assert!(spent_micros * 10 >= BUDGET_MICROS * 7, "only {spent_micros} of {BUDGET_MICROS} spent");
+    cluster.down().await;
+}
+
+async fn chat(proxy: SocketAddr, key: &str) -> (u16, serde_json::Value) {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let body = serde_json::json!({"model": "openai/gpt-4o-mini", "max_tokens": 60, "messages": [{"role": "user", "content": "Say something about foxes."}]});
+    let request = http::Request::post(format!("http://{proxy}/v1/chat/completions"))
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body.to_string())))
+        .unwrap();
+    let response = client.request(request).await.expect("the proxy answers");
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
