@@ -10,6 +10,8 @@
 # Build the old one from a worktree of the commit before the change:
 #   git worktree add /tmp/tg-a <commit> && (cd /tmp/tg-a && . scripts/env.sh &&
 #   cargo build --release -p tollgate-node)
+# LIMIT_B=1 puts one request limit on B's `key` route (B may then be the
+# same binary as A: the limit's cost, side by side).
 # Routes: `key` (API key), `open` (no auth), and `ai` (an OpenAI-format chat
 # completion through the AI gateway to the OpenAI mock, API key, ledger and
 # metrics on). Generator on core 0; upstreams and both gateways on core 1
@@ -55,6 +57,12 @@ start() { # name binary port-offset: starts a gateway, configures it, writes its
 }
 start a "$A" 0
 start b "$B" 1
+# LIMIT_B=1: B also enforces one request limit per API key on the `key`
+# route, high enough never to refuse: the cost of admission from leases.
+if [ "${LIMIT_B:-0}" = 1 ]; then
+  "$B" ctl --admin 127.0.0.1:29100 --token "$TOKEN" limit create bench-per-key --requests 1000000000 \
+    --per second --scope key --route key >/dev/null
+fi
 KEY_A=$(cat "$WORK/a.key")
 KEY_B=$(cat "$WORK/b.key")
 
@@ -63,7 +71,10 @@ rps() { # url key [extra load args]
   shift 2
   out=$(taskset -c 0 "$LOAD" --threads 1 run "$url" -c "$CONNS" -d "$DUR" -q -H "Authorization: Bearer $key" "$@" 2>&1)
   if echo "$out" | grep -qE "failed +[1-9]"; then echo "failures: $out" >&2; fi
-  echo "$out" | awk '/requests / {sub("/s", "", $NF); sub("=", "", $NF); print $NF; exit}'
+  # "<req/s> <p99 ms>"
+  echo "$out" | awk '/requests / {r = $NF; sub("/s", "", r); sub("=", "", r)}
+    /latency/ {for (i = 1; i <= NF; i++) if ($i == "p99") {p = $(i + 1); sub("ms", "", p)}}
+    END {print r, p}'
 }
 
 # warm-up
@@ -73,16 +84,18 @@ done
 
 CHAT=(--body-file loadtest/scenarios/bodies/openai-chat.json -H "Content-Type: application/json")
 for route in $ROUTES; do
-  ratios=()
+  ratios=() p99s=()
   path=$route extra=()
   if [ "$route" = ai ]; then path=ai/v1/chat/completions extra=("${CHAT[@]}"); fi
   for round in $(seq 1 "$ROUNDS"); do
-    a=$(rps "http://127.0.0.1:28080/$path" "$KEY_A" "${extra[@]}")
-    b=$(rps "http://127.0.0.1:28081/$path" "$KEY_B" "${extra[@]}")
+    read -r a a99 <<< "$(rps "http://127.0.0.1:28080/$path" "$KEY_A" "${extra[@]}")"
+    read -r b b99 <<< "$(rps "http://127.0.0.1:28081/$path" "$KEY_B" "${extra[@]}")"
     ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", b / a }')
-    ratios+=("$ratio")
-    echo "[$route round $round] A $a req/s, B $b req/s, B/A $ratio"
+    p99=$(awk -v a="$a99" -v b="$b99" 'BEGIN { printf "%.3f", b / a }')
+    ratios+=("$ratio") p99s+=("$p99")
+    echo "[$route round $round] A $a req/s p99 ${a99} ms, B $b req/s p99 ${b99} ms, B/A $ratio, p99 B/A $p99"
   done
-  median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{v[NR] = $1} END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
-  echo "[$route] median B/A over $ROUNDS interleaved rounds: $median (${ratios[*]})"
+  median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+  echo "[$route] median B/A over $ROUNDS interleaved rounds: $(median "${ratios[@]}") (${ratios[*]})"
+  echo "[$route] median p99 B/A: $(median "${p99s[@]}") (${p99s[*]})"
 done
