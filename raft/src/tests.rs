@@ -58,6 +58,7 @@ pub(crate) fn arbitrary_system_op() -> BoxedStrategy<Op> {
             need,
             give_back,
             give_back_window_start_ms: COMMAND_TIME_MS / 1_000 * 1_000,
+            next_window: want % 2 == 1,
         },
     );
     let lease = (0u64..3, prop::collection::vec(ask, 0..3))
@@ -125,6 +126,10 @@ fn check_invariants(state: &GatewayState) {
         assert!(state.limit(&window.limit_id).is_some(), "a quota window outlived its limit");
         assert_eq!(window.granted, window.grants.iter().map(|g| g.units).sum::<u64>(), "grants add up");
         assert!(window.grants.windows(2).all(|g| g[0].node_id < g[1].node_id), "grants sorted by node");
+        if let Some(next) = &window.next {
+            assert_eq!(next.granted, next.grants.iter().map(|g| g.units).sum::<u64>(), "grants ahead add up");
+            assert_eq!(next.window_start_ms, window.window_end_ms, "leased ahead for the window after the open one");
+        }
     }
     for alias in state.model_aliases() {
         for t in &alias.targets {

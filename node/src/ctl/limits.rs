@@ -225,14 +225,22 @@ impl LimitSpec {
 async fn resolve_ids(mut admin: client::Admin, kind: EntityKind, names: Vec<String>) -> Result<Vec<String>, CtlError> {
     let mut ids = Vec::with_capacity(names.len());
     for name in names {
-        if kind.typed_command().is_some() {
-            // Keys are typed (their generic read is refused): given by id.
-            ids.push(name);
-            continue;
-        }
-        let request = GetEntityRequest { kind: kind.shown().into(), id_or_name: name.clone(), stale: false };
-        let stored = admin.get_entity(request).await.map_err(|e| super::pre_read_failed(e, kind.shown(), &name))?;
-        let id = entities::entity_id(&stored.into_inner())?;
+        let id = match kind {
+            // Keys are addressed by id (their labels need not be unique).
+            EntityKind::ApiKey => name,
+            // Routes are typed (the generic read refuses them): their own RPC.
+            EntityKind::Route => {
+                let request = tollgate_proto::admin::v1::GetRequest { id_or_name: name.clone(), stale: false };
+                let route = admin.get_route(request).await.map_err(|e| super::pre_read_failed(e, "route", &name))?;
+                route.into_inner().meta.map(|m| m.id).unwrap_or_default()
+            }
+            _ => {
+                let request = GetEntityRequest { kind: kind.shown().into(), id_or_name: name.clone(), stale: false };
+                let stored =
+                    admin.get_entity(request).await.map_err(|e| super::pre_read_failed(e, kind.shown(), &name))?;
+                entities::entity_id(&stored.into_inner())?
+            }
+        };
         ids.push(id);
     }
     Ok(ids)

@@ -64,19 +64,24 @@ fn dedup(mut leases: Vec<Arc<Lease>>) -> Vec<Arc<Lease>> {
 
 async fn ask(limiter: &Limiter, node_id: u64, propose: &ProposeLease, wanted: Vec<Arc<Lease>>, returns: Vec<LeaseAsk>) {
     let now = crate::clock::unix_ms();
-    let mut asks: Vec<LeaseAsk> = wanted
-        .iter()
-        .map(|lease| {
+    let mut asks: Vec<LeaseAsk> = Vec::with_capacity(wanted.len());
+    for lease in &wanted {
+        let ask = |want, need, next_window| LeaseAsk {
+            limit_id: lease.limit_id.to_string(),
+            bucket: lease.bucket.to_string(),
+            want,
+            need,
+            next_window,
+            ..Default::default()
+        };
+        if lease.wants_ahead() {
+            asks.push(ask(lease.ahead_size(horizon_ms(lease)), 1, true));
+        }
+        if lease.is_asking() {
             let (want, need) = lease.ask_size(now, horizon_ms(lease));
-            LeaseAsk {
-                limit_id: lease.limit_id.to_string(),
-                bucket: lease.bucket.to_string(),
-                want,
-                need,
-                ..Default::default()
-            }
-        })
-        .collect();
+            asks.push(ask(want, need, false));
+        }
+    }
     asks.extend(returns);
     for chunk_start in (0..asks.len()).step_by(MAX_ASKS_PER_COMMAND) {
         let end = (chunk_start + MAX_ASKS_PER_COMMAND).min(asks.len());

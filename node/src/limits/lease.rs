@@ -36,6 +36,10 @@ pub struct Lease {
     spent: AtomicU64,
     pub(crate) last_used_ms: AtomicI64,
     sizing: Mutex<Sizing>,
+    /// Units of the next window, leased ahead: (start, end, units).
+    next: Mutex<Option<(i64, i64, u64)>>,
+    /// An ask for the next window is queued or in flight, or was answered.
+    asking_next: AtomicBool,
     answered: Notify,
 }
 
@@ -87,6 +91,8 @@ impl Lease {
             spent: AtomicU64::new(0),
             last_used_ms: AtomicI64::new(0),
             sizing: Mutex::new(Sizing::default()),
+            next: Mutex::new(None),
+            asking_next: AtomicBool::new(false),
             answered: Notify::new(),
         }
     }
@@ -97,7 +103,8 @@ impl Lease {
     pub fn try_take(&self, units: u64, amount: u64, now_ms: i64) -> Take {
         self.last_used_ms.store(now_ms, Ordering::Relaxed);
         let units = units as i64;
-        if now_ms >= self.window_end_ms.load(Ordering::Acquire) {
+        let end = self.window_end_ms.load(Ordering::Acquire);
+        if now_ms >= end && !self.roll(now_ms) {
             return Take::Empty { ask: self.start_asking(units) };
         }
         let mut balance = self.balance.load(Ordering::Acquire);
@@ -117,7 +124,44 @@ impl Lease {
         self.spent.fetch_add(units as u64, Ordering::Relaxed);
         // Ask for more before running out: at half of the last grant.
         let low_water = self.sizing.lock().map_or(0, |s| s.last_grant / 2) as i64;
-        Take::Taken { ask: balance - units <= low_water && self.start_asking(0) }
+        let low = balance - units <= low_water && self.start_asking(0);
+        Take::Taken { ask: self.start_asking_ahead(now_ms) || low }
+    }
+
+    /// Near the end of the window, asks once for units of the next one, so
+    /// that the window's roll finds them here instead of every request
+    /// waiting for a grant at once.
+    fn start_asking_ahead(&self, now_ms: i64) -> bool {
+        let end = self.window_end_ms.load(Ordering::Acquire);
+        let lead = (self.window_len_ms() / 10).clamp(50, 1_000);
+        now_ms >= end - lead && !self.asking_next.swap(true, Ordering::AcqRel)
+    }
+
+    /// Moves to the units leased ahead once their window has opened; false
+    /// when there are none for `now_ms`.
+    fn roll(&self, now_ms: i64) -> bool {
+        let Ok(mut next) = self.next.lock() else { return false };
+        if self.window_end_ms.load(Ordering::Acquire) > now_ms {
+            return true; // another request rolled it
+        }
+        match *next {
+            Some((start, end, units)) if start <= now_ms && now_ms < end => {
+                self.balance.store(units as i64, Ordering::Release);
+                self.window_start_ms.store(start, Ordering::Release);
+                self.window_end_ms.store(end, Ordering::Release);
+                self.spent_out.store(false, Ordering::Release);
+                *next = None;
+                self.asking_next.store(false, Ordering::Release);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the client should ask for the next window (and not only
+    /// for the open one) for this lease.
+    pub(crate) fn wants_ahead(&self) -> bool {
+        self.asking_next.load(Ordering::Acquire) && self.next.lock().is_ok_and(|n| n.is_none())
     }
 
     /// The last answer said the window is spent, for this amount, recently
@@ -196,12 +240,39 @@ impl Lease {
         (want.max(need).max(1), need)
     }
 
+    pub(crate) fn is_asking(&self) -> bool {
+        self.asking.load(Ordering::Acquire)
+    }
+
+    /// What to ask ahead for the next window: the observed rate over the
+    /// horizon (the rate estimate is left as it is).
+    pub(crate) fn ahead_size(&self, horizon_ms: i64) -> u64 {
+        let rate = self.sizing.lock().map_or(0.0, |s| s.rate);
+        ((rate * horizon_ms as f64 / 1000.0).ceil() as u64).max(1)
+    }
+
     /// Applies the answer to an ask, and wakes the requests waiting for it.
     pub(crate) fn answer(&self, grant: &LeaseGrant) {
         let units = grant.units as i64;
+        if grant.window_start_ms > crate::clock::unix_ms() {
+            // Units of a window still to come: kept until it opens.
+            if let Ok(mut next) = self.next.lock() {
+                *next = match *next {
+                    Some((start, end, held)) if start == grant.window_start_ms => {
+                        Some((start, end, held + grant.units))
+                    }
+                    _ => Some((grant.window_start_ms, grant.window_end_ms, grant.units)),
+                };
+            }
+            self.answered.notify_waiters();
+            return;
+        }
         if grant.window_start_ms > self.window_start_ms.load(Ordering::Acquire) {
-            // A new window: what was held (or owed) in the old one is void.
-            self.balance.store(units, Ordering::Release);
+            // A new window: what was held (or owed) in the old one is void,
+            // and the next one is yet to be asked for.
+            let ahead = self.next.lock().ok().and_then(|mut n| n.take_if(|n| n.0 == grant.window_start_ms));
+            self.balance.store(units + ahead.map_or(0, |n| n.2 as i64), Ordering::Release);
+            self.asking_next.store(false, Ordering::Release);
             self.window_start_ms.store(grant.window_start_ms, Ordering::Release);
             self.window_end_ms.store(grant.window_end_ms, Ordering::Release);
         } else if grant.window_start_ms == self.window_start_ms.load(Ordering::Acquire) {
@@ -294,6 +365,26 @@ mod tests {
         lease.answer(&grant(4, 1_000, 4));
         assert_eq!(lease.view().remaining, 10, "10 - 4 leased + 4 held");
         assert!(matches!(lease.try_take(4, 10, 1_500), Take::Taken { .. }));
+    }
+
+    #[test]
+    fn units_leased_ahead_are_spent_once_their_window_opens() {
+        // Windows in the future of the real clock, as a grant ahead is.
+        let base = (crate::clock::unix_ms() / 1_000 + 60) * 1_000;
+        let lease = Lease::new("l".into(), "b".into());
+        lease.answer(&grant(0, 0, 0));
+        lease.answer(&grant(4, base, 0));
+        assert_eq!(lease.try_take(1, 10, base - 10), Take::Empty { ask: true }, "not open yet");
+        assert!(matches!(lease.try_take(4, 10, base + 5), Take::Taken { .. }), "rolled to the units ahead");
+        assert_eq!(lease.window_start_ms(), base);
+        assert!(matches!(lease.try_take(1, 10, base + 6), Take::Empty { .. }));
+        // Near the end of the window it asks ahead, once.
+        let lease = Lease::new("l".into(), "b".into());
+        lease.answer(&grant(5, 0, 5));
+        assert_eq!(lease.try_take(1, 10, 800), Take::Taken { ask: false });
+        assert_eq!(lease.try_take(1, 10, 950), Take::Taken { ask: true });
+        assert!(lease.wants_ahead());
+        assert!(matches!(lease.try_take(1, 10, 960), Take::Taken { .. }));
     }
 
     #[test]

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use tollgate_proto::config::v1::{Limit, Meta, NodeGrant, QuotaWindow};
+use tollgate_proto::config::v1::{Limit, Meta, NodeGrant, QuotaPeriod, QuotaWindow};
 use tollgate_proto::limits::{quota_window_id, window_bounds};
 use tollgate_proto::raft::v1::{LeaseAsk, LeaseGrant, LeaseGrants, LeaseRequest};
 
@@ -50,21 +50,29 @@ pub(crate) fn lease(state: &GatewayState, request: &LeaseRequest, now: i64, inde
             return Err(ApplyError::invalid("proposed_at_ms", format!("{now} is outside the calendar")));
         };
         give_back(&mut window, request.node_id, ask);
-        let units = grant_size(limit.amount, window.granted, ask);
-        if units > 0 {
-            *node_units(&mut window, request.node_id) += units;
-            window.granted += units;
-            window.leases += 1;
-        }
+        let grant = if ask.next_window {
+            grant_next(&mut window, limit, request.node_id, ask)
+        } else {
+            let units = grant_size(limit.amount, window.granted, ask);
+            if units > 0 {
+                *node_units(&mut window.grants, request.node_id) += units;
+                window.granted += units;
+                window.leases += 1;
+            }
+            LeaseGrant {
+                units,
+                window_start_ms: window.window_start_ms,
+                window_end_ms: window.window_end_ms,
+                granted: window.granted,
+                ..Default::default()
+            }
+        };
         grants.push(LeaseGrant {
             limit_id: ask.limit_id.clone(),
             bucket: ask.bucket.clone(),
-            units,
-            window_start_ms: window.window_start_ms,
-            window_end_ms: window.window_end_ms,
             amount: limit.amount,
-            granted: window.granted,
             limit_missing: false,
+            ..grant
         });
         windows.insert(id, window);
     }
@@ -98,16 +106,47 @@ fn check(request: &LeaseRequest) -> Result<(), ApplyError> {
 /// open or newer than `now`'s (a lagging clock), else a fresh one.
 fn current_window(limit: &Limit, stored: Option<QuotaWindow>, bucket: &str, now: i64) -> Option<QuotaWindow> {
     let (start, end) = window_bounds(limit.window(), now)?;
-    match stored {
-        Some(window) if window.window_start_ms >= start => Some(window),
-        _ => Some(QuotaWindow {
+    let fresh = |period: Option<QuotaPeriod>| {
+        let period = period.unwrap_or(QuotaPeriod { window_start_ms: start, window_end_ms: end, ..Default::default() });
+        QuotaWindow {
             limit_id: limit.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
             bucket: bucket.to_string(),
-            window_start_ms: start,
-            window_end_ms: end,
+            window_start_ms: period.window_start_ms,
+            window_end_ms: period.window_end_ms,
+            granted: period.granted,
+            grants: period.grants,
+            leases: period.leases,
             ..Default::default()
-        }),
+        }
+    };
+    match stored {
+        Some(window) if window.window_start_ms >= start => Some(window),
+        // The window leased ahead is now the open one.
+        Some(window) => Some(fresh(window.next.filter(|n| n.window_start_ms == start))),
+        None => Some(fresh(None)),
     }
+}
+
+/// Grants units of the window after the open one, which it opens ahead.
+fn grant_next(window: &mut QuotaWindow, limit: &Limit, node_id: u64, ask: &LeaseAsk) -> LeaseGrant {
+    let Some((start, end)) = window_bounds(limit.window(), window.window_end_ms) else {
+        return LeaseGrant::default();
+    };
+    let mut next = window.next.take().filter(|n| n.window_start_ms == start).unwrap_or(QuotaPeriod {
+        window_start_ms: start,
+        window_end_ms: end,
+        ..Default::default()
+    });
+    let units = grant_size(limit.amount, next.granted, ask);
+    if units > 0 {
+        *node_units(&mut next.grants, node_id) += units;
+        next.granted += units;
+        next.leases += 1;
+    }
+    let grant =
+        LeaseGrant { units, window_start_ms: start, window_end_ms: end, granted: next.granted, ..Default::default() };
+    window.next = Some(next);
+    grant
 }
 
 /// Takes back what the node says it will not spend, if it is of this window
@@ -116,7 +155,7 @@ fn give_back(window: &mut QuotaWindow, node_id: u64, ask: &LeaseAsk) {
     if ask.give_back == 0 || ask.give_back_window_start_ms != window.window_start_ms {
         return;
     }
-    let held = node_units(window, node_id);
+    let held = node_units(&mut window.grants, node_id);
     let back = ask.give_back.min(*held);
     *held -= back;
     window.granted -= back;
@@ -136,15 +175,15 @@ pub(crate) fn grant_size(amount: u64, granted: u64, ask: &LeaseAsk) -> u64 {
     ask.want.min(left.div_ceil(2)).max(need).min(left)
 }
 
-fn node_units(window: &mut QuotaWindow, node_id: u64) -> &mut u64 {
-    let at = match window.grants.binary_search_by_key(&node_id, |g| g.node_id) {
+fn node_units(grants: &mut Vec<NodeGrant>, node_id: u64) -> &mut u64 {
+    let at = match grants.binary_search_by_key(&node_id, |g| g.node_id) {
         Ok(at) => at,
         Err(at) => {
-            window.grants.insert(at, NodeGrant { node_id, units: 0 });
+            grants.insert(at, NodeGrant { node_id, units: 0 });
             at
         }
     };
-    &mut window.grants[at].units
+    &mut grants[at].units
 }
 
 #[cfg(test)]
@@ -257,6 +296,25 @@ mod tests {
     }
 
     #[test]
+    fn units_of_the_next_window_are_leased_ahead_and_count_when_it_opens() {
+        let mut state = limit_state(10, LimitWindow::Second);
+        let mut index = 1;
+        assert_eq!(lease_at(&mut state, &mut index, 1, T0 + 100, ask(6, 6)).units, 6);
+        let ahead = lease_at(&mut state, &mut index, 1, T0 + 950, LeaseAsk { next_window: true, ..ask(8, 8) });
+        assert_eq!((ahead.units, ahead.window_start_ms, ahead.granted), (8, T0 + 1_000, 8));
+        // The open window is untouched by it.
+        assert_eq!(lease_at(&mut state, &mut index, 2, T0 + 960, ask(4, 4)).units, 4);
+        // When the next window opens, what was leased ahead counts against it.
+        let opened = lease_at(&mut state, &mut index, 2, T0 + 1_010, ask(5, 5));
+        assert_eq!((opened.units, opened.window_start_ms, opened.granted), (0, T0 + 1_000, 8), "2 left, 5 needed");
+        assert_eq!(lease_at(&mut state, &mut index, 2, T0 + 1_020, ask(2, 2)).units, 2);
+        // A window leased ahead but skipped (no command in it) is dropped.
+        lease_at(&mut state, &mut index, 1, T0 + 1_990, LeaseAsk { next_window: true, ..ask(3, 3) });
+        let later = lease_at(&mut state, &mut index, 1, T0 + 5_000, ask(10, 10));
+        assert_eq!((later.units, later.window_start_ms), (10, T0 + 5_000));
+    }
+
+    #[test]
     fn a_lease_for_a_missing_limit_says_so_and_changes_nothing() {
         let state = GatewayState::default();
         let (next, entity) = run(&state, 1, T0, Op::Lease(LeaseRequest { node_id: 1, asks: vec![ask(1, 1)] }));
@@ -276,7 +334,7 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Step {
-        Ask { node: u64, at: i64, want: u64, need: u64 },
+        Ask { node: u64, at: i64, want: u64, need: u64, ahead: bool },
         GiveBack { node: u64, at: i64, units: u64, of_window: i64 },
         Resize(u64),
         NewLeader,
@@ -284,12 +342,8 @@ mod tests {
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            (1u64..4, 0i64..3_000, 0u64..40, 0u64..10).prop_map(|(node, at, want, need)| Step::Ask {
-                node,
-                at,
-                want,
-                need
-            }),
+            (1u64..4, 0i64..3_000, 0u64..40, 0u64..10, any::<bool>())
+                .prop_map(|(node, at, want, need, ahead)| Step::Ask { node, at, want, need, ahead }),
             (1u64..4, 0i64..3_000, 0u64..40, 0i64..3).prop_map(|(node, at, units, w)| Step::GiveBack {
                 node,
                 at,
@@ -315,8 +369,9 @@ mod tests {
             let mut amount = 30;
             for step in steps {
                 match step {
-                    Step::Ask { node, at, want, need } => {
-                        let grant = lease_at(&mut state, &mut index, node, T0 + at, ask(want, need));
+                    Step::Ask { node, at, want, need, ahead } => {
+                        let asked = LeaseAsk { next_window: ahead, ..ask(want, need) };
+                        let grant = lease_at(&mut state, &mut index, node, T0 + at, asked);
                         *held.entry(grant.window_start_ms).or_default().entry(node).or_default() += grant.units;
                         let total: u64 = held[&grant.window_start_ms].values().sum();
                         prop_assert_eq!(total, grant.granted, "the state counts what nodes were told");
