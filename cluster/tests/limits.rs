@@ -163,6 +163,7 @@ async fn uneven_load_at_twice_the_limit_admits_at_most_the_limit_and_nearly_all_
     let outcomes: Outcomes = Default::default();
     let started = unix_secs();
     let until = Instant::now() + Duration::from_secs(5);
+    let ended = started + 5;
     // 2 x LIMIT per second, 70/20/10 across the nodes.
     let shares = [(1, 140), (2, 40), (3, 20)];
     let load: Vec<_> =
@@ -170,11 +171,10 @@ async fn uneven_load_at_twice_the_limit_admits_at_most_the_limit_and_nearly_all_
     for task in load {
         task.await.unwrap();
     }
-    let ended = unix_secs();
     let per_window = admitted_per_window(&outcomes).await;
     assert_never_over(&per_window);
     // Windows the load covered whole: ending after the first full second
-    // and before the load stopped.
+    // and no later than the second the load stopped in began.
     let whole: Vec<_> = per_window.iter().filter(|(end, _)| **end >= started + 2 && **end < ended).collect();
     assert!(whole.len() >= 2, "at least two whole windows: {per_window:?} ({started}..{ended})");
     for (end, admitted) in whole {
@@ -231,16 +231,17 @@ async fn a_partitioned_node_admits_nothing_beyond_the_leases_it_held() {
     }
     cluster.heal();
     let outcomes_now = outcomes.lock().await.clone();
-    // Windows that opened after the partition: the cut-off node could get no
-    // lease for them, so it admitted none of their units.
+    // Windows that opened after the partition (and after the one it may
+    // have leased ahead for): the cut-off node could get no lease for them,
+    // so it admitted none of their units.
     let after: Vec<_> = outcomes_now
         .iter()
-        .filter(|(node, status, reset)| *node == cut && *status == 200 && reset.is_some_and(|end| end > cut_at + 1))
+        .filter(|(node, status, reset)| *node == cut && *status == 200 && reset.is_some_and(|end| end > cut_at + 2))
         .collect();
     assert!(after.is_empty(), "node {cut} admitted in windows opened after it was cut off: {after:?}");
     let majority_after = outcomes_now
         .iter()
-        .filter(|(node, status, reset)| *node != cut && *status == 200 && reset.is_some_and(|end| end > cut_at + 1))
+        .filter(|(node, status, reset)| *node != cut && *status == 200 && reset.is_some_and(|end| end > cut_at + 2))
         .count();
     assert!(majority_after > 0, "the majority kept admitting");
     assert_never_over(&admitted_per_window(&outcomes).await);
@@ -355,6 +356,10 @@ async fn a_budget_spent_through_one_node_stops_spending_on_every_node() {
             200 => {
                 refusals_in_a_row = 0;
                 spent_micros += body["usage"]["total_tokens"].as_u64().unwrap() * 10;
+            }
+            // No grant in time (a busy machine): not a verdict on the budget.
+            429 if body["error"]["message"].as_str().is_some_and(|m| m.contains("could not be checked")) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
             429 => {
                 refusals_in_a_row += 1;

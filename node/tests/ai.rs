@@ -1496,7 +1496,10 @@ async fn a_budget_warns_past_its_threshold_and_then_refuses_naming_itself_and_it
     let mut body = chat("openai/gpt-4o-mini", false);
     body["max_tokens"] = json!(50);
     let mut warned = false;
+    let mut calls = 0;
     let refused = loop {
+        calls += 1;
+        assert!(calls < 100, "the budget never refused");
         let reply = gw.post("/v1/chat/completions", body.clone()).await;
         if reply.status == StatusCode::TOO_MANY_REQUESTS {
             break reply;

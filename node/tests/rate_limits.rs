@@ -68,10 +68,13 @@ async fn a_request_limit_admits_its_amount_per_key_then_refuses_with_ratelimit_h
     let auth = format!("Bearer {key}");
     let headers = [("authorization", auth.as_str())];
     common::eventually("the limit reaches the data plane", async || {
-        get(node.proxy_addr, "/orders/1", &headers).await.headers.contains_key("ratelimit")
+        let reply = get(node.proxy_addr, "/orders/1", &headers).await;
+        assert_eq!(reply.status, 200, "the first request of the limit is admitted");
+        reply.headers.contains_key("ratelimit")
     })
     .await;
-    // The probe above spent one unit; two are left.
+    // The probe above spent one unit (the first admitted request that
+    // carried the headers; those before it were not limited yet).
     let mut admitted = 1;
     let mut refused = None;
     for _ in 0..5 {

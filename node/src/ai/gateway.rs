@@ -409,7 +409,7 @@ impl Attempts<'_> {
         )
     }
 
-    /// Refuses a request that names no usable model, in the caller's format, and accounts it.
+    /// Refuses a call (no usable model, a spent limit), in the caller's format, and accounts it.
     fn refuse(&self, account: &mut Accounting, kind: ErrorKind, status: StatusCode, message: &str) -> AiOutcome {
         account.finish(Served {
             outcome: UsageOutcome::Error,
@@ -636,10 +636,6 @@ impl Attempts<'_> {
         Err(self.refuse(account, kind, status, &message))
     }
 
-    /// `original` is the caller's own body for the Anthropic and Gemini
-    /// ingresses: sent as is (Anthropic's with the target's model) when the
-    /// target speaks the same API, so nothing the canonical form lacks
-    /// (cache_control, thinking, safetySettings) is lost.
     /// Reserves the call's estimated tokens and cost on the caller's token
     /// limits and budgets (see `super::limits`); the reservation rides with
     /// `account`, which reconciles it when the call ends. A refusal is a 429
@@ -657,17 +653,18 @@ impl Attempts<'_> {
         // A model the caller may not use is refused by `attempt`, before
         // anything is spent: nothing to reserve.
         let Ok(plan) = self.snapshot.plan(requested, allowed) else { return Ok(http::HeaderMap::new()) };
-        let price = plan
-            .candidates
-            .first()
-            .map(|c| self.snapshot.price(self.shared.catalog, &c.provider, &c.model))
-            .map_or((0, 0), |p| (p.input_micros_per_mtok, p.output_micros_per_mtok));
+        let Some(first) = plan.candidates.first() else { return Ok(http::HeaderMap::new()) };
+        let price = self.snapshot.price(self.shared.catalog, &first.provider, &first.model);
+        let price = (price.input_micros_per_mtok, price.output_micros_per_mtok);
+        // Model-scoped limits count the model the call goes to, whatever
+        // alias or spelling the caller used for it.
+        let model = format!("{}/{}", first.provider.name, first.model);
         let estimate = super::limits::Estimate {
             input_tokens: account.prompt_estimate(),
             output_tokens: output_limit,
             price_micros_per_mtok: price,
         };
-        match limits.reserve(requested, estimate).await {
+        match limits.reserve(&model, estimate).await {
             Ok((reservation, headers)) => {
                 account.reserved(reservation);
                 Ok(headers)
@@ -681,6 +678,10 @@ impl Attempts<'_> {
         }
     }
 
+    /// `original` is the caller's own body for the Anthropic and Gemini
+    /// ingresses: sent as is (Anthropic's with the target's model) when the
+    /// target speaks the same API, so nothing the canonical form lacks
+    /// (cache_control, thinking, safetySettings) is lost.
     async fn chat(&self, request: ChatRequest, original: Option<&Bytes>) -> AiOutcome {
         if request.model.trim().is_empty() {
             return outcome(error_response(

@@ -83,6 +83,7 @@ async fn ask(limiter: &Limiter, node_id: u64, propose: &ProposeLease, wanted: Ve
         }
     }
     asks.extend(returns);
+    let mut done = vec![false; wanted.len()];
     for chunk_start in (0..asks.len()).step_by(MAX_ASKS_PER_COMMAND) {
         let end = (chunk_start + MAX_ASKS_PER_COMMAND).min(asks.len());
         let request = LeaseRequest { node_id, asks: asks[chunk_start..end].to_vec() };
@@ -93,7 +94,7 @@ async fn ask(limiter: &Limiter, node_id: u64, propose: &ProposeLease, wanted: Ve
             Err(_) => Err(format!("no answer within {} ms", limiter.config.ask_timeout_ms)),
         };
         match answer {
-            Ok(grants) => answered(limiter, &wanted, grants),
+            Ok(grants) => answered(limiter, &wanted, grants, &mut done),
             Err(error) => {
                 limiter.metrics.lease_ask_failures.inc();
                 tracing::warn!(%error, "a quota lease command failed; requests beyond what this node holds are refused");
@@ -101,19 +102,25 @@ async fn ask(limiter: &Limiter, node_id: u64, propose: &ProposeLease, wanted: Ve
         }
     }
     // Whatever was not answered (a failure, a missing limit) stops asking,
-    // and its waiters wake to refuse.
-    for lease in &wanted {
+    // and its waiters wake to refuse. An answered lease is left alone: a
+    // request may already have asked again since.
+    for (lease, _) in wanted.iter().zip(&done).filter(|(_, answered)| !**answered) {
         lease.finish_asking();
     }
 }
 
 const MAX_ASKS_PER_COMMAND: usize = 1024;
 
-fn answered(limiter: &Limiter, wanted: &[Arc<Lease>], grants: LeaseGrants) {
+fn answered(limiter: &Limiter, wanted: &[Arc<Lease>], grants: LeaseGrants, done: &mut [bool]) {
     for grant in grants.grants {
-        let Some(lease) = wanted.iter().find(|l| *l.limit_id == *grant.limit_id && *l.bucket == *grant.bucket) else {
+        let Some(at) = wanted.iter().position(|l| *l.limit_id == *grant.limit_id && *l.bucket == *grant.bucket) else {
             continue;
         };
+        let lease = &wanted[at];
+        if grant.limit_missing {
+            continue;
+        }
+        done[at] = true;
         if let Some(counters) = limiter.counters(&grant.limit_id) {
             counters.granted_units.inc_by(grant.units);
             let stranded = lease.strands_on(&grant);

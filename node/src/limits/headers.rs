@@ -85,6 +85,7 @@ mod tests {
             reset_at_ms: 1_700_000_060_000,
             now_ms: 1_700_000_030_500,
             budget: false,
+            spent: true,
             what: "100 requests per minute".into(),
         };
         let mut headers = HeaderMap::new();

@@ -36,7 +36,10 @@ pub struct Lease {
     spent: AtomicU64,
     pub(crate) last_used_ms: AtomicI64,
     sizing: Mutex<Sizing>,
-    /// Units of the next window, leased ahead: (start, end, units).
+    /// Units of the next window, leased ahead: (start, end, units). Its
+    /// lock also serialises every change of window with every addition to
+    /// the balance (grants, refunds, charges), so that units of one window
+    /// never land in another's balance; admission itself takes no lock.
     next: Mutex<Option<(i64, i64, u64)>>,
     /// An ask for the next window is queued or in flight, or was answered.
     asking_next: AtomicBool,
@@ -57,7 +60,7 @@ struct Sizing {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Take {
     /// Admitted; `ask` says the lease ran low and an ask should go out.
-    Taken { ask: bool },
+    Taken { ask: bool, window_start_ms: i64 },
     /// Nothing (or not enough) left here; `ask` says whether an ask should go out.
     Empty { ask: bool },
     /// The cluster has nothing left in this window: refuse without waiting.
@@ -107,10 +110,14 @@ impl Lease {
         if now_ms >= end && !self.roll(now_ms) {
             return Take::Empty { ask: self.start_asking(units) };
         }
+        // Read before the balance: a window change stores the balance first,
+        // so a unit taken across a change is tagged with the older window,
+        // and a refund for it is dropped (never added to the newer one).
+        let window_start_ms = self.window_start_ms.load(Ordering::Acquire);
         let mut balance = self.balance.load(Ordering::Acquire);
         loop {
             if balance < units {
-                if self.is_spent_out(amount, now_ms) {
+                if self.is_spent_out(amount, (units - balance.max(0)) as u64, now_ms) {
                     return Take::SpentOut;
                 }
                 // What it holds counts: the ask needs only the rest.
@@ -125,7 +132,7 @@ impl Lease {
         // Ask for more before running out: at half of the last grant.
         let low_water = self.sizing.lock().map_or(0, |s| s.last_grant / 2) as i64;
         let low = balance - units <= low_water && self.start_asking(0);
-        Take::Taken { ask: self.start_asking_ahead(now_ms) || low }
+        Take::Taken { ask: self.start_asking_ahead(now_ms) || low, window_start_ms }
     }
 
     /// Near the end of the window, asks once for units of the next one, so
@@ -145,7 +152,7 @@ impl Lease {
             return true; // another request rolled it
         }
         match *next {
-            Some((start, end, units)) if start <= now_ms && now_ms < end => {
+            Some((start, end, units)) if start <= now_ms && now_ms < end && start > self.window_start_ms() => {
                 self.balance.store(units as i64, Ordering::Release);
                 self.window_start_ms.store(start, Ordering::Release);
                 self.window_end_ms.store(end, Ordering::Release);
@@ -154,7 +161,15 @@ impl Lease {
                 self.asking_next.store(false, Ordering::Release);
                 true
             }
-            _ => false,
+            _ => {
+                // A slot for a window that passed unused is dropped, so that
+                // the next window can be asked for ahead again.
+                if next.is_some_and(|(_, end, _)| end <= now_ms) {
+                    *next = None;
+                    self.asking_next.store(false, Ordering::Release);
+                }
+                false
+            }
         }
     }
 
@@ -167,10 +182,13 @@ impl Lease {
     /// The last answer said the window is spent, for this amount, recently
     /// enough: in a long window, units other nodes give back are worth
     /// asking for again once a second.
-    fn is_spent_out(&self, amount: u64, now_ms: i64) -> bool {
+    /// `need` is what this node lacks: spent means the cluster had less
+    /// than that left at the last answer.
+    fn is_spent_out(&self, amount: u64, need: u64, now_ms: i64) -> bool {
         const RECHECK_MS: i64 = 1_000;
         self.spent_out.load(Ordering::Acquire)
             && self.amount.load(Ordering::Acquire) == amount
+            && need > amount.saturating_sub(self.cluster_granted.load(Ordering::Acquire))
             && now_ms - self.answered_at_ms.load(Ordering::Acquire) < RECHECK_MS
     }
 
@@ -185,6 +203,7 @@ impl Lease {
     /// request refused by another limit after this one admitted it. Units
     /// of a window that has closed are dropped.
     pub fn refund(&self, units: u64, window_start_ms: i64) {
+        let _window = self.next.lock();
         if self.window_start_ms.load(Ordering::Acquire) == window_start_ms {
             self.balance.fetch_add(units as i64, Ordering::AcqRel);
             self.spent.fetch_sub(units.min(self.spent.load(Ordering::Relaxed)), Ordering::Relaxed);
@@ -194,6 +213,7 @@ impl Lease {
     /// Takes more units than were reserved (a call that used more): the
     /// balance may go negative, and the next grants pay the debt.
     pub fn charge(&self, units: u64, window_start_ms: i64) {
+        let _window = self.next.lock();
         if self.window_start_ms.load(Ordering::Acquire) == window_start_ms {
             self.balance.fetch_sub(units as i64, Ordering::AcqRel);
             self.spent.fetch_add(units, Ordering::Relaxed);
@@ -253,39 +273,47 @@ impl Lease {
 
     /// Applies the answer to an ask, and wakes the requests waiting for it.
     pub(crate) fn answer(&self, grant: &LeaseGrant) {
+        self.apply_grant(grant, crate::clock::unix_ms());
+        self.finish_asking();
+    }
+
+    fn apply_grant(&self, grant: &LeaseGrant, now_ms: i64) {
         let units = grant.units as i64;
-        if grant.window_start_ms > crate::clock::unix_ms() {
-            // Units of a window still to come: kept until it opens.
-            if let Ok(mut next) = self.next.lock() {
-                *next = match *next {
-                    Some((start, end, held)) if start == grant.window_start_ms => {
-                        Some((start, end, held + grant.units))
-                    }
-                    _ => Some((grant.window_start_ms, grant.window_end_ms, grant.units)),
-                };
-            }
-            self.answered.notify_waiters();
+        let Ok(mut next) = self.next.lock() else { return };
+        let current = self.window_start_ms.load(Ordering::Acquire);
+        if grant.window_end_ms <= now_ms || grant.window_start_ms < current {
+            // A window that has closed (by this node's clock, or because
+            // this node moved on): its units and its news are void.
             return;
         }
-        if grant.window_start_ms > self.window_start_ms.load(Ordering::Acquire) {
-            // A new window: what was held (or owed) in the old one is void,
-            // and the next one is yet to be asked for.
-            let ahead = self.next.lock().ok().and_then(|mut n| n.take_if(|n| n.0 == grant.window_start_ms));
+        if grant.window_start_ms > now_ms {
+            // Units of a window still to come: kept until it opens.
+            *next = match *next {
+                Some((start, end, held)) if start == grant.window_start_ms => Some((start, end, held + grant.units)),
+                _ => Some((grant.window_start_ms, grant.window_end_ms, grant.units)),
+            };
+            return;
+        }
+        if grant.window_start_ms > current {
+            // A new window: what was held (or owed) in the old one is void.
+            let ahead = next.take_if(|n| n.0 == grant.window_start_ms);
+            *next = next.filter(|n| n.0 > grant.window_start_ms);
             self.balance.store(units + ahead.map_or(0, |n| n.2 as i64), Ordering::Release);
             self.asking_next.store(false, Ordering::Release);
             self.window_start_ms.store(grant.window_start_ms, Ordering::Release);
             self.window_end_ms.store(grant.window_end_ms, Ordering::Release);
-        } else if grant.window_start_ms == self.window_start_ms.load(Ordering::Acquire) {
+        } else {
             self.balance.fetch_add(units, Ordering::AcqRel);
         }
         self.amount.store(grant.amount, Ordering::Relaxed);
         self.cluster_granted.store(grant.granted, Ordering::Relaxed);
-        self.spent_out.store(grant.units == 0 && grant.granted >= grant.amount, Ordering::Release);
-        self.answered_at_ms.store(crate::clock::unix_ms(), Ordering::Release);
+        // Nothing granted: what is left cannot hold what was needed (apply
+        // grants at least the need whenever that much is left).
+        self.spent_out.store(grant.units == 0, Ordering::Release);
+        self.answered_at_ms.store(now_ms, Ordering::Release);
         if let Ok(mut sizing) = self.sizing.lock() {
             sizing.last_grant = grant.units;
         }
-        self.finish_asking();
     }
 
     /// Units this lease holds that `grant`, of a later window, makes void:
@@ -307,8 +335,10 @@ impl Lease {
     /// Units held in the open window that this node gives up (it went idle):
     /// taken out of the balance so they cannot be spent after being returned.
     pub(crate) fn take_unspent(&self) -> (u64, i64) {
-        let units = self.balance.swap(0, Ordering::AcqRel).max(0) as u64;
-        (units, self.window_start_ms.load(Ordering::Acquire))
+        let _window = self.next.lock();
+        // A debt (negative balance) stays to be paid.
+        let held = self.balance.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| (b > 0).then_some(0));
+        (held.map_or(0, |b| b as u64), self.window_start_ms.load(Ordering::Acquire))
     }
 
     pub(crate) fn window_end_ms(&self) -> i64 {
@@ -349,56 +379,86 @@ mod tests {
         }
     }
 
+    /// An answer arriving at `now` on a virtual clock.
+    fn answer_at(lease: &Lease, grant: &LeaseGrant, now: i64) {
+        lease.apply_grant(grant, now);
+        lease.finish_asking();
+    }
+
+    fn taken(take: Take) -> bool {
+        matches!(take, Take::Taken { .. })
+    }
+
+    fn asks(take: Take) -> bool {
+        matches!(take, Take::Taken { ask: true, .. } | Take::Empty { ask: true })
+    }
+
     #[test]
     fn a_lease_admits_what_it_was_granted_in_its_window_only() {
         let lease = Lease::new("l".into(), "b".into());
         assert_eq!(lease.try_take(1, 10, 10), Take::Empty { ask: true }, "never held: ask");
         assert_eq!(lease.try_take(1, 10, 10), Take::Empty { ask: false }, "already asking");
-        lease.answer(&grant(3, 0, 3));
-        assert_eq!(lease.try_take(1, 10, 10), Take::Taken { ask: false });
-        assert_eq!(lease.try_take(1, 10, 10), Take::Taken { ask: true }, "at the low-water mark it asks ahead");
-        assert_eq!(lease.try_take(1, 10, 10), Take::Taken { ask: false }, "already asking");
+        answer_at(&lease, &grant(3, 0, 3), 10);
+        assert_eq!(lease.try_take(1, 10, 10), Take::Taken { ask: false, window_start_ms: 0 });
+        assert!(asks(lease.try_take(1, 10, 10)), "at the low-water mark it asks ahead of running out");
+        assert!(taken(lease.try_take(1, 10, 10)) && !asks(lease.try_take(0, 10, 10)), "already asking");
         assert_eq!(lease.try_take(1, 10, 10), Take::Empty { ask: false });
-        // The window closes: nothing left from it can be spent.
-        lease.answer(&grant(2, 0, 5));
-        assert_eq!(lease.try_take(1, 10, 1_000), Take::Empty { ask: true });
-        lease.answer(&grant(4, 1_000, 4));
+        // The window closes: nothing left from it can be spent, and a late
+        // grant of it is void.
+        assert!(!taken(lease.try_take(1, 10, 1_000)));
+        answer_at(&lease, &grant(2, 0, 5), 1_000);
+        assert!(!taken(lease.try_take(1, 10, 1_001)));
+        answer_at(&lease, &grant(4, 1_000, 4), 1_001);
         assert_eq!(lease.view().remaining, 10, "10 - 4 leased + 4 held");
-        assert!(matches!(lease.try_take(4, 10, 1_500), Take::Taken { .. }));
+        assert!(taken(lease.try_take(4, 10, 1_500)));
+    }
+
+    #[test]
+    fn units_of_one_window_never_land_in_another() {
+        let lease = Lease::new("l".into(), "b".into());
+        answer_at(&lease, &grant(5, 0, 5), 10);
+        let Take::Taken { window_start_ms, .. } = lease.try_take(5, 10, 20) else { panic!("admitted") };
+        answer_at(&lease, &grant(1, 1_000, 1), 1_010);
+        // A refund (a reservation that used less) of the closed window is dropped.
+        lease.refund(5, window_start_ms);
+        assert!(taken(lease.try_take(1, 10, 1_020)));
+        assert!(!taken(lease.try_take(1, 10, 1_030)), "only the new window's unit was there");
+        // An answer about an older window changes nothing (not even "spent").
+        answer_at(&lease, &grant(0, 0, 10), 1_040);
+        assert!(!lease.is_spent_out(10, 1, 1_040));
     }
 
     #[test]
     fn units_leased_ahead_are_spent_once_their_window_opens() {
-        // Windows in the future of the real clock, as a grant ahead is.
-        let base = (crate::clock::unix_ms() / 1_000 + 60) * 1_000;
         let lease = Lease::new("l".into(), "b".into());
-        lease.answer(&grant(0, 0, 0));
-        lease.answer(&grant(4, base, 0));
-        assert_eq!(lease.try_take(1, 10, base - 10), Take::Empty { ask: true }, "not open yet");
-        assert!(matches!(lease.try_take(4, 10, base + 5), Take::Taken { .. }), "rolled to the units ahead");
-        assert_eq!(lease.window_start_ms(), base);
-        assert!(matches!(lease.try_take(1, 10, base + 6), Take::Empty { .. }));
+        answer_at(&lease, &grant(5, 0, 5), 10);
+        assert!(taken(lease.try_take(1, 10, 800)));
         // Near the end of the window it asks ahead, once.
-        let lease = Lease::new("l".into(), "b".into());
-        lease.answer(&grant(5, 0, 5));
-        assert_eq!(lease.try_take(1, 10, 800), Take::Taken { ask: false });
-        assert_eq!(lease.try_take(1, 10, 950), Take::Taken { ask: true });
+        assert!(asks(lease.try_take(1, 10, 950)));
         assert!(lease.wants_ahead());
-        assert!(matches!(lease.try_take(1, 10, 960), Take::Taken { .. }));
+        answer_at(&lease, &grant(4, 1_000, 4), 960);
+        assert!(!lease.wants_ahead(), "answered");
+        assert!(taken(lease.try_take(1, 10, 990)), "the open window's units first");
+        assert!(taken(lease.try_take(4, 10, 1_005)), "rolled to the units ahead");
+        assert_eq!(lease.window_start_ms(), 1_000);
+        // A slot for a window that passed unused is dropped: asking ahead resumes.
+        answer_at(&lease, &grant(3, 3_000, 3), 2_500);
+        assert!(!taken(lease.try_take(1, 10, 4_500)));
+        assert!(asks(lease.try_take(1, 10, 4_501)) || lease.is_asking());
     }
 
     #[test]
     fn a_spent_window_refuses_without_asking_and_debts_are_paid_first() {
         let lease = Lease::new("l".into(), "b".into());
-        lease.answer(&grant(0, 0, 10));
+        answer_at(&lease, &grant(0, 0, 10), 5);
         assert_eq!(lease.try_take(1, 10, 5), Take::SpentOut);
+        assert!(!matches!(lease.try_take(1, 20, 5), Take::SpentOut), "raised: ask again");
         let lease = Lease::new("l".into(), "b".into());
-        lease.answer(&grant(5, 0, 5));
+        answer_at(&lease, &grant(5, 0, 5), 5);
         lease.charge(7, 0);
         assert_eq!(lease.try_take(1, 10, 5), Take::Empty { ask: true }, "owes 2");
-        lease.answer(&grant(3, 0, 8));
-        assert!(matches!(lease.try_take(1, 10, 5), Take::Taken { .. }), "3 granted paid 2 of debt, 1 left");
-        lease.refund(2, -1_000);
-        assert_eq!(lease.try_take(1, 10, 5), Take::Empty { ask: false }, "a refund of a closed window is dropped");
+        assert_eq!(lease.take_unspent().0, 0, "a debt is not given back, nor forgiven");
+        answer_at(&lease, &grant(3, 0, 8), 5);
+        assert!(taken(lease.try_take(1, 10, 5)), "3 granted paid 2 of debt, 1 left");
     }
 }

@@ -139,14 +139,14 @@ impl Limiter {
             }
             let (lease, counters) = self.lease(&bucketed.limit, &bucketed.bucket);
             match self.take(&lease, units, bucketed.limit.amount, refill_wait_ms).await {
-                Some(window_start_ms) => {
+                Ok(window_start_ms) => {
                     counters.admitted.inc();
                     taken.parts.push(TakenPart { lease, limit: bucketed.limit.clone(), units, window_start_ms });
                 }
-                None => {
+                Err(why) => {
                     counters.refused.inc();
                     taken.give_back();
-                    return Err(Box::new(refusal(&bucketed.limit, lease.view())));
+                    return Err(Box::new(refusal(&bucketed.limit, lease.view(), why)));
                 }
             }
         }
@@ -155,39 +155,37 @@ impl Limiter {
 
     /// Takes `units` from `lease`, asking for more and waiting for the
     /// answer (bounded) when it is empty; the window the units are of.
-    async fn take(&self, lease: &Arc<Lease>, units: u64, amount: u64, refill_wait_ms: u64) -> Option<i64> {
+    async fn take(&self, lease: &Arc<Lease>, units: u64, amount: u64, refill_wait_ms: u64) -> Result<i64, Refused> {
         if let Some(decided) = self.decide(lease, lease.try_take(units, amount, crate::clock::unix_ms())) {
             return decided;
         }
         let wait = if lease.has_held() { refill_wait_ms } else { self.config.first_lease_wait_ms };
-        // Registered before the balance is looked at again, so an answer
-        // that lands in between wakes this request.
-        let mut answered = pin!(lease.answered());
-        answered.as_mut().enable();
-        for _ in 0..2 {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
+        loop {
+            // Registered before the balance is looked at again, so an answer
+            // that lands in between wakes this request.
+            let mut answered = pin!(lease.answered());
+            answered.as_mut().enable();
             if let Some(decided) = self.decide(lease, lease.try_take(units, amount, crate::clock::unix_ms())) {
                 return decided;
             }
-            if tokio::time::timeout(Duration::from_millis(wait), answered.as_mut()).await.is_err() {
-                return None;
+            if tokio::time::timeout_at(deadline, answered).await.is_err() {
+                return Err(Refused::NotInTime);
             }
-            answered.set(lease.answered());
-            answered.as_mut().enable();
         }
-        None
     }
 
     /// What a take decided (queuing an ask if it says so): admitted with
     /// the window, refused, or None when the request should wait for a grant.
-    fn decide(&self, lease: &Arc<Lease>, take: Take) -> Option<Option<i64>> {
+    fn decide(&self, lease: &Arc<Lease>, take: Take) -> Option<Result<i64, Refused>> {
         match take {
-            Take::Taken { ask } => {
+            Take::Taken { ask, window_start_ms } => {
                 if ask {
                     self.queue(lease);
                 }
-                Some(Some(lease.window_start_ms()))
+                Some(Ok(window_start_ms))
             }
-            Take::SpentOut => Some(None),
+            Take::SpentOut => Some(Err(Refused::Spent)),
             Take::Empty { ask } => {
                 if ask {
                     self.queue(lease);
@@ -251,8 +249,18 @@ impl Limiter {
     }
 }
 
-/// What a refused request is told: which limit, and when it resets.
-pub fn refusal(limit: &Limit, view: LeaseView) -> LimitRefusal {
+/// Why a limit refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The window is spent (as far as the cluster's grants say).
+    Spent,
+    /// No grant came within the wait: the cluster may be busy, or this
+    /// node cut off from a majority. Worth retrying soon.
+    NotInTime,
+}
+
+/// What a refused request is told: which limit, and when to retry.
+pub fn refusal(limit: &Limit, view: LeaseView, why: Refused) -> LimitRefusal {
     let now = crate::clock::unix_ms();
     let reset_at_ms = if view.window_end_ms > now {
         view.window_end_ms
@@ -269,6 +277,7 @@ pub fn refusal(limit: &Limit, view: LeaseView) -> LimitRefusal {
         reset_at_ms,
         now_ms: now,
         budget: limit.unit() == LimitUnit::CostMicros,
+        spent: why == Refused::Spent,
         what: format!("{} {} per {}", limit.amount, limit.unit_text(), limit.window_text()),
     }
 }

@@ -75,13 +75,20 @@ pub struct LimitRefusal {
     pub now_ms: i64,
     /// A budget (money) rather than a rate limit.
     pub budget: bool,
+    /// The window is spent. False: no quota could be granted in time (a
+    /// busy cluster, or a node cut off from a majority); retry soon.
+    pub spent: bool,
     /// "100 requests per minute", "5000000 micro-dollars per month".
     pub what: String,
 }
 
 impl LimitRefusal {
-    /// Whole seconds until the window resets, at least 1 (Retry-After).
+    /// Whole seconds until the window resets (or 1 when the quota was
+    /// only not granted in time), at least 1 (Retry-After).
     pub fn retry_after_secs(&self) -> u64 {
+        if !self.spent {
+            return 1;
+        }
         ((self.reset_at_ms - self.now_ms).max(0) as u64).div_ceil(1_000).max(1)
     }
 
@@ -89,7 +96,14 @@ impl LimitRefusal {
         let reset = humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.reset_at_ms.max(0) as u64),
         );
-        if self.budget {
+        if !self.spent {
+            format!(
+                "{} {:?} ({}) could not be checked: the cluster granted no quota in time; retry in a second",
+                if self.budget { "budget" } else { "rate limit" },
+                self.policy,
+                self.what
+            )
+        } else if self.budget {
             format!("budget {:?} ({}) is spent; it resets at {reset}", self.policy, self.what)
         } else {
             format!(
@@ -172,7 +186,7 @@ impl GatewayError {
             GatewayError::Overloaded => "overloaded",
             GatewayError::UpstreamTlsMisconfigured { .. } => "upstream_tls_misconfigured",
             GatewayError::Backend { kind, .. } => kind.code(),
-            GatewayError::RateLimited(refusal) if refusal.budget => "budget_exceeded",
+            GatewayError::RateLimited(refusal) if refusal.budget && refusal.spent => "budget_exceeded",
             GatewayError::RateLimited(_) => "rate_limited",
         }
     }

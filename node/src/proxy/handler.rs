@@ -52,7 +52,11 @@ pub async fn handle(
             response
         }
     };
-    if let Some(taken) = &rctx.limits {
+    // The AI backend's token or budget headers (on an answer or a refusal)
+    // speak for the tighter limits; the request limit's do not replace them.
+    if let Some(taken) = &rctx.limits
+        && !response.headers().contains_key(crate::limits::headers::RATELIMIT)
+    {
         crate::limits::headers::on_response(taken, response.headers_mut());
     }
     if let Some(route) = &rctx.route

@@ -119,10 +119,15 @@ fn current_window(limit: &Limit, stored: Option<QuotaWindow>, bucket: &str, now:
             ..Default::default()
         }
     };
+    // A record of another window length (the limit's window was changed)
+    // is not this limit's window any more: counting starts afresh.
+    let fits = |from: i64, to: i64| window_bounds(limit.window(), from) == Some((from, to));
     match stored {
-        Some(window) if window.window_start_ms >= start => Some(window),
+        Some(window) if window.window_start_ms >= start && fits(window.window_start_ms, window.window_end_ms) => {
+            Some(window)
+        }
         // The window leased ahead is now the open one.
-        Some(window) => Some(fresh(window.next.filter(|n| n.window_start_ms == start))),
+        Some(window) => Some(fresh(window.next.filter(|n| n.window_start_ms == start && n.window_end_ms == end))),
         None => Some(fresh(None)),
     }
 }
@@ -312,6 +317,20 @@ mod tests {
         lease_at(&mut state, &mut index, 1, T0 + 1_990, LeaseAsk { next_window: true, ..ask(3, 3) });
         let later = lease_at(&mut state, &mut index, 1, T0 + 5_000, ask(10, 10));
         assert_eq!((later.units, later.window_start_ms), (10, T0 + 5_000));
+    }
+
+    #[test]
+    fn changing_a_limits_window_starts_its_counting_afresh() {
+        let mut state = limit_state(10, LimitWindow::Day);
+        let mut index = 1;
+        assert_eq!(lease_at(&mut state, &mut index, 1, T0, ask(10, 10)).units, 10);
+        let mut limit = state.limit("l1").unwrap().as_ref().clone();
+        limit.window = LimitWindow::Hour.into();
+        index += 1;
+        state = run(&state, index, T0, Op::UpdateLimit(limit)).0;
+        // The day's record is not an hour window: a fresh hour opens now.
+        let hour = lease_at(&mut state, &mut index, 1, T0 + 1, ask(10, 10));
+        assert_eq!((hour.units, hour.window_end_ms - hour.window_start_ms), (10, 3_600_000));
     }
 
     #[test]
