@@ -37,8 +37,10 @@ taskset -c 1 "$LOAD" --threads 1 mock openai --listen 127.0.0.1:29300 --tokens 6
 PIDS+=($!)
 
 start() { # name binary port-offset: starts a gateway, configures it, writes its API key to $WORK/name.key
-  local name=$1 bin=$2 off=$3
-  taskset -c 1 "$bin" serve --data-dir "$WORK/$name" --proxy-listen "127.0.0.1:$((28080 + off))" \
+  local name=$1 bin=$2 off=$3 config=()
+  # B_CONFIG: a TOML file for B only (e.g. `[limits] admitted_headers = false`).
+  if [ "$name" = b ] && [ -n "${B_CONFIG:-}" ]; then config=(--config "$B_CONFIG"); fi
+  taskset -c 1 "$bin" serve "${config[@]}" --data-dir "$WORK/$name" --proxy-listen "127.0.0.1:$((28080 + off))" \
     --admin-listen "127.0.0.1:$((29090 + off * 10))" --ops-listen "127.0.0.1:$((29091 + off * 10))" \
     --cluster-listen "127.0.0.1:$((27000 + off))" \
     --admin-token "$TOKEN" --access-log off --log-format json > /dev/null 2> "$WORK/$name.log" &
@@ -99,3 +101,7 @@ for route in $ROUTES; do
   echo "[$route] median B/A over $ROUNDS interleaved rounds: $(median "${ratios[@]}") (${ratios[*]})"
   echo "[$route] median p99 B/A: $(median "${p99s[@]}") (${p99s[*]})"
 done
+if [ "${LIMIT_B:-0}" = 1 ]; then
+  # Lease commands B proposed over the whole run, against its admissions.
+  curl -s http://127.0.0.1:29101/metrics | grep -E '^tollgate_limit_(lease_asks|admitted|refused)_total' || true
+fi

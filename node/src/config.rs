@@ -315,10 +315,20 @@ pub struct Limits {
     /// Units of an hour-, day- or month-long window that a node has not
     /// used for this long go back to the cluster for other nodes to use.
     pub idle_return_ms: u64,
+    /// Admitted responses carry the RateLimit and X-RateLimit-* headers of
+    /// their tightest limit (refusals always do). Off, as Kong's
+    /// `hide_client_headers`, saves their cost on every response.
+    pub admitted_headers: bool,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { lease_wait_ms: 5, first_lease_wait_ms: 250, ask_timeout_ms: 2_000, idle_return_ms: 5_000 }
+        Limits {
+            lease_wait_ms: 5,
+            first_lease_wait_ms: 250,
+            ask_timeout_ms: 2_000,
+            idle_return_ms: 5_000,
+            admitted_headers: true,
+        }
     }
 }

@@ -99,8 +99,10 @@ impl CompiledLimits {
             .chain(of(&self.by_consumer, who.consumer_id))
             .chain(of(&self.by_key, who.api_key_id))
             .collect();
-        limits.sort_by(|a, b| id(a).cmp(id(b)));
-        limits.dedup_by(|a, b| id(a) == id(b));
+        if limits.len() > 1 {
+            limits.sort_by(|a, b| id(a).cmp(id(b)));
+            limits.dedup_by(|a, b| id(a) == id(b));
+        }
         limits
     }
 }

@@ -25,7 +25,7 @@ pub struct Limiter {
 }
 
 struct LimitLeases {
-    counters: LimitCounters,
+    counters: Arc<LimitCounters>,
     by_bucket: HashMap<Box<str>, Arc<Lease>>,
 }
 
@@ -200,7 +200,9 @@ impl Limiter {
         let _ = self.asks.send(lease.clone());
     }
 
-    fn lease(&self, limit: &Limit, bucket: &str) -> (Arc<Lease>, LimitCounters) {
+    /// The lease of `bucket` and its limit's counters (shared, not copied:
+    /// this runs on every request).
+    fn lease(&self, limit: &Limit, bucket: &str) -> (Arc<Lease>, Arc<LimitCounters>) {
         let limit_id = limit.meta.as_ref().map_or("", |m| m.id.as_str());
         if let Ok(leases) = self.leases.read()
             && let Some(of_limit) = leases.get(limit_id)
@@ -209,9 +211,10 @@ impl Limiter {
             return (lease.clone(), of_limit.counters.clone());
         }
         let mut leases = self.leases.write().unwrap_or_else(|p| p.into_inner());
-        let of_limit = leases
-            .entry(Arc::from(limit_id))
-            .or_insert_with(|| LimitLeases { counters: self.metrics.of(&limit.name), by_bucket: HashMap::new() });
+        let of_limit = leases.entry(Arc::from(limit_id)).or_insert_with(|| LimitLeases {
+            counters: Arc::new(self.metrics.of(&limit.name)),
+            by_bucket: HashMap::new(),
+        });
         let lease = of_limit
             .by_bucket
             .entry(Box::from(bucket))
@@ -220,11 +223,11 @@ impl Limiter {
         (lease, of_limit.counters.clone())
     }
 
-    pub fn counters_of(&self, limit: &Limit) -> Option<LimitCounters> {
+    pub fn counters_of(&self, limit: &Limit) -> Option<Arc<LimitCounters>> {
         self.counters(limit.meta.as_ref().map_or("", |m| m.id.as_str()))
     }
 
-    pub(crate) fn counters(&self, limit_id: &str) -> Option<LimitCounters> {
+    pub(crate) fn counters(&self, limit_id: &str) -> Option<Arc<LimitCounters>> {
         self.leases.read().ok()?.get(limit_id).map(|l| l.counters.clone())
     }
 

@@ -55,6 +55,7 @@ pub async fn handle(
     // The AI backend's token or budget headers (on an answer or a refusal)
     // speak for the tighter limits; the request limit's do not replace them.
     if let Some(taken) = &rctx.limits
+        && ctx.shared.limiter.config.admitted_headers
         && !response.headers().contains_key(crate::limits::headers::RATELIMIT)
     {
         crate::limits::headers::on_response(taken, response.headers_mut());
