@@ -115,13 +115,46 @@ fn id(limit: &Limit) -> &str {
 /// client's address for a caller without one (an open route), as Kong does,
 /// so an anonymous caller is limited too rather than not at all.
 fn bucket(limit: &Limit, who: &Who<'_>) -> Option<Box<str>> {
-    let ip = || format!("ip:{}", who.client_ip).into_boxed_str();
+    let ip = || format!("ip:{}", client_bucket(who.client_ip)).into_boxed_str();
     Some(match limit.scope() {
         LimitScope::ApiKey => who.api_key_id.map_or_else(ip, Box::from),
         LimitScope::Consumer => who.consumer_id.map_or_else(ip, Box::from),
         LimitScope::Route => who.route_id.into(),
         LimitScope::Service => who.service_id.unwrap_or(who.route_id).into(),
-        LimitScope::ClientIp => who.client_ip.to_string().into_boxed_str(),
+        LimitScope::ClientIp => client_bucket(who.client_ip).into_boxed_str(),
         LimitScope::Model | LimitScope::Unspecified => return None,
     })
+}
+
+/// How a client address is counted: an IPv4 address alone, an IPv6 address
+/// by its /64 (one subscriber's network, as a host is handed a whole /64):
+/// a client rotating through its own addresses is still one bucket, and
+/// cannot mint a bucket (a Raft write) per address. An IPv4-mapped IPv6
+/// address counts as the IPv4 address.
+fn client_bucket(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let network = u128::from(v6) & !((1u128 << 64) - 1);
+                format!("{}/64", std::net::Ipv6Addr::from(network))
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_count_by_their_64_and_mapped_ipv4_as_ipv4() {
+        let of = |ip: &str| client_bucket(ip.parse().unwrap());
+        assert_eq!(of("2001:db8:1:2:aaaa::1"), of("2001:db8:1:2:ffff:1:2:3"));
+        assert_eq!(of("2001:db8:1:2::1"), "2001:db8:1:2::/64");
+        assert_ne!(of("2001:db8:1:2::1"), of("2001:db8:1:3::1"));
+        assert_eq!(of("::ffff:10.0.0.1"), "10.0.0.1");
+        assert_eq!(of("10.0.0.1"), "10.0.0.1");
+    }
 }
