@@ -2,11 +2,14 @@
 //! real RocksDB, peer traffic through relays the harness controls. Every test
 //! is bounded and stops its cluster by itself.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::upstream;
 use tokio::sync::Mutex;
 use tollgate_cluster::harness::{Admin, Cluster, ClusterOptions};
 use tollgate_cluster::history::{Event, History, Op, Outcome};
@@ -35,28 +38,6 @@ async fn names(cluster: &Cluster, node: u64, stale: bool) -> Result<BTreeSet<Str
         .await
         .map(|r| r.into_inner().consumers.into_iter().map(|c| c.name).collect())
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
-}
-
-/// A tiny HTTP upstream answering "ok" to everything.
-async fn upstream() -> std::net::SocketAddr {
-    use http_body_util::Full;
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let service = service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(bytes::Bytes::from_static(b"ok"))))
-                });
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
-    });
-    addr
 }
 
 async fn http_get(proxy: std::net::SocketAddr, path: &str) -> u16 {

@@ -7,11 +7,14 @@
 //! admitted response carries: the end of the window its unit was leased
 //! in, as the replicated state opened it.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::upstream;
 use tokio::sync::Mutex;
 use tollgate_cluster::harness::{Cluster, ClusterOptions};
 use tollgate_proto::admin::v1::{GetNodeStatusRequest, PutEntityRequest};
@@ -24,27 +27,6 @@ const LIMIT: u64 = 100;
 
 /// (node, status, window end in Unix seconds for admitted requests).
 type Outcomes = Arc<Mutex<Vec<(u64, u16, Option<u64>)>>>;
-
-async fn upstream() -> SocketAddr {
-    use http_body_util::Full;
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let service = service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(bytes::Bytes::from_static(b"ok"))))
-                });
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
-    });
-    addr
-}
 
 /// A 3-node cluster with an open route limited to `LIMIT` requests per
 /// second for the whole route, on every node's data plane.

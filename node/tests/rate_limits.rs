@@ -182,3 +182,41 @@ async fn an_invalid_limit_is_refused_with_the_reason_and_stores_nothing() {
     assert!(listed.entities.is_empty());
     node.shutdown().await;
 }
+
+/// A client-address limit counts the socket's peer, never what the client
+/// says about itself: forged `X-Forwarded-For`, `X-Real-IP` and `Forwarded`
+/// headers (raw, on fresh connections) do not buy a fresh bucket, and the
+/// upstream sees only the admitted requests.
+#[tokio::test]
+async fn forged_forwarding_headers_do_not_escape_a_client_address_limit() {
+    away_from_midnight().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::start_node(dir.path()).await;
+    let upstream = common::Upstream::start("up").await;
+    let mut admin = admin_client(node.admin_addr, TOKEN).await;
+    let target = Target { host: "127.0.0.1".into(), port: upstream.addr.port().into(), weight: 1 };
+    admin.create_service(Service { name: "svc".into(), targets: vec![target], ..Default::default() }).await.unwrap();
+    let route = common::route("open", "svc", PathMatch::Prefix, "/open", AuthMode::None);
+    let route_id = admin.create_route(route).await.unwrap().into_inner().meta.unwrap().id;
+    let limit = Limit { scope: LimitScope::ClientIp.into(), ..per_key_per_day("per-client", 2, &route_id) };
+    put_limit(&mut admin, limit, true).await;
+    common::eventually("the limit reaches the data plane", async || {
+        get(node.proxy_addr, "/open", &[]).await.headers.contains_key("ratelimit")
+    })
+    .await;
+    let before = upstream.hits.load(Ordering::SeqCst);
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(node.proxy_addr).await.unwrap();
+        let head = format!(
+            "GET /open HTTP/1.1\r\nHost: gw\r\nX-Forwarded-For: 203.0.113.{i}\r\nX-Real-IP: 198.51.100.{i}\r\n\
+             Forwarded: for=192.0.2.{i}\r\nConnection: close\r\n\r\n"
+        );
+        let response = common::raw_head(&mut stream, &head).await;
+        statuses.push(response.split(' ').nth(1).unwrap().to_string());
+    }
+    // The probe above spent one of the two units.
+    assert_eq!(statuses, ["200", "429", "429", "429"]);
+    assert_eq!(upstream.hits.load(Ordering::SeqCst) - before, 1, "the upstream sees only the admitted request");
+    node.shutdown().await;
+}

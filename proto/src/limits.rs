@@ -55,6 +55,23 @@ impl Limit {
         }
     }
 
+    /// The limit's id ("" before it is stored).
+    pub fn id(&self) -> &str {
+        self.meta.as_ref().map_or("", |m| m.id.as_str())
+    }
+
+    /// The window's length in seconds, as `RateLimit-Policy`'s `w` gives it
+    /// (a month as 30 days).
+    pub fn window_secs(&self) -> u64 {
+        match self.window() {
+            LimitWindow::Second | LimitWindow::Unspecified => 1,
+            LimitWindow::Minute => 60,
+            LimitWindow::Hour => 3_600,
+            LimitWindow::Day => 86_400,
+            LimitWindow::Month => 30 * 86_400,
+        }
+    }
+
     /// "second", "minute", …, as in "100 requests per minute".
     pub fn window_text(&self) -> &'static str {
         match self.window() {

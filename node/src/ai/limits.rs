@@ -16,7 +16,7 @@ use crate::limits::{Bucketed, Limiter, Taken};
 pub struct AiLimits {
     pub limiter: Arc<Limiter>,
     /// Token, cost and model-scoped limits attached to the caller; the
-    /// model-scoped ones get the requested model as their bucket here.
+    /// model-scoped ones get the resolved model as their bucket here.
     pub deferred: Vec<Bucketed>,
 }
 

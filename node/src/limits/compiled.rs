@@ -64,23 +64,14 @@ impl CompiledLimits {
             && self.by_key.is_empty()
     }
 
-    /// Every limit attached to `who` but those scoped by model, with its
-    /// bucket, each once and in id order (so every request takes its leases
-    /// in the same order).
+    /// Every limit attached to `who`, with its bucket, each once and in id
+    /// order (so every request takes its leases in the same order). A limit
+    /// scoped by model has an empty bucket: the model is known only once an
+    /// AI backend has resolved it, which fills it in.
     pub fn applicable(&self, who: &Who<'_>) -> Vec<Bucketed> {
         self.attached(who)
             .into_iter()
             .filter_map(|limit| Some(Bucketed { bucket: bucket(limit, who)?, limit: limit.clone() }))
-            .collect()
-    }
-
-    /// The model-scoped limits attached to `who`, counted under `model`:
-    /// known only once an AI backend has resolved the model.
-    pub fn for_model(&self, who: &Who<'_>, model: &str) -> Vec<Bucketed> {
-        self.attached(who)
-            .into_iter()
-            .filter(|limit| limit.scope() == LimitScope::Model)
-            .map(|limit| Bucketed { limit: limit.clone(), bucket: model.into() })
             .collect()
     }
 
@@ -100,15 +91,11 @@ impl CompiledLimits {
             .chain(of(&self.by_key, who.api_key_id))
             .collect();
         if limits.len() > 1 {
-            limits.sort_by(|a, b| id(a).cmp(id(b)));
-            limits.dedup_by(|a, b| id(a) == id(b));
+            limits.sort_by(|a, b| a.id().cmp(b.id()));
+            limits.dedup_by(|a, b| a.id() == b.id());
         }
         limits
     }
-}
-
-fn id(limit: &Limit) -> &str {
-    limit.meta.as_ref().map_or("", |m| m.id.as_str())
 }
 
 /// The scope's value for `who`. A key or consumer scope falls back to the
@@ -122,7 +109,8 @@ fn bucket(limit: &Limit, who: &Who<'_>) -> Option<Box<str>> {
         LimitScope::Route => who.route_id.into(),
         LimitScope::Service => who.service_id.unwrap_or(who.route_id).into(),
         LimitScope::ClientIp => client_bucket(who.client_ip).into_boxed_str(),
-        LimitScope::Model | LimitScope::Unspecified => return None,
+        LimitScope::Model => Box::default(),
+        LimitScope::Unspecified => return None,
     })
 }
 

@@ -38,7 +38,7 @@ pub fn on_response(taken: &Taken, headers: &mut HeaderMap) {
         policy: &limit.name,
         amount: view.amount,
         remaining: view.remaining,
-        window_secs: super::limiter::window_secs(limit),
+        window_secs: limit.window_secs(),
         reset_at_ms: view.window_end_ms,
         now_ms: crate::clock::unix_ms(),
     }

@@ -44,10 +44,6 @@ pub(crate) struct TakenPart {
 }
 
 impl Taken {
-    pub fn is_empty(&self) -> bool {
-        self.parts.is_empty()
-    }
-
     /// Returns every unit taken (the request was refused after all).
     pub fn give_back(self) {
         for part in self.parts {
@@ -203,7 +199,7 @@ impl Limiter {
     /// The lease of `bucket` and its limit's counters (shared, not copied:
     /// this runs on every request).
     fn lease(&self, limit: &Limit, bucket: &str) -> (Arc<Lease>, Arc<LimitCounters>) {
-        let limit_id = limit.meta.as_ref().map_or("", |m| m.id.as_str());
+        let limit_id = limit.id();
         if let Ok(leases) = self.leases.read()
             && let Some(of_limit) = leases.get(limit_id)
             && let Some(lease) = of_limit.by_bucket.get(bucket)
@@ -224,7 +220,7 @@ impl Limiter {
     }
 
     pub fn counters_of(&self, limit: &Limit) -> Option<Arc<LimitCounters>> {
-        self.counters(limit.meta.as_ref().map_or("", |m| m.id.as_str()))
+        self.counters(limit.id())
     }
 
     pub(crate) fn counters(&self, limit_id: &str) -> Option<Arc<LimitCounters>> {
@@ -263,7 +259,7 @@ pub enum Refused {
 }
 
 /// What a refused request is told: which limit, and when to retry.
-pub fn refusal(limit: &Limit, view: LeaseView, why: Refused) -> LimitRefusal {
+fn refusal(limit: &Limit, view: LeaseView, why: Refused) -> LimitRefusal {
     let now = crate::clock::unix_ms();
     let reset_at_ms = if view.window_end_ms > now {
         view.window_end_ms
@@ -276,23 +272,11 @@ pub fn refusal(limit: &Limit, view: LeaseView, why: Refused) -> LimitRefusal {
         policy: limit.name.clone(),
         amount: limit.amount,
         remaining: view.remaining,
-        window_secs: window_secs(limit),
+        window_secs: limit.window_secs(),
         reset_at_ms,
         now_ms: now,
         budget: limit.unit() == LimitUnit::CostMicros,
         spent: why == Refused::Spent,
         what: format!("{} {} per {}", limit.amount, limit.unit_text(), limit.window_text()),
-    }
-}
-
-/// The window's length for `RateLimit-Policy`'s `w` (a month as 30 days).
-pub(crate) fn window_secs(limit: &Limit) -> u64 {
-    use tollgate_proto::config::v1::LimitWindow;
-    match limit.window() {
-        LimitWindow::Second | LimitWindow::Unspecified => 1,
-        LimitWindow::Minute => 60,
-        LimitWindow::Hour => 3_600,
-        LimitWindow::Day => 86_400,
-        LimitWindow::Month => 30 * 86_400,
     }
 }

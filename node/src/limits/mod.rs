@@ -11,4 +11,4 @@ mod limiter;
 
 pub use compiled::{Bucketed, CompiledLimits, Who};
 pub use lease::LeaseView;
-pub use limiter::{Limiter, Taken, refusal};
+pub use limiter::{Limiter, Taken};

@@ -12,7 +12,7 @@ use tollgate_proto::config::v1::{LimitScope, LimitUnit};
 use super::super::snapshot::{CompiledRoute, GatewaySnapshot};
 use super::super::{ProxyContext, snapshot::CompiledConsumer};
 use super::{PhaseResult, RequestCtx, Step};
-use crate::limits::Who;
+use crate::limits::{Bucketed, Who};
 use crate::plumbing::GatewayError;
 
 #[inline]
@@ -44,8 +44,8 @@ async fn admit(
     };
     let limits = snapshot.limits.applicable(&who);
     if route.backend.is_ai() {
-        rctx.ai_limits = limits.iter().filter(|b| b.limit.counts_usage()).cloned().collect();
-        rctx.ai_limits.extend(snapshot.limits.for_model(&who, ""));
+        let deferred = |b: &&Bucketed| b.limit.counts_usage() || b.limit.scope() == LimitScope::Model;
+        rctx.ai_limits = limits.iter().filter(deferred).cloned().collect();
     }
     if limits.is_empty() {
         return Ok(Step::Continue);
