@@ -13,7 +13,7 @@
 //! | [`limit`] | after authorize | rate limits, token limits, budgets; 429 |
 //! | [`cache`] | after limit, before the backend | a stored response (HIT) |
 //! | [`backend`] | last before account | the route's backend: a REST service or the AI gateway |
-//! | [`account`] | once, for every request, whatever happened before | metrics, access log, trace span |
+//! | [`account`] | once, for every request, whatever happened before | metrics, access log, trace span, usage record |
 //!
 //! Adding a phase: see `docs/architecture.md`, "How to add a phase".
 
@@ -38,6 +38,7 @@ use super::connections::UpstreamSlot;
 use super::snapshot::{CompiledConsumer, CompiledRoute};
 use crate::plumbing::{GatewayBody, GatewayError};
 use crate::telemetry::tracing::TraceCtx;
+use crate::usage::Recorded;
 
 /// What a phase decided.
 pub enum Step {
@@ -151,6 +152,9 @@ pub struct RequestCtx {
     pub trace: Option<TraceCtx>,
     /// Taken before the upstream is called; its response body holds it.
     pub upstream_slot: Option<UpstreamSlot>,
+    /// Whether the backend journaled the request's usage itself (the AI
+    /// gateway does); else `account` does.
+    pub recorded: Recorded,
 }
 
 impl RequestCtx {
@@ -173,6 +177,7 @@ impl RequestCtx {
             attempts: 0,
             trace,
             upstream_slot: None,
+            recorded: Recorded::No,
         }
     }
 
