@@ -21,6 +21,36 @@ pub struct Config {
     pub telemetry: Telemetry,
     pub ops: Ops,
     pub limits: Limits,
+    pub usage: Usage,
+}
+
+/// The usage ledger: every request's record is journaled on the node that
+/// served it, then folded into the cluster's counters (see `crate::usage`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Usage {
+    /// How often this node sends its journal to the cluster's counters
+    /// (sooner when 5,000 records are waiting).
+    pub flush_interval_ms: u64,
+    /// Per-request records are kept this many days on the node that served
+    /// them, and deleted after (once the counters hold them: a record not
+    /// yet folded is kept however old). The counters are kept.
+    pub retention_days: u64,
+}
+
+impl Default for Usage {
+    fn default() -> Self {
+        Usage { flush_interval_ms: 1_000, retention_days: 30 }
+    }
+}
+
+impl Usage {
+    pub fn flush_config(&self) -> crate::usage::flush::FlushConfig {
+        crate::usage::flush::FlushConfig {
+            interval: ms(self.flush_interval_ms),
+            retention: Duration::from_secs(self.retention_days.saturating_mul(86_400)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -172,6 +202,7 @@ impl Default for Config {
             telemetry: Telemetry::default(),
             ops: Ops::default(),
             limits: Limits::default(),
+            usage: Usage::default(),
         }
     }
 }
@@ -259,6 +290,14 @@ impl Config {
             if value < 100 {
                 return Err(ConfigError::Invalid(format!("{key} must be at least 100 ({default} is the default)")));
             }
+        }
+        if self.usage.flush_interval_ms < 10 {
+            return Err(ConfigError::Invalid(
+                "usage.flush_interval_ms must be at least 10 (1000 is the default)".into(),
+            ));
+        }
+        if self.usage.retention_days == 0 {
+            return Err(ConfigError::Invalid("usage.retention_days must be at least 1 (30 is the default)".into()));
         }
         if self.ops.max_connections == 0 {
             return Err(ConfigError::Invalid("ops.max_connections must be at least 1 (64 is the default)".into()));

@@ -16,6 +16,7 @@ pub mod plumbing;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;
+pub mod usage;
 
 pub use config::Config;
 pub use server::{Node, NodeError};

@@ -44,7 +44,7 @@ pub enum NodeError {
     #[error("cannot open the access log: {0}; set proxy.access_log to \"stdout\", \"off\" or a writable path")]
     AccessLog(std::io::Error),
     #[error("usage ledger: {0}")]
-    Ledger(#[from] crate::ai::ledger::LedgerError),
+    Ledger(#[from] crate::usage::LedgerError),
 }
 
 /// This node's cluster TLS identity, and how it takes part: creates the CA on
@@ -137,8 +137,11 @@ pub struct Node {
     proxy_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
     follower_task: JoinHandle<()>,
+    /// Folds the usage journal into the cluster's counters; stopped after the proxy.
+    usage_task: JoinHandle<()>,
+    usage_stop: watch::Sender<bool>,
     engine: Engine,
-    ledger: Arc<crate::ai::ledger::UsageLedger>,
+    ledger: Arc<crate::usage::UsageLedger>,
 }
 
 async fn bind(addr: SocketAddr, what: &'static str, flag: &'static str) -> Result<TcpListener, NodeError> {
@@ -223,7 +226,7 @@ impl Node {
         let (tls, cluster_listen, advertise, bootstrap) = cluster_identity(&config).await?;
         let engine = Engine::open(data_dir.join("db"))?;
         let secrets = tollgate_raft::secrets::SecretBox::from_cluster(&tls);
-        let ledger = Arc::new(crate::ai::ledger::UsageLedger::open(engine.clone(), config.node_id)?);
+        let ledger = Arc::new(crate::usage::UsageLedger::open(engine.clone(), config.node_id)?);
         let mut raft_config = RaftConfig::new(config.node_id, data_dir.join("snapshots"));
         raft_config.heartbeat_interval = ms(config.raft.heartbeat_ms);
         raft_config.election_timeout_min = ms(config.raft.election_timeout_min_ms);
@@ -293,6 +296,9 @@ impl Node {
                 .with_client_limits(max_connections, ms(config.proxy.client_send_timeout_ms)),
         );
         let follower_task = tokio::spawn(proxy::follow_state(proxy.clone(), raft.subscribe()));
+        let (usage_stop, usage_stopped) = watch::channel(false);
+        let flusher = crate::usage::flush::Flusher::new(ledger.clone(), raft.clone());
+        let usage_task = tokio::spawn(crate::usage::flush::run(flusher, config.usage.flush_config(), usage_stopped));
         tokio::spawn(report_data_plane(proxy.clone(), raft.clone()));
 
         let (stop, stopped) = watch::channel(false);
@@ -350,6 +356,8 @@ impl Node {
             proxy_task,
             admin_task,
             follower_task,
+            usage_task,
+            usage_stop,
             engine,
             ledger,
         };
@@ -391,6 +399,9 @@ impl Node {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.proxy_task.await;
+        // Every answered request's record is queued by now: one last flush.
+        let _ = self.usage_stop.send(true);
+        let _ = self.usage_task.await;
         for task in self.dataplane_tasks {
             // The TLS reload loop never ends by itself; the listeners end on `stop`.
             task.abort();

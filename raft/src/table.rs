@@ -45,6 +45,12 @@ impl<T: Entity> Table<T> {
         self.by_id.values()
     }
 
+    /// In id order, from the first id at or after `id`.
+    pub(crate) fn values_from<'a>(&'a self, id: &str) -> impl Iterator<Item = &'a Arc<T>> + use<'a, T> {
+        let from: Arc<str> = Arc::from(id);
+        self.by_id.range(from..).map(|(_, entity)| entity)
+    }
+
     /// Stores `entity` under its id, replacing any entity with that id, and
     /// returns the id as the table keeps it (shared with the change journal).
     pub(crate) fn put(&mut self, entity: Arc<T>) -> Arc<str> {

@@ -15,9 +15,9 @@ use tonic::{Request, Response, Status};
 
 use super::service::{fresh_meta, id_of, not_found, required, update_target};
 use super::{propose, status};
-use crate::ai::ledger::{LedgerError, UsageLedger};
 use crate::ai::pricing::model_price;
 use crate::proxy::ProxyContext;
+use crate::usage::{LedgerError, UsageLedger};
 
 pub struct Ai {
     raft: RaftNode,

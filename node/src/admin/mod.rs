@@ -1,4 +1,5 @@
-//! The admin gRPC server: AdminService behind a bearer-token check, plus
+//! The admin gRPC server: AdminService (and the Cluster, Ai and Usage
+//! services) behind a bearer-token check, plus
 //! server reflection (v1 and v1alpha) and the standard health service (both
 //! open, so probes and tooling work without the token). The token check is
 //! one interceptor per gRPC service ([`RequireToken`]), so every RPC of
@@ -11,6 +12,7 @@ mod propose;
 mod service;
 mod status;
 pub mod token;
+mod usage;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,13 +22,14 @@ use tokio::net::TcpListener;
 use tollgate_proto::admin::v1::admin_service_server::AdminServiceServer;
 use tollgate_proto::admin::v1::ai_service_server::AiServiceServer;
 use tollgate_proto::admin::v1::cluster_service_server::ClusterServiceServer;
+use tollgate_proto::admin::v1::usage_service_server::UsageServiceServer;
 use tollgate_raft::RaftNode;
 use tonic::service::Interceptor;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Status};
 
-use crate::ai::ledger::UsageLedger;
 use crate::proxy::ProxyContext;
+use crate::usage::UsageLedger;
 
 /// What the AI admin service needs beyond the Raft node.
 pub struct AiAdminParts {
@@ -80,6 +83,8 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha().expect("descriptor sets compiled into the binary are valid");
     let require_token = RequireToken { expected: Arc::from(token) };
     let cluster = ClusterServiceServer::with_interceptor(cluster::Cluster::new(raft.clone()), require_token.clone());
+    let usage =
+        UsageServiceServer::with_interceptor(usage::Usage::new(raft.clone(), ai.ledger.clone()), require_token.clone());
     let ai = AiServiceServer::with_interceptor(
         ai::Ai::new(raft.clone(), proxy.clone(), ai.secrets, ai.ledger),
         require_token.clone(),
@@ -92,6 +97,7 @@ pub async fn serve(
         .add_service(admin)
         .add_service(cluster)
         .add_service(ai)
+        .add_service(usage)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await
 }

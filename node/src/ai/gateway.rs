@@ -31,6 +31,7 @@ use super::stream::{AiStream, Encoder, Passthrough};
 use crate::plumbing::{GatewayBody, GatewayError, UpstreamClient};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::tracing::TraceCtx;
+use crate::usage::Recorded;
 
 /// Upstream error bodies are read for their message only.
 const MAX_ERROR_BODY: usize = 1 << 20;
@@ -64,6 +65,8 @@ pub struct AiOutcome {
     pub response: Response<GatewayBody>,
     pub provider: Option<String>,
     pub attempts: u32,
+    /// Whether the call journaled its usage record (see `crate::usage::Recorded`).
+    pub recorded: Recorded,
 }
 
 /// The API format a caller speaks, and gets its answers and errors in.
@@ -158,7 +161,7 @@ pub fn render_error(error: &GatewayError, request_id: &str, ingress: Ingress) ->
 }
 
 fn outcome(response: Response<GatewayBody>) -> AiOutcome {
-    AiOutcome { response, provider: None, attempts: 0 }
+    AiOutcome { response, provider: None, attempts: 0, recorded: Recorded::No }
 }
 
 pub async fn serve(
@@ -396,6 +399,7 @@ impl Attempts<'_> {
             endpoint: endpoint.to_string(),
             requested_model: requested_model.to_string(),
             stream,
+            kind: "ai".into(),
             ..Default::default()
         };
         Accounting::new(
@@ -766,7 +770,7 @@ impl Attempts<'_> {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             headers.extend(limit_headers);
-            return AiOutcome { response: out, provider: provider_name, attempts };
+            return AiOutcome { response: out, provider: provider_name, attempts, recorded: Recorded::AtBodyEnd };
         }
 
         let bytes = match read_limited(response.into_body(), MAX_ANSWER_BODY, provider.request_timeout).await {
@@ -811,7 +815,7 @@ impl Attempts<'_> {
             }
         };
         response.headers_mut().extend(limit_headers);
-        AiOutcome { response, provider: provider_name, attempts }
+        AiOutcome { response, provider: provider_name, attempts, recorded: account.recorded() }
     }
 
     async fn embeddings(&self, request: EmbeddingsRequest) -> AiOutcome {
@@ -881,7 +885,7 @@ impl Attempts<'_> {
             }
         };
         response.headers_mut().extend(limit_headers);
-        AiOutcome { response, provider: Some(provider.name.clone()), attempts }
+        AiOutcome { response, provider: Some(provider.name.clone()), attempts, recorded: account.recorded() }
     }
 }
 
@@ -898,6 +902,7 @@ fn with_provider(mut outcome: AiOutcome, account: &Accounting) -> AiOutcome {
         outcome.provider = Some(account.record.provider.clone());
     }
     outcome.attempts = account.record.attempts;
+    outcome.recorded = account.recorded();
     outcome
 }
 

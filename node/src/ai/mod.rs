@@ -5,16 +5,23 @@
 //! (OpenAI-format) types, provider adapters, SSE decoding, the Anthropic and
 //! Gemini ingresses, token estimation, the price catalog. This module is the
 //! request path (`gateway`, `stream`, `account`) that sends what it builds,
-//! and the state it reads (`snapshot`, `pricing`, `cooldown`, `ledger`).
+//! and the state it reads (`snapshot`, `pricing`, `cooldown`); usage records go to
+//! the node's ledger (`crate::usage`).
 
 pub mod account;
 pub mod cooldown;
 pub mod gateway;
-pub mod ledger;
 pub mod limits;
 pub mod pricing;
 pub mod snapshot;
 pub mod stream;
+
+/// The usage ledger moved to [`crate::usage`] when REST requests joined it;
+/// this keeps the old path working.
+pub mod ledger {
+    pub use crate::usage::LedgerError;
+    pub use crate::usage::ledger::*;
+}
 
 #[cfg(test)]
 mod stream_tests;

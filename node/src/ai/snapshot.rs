@@ -14,9 +14,9 @@ use tollgate_raft::GatewayState;
 use tollgate_raft::secrets::{SecretBox, credential_context, provider_header_context};
 
 use super::cooldown::Cooldowns;
-use super::ledger::UsageLedger;
 use super::pricing;
 use crate::plumbing::UpstreamClient;
+use crate::usage::UsageLedger;
 
 /// Lives as long as the node.
 pub struct AiShared {

@@ -1,5 +1,4 @@
-//! `tollgate ctl provider|alias|price|usage`: the AI gateway's configuration
-//! and this node's usage ledger.
+//! `tollgate ctl provider|alias|price`: the AI gateway's configuration.
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -171,16 +170,6 @@ pub enum PriceCmd {
         /// NAMESPACE/MODEL.
         name: String,
     },
-}
-
-#[derive(Debug, Args)]
-pub struct UsageArgs {
-    /// Group by any of key, consumer, model, provider, credential, day (comma separated).
-    #[arg(long, default_value = "key,model,day", value_delimiter = ',')]
-    by: Vec<String>,
-    /// Only the last period, e.g. 24h or 7d; default everything.
-    #[arg(long, value_parser = super::parse_lifetime)]
-    since: Option<i64>,
 }
 
 fn read_secret(spec: &str) -> Result<String, CtlError> {
@@ -534,72 +523,5 @@ pub async fn price_command(cmd: PriceCmd, mut ai: AiClient, out: &Printer) -> Re
             out.one(json!({"deleted": name, "revision": r.revision}), || format!("price override {name} removed"));
         }
     }
-    Ok(())
-}
-
-impl UsageArgs {
-    /// The dimensions asked for, in order.
-    pub fn groups(&self) -> &[String] {
-        &self.by
-    }
-}
-
-/// Names shown in a usage table instead of key and consumer ids.
-#[derive(Default)]
-pub struct UsageNames {
-    pub keys: super::output::Names,
-    pub consumers: super::output::Names,
-}
-
-impl UsageNames {
-    fn show(&self, group: &str, value: &str) -> String {
-        let names = match group {
-            "key" => &self.keys,
-            "consumer" => &self.consumers,
-            _ => return value.to_string(),
-        };
-        names.get(value).cloned().unwrap_or_else(|| value.to_string())
-    }
-}
-
-pub async fn usage_command(
-    args: UsageArgs,
-    mut ai: AiClient,
-    out: &Printer,
-    names: &UsageNames,
-) -> Result<(), CtlError> {
-    let from_ms = args.since.map_or(0, |ms| crate::clock::unix_ms() - ms);
-    let group_by: Vec<String> = args.by.into_iter().filter(|g| !g.is_empty()).collect();
-    let report = ai.get_usage(GetUsageRequest { from_ms, to_ms: 0, group_by: group_by.clone() }).await?.into_inner();
-    let mut header: Vec<String> = group_by.iter().map(|g| g.to_ascii_uppercase()).collect();
-    header.extend(
-        ["REQUESTS", "ERRORS", "TOKENS_IN", "TOKENS_OUT", "CACHED_IN", "ESTIMATED", "COST_USD"].map(String::from),
-    );
-    let mut rows = vec![header];
-    let mut values = Vec::new();
-    for r in &report.rows {
-        let cost = tollgate_llm::catalog::dollars(r.cost_picodollars);
-        let mut value = json!({
-            "requests": r.requests, "errors": r.errors, "cancelled": r.cancelled, "input_tokens": r.input_tokens,
-            "output_tokens": r.output_tokens, "cached_input_tokens": r.cached_input_tokens, "estimated": r.estimated,
-            "cost_picodollars": r.cost_picodollars, "cost_usd": cost,
-        });
-        for (g, v) in group_by.iter().zip(&r.group) {
-            value[g] = Value::String(v.clone());
-        }
-        values.push(value);
-        let mut row: Vec<String> = group_by.iter().zip(&r.group).map(|(g, v)| names.show(g, v)).collect();
-        row.extend([
-            r.requests.to_string(),
-            r.errors.to_string(),
-            r.input_tokens.to_string(),
-            r.output_tokens.to_string(),
-            r.cached_input_tokens.to_string(),
-            r.estimated.to_string(),
-            format!("{cost:.6}"),
-        ]);
-        rows.push(row);
-    }
-    out.list(values, rows);
     Ok(())
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tollgate_proto::admin::v1::admin_service_client::AdminServiceClient;
 use tollgate_proto::admin::v1::cluster_service_client::ClusterServiceClient;
+use tollgate_proto::admin::v1::usage_service_client::UsageServiceClient;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -44,6 +45,24 @@ pub async fn connect(
     token: &str,
     timeout: Duration,
 ) -> Result<(Admin, Cluster, super::ai::AiClient), CtlError> {
+    let (channel, bearer) = channel(endpoint, token, timeout).await?;
+    Ok((
+        AdminServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+        ClusterServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+        tollgate_proto::admin::v1::ai_service_client::AiServiceClient::with_interceptor(channel, bearer),
+    ))
+}
+
+pub type Usage = UsageServiceClient<InterceptedService<Channel, BearerToken>>;
+
+/// The usage service of the node at `endpoint` (a member's admin address
+/// when `ctl usage` asks each member for its own records).
+pub async fn connect_usage(endpoint: &str, token: &str, timeout: Duration) -> Result<Usage, CtlError> {
+    let (channel, bearer) = channel(endpoint, token, timeout).await?;
+    Ok(UsageServiceClient::with_interceptor(channel, bearer))
+}
+
+async fn channel(endpoint: &str, token: &str, timeout: Duration) -> Result<(Channel, BearerToken), CtlError> {
     let url = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
     let channel = Channel::from_shared(url.clone())
         .map_err(|e| CtlError::Usage(format!("invalid --admin address {url:?}: {e}")))?
@@ -57,12 +76,7 @@ pub async fn connect(
     let value = format!("Bearer {token}")
         .parse()
         .map_err(|_| CtlError::Usage("the admin token contains characters not allowed in a header".into()))?;
-    let bearer = BearerToken(value);
-    Ok((
-        AdminServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-        ClusterServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-        tollgate_proto::admin::v1::ai_service_client::AiServiceClient::with_interceptor(channel, bearer),
-    ))
+    Ok((channel, BearerToken(value)))
 }
 
 /// An error's message and its causes, each once: tonic's "transport error"

@@ -27,6 +27,7 @@ mod entities;
 mod limits;
 mod output;
 mod policy;
+mod usage;
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -163,11 +164,12 @@ pub enum CtlCommand {
     /// Model prices: the built-in catalog and overrides.
     #[command(subcommand)]
     Price(ai::PriceCmd),
-    /// Tokens and cost from this node's usage ledger.
-    Usage(ai::UsageArgs),
     /// Rate limits (requests or tokens per second … day) and budgets (money per day or month).
     #[command(subcommand)]
     Limit(limits::LimitCmd),
+    /// Requests, tokens and cost of the whole cluster (any node answers),
+    /// one node's own journal (--node), or per-request records (`usage records`).
+    Usage(usage::UsageArgs),
     /// One entity of any kind without secrets, by name or id: `get model-price openai/gpt-4o`.
     Get(entities::GetArgs),
     /// Every entity of a kind: `list consumer`.
@@ -529,7 +531,7 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
 }
 
 async fn execute(args: CtlArgs, token: &str, out: &Printer) -> Result<(), CtlError> {
-    let (mut admin, cluster, ai_client) = client::connect(&args.admin, token, args.timeout).await?;
+    let (mut admin, mut cluster, ai_client) = client::connect(&args.admin, token, args.timeout).await?;
     let stale = args.stale;
     match args.command {
         CtlCommand::Service(cmd) => match cmd {
@@ -694,9 +696,17 @@ async fn execute(args: CtlArgs, token: &str, out: &Printer) -> Result<(), CtlErr
         CtlCommand::Provider(cmd) => ai::provider_command(cmd, ai_client, out, stale).await?,
         CtlCommand::Alias(cmd) => ai::alias_command(cmd, ai_client, out, stale).await?,
         CtlCommand::Price(cmd) => ai::price_command(cmd, ai_client, out).await?,
-        CtlCommand::Usage(args) => {
-            let names = usage_names(&mut admin, args.groups(), stale, out).await;
-            ai::usage_command(args, ai_client, out, &names).await?
+        CtlCommand::Usage(usage_args) => {
+            let cx = usage::Context {
+                admin: &mut admin,
+                cluster: &mut cluster,
+                addr: &args.admin,
+                token,
+                timeout: args.timeout,
+                out,
+                stale,
+            };
+            usage::command(usage_args, cx).await?
         }
         CtlCommand::Status => {
             let s = admin.get_node_status(GetNodeStatusRequest {}).await?.into_inner();
@@ -840,31 +850,6 @@ async fn consumer_names(admin: &mut client::Admin, stale: bool, out: &Printer) -
     Ok(consumers.into_iter().map(|c| (id(&c.meta), c.name)).collect())
 }
 
-/// Names for the ids a usage table groups by (`key`, `consumer`), fetched
-/// once per command; JSON keeps the ids. Best effort: a list that cannot be
-/// read leaves the ids, as the report itself may still be shown.
-async fn usage_names(admin: &mut client::Admin, groups: &[String], stale: bool, out: &Printer) -> ai::UsageNames {
-    let mut names = ai::UsageNames::default();
-    if out.format == Format::Json {
-        return names;
-    }
-    if groups.iter().any(|g| g == "consumer") {
-        names.consumers = consumer_names(admin, stale, out).await.unwrap_or_default();
-    }
-    if groups.iter().any(|g| g == "key")
-        && let Ok(keys) = admin.list_api_keys(ListApiKeysRequest { consumer: String::new(), stale }).await
-    {
-        names.keys = keys
-            .into_inner()
-            .api_keys
-            .into_iter()
-            .map(|k| (id(&k.meta), if k.name.is_empty() { k.display_prefix } else { k.name }))
-            .filter(|(_, name)| !name.is_empty())
-            .collect();
-    }
-    names
-}
-
 /// The read an update starts with (get, change, put) goes through the
 /// leader like the write will, so when it fails the advice is about the
 /// write: the server's hint to read with `--stale` is left out, as it would
@@ -904,7 +889,7 @@ impl Printer {
     fn one(&self, value: Value, message: impl FnOnce() -> String) {
         match self.format {
             Format::Json => self.push(format_args!("{value:#}\n")),
-            Format::Table => self.push(format_args!("{}\n", message())),
+            Format::Table | Format::Csv => self.push(format_args!("{}\n", message())),
         }
     }
 
@@ -912,6 +897,17 @@ impl Printer {
         match self.format {
             Format::Json => self.push(format_args!("{:#}\n", Value::Array(values))),
             Format::Table => self.push(format_args!("{}", output::table(&rows))),
+            Format::Csv => self.push(format_args!("{}", output::csv(&rows))),
+        }
+    }
+
+    /// A listing whose CSV is not its table: ids instead of names, plain
+    /// numbers, for scripts. JSON is `value` as it is.
+    fn listing(&self, value: Value, table: Vec<Vec<String>>, csv: Vec<Vec<String>>) {
+        match self.format {
+            Format::Json => self.push(format_args!("{value:#}\n")),
+            Format::Table => self.push(format_args!("{}", output::table(&table))),
+            Format::Csv => self.push(format_args!("{}", output::csv(&csv))),
         }
     }
 
@@ -921,6 +917,7 @@ impl Printer {
             Format::Json => self.push(format_args!("{value:#}\n")),
             Format::Table if details.is_empty() => self.push(format_args!("{}", output::table(&rows))),
             Format::Table => self.push(format_args!("{}\n{}", output::table(&rows), output::table(&details))),
+            Format::Csv => self.push(format_args!("{}", output::csv(&rows))),
         }
     }
 
@@ -928,6 +925,7 @@ impl Printer {
         match self.format {
             Format::Json => self.push(format_args!("{value:#}\n")),
             Format::Table => self.push(format_args!("{}", output::table(&rows))),
+            Format::Csv => self.push(format_args!("{}", output::csv(&rows))),
         }
     }
 

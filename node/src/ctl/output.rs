@@ -11,6 +11,9 @@ use tollgate_proto::config::v1::{
 pub enum Format {
     Table,
     Json,
+    /// A list's rows as CSV (RFC 4180); the usage commands write ids and
+    /// plain numbers. Other results print as for `table`.
+    Csv,
 }
 
 fn meta(m: &Option<Meta>) -> Value {
@@ -429,9 +432,36 @@ pub fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Rows as CSV (RFC 4180): a field with a comma, quote or line break is
+/// quoted, its quotes doubled; lines end with CRLF.
+pub fn csv(rows: &[Vec<String>]) -> String {
+    let mut out = String::new();
+    for row in rows {
+        let fields: Vec<String> =
+            row.iter()
+                .map(|f| {
+                    if f.contains([',', '"', '\n', '\r']) {
+                        format!("\"{}\"", f.replace('"', "\"\""))
+                    } else {
+                        f.clone()
+                    }
+                })
+                .collect();
+        out.push_str(&fields.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_quotes_what_needs_quoting() {
+        let rows = vec![vec!["a".to_string(), "b,c".into()], vec!["say \"hi\"".into(), "line\nbreak".into()]];
+        assert_eq!(csv(&rows), "a,\"b,c\"\r\n\"say \"\"hi\"\"\",\"line\nbreak\"\r\n");
+    }
 
     use tollgate_proto::config::v1::{HeaderPair, RetryPolicy};
 

@@ -68,7 +68,7 @@ fn shared() -> Shared {
     let dir = tempfile::tempdir().unwrap();
     let engine = tollgate_storage::Engine::open(dir.path()).unwrap();
     let ai = Arc::new(crate::ai::snapshot::AiShared {
-        ledger: Arc::new(crate::ai::ledger::UsageLedger::open(engine, 1).unwrap()),
+        ledger: Arc::new(crate::usage::UsageLedger::open(engine, 1).unwrap()),
         cooldowns: Default::default(),
         client: None,
         catalog: tollgate_llm::catalog::Catalog::builtin(),

@@ -121,6 +121,23 @@ pub fn counter_id(period: &str, start_ms: i64, dimension: &str, value: &str) -> 
     format!("{period}/{start_ms:013}/{dimension}/{value}")
 }
 
+impl GatewayState {
+    /// The counters of `period` ("hour" or "day") whose period starts in
+    /// `[from_ms, to_ms)`, by start, then dimension and value: their ids sort
+    /// so, and the read costs what it returns.
+    pub fn usage_counters_between<'a>(
+        &'a self,
+        period: &'a str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> impl Iterator<Item = &'a Arc<UsageCounter>> + 'a {
+        let start = format!("{period}/{:013}/", from_ms.max(0));
+        self.table::<UsageCounter>()
+            .values_from(&start)
+            .take_while(move |c| c.period == period && c.period_start_ms < to_ms)
+    }
+}
+
 fn add(counter: &mut UsageCounter, delta: &UsageDelta) {
     counter.requests = counter.requests.saturating_add(delta.requests);
     counter.errors = counter.errors.saturating_add(delta.errors);
@@ -172,6 +189,11 @@ mod tests {
         let next = send(&state, 4, batch(4, 4, vec![delta("k1", 1)]));
         assert_eq!(count(&next, "day", day, "key", "k1"), 3);
         assert_eq!(next.usage_watermark("1").unwrap().last_seq, 4);
+
+        let days: Vec<_> = next.usage_counters_between("day", day, day + DAY_MS).map(|c| c.value.clone()).collect();
+        assert_eq!(days, ["", "k1", "k2", "r1"], "the day's counters, by dimension then value");
+        assert_eq!(next.usage_counters_between("hour", hour + HOUR_MS, i64::MAX).count(), 0);
+        assert_eq!(next.usage_counters_between("hour", 0, hour + 1).count(), 4);
     }
 
     #[test]

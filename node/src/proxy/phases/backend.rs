@@ -68,6 +68,7 @@ async fn ai(
     let served = crate::ai::gateway::serve(&ctx.shared.ai, &snapshot.ai, &ctx.shared.metrics, call, parts, body).await;
     rctx.upstream = served.provider.map(Arc::from);
     rctx.attempts = served.attempts;
+    rctx.recorded = served.recorded;
     Ok(keep_busy_while_streaming(served.response, &rctx.client, slot))
 }
 

@@ -13,7 +13,7 @@
 //! | [`limit`] | after authorize | rate limits, token limits, budgets; 429 |
 //! | [`cache`] | after limit, before the backend | a stored response (HIT) |
 //! | [`backend`] | last before account | the route's backend: a REST service or the AI gateway |
-//! | [`account`] | once, for every request, whatever happened before | metrics, access log, trace span |
+//! | [`account`] | once, for every request, whatever happened before | metrics, access log, trace span, usage record |
 //!
 //! Adding a phase: see `docs/architecture.md`, "How to add a phase".
 
@@ -38,6 +38,7 @@ use super::connections::UpstreamSlot;
 use super::snapshot::{CompiledConsumer, CompiledRoute};
 use crate::plumbing::{GatewayBody, GatewayError};
 use crate::telemetry::tracing::TraceCtx;
+use crate::usage::Recorded;
 
 /// What a phase decided.
 pub enum Step {
@@ -157,6 +158,9 @@ pub struct RequestCtx {
     /// From `limit`, on AI routes: the token limits, budgets and
     /// model-scoped limits the AI backend reserves from.
     pub ai_limits: Vec<crate::limits::Bucketed>,
+    /// Whether the backend journaled the request's usage itself (the AI
+    /// gateway does); else `account` does.
+    pub recorded: Recorded,
 }
 
 impl RequestCtx {
@@ -181,6 +185,7 @@ impl RequestCtx {
             upstream_slot: None,
             limits: None,
             ai_limits: Vec::new(),
+            recorded: Recorded::No,
         }
     }
 

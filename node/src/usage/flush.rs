@@ -1,0 +1,344 @@
+//! Folding this node's journal into the cluster's counters.
+//!
+//! One batch at a time: the records after the cluster's watermark for this
+//! node, summed per (hour, key, consumer, model, provider, route, service),
+//! proposed as `Op::Usage { first_seq: watermark + 1, last_seq, deltas }`.
+//! The state machine folds it only if it starts right after the watermark
+//! and answers with the watermark either way, so the flush never needs to
+//! know whether an earlier attempt (cut off by a crash, a timeout or a
+//! change of leader) went through: it resumes after whatever watermark the
+//! answer names, and no record counts twice.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prost::Message;
+use tokio::sync::watch;
+use tollgate_proto::config::v1::{UsageOutcome, UsageWatermark};
+use tollgate_proto::raft::v1::command::Op;
+use tollgate_proto::raft::v1::{UsageBatch, UsageDelta};
+use tollgate_raft::{Command, ProposeError, RaftNode};
+
+use super::LedgerError;
+use super::journal::Position;
+use super::ledger::UsageLedger;
+
+/// Records per batch, at most; also how many waiting records start a flush
+/// before the interval is up.
+pub const MAX_BATCH_RECORDS: usize = 5_000;
+/// Distinct deltas per batch: the state machine's bound (raft `apply/usage.rs`).
+pub const MAX_DELTAS: usize = 4_096;
+/// The state machine refuses longer dimension values, and the model a
+/// client names can be anything.
+const MAX_VALUE_LEN: usize = 256;
+const HOUR_MS: i64 = 3_600_000;
+/// Batches per flush, at most, before the task looks at its stop signal again.
+const MAX_ROUNDS: usize = 64;
+/// Folded records older than the retention are deleted this often.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How long a node that is shutting down tries to fold its last records.
+const LAST_FLUSH: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error("cannot read the usage journal: {0}")]
+    Ledger(#[from] LedgerError),
+    #[error("the cluster did not take the usage batch; it is sent again at the next flush: {0}")]
+    Propose(#[from] ProposeError),
+    #[error("the cluster's answer to a usage batch is not a watermark: {0}")]
+    Answer(String),
+    #[error("the journal read stopped: {0}")]
+    Task(String),
+}
+
+/// Where batches go: the Raft node, or in tests a state in memory.
+pub trait Fold: Send + Sync {
+    /// This node's watermark as this node's copy of the state has it (may lag).
+    fn known_watermark(&self, node_id: u64) -> u64;
+
+    /// Proposes `batch`; returns the node's watermark after it was applied.
+    fn fold(&self, batch: UsageBatch) -> impl Future<Output = Result<u64, FlushError>> + Send;
+}
+
+impl Fold for RaftNode {
+    fn known_watermark(&self, node_id: u64) -> u64 {
+        self.local_state().usage_watermark(&node_id.to_string()).map_or(0, |w| w.last_seq)
+    }
+
+    async fn fold(&self, batch: UsageBatch) -> Result<u64, FlushError> {
+        let actor = format!("node {} usage", batch.node_id);
+        let applied = self.propose(Command::new(Op::Usage(batch), crate::clock::unix_ms(), actor)).await?;
+        let bytes = applied.entity.ok_or_else(|| FlushError::Answer("no entity".into()))?;
+        let watermark = UsageWatermark::decode(bytes.as_slice()).map_err(|e| FlushError::Answer(e.to_string()))?;
+        Ok(watermark.last_seq)
+    }
+}
+
+/// A batch ready to propose, the position of its last record, and how many
+/// records it sums.
+pub struct Pending {
+    pub batch: UsageBatch,
+    pub last: Position,
+    pub records: usize,
+}
+
+/// The fields of a `UsageRecord` (entities.proto) a batch sums, and only
+/// those: the flush reads every record once, and decoding the request id,
+/// error text and the rest would cost as much as the summing. The strings
+/// are slices of the record's bytes, not copies (same wire type as `bytes`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct Summed {
+    #[prost(int64, tag = "3")]
+    at_ms: i64,
+    #[prost(bytes = "bytes", tag = "5")]
+    route: Bytes,
+    #[prost(bytes = "bytes", tag = "6")]
+    consumer_id: Bytes,
+    #[prost(bytes = "bytes", tag = "7")]
+    api_key_id: Bytes,
+    #[prost(bytes = "bytes", tag = "9")]
+    requested_model: Bytes,
+    #[prost(bytes = "bytes", tag = "10")]
+    provider: Bytes,
+    #[prost(bytes = "bytes", tag = "11")]
+    model: Bytes,
+    #[prost(int32, tag = "14")]
+    outcome: i32,
+    #[prost(uint64, tag = "17")]
+    input_tokens: u64,
+    #[prost(uint64, tag = "18")]
+    output_tokens: u64,
+    #[prost(uint64, tag = "19")]
+    cached_input_tokens: u64,
+    #[prost(uint64, tag = "22")]
+    cost_picodollars: u64,
+    #[prost(bytes = "bytes", tag = "27")]
+    service: Bytes,
+}
+
+/// What makes two records share a delta: the hour and the dimension values
+/// (the model as provider, model and model asked for).
+type DeltaKey = (i64, Bytes, Bytes, Bytes, Bytes, Bytes, Bytes, Bytes);
+
+fn delta_key(r: &Summed) -> DeltaKey {
+    (
+        r.at_ms.div_euclid(HOUR_MS) * HOUR_MS,
+        r.api_key_id.clone(),
+        r.consumer_id.clone(),
+        r.provider.clone(),
+        r.model.clone(),
+        r.requested_model.clone(),
+        r.route.clone(),
+        r.service.clone(),
+    )
+}
+
+/// A dimension value as the state machine takes it: text, at most
+/// [`MAX_VALUE_LEN`] bytes (a client names its model, and can name a long one).
+fn value(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut end = text.len().min(MAX_VALUE_LEN);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
+}
+
+fn new_delta(k: &DeltaKey) -> UsageDelta {
+    // As `ledger::model_of`: provider/model as served, else as asked for.
+    let model = if k.3.is_empty() { value(&k.5) } else { value(&[&k.3[..], b"/", &k.4[..]].concat()) };
+    UsageDelta {
+        hour_start_ms: k.0,
+        key: value(&k.1),
+        consumer: value(&k.2),
+        model,
+        provider: value(&k.3),
+        route: value(&k.6),
+        service: value(&k.7),
+        ..Default::default()
+    }
+}
+
+/// Sums `records` (numbered above `after_seq`, in order) into one batch
+/// starting at `after_seq + 1`, taking records until the next would need a
+/// delta past [`MAX_DELTAS`]. A gap in the numbers (records deleted, or
+/// never written) is covered by the batch and counts nothing. None when
+/// there is nothing to send.
+pub fn build_batch(
+    node_id: u64,
+    after_seq: u64,
+    records: &[(Position, Bytes)],
+) -> Result<Option<Pending>, LedgerError> {
+    let mut index: HashMap<DeltaKey, usize> = HashMap::new();
+    let mut deltas: Vec<UsageDelta> = Vec::new();
+    let mut last = None;
+    let mut count = 0;
+    for (position, bytes) in records {
+        let r = Summed::decode(bytes.clone()).map_err(|e| LedgerError::Corrupt {
+            key: format!("usage record {}", position.seq),
+            detail: e.to_string(),
+        })?;
+        let key = delta_key(&r);
+        let slot = match index.get(&key) {
+            Some(slot) => *slot,
+            None if deltas.len() == MAX_DELTAS => break,
+            None => {
+                deltas.push(new_delta(&key));
+                index.insert(key, deltas.len() - 1);
+                deltas.len() - 1
+            }
+        };
+        let delta = &mut deltas[slot];
+        delta.requests += 1;
+        delta.errors += u64::from(r.outcome == UsageOutcome::Error as i32);
+        delta.input_tokens += r.input_tokens;
+        delta.output_tokens += r.output_tokens;
+        delta.cached_input_tokens += r.cached_input_tokens;
+        delta.cost_picodollars = delta.cost_picodollars.saturating_add(r.cost_picodollars);
+        last = Some(*position);
+        count += 1;
+    }
+    let Some(last) = last else { return Ok(None) };
+    let batch = UsageBatch { node_id, first_seq: after_seq + 1, last_seq: last.seq, deltas };
+    Ok(Some(Pending { batch, last, records: count }))
+}
+
+/// Sends this node's journal to the cluster, batch by batch.
+pub struct Flusher<F> {
+    ledger: Arc<UsageLedger>,
+    sink: F,
+    max_records: usize,
+    /// The cluster's watermark for this node as its last answer gave it.
+    watermark: Option<u64>,
+}
+
+impl<F: Fold> Flusher<F> {
+    pub fn new(ledger: Arc<UsageLedger>, sink: F) -> Flusher<F> {
+        Flusher { ledger, sink, max_records: MAX_BATCH_RECORDS, watermark: None }
+    }
+
+    /// Fewer records per batch (tests).
+    pub fn with_max_records(mut self, max_records: usize) -> Flusher<F> {
+        self.max_records = max_records.max(1);
+        self
+    }
+
+    /// Where the next batch starts: after the last answer's watermark; before
+    /// any answer, after the larger of this node's copy of the watermark and
+    /// the last one it saw confirmed before a restart.
+    pub fn after_seq(&self) -> u64 {
+        self.watermark.unwrap_or_else(|| {
+            let known = self.sink.known_watermark(self.ledger.node_id());
+            known.max(self.ledger.folded().map_or(0, |p| p.seq))
+        })
+    }
+
+    /// Proposes batches until the journal is drained (or for a bounded
+    /// number of rounds). Returns the records folded.
+    pub async fn flush(&mut self) -> Result<u64, FlushError> {
+        let mut folded = 0;
+        for _ in 0..MAX_ROUNDS {
+            let after = self.after_seq();
+            let records = self.read(after).await?;
+            let Some(pending) = build_batch(self.ledger.node_id(), after, &records)? else { return Ok(folded) };
+            let sent_last = pending.batch.last_seq;
+            let watermark = self.sink.fold(pending.batch).await?;
+            self.watermark = Some(watermark);
+            if watermark != sent_last {
+                self.resume_after(after, watermark)?;
+                continue;
+            }
+            self.ledger.set_folded(pending.last)?;
+            folded += pending.records as u64;
+            if pending.records == records.len() && records.len() < self.max_records {
+                return Ok(folded);
+            }
+        }
+        Ok(folded)
+    }
+
+    async fn read(&self, after: u64) -> Result<Vec<(Position, Bytes)>, FlushError> {
+        let (ledger, max) = (self.ledger.clone(), self.max_records);
+        let read = tokio::task::spawn_blocking(move || ledger.read_after(after, max)).await;
+        Ok(read.map_err(|e| FlushError::Task(e.to_string()))??)
+    }
+
+    /// The batch did not start right after the watermark (an earlier
+    /// attempt was folded after all, or this node's copy of the state
+    /// lagged): the next one starts after the watermark the answer named.
+    fn resume_after(&self, sent_after: u64, watermark: u64) -> Result<(), FlushError> {
+        tracing::info!(sent_from = sent_after + 1, watermark, "usage batch not folded; resuming after the watermark");
+        let last = self.ledger.last_seq()?;
+        if watermark > last && self.ledger.skip_to(watermark + 1)? {
+            tracing::warn!(
+                watermark,
+                journal_last_seq = last,
+                "the cluster has folded this node's records up to {watermark}, past the end of its journal: the \
+                 journal was reset (a new data directory under a reused node id?); new records are numbered \
+                 after {watermark}"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `[usage]` as the flush task uses it.
+#[derive(Clone, Debug)]
+pub struct FlushConfig {
+    pub interval: Duration,
+    pub retention: Duration,
+}
+
+/// Flushes every `interval`, or as soon as a batch's worth of records waits,
+/// and deletes folded records past the retention every hour, until `stop`;
+/// then tries once more, bounded, so that a node stopped for good leaves no
+/// record uncounted.
+pub async fn run<F: Fold + 'static>(mut flusher: Flusher<F>, config: FlushConfig, mut stop: watch::Receiver<bool>) {
+    let ledger = flusher.ledger.clone();
+    let mut failing = false;
+    let mut pruned: Option<Instant> = None;
+    loop {
+        // After a failure, only the interval: a backlog must not spin proposals.
+        let early = if failing { u64::MAX } else { flusher.after_seq() + flusher.max_records as u64 };
+        tokio::select! {
+            () = tokio::time::sleep(config.interval) => {}
+            () = ledger.reached(early) => {}
+            _ = stop.wait_for(|stop| *stop) => break,
+        }
+        match flusher.flush().await {
+            Ok(_) if failing => {
+                tracing::info!("usage flush to the cluster works again");
+                failing = false;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                if !failing {
+                    tracing::warn!(%error, "cannot flush usage to the cluster; retrying every usage.flush_interval_ms");
+                }
+                failing = true;
+            }
+        }
+        if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            pruned = Some(Instant::now());
+            prune(&ledger, config.retention).await;
+        }
+    }
+    let written = ledger.clone();
+    let _ = tokio::task::spawn_blocking(move || written.flush()).await;
+    if let Ok(Err(error)) = tokio::time::timeout(LAST_FLUSH, flusher.flush()).await {
+        tracing::info!(%error, "usage not flushed at shutdown; it is flushed at the next start");
+    }
+}
+
+async fn prune(ledger: &Arc<UsageLedger>, retention: Duration) {
+    let cutoff = crate::clock::unix_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
+    let ledger = ledger.clone();
+    match tokio::task::spawn_blocking(move || ledger.prune(cutoff)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "cannot delete old usage records"),
+        Err(error) => tracing::warn!(%error, "deleting old usage records stopped"),
+    }
+}
