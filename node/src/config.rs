@@ -36,15 +36,23 @@ pub struct Usage {
     /// them, and deleted after (once the counters hold them: a record not
     /// yet folded is kept however old). The counters are kept.
     pub retention_days: u64,
+    /// The journal's segment files, in MiB: each is reserved at this size
+    /// while written, and trimmed when the next starts (at the latest an
+    /// hour later).
+    pub segment_mib: u64,
 }
 
 impl Default for Usage {
     fn default() -> Self {
-        Usage { flush_interval_ms: 1_000, retention_days: 30 }
+        Usage { flush_interval_ms: 1_000, retention_days: 30, segment_mib: 32 }
     }
 }
 
 impl Usage {
+    pub fn journal_options(&self) -> tollgate_journal::Options {
+        tollgate_journal::Options { segment_bytes: self.segment_mib.saturating_mul(1 << 20), ..Default::default() }
+    }
+
     pub fn flush_config(&self) -> crate::usage::flush::FlushConfig {
         crate::usage::flush::FlushConfig {
             interval: ms(self.flush_interval_ms),
@@ -295,6 +303,9 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "usage.flush_interval_ms must be at least 10 (1000 is the default)".into(),
             ));
+        }
+        if !(1..=1024).contains(&self.usage.segment_mib) {
+            return Err(ConfigError::Invalid("usage.segment_mib must be 1 to 1024 (32 is the default)".into()));
         }
         if self.usage.retention_days == 0 {
             return Err(ConfigError::Invalid("usage.retention_days must be at least 1 (30 is the default)".into()));

@@ -226,7 +226,12 @@ impl Node {
         let (tls, cluster_listen, advertise, bootstrap) = cluster_identity(&config).await?;
         let engine = Engine::open(data_dir.join("db"))?;
         let secrets = tollgate_raft::secrets::SecretBox::from_cluster(&tls);
-        let ledger = Arc::new(crate::usage::UsageLedger::open(engine.clone(), config.node_id)?);
+        let ledger = Arc::new(crate::usage::UsageLedger::open(
+            &engine,
+            &data_dir.join("usage"),
+            config.node_id,
+            config.usage.journal_options(),
+        )?);
         let mut raft_config = RaftConfig::new(config.node_id, data_dir.join("snapshots"));
         raft_config.heartbeat_interval = ms(config.raft.heartbeat_ms);
         raft_config.election_timeout_min = ms(config.raft.election_timeout_min_ms);

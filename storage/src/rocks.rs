@@ -59,41 +59,22 @@ impl Engine {
         KvEngine::put(self, cf, key, value, durability)
     }
 
-    fn rocks_batch(&self, ops: &[Op]) -> WriteBatch {
+    /// Applies every operation of `batch` atomically, across column families.
+    pub fn write(&self, batch: Batch, durability: Durability) -> Result<(), StorageError> {
         let mut wb = WriteBatch::default();
-        for op in ops {
+        for op in batch.ops {
             match op {
-                Op::Put(cf, k, v) => wb.put_cf(self.handle(*cf), k, v),
-                Op::Delete(cf, k) => wb.delete_cf(self.handle(*cf), k),
+                Op::Put(cf, k, v) => wb.put_cf(self.handle(cf), k, v),
+                Op::Delete(cf, k) => wb.delete_cf(self.handle(cf), k),
                 // The trait promises nothing for an empty or reversed range,
                 // which RocksDB need not treat as a no-op.
-                Op::DeleteRange(cf, from, to) if from < to => wb.delete_range_cf(self.handle(*cf), from, to),
+                Op::DeleteRange(cf, from, to) if from < to => wb.delete_range_cf(self.handle(cf), from, to),
                 Op::DeleteRange(..) => {}
             }
         }
-        wb
-    }
-
-    /// Applies every operation of `batch` atomically, across column families.
-    pub fn write(&self, batch: Batch, durability: Durability) -> Result<(), StorageError> {
         let mut opts = WriteOptions::default();
         opts.set_sync(durability == Durability::Machine);
-        self.db.write_opt(self.rocks_batch(&batch.ops), &opts).map_err(StorageError::io("write"))
-    }
-
-    /// Like [`Engine::write`], but where RocksDB would stall the write
-    /// (memtables or level-0 files piling up behind compaction) it writes
-    /// nothing and returns false at once: for a caller that must not block,
-    /// such as the usage ledger on the request path.
-    pub fn write_unless_stalled(&self, batch: &Batch, durability: Durability) -> Result<bool, StorageError> {
-        let mut opts = WriteOptions::default();
-        opts.set_sync(durability == Durability::Machine);
-        opts.set_no_slowdown(true);
-        match self.db.write_opt(self.rocks_batch(&batch.ops), &opts) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == rocksdb::ErrorKind::Incomplete => Ok(false),
-            Err(e) => Err(StorageError::io("write")(e)),
-        }
+        self.db.write_opt(wb, &opts).map_err(StorageError::io("write"))
     }
 
     /// fsyncs the write-ahead log, making every earlier `Process` write machine-durable.

@@ -19,7 +19,6 @@ use crate::telemetry::ai_metrics::{
 };
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::tracing::TraceCtx;
-use crate::usage::{Recorded, Ticket};
 
 /// What the tokenizer needs when the provider reports no usage.
 pub enum PromptSource {
@@ -52,8 +51,6 @@ pub struct Accounting {
     listed_model: bool,
     /// Tokens and cost reserved on the caller's limits, reconciled in `finish`.
     reservation: Option<super::limits::Reservation>,
-    /// The record's place in the ledger's queue, once finished.
-    ticket: Option<Ticket>,
 }
 
 pub struct Served<'a> {
@@ -93,7 +90,6 @@ impl Accounting {
             done: false,
             listed_model: false,
             reservation: None,
-            ticket: None,
         }
     }
 
@@ -170,16 +166,9 @@ impl Accounting {
         self.done
     }
 
-    /// Whether the record is queued; the response must wait for it.
-    pub fn recorded(&self) -> Recorded {
-        self.ticket.map_or(Recorded::No, Recorded::Queued)
-    }
-
-    /// Resolves once the finished record is in the journal (at once if
-    /// there is none), owning what it needs: a stream's body awaits it
-    /// before its last frame.
-    pub fn journaled(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        self.shared.ledger.journaled_owned(self.ticket.unwrap_or_default())
+    /// Whether the call's record is in the journal (`finish` ran).
+    pub fn recorded(&self) -> bool {
+        self.done
     }
 
     /// Token counts: the provider's when it gave them; otherwise (or for the
@@ -281,7 +270,7 @@ impl Accounting {
             }
         }
 
-        self.ticket = Some(self.shared.ledger.record(r.clone()));
+        self.shared.ledger.record(r);
         if let Some(trace) = self.trace.take() {
             let operation = if r.endpoint == "embeddings" { "embeddings" } else { "chat" };
             let mut attributes = vec![

@@ -31,7 +31,6 @@ use super::stream::{AiStream, Encoder, Passthrough};
 use crate::plumbing::{GatewayBody, GatewayError, UpstreamClient};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::tracing::TraceCtx;
-use crate::usage::Recorded;
 
 /// Upstream error bodies are read for their message only.
 const MAX_ERROR_BODY: usize = 1 << 20;
@@ -65,8 +64,9 @@ pub struct AiOutcome {
     pub response: Response<GatewayBody>,
     pub provider: Option<String>,
     pub attempts: u32,
-    /// Whether the call journaled its usage record (see `crate::usage::Recorded`).
-    pub recorded: Recorded,
+    /// Whether the call journals its usage record itself (now, or when a
+    /// stream ends); else the `account` phase journals the request's.
+    pub recorded: bool,
 }
 
 /// The API format a caller speaks, and gets its answers and errors in.
@@ -161,7 +161,7 @@ pub fn render_error(error: &GatewayError, request_id: &str, ingress: Ingress) ->
 }
 
 fn outcome(response: Response<GatewayBody>) -> AiOutcome {
-    AiOutcome { response, provider: None, attempts: 0, recorded: Recorded::No }
+    AiOutcome { response, provider: None, attempts: 0, recorded: false }
 }
 
 pub async fn serve(
@@ -770,7 +770,7 @@ impl Attempts<'_> {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             headers.extend(limit_headers);
-            return AiOutcome { response: out, provider: provider_name, attempts, recorded: Recorded::AtBodyEnd };
+            return AiOutcome { response: out, provider: provider_name, attempts, recorded: true };
         }
 
         let bytes = match read_limited(response.into_body(), MAX_ANSWER_BODY, provider.request_timeout).await {

@@ -16,12 +16,5 @@ pub mod pricing;
 pub mod snapshot;
 pub mod stream;
 
-/// The usage ledger moved to [`crate::usage`] when REST requests joined it;
-/// this keeps the old path working.
-pub mod ledger {
-    pub use crate::usage::LedgerError;
-    pub use crate::usage::ledger::*;
-}
-
 #[cfg(test)]
 mod stream_tests;

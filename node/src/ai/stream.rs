@@ -61,10 +61,6 @@ pub struct AiStream {
     ended: bool,
     /// Longest silence allowed from the provider mid-stream, and its timer.
     idle: (Duration, Pin<Box<tokio::time::Sleep>>),
-    /// Set once the stream ended: the last frames wait until its usage
-    /// record is in the journal, so a caller that got the whole answer was
-    /// counted even if the process dies right after.
-    journaled: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 fn sse_data(json: &str) -> Bytes {
@@ -80,17 +76,7 @@ impl AiStream {
         idle_timeout: Duration,
     ) -> AiStream {
         let idle = (idle_timeout, Box::pin(tokio::time::sleep(idle_timeout)));
-        AiStream {
-            upstream,
-            decoder,
-            encoder,
-            pending: VecDeque::new(),
-            account,
-            last: None,
-            ended: false,
-            idle,
-            journaled: None,
-        }
+        AiStream { upstream, decoder, encoder, pending: VecDeque::new(), account, last: None, ended: false, idle }
     }
 
     fn emit(&mut self, chunks: Vec<ChatChunk>) {
@@ -180,7 +166,6 @@ impl AiStream {
             finish_reason,
             error: None,
         });
-        self.journaled = Some(Box::pin(self.account.journaled()));
     }
 
     fn fail(&mut self, error: AdapterError) {
@@ -213,7 +198,6 @@ impl AiStream {
             finish_reason: self.decoder.finish_reason(),
             error: Some(error.to_string()),
         });
-        self.journaled = Some(Box::pin(self.account.journaled()));
     }
 }
 
@@ -224,10 +208,6 @@ impl Body for AiStream {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
-            if let Some(journaled) = &mut this.journaled {
-                std::task::ready!(journaled.as_mut().poll(cx));
-                this.journaled = None;
-            }
             if !this.pending.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(this.take_pending()))));
             }
@@ -287,7 +267,7 @@ impl Body for AiStream {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended && self.pending.is_empty() && self.journaled.is_none()
+        self.ended && self.pending.is_empty()
     }
 }
 

@@ -67,12 +67,7 @@ pub async fn handle(
     }
     response.headers_mut().insert(X_REQUEST_ID.clone(), rctx.request_id.clone());
     rctx.phases.enter(Phase::Account);
-    if let Some(ticket) = phases::account::run(&ctx, rctx, &method, path.as_deref(), response.status(), started) {
-        // A response goes out only once its usage record would survive a
-        // killed process (usage::ledger): the writer groups the records of
-        // every request in flight into one write.
-        ctx.shared.ai.ledger.journaled(ticket).await;
-    }
+    phases::account::run(&ctx, rctx, &method, path.as_deref(), response.status(), started);
     Ok(response)
 }
 

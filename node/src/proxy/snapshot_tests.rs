@@ -64,11 +64,17 @@ fn arb_op() -> impl Strategy<Value = Op> {
     ]
 }
 
+fn small_journal() -> tollgate_journal::Options {
+    tollgate_journal::Options { segment_bytes: 1 << 20, ..Default::default() }
+}
+
 fn shared() -> Shared {
     let dir = tempfile::tempdir().unwrap();
     let engine = tollgate_storage::Engine::open(dir.path()).unwrap();
     let ai = Arc::new(crate::ai::snapshot::AiShared {
-        ledger: Arc::new(crate::usage::UsageLedger::open(engine, 1).unwrap()),
+        ledger: Arc::new(
+            crate::usage::UsageLedger::open(&engine, &dir.path().join("usage"), 1, small_journal()).unwrap(),
+        ),
         cooldowns: Default::default(),
         client: None,
         catalog: tollgate_llm::catalog::Catalog::builtin(),

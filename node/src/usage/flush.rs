@@ -23,8 +23,8 @@ use tollgate_proto::raft::v1::{UsageBatch, UsageDelta};
 use tollgate_raft::{Command, ProposeError, RaftNode};
 
 use super::LedgerError;
-use super::journal::Position;
 use super::ledger::UsageLedger;
+use tollgate_journal::Frame;
 
 /// Records per batch, at most; also how many waiting records start a flush
 /// before the interval is up.
@@ -77,11 +77,9 @@ impl Fold for RaftNode {
     }
 }
 
-/// A batch ready to propose, the position of its last record, and how many
-/// records it sums.
+/// A batch ready to propose, and how many records it sums.
 pub struct Pending {
     pub batch: UsageBatch,
-    pub last: Position,
     pub records: usize,
 }
 
@@ -167,20 +165,14 @@ fn new_delta(k: &DeltaKey) -> UsageDelta {
 /// delta past [`MAX_DELTAS`]. A gap in the numbers (records deleted, or
 /// never written) is covered by the batch and counts nothing. None when
 /// there is nothing to send.
-pub fn build_batch(
-    node_id: u64,
-    after_seq: u64,
-    records: &[(Position, Bytes)],
-) -> Result<Option<Pending>, LedgerError> {
+pub fn build_batch(node_id: u64, after_seq: u64, records: &[Frame]) -> Result<Option<Pending>, LedgerError> {
     let mut index: HashMap<DeltaKey, usize> = HashMap::new();
     let mut deltas: Vec<UsageDelta> = Vec::new();
     let mut last = None;
     let mut count = 0;
-    for (position, bytes) in records {
-        let r = Summed::decode(bytes.clone()).map_err(|e| LedgerError::Corrupt {
-            key: format!("usage record {}", position.seq),
-            detail: e.to_string(),
-        })?;
+    for frame in records {
+        let r = Summed::decode(frame.payload.clone())
+            .map_err(|e| LedgerError::Corrupt { key: format!("usage record {}", frame.seq), detail: e.to_string() })?;
         let key = delta_key(&r);
         let slot = match index.get(&key) {
             Some(slot) => *slot,
@@ -198,12 +190,12 @@ pub fn build_batch(
         delta.output_tokens += r.output_tokens;
         delta.cached_input_tokens += r.cached_input_tokens;
         delta.cost_picodollars = delta.cost_picodollars.saturating_add(r.cost_picodollars);
-        last = Some(*position);
+        last = Some(frame.seq);
         count += 1;
     }
     let Some(last) = last else { return Ok(None) };
-    let batch = UsageBatch { node_id, first_seq: after_seq + 1, last_seq: last.seq, deltas };
-    Ok(Some(Pending { batch, last, records: count }))
+    let batch = UsageBatch { node_id, first_seq: after_seq + 1, last_seq: last, deltas };
+    Ok(Some(Pending { batch, records: count }))
 }
 
 /// Sends this node's journal to the cluster, batch by batch.
@@ -227,13 +219,10 @@ impl<F: Fold> Flusher<F> {
     }
 
     /// Where the next batch starts: after the last answer's watermark; before
-    /// any answer, after the larger of this node's copy of the watermark and
-    /// the last one it saw confirmed before a restart.
+    /// any answer, after this node's copy of the watermark (a copy that lags
+    /// costs one proposal the state machine turns down with the real one).
     pub fn after_seq(&self) -> u64 {
-        self.watermark.unwrap_or_else(|| {
-            let known = self.sink.known_watermark(self.ledger.node_id());
-            known.max(self.ledger.folded().map_or(0, |p| p.seq))
-        })
+        self.watermark.unwrap_or_else(|| self.sink.known_watermark(self.ledger.node_id()))
     }
 
     /// Proposes batches until the journal is drained (or for a bounded
@@ -251,7 +240,6 @@ impl<F: Fold> Flusher<F> {
                 self.resume_after(after, watermark)?;
                 continue;
             }
-            self.ledger.set_folded(pending.last)?;
             folded += pending.records as u64;
             if pending.records == records.len() && records.len() < self.max_records {
                 return Ok(folded);
@@ -260,7 +248,7 @@ impl<F: Fold> Flusher<F> {
         Ok(folded)
     }
 
-    async fn read(&self, after: u64) -> Result<Vec<(Position, Bytes)>, FlushError> {
+    async fn read(&self, after: u64) -> Result<Vec<Frame>, FlushError> {
         let (ledger, max) = (self.ledger.clone(), self.max_records);
         let read = tokio::task::spawn_blocking(move || ledger.read_after(after, max)).await;
         Ok(read.map_err(|e| FlushError::Task(e.to_string()))??)
@@ -323,21 +311,19 @@ pub async fn run<F: Fold + 'static>(mut flusher: Flusher<F>, config: FlushConfig
         }
         if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
             pruned = Some(Instant::now());
-            prune(&ledger, config.retention).await;
+            prune(&ledger, config.retention, flusher.after_seq()).await;
         }
     }
-    let written = ledger.clone();
-    let _ = tokio::task::spawn_blocking(move || written.flush()).await;
     if let Ok(Err(error)) = tokio::time::timeout(LAST_FLUSH, flusher.flush()).await {
         tracing::info!(%error, "usage not flushed at shutdown; it is flushed at the next start");
     }
 }
 
-async fn prune(ledger: &Arc<UsageLedger>, retention: Duration) {
+async fn prune(ledger: &Arc<UsageLedger>, retention: Duration, folded_seq: u64) {
     let cutoff = crate::clock::unix_ms().saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
     let ledger = ledger.clone();
-    match tokio::task::spawn_blocking(move || ledger.prune(cutoff)).await {
-        Ok(Ok(())) => {}
+    match tokio::task::spawn_blocking(move || ledger.prune(cutoff, folded_seq)).await {
+        Ok(Ok(_)) => {}
         Ok(Err(error)) => tracing::warn!(%error, "cannot delete old usage records"),
         Err(error) => tracing::warn!(%error, "deleting old usage records stopped"),
     }

@@ -1,10 +1,11 @@
-//! The journal, the group-committed writer and the flush, on RocksDB in a
-//! temporary directory; the flush folds into a `GatewayState` through the
-//! state machine's own `apply`, with answers lost on purpose.
+//! The ledger and the flush, on a journal in a temporary directory; the
+//! flush folds into a `GatewayState` through the state machine's own
+//! `apply`, with answers lost on purpose.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tollgate_journal::{Frame, JournalError, Options};
 use tollgate_proto::config::v1::{UsageOutcome, UsageRecord};
 use tollgate_proto::raft::v1::command::Op;
 use tollgate_proto::raft::v1::{Command, UsageBatch};
@@ -12,9 +13,22 @@ use tollgate_raft::{GatewayState, ProposeError, usage_counter_id};
 use tollgate_storage::{Cf, Durability, Engine};
 
 use super::flush::{FlushError, Flusher, MAX_DELTAS, build_batch};
-use super::journal::Position;
 use super::ledger::utc_day;
 use super::*;
+
+fn options() -> Options {
+    Options { segment_bytes: 1 << 20, ..Options::default() }
+}
+
+/// A ledger in `dir`, moving in what `dir/db` (RocksDB) holds of an older layout.
+fn open_with(dir: &std::path::Path, node_id: u64, options: Options) -> UsageLedger {
+    let engine = Engine::open(dir.join("db")).unwrap();
+    UsageLedger::open(&engine, &dir.join("usage"), node_id, options).unwrap()
+}
+
+fn open(dir: &std::path::Path, node_id: u64) -> UsageLedger {
+    open_with(dir, node_id, options())
+}
 
 const DAY1: i64 = 1_764_201_600_000; // 2025-11-27T00:00:00Z
 const HOUR: i64 = 3_600_000;
@@ -51,15 +65,15 @@ fn rest(at_ms: i64, route: &str, status: u32) -> UsageRecord {
 fn records_survive_reopen_and_group_by_key_model_and_day() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let ledger = UsageLedger::open(Engine::open(dir.path()).unwrap(), 7).unwrap();
-        assert_eq!(ledger.append(record(DAY1 + 10, "k1", "gpt-4o", 10, 5, 100)).unwrap(), 1);
-        assert_eq!(ledger.append(record(DAY1 + 20, "k1", "gpt-4o", 1, 1, 1)).unwrap(), 2);
+        let ledger = open(dir.path(), 7);
+        assert_eq!(ledger.append(&record(DAY1 + 10, "k1", "gpt-4o", 10, 5, 100)).unwrap(), 1);
+        assert_eq!(ledger.append(&record(DAY1 + 20, "k1", "gpt-4o", 1, 1, 1)).unwrap(), 2);
     }
-    let ledger = UsageLedger::open(Engine::open(dir.path()).unwrap(), 7).unwrap();
-    assert_eq!(ledger.append(record(DAY1 + 86_400_000, "k2", "gpt-4o-mini", 3, 4, 7)).unwrap(), 3, "seq continues");
-    let _ = ledger.record(record(DAY1 + 30, "k3", "queued", 1, 1, 1));
+    let ledger = open(dir.path(), 7);
+    assert_eq!(ledger.append(&record(DAY1 + 86_400_000, "k2", "gpt-4o-mini", 3, 4, 7)).unwrap(), 3, "seq continues");
+    ledger.record(&record(DAY1 + 30, "k3", "recorded", 1, 1, 1));
     let all = ledger.records(0, i64::MAX).unwrap();
-    assert_eq!(all.len(), 4, "records() waits for queued records");
+    assert_eq!(all.len(), 4, "a record is readable once `record` returns");
     let all: Vec<_> = all.into_iter().filter(|r| r.api_key_id != "k3").collect();
     assert_eq!(all.iter().map(|r| (r.node_id, r.seq)).collect::<Vec<_>>(), vec![(7, 1), (7, 2), (7, 3)]);
 
@@ -76,18 +90,18 @@ fn records_survive_reopen_and_group_by_key_model_and_day() {
     assert_eq!((total.len(), total[0].requests, total[0].cost_picodollars), (1, 4, 109));
     assert_eq!(ledger.records(DAY1 + 20, i64::MAX).unwrap().len(), 3);
     ledger.close();
-    assert!(matches!(ledger.records(0, i64::MAX), Err(LedgerError::Closed(_))));
+    assert!(matches!(ledger.records(0, i64::MAX), Err(LedgerError::Journal(JournalError::Closed))));
     assert!(matches!(ledger.report(0, 1, &["colour".into()]), Err(LedgerError::UnknownGroup(_))));
 }
 
 #[test]
 fn a_time_window_is_half_open_and_holds_requests_that_ended_after_it() {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = UsageLedger::open(Engine::open(dir.path()).unwrap(), 1).unwrap();
+    let ledger = open(dir.path(), 1);
     let now = crate::clock::unix_ms();
     // Journaled now, when they ended; listed by when they started.
     for started in [now - 60_000, now - 30_000, now - 10_000] {
-        ledger.append(rest(started, "r", 200)).unwrap();
+        ledger.append(&rest(started, "r", 200)).unwrap();
     }
     let window = ledger.records(now - 60_000, now - 10_000).unwrap();
     assert_eq!(window.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
@@ -101,25 +115,38 @@ fn utc_days_match_the_calendar() {
     assert_eq!(utc_day(1_798_761_599_999), "2026-12-31");
 }
 
-#[tokio::test]
-async fn a_ticket_resolves_once_its_record_is_in_the_journal() {
+#[test]
+fn a_request_record_reads_back_as_a_usage_record() {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = UsageLedger::open(Engine::open(dir.path()).unwrap(), 1).unwrap();
-    let tickets: Vec<Ticket> = (0..100).map(|i| ledger.record(rest(DAY1 + i, "r", 200))).collect();
-    ledger.journaled(*tickets.last().unwrap()).await;
-    assert_eq!(ledger.last_seq().unwrap(), 100, "every record queued before the ticket is written");
-    // A body that outlives the request holds an owned wait.
-    let ticket = ledger.record(rest(DAY1, "r", 200));
-    tokio::spawn(ledger.journaled_owned(ticket)).await.unwrap();
-    assert_eq!(ledger.last_seq().unwrap(), 101);
-    ledger.close();
-    assert_eq!(ledger.record(rest(DAY1, "r", 200)), Ticket::default(), "closed: nothing to wait for");
+    let ledger = open(dir.path(), 4);
+    let usage = RequestUsage {
+        at_ms: DAY1 + 5,
+        request_id: "r-1",
+        route: "orders",
+        service: "orders-svc",
+        consumer_id: "c1",
+        api_key_id: "k1",
+        outcome: UsageOutcome::Ok as i32,
+        http_status: 201,
+        duration_ms: 3,
+        attempts: 1,
+        kind: "rest",
+    };
+    ledger.record_request(&usage);
+    let read = ledger.records(0, i64::MAX).unwrap();
+    assert_eq!(read.len(), 1);
+    let r = &read[0];
+    assert_eq!((r.node_id, r.seq, r.at_ms, r.http_status), (4, 1, DAY1 + 5, 201));
+    assert_eq!(
+        (r.request_id.as_str(), r.route.as_str(), r.service.as_str(), r.consumer_id.as_str(), r.api_key_id.as_str()),
+        ("r-1", "orders", "orders-svc", "c1", "k1")
+    );
 }
 
 #[test]
 fn records_of_the_previous_layout_move_in_sequence_order() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::open(dir.path()).unwrap();
+    let engine = Engine::open(dir.path().join("db")).unwrap();
     // Keyed by the request's start: seq 2 started before seq 1 and sorts first.
     for (seq, at_ms) in [(1u64, DAY1 + 50), (2, DAY1 + 10), (3, DAY1 + 60)] {
         let mut key = b"usage/r/".to_vec();
@@ -129,19 +156,21 @@ fn records_of_the_previous_layout_move_in_sequence_order() {
         engine.put(Cf::Local, &key, &prost::Message::encode_to_vec(&r), Durability::Process).unwrap();
     }
     engine.put(Cf::Local, b"usage/seq", &4u64.to_be_bytes(), Durability::Process).unwrap();
-    let ledger = UsageLedger::open(engine.clone(), 3).unwrap();
+    let ledger = UsageLedger::open(&engine, &dir.path().join("usage"), 3, options()).unwrap();
     let read = ledger.read_after(0, 10).unwrap();
-    assert_eq!(read.iter().map(|(p, _)| p.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(read.iter().map(|f| f.seq).collect::<Vec<_>>(), [1, 2, 3]);
     assert!(engine.scan_prefix(Cf::Local, b"usage/r/").unwrap().is_empty(), "moved, not copied");
-    assert_eq!(ledger.append(rest(DAY1, "new", 200)).unwrap(), 4, "numbering goes on");
+    assert_eq!(ledger.append(&rest(DAY1, "new", 200)).unwrap(), 4, "numbering goes on");
     let listed = ledger.records(0, i64::MAX).unwrap();
     assert_eq!(listed.iter().map(|r| r.seq).collect::<Vec<_>>(), [4, 2, 1, 3], "listed by start time");
 }
 
 #[test]
 fn a_batch_sums_records_per_hour_and_dimension_and_stops_at_the_delta_limit() {
-    let at = |seq, r: UsageRecord| {
-        (Position { journal_ms: DAY1, seq }, bytes::Bytes::from(prost::Message::encode_to_vec(&r)))
+    let at = |seq, r: UsageRecord| Frame {
+        seq,
+        written_ms: DAY1,
+        payload: bytes::Bytes::from(prost::Message::encode_to_vec(&r)),
     };
     let records = vec![
         at(4, record(DAY1 + 1, "k1", "gpt-4o", 10, 2, 7)),
@@ -233,14 +262,15 @@ impl flush::Fold for &FakeCluster {
 async fn every_record_counts_once_through_lost_answers_lagging_state_and_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = FakeCluster::new();
-    let ledger = Arc::new(UsageLedger::open(Engine::open(dir.path()).unwrap(), 5).unwrap());
+    let ledger = Arc::new(open(dir.path(), 5));
     for i in 0..10 {
-        ledger.append(rest(DAY1 + i, "r", 200)).unwrap();
+        ledger.append(&rest(DAY1 + i, "r", 200)).unwrap();
     }
     let mut flusher = Flusher::new(ledger.clone(), &cluster).with_max_records(4);
     // The first batch (1..=4) is folded but its answer lost.
     cluster.lose_next_answer.store(true, Ordering::Relaxed);
     assert!(flusher.flush().await.is_err());
+    drop(flusher);
     assert_eq!((cluster.watermark(5), cluster.requests()), (4, 4));
     // This node's state lags: the flush sends 1..=4 again, learns the
     // watermark from the answer, and resumes after it.
@@ -248,26 +278,25 @@ async fn every_record_counts_once_through_lost_answers_lagging_state_and_restart
     let mut flusher = Flusher::new(ledger.clone(), &cluster).with_max_records(3);
     assert_eq!(flusher.flush().await.unwrap(), 6, "1..=3 was not folded again; 5..=10 were");
     assert_eq!((cluster.watermark(5), cluster.requests()), (10, 10));
-    assert_eq!(ledger.folded(), Some(ledger.read_after(9, 1).unwrap()[0].0));
 
     // No leader: nothing changes, and the records wait.
     for i in 0..3 {
-        ledger.append(rest(DAY1 + i, "r", 500)).unwrap();
+        ledger.append(&rest(DAY1 + i, "r", 500)).unwrap();
     }
     cluster.refuse_next.store(true, Ordering::Relaxed);
     assert!(matches!(flusher.flush().await, Err(FlushError::Propose(_))));
     assert_eq!(cluster.requests(), 10);
 
-    // A restart with the state still lagging: the confirmed position on disk
-    // says where to resume, so not even a wasted proposal.
+    // A restart with this node's state still lagging: one proposal the
+    // state machine turns down, answering with the watermark to resume after.
     drop(flusher);
     ledger.close();
     drop(ledger);
-    let ledger = Arc::new(UsageLedger::open(Engine::open(dir.path()).unwrap(), 5).unwrap());
+    let ledger = Arc::new(open(dir.path(), 5));
     let before = cluster.proposals.load(Ordering::Relaxed);
     let mut flusher = Flusher::new(ledger.clone(), &cluster);
     assert_eq!(flusher.flush().await.unwrap(), 3);
-    assert_eq!(cluster.proposals.load(Ordering::Relaxed), before + 1);
+    assert_eq!(cluster.proposals.load(Ordering::Relaxed), before + 2);
     assert_eq!((cluster.watermark(5), cluster.requests()), (13, 13));
     let errors = {
         let state = cluster.state.lock().unwrap();
@@ -281,19 +310,19 @@ async fn every_record_counts_once_through_lost_answers_lagging_state_and_restart
 async fn a_reset_journal_numbers_its_records_after_the_watermark() {
     let cluster = FakeCluster::new();
     let first = tempfile::tempdir().unwrap();
-    let ledger = Arc::new(UsageLedger::open(Engine::open(first.path()).unwrap(), 9).unwrap());
+    let ledger = Arc::new(open(first.path(), 9));
     for i in 0..5 {
-        ledger.append(rest(DAY1 + i, "r", 200)).unwrap();
+        ledger.append(&rest(DAY1 + i, "r", 200)).unwrap();
     }
     Flusher::new(ledger.clone(), &cluster).flush().await.unwrap();
     // The node comes back with an empty data directory and the same id.
     let second = tempfile::tempdir().unwrap();
-    let ledger = Arc::new(UsageLedger::open(Engine::open(second.path()).unwrap(), 9).unwrap());
-    ledger.append(rest(DAY1, "r", 200)).unwrap();
+    let ledger = Arc::new(open(second.path(), 9));
+    ledger.append(&rest(DAY1, "r", 200)).unwrap();
     let mut flusher = Flusher::new(ledger.clone(), &cluster);
     *cluster.stale_watermark.lock().unwrap() = Some(0);
     flusher.flush().await.unwrap();
-    assert_eq!(ledger.append(rest(DAY1, "r", 200)).unwrap(), 6, "numbered after the watermark");
+    assert_eq!(ledger.append(&rest(DAY1, "r", 200)).unwrap(), 6, "numbered after the watermark");
     flusher.flush().await.unwrap();
     assert_eq!(
         (cluster.watermark(9), cluster.requests()),
@@ -306,19 +335,20 @@ async fn a_reset_journal_numbers_its_records_after_the_watermark() {
 async fn retention_deletes_records_only_once_old_and_folded() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = FakeCluster::new();
-    let ledger = Arc::new(UsageLedger::open(Engine::open(dir.path()).unwrap(), 1).unwrap());
+    // A segment per record, so retention can delete any one of them.
+    let ledger = Arc::new(open_with(dir.path(), 1, Options { rotate_after_ms: 0, ..options() }));
     let before = crate::clock::unix_ms() - 1;
     let later = before + 86_400_000;
     for _ in 0..2 {
-        ledger.append(rest(DAY1, "folded", 200)).unwrap();
+        ledger.append(&rest(DAY1, "folded", 200)).unwrap();
     }
-    ledger.prune(later).unwrap();
-    assert_eq!(ledger.records(0, i64::MAX).unwrap().len(), 2, "not folded yet: kept");
-    Flusher::new(ledger.clone(), &cluster).flush().await.unwrap();
-    ledger.append(rest(DAY1, "waiting", 200)).unwrap();
-    ledger.prune(before).unwrap();
-    assert_eq!(ledger.records(0, i64::MAX).unwrap().len(), 3, "journaled after the cutoff: kept");
-    ledger.prune(later).unwrap();
+    assert_eq!(ledger.prune(later, 0).unwrap(), 0, "not folded yet: kept");
+    let mut flusher = Flusher::new(ledger.clone(), &cluster);
+    flusher.flush().await.unwrap();
+    ledger.append(&rest(DAY1, "waiting", 200)).unwrap();
+    assert_eq!(ledger.prune(before, flusher.after_seq()).unwrap(), 0, "written after the cutoff: kept");
+    assert_eq!(ledger.records(0, i64::MAX).unwrap().len(), 3);
+    assert_eq!(ledger.prune(later, flusher.after_seq()).unwrap(), 2);
     let left = ledger.records(0, i64::MAX).unwrap();
     assert_eq!(left.iter().map(|r| r.route.as_str()).collect::<Vec<_>>(), ["waiting"]);
     assert_eq!(cluster.requests(), 2, "counters are kept");
@@ -327,10 +357,10 @@ async fn retention_deletes_records_only_once_old_and_folded() {
 #[test]
 fn listing_filters_by_key_consumer_route_model_and_status() {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = UsageLedger::open(Engine::open(dir.path()).unwrap(), 1).unwrap();
-    ledger.append(UsageRecord { consumer_id: "c1".into(), ..rest(DAY1 + 1, "orders", 429) }).unwrap();
-    ledger.append(rest(DAY1 + 2, "orders", 200)).unwrap();
-    ledger.append(record(DAY1 + 3, "k1", "gpt-4o", 1, 1, 1)).unwrap();
+    let ledger = open(dir.path(), 1);
+    ledger.append(&UsageRecord { consumer_id: "c1".into(), ..rest(DAY1 + 1, "orders", 429) }).unwrap();
+    ledger.append(&rest(DAY1 + 2, "orders", 200)).unwrap();
+    ledger.append(&record(DAY1 + 3, "k1", "gpt-4o", 1, 1, 1)).unwrap();
     let list = |f: RecordFilter| {
         ledger.list(&RecordFilter { to_ms: i64::MAX, ..f }, 10).unwrap().0.iter().map(|r| r.seq).collect::<Vec<_>>()
     };

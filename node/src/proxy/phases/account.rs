@@ -10,16 +10,16 @@
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use tollgate_proto::config::v1::{UsageOutcome, UsageRecord};
+use tollgate_proto::config::v1::UsageOutcome;
 
 use super::super::ProxyContext;
 use super::super::snapshot::CompiledConsumer;
 use super::{Phase, RequestCtx};
-use crate::usage::{Recorded, Ticket};
+use crate::usage::RequestUsage;
+use crate::usage::record::duration_ms;
 
-/// Records the request once its response head is ready. Returns the ticket
-/// of its usage record, which the response must wait for (None: a stream's
-/// body journals and waits for it when it ends).
+/// Records the request once its response head is ready, before the
+/// response goes out: its usage record is then safe from a killed process.
 pub fn run(
     ctx: &ProxyContext,
     rctx: RequestCtx,
@@ -27,14 +27,12 @@ pub fn run(
     path: Option<&str>,
     status: StatusCode,
     started: Instant,
-) -> Option<Ticket> {
+) {
     let elapsed = started.elapsed();
     let now_ms = crate::clock::unix_ms();
-    let ticket = match rctx.recorded {
-        Recorded::No => Some(ctx.shared.ai.ledger.record(usage_record(&rctx, status, elapsed, now_ms))),
-        Recorded::Queued(ticket) => Some(ticket),
-        Recorded::AtBodyEnd => None,
-    };
+    if !rctx.recorded {
+        ctx.shared.ai.ledger.record_request(&request_usage(&rctx, status, elapsed, now_ms));
+    }
     match &rctx.route {
         Some(route) => route.metrics.record(&ctx.shared.metrics, status.as_u16(), elapsed),
         None => ctx.shared.metrics.unrouted(status.as_u16()),
@@ -74,28 +72,26 @@ pub fn run(
         }
         trace.finish("proxy", status.as_u16(), attributes);
     }
-    ticket
 }
 
 /// The usage record of a request no backend accounted for. A status of 500
 /// or more is an error (the gateway's or the upstream's failure); a 4xx is
 /// the caller's own doing, counted as a request but not as an error.
-fn usage_record(rctx: &RequestCtx, status: StatusCode, elapsed: Duration, now_ms: i64) -> UsageRecord {
+fn request_usage<'a>(rctx: &'a RequestCtx, status: StatusCode, elapsed: Duration, now_ms: i64) -> RequestUsage<'a> {
     let route = rctx.route.as_deref();
     let is_ai = route.is_some_and(|r| r.backend.is_ai());
     let outcome = if status.is_server_error() { UsageOutcome::Error } else { UsageOutcome::Ok };
-    UsageRecord {
+    RequestUsage {
         at_ms: now_ms - i64::try_from(elapsed.as_millis()).unwrap_or(0),
-        request_id: rctx.id().to_string(),
-        route: route.map(|r| r.route.name.clone()).unwrap_or_default(),
-        service: rctx.service.as_deref().unwrap_or_default().to_string(),
-        consumer_id: rctx.consumer.as_deref().map(CompiledConsumer::id).unwrap_or_default().to_string(),
-        api_key_id: rctx.api_key.as_ref().and_then(|k| k.meta.as_ref()).map(|m| m.id.clone()).unwrap_or_default(),
+        request_id: rctx.id(),
+        route: route.map_or("", |r| r.route.name.as_str()),
+        service: rctx.service.as_deref().unwrap_or_default(),
+        consumer_id: rctx.consumer.as_deref().map_or("", CompiledConsumer::id),
+        api_key_id: rctx.api_key.as_ref().and_then(|k| k.meta.as_ref()).map_or("", |m| m.id.as_str()),
         outcome: outcome as i32,
         http_status: u32::from(status.as_u16()),
-        duration_ms: u32::try_from(elapsed.as_millis()).unwrap_or(u32::MAX),
+        duration_ms: duration_ms(elapsed),
         attempts: rctx.attempts,
-        kind: if is_ai { "ai" } else { "rest" }.to_string(),
-        ..Default::default()
+        kind: if is_ai { "ai" } else { "rest" },
     }
 }

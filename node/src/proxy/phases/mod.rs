@@ -38,7 +38,6 @@ use super::connections::UpstreamSlot;
 use super::snapshot::{CompiledConsumer, CompiledRoute};
 use crate::plumbing::{GatewayBody, GatewayError};
 use crate::telemetry::tracing::TraceCtx;
-use crate::usage::Recorded;
 
 /// What a phase decided.
 pub enum Step {
@@ -160,7 +159,7 @@ pub struct RequestCtx {
     pub ai_limits: Vec<crate::limits::Bucketed>,
     /// Whether the backend journaled the request's usage itself (the AI
     /// gateway does); else `account` does.
-    pub recorded: Recorded,
+    pub recorded: bool,
 }
 
 impl RequestCtx {
@@ -185,7 +184,7 @@ impl RequestCtx {
             upstream_slot: None,
             limits: None,
             ai_limits: Vec::new(),
-            recorded: Recorded::No,
+            recorded: false,
         }
     }
 

@@ -1,0 +1,412 @@
+//! An append-only journal of numbered records that survives a killed process
+//! without a system call per record.
+//!
+//! Records go into segment files mapped into memory (`MAP_SHARED`): an append
+//! copies the record into the mapping, that is into the kernel's page cache,
+//! which the kernel writes to disk whether or not the process is still alive.
+//! So once `append` returns, a SIGKILL (or a panic, or an OOM kill) cannot lose
+//! the record, the same promise as a RocksDB write with its WAL and no fsync,
+//! for the cost of a `memcpy` under a mutex instead of a write through
+//! RocksDB's write path (which cost the usage ledger a sixth of the gateway's
+//! throughput, docs/benchmarks.md). A machine that loses power may lose what
+//! the kernel had not yet written back (by default up to 30 s); `close` and
+//! `sync` write back everything.
+//!
+//! Records are numbered 1, 2, 3… without gaps except where the owner asks
+//! for one ([`Journal::skip_to`]); each carries the journal's clock when it
+//! was written, which never goes back, so segments are in time order too and
+//! retention deletes whole segments. Layout: `frame` (one record's bytes) and
+//! `segment` (the files).
+
+#![deny(unsafe_code)]
+
+mod frame;
+mod segment;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use frame::{End, Parsed};
+pub use frame::{Frame, MAX_PAYLOAD};
+use segment::{DirLock, Mapped, Reader, SegmentFile};
+
+/// Reads are made this many bytes at a time; a frame never spans more.
+const READ_CHUNK: u64 = 1 << 20;
+const _: () = assert!(READ_CHUNK as usize >= frame::HEADER + MAX_PAYLOAD + 8);
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}; check that the directory is writable and the disk has room")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("journal {0} is in use by another process; stop it, or give this node a data directory of its own")]
+    Locked(PathBuf),
+    #[error("a record of {0} bytes is over the journal's limit of {MAX_PAYLOAD} bytes")]
+    TooLarge(usize),
+    #[error("segment_bytes {0} is too small; use at least {min} bytes", min = MIN_SEGMENT_BYTES)]
+    SegmentTooSmall(u64),
+    #[error("the journal is closed (the node is shutting down)")]
+    Closed,
+}
+
+const MIN_SEGMENT_BYTES: u64 = 1 << 20;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// A segment's size on disk while it is written (reserved up front).
+    pub segment_bytes: u64,
+    /// A segment holds records written within this long of its first, so
+    /// retention can delete old records segment by segment.
+    pub rotate_after_ms: i64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { segment_bytes: 32 << 20, rotate_after_ms: 3_600_000 }
+    }
+}
+
+/// The segment being appended to.
+struct Active {
+    segment: Mapped,
+    /// Bytes of `segment` its records take.
+    end: usize,
+    next_seq: u64,
+    /// The journal's clock: the latest `written_ms`.
+    clock_ms: i64,
+    /// When this segment's first record was written (None: it has none).
+    first_written_ms: Option<i64>,
+}
+
+/// Where the last `read_after` stopped, so the next starts there rather
+/// than at the start of its segment.
+#[derive(Clone, Copy)]
+struct Cursor {
+    segment: u64,
+    offset: u64,
+    next_seq: u64,
+}
+
+pub struct Journal {
+    dir: PathBuf,
+    options: Options,
+    active: Mutex<Option<Active>>,
+    last_seq: AtomicU64,
+    cursor: Mutex<Option<Cursor>>,
+    _lock: DirLock,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Journal {
+    /// Opens the journal in `dir` (created 0700 if missing), finding where
+    /// its last segment's records end: a record torn by a killed process is
+    /// overwritten by the next append.
+    pub fn open(dir: &Path, options: Options) -> Result<Journal, JournalError> {
+        if options.segment_bytes < MIN_SEGMENT_BYTES {
+            return Err(JournalError::SegmentTooSmall(options.segment_bytes));
+        }
+        let io = |source| JournalError::Io { path: dir.to_path_buf(), source };
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+        }
+        let dir_lock = match segment::lock_dir(dir) {
+            Ok(held) => held,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Err(JournalError::Locked(dir.into())),
+            Err(e) => return Err(io(e)),
+        };
+        let segments = segment::list(dir).map_err(io)?;
+        let (first_seq, path) = match segments.last() {
+            Some(last) => (last.first_seq, last.path.clone()),
+            None => (1, segment::path(dir, 1)),
+        };
+        let mut mapped = Mapped::open(path, first_seq, options.segment_bytes).map_err(io)?;
+        let (end, next_seq, last_written) = recover(&mut mapped.map, first_seq);
+        // A segment with no record yet: the clock goes on from the one before.
+        let clock_ms = match (last_written, segments.len()) {
+            (Some(ms), _) => ms,
+            (None, n) if n >= 2 => last_written_ms(&segments[n - 2]).map_err(io)?.unwrap_or(0),
+            (None, _) => 0,
+        };
+        let first_written_ms = if end == 0 { None } else { first_written_ms(&mapped.map) };
+        let active = Active { segment: mapped, end, next_seq, clock_ms, first_written_ms };
+        Ok(Journal {
+            dir: dir.to_path_buf(),
+            options,
+            last_seq: AtomicU64::new(next_seq - 1),
+            active: Mutex::new(Some(active)),
+            cursor: Mutex::new(None),
+            _lock: dir_lock,
+        })
+    }
+
+    fn io(&self, source: std::io::Error) -> JournalError {
+        JournalError::Io { path: self.dir.clone(), source }
+    }
+
+    /// Appends `payload`, written at `now_ms` (or the journal's clock, if it
+    /// is later), and returns its number. Once this returns, a killed
+    /// process does not lose the record.
+    pub fn append(&self, now_ms: i64, payload: &[u8]) -> Result<u64, JournalError> {
+        if payload.len() > MAX_PAYLOAD {
+            return Err(JournalError::TooLarge(payload.len()));
+        }
+        let need = frame::frame_len(payload.len());
+        let mut guard = lock(&self.active);
+        let active = guard.as_mut().ok_or(JournalError::Closed)?;
+        let written_ms = now_ms.max(active.clock_ms);
+        let full = active.end + need > active.segment.map.len();
+        let old = active.first_written_ms.is_some_and(|first| written_ms - first >= self.options.rotate_after_ms);
+        if full || old {
+            let next = active.next_seq;
+            self.rotate(active, next)?;
+        }
+        let seq = active.next_seq;
+        frame::write(&mut active.segment.map[active.end..active.end + need], seq, written_ms, payload);
+        active.end += need;
+        active.next_seq = seq + 1;
+        active.clock_ms = written_ms;
+        active.first_written_ms.get_or_insert(written_ms);
+        self.last_seq.store(seq, Ordering::Release);
+        Ok(seq)
+    }
+
+    /// Starts a new segment whose first record is numbered `first_seq`.
+    /// The new file is made before the old one is let go, so a failure
+    /// leaves the journal as it was.
+    fn rotate(&self, active: &mut Active, first_seq: u64) -> Result<(), JournalError> {
+        let path = segment::path(&self.dir, first_seq);
+        let next = Mapped::open(path, first_seq, self.options.segment_bytes).map_err(|e| self.io(e))?;
+        let done = std::mem::replace(&mut active.segment, next);
+        let used = std::mem::take(&mut active.end);
+        active.next_seq = first_seq;
+        active.first_written_ms = None;
+        if let Err(error) = done.trim(used) {
+            // Only costs the disk space the segment had reserved.
+            tracing::warn!(%error, path = %self.dir.display(), "cannot trim a finished journal segment");
+        }
+        Ok(())
+    }
+
+    /// The number of the last record appended (0: none yet).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq.load(Ordering::Acquire)
+    }
+
+    /// Numbers the next record `next_seq` if that is further on than it
+    /// would be (the owner knows records up to `next_seq - 1` are counted
+    /// elsewhere). Returns whether the numbering moved.
+    pub fn skip_to(&self, next_seq: u64) -> Result<bool, JournalError> {
+        let mut guard = lock(&self.active);
+        let active = guard.as_mut().ok_or(JournalError::Closed)?;
+        if next_seq <= active.next_seq {
+            return Ok(false);
+        }
+        self.rotate(active, next_seq)?;
+        self.last_seq.store(next_seq - 1, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Where appends stand now: the active segment and its end. Reads stop
+    /// there, so they never see a record being copied.
+    fn written(&self) -> Result<(u64, u64), JournalError> {
+        let guard = lock(&self.active);
+        let active = guard.as_ref().ok_or(JournalError::Closed)?;
+        Ok((active.segment.first_seq, active.end as u64))
+    }
+
+    /// The segments a reader may look at, with how far each may be read.
+    fn readable(&self) -> Result<Vec<(SegmentFile, u64)>, JournalError> {
+        let (active, end) = self.written()?;
+        let segments = segment::list(&self.dir).map_err(|e| self.io(e))?;
+        Ok(segments
+            .into_iter()
+            .filter(|s| s.first_seq <= active)
+            .map(|s| {
+                let upto = if s.first_seq == active { end } else { u64::MAX };
+                (s, upto)
+            })
+            .collect())
+    }
+
+    /// Up to `max` records numbered above `after_seq`, in order.
+    pub fn read_after(&self, after_seq: u64, max: usize) -> Result<Vec<Frame>, JournalError> {
+        let segments = self.readable()?;
+        let want = after_seq.saturating_add(1);
+        let cursor = lock(&self.cursor).filter(|c| c.next_seq == want);
+        let start = match cursor {
+            Some(c) => segments.iter().position(|(s, _)| s.first_seq == c.segment),
+            None => None,
+        };
+        let (start, mut from) = match (start, cursor) {
+            (Some(index), Some(c)) => (index, Some((c.offset, c.next_seq))),
+            _ => (segments.iter().rposition(|(s, _)| s.first_seq <= want).unwrap_or(0), None),
+        };
+        let mut out = Vec::new();
+        for (segment, upto) in segments.iter().skip(start) {
+            let (offset, expected) = from.take().unwrap_or((0, segment.first_seq));
+            let stopped = visit(segment, offset, expected, *upto, |frame| {
+                if frame.seq >= want {
+                    out.push(frame);
+                }
+                out.len() < max
+            })
+            .map_err(|e| self.io(e))?;
+            *lock(&self.cursor) = Some(Cursor { segment: segment.first_seq, offset: stopped.0, next_seq: stopped.1 });
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Visits records written at or after `from_written_ms`, in order, until
+    /// `keep_going` returns false. Segments whose records all came before
+    /// (the next segment started before `from_written_ms`) are not read.
+    pub fn scan(&self, from_written_ms: i64, mut keep_going: impl FnMut(Frame) -> bool) -> Result<(), JournalError> {
+        let segments = self.readable()?;
+        let mut skip = 0;
+        for (index, (next, _)) in segments.iter().enumerate().skip(1) {
+            match last_written_bound(next).map_err(|e| self.io(e))? {
+                Some(started) if started < from_written_ms => skip = index,
+                _ => break,
+            }
+        }
+        for (segment, upto) in segments.iter().skip(skip) {
+            let mut more = true;
+            visit(segment, 0, segment.first_seq, *upto, |frame| {
+                if frame.written_ms >= from_written_ms {
+                    more = keep_going(frame);
+                }
+                more
+            })
+            .map_err(|e| self.io(e))?;
+            if !more {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes segments whose records were all written before
+    /// `written_before_ms` and are all numbered at most `done_seq` (the
+    /// owner has them elsewhere). The segment being appended to stays.
+    /// Returns how many segments went.
+    pub fn prune(&self, written_before_ms: i64, done_seq: u64) -> Result<usize, JournalError> {
+        let segments = self.readable()?;
+        let mut deleted = 0;
+        for pair in segments.windows(2) {
+            let (segment, next) = (&pair[0].0, &pair[1].0);
+            let all_done = next.first_seq.saturating_sub(1) <= done_seq;
+            let all_old = last_written_bound(next).map_err(|e| self.io(e))?.is_some_and(|t| t < written_before_ms);
+            if !(all_done && all_old) {
+                break;
+            }
+            std::fs::remove_file(&segment.path).map_err(|e| self.io(e))?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+
+    /// Writes everything appended back to disk.
+    pub fn sync(&self) -> Result<(), JournalError> {
+        let guard = lock(&self.active);
+        let active = guard.as_ref().ok_or(JournalError::Closed)?;
+        active.segment.sync().map_err(|e| self.io(e))
+    }
+
+    /// Writes everything back and stops taking records.
+    pub fn close(&self) -> Result<(), JournalError> {
+        let Some(active) = lock(&self.active).take() else { return Ok(()) };
+        active.segment.sync().map_err(|e| self.io(e))
+    }
+}
+
+/// Finds the end of the records in a mapped segment: the offset after the
+/// last valid one, the next number, and the last record's clock. Zeroes
+/// what a killed process left of a record past that end, so that no stale
+/// byte ever follows a record appended later.
+fn recover(map: &mut [u8], first_seq: u64) -> (usize, u64, Option<i64>) {
+    let (mut end, mut next_seq, mut last_written) = (0, first_seq, None);
+    while let Ok(Parsed { written_ms, frame_len, .. }) = frame::parse(&map[end..], next_seq) {
+        end += frame_len;
+        next_seq += 1;
+        last_written = Some(written_ms);
+    }
+    let torn = end..map.len().min(end + frame::frame_len(MAX_PAYLOAD));
+    if map[torn.clone()].iter().any(|b| *b != 0) {
+        map[torn].fill(0);
+    }
+    (end, next_seq, last_written)
+}
+
+fn first_written_ms(map: &[u8]) -> Option<i64> {
+    frame::parse(map, u64::from_le_bytes(map.get(8..16)?.try_into().ok()?)).ok().map(|p| p.written_ms)
+}
+
+/// When `segment`'s first record was written: every record of the segments
+/// before it was written at or before then. None if it has no record.
+fn last_written_bound(segment: &SegmentFile) -> std::io::Result<Option<i64>> {
+    let mut first = None;
+    visit(segment, 0, segment.first_seq, READ_CHUNK, |frame| {
+        first = Some(frame.written_ms);
+        false
+    })?;
+    Ok(first)
+}
+
+/// The clock of a finished segment's last record.
+fn last_written_ms(segment: &SegmentFile) -> std::io::Result<Option<i64>> {
+    let mut last = None;
+    visit(segment, 0, segment.first_seq, u64::MAX, |frame| {
+        last = Some(frame.written_ms);
+        true
+    })?;
+    Ok(last)
+}
+
+/// Reads `segment`'s records from `offset` (where record `expected` starts)
+/// up to byte `upto`, a chunk at a time, handing each to `keep_going` until
+/// it returns false or the records end. Returns where it stopped: the
+/// offset and number of the next record.
+fn visit(
+    segment: &SegmentFile,
+    mut offset: u64,
+    mut expected: u64,
+    upto: u64,
+    mut keep_going: impl FnMut(Frame) -> bool,
+) -> std::io::Result<(u64, u64)> {
+    let Some(reader) = Reader::open(&segment.path)? else { return Ok((offset, expected)) };
+    loop {
+        let chunk = reader.read(offset, upto.min(offset.saturating_add(READ_CHUNK)))?;
+        let mut at = 0;
+        let end = loop {
+            match frame::parse(&chunk[at..], expected) {
+                Ok(parsed) => {
+                    let frame = parsed.frame(&chunk.slice(at..));
+                    at += parsed.frame_len;
+                    expected += 1;
+                    if !keep_going(frame) {
+                        return Ok((offset + at as u64, expected));
+                    }
+                }
+                Err(end) => break end,
+            }
+        };
+        offset += at as u64;
+        // A short chunk that held no whole frame is the end of what may be read.
+        if end == End::Invalid || at == 0 {
+            return Ok((offset, expected));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,147 @@
+//! Segment files: `<number of their first record, 20 digits>.seg` in the
+//! journal's directory, each created at its full size (blocks reserved, so a
+//! full disk fails the creation, not a later copy into the mapping), mapped
+//! while records are appended, trimmed to what they hold when the next
+//! segment starts.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use memmap2::MmapMut;
+
+const SUFFIX: &str = ".seg";
+
+/// A segment on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentFile {
+    pub first_seq: u64,
+    pub path: PathBuf,
+}
+
+pub fn path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("{first_seq:020}{SUFFIX}"))
+}
+
+/// The directory's segments, oldest first. Other files are not the journal's.
+pub fn list(dir: &Path) -> std::io::Result<Vec<SegmentFile>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(first_seq) = name.to_str().and_then(|n| n.strip_suffix(SUFFIX)).and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        out.push(SegmentFile { first_seq, path: entry.path() });
+    }
+    out.sort_by_key(|s| s.first_seq);
+    Ok(out)
+}
+
+/// The segment records are appended to.
+pub struct Mapped {
+    pub first_seq: u64,
+    file: File,
+    pub map: MmapMut,
+}
+
+impl Mapped {
+    /// Opens (or creates) the segment at `path`, grown to `size` bytes if it
+    /// is smaller (a segment trimmed just before a crash), and maps it.
+    pub fn open(path: PathBuf, first_seq: u64, size: u64) -> std::io::Result<Mapped> {
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path)?;
+        let len = file.metadata()?.len();
+        if len < size {
+            reserve(&file, len, size)?;
+        }
+        let map = map(&file)?;
+        Ok(Mapped { first_seq, file, map })
+    }
+
+    /// Unmaps the segment and cuts it to the `used` bytes its records take.
+    pub fn trim(self, used: usize) -> std::io::Result<()> {
+        let Mapped { file, map, .. } = self;
+        map.flush_async()?;
+        drop(map);
+        file.set_len(used as u64)
+    }
+
+    /// Writes the mapping back to disk: a clean stop leaves nothing only in
+    /// the page cache.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.map.flush()
+    }
+}
+
+/// Reserves the blocks of `[from, to)`, zero-filled. Where the file system
+/// cannot reserve (`fallocate` unsupported), writes the zeros.
+fn reserve(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), from, to - from) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+            let zeros = vec![0; 1 << 20];
+            let mut at = from;
+            while at < to {
+                let n = (to - at).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], at)?;
+                at += n as u64;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Maps `file` for writing.
+#[allow(unsafe_code)]
+fn map(file: &File) -> std::io::Result<MmapMut> {
+    // SAFETY: a mapping is undefined behaviour if the file changes under it
+    // other than through it. The journal's files are written only through
+    // this mapping, by one `Journal` (it holds an exclusive `flock` on the
+    // directory's LOCK file, so a second process cannot open the journal),
+    // created 0600 in a 0700 directory, and never truncated while mapped
+    // (`trim` unmaps first). Readers use `read(2)`, never the mapping.
+    unsafe { MmapMut::map_mut(file) }
+}
+
+/// Reads a segment with `pread`, never through a mapping.
+pub struct Reader {
+    file: File,
+    len: u64,
+}
+
+impl Reader {
+    /// None when the segment is gone (deleted by retention meanwhile).
+    pub fn open(path: &Path) -> std::io::Result<Option<Reader>> {
+        match File::open(path) {
+            Ok(file) => {
+                let len = file.metadata()?.len();
+                Ok(Some(Reader { file, len }))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Bytes `[from, upto)`, cut at the file's end.
+    pub fn read(&self, from: u64, upto: u64) -> std::io::Result<Bytes> {
+        let end = upto.min(self.len);
+        if from >= end {
+            return Ok(Bytes::new());
+        }
+        let mut out = vec![0; (end - from) as usize];
+        self.file.read_exact_at(&mut out, from)?;
+        Ok(Bytes::from(out))
+    }
+}
+
+/// Holds the directory's LOCK file exclusively for as long as it lives.
+pub struct DirLock(#[allow(dead_code)] File);
+
+pub fn lock_dir(dir: &Path) -> std::io::Result<DirLock> {
+    let file =
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(dir.join("LOCK"))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+    Ok(DirLock(file))
+}
