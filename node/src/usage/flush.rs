@@ -9,13 +9,12 @@
 //! change of leader) went through: it resumes after whatever watermark the
 //! answer names, and no record counts twice.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use prost::Message;
+use rustc_hash::FxHashMap;
 use tokio::sync::watch;
 use tollgate_proto::config::v1::{UsageOutcome, UsageWatermark};
 use tollgate_proto::raft::v1::command::Op;
@@ -27,8 +26,12 @@ use super::ledger::UsageLedger;
 use tollgate_journal::Frame;
 
 /// Records per batch, at most; also how many waiting records start a flush
-/// before the interval is up.
-pub const MAX_BATCH_RECORDS: usize = 5_000;
+/// before the interval is up. A batch is one Raft entry, fsynced on a
+/// majority, so a loaded node should send few (docs/benchmarks.md, "Usage
+/// ledger"); the entry stays small however many records it sums: records of
+/// one hour and the same dimensions share a delta, and a batch stops at
+/// [`MAX_DELTAS`].
+pub const MAX_BATCH_RECORDS: usize = 100_000;
 /// Distinct deltas per batch: the state machine's bound (raft `apply/usage.rs`).
 pub const MAX_DELTAS: usize = 4_096;
 /// The state machine refuses longer dimension values, and the model a
@@ -83,56 +86,73 @@ pub struct Pending {
     pub records: usize,
 }
 
-/// The fields of a `UsageRecord` (entities.proto) a batch sums, and only
-/// those: the flush reads every record once, and decoding the request id,
-/// error text and the rest would cost as much as the summing. The strings
-/// are slices of the record's bytes, not copies (same wire type as `bytes`).
-#[derive(Clone, PartialEq, prost::Message)]
-struct Summed {
-    #[prost(int64, tag = "3")]
+/// Indexes of `Summed::dims`.
+const KEY: usize = 0;
+const CONSUMER: usize = 1;
+const PROVIDER: usize = 2;
+const MODEL: usize = 3;
+const REQUESTED_MODEL: usize = 4;
+const ROUTE: usize = 5;
+const SERVICE: usize = 6;
+
+/// The fields of a `UsageRecord` (entities.proto) a batch sums, read in
+/// place: the flush reads every record once, so it decodes only these, and
+/// the dimension values are slices of the record's bytes, not copies.
+#[derive(Default)]
+struct Summed<'a> {
     at_ms: i64,
-    #[prost(bytes = "bytes", tag = "5")]
-    route: Bytes,
-    #[prost(bytes = "bytes", tag = "6")]
-    consumer_id: Bytes,
-    #[prost(bytes = "bytes", tag = "7")]
-    api_key_id: Bytes,
-    #[prost(bytes = "bytes", tag = "9")]
-    requested_model: Bytes,
-    #[prost(bytes = "bytes", tag = "10")]
-    provider: Bytes,
-    #[prost(bytes = "bytes", tag = "11")]
-    model: Bytes,
-    #[prost(int32, tag = "14")]
+    dims: [&'a [u8]; 7],
     outcome: i32,
-    #[prost(uint64, tag = "17")]
     input_tokens: u64,
-    #[prost(uint64, tag = "18")]
     output_tokens: u64,
-    #[prost(uint64, tag = "19")]
     cached_input_tokens: u64,
-    #[prost(uint64, tag = "22")]
     cost_picodollars: u64,
-    #[prost(bytes = "bytes", tag = "27")]
-    service: Bytes,
+}
+
+/// Where a string field of `UsageRecord` goes in `Summed::dims`.
+fn dimension_of(tag: u32) -> Option<usize> {
+    Some(match tag {
+        7 => KEY,
+        6 => CONSUMER,
+        10 => PROVIDER,
+        11 => MODEL,
+        9 => REQUESTED_MODEL,
+        5 => ROUTE,
+        27 => SERVICE,
+        _ => return None,
+    })
+}
+
+fn summed(mut buf: &[u8]) -> Result<Summed<'_>, String> {
+    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+    let mut r = Summed::default();
+    while !buf.is_empty() {
+        let (tag, wire_type) = decode_key(&mut buf).map_err(|e| e.to_string())?;
+        let mut varint = || decode_varint(&mut buf).map_err(|e| e.to_string());
+        match (tag, wire_type) {
+            (3, WireType::Varint) => r.at_ms = varint()? as i64,
+            (14, WireType::Varint) => r.outcome = varint()? as i32,
+            (17, WireType::Varint) => r.input_tokens = varint()?,
+            (18, WireType::Varint) => r.output_tokens = varint()?,
+            (19, WireType::Varint) => r.cached_input_tokens = varint()?,
+            (22, WireType::Varint) => r.cost_picodollars = varint()?,
+            (tag, WireType::LengthDelimited) if dimension_of(tag).is_some() => {
+                let len = usize::try_from(varint()?).map_err(|e| e.to_string())?;
+                let Some((value, rest)) = buf.split_at_checked(len) else {
+                    return Err(format!("field {tag} runs past the record's end"));
+                };
+                r.dims[dimension_of(tag).expect("matched above")] = value;
+                buf = rest;
+            }
+            _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default()).map_err(|e| e.to_string())?,
+        }
+    }
+    Ok(r)
 }
 
 /// What makes two records share a delta: the hour and the dimension values
 /// (the model as provider, model and model asked for).
-type DeltaKey = (i64, Bytes, Bytes, Bytes, Bytes, Bytes, Bytes, Bytes);
-
-fn delta_key(r: &Summed) -> DeltaKey {
-    (
-        r.at_ms.div_euclid(HOUR_MS) * HOUR_MS,
-        r.api_key_id.clone(),
-        r.consumer_id.clone(),
-        r.provider.clone(),
-        r.model.clone(),
-        r.requested_model.clone(),
-        r.route.clone(),
-        r.service.clone(),
-    )
-}
+type DeltaKey<'a> = (i64, [&'a [u8]; 7]);
 
 /// A dimension value as the state machine takes it: text, at most
 /// [`MAX_VALUE_LEN`] bytes (a client names its model, and can name a long one).
@@ -145,17 +165,21 @@ fn value(bytes: &[u8]) -> String {
     text[..end].to_string()
 }
 
-fn new_delta(k: &DeltaKey) -> UsageDelta {
+fn new_delta((hour_start_ms, dims): &DeltaKey<'_>) -> UsageDelta {
     // As `ledger::model_of`: provider/model as served, else as asked for.
-    let model = if k.3.is_empty() { value(&k.5) } else { value(&[&k.3[..], b"/", &k.4[..]].concat()) };
+    let model = if dims[PROVIDER].is_empty() {
+        value(dims[REQUESTED_MODEL])
+    } else {
+        value(&[dims[PROVIDER], b"/", dims[MODEL]].concat())
+    };
     UsageDelta {
-        hour_start_ms: k.0,
-        key: value(&k.1),
-        consumer: value(&k.2),
+        hour_start_ms: *hour_start_ms,
+        key: value(dims[KEY]),
+        consumer: value(dims[CONSUMER]),
         model,
-        provider: value(&k.3),
-        route: value(&k.6),
-        service: value(&k.7),
+        provider: value(dims[PROVIDER]),
+        route: value(dims[ROUTE]),
+        service: value(dims[SERVICE]),
         ..Default::default()
     }
 }
@@ -166,14 +190,14 @@ fn new_delta(k: &DeltaKey) -> UsageDelta {
 /// never written) is covered by the batch and counts nothing. None when
 /// there is nothing to send.
 pub fn build_batch(node_id: u64, after_seq: u64, records: &[Frame]) -> Result<Option<Pending>, LedgerError> {
-    let mut index: HashMap<DeltaKey, usize> = HashMap::new();
+    let mut index: FxHashMap<DeltaKey<'_>, usize> = FxHashMap::default();
     let mut deltas: Vec<UsageDelta> = Vec::new();
     let mut last = None;
     let mut count = 0;
     for frame in records {
-        let r = Summed::decode(frame.payload.clone())
-            .map_err(|e| LedgerError::Corrupt { key: format!("usage record {}", frame.seq), detail: e.to_string() })?;
-        let key = delta_key(&r);
+        let r = summed(&frame.payload)
+            .map_err(|detail| LedgerError::Corrupt { key: format!("usage record {}", frame.seq), detail })?;
+        let key = (r.at_ms.div_euclid(HOUR_MS) * HOUR_MS, r.dims);
         let slot = match index.get(&key) {
             Some(slot) => *slot,
             None if deltas.len() == MAX_DELTAS => break,
@@ -231,8 +255,8 @@ impl<F: Fold> Flusher<F> {
         let mut folded = 0;
         for _ in 0..MAX_ROUNDS {
             let after = self.after_seq();
-            let records = self.read(after).await?;
-            let Some(pending) = build_batch(self.ledger.node_id(), after, &records)? else { return Ok(folded) };
+            let (read, pending) = self.read_batch(after).await?;
+            let Some(pending) = pending else { return Ok(folded) };
             let sent_last = pending.batch.last_seq;
             let watermark = self.sink.fold(pending.batch).await?;
             self.watermark = Some(watermark);
@@ -241,17 +265,24 @@ impl<F: Fold> Flusher<F> {
                 continue;
             }
             folded += pending.records as u64;
-            if pending.records == records.len() && records.len() < self.max_records {
+            if pending.records == read && read < self.max_records {
                 return Ok(folded);
             }
         }
         Ok(folded)
     }
 
-    async fn read(&self, after: u64) -> Result<Vec<Frame>, FlushError> {
+    /// Reads the records after `after` and sums them, off the runtime's
+    /// workers (both cost CPU in proportion to the records). Returns how many
+    /// records were read, and the batch.
+    async fn read_batch(&self, after: u64) -> Result<(usize, Option<Pending>), FlushError> {
         let (ledger, max) = (self.ledger.clone(), self.max_records);
-        let read = tokio::task::spawn_blocking(move || ledger.read_after(after, max)).await;
-        Ok(read.map_err(|e| FlushError::Task(e.to_string()))??)
+        let built = at_low_priority(move || {
+            let records = ledger.read_after(after, max)?;
+            Ok::<_, LedgerError>((records.len(), build_batch(ledger.node_id(), after, &records)?))
+        })
+        .await?;
+        Ok(built?)
     }
 
     /// The batch did not start right after the watermark (an earlier
@@ -271,6 +302,34 @@ impl<F: Fold> Flusher<F> {
         }
         Ok(())
     }
+}
+
+/// Runs `work` on a thread of its own under `SCHED_IDLE`: summing a
+/// second's records is a burst of CPU (tens of milliseconds at 50,000
+/// requests a second), and a node should spend its cores on requests first.
+/// At normal priority, and even at nice 10, the thread held the core for a
+/// scheduler slice whenever it ran and doubled the p99 of requests on a
+/// saturated core (docs/benchmarks.md, "Usage ledger"); an idle-policy
+/// thread is preempted as soon as a request's thread wakes. While every
+/// core stays saturated, the cluster's counters fall behind and catch up
+/// when load drops; the journal holds the records meanwhile, and limits and
+/// budgets do not read the counters.
+async fn at_low_priority<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, FlushError> {
+    use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("usage-flush".into())
+        .spawn(move || {
+            let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+            let native = thread_priority::thread_native_id();
+            if let Err(error) = thread_priority::set_thread_priority_and_policy(native, ThreadPriority::Min, idle) {
+                // Only costs request latency while the flush runs.
+                tracing::debug!(?error, "cannot run the usage flush at idle priority");
+            }
+            let _ = done.send(work());
+        })
+        .map_err(|e| FlushError::Task(format!("cannot start a thread: {e}")))?;
+    result.await.map_err(|e| FlushError::Task(e.to_string()))
 }
 
 /// `[usage]` as the flush task uses it.
