@@ -13,6 +13,12 @@
 //! open, never of one that closed, so clock skew cannot spend a window twice.
 //! The grants of a window die with it: a node that dies holding units
 //! strands them only until the window ends.
+//!
+//! A bucket's record outlives its window so that a lagging clock cannot
+//! reopen it; a bucket nobody asks for again (a client address seen once, a
+//! revoked key) is deleted [`KEEP_CLOSED_MS`] after its last window ended,
+//! by a bounded sweep each lease command makes ([`sweep`]), so the state
+//! does not grow with every bucket ever seen.
 
 use std::collections::BTreeMap;
 
@@ -28,6 +34,15 @@ use crate::state::GatewayState;
 pub(crate) const MAX_ASKS: usize = 1024;
 /// Bytes of a bucket (a key id, an IP, a model name).
 pub(crate) const MAX_BUCKET_LEN: usize = 256;
+/// Quota records a lease command looks at for collection: a few lease
+/// commands per node per second sweep a million stale buckets in hours,
+/// and no command does more than this much extra work.
+pub(crate) const SWEEP_PER_COMMAND: usize = 16;
+/// How long a bucket's record is kept after its window (and any window
+/// leased ahead) ended: the clock skew between nodes this tolerates before a
+/// node whose clock lags could be granted units of a window the others
+/// consider closed.
+pub(crate) const KEEP_CLOSED_MS: i64 = 10 * 60_000;
 
 pub(crate) fn lease(state: &GatewayState, request: &LeaseRequest, now: i64, index: u64) -> Result<Outcome, ApplyError> {
     check(request)?;
@@ -76,6 +91,10 @@ pub(crate) fn lease(state: &GatewayState, request: &LeaseRequest, now: i64, inde
         });
         windows.insert(id, window);
     }
+    let swept = match windows.keys().next() {
+        Some(first) => sweep(state, first, now, &windows),
+        None => Vec::new(),
+    };
     let changes = windows
         .into_iter()
         .map(|(id, mut window)| {
@@ -83,8 +102,29 @@ pub(crate) fn lease(state: &GatewayState, request: &LeaseRequest, now: i64, inde
             window.meta = Some(Meta { id, created_at_ms: created, updated_at_ms: now, revision: index });
             Change::Put(crate::entities::AnyEntity::QuotaWindow(std::sync::Arc::new(window)))
         })
+        .chain(swept)
         .collect();
     Ok(Outcome { changes, entity: Some(prost::Message::encode_to_vec(&LeaseGrants { grants })) })
+}
+
+/// Deletes, of the [`SWEEP_PER_COMMAND`] records after `from` (wrapping
+/// around the table), those whose last window ended [`KEEP_CLOSED_MS`]
+/// before `now`, except the ones this command just wrote. Deterministic: it
+/// depends on the state and the command only, like everything apply does.
+fn sweep(state: &GatewayState, from: &str, now: i64, written: &BTreeMap<String, QuotaWindow>) -> Vec<Change> {
+    let table = state.table::<QuotaWindow>();
+    let mut ids = std::collections::BTreeSet::new();
+    let closed = |w: &QuotaWindow| {
+        let last_end = w.next.as_ref().map_or(w.window_end_ms, |n| n.window_end_ms.max(w.window_end_ms));
+        last_end.saturating_add(KEEP_CLOSED_MS) <= now
+    };
+    for window in table.values_from(from).chain(table.values()).take(SWEEP_PER_COMMAND) {
+        let id = crate::registry::Entity::id(window.as_ref());
+        if closed(window) && !written.contains_key(id) {
+            ids.insert(id.to_string());
+        }
+    }
+    ids.into_iter().map(|id| Change::delete::<QuotaWindow>(&id)).collect()
 }
 
 fn check(request: &LeaseRequest) -> Result<(), ApplyError> {
@@ -349,6 +389,35 @@ mod tests {
         lease_at(&mut state, &mut index, 1, T0, ask(1, 1));
         let (state, _) = run(&state, 9, T0, Op::DeleteLimit("l1".into()));
         assert_eq!(state.quota_windows().count(), 0);
+    }
+
+    #[test]
+    fn a_bucket_nobody_asks_for_is_collected_after_its_window_ended_and_only_then() {
+        let mut state = limit_state(10, LimitWindow::Second);
+        let mut index = 1;
+        let bucket =
+            |b: &str| LeaseAsk { limit_id: "l1".into(), bucket: b.into(), want: 1, need: 1, ..Default::default() };
+        lease_at(&mut state, &mut index, 1, T0, bucket("10.0.0.1"));
+        lease_at(&mut state, &mut index, 1, T0, bucket("10.0.0.2"));
+        assert_eq!(state.quota_windows().count(), 2);
+        // Within the grace after the window: kept (a lagging clock may still be inside it).
+        lease_at(&mut state, &mut index, 1, T0 + KEEP_CLOSED_MS, bucket("10.0.0.3"));
+        assert_eq!(state.quota_windows().count(), 3);
+        // Past it: the next command's sweep deletes the bucket whose window
+        // ended the grace ago, keeps the younger one, and renews the one it asks for.
+        let later = T0 + 1_000 + KEEP_CLOSED_MS;
+        lease_at(&mut state, &mut index, 1, later, bucket("10.0.0.1"));
+        let left: Vec<String> = state.quota_windows().map(|w| w.bucket.clone()).collect();
+        assert_eq!(left, ["10.0.0.1", "10.0.0.3"]);
+        // A command looks at a bounded number of records.
+        for i in 0..(3 * SWEEP_PER_COMMAND) {
+            lease_at(&mut state, &mut index, 1, later, bucket(&format!("10.1.0.{i}")));
+        }
+        let much_later = later + 1_000 + KEEP_CLOSED_MS;
+        let stale = |state: &GatewayState| state.quota_windows().filter(|w| w.window_end_ms <= much_later).count();
+        let before = stale(&state);
+        lease_at(&mut state, &mut index, 1, much_later, bucket("10.2.0.1"));
+        assert_eq!(stale(&state), before - SWEEP_PER_COMMAND, "one command deletes at most its sweep");
     }
 
     #[derive(Debug, Clone)]
