@@ -31,6 +31,15 @@ use frame::{End, Parsed};
 pub use frame::{Frame, MAX_PAYLOAD};
 use segment::{DirLock, Mapped, Reader, SegmentFile};
 
+/// How far ahead of the wall clock the journal's clock may stay: it never
+/// goes back, except after a jump forward of more than this (a clock set
+/// wrong, then corrected), which would otherwise stop rotation and
+/// retention until real time caught up.
+const MAX_CLOCK_LEAD_MS: i64 = 5 * 60_000;
+/// After a segment could not be started for age, appends go on in the old
+/// one and the next try is this much later.
+const ROTATION_RETRY_MS: i64 = 10_000;
+
 /// Reads are made this many bytes at a time; a frame never spans more.
 const READ_CHUNK: u64 = 1 << 20;
 const _: () = assert!(READ_CHUNK as usize >= frame::HEADER + MAX_PAYLOAD + 8);
@@ -80,6 +89,9 @@ struct Active {
     clock_ms: i64,
     /// When this segment's first record was written (None: it has none).
     first_written_ms: Option<i64>,
+    /// After a failed rotation for age: when to try again (the segment
+    /// still has room, so appends go on meanwhile).
+    retry_rotation_ms: i64,
 }
 
 /// Where the last `read_after` stopped, so the next starts there rather
@@ -115,7 +127,10 @@ impl Journal {
         let io = |source| JournalError::Io { path: dir.to_path_buf(), source };
         {
             use std::os::unix::fs::DirBuilderExt;
+            use std::os::unix::fs::PermissionsExt;
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+            // An existing directory keeps its mode through `create`.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
         }
         let dir_lock = match segment::lock_dir(dir) {
             Ok(held) => held,
@@ -127,7 +142,7 @@ impl Journal {
             Some(last) => (last.first_seq, last.path.clone()),
             None => (1, segment::path(dir, 1)),
         };
-        let mut mapped = Mapped::open(path, first_seq, options.segment_bytes).map_err(io)?;
+        let mut mapped = Mapped::open(path, options.segment_bytes).map_err(io)?;
         let (end, next_seq, last_written) = recover(&mut mapped.map, first_seq);
         // A segment with no record yet: the clock goes on from the one before.
         let clock_ms = match (last_written, segments.len()) {
@@ -136,7 +151,7 @@ impl Journal {
             (None, _) => 0,
         };
         let first_written_ms = if end == 0 { None } else { first_written_ms(&mapped.map) };
-        let active = Active { segment: mapped, end, next_seq, clock_ms, first_written_ms };
+        let active = Active { segment: mapped, end, next_seq, clock_ms, first_written_ms, retry_rotation_ms: 0 };
         Ok(Journal {
             dir: dir.to_path_buf(),
             options,
@@ -161,12 +176,26 @@ impl Journal {
         let need = frame::frame_len(payload.len());
         let mut guard = lock(&self.active);
         let active = guard.as_mut().ok_or(JournalError::Closed)?;
-        let written_ms = now_ms.max(active.clock_ms);
+        let written_ms = if active.clock_ms > now_ms.saturating_add(MAX_CLOCK_LEAD_MS) {
+            now_ms
+        } else {
+            now_ms.max(active.clock_ms)
+        };
         let full = active.end + need > active.segment.map.len();
-        let old = active.first_written_ms.is_some_and(|first| written_ms - first >= self.options.rotate_after_ms);
+        let old = active.first_written_ms.is_some_and(|first| {
+            written_ms.saturating_sub(first) >= self.options.rotate_after_ms && written_ms >= active.retry_rotation_ms
+        });
         if full || old {
             let next = active.next_seq;
-            self.rotate(active, next)?;
+            match self.rotate(active, next) {
+                Ok(()) => {}
+                Err(error) if !full => {
+                    // Room is left: keep appending here, try again later.
+                    tracing::warn!(%error, "cannot start a new journal segment; appending to the current one");
+                    active.retry_rotation_ms = written_ms.saturating_add(ROTATION_RETRY_MS);
+                }
+                Err(error) => return Err(error),
+            }
         }
         let seq = active.next_seq;
         frame::write(&mut active.segment.map[active.end..active.end + need], seq, written_ms, payload);
@@ -183,7 +212,7 @@ impl Journal {
     /// leaves the journal as it was.
     fn rotate(&self, active: &mut Active, first_seq: u64) -> Result<(), JournalError> {
         let path = segment::path(&self.dir, first_seq);
-        let next = Mapped::open(path, first_seq, self.options.segment_bytes).map_err(|e| self.io(e))?;
+        let next = Mapped::open(path, self.options.segment_bytes).map_err(|e| self.io(e))?;
         let done = std::mem::replace(&mut active.segment, next);
         let used = std::mem::take(&mut active.end);
         active.next_seq = first_seq;
@@ -214,45 +243,32 @@ impl Journal {
         Ok(true)
     }
 
-    /// Where appends stand now: the active segment and its end. Reads stop
-    /// there, so they never see a record being copied.
-    fn written(&self) -> Result<(u64, u64), JournalError> {
-        let guard = lock(&self.active);
-        let active = guard.as_ref().ok_or(JournalError::Closed)?;
-        Ok((active.segment.first_seq, active.end as u64))
-    }
-
-    /// The segments a reader may look at, with how far each may be read.
-    fn readable(&self) -> Result<Vec<(SegmentFile, u64)>, JournalError> {
-        let (active, end) = self.written()?;
+    /// The segments a reader may look at, and the last record it may read:
+    /// the number published after the record was copied (never one being
+    /// copied), so reads do not take the appenders' lock.
+    fn readable(&self) -> Result<(Vec<SegmentFile>, u64), JournalError> {
+        let last = self.last_seq.load(Ordering::Acquire);
         let segments = segment::list(&self.dir).map_err(|e| self.io(e))?;
-        Ok(segments
-            .into_iter()
-            .filter(|s| s.first_seq <= active)
-            .map(|s| {
-                let upto = if s.first_seq == active { end } else { u64::MAX };
-                (s, upto)
-            })
-            .collect())
+        Ok((segments.into_iter().filter(|s| s.first_seq <= last.saturating_add(1)).collect(), last))
     }
 
     /// Up to `max` records numbered above `after_seq`, in order.
     pub fn read_after(&self, after_seq: u64, max: usize) -> Result<Vec<Frame>, JournalError> {
-        let segments = self.readable()?;
+        let (segments, last) = self.readable()?;
         let want = after_seq.saturating_add(1);
         let cursor = lock(&self.cursor).filter(|c| c.next_seq == want);
         let start = match cursor {
-            Some(c) => segments.iter().position(|(s, _)| s.first_seq == c.segment),
+            Some(c) => segments.iter().position(|s| s.first_seq == c.segment),
             None => None,
         };
         let (start, mut from) = match (start, cursor) {
             (Some(index), Some(c)) => (index, Some((c.offset, c.next_seq))),
-            _ => (segments.iter().rposition(|(s, _)| s.first_seq <= want).unwrap_or(0), None),
+            _ => (segments.iter().rposition(|s| s.first_seq <= want).unwrap_or(0), None),
         };
         let mut out = Vec::new();
-        for (segment, upto) in segments.iter().skip(start) {
+        for segment in segments.iter().skip(start) {
             let (offset, expected) = from.take().unwrap_or((0, segment.first_seq));
-            let stopped = visit(segment, offset, expected, *upto, |frame| {
+            let stopped = visit(segment, offset, expected, last, |frame| {
                 if frame.seq >= want {
                     out.push(frame);
                 }
@@ -271,17 +287,17 @@ impl Journal {
     /// `keep_going` returns false. Segments whose records all came before
     /// (the next segment started before `from_written_ms`) are not read.
     pub fn scan(&self, from_written_ms: i64, mut keep_going: impl FnMut(Frame) -> bool) -> Result<(), JournalError> {
-        let segments = self.readable()?;
+        let (segments, last) = self.readable()?;
         let mut skip = 0;
-        for (index, (next, _)) in segments.iter().enumerate().skip(1) {
+        for (index, next) in segments.iter().enumerate().skip(1) {
             match last_written_bound(next).map_err(|e| self.io(e))? {
                 Some(started) if started < from_written_ms => skip = index,
                 _ => break,
             }
         }
-        for (segment, upto) in segments.iter().skip(skip) {
+        for segment in segments.iter().skip(skip) {
             let mut more = true;
-            visit(segment, 0, segment.first_seq, *upto, |frame| {
+            visit(segment, 0, segment.first_seq, last, |frame| {
                 if frame.written_ms >= from_written_ms {
                     more = keep_going(frame);
                 }
@@ -300,10 +316,10 @@ impl Journal {
     /// owner has them elsewhere). The segment being appended to stays.
     /// Returns how many segments went.
     pub fn prune(&self, written_before_ms: i64, done_seq: u64) -> Result<usize, JournalError> {
-        let segments = self.readable()?;
+        let (segments, _) = self.readable()?;
         let mut deleted = 0;
         for pair in segments.windows(2) {
-            let (segment, next) = (&pair[0].0, &pair[1].0);
+            let (segment, next) = (&pair[0], &pair[1]);
             let all_done = next.first_seq.saturating_sub(1) <= done_seq;
             let all_old = last_written_bound(next).map_err(|e| self.io(e))?.is_some_and(|t| t < written_before_ms);
             if !(all_done && all_old) {
@@ -331,8 +347,9 @@ impl Journal {
 
 /// Finds the end of the records in a mapped segment: the offset after the
 /// last valid one, the next number, and the last record's clock. Zeroes
-/// what a killed process left of a record past that end, so that no stale
-/// byte ever follows a record appended later.
+/// everything past that end (what a killed process left of a record, or
+/// frames a power cut wrote back out of order), so that no stale byte ever
+/// follows a record appended later.
 fn recover(map: &mut [u8], first_seq: u64) -> (usize, u64, Option<i64>) {
     let (mut end, mut next_seq, mut last_written) = (0, first_seq, None);
     while let Ok(Parsed { written_ms, frame_len, .. }) = frame::parse(&map[end..], next_seq) {
@@ -340,9 +357,9 @@ fn recover(map: &mut [u8], first_seq: u64) -> (usize, u64, Option<i64>) {
         next_seq += 1;
         last_written = Some(written_ms);
     }
-    let torn = end..map.len().min(end + frame::frame_len(MAX_PAYLOAD));
-    if map[torn.clone()].iter().any(|b| *b != 0) {
-        map[torn].fill(0);
+    let tail = &mut map[end..];
+    if tail.iter().any(|b| *b != 0) {
+        tail.fill(0);
     }
     (end, next_seq, last_written)
 }
@@ -355,7 +372,9 @@ fn first_written_ms(map: &[u8]) -> Option<i64> {
 /// before it was written at or before then. None if it has no record.
 fn last_written_bound(segment: &SegmentFile) -> std::io::Result<Option<i64>> {
     let mut first = None;
-    visit(segment, 0, segment.first_seq, READ_CHUNK, |frame| {
+    // The first frame only: its header, and a payload of at most MAX_PAYLOAD.
+    let first_frame = (frame::HEADER + MAX_PAYLOAD + 8) as u64;
+    visit_bytes(segment, 0, segment.first_seq, u64::MAX, first_frame, |frame| {
         first = Some(frame.written_ms);
         false
     })?;
@@ -373,22 +392,35 @@ fn last_written_ms(segment: &SegmentFile) -> std::io::Result<Option<i64>> {
 }
 
 /// Reads `segment`'s records from `offset` (where record `expected` starts)
-/// up to byte `upto`, a chunk at a time, handing each to `keep_going` until
-/// it returns false or the records end. Returns where it stopped: the
+/// up to record `last`, a chunk at a time, handing each to `keep_going`
+/// until it returns false or the records end. Returns where it stopped: the
 /// offset and number of the next record.
 fn visit(
     segment: &SegmentFile,
+    offset: u64,
+    expected: u64,
+    last: u64,
+    keep_going: impl FnMut(Frame) -> bool,
+) -> std::io::Result<(u64, u64)> {
+    visit_bytes(segment, offset, expected, last, READ_CHUNK, keep_going)
+}
+
+/// [`visit`], reading `chunk` bytes at a time.
+fn visit_bytes(
+    segment: &SegmentFile,
     mut offset: u64,
     mut expected: u64,
-    upto: u64,
+    last: u64,
+    chunk_bytes: u64,
     mut keep_going: impl FnMut(Frame) -> bool,
 ) -> std::io::Result<(u64, u64)> {
     let Some(reader) = Reader::open(&segment.path)? else { return Ok((offset, expected)) };
     loop {
-        let chunk = reader.read(offset, upto.min(offset.saturating_add(READ_CHUNK)))?;
+        let chunk = reader.read(offset, offset.saturating_add(chunk_bytes))?;
         let mut at = 0;
         let end = loop {
             match frame::parse(&chunk[at..], expected) {
+                Ok(parsed) if parsed.seq > last => break End::Invalid,
                 Ok(parsed) => {
                     let frame = parsed.frame(&chunk.slice(at..));
                     at += parsed.frame_len;

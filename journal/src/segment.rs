@@ -41,7 +41,6 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<SegmentFile>> {
 
 /// The segment records are appended to.
 pub struct Mapped {
-    pub first_seq: u64,
     file: File,
     pub map: MmapMut,
 }
@@ -49,14 +48,14 @@ pub struct Mapped {
 impl Mapped {
     /// Opens (or creates) the segment at `path`, grown to `size` bytes if it
     /// is smaller (a segment trimmed just before a crash), and maps it.
-    pub fn open(path: PathBuf, first_seq: u64, size: u64) -> std::io::Result<Mapped> {
+    pub fn open(path: PathBuf, size: u64) -> std::io::Result<Mapped> {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path)?;
         let len = file.metadata()?.len();
         if len < size {
             reserve(&file, len, size)?;
         }
         let map = map(&file)?;
-        Ok(Mapped { first_seq, file, map })
+        Ok(Mapped { file, map })
     }
 
     /// Unmaps the segment and cuts it to the `used` bytes its records take.

@@ -46,6 +46,12 @@ fn the_clock_never_goes_back() {
     journal.append(4_000, b"b").unwrap();
     let written: Vec<i64> = journal.read_after(0, 10).unwrap().iter().map(|f| f.written_ms).collect();
     assert_eq!(written, [5_000, 5_000]);
+    // A clock that jumped far ahead and came back: the journal follows it
+    // back rather than stay in the future (rotation and retention go by it).
+    journal.append(5_000 + 3_600_000, b"c").unwrap();
+    journal.append(6_000, b"d").unwrap();
+    let last = journal.read_after(3, 1).unwrap();
+    assert_eq!(last[0].written_ms, 6_000);
 }
 
 #[test]

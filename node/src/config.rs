@@ -30,7 +30,7 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct Usage {
     /// How often this node sends its journal to the cluster's counters
-    /// (sooner when 5,000 records are waiting).
+    /// (sooner when 100,000 records are waiting).
     pub flush_interval_ms: u64,
     /// Per-request records are kept this many days on the node that served
     /// them, and deleted after (once the counters hold them: a record not

@@ -45,6 +45,8 @@ pub enum NodeError {
     AccessLog(std::io::Error),
     #[error("usage ledger: {0}")]
     Ledger(#[from] crate::usage::LedgerError),
+    #[error("usage journal: {0}; check that the data directory is writable and the disk has room")]
+    Usage(String),
 }
 
 /// This node's cluster TLS identity, and how it takes part: creates the CA on
@@ -303,6 +305,9 @@ impl Node {
         let follower_task = tokio::spawn(proxy::follow_state(proxy.clone(), raft.subscribe()));
         let (usage_stop, usage_stopped) = watch::channel(false);
         let flusher = crate::usage::flush::Flusher::new(ledger.clone(), raft.clone());
+        // Before the proxy serves: no record may be numbered at or below
+        // what the cluster already counted for this node.
+        flusher.number_after(flusher.after_seq()).map_err(|e| NodeError::Usage(e.to_string()))?;
         let usage_task = tokio::spawn(crate::usage::flush::run(flusher, config.usage.flush_config(), usage_stopped));
         tokio::spawn(report_data_plane(proxy.clone(), raft.clone()));
 

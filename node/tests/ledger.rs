@@ -105,8 +105,9 @@ async fn cluster_counters_and_records_match_the_requests_sent() {
     let key = setup(&node, &mock, &upstream, dead_port().await).await;
     let admin = node.admin_addr;
 
-    // --- 1. 14 requests: 5 answered and 2 refused REST calls, 3 failed
-    // ones, 3 chat completions (one streamed) and one refused AI call.
+    // --- 1. 15 requests: 5 answered and 2 refused REST calls, 3 failed
+    // ones, 3 chat completions (one streamed), one AI call refused before
+    // the gateway and one the gateway refused (a token limit).
     for _ in 0..5 {
         assert_eq!(call(&node, "GET", "/orders/1", Some(&key), None).await.0, StatusCode::OK);
     }
@@ -122,24 +123,35 @@ async fn cluster_counters_and_records_match_the_requests_sent() {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
     assert_eq!(call(&node, "POST", "/v1/chat/completions", None, Some(chat(false))).await.0, StatusCode::UNAUTHORIZED);
+    let limit = ["limit", "create", "tokens", "--tokens", "100", "--per", "minute", "--scope", "key", "--route", "llm"];
+    stdout(&run(admin, &limit).await);
+    let greedy = json!({"model": "fast", "max_tokens": 5000, "messages": [{"role": "user", "content": "hi"}]});
+    eventually("the token limit refuses", async || {
+        call(&node, "POST", "/v1/chat/completions", Some(&key), Some(greedy.clone())).await.0
+            == StatusCode::TOO_MANY_REQUESTS
+    })
+    .await;
 
     // --- 2. The cluster's counters hold every one once flushed.
-    eventually("the counters hold all 14 requests", async || {
+    eventually("the counters hold all 15 requests", async || {
         let rows = json_of(admin, &["usage"]).await;
-        rows.as_array().unwrap().first().is_some_and(|r| r["requests"] == 14)
+        rows.as_array().unwrap().first().is_some_and(|r| r["requests"] == 15)
     })
     .await;
     let all = json_of(admin, &["usage"]).await;
     assert_eq!(all.as_array().unwrap().len(), 1, "one day: {all}");
-    assert_eq!((all[0]["errors"].as_u64(), all[0]["output_tokens"].as_u64()), (Some(3), Some(12)), "{all}");
+    // The gateway's refusal counts as an error, once (its record is the AI
+    // backend's; the `account` phase adds none).
+    assert_eq!((all[0]["errors"].as_u64(), all[0]["output_tokens"].as_u64()), (Some(4), Some(12)), "{all}");
     let routes = json_of(admin, &["usage", "--by", "route"]).await;
-    for (route, requests) in [("orders", 7), ("broken", 3), ("llm", 4)] {
+    for (route, requests) in [("orders", 7), ("broken", 3), ("llm", 5)] {
         assert_eq!(row(&routes, "route", route)["requests"], requests, "{routes}");
     }
     let models = json_of(admin, &["usage", "--by", "model", "--period", "hour", "--since", "2h"]).await;
     let mini = row(&models, "model", "openai/gpt-4o-mini");
     assert_eq!((mini["requests"].as_u64(), mini["output_tokens"].as_u64()), (Some(3), Some(12)));
     assert!(mini["cost_picodollars"].as_u64().unwrap() > 0, "priced from the catalog: {mini}");
+    assert_eq!(models.as_array().unwrap().len(), 1, "a model no provider served is not a counter: {models}");
     let services = json_of(admin, &["usage", "--by", "service"]).await;
     assert_eq!(row(&services, "service", "orders")["requests"], 7, "refused calls still name the service");
 
@@ -147,13 +159,13 @@ async fn cluster_counters_and_records_match_the_requests_sent() {
     let consumers = csv_of(admin, &["usage", "--by", "consumer"]).await;
     assert_eq!(consumers.len(), 1, "{consumers:?}");
     assert!(!consumers[0]["CONSUMER"].is_empty() && consumers[0]["CONSUMER"] != "acme", "CSV keeps ids");
-    assert_eq!(consumers[0]["REQUESTS"], "8", "5 REST calls and 3 chats with acme's key");
+    assert_eq!(consumers[0]["REQUESTS"], "9", "5 REST calls and 4 chats with acme's key");
     let table = stdout(&run(admin, &["usage", "--by", "consumer"]).await);
     assert!(table.contains("CONSUMER") && table.contains("acme"), "tables show names: {table}");
 
     // --- 3. Per-request records, from every member (one here).
     let records = json_of(admin, &["usage", "records", "--since", "1h", "--limit", "100"]).await;
-    assert_eq!(records["records"].as_array().unwrap().len(), 14, "{records}");
+    assert_eq!(records["records"].as_array().unwrap().len(), 15, "{records}");
     assert_eq!(records["members"][0]["answered"], true);
     let failed = json_of(admin, &["usage", "records", "--status", "502"]).await;
     let failed_count = failed["records"].as_array().unwrap().len();
@@ -163,7 +175,7 @@ async fn cluster_counters_and_records_match_the_requests_sent() {
     assert_eq!(refused.len(), 2, "{refused:?}");
     assert!(refused.iter().all(|r| r["kind"] == "rest" && r["api_key_id"].is_empty()));
     let acme = json_of(admin, &["usage", "records", "--consumer", "acme", "--model", "fast"]).await;
-    assert_eq!(acme["records"].as_array().unwrap().len(), 3, "{acme}");
+    assert_eq!(acme["records"].as_array().unwrap().len(), 4, "{acme}");
     let limited = json_of(admin, &["usage", "records", "--limit", "4"]).await;
     assert_eq!((limited["records"].as_array().unwrap().len(), &limited["truncated"]), (4, &json!(true)));
 
@@ -171,7 +183,7 @@ async fn cluster_counters_and_records_match_the_requests_sent() {
     let kinds = json_of(admin, &["usage", "--node", "1", "--by", "kind"]).await;
     assert_eq!(
         (row(&kinds, "kind", "rest")["requests"].as_u64(), row(&kinds, "kind", "ai")["requests"].as_u64()),
-        (Some(10), Some(4))
+        (Some(10), Some(5))
     );
     let bad = run(admin, &["usage", "--by", "key,model"]).await;
     assert_eq!(bad.status.code(), Some(2), "several dimensions only with --node");

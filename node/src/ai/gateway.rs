@@ -424,7 +424,8 @@ impl Attempts<'_> {
             finish_reason: None,
             error: Some(message.to_string()),
         });
-        outcome(error_response(self.ingress, kind, status, message))
+        // Journaled by `finish`: the `account` phase must not add another.
+        AiOutcome { recorded: account.recorded(), ..outcome(error_response(self.ingress, kind, status, message)) }
     }
 
     /// A 2xx from the provider whose body could not be read or understood.

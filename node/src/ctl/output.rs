@@ -434,19 +434,33 @@ pub fn table(rows: &[Vec<String>]) -> String {
 
 /// Rows as CSV (RFC 4180): a field with a comma, quote or line break is
 /// quoted, its quotes doubled; lines end with CRLF.
+/// A field a spreadsheet would run as a formula (`=`, `+`, `@`, a tab or
+/// carriage return first; `-` before anything but a number) gets a leading
+/// `'` (OWASP's advice on CSV injection): usage records carry what clients
+/// chose, such as a model name, and these files are opened in spreadsheets.
+fn spreadsheet_safe(field: &str) -> std::borrow::Cow<'_, str> {
+    let formula = match field.as_bytes().first() {
+        Some(b'=' | b'+' | b'@' | b'\t' | b'\r') => true,
+        Some(b'-') => field.parse::<f64>().is_err(),
+        _ => false,
+    };
+    if formula { std::borrow::Cow::Owned(format!("'{field}")) } else { std::borrow::Cow::Borrowed(field) }
+}
+
 pub fn csv(rows: &[Vec<String>]) -> String {
     let mut out = String::new();
     for row in rows {
-        let fields: Vec<String> =
-            row.iter()
-                .map(|f| {
-                    if f.contains([',', '"', '\n', '\r']) {
-                        format!("\"{}\"", f.replace('"', "\"\""))
-                    } else {
-                        f.clone()
-                    }
-                })
-                .collect();
+        let fields: Vec<String> = row
+            .iter()
+            .map(|f| {
+                let f = spreadsheet_safe(f);
+                if f.contains([',', '"', '\n', '\r']) {
+                    format!("\"{}\"", f.replace('"', "\"\""))
+                } else {
+                    f.into_owned()
+                }
+            })
+            .collect();
         out.push_str(&fields.join(","));
         out.push_str("\r\n");
     }
@@ -461,6 +475,18 @@ mod tests {
     fn csv_quotes_what_needs_quoting() {
         let rows = vec![vec!["a".to_string(), "b,c".into()], vec!["say \"hi\"".into(), "line\nbreak".into()]];
         assert_eq!(csv(&rows), "a,\"b,c\"\r\n\"say \"\"hi\"\"\",\"line\nbreak\"\r\n");
+    }
+
+    #[test]
+    fn csv_fields_a_spreadsheet_would_run_are_defused() {
+        let rows = vec![vec![
+            "=HYPERLINK(\"x\")".to_string(),
+            "-12".into(),
+            "-cmd".into(),
+            "@SUM(A1)".into(),
+            "gpt-4o".into(),
+        ]];
+        assert_eq!(csv(&rows), "\"'=HYPERLINK(\"\"x\"\")\",-12,'-cmd,'@SUM(A1),gpt-4o\r\n");
     }
 
     use tollgate_proto::config::v1::{HeaderPair, RetryPolicy};

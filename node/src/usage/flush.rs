@@ -91,9 +91,8 @@ const KEY: usize = 0;
 const CONSUMER: usize = 1;
 const PROVIDER: usize = 2;
 const MODEL: usize = 3;
-const REQUESTED_MODEL: usize = 4;
-const ROUTE: usize = 5;
-const SERVICE: usize = 6;
+const ROUTE: usize = 4;
+const SERVICE: usize = 5;
 
 /// The fields of a `UsageRecord` (entities.proto) a batch sums, read in
 /// place: the flush reads every record once, so it decodes only these, and
@@ -101,7 +100,7 @@ const SERVICE: usize = 6;
 #[derive(Default)]
 struct Summed<'a> {
     at_ms: i64,
-    dims: [&'a [u8]; 7],
+    dims: [&'a [u8]; 6],
     outcome: i32,
     input_tokens: u64,
     output_tokens: u64,
@@ -116,7 +115,6 @@ fn dimension_of(tag: u32) -> Option<usize> {
         6 => CONSUMER,
         10 => PROVIDER,
         11 => MODEL,
-        9 => REQUESTED_MODEL,
         5 => ROUTE,
         27 => SERVICE,
         _ => return None,
@@ -151,8 +149,8 @@ fn summed(mut buf: &[u8]) -> Result<Summed<'_>, String> {
 }
 
 /// What makes two records share a delta: the hour and the dimension values
-/// (the model as provider, model and model asked for).
-type DeltaKey<'a> = (i64, [&'a [u8]; 7]);
+/// (the model as provider and model).
+type DeltaKey<'a> = (i64, [&'a [u8]; 6]);
 
 /// A dimension value as the state machine takes it: text, at most
 /// [`MAX_VALUE_LEN`] bytes (a client names its model, and can name a long one).
@@ -166,12 +164,11 @@ fn value(bytes: &[u8]) -> String {
 }
 
 fn new_delta((hour_start_ms, dims): &DeltaKey<'_>) -> UsageDelta {
-    // As `ledger::model_of`: provider/model as served, else as asked for.
-    let model = if dims[PROVIDER].is_empty() {
-        value(dims[REQUESTED_MODEL])
-    } else {
-        value(&[dims[PROVIDER], b"/", dims[MODEL]].concat())
-    };
+    // Provider/model as served. A request no provider served counts for no
+    // model: the name it asked for is the client's to choose, and every new
+    // one would be a counter in the replicated state for good.
+    let model =
+        if dims[PROVIDER].is_empty() { String::new() } else { value(&[dims[PROVIDER], b"/", dims[MODEL]].concat()) };
     UsageDelta {
         hour_start_ms: *hour_start_ms,
         key: value(dims[KEY]),
@@ -255,6 +252,7 @@ impl<F: Fold> Flusher<F> {
         let mut folded = 0;
         for _ in 0..MAX_ROUNDS {
             let after = self.after_seq();
+            self.number_after(after)?;
             let (read, pending) = self.read_batch(after).await?;
             let Some(pending) = pending else { return Ok(folded) };
             let sent_last = pending.batch.last_seq;
@@ -290,6 +288,16 @@ impl<F: Fold> Flusher<F> {
     /// lagged): the next one starts after the watermark the answer named.
     fn resume_after(&self, sent_after: u64, watermark: u64) -> Result<(), FlushError> {
         tracing::info!(sent_from = sent_after + 1, watermark, "usage batch not folded; resuming after the watermark");
+        self.number_after(watermark)
+    }
+
+    /// Numbers new records after `watermark` if the journal ends before it:
+    /// the journal lost its tail (a power cut: Raft's log is fsynced, the
+    /// journal is not) or was reset (a new data directory under a reused
+    /// node id, `usage/` deleted). Records numbered at or below the
+    /// watermark would never count, and retention would delete them as
+    /// folded. Called before the node serves and before every flush.
+    pub fn number_after(&self, watermark: u64) -> Result<(), FlushError> {
         let last = self.ledger.last_seq()?;
         if watermark > last && self.ledger.skip_to(watermark + 1)? {
             tracing::warn!(

@@ -71,6 +71,7 @@ impl UsageLedger {
     /// the record survives a killed process; a failure (disk full, the node
     /// shutting down) is logged, never the caller's problem.
     pub fn record(&self, record: &UsageRecord) {
+        let record = fitted(record);
         self.append_with(record.at_ms, |out| record.encode(out).expect("a Vec grows as needed"));
     }
 
@@ -96,7 +97,7 @@ impl UsageLedger {
     /// Journals `record` and returns its number (tests, imports).
     pub fn append(&self, record: &UsageRecord) -> Result<u64, LedgerError> {
         let written_ms = crate::clock::unix_ms().max(record.at_ms);
-        Ok(self.journal.append(written_ms, &record.encode_to_vec())?)
+        Ok(self.journal.append(written_ms, &fitted(record).encode_to_vec())?)
     }
 
     /// The number of the last record journaled (0: none yet).
@@ -147,12 +148,14 @@ impl UsageLedger {
         Ok(self.list(&filter, usize::MAX)?.0)
     }
 
-    /// Records matching `filter`, by start time, at most `limit`; and
-    /// whether more matched.
-    pub fn list(&self, filter: &RecordFilter, limit: usize) -> Result<(Vec<UsageRecord>, bool), LedgerError> {
+    /// Visits the records matching `filter`, in the order they were
+    /// written, until `visit` returns false.
+    fn each_matching(
+        &self,
+        filter: &RecordFilter,
+        mut visit: impl FnMut(UsageRecord) -> bool,
+    ) -> Result<(), LedgerError> {
         let end = filter.to_ms.saturating_add(LATE_RECORD_MS);
-        let mut out = Vec::new();
-        let mut more = false;
         let mut corrupt = None;
         // A record is written at or after its start: none written before
         // `from_ms` can match.
@@ -160,37 +163,45 @@ impl UsageLedger {
             if frame.written_ms >= end {
                 return false;
             }
-            let record = match decode(&frame, self.node_id) {
-                Ok(record) => record,
+            match decode(&frame, self.node_id) {
+                Ok(record) if filter.matches(&record) => visit(record),
+                Ok(_) => true,
                 Err(error) => {
                     corrupt = Some(error);
-                    return false;
+                    false
                 }
-            };
-            if filter.matches(&record) {
-                if out.len() == limit {
-                    more = true;
-                    return false;
-                }
-                out.push(record);
             }
+        })?;
+        corrupt.map_or(Ok(()), Err)
+    }
+
+    /// Records matching `filter`, by start time, at most `limit` (the first
+    /// written); and whether more matched.
+    pub fn list(&self, filter: &RecordFilter, limit: usize) -> Result<(Vec<UsageRecord>, bool), LedgerError> {
+        let mut out = Vec::new();
+        let mut more = false;
+        self.each_matching(filter, |record| {
+            if out.len() == limit {
+                more = true;
+                return false;
+            }
+            out.push(record);
             true
         })?;
-        if let Some(error) = corrupt {
-            return Err(error);
-        }
         // Written in the order requests ended; listed in the order they started.
         out.sort_by_key(|r| (r.at_ms, r.seq));
         Ok((out, more))
     }
 
-    /// Sums records in `[from_ms, to_ms)` by the named dimensions.
+    /// Sums records in `[from_ms, to_ms)` by the named dimensions, reading
+    /// them one at a time (a node's journal holds every request).
     pub fn report(&self, from_ms: i64, to_ms: i64, group_by: &[String]) -> Result<Vec<UsageRow>, LedgerError> {
         if let Some(unknown) = group_by.iter().find(|g| !REPORT_GROUPS.contains(&g.as_str())) {
             return Err(LedgerError::UnknownGroup(unknown.clone()));
         }
         let mut rows: BTreeMap<Vec<String>, UsageRow> = BTreeMap::new();
-        for r in self.records(from_ms, to_ms)? {
+        let filter = RecordFilter { from_ms, to_ms, ..Default::default() };
+        self.each_matching(&filter, |r| {
             let group: Vec<String> = group_by.iter().map(|g| dimension(&r, g)).collect();
             let row = rows.entry(group.clone()).or_insert_with(|| UsageRow { group, ..Default::default() });
             row.requests += 1;
@@ -204,15 +215,17 @@ impl UsageLedger {
             row.cached_input_tokens += r.cached_input_tokens;
             row.estimated += u64::from(r.estimated);
             row.cost_picodollars = row.cost_picodollars.saturating_add(r.cost_picodollars);
-        }
+            true
+        })?;
         Ok(rows.into_values().collect())
     }
 
     /// Appends the records of the previous layout (RocksDB, keyed by start
     /// time) in their old numbering order, then deletes them. A move cut
     /// short by a crash leaves the old records in place and is done again
-    /// (the journal may then hold a few twice; they are pre-upgrade AI
-    /// records that were never folded into the cluster's counters).
+    /// (the journal then holds them twice, and both copies are folded into
+    /// the cluster's counters: a crash in the one start after an upgrade
+    /// that moves records can count pre-upgrade AI calls twice).
     fn move_legacy_records(&self, engine: &Engine) -> Result<(), LedgerError> {
         let legacy = engine.scan_prefix(Cf::Local, LEGACY_PREFIX)?;
         if legacy.is_empty() {
@@ -226,17 +239,56 @@ impl UsageLedger {
         }
         records.sort_by_key(|r| r.seq);
         for record in &records {
-            self.journal.append(record.at_ms, &record.encode_to_vec())?;
+            self.journal.append(record.at_ms, &fitted(record).encode_to_vec())?;
         }
+        // On disk before the originals go.
+        self.journal.sync()?;
         let mut batch = Batch::default();
         // `usage/r0` is the first key after every `usage/r/…` ('0' follows '/').
         batch.delete_range(Cf::Local, LEGACY_PREFIX, b"usage/r0");
         batch.delete(Cf::Local, LEGACY_SEQ_KEY);
         engine.write(batch, Durability::Process)?;
-        self.journal.sync()?;
         tracing::info!(records = records.len(), "moved usage records from RocksDB into the usage journal");
         Ok(())
     }
+}
+
+/// A record's text fields are cut to this many bytes when the record would
+/// not fit in a journal frame: a model name or an error message quoting one
+/// is the client's to choose, and a record must never be refused for size
+/// (a request that got an answer is counted).
+const MAX_FIELD_BYTES: usize = 1024;
+
+/// `record` as journaled: itself, or with its long text fields cut.
+fn fitted(record: &UsageRecord) -> std::borrow::Cow<'_, UsageRecord> {
+    if record.encoded_len() <= tollgate_journal::MAX_PAYLOAD {
+        return std::borrow::Cow::Borrowed(record);
+    }
+    let mut cut = record.clone();
+    for field in [
+        &mut cut.request_id,
+        &mut cut.route,
+        &mut cut.consumer_id,
+        &mut cut.api_key_id,
+        &mut cut.endpoint,
+        &mut cut.requested_model,
+        &mut cut.provider,
+        &mut cut.model,
+        &mut cut.credential,
+        &mut cut.error,
+        &mut cut.finish_reason,
+        &mut cut.service,
+        &mut cut.kind,
+    ] {
+        if field.len() > MAX_FIELD_BYTES {
+            let mut end = MAX_FIELD_BYTES;
+            while !field.is_char_boundary(end) {
+                end -= 1;
+            }
+            field.truncate(end);
+        }
+    }
+    std::borrow::Cow::Owned(cut)
 }
 
 /// A journaled record, with this node's id and its number filled in (the

@@ -108,6 +108,23 @@ fn a_time_window_is_half_open_and_holds_requests_that_ended_after_it() {
 }
 
 #[test]
+fn a_record_too_large_for_a_frame_is_kept_with_its_long_fields_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = open(dir.path(), 1);
+    let huge = "m".repeat(40_000);
+    let r = UsageRecord {
+        requested_model: huge.clone(),
+        error: format!("every target of {huge} failed"),
+        ..rest(DAY1, "r", 400)
+    };
+    ledger.record(&r);
+    assert_eq!(ledger.append(&r).unwrap(), 2, "never refused for size");
+    let kept = ledger.records(0, i64::MAX).unwrap();
+    assert_eq!(kept.len(), 2);
+    assert!(kept.iter().all(|k| k.requested_model.len() == 1024 && k.error.len() == 1024 && k.route == "r"));
+}
+
+#[test]
 fn utc_days_match_the_calendar() {
     assert_eq!(utc_day(0), "1970-01-01");
     assert_eq!(utc_day(951_782_400_000), "2000-02-29");
@@ -177,17 +194,23 @@ fn a_batch_sums_records_per_hour_and_dimension_and_stops_at_the_delta_limit() {
         at(5, record(DAY1 + 2, "k1", "gpt-4o", 1, 1, 1)),
         at(6, record(DAY1 + HOUR, "k1", "gpt-4o", 1, 1, 1)),
         at(7, rest(DAY1 + 3, "orders", 503)),
-        at(9, UsageRecord { requested_model: "m".repeat(300), ..rest(DAY1, "r", 404) }),
+        at(
+            9,
+            UsageRecord { requested_model: "x".repeat(300), model: "m".repeat(300), ..record(DAY1, "k9", "", 0, 0, 0) },
+        ),
+        at(10, UsageRecord { requested_model: "anything-a-client-names".into(), ..rest(DAY1, "r", 404) }),
     ];
     let pending = build_batch(2, 3, &records).unwrap().unwrap();
     let b = &pending.batch;
-    assert_eq!((b.node_id, b.first_seq, b.last_seq, pending.records), (2, 4, 9, 5), "a gap (8) is covered");
-    assert_eq!(b.deltas.len(), 4);
+    assert_eq!((b.node_id, b.first_seq, b.last_seq, pending.records), (2, 4, 10, 6), "a gap (8) is covered");
+    assert_eq!(b.deltas.len(), 5);
+    let unserved = b.deltas.iter().find(|d| d.route == "r").unwrap();
+    assert_eq!(unserved.model, "", "a model no provider served is the client's word: no counter");
     let gpt = b.deltas.iter().find(|d| d.hour_start_ms == DAY1 && d.model == "openai/gpt-4o").unwrap();
     assert_eq!((gpt.requests, gpt.input_tokens, gpt.output_tokens, gpt.cost_picodollars), (2, 11, 3, 8));
     let failed = b.deltas.iter().find(|d| d.route == "orders").unwrap();
     assert_eq!((failed.requests, failed.errors, failed.service.as_str()), (1, 1, "orders"));
-    assert!(b.deltas.iter().all(|d| d.model.len() <= 256), "a client's long model name is cut to fit");
+    assert!(b.deltas.iter().all(|d| d.model.len() <= 256), "a long model name is cut to fit");
     assert!(build_batch(2, 3, &[]).unwrap().is_none());
 
     let many: Vec<_> =
