@@ -53,6 +53,8 @@ pub struct ClusterOptions {
     pub snapshot_after_logs: u64,
     pub logs_kept_after_snapshot: u64,
     pub write_timeout_ms: u64,
+    /// More TOML for every node's config file (other sections than `[raft]`).
+    pub extra_config: String,
 }
 
 impl ClusterOptions {
@@ -68,6 +70,7 @@ impl ClusterOptions {
             snapshot_after_logs: 10_000,
             logs_kept_after_snapshot: 1_000,
             write_timeout_ms: 4_000,
+            extra_config: String::new(),
         }
     }
 }
@@ -304,13 +307,14 @@ impl Cluster {
         let o = &self.options;
         format!(
             "[raft]\nheartbeat_ms = {}\nelection_timeout_min_ms = {}\nelection_timeout_max_ms = {}\n\
-             snapshot_after_logs = {}\nlogs_kept_after_snapshot = {}\nwrite_timeout_ms = {}\n",
+             snapshot_after_logs = {}\nlogs_kept_after_snapshot = {}\nwrite_timeout_ms = {}\n{}",
             o.heartbeat_ms,
             o.election_timeout_min_ms,
             o.election_timeout_max_ms,
             o.snapshot_after_logs,
             o.logs_kept_after_snapshot,
-            o.write_timeout_ms
+            o.write_timeout_ms,
+            o.extra_config
         )
     }
 

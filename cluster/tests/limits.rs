@@ -31,7 +31,13 @@ type Outcomes = Arc<Mutex<Vec<(u64, u16, Option<u64>)>>>;
 /// A 3-node cluster with an open route limited to `LIMIT` requests per
 /// second for the whole route, on every node's data plane.
 async fn limited_cluster(dir: &std::path::Path) -> Cluster {
-    let cluster = Cluster::up(ClusterOptions::new(3, dir)).await.expect("a 3-node cluster starts");
+    // What these tests measure is the lease protocol's accuracy, not how fast
+    // a commit is on two cores shared with the rest of the test suite: a
+    // request waits up to 50 ms (not the default 5) for a grant in flight,
+    // so a slow commit does not turn into refusals below the 95 % floor.
+    let options =
+        ClusterOptions { extra_config: "[limits]\nlease_wait_ms = 50\n".into(), ..ClusterOptions::new(3, dir) };
+    let cluster = Cluster::up(options).await.expect("a 3-node cluster starts");
     let upstream = upstream().await;
     let mut admin = cluster.admin(1).await.unwrap();
     let target = Target { host: "127.0.0.1".into(), port: upstream.port().into(), weight: 1 };

@@ -108,6 +108,8 @@ pub struct Journal {
     options: Options,
     active: Mutex<Option<Active>>,
     last_seq: AtomicU64,
+    /// Set by `close`: reads refuse too, without the appenders' lock.
+    closed: std::sync::atomic::AtomicBool,
     cursor: Mutex<Option<Cursor>>,
     _lock: DirLock,
 }
@@ -157,6 +159,7 @@ impl Journal {
             options,
             last_seq: AtomicU64::new(next_seq - 1),
             active: Mutex::new(Some(active)),
+            closed: std::sync::atomic::AtomicBool::new(false),
             cursor: Mutex::new(None),
             _lock: dir_lock,
         })
@@ -247,6 +250,9 @@ impl Journal {
     /// the number published after the record was copied (never one being
     /// copied), so reads do not take the appenders' lock.
     fn readable(&self) -> Result<(Vec<SegmentFile>, u64), JournalError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(JournalError::Closed);
+        }
         let last = self.last_seq.load(Ordering::Acquire);
         let segments = segment::list(&self.dir).map_err(|e| self.io(e))?;
         Ok((segments.into_iter().filter(|s| s.first_seq <= last.saturating_add(1)).collect(), last))
@@ -340,6 +346,7 @@ impl Journal {
 
     /// Writes everything back and stops taking records.
     pub fn close(&self) -> Result<(), JournalError> {
+        self.closed.store(true, Ordering::Release);
         let Some(active) = lock(&self.active).take() else { return Ok(()) };
         active.segment.sync().map_err(|e| self.io(e))
     }
