@@ -378,7 +378,7 @@ impl Default for Limits {
             first_lease_wait_ms: 250,
             ask_timeout_ms: 2_000,
             idle_return_ms: 5_000,
-            admitted_headers: true,
+            admitted_headers: false,
         }
     }
 }

@@ -58,7 +58,10 @@ impl AiLimits {
         }
         let taken = self.limiter.admit_patiently(&limits, |limit| units(limit, &estimate)).await?;
         let mut headers = HeaderMap::new();
-        crate::limits::headers::on_response(&taken, &mut headers);
+        if self.limiter.config.admitted_headers {
+            crate::limits::headers::on_response(&taken, &mut headers);
+        }
+        // A budget's warning is the point of its threshold: always sent.
         self.warn_budgets(&taken, &mut headers);
         Ok((Reservation { taken }, headers))
     }
