@@ -215,7 +215,16 @@ impl Journal {
     /// leaves the journal as it was.
     fn rotate(&self, active: &mut Active, first_seq: u64) -> Result<(), JournalError> {
         let path = segment::path(&self.dir, first_seq);
-        let next = Mapped::open(path, self.options.segment_bytes).map_err(|e| self.io(e))?;
+        let next = match Mapped::open(path.clone(), self.options.segment_bytes) {
+            Ok(next) => next,
+            Err(error) => {
+                // A file left half made (a full disk) would be read as the
+                // next segment and, after a restart, appended to with numbers
+                // the current one already used.
+                let _ = std::fs::remove_file(&path);
+                return Err(self.io(error));
+            }
+        };
         let done = std::mem::replace(&mut active.segment, next);
         let used = std::mem::take(&mut active.end);
         active.next_seq = first_seq;

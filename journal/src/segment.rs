@@ -130,7 +130,18 @@ impl Reader {
             return Ok(Bytes::new());
         }
         let mut out = vec![0; (end - from) as usize];
-        self.file.read_exact_at(&mut out, from)?;
+        // A segment trimmed since it was opened (the next one started)
+        // reads short: what is there is what there is.
+        let mut read = 0;
+        while read < out.len() {
+            match self.file.read_at(&mut out[read..], from + read as u64) {
+                Ok(0) => break,
+                Ok(n) => read += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.truncate(read);
         Ok(Bytes::from(out))
     }
 }

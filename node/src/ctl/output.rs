@@ -441,7 +441,8 @@ pub fn table(rows: &[Vec<String>]) -> String {
 fn spreadsheet_safe(field: &str) -> std::borrow::Cow<'_, str> {
     let formula = match field.as_bytes().first() {
         Some(b'=' | b'+' | b'@' | b'\t' | b'\r') => true,
-        Some(b'-') => field.parse::<f64>().is_err(),
+        // A lone `-` is how tables and CSV say "none".
+        Some(b'-') => field != "-" && field.parse::<f64>().is_err(),
         _ => false,
     };
     if formula { std::borrow::Cow::Owned(format!("'{field}")) } else { std::borrow::Cow::Borrowed(field) }

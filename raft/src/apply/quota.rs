@@ -91,8 +91,10 @@ pub(crate) fn lease(state: &GatewayState, request: &LeaseRequest, now: i64, inde
         });
         windows.insert(id, window);
     }
-    let swept = match windows.keys().next() {
-        Some(first) => sweep(state, first, now, &windows),
+    // From after the last bucket this command writes: its asks change with
+    // the traffic, so successive commands look at different records.
+    let swept = match windows.keys().next_back() {
+        Some(last) => sweep(state, last, now, &windows),
         None => Vec::new(),
     };
     let changes = windows
@@ -107,9 +109,9 @@ pub(crate) fn lease(state: &GatewayState, request: &LeaseRequest, now: i64, inde
     Ok(Outcome { changes, entity: Some(prost::Message::encode_to_vec(&LeaseGrants { grants })) })
 }
 
-/// Deletes, of the [`SWEEP_PER_COMMAND`] records after `from` (wrapping
-/// around the table), those whose last window ended [`KEEP_CLOSED_MS`]
-/// before `now`, except the ones this command just wrote. Deterministic: it
+/// Deletes, of the [`SWEEP_PER_COMMAND`] records from `from` on (wrapping
+/// around the table) other than the ones this command writes, those whose
+/// last window ended [`KEEP_CLOSED_MS`] before `now`. Deterministic: it
 /// depends on the state and the command only, like everything apply does.
 fn sweep(state: &GatewayState, from: &str, now: i64, written: &BTreeMap<String, QuotaWindow>) -> Vec<Change> {
     let table = state.table::<QuotaWindow>();
@@ -118,10 +120,10 @@ fn sweep(state: &GatewayState, from: &str, now: i64, written: &BTreeMap<String, 
         let last_end = w.next.as_ref().map_or(w.window_end_ms, |n| n.window_end_ms.max(w.window_end_ms));
         last_end.saturating_add(KEEP_CLOSED_MS) <= now
     };
-    for window in table.values_from(from).chain(table.values()).take(SWEEP_PER_COMMAND) {
-        let id = crate::registry::Entity::id(window.as_ref());
-        if closed(window) && !written.contains_key(id) {
-            ids.insert(id.to_string());
+    let others = |w: &&std::sync::Arc<QuotaWindow>| !written.contains_key(crate::registry::Entity::id(w.as_ref()));
+    for window in table.values_from(from).chain(table.values()).filter(others).take(SWEEP_PER_COMMAND) {
+        if closed(window) {
+            ids.insert(crate::registry::Entity::id(window.as_ref()).to_string());
         }
     }
     ids.into_iter().map(|id| Change::delete::<QuotaWindow>(&id)).collect()
