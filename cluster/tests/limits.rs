@@ -35,8 +35,9 @@ async fn limited_cluster(dir: &std::path::Path) -> Cluster {
     // a commit is on two cores shared with the rest of the test suite: a
     // request waits up to 50 ms (not the default 5) for a grant in flight,
     // so a slow commit does not turn into refusals below the 95 % floor.
-    let options =
-        ClusterOptions { extra_config: "[limits]\nlease_wait_ms = 50\n".into(), ..ClusterOptions::new(3, dir) };
+    // Admitted responses name their window (X-RateLimit-Reset): on here.
+    let extra_config = "[limits]\nlease_wait_ms = 50\nadmitted_headers = true\n".into();
+    let options = ClusterOptions { extra_config, ..ClusterOptions::new(3, dir) };
     let cluster = Cluster::up(options).await.expect("a 3-node cluster starts");
     let upstream = upstream().await;
     let mut admin = cluster.admin(1).await.unwrap();

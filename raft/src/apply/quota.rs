@@ -422,6 +422,27 @@ mod tests {
         assert_eq!(stale(&state), before - SWEEP_PER_COMMAND, "one command deletes at most its sweep");
     }
 
+    #[test]
+    fn a_busy_node_asking_for_the_same_buckets_still_sweeps_the_stale_ones() {
+        let mut state = limit_state(1_000, LimitWindow::Second);
+        let mut index = 1;
+        let bucket = |b: String| LeaseAsk { limit_id: "l1".into(), bucket: b, want: 1, need: 1, ..Default::default() };
+        for i in 0..40 {
+            lease_at(&mut state, &mut index, 1, T0, bucket(format!("a-{i:02}")));
+        }
+        // Later, a node asks for the same 20 live buckets in every command.
+        let later = T0 + 1_000 + KEEP_CLOSED_MS;
+        let live: Vec<LeaseAsk> = (0..20).map(|i| bucket(format!("z-{i:02}"))).collect();
+        for _ in 0..3 {
+            index += 1;
+            let batch = Op::Lease(LeaseRequest { node_id: 1, asks: live.clone() });
+            state = run(&state, index, later, batch).0;
+        }
+        let left: Vec<String> = state.quota_windows().map(|w| w.bucket.clone()).collect();
+        assert!(left.iter().all(|b| b.starts_with("z-")), "three commands sweep 48 others: {left:?}");
+        assert_eq!(left.len(), 20);
+    }
+
     #[derive(Debug, Clone)]
     enum Step {
         Ask { node: u64, at: i64, want: u64, need: u64, ahead: bool },
