@@ -395,9 +395,11 @@ impl Cluster {
                         node.proxy, node.admin, node.ops
                     )
                 };
+                // The log goes with a test's temporary directory: say why here.
+                let why = log_tail(&node.log, 5);
                 return Err(HarnessError::Node {
                     node: id,
-                    message: format!("exited during start-up ({status}){ports}"),
+                    message: format!("exited during start-up ({status}){ports}; its log ends: {why}"),
                     log: node.log.clone(),
                 });
             }
@@ -607,4 +609,11 @@ impl Cluster {
             let _ = self.stop(id).await;
         }
     }
+}
+
+/// The last `lines` lines of a node's log, on one line.
+fn log_tail(log: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
