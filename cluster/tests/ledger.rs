@@ -9,6 +9,8 @@
 //! (`x-request-id`) and accounts for those by id: they may only be requests
 //! to the killed node that the client saw fail.
 
+mod common;
+
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,75 +19,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 use tollgate_cluster::harness::{Cluster, ClusterOptions};
-use tollgate_proto::admin::v1::usage_service_client::UsageServiceClient;
 use tollgate_proto::admin::v1::{GetClusterUsageRequest, ListUsageRecordsRequest};
-use tollgate_proto::config::v1::{AuthMode, PathMatch, Route, RoutePath, Service, Target};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
 const REQUESTS: usize = 3_000;
 const WORKERS_PER_NODE: usize = 3;
 const VICTIM: u64 = 2;
-
-#[derive(Clone)]
-struct Bearer(String);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let value = format!("Bearer {}", self.0).parse().map_err(|_| tonic::Status::internal("bad token"))?;
-        request.metadata_mut().insert("authorization", value);
-        Ok(request)
-    }
-}
-
-type Usage = UsageServiceClient<InterceptedService<Channel, Bearer>>;
-
-async fn usage_client(cluster: &Cluster, node: u64) -> Usage {
-    let channel = Channel::from_shared(format!("http://{}", cluster.node(node).admin))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(15))
-        .connect()
-        .await
-        .expect("admin API reachable");
-    UsageServiceClient::with_interceptor(channel, Bearer(cluster.options().admin_token.clone()))
-}
-
-/// A tiny HTTP upstream answering "ok" to everything.
-async fn upstream() -> SocketAddr {
-    use http_body_util::Full;
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let service = service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(bytes::Bytes::from_static(b"ok"))))
-                });
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
-    });
-    addr
-}
-
-async fn open_route(cluster: &Cluster, upstream: SocketAddr) {
-    let mut admin = cluster.admin(1).await.unwrap();
-    let target = Target { host: "127.0.0.1".into(), port: upstream.port().into(), weight: 1 };
-    admin.create_service(Service { name: "svc".into(), targets: vec![target], ..Default::default() }).await.unwrap();
-    let route = Route {
-        name: "open".into(),
-        service_id: "svc".into(),
-        paths: vec![RoutePath { kind: PathMatch::Prefix as i32, path: "/".into() }],
-        auth: AuthMode::None as i32,
-        ..Default::default()
-    };
-    admin.create_route(route).await.unwrap();
-}
 
 /// What the clients saw: the ids of requests answered, and of requests
 /// whose connection failed, with the node they were sent to.
@@ -135,12 +73,12 @@ async fn worker(node: u64, proxy: SocketAddr, next: Arc<AtomicUsize>, seen: Arc<
 async fn wait_folded(cluster: &Cluster) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let report = usage_client(cluster, 1).await.get_cluster_usage(GetClusterUsageRequest::default()).await;
+        let report = cluster.usage_client(1).await.unwrap().get_cluster_usage(GetClusterUsageRequest::default()).await;
         let watermarks = report.unwrap().into_inner().watermarks;
         let mut behind = Vec::new();
         for node in cluster.nodes() {
             let ask = ListUsageRecordsRequest { limit: 1, ..Default::default() };
-            let last = usage_client(cluster, node.id).await.list_usage_records(ask).await.unwrap();
+            let last = cluster.usage_client(node.id).await.unwrap().list_usage_records(ask).await.unwrap();
             let last = last.into_inner().journal_last_seq;
             let folded = watermarks.iter().find(|w| w.node_id == node.id).map_or(0, |w| w.last_seq);
             if folded < last {
@@ -160,7 +98,7 @@ async fn journaled_ids(cluster: &Cluster, since_ms: i64) -> Vec<String> {
     let mut ids = Vec::new();
     for node in cluster.nodes() {
         let ask = ListUsageRecordsRequest { from_ms: since_ms, limit: 10_000, ..Default::default() };
-        let answer = usage_client(cluster, node.id).await.list_usage_records(ask).await.unwrap().into_inner();
+        let answer = cluster.usage_client(node.id).await.unwrap().list_usage_records(ask).await.unwrap().into_inner();
         assert!(!answer.truncated, "node {}: more records than one answer holds", node.id);
         ids.extend(answer.records.into_iter().map(|r| r.request_id));
     }
@@ -172,7 +110,7 @@ async fn counters_hold_every_answered_request_once_across_a_kill_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::up(ClusterOptions::new(3, dir.path())).await.expect("a 3-node cluster starts");
     let since_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    open_route(&cluster, upstream().await).await;
+    common::open_route(&cluster, common::upstream().await).await;
     // Healthy means every node serves what the leader committed: the route.
     cluster.wait_healthy(Duration::from_secs(30)).await.unwrap();
 
@@ -196,8 +134,9 @@ async fn counters_hold_every_answered_request_once_across_a_kill_and_restart() {
     // What the victim has journaled and what the cluster has folded of it
     // (printed, not asserted: which is ahead at the kill is timing).
     let ask = ListUsageRecordsRequest { limit: 1, ..Default::default() };
-    let journaled_before = usage_client(&cluster, VICTIM).await.list_usage_records(ask).await.unwrap();
-    let report = usage_client(&cluster, 1).await.get_cluster_usage(GetClusterUsageRequest::default()).await.unwrap();
+    let journaled_before = cluster.usage_client(VICTIM).await.unwrap().list_usage_records(ask).await.unwrap();
+    let report =
+        cluster.usage_client(1).await.unwrap().get_cluster_usage(GetClusterUsageRequest::default()).await.unwrap();
     let folded_before = report.into_inner().watermarks.iter().find(|w| w.node_id == VICTIM).map_or(0, |w| w.last_seq);
     eprintln!(
         "at the kill, node {VICTIM} had journaled {} records, the cluster folded {folded_before}",
@@ -216,7 +155,7 @@ async fn counters_hold_every_answered_request_once_across_a_kill_and_restart() {
     let seen = seen.lock().await;
     let counted: u64 = {
         let ask = GetClusterUsageRequest { period: "day".into(), ..Default::default() };
-        let report = usage_client(&cluster, 3).await.get_cluster_usage(ask).await.unwrap().into_inner();
+        let report = cluster.usage_client(3).await.unwrap().get_cluster_usage(ask).await.unwrap().into_inner();
         report.rows.iter().map(|r| r.requests).sum()
     };
     let journaled = journaled_ids(&cluster, since_ms).await;

@@ -14,13 +14,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::upstream;
+use common::{open_route, upstream};
 use tokio::sync::Mutex;
 use tollgate_cluster::harness::{Cluster, ClusterOptions};
 use tollgate_proto::admin::v1::{GetNodeStatusRequest, PutEntityRequest};
-use tollgate_proto::config::v1::{
-    AuthMode, Limit, LimitScope, LimitUnit, LimitWindow, PathMatch, Route, RoutePath, Service, Target,
-};
+use tollgate_proto::config::v1::{AuthMode, Limit, LimitScope, LimitUnit, LimitWindow, PathMatch, Route, RoutePath};
 
 /// Per second: the test runs several whole windows in a few seconds.
 const LIMIT: u64 = 100;
@@ -39,18 +37,8 @@ async fn limited_cluster(dir: &std::path::Path) -> Cluster {
     let extra_config = "[limits]\nlease_wait_ms = 50\nadmitted_headers = true\n".into();
     let options = ClusterOptions { extra_config, ..ClusterOptions::new(3, dir) };
     let cluster = Cluster::up(options).await.expect("a 3-node cluster starts");
-    let upstream = upstream().await;
+    let route_id = open_route(&cluster, upstream().await).await;
     let mut admin = cluster.admin(1).await.unwrap();
-    let target = Target { host: "127.0.0.1".into(), port: upstream.port().into(), weight: 1 };
-    admin.create_service(Service { name: "svc".into(), targets: vec![target], ..Default::default() }).await.unwrap();
-    let route = Route {
-        name: "open".into(),
-        service_id: "svc".into(),
-        paths: vec![RoutePath { kind: PathMatch::Prefix as i32, path: "/".into() }],
-        auth: AuthMode::None as i32,
-        ..Default::default()
-    };
-    let route_id = admin.create_route(route).await.unwrap().into_inner().meta.unwrap().id;
     let limit = Limit {
         name: "route-rps".into(),
         unit: LimitUnit::Requests.into(),

@@ -181,7 +181,7 @@ async fn cluster_counters(args: &UsageArgs, cx: Context<'_>) -> Result<(), CtlEr
     let mut head: Vec<String> = vec!["PERIOD".into()];
     head.extend(by.map(str::to_ascii_uppercase));
     head.extend(COUNTS.map(String::from));
-    let (mut table, mut csv, mut values) = (vec![head.clone()], vec![head], Vec::new());
+    let mut listing = Listing::new(head);
     for r in &report.rows {
         let cost = dollars(r.cost_picodollars);
         let mut value = json!({
@@ -199,14 +199,38 @@ async fn cluster_counters(args: &UsageArgs, cx: Context<'_>) -> Result<(), CtlEr
             row.push(names.show(by, &r.value));
             raw.push(r.value.clone());
         }
-        row.extend(counts.iter().cloned().chain([format!("{cost:.6}")]));
-        raw.extend(counts.into_iter().chain([format!("{cost}")]));
-        values.push(value);
-        table.push(row);
-        csv.push(raw);
+        listing.push(value, (row, raw), &counts, cost);
     }
-    cx.out.listing(Value::Array(values), table, csv);
+    listing.print(cx.out);
     Ok(())
+}
+
+/// A usage listing as each output wants it: JSON values, a table (names,
+/// dollars to six places) and CSV (ids, plain numbers).
+struct Listing {
+    values: Vec<Value>,
+    table: Vec<Vec<String>>,
+    csv: Vec<Vec<String>>,
+}
+
+impl Listing {
+    fn new(head: Vec<String>) -> Listing {
+        Listing { values: Vec::new(), table: vec![head.clone()], csv: vec![head] }
+    }
+
+    /// A row: its JSON value, its leading columns for the table and for
+    /// CSV, then the counts and the cost in both.
+    fn push(&mut self, value: Value, (mut row, mut raw): (Vec<String>, Vec<String>), counts: &[String], cost: f64) {
+        row.extend(counts.iter().cloned().chain([format!("{cost:.6}")]));
+        raw.extend(counts.iter().cloned().chain([format!("{cost}")]));
+        self.values.push(value);
+        self.table.push(row);
+        self.csv.push(raw);
+    }
+
+    fn print(self, out: &Printer) {
+        out.listing(Value::Array(self.values), self.table, self.csv);
+    }
 }
 
 /// A member's admin address from the cluster status, or why there is none.
@@ -256,7 +280,7 @@ async fn node_report(args: &UsageArgs, node: u64, cx: Context<'_>) -> Result<(),
     head.extend(
         ["REQUESTS", "ERRORS", "TOKENS_IN", "TOKENS_OUT", "CACHED_IN", "ESTIMATED", "COST_USD"].map(String::from),
     );
-    let (mut table, mut csv, mut values) = (vec![head.clone()], vec![head], Vec::new());
+    let mut listing = Listing::new(head);
     for r in &report.rows {
         let cost = dollars(r.cost_picodollars);
         let mut value = json!({
@@ -270,15 +294,11 @@ async fn node_report(args: &UsageArgs, node: u64, cx: Context<'_>) -> Result<(),
         }
         let counts = [r.requests, r.errors, r.input_tokens, r.output_tokens, r.cached_input_tokens, r.estimated]
             .map(|n| n.to_string());
-        let mut row: Vec<String> = group_by.iter().zip(&r.group).map(|(g, v)| names.show(g, v)).collect();
-        let mut raw: Vec<String> = r.group.clone();
-        row.extend(counts.iter().cloned().chain([format!("{cost:.6}")]));
-        raw.extend(counts.into_iter().chain([format!("{cost}")]));
-        values.push(value);
-        table.push(row);
-        csv.push(raw);
+        let row: Vec<String> = group_by.iter().zip(&r.group).map(|(g, v)| names.show(g, v)).collect();
+        let raw: Vec<String> = r.group.clone();
+        listing.push(value, (row, raw), &counts, cost);
     }
-    cx.out.listing(Value::Array(values), table, csv);
+    listing.print(cx.out);
     Ok(())
 }
 

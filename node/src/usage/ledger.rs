@@ -72,20 +72,22 @@ impl UsageLedger {
     /// shutting down) is logged, never the caller's problem.
     pub fn record(&self, record: &UsageRecord) {
         let record = fitted(record);
-        self.append_with(record.at_ms, |out| record.encode(out).expect("a Vec grows as needed"));
+        let now_ms = crate::clock::unix_ms().max(record.at_ms);
+        self.append_with(now_ms, |out| record.encode(out).expect("a Vec grows as needed"));
     }
 
     /// Journals a request no backend accounted for, without building a
-    /// `UsageRecord` (see `record::RequestUsage`).
-    pub fn record_request(&self, usage: &RequestUsage<'_>) {
-        self.append_with(usage.at_ms, |out| usage.encode(out));
+    /// `UsageRecord` (see `record::RequestUsage`), at `now_ms` (the caller
+    /// has read the clock already).
+    pub fn record_request(&self, usage: &RequestUsage<'_>, now_ms: i64) {
+        self.append_with(now_ms, |out| usage.encode(out));
     }
 
-    fn append_with(&self, at_ms: i64, encode: impl FnOnce(&mut Vec<u8>)) {
+    fn append_with(&self, now_ms: i64, encode: impl FnOnce(&mut Vec<u8>)) {
         let appended = ENCODED.with_borrow_mut(|out| {
             out.clear();
             encode(out);
-            self.journal.append(crate::clock::unix_ms().max(at_ms), out)
+            self.journal.append(now_ms, out)
         });
         match appended {
             Ok(seq) if seq == self.wake_flush_at.load(Ordering::Relaxed) => self.flush_wanted.notify_one(),

@@ -149,7 +149,7 @@ fn a_request_record_reads_back_as_a_usage_record() {
         attempts: 1,
         kind: "rest",
     };
-    ledger.record_request(&usage);
+    ledger.record_request(&usage, DAY1 + 7);
     let read = ledger.records(0, i64::MAX).unwrap();
     assert_eq!(read.len(), 1);
     let r = &read[0];

@@ -31,7 +31,7 @@ pub fn run(
     let elapsed = started.elapsed();
     let now_ms = crate::clock::unix_ms();
     if !rctx.recorded {
-        ctx.shared.ai.ledger.record_request(&request_usage(&rctx, status, elapsed, now_ms));
+        ctx.shared.ai.ledger.record_request(&request_usage(&rctx, status, elapsed, now_ms), now_ms);
     }
     match &rctx.route {
         Some(route) => route.metrics.record(&ctx.shared.metrics, status.as_u16(), elapsed),
