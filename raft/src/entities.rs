@@ -37,8 +37,8 @@
 //! the generic ones; no code in `node` names it.
 
 use tollgate_proto::config::v1::{
-    ApiKey, Consumer, JoinToken, Limit, ModelAlias, ModelPrice, Provider, QuotaWindow, Route, Service, UsageCounter,
-    UsageWatermark,
+    AdminToken, ApiKey, ApiVersion, AuditEntry, Consumer, JoinToken, Limit, ModelAlias, ModelPrice, Provider,
+    PublishPolicy, QuotaWindow, Route, Service, Subscription, Team, UsageCounter, UsageWatermark,
 };
 
 use crate::registry::entities;
@@ -122,6 +122,43 @@ entities! {
         typed: "usage",
         ops: [],
     },
+    // Governance (DESIGN §7, apply/governance.rs).
+    Team {
+        table: teams, get: team, find: find_team,
+        key: b"tea/", shown: "team", list: "list team",
+        ops: [create CreateTeam, update UpdateTeam, delete DeleteTeam],
+    },
+    AdminToken {
+        table: admin_tokens, get: admin_token, find: find_admin_token,
+        key: b"adm/", shown: "admin token", list: "admin token list",
+        // The token is generated and only its hash stored.
+        typed: "admin token",
+        ops: [create CreateAdminToken, update UpdateAdminToken, delete DeleteAdminToken],
+    },
+    // Versions are addressed by id; (service, version) is unique.
+    ApiVersion {
+        table: api_versions, get: api_version,
+        key: b"ver/", shown: "api version", list: "version list",
+        ops: [create CreateApiVersion, update UpdateApiVersion, delete DeleteApiVersion],
+    },
+    Subscription {
+        table: subscriptions, get: subscription,
+        key: b"sub/", shown: "subscription", list: "subscription list",
+        ops: [create CreateSubscription, update UpdateSubscription, delete DeleteSubscription],
+    },
+    PublishPolicy {
+        table: publish_policies, get: publish_policy, find: find_publish_policy,
+        key: b"pol/", shown: "publish policy", list: "list publish-policy",
+        ops: [create CreatePublishPolicy, update UpdatePublishPolicy, delete DeletePublishPolicy],
+    },
+    // Written by apply for every admin change and refused attempt
+    // (apply/audit.rs); read through `tollgate ctl audit`.
+    AuditEntry {
+        table: audit_entries, get: audit_entry,
+        key: b"aud/", shown: "audit entry", list: "audit",
+        typed: "audit",
+        ops: [],
+    },
 }
 
 #[cfg(test)]
@@ -162,7 +199,9 @@ mod tests {
                 EntityKind::Provider,
                 EntityKind::QuotaWindow,
                 EntityKind::UsageCounter,
-                EntityKind::UsageWatermark
+                EntityKind::UsageWatermark,
+                EntityKind::AdminToken,
+                EntityKind::AuditEntry
             ]
         );
         assert_eq!(EntityKind::Route.typed_command(), Some("route"));
@@ -171,7 +210,8 @@ mod tests {
     #[test]
     fn ops_are_built_only_for_the_changes_the_registry_declares() {
         let meta = Meta { id: "c1".into(), ..Default::default() };
-        let consumer = Consumer { meta: Some(meta.clone()), name: "acme".into(), description: "d".into() };
+        let consumer =
+            Consumer { meta: Some(meta.clone()), name: "acme".into(), description: "d".into(), ..Default::default() };
         let mut decoded = EntityKind::Consumer.decode(&consumer.encode_to_vec()).unwrap();
         assert_eq!((decoded.id(), decoded.name()), ("c1", Some("acme")));
         decoded.set_meta(Meta { id: "c2".into(), ..Default::default() });

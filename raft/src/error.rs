@@ -14,6 +14,10 @@ pub enum ApplyError {
     AlreadyExists { kind: EntityKind, name: String },
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The command's actor may not make this change (its role, or its team
+    /// does not own what the change touches).
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 impl ApplyError {

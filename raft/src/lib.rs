@@ -13,6 +13,7 @@ mod keys;
 mod leader;
 mod log_store;
 mod node;
+pub mod openapi;
 mod outcomes;
 pub mod pki;
 mod quorum;
@@ -28,7 +29,10 @@ mod validate;
 mod validate_ai;
 mod validate_policy;
 
-pub use apply::{Action, Change, USAGE_DIMENSIONS, apply, usage_counter_id};
+pub use apply::{
+    Action, Actor, Change, MAX_OPENAPI_BYTES, USAGE_DIMENSIONS, apply, redacted, service_is_published,
+    usage_counter_id, version_is_live, version_state_name,
+};
 pub use entities::{AnyEntity, EntityKind};
 pub use error::{ApplyError, RaftNodeError};
 pub use journal::Touched;

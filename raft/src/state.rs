@@ -73,6 +73,16 @@ impl GatewayState {
         Ok(next)
     }
 
+    /// A copy with `changes` made (what a command would leave), for checks
+    /// on the result before it is committed. Costs what the changes touch.
+    pub(crate) fn staged(&self, changes: &[Change], index: u64) -> GatewayState {
+        let mut next = self.clone();
+        for change in changes {
+            next.commit(change, index);
+        }
+        next
+    }
+
     /// Makes `change`, a change of the command at log `index`, and journals it.
     pub(crate) fn commit(&mut self, change: &Change, index: u64) {
         let (kind, id) = match change {

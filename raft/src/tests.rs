@@ -309,6 +309,7 @@ fn log_entries_of_the_previous_route_format_apply_in_the_current_form() {
                 proposed_at_ms: COMMAND_TIME_MS + index as i64,
                 actor: "test".into(),
                 op: Some(Op::CreateRoute(route)),
+                ..Default::default()
             }
             .encode_to_vec();
             let command = pb::Command::decode(bytes.as_slice()).unwrap();
@@ -425,7 +426,8 @@ fn snapshot_round_trip_restores_identical_state() {
         // Something stale that the snapshot must replace.
         let stale = Consumer { meta: meta("old"), name: "stale".into(), ..Default::default() };
         apply_batch(&mut sm_b, vec![entry(1, Op::CreateConsumer(stale))]).await;
-        assert_eq!(states_b.borrow().changes_since(0).map(Iterator::count), Some(1));
+        // The consumer and the audit entry of its creation.
+        assert_eq!(states_b.borrow().changes_since(0).map(Iterator::count), Some(2));
         sm_b.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
 
         assert_eq!(disk_state(&engine), disk_state(&engine_b));

@@ -23,7 +23,7 @@ pub struct Command(pub pb::Command);
 
 impl Command {
     pub fn new(op: pb::command::Op, proposed_at_ms: i64, actor: impl Into<String>) -> Command {
-        Command(pb::Command { proposed_at_ms, actor: actor.into(), op: Some(op) })
+        Command(pb::Command { proposed_at_ms, actor: actor.into(), op: Some(op), ..Default::default() })
     }
 
     /// A short, secret-free description for logs and the audit trail.

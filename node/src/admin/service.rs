@@ -298,6 +298,7 @@ impl AdminService for Admin {
             expires_at_ms: request.expires_at_ms,
             disabled: false,
             allowed_models: request.allowed_models,
+            preview: request.preview,
         };
         let api_key = self.write(Op::CreateApiKey(record)).await?;
         Ok(Response::new(CreateApiKeyResponse { api_key: Some(api_key), plaintext: key.plaintext }))
@@ -341,6 +342,9 @@ impl AdminService for Admin {
         }
         if let Some(name) = update.name {
             key.name = name;
+        }
+        if let Some(preview) = update.preview {
+            key.preview = preview;
         }
         if update.set_allowed_models {
             key.allowed_models = update.allowed_models;

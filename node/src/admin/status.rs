@@ -10,6 +10,7 @@ pub fn from_apply(error: ApplyError) -> Status {
         ApplyError::NotFound { .. } => Status::not_found(message),
         ApplyError::AlreadyExists { .. } => Status::already_exists(message),
         ApplyError::FailedPrecondition(_) => Status::failed_precondition(message),
+        ApplyError::PermissionDenied(_) => Status::permission_denied(message),
     }
 }
 

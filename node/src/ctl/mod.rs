@@ -393,6 +393,9 @@ pub enum KeyCmd {
         /// Repeatable; none = every model.
         #[arg(long = "model")]
         models: Vec<String>,
+        /// The key may call draft API versions (for testing before publishing).
+        #[arg(long)]
+        preview: bool,
     },
     /// Keys (never their secrets), with their consumer's name.
     List {
@@ -642,9 +645,9 @@ async fn execute(args: CtlArgs, token: &str, out: &Printer) -> Result<(), CtlErr
             }
         },
         CtlCommand::Key(cmd) => match cmd {
-            KeyCmd::Create { consumer, name, expires_in, models } => {
+            KeyCmd::Create { consumer, name, expires_in, models, preview } => {
                 let expires_at_ms = expires_in.map_or(0, |ms| crate::clock::unix_ms() + ms);
-                let request = CreateApiKeyRequest { consumer, name, expires_at_ms, allowed_models: models };
+                let request = CreateApiKeyRequest { consumer, name, expires_at_ms, allowed_models: models, preview };
                 let created = admin.create_api_key(request).await?.into_inner();
                 let key = created.api_key.unwrap_or_default();
                 let mut value = output::api_key_json(&key);

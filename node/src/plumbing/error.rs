@@ -58,6 +58,22 @@ pub enum GatewayError {
     /// A rate limit or a budget refused the request (429).
     #[error("{}", .0.message())]
     RateLimited(Box<LimitRefusal>),
+    /// The API version asked for does not exist, is a draft, or none was
+    /// named where there is no default (404).
+    #[error("{0}")]
+    VersionNotFound(String),
+    /// The API version asked for is retired (410); the body names the successor.
+    #[error(
+        "API version {version:?} is retired{}",
+        .successor.as_ref().map(|s| format!("; use {s:?}")).unwrap_or_default()
+    )]
+    VersionRetired { version: String, successor: Option<String> },
+    /// The service needs an approved subscription the caller's consumer lacks (403).
+    #[error(
+        "{} no approved subscription to this API; subscribe and wait for approval",
+        if .consumer.is_empty() { "an unidentified caller has".to_string() } else { format!("consumer {:?} has", .consumer) }
+    )]
+    NotSubscribed { consumer: String },
 }
 
 /// Which limit refused a request, and when it lets requests through again.
@@ -138,6 +154,9 @@ impl GatewayError {
             | GatewayError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Backend { status, .. } => *status,
             GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::VersionNotFound(_) => StatusCode::NOT_FOUND,
+            GatewayError::VersionRetired { .. } => StatusCode::GONE,
+            GatewayError::NotSubscribed { .. } => StatusCode::FORBIDDEN,
         }
     }
 
@@ -164,6 +183,8 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable { .. } => ErrorKind::Server,
             GatewayError::Backend { kind, .. } => *kind,
             GatewayError::RateLimited(_) => ErrorKind::RateLimited,
+            GatewayError::VersionNotFound(_) | GatewayError::VersionRetired { .. } => ErrorKind::NotFound,
+            GatewayError::NotSubscribed { .. } => ErrorKind::PermissionDenied,
         }
     }
 
@@ -188,6 +209,9 @@ impl GatewayError {
             GatewayError::Backend { kind, .. } => kind.code(),
             GatewayError::RateLimited(refusal) if refusal.budget && refusal.spent => "budget_exceeded",
             GatewayError::RateLimited(_) => "rate_limited",
+            GatewayError::VersionNotFound(_) => "api_version_not_found",
+            GatewayError::VersionRetired { .. } => "api_version_retired",
+            GatewayError::NotSubscribed { .. } => "subscription_required",
         }
     }
 
@@ -227,9 +251,13 @@ impl GatewayError {
     }
 
     pub fn into_response(self, request_id: &str) -> Response<GatewayBody> {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "error": { "code": self.code(), "message": self.public_message(), "request_id": request_id }
         });
+        if let GatewayError::VersionRetired { version, successor } = &self {
+            body["error"]["version"] = version.as_str().into();
+            body["error"]["successor"] = successor.as_deref().into();
+        }
         let mut response =
             Response::new(Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed_unsync());
         *response.status_mut() = self.status();

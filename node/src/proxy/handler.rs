@@ -65,6 +65,9 @@ pub async fn handle(
     {
         cors.decorate(rctx.origin.as_ref(), response.headers_mut());
     }
+    for (name, value) in rctx.deprecation.drain(..) {
+        response.headers_mut().insert(name, value);
+    }
     response.headers_mut().insert(X_REQUEST_ID.clone(), rctx.request_id.clone());
     rctx.phases.enter(Phase::Account);
     phases::account::run(&ctx, rctx, &method, path.as_deref(), response.status(), started);
@@ -95,7 +98,7 @@ async fn run_phases(
     };
     phase!(Phase::Lifecycle, phases::lifecycle::run(snapshot, rctx, route, &parts));
     phase!(Phase::Authenticate, phases::authenticate::run(snapshot, rctx, route, &mut parts));
-    phase!(Phase::Authorize, phases::authorize::run(ctx, rctx, route, &parts));
+    phase!(Phase::Authorize, phases::authorize::run(ctx, snapshot, rctx, route, &parts));
     phase!(Phase::Limit, phases::limit::run(ctx, snapshot, rctx, route).await);
     let mut miss = None;
     phase!(Phase::Cache, phases::cache::lookup(ctx, rctx, route, &parts, &mut miss));

@@ -23,6 +23,7 @@ mod snapshot_tests;
 pub mod tls;
 mod transform;
 mod upgrade;
+mod versions;
 
 use std::future::Future;
 use std::sync::Arc;

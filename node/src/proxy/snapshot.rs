@@ -23,6 +23,7 @@ use super::lb::{Balancer, CompiledTarget};
 use super::retry::RetryBudget;
 use super::router::Router;
 use super::transform::{HeaderOps, Rewrite};
+use super::versions::CompiledVersions;
 use crate::plumbing::{Upstream, UpstreamClient, UpstreamClients};
 use crate::telemetry::metrics::{Metrics, RouteMetrics, ServiceMetrics};
 
@@ -51,6 +52,16 @@ pub struct GatewaySnapshot {
     pub ai: Arc<crate::ai::snapshot::AiSnapshot>,
     /// Rate limits and budgets, indexed by what they are attached to.
     pub limits: Arc<crate::limits::CompiledLimits>,
+    /// Approved subscriptions, as `subscription_key(service, consumer)`.
+    pub approved: imbl::HashSet<Arc<str>>,
+    /// Each approved subscription's key in `approved`, by subscription id.
+    approved_keys: imbl::HashMap<Arc<str>, Arc<str>>,
+}
+
+/// How `GatewaySnapshot::approved` names a (service, consumer) pair. Ids
+/// never hold a newline.
+pub fn subscription_key(service_id: &str, consumer_id: &str) -> String {
+    format!("{service_id}\n{consumer_id}")
 }
 
 /// A consumer with the identity headers sent upstream built once, not per request.
@@ -116,6 +127,10 @@ pub struct CompiledService {
     /// (state, failure threshold, open ms)
     pub circuit: Option<(Arc<Circuit>, u32, u64)>,
     pub metrics: ServiceMetrics,
+    /// The service's API versions; None when it has no versioning.
+    pub versions: Option<Arc<CompiledVersions>>,
+    /// A key works only with an approved subscription of its consumer.
+    pub subscription_required: bool,
 }
 
 pub struct RetrySettings {
@@ -144,6 +159,10 @@ pub struct CompiledRoute {
     pub upstream: Option<Upstream>,
     pub request_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
+    /// The service's versions (see `proxy::versions`).
+    pub versions: Option<Arc<CompiledVersions>>,
+    /// The service's id when callers need an approved subscription to it.
+    pub subscription_service: Option<Arc<str>>,
 }
 
 /// A route's backend, from its proto `oneof backend`.
@@ -270,6 +289,8 @@ impl GatewaySnapshot {
             consumer_ids_by_name: imbl::HashMap::new(),
             ai: Default::default(),
             limits: Default::default(),
+            approved: imbl::HashSet::new(),
+            approved_keys: imbl::HashMap::new(),
         }
     }
 
@@ -292,6 +313,11 @@ impl GatewaySnapshot {
                 .collect(),
             ai: Arc::new(crate::ai::snapshot::AiSnapshot::compile(state, &shared.secrets)),
             limits: Arc::new(crate::limits::CompiledLimits::compile(state)),
+            approved_keys: state
+                .subscriptions()
+                .filter_map(|s| Some((Arc::from(id_of(&s.meta)), approved_key(s)?)))
+                .collect(),
+            approved: state.subscriptions().filter_map(|s| approved_key(s)).collect(),
         }
     }
 
@@ -328,6 +354,12 @@ impl GatewaySnapshot {
                 // Lease and ledger bookkeeping: read by the lease client and
                 // the admin API from the replicated state, not by requests.
                 EntityKind::QuotaWindow | EntityKind::UsageCounter | EntityKind::UsageWatermark => {}
+                // Versions are compiled into their service's routes.
+                EntityKind::ApiVersion => routing = true,
+                EntityKind::Subscription => next.put_subscription(state, &touch.id),
+                // Governance records the admin API reads from the state:
+                // ownership, admin identities, publish rules, the trail.
+                EntityKind::Team | EntityKind::AdminToken | EntityKind::PublishPolicy | EntityKind::AuditEntry => {}
             }
         }
         if routing {
@@ -341,6 +373,17 @@ impl GatewaySnapshot {
         }
         next.revision = state.applied_index();
         next
+    }
+
+    /// Subscription `id` as `state` has it now: approved, or not (any more).
+    fn put_subscription(&mut self, state: &GatewayState, id: &Arc<str>) {
+        if let Some(old) = self.approved_keys.remove(&**id) {
+            self.approved.remove(&old);
+        }
+        if let Some(key) = state.subscription(id).and_then(|s| approved_key(s)) {
+            self.approved.insert(key.clone());
+            self.approved_keys.insert(id.clone(), key);
+        }
     }
 
     /// Consumer `id` as `state` has it now (or gone), with its name index.
@@ -369,16 +412,29 @@ impl GatewaySnapshot {
     }
 }
 
+fn approved_key(s: &tollgate_proto::config::v1::Subscription) -> Option<Arc<str>> {
+    use tollgate_proto::config::v1::SubscriptionState;
+    (s.state == SubscriptionState::Approved as i32).then(|| Arc::from(subscription_key(&s.service_id, &s.consumer_id)))
+}
+
 /// Services and the routes over them, compiled together (a route holds its
 /// service's clients and names). Also reconciles the health probes and the
 /// JWKS documents with what is now configured.
 fn compile_routing(state: &GatewayState, shared: &Shared) -> (Arc<RouteTable>, Arc<ServiceTable>) {
     let mut probes = Vec::new();
     let mut live_targets = Vec::new();
+    let mut versions: HashMap<&str, Vec<&tollgate_proto::config::v1::ApiVersion>> = HashMap::new();
+    for version in state.api_versions() {
+        versions.entry(version.service_id.as_str()).or_default().push(version);
+    }
     let services: ServiceTable = state
         .services()
         .map(|s| {
-            let compiled = compile_service(s, shared, &mut probes, &mut live_targets);
+            let mut compiled = compile_service(s, shared, &mut probes, &mut live_targets);
+            compiled.versions = CompiledVersions::compile(
+                s.versioning.as_ref(),
+                versions.get(compiled.id.as_str()).map_or(&[], Vec::as_slice),
+            );
             (compiled.id.clone(), compiled)
         })
         .collect();
@@ -466,6 +522,8 @@ fn compile_service(
             )
         }),
         metrics: shared.metrics.service(&s.name),
+        versions: None,
+        subscription_required: s.subscription != tollgate_proto::config::v1::SubscriptionMode::Unspecified as i32,
         id,
     }
 }
@@ -518,5 +576,7 @@ fn compile_route(r: &Route, service: Option<&CompiledService>, shared: &Shared) 
         upstream,
         request_timeout: (r.request_timeout_ms > 0).then(|| Duration::from_millis(r.request_timeout_ms.into())),
         idle_timeout: (r.idle_timeout_ms > 0).then(|| Duration::from_millis(r.idle_timeout_ms.into())),
+        versions: service.and_then(|s| s.versions.clone()),
+        subscription_service: service.filter(|s| s.subscription_required).map(|s| Arc::from(s.id.as_str())),
     }
 }

@@ -267,7 +267,8 @@ impl flush::Fold for &FakeCluster {
             return Err(ProposeError::Node(unavailable()).into());
         }
         let node_id = batch.node_id;
-        let command = Command { proposed_at_ms: DAY1, actor: "test".into(), op: Some(Op::Usage(batch)) };
+        let command =
+            Command { proposed_at_ms: DAY1, actor: "test".into(), op: Some(Op::Usage(batch)), ..Default::default() };
         {
             let mut state = self.state.lock().unwrap();
             let index = state.1 + 1;

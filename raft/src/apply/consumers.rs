@@ -10,8 +10,9 @@ use crate::state::GatewayState;
 use crate::{validate, validate_ai};
 
 impl Rules for Consumer {
-    fn validate(&self, _state: &GatewayState) -> Result<(), ApplyError> {
-        validate::name("name", &self.name)
+    fn validate(&self, state: &GatewayState) -> Result<(), ApplyError> {
+        validate::name("name", &self.name)?;
+        super::governance::team_ref(state, &self.team_id)
     }
 
     /// Keys cannot outlive their consumer: they go in the same command.
@@ -20,7 +21,9 @@ impl Rules for Consumer {
         super::limits::refuse_if_limited(state, EntityKind::Consumer, &[id])?;
         let keys: Vec<&str> = state.api_keys().filter(|k| k.consumer_id == id).map(|k| k.id()).collect();
         super::limits::refuse_if_limited(state, EntityKind::ApiKey, &keys)?;
-        Ok(keys.into_iter().map(Change::delete::<ApiKey>).collect())
+        let mut changes: Vec<Change> = keys.into_iter().map(Change::delete::<ApiKey>).collect();
+        changes.extend(super::governance::consumer_subscriptions(state, id));
+        Ok(changes)
     }
 
     #[cfg(test)]

@@ -2,7 +2,7 @@
 //! deleting something a limit is attached to means.
 
 use tollgate_proto::config::v1::{
-    Limit, LimitScope, LimitUnit, LimitWindow, QuotaWindow, UsageCounter, UsageWatermark,
+    AuditEntry, Limit, LimitScope, LimitUnit, LimitWindow, QuotaWindow, UsageCounter, UsageWatermark,
 };
 
 use super::{Change, Rules};
@@ -62,6 +62,7 @@ impl Rules for Limit {
         if self.default_output_tokens > 10_000_000 {
             return Err(ApplyError::invalid("default_output_tokens", "must be at most 10000000"));
         }
+        super::governance::team_ref(state, &self.team_id)?;
         validate_attachments(self, state)
     }
 
@@ -147,7 +148,7 @@ pub(crate) fn refuse_if_limited(state: &GatewayState, kind: EntityKind, ids: &[&
     )))
 }
 
-/// Written only by the cluster's own commands (quota.rs, usage.rs): there is
+/// Written only by the cluster's own commands (quota.rs, usage.rs, audit.rs): there is
 /// no create or update to validate.
 macro_rules! system_entity {
     ($($ty:ident),+) => {$(
@@ -163,7 +164,7 @@ macro_rules! system_entity {
         }
     )+};
 }
-system_entity!(QuotaWindow, UsageCounter, UsageWatermark);
+system_entity!(QuotaWindow, UsageCounter, UsageWatermark, AuditEntry);
 
 /// A limit's quota windows go with it.
 pub(crate) fn quota_of_limit(state: &GatewayState, limit_id: &str) -> Vec<Change> {

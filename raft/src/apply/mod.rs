@@ -6,13 +6,23 @@
 //! paths below (which the registry in `entities.rs` picks for each command);
 //! what is particular to one entity is its [`Rules`], one file per family.
 
+mod access;
 mod ai;
+mod audit;
 mod cluster;
 mod consumers;
+mod governance;
 mod limits;
 mod proxy;
+mod publish;
 mod quota;
 mod usage;
+
+pub use access::Actor;
+pub use audit::redacted;
+pub use governance::{
+    MAX_OPENAPI_BYTES, is_live as version_is_live, service_is_published, state_name as version_state_name,
+};
 
 pub use usage::{DIMENSIONS as USAGE_DIMENSIONS, counter_id as usage_counter_id};
 
@@ -20,6 +30,7 @@ use std::sync::Arc;
 
 use tollgate_proto::config::v1::Meta;
 use tollgate_proto::raft::v1::Command;
+use tollgate_proto::raft::v1::command::Op;
 use tollgate_storage::{Batch, Cf};
 
 use crate::entities::{AnyEntity, EntityKind};
@@ -68,7 +79,96 @@ pub struct Outcome {
 /// position `index`. A rejected command returns an error and no changes.
 pub fn apply(state: &GatewayState, cmd: &Command, index: u64) -> Result<Outcome, ApplyError> {
     let op = cmd.op.as_ref().ok_or_else(|| ApplyError::invalid("op", "the command carries no operation"))?;
-    entities::dispatch(state, op, cmd.proposed_at_ms, index)
+    let actor = Actor::of(cmd);
+    let now = cmd.proposed_at_ms;
+    let mut outcome = match op {
+        Op::ApplyConfig(bundle) => apply_bundle(state, bundle, &actor, now, index)?,
+        _ => {
+            access::check(state, &actor, op)?;
+            let outcome = entities::dispatch(state, op, now, index)?;
+            if touches_governed(&outcome.changes) {
+                publish::check(state, &state.staged(&outcome.changes, index), &outcome.changes)?;
+            }
+            outcome
+        }
+    };
+    if audit::is_audited(op) {
+        let entry = audit::entry(state, cmd, &outcome.changes, index);
+        outcome.changes.push(Change::put(entry));
+    }
+    Ok(outcome)
+}
+
+/// Whether publish policies may care about `changes` (lease and usage
+/// commands, most of the log, never do).
+fn touches_governed(changes: &[Change]) -> bool {
+    changes.iter().any(|c| {
+        let kind = match c {
+            Change::Put(e) => e.kind(),
+            Change::Delete(kind, _) => *kind,
+        };
+        matches!(kind, EntityKind::Service | EntityKind::Route | EntityKind::Limit | EntityKind::ApiVersion)
+    })
+}
+
+/// A declarative configuration: every operation in order on the state the
+/// earlier ones left, all or nothing; publish policies are checked once, on
+/// the end result, so the order within the document does not matter to them.
+fn apply_bundle(
+    state: &GatewayState,
+    bundle: &tollgate_proto::raft::v1::ConfigBundle,
+    actor: &Actor,
+    now: i64,
+    index: u64,
+) -> Result<Outcome, ApplyError> {
+    access::check(state, actor, &Op::ApplyConfig(Default::default()))?;
+    let mut staged = state.clone();
+    let mut changes = Vec::new();
+    for (i, inner) in bundle.ops.iter().enumerate() {
+        let op = inner.op.as_ref().ok_or_else(|| ApplyError::invalid(format!("ops[{i}]"), "carries no operation"))?;
+        if !bundle_may_carry(op) {
+            return Err(ApplyError::invalid(format!("ops[{i}]"), "a configuration changes only configured entities"));
+        }
+        let outcome = entities::dispatch(&staged, op, now, index).map_err(|e| in_bundle(i, op, e))?;
+        for change in &outcome.changes {
+            staged.commit(change, index);
+        }
+        changes.extend(outcome.changes);
+    }
+    publish::check(state, &staged, &changes)?;
+    Ok(Outcome { changes, entity: None })
+}
+
+fn bundle_may_carry(op: &Op) -> bool {
+    !matches!(
+        op,
+        Op::ApplyConfig(_)
+            | Op::Lease(_)
+            | Op::Usage(_)
+            | Op::RecordDenied(_)
+            | Op::PruneAudit(_)
+            | Op::CreateJoinToken(_)
+            | Op::DeleteJoinToken(_)
+            | Op::CreateAdminToken(_)
+            | Op::UpdateAdminToken(_)
+            | Op::DeleteAdminToken(_)
+            | Op::CreateApiKey(_)
+            | Op::UpdateApiKey(_)
+            | Op::DeleteApiKey(_)
+    )
+}
+
+/// Names the operation of the bundle that failed.
+fn in_bundle(i: usize, op: &Op, error: ApplyError) -> ApplyError {
+    let context = format!("operation {} ({})", i + 1, entities::summarize(op));
+    match error {
+        ApplyError::InvalidArgument { field, reason } => {
+            ApplyError::InvalidArgument { field, reason: format!("{reason} (in {context})") }
+        }
+        ApplyError::FailedPrecondition(m) => ApplyError::FailedPrecondition(format!("{context}: {m}")),
+        ApplyError::PermissionDenied(m) => ApplyError::PermissionDenied(format!("{context}: {m}")),
+        other => other,
+    }
 }
 
 /// Commands that change no admin-declared entity: quota leases and usage
@@ -83,6 +183,8 @@ pub(crate) fn apply_system_op(
     match op {
         Op::Lease(request) => quota::lease(state, request, now, index),
         Op::Usage(batch) => usage::fold(state, batch, now, index),
+        Op::RecordDenied(entry) => audit::record_denied(entry, now, index),
+        Op::PruneAudit(before_ms) => audit::prune(state, *before_ms),
         _ => Err(ApplyError::invalid("op", "an entity operation the registry does not know")),
     }
 }
@@ -92,6 +194,9 @@ pub(crate) fn summarize_system_op(op: &tollgate_proto::raft::v1::command::Op) ->
     match op {
         Op::Lease(request) => format!("lease for node {} ({} asks)", request.node_id, request.asks.len()),
         Op::Usage(batch) => format!("usage of node {} records {}..={}", batch.node_id, batch.first_seq, batch.last_seq),
+        Op::RecordDenied(entry) => format!("refused {} by {}", entry.rpc, entry.actor),
+        Op::PruneAudit(before_ms) => format!("prune audit entries before {before_ms}"),
+        Op::ApplyConfig(bundle) => format!("apply configuration ({} operations)", bundle.ops.len()),
         _ => "unknown operation".to_string(),
     }
 }

@@ -10,12 +10,16 @@ use crate::state::GatewayState;
 use crate::{validate, validate_policy};
 
 impl Rules for Service {
-    fn validate(&self, _state: &GatewayState) -> Result<(), ApplyError> {
+    fn validate(&self, state: &GatewayState) -> Result<(), ApplyError> {
         validate::name("name", &self.name)?;
         if self.version.len() > validate::MAX_NAME_LEN {
             return Err(ApplyError::invalid("version", "must be at most 64 characters"));
         }
         validate::targets(&self.targets)?;
+        super::governance::team_ref(state, &self.team_id)?;
+        if let Some(versioning) = &self.versioning {
+            validate_versioning(versioning)?;
+        }
         validate_policy::service(self)
     }
 
@@ -31,7 +35,7 @@ impl Rules for Service {
                 users.join(", ")
             )));
         }
-        Ok(Vec::new())
+        super::governance::service_dependents(state, id)
     }
 
     #[cfg(test)]
@@ -55,6 +59,28 @@ impl Rules for Service {
     }
 }
 
+fn validate_versioning(versioning: &tollgate_proto::config::v1::Versioning) -> Result<(), ApplyError> {
+    let header = &versioning.header;
+    if !header.is_empty()
+        && (header.len() > 128 || !header.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+    {
+        return Err(ApplyError::invalid(
+            "versioning.header",
+            "must be a lower-case header name of letters, digits and '-', e.g. \"api-version\"",
+        ));
+    }
+    if header.is_empty() && !versioning.by_path && versioning.default_version.is_empty() {
+        return Err(ApplyError::invalid(
+            "versioning",
+            "say how a request picks a version: a header, by path, and/or a default version",
+        ));
+    }
+    if !versioning.default_version.is_empty() {
+        validate::name("versioning.default_version", &versioning.default_version)?;
+    }
+    Ok(())
+}
+
 impl Rules for Route {
     /// Routes from clients and log entries of the previous format name their
     /// backend in `service_id`/`ai_gateway`; they apply exactly as they did.
@@ -69,6 +95,7 @@ impl Rules for Route {
         validate::route_paths(&self.paths)?;
         validate::auth(self.auth)?;
         validate_policy::route(self)?;
+        super::governance::team_ref(state, &self.team_id)?;
         match &self.backend {
             Some(Backend::Ai(_)) => Ok(()),
             Some(Backend::Service(s)) if s.service_id.is_empty() => {

@@ -260,7 +260,7 @@ mod tests {
     }
 
     fn run(state: &GatewayState, index: u64, now: i64, op: Op) -> (GatewayState, Option<Vec<u8>>) {
-        let cmd = Command { proposed_at_ms: now, actor: "test".into(), op: Some(op) };
+        let cmd = Command { proposed_at_ms: now, actor: "test".into(), op: Some(op), ..Default::default() };
         let outcome = crate::apply::apply(state, &cmd, index).expect("applies");
         (state.with_command(&cmd, index).unwrap(), outcome.entity)
     }

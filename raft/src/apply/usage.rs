@@ -161,7 +161,8 @@ mod tests {
     }
 
     fn send(state: &GatewayState, index: u64, batch: UsageBatch) -> GatewayState {
-        let cmd = Command { proposed_at_ms: T0, actor: "node 1".into(), op: Some(Op::Usage(batch)) };
+        let cmd =
+            Command { proposed_at_ms: T0, actor: "node 1".into(), op: Some(Op::Usage(batch)), ..Default::default() };
         state.with_command(&cmd, index).unwrap()
     }
 
@@ -205,7 +206,12 @@ mod tests {
             UsageBatch { node_id: 1, first_seq: 3, last_seq: 2, deltas: vec![] },
             UsageBatch { node_id: 1, first_seq: 1, last_seq: 1, deltas: vec![delta(&"k".repeat(300), 1)] },
         ] {
-            let cmd = Command { proposed_at_ms: T0, actor: "node 1".into(), op: Some(Op::Usage(batch)) };
+            let cmd = Command {
+                proposed_at_ms: T0,
+                actor: "node 1".into(),
+                op: Some(Op::Usage(batch)),
+                ..Default::default()
+            };
             assert!(matches!(state.with_command(&cmd, 1), Err(ApplyError::InvalidArgument { .. })));
         }
     }

@@ -1,19 +1,37 @@
 //! **authorize**: runs after `authenticate`. Whether this caller may send
-//! this request here: the route's IP allow and deny lists, and the request
-//! body's declared size (refused before anything is read or forwarded; an
-//! undeclared body is cut off at the same limit as it streams).
+//! this request here: the route's IP allow and deny lists; a draft API
+//! version only for a preview key (anyone else gets the 404 of a version
+//! that does not exist); on a service that needs subscriptions, only a
+//! consumer whose subscription is approved in this node's snapshot (so an
+//! approval or a revocation applies on every node as it commits); and the
+//! request body's declared size (refused before anything is read or
+//! forwarded; an undeclared body is cut off at the same limit as it streams).
 
 use super::super::ProxyContext;
-use super::super::snapshot::CompiledRoute;
+use super::super::snapshot::{CompiledRoute, GatewaySnapshot, subscription_key};
 use super::{PhaseResult, RequestCtx, Step};
 use crate::plumbing::GatewayError;
 
 #[inline]
-pub fn run(ctx: &ProxyContext, rctx: &RequestCtx, route: &CompiledRoute, parts: &http::request::Parts) -> PhaseResult {
+pub fn run(
+    ctx: &ProxyContext,
+    snapshot: &GatewaySnapshot,
+    rctx: &RequestCtx,
+    route: &CompiledRoute,
+    parts: &http::request::Parts,
+) -> PhaseResult {
     if let Some(filter) = &route.ip
         && !filter.permits(rctx.client.addr.ip())
     {
         return Err(GatewayError::Forbidden("your IP address is not allowed on this route"));
+    }
+    if let Some(version) = rctx.version.as_ref().filter(|v| v.is_draft())
+        && !rctx.api_key.as_ref().is_some_and(|k| k.preview)
+    {
+        return Err(GatewayError::VersionNotFound(format!("API version {:?} does not exist", version.name)));
+    }
+    if let Some(service_id) = &route.subscription_service {
+        subscribed(snapshot, rctx, service_id)?;
     }
     let limit = ctx.max_body_bytes;
     if declared_length(&parts.headers).is_some_and(|len| len > limit) {
@@ -25,4 +43,16 @@ pub fn run(ctx: &ProxyContext, rctx: &RequestCtx, route: &CompiledRoute, parts: 
 #[inline]
 pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
     headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Whether the caller's consumer holds an approved subscription to the
+/// service. A caller that is no stored consumer (an open route, a JWT that
+/// names none) holds none.
+fn subscribed(snapshot: &GatewaySnapshot, rctx: &RequestCtx, service_id: &str) -> Result<(), GatewayError> {
+    let consumer = rctx.consumer.as_ref().filter(|c| !c.anonymous && !c.id().is_empty());
+    match consumer {
+        Some(c) if snapshot.approved.contains(subscription_key(service_id, c.id()).as_str()) => Ok(()),
+        Some(c) => Err(GatewayError::NotSubscribed { consumer: c.name().to_string() }),
+        None => Err(GatewayError::NotSubscribed { consumer: String::new() }),
+    }
 }

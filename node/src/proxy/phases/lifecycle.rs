@@ -1,18 +1,38 @@
 //! **lifecycle**: runs once a route matched, before anyone is authenticated.
-//! Will answer for the matched API version's lifecycle (DESIGN §2: a draft
-//! is not routable, a deprecated version is served with `Deprecation` and
-//! `Sunset`, a retired one answers 410 naming its successor). Routes carry
-//! no API version yet, so every request continues.
+//! Picks the API version the request asks for when the route's service has
+//! versions (`proxy::versions`: the path segment `match` found, else the
+//! version header, else the default) and applies its lifecycle: a retired
+//! version answers 410 naming its successor, an unknown one 404, a
+//! deprecated one is served with `Deprecation`, `Sunset` and `Link`
+//! headers (added to the response by `handle`), and a draft is marked for
+//! `authorize`, which lets only a preview key through. Services without
+//! versions continue untouched.
 
 use super::super::snapshot::{CompiledRoute, GatewaySnapshot};
+use super::super::versions::VersionRefusal;
 use super::{PhaseResult, RequestCtx, Step};
+use crate::plumbing::GatewayError;
 
 #[inline]
 pub fn run(
     _snapshot: &GatewaySnapshot,
-    _rctx: &mut RequestCtx,
-    _route: &CompiledRoute,
-    _parts: &http::request::Parts,
+    rctx: &mut RequestCtx,
+    route: &CompiledRoute,
+    parts: &http::request::Parts,
 ) -> PhaseResult {
+    let Some(versions) = &route.versions else { return Ok(Step::Continue) };
+    let version = versions.select(rctx.version.take(), &parts.headers).map_err(refused)?;
+    if let Some(refusal) = version.refusal() {
+        return Err(refused(refusal));
+    }
+    rctx.deprecation = version.deprecation_headers(parts.uri.path(), rctx.version_segment);
+    rctx.version = Some(version);
     Ok(Step::Continue)
+}
+
+fn refused(refusal: VersionRefusal) -> GatewayError {
+    match refusal {
+        VersionRefusal::NotFound(message) => GatewayError::VersionNotFound(message),
+        VersionRefusal::Retired { version, successor } => GatewayError::VersionRetired { version, successor },
+    }
 }

@@ -160,6 +160,12 @@ pub struct RequestCtx {
     /// Whether the backend journaled the request's usage itself (the AI
     /// gateway does); else `account` does.
     pub recorded: bool,
+    /// From `route_match` (a version named in the path, with its byte range
+    /// in the path) and `lifecycle` (the version served).
+    pub version: Option<Arc<crate::proxy::versions::CompiledVersion>>,
+    pub version_segment: Option<(usize, usize)>,
+    /// From `lifecycle`: the headers of a deprecated version's responses.
+    pub deprecation: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 impl RequestCtx {
@@ -185,6 +191,9 @@ impl RequestCtx {
             limits: None,
             ai_limits: Vec::new(),
             recorded: false,
+            version: None,
+            version_segment: None,
+            deprecation: Vec::new(),
         }
     }
 

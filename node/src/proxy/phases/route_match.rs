@@ -66,6 +66,18 @@ pub fn run<'s>(
         }
         rctx.origin = parts.headers.get(header::ORIGIN).cloned();
     }
+    // The version a path names is the segment after the matched prefix,
+    // which only the match knows.
+    if let (Some(versions), Some(prefix)) = (route.versions.as_ref().filter(|v| v.by_path), matched.matched_prefix) {
+        let start = if prefix == "/" { 0 } else { prefix.trim_end_matches('/').len() };
+        if let Some((from, to)) = crate::proxy::versions::first_segment(&routing_path, start)
+            && let Some(version) = versions.named(&routing_path[from..to])
+        {
+            rctx.version = Some(version);
+            // A range of the path as received, for the successor's Link.
+            rctx.version_segment = (parts.uri.path() == routing_path).then_some((from, to));
+        }
+    }
     // Decided here, where the match is known; the service backend sends it.
     if !route.backend.is_ai() {
         rctx.rewritten_path = upstream_path(route.route.strip_prefix, route.rewrite.as_ref(), &matched, &routing_path);
