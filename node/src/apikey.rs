@@ -1,14 +1,18 @@
-//! API key format and verification.
+//! API key (and admin token) format and verification.
 //!
-//! A key reads `tg_<id>_<secret>`: the id finds the stored record without a
-//! scan, and only a SHA-256 of the 256-bit random secret is stored. A fast hash
-//! is enough here (unlike for passwords) because the secret is high-entropy.
+//! A key reads `tg_<id>_<secret>`, an admin token `tgadm_<id>_<secret>`: the
+//! id finds the stored record without a scan, and only a SHA-256 of the
+//! 256-bit random secret is stored. A fast hash is enough here (unlike for
+//! passwords) because the secret is high-entropy.
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 const PREFIX: &str = "tg_";
+/// Admin tokens (`crate::admin::access`): a prefix of their own, so a
+/// consumer's key is never mistaken for one, nor the reverse.
+pub const ADMIN_PREFIX: &str = "tgadm_";
 const ID_BYTES: usize = 8;
 const SECRET_BYTES: usize = 32;
 
@@ -21,6 +25,10 @@ pub struct NewKey {
 }
 
 pub fn generate() -> NewKey {
+    generate_with(PREFIX)
+}
+
+pub fn generate_with(prefix: &str) -> NewKey {
     let mut rng = rand::rng();
     let mut id = [0u8; ID_BYTES];
     let mut secret = [0u8; SECRET_BYTES];
@@ -28,9 +36,9 @@ pub fn generate() -> NewKey {
     rng.fill_bytes(&mut secret);
     let id = hex::encode(id);
     let secret = hex::encode(secret);
-    let plaintext = format!("{PREFIX}{id}_{secret}");
+    let plaintext = format!("{prefix}{id}_{secret}");
     NewKey {
-        display_prefix: format!("{PREFIX}{id}_{}…", &secret[..4]),
+        display_prefix: format!("{prefix}{id}_{}…", &secret[..4]),
         secret_sha256: Sha256::digest(secret.as_bytes()).to_vec(),
         id,
         plaintext,
@@ -44,7 +52,11 @@ pub struct Presented<'a> {
 }
 
 pub fn parse(presented: &str) -> Option<Presented<'_>> {
-    let rest = presented.strip_prefix(PREFIX)?;
+    parse_with(PREFIX, presented)
+}
+
+pub fn parse_with<'a>(prefix: &str, presented: &'a str) -> Option<Presented<'a>> {
+    let rest = presented.strip_prefix(prefix)?;
     let (id, secret) = rest.split_once('_')?;
     let well_formed = id.len() == ID_BYTES * 2
         && secret.len() == SECRET_BYTES * 2

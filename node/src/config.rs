@@ -22,6 +22,22 @@ pub struct Config {
     pub ops: Ops,
     pub limits: Limits,
     pub usage: Usage,
+    pub audit: Audit,
+}
+
+/// The audit trail of admin changes (replicated; see `crate::admin`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Audit {
+    /// Entries older than this are deleted, by the leader, hourly. 0 keeps
+    /// them forever.
+    pub retention_days: u64,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit { retention_days: 365 }
+    }
 }
 
 /// The usage ledger: every request's record is journaled on the node that
@@ -211,6 +227,7 @@ impl Default for Config {
             ops: Ops::default(),
             limits: Limits::default(),
             usage: Usage::default(),
+            audit: Audit::default(),
         }
     }
 }

@@ -310,6 +310,10 @@ impl Node {
         flusher.number_after(flusher.after_seq()).map_err(|e| NodeError::Usage(e.to_string()))?;
         let usage_task = tokio::spawn(crate::usage::flush::run(flusher, config.usage.flush_config(), usage_stopped));
         tokio::spawn(report_data_plane(proxy.clone(), raft.clone()));
+        if config.audit.retention_days > 0 {
+            let retention = Duration::from_secs(config.audit.retention_days.saturating_mul(86_400));
+            tokio::spawn(prune_audit(raft.clone(), retention));
+        }
 
         let (stop, stopped) = watch::channel(false);
         let until_stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -434,6 +438,28 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let _ = std::fs::remove_file(self.data_dir.join("endpoints.json"));
+    }
+}
+
+/// Deletes audit entries older than `retention`, hourly, from the leader
+/// only (one prune per hour for the cluster, not one per node).
+async fn prune_audit(raft: RaftNode, retention: Duration) {
+    let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        hourly.tick().await;
+        if raft.status().role != tollgate_raft::Role::Leader {
+            continue;
+        }
+        let before_ms = crate::clock::unix_ms() - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let due = raft.local_state().audit_entries().next().is_some_and(|e| e.at_ms < before_ms);
+        if !due {
+            continue;
+        }
+        let op = tollgate_proto::raft::v1::command::Op::PruneAudit(before_ms);
+        let command = tollgate_raft::Command::new(op, crate::clock::unix_ms(), format!("node {}", raft.node_id()));
+        if let Err(error) = raft.propose(command).await {
+            tracing::warn!(%error, "old audit entries could not be pruned; retrying in an hour");
+        }
     }
 }
 

@@ -389,7 +389,7 @@ macro_rules! entities {
                 }
 
                 #[doc = concat!("Every ", $shown, ", in id order.")]
-                pub fn $table(&self) -> impl Iterator<Item = &::std::sync::Arc<$ty>> {
+                pub fn $table(&self) -> impl DoubleEndedIterator<Item = &::std::sync::Arc<$ty>> {
                     self.tables().$table.values()
                 }
 

@@ -41,7 +41,7 @@ impl<T: Entity> Table<T> {
     }
 
     /// In id order.
-    pub(crate) fn values(&self) -> impl Iterator<Item = &Arc<T>> {
+    pub(crate) fn values(&self) -> impl DoubleEndedIterator<Item = &Arc<T>> {
         self.by_id.values()
     }
 

@@ -43,40 +43,6 @@ impl Ai {
         propose::read(&self.raft, stale).await
     }
 
-    /// Seals every credential that carries a plaintext secret; one without a
-    /// secret keeps the sealed secret of the existing credential with its id.
-    fn seal_credentials(&self, provider: &mut Provider, existing: Option<&Provider>) -> Result<(), Status> {
-        let provider_id = id_of(&provider.meta);
-        for c in &mut provider.credentials {
-            required("credentials[].id", &c.id)?;
-            if c.secret.is_empty() {
-                let kept = existing
-                    .and_then(|p| p.credentials.iter().find(|old| old.id == c.id))
-                    .filter(|old| !old.sealed_secret.is_empty());
-                match kept {
-                    Some(old) => {
-                        c.sealed_secret = old.sealed_secret.clone();
-                        c.hint = old.hint.clone();
-                    }
-                    None => {
-                        return Err(Status::invalid_argument(format!(
-                            "credential {:?} has no secret; give one (e.g. `--key {}=env:OPENAI_API_KEY`)",
-                            c.id, c.id
-                        )));
-                    }
-                }
-                continue;
-            }
-            let secret = std::mem::take(&mut c.secret);
-            c.sealed_secret = self
-                .secrets
-                .seal(&credential_context(&provider_id, &c.id), &secret)
-                .map_err(|e| Status::internal(e.to_string()))?;
-            c.hint = hint(&secret);
-        }
-        Ok(())
-    }
-
     /// Alias targets may name providers; the stored form is the id.
     fn resolve_targets(state: &GatewayState, alias: &mut ModelAlias) -> Result<(), Status> {
         for t in &mut alias.targets {
@@ -88,12 +54,53 @@ impl Ai {
     }
 }
 
+/// Seals every credential that carries a plaintext secret; one without a
+/// secret keeps the sealed secret of the existing credential with its id.
+pub(super) fn seal_credentials(
+    secrets: &SecretBox,
+    provider: &mut Provider,
+    existing: Option<&Provider>,
+) -> Result<(), Status> {
+    let provider_id = id_of(&provider.meta);
+    for c in &mut provider.credentials {
+        required("credentials[].id", &c.id)?;
+        if c.secret.is_empty() {
+            let kept = existing
+                .and_then(|p| p.credentials.iter().find(|old| old.id == c.id))
+                .filter(|old| !old.sealed_secret.is_empty());
+            match kept {
+                Some(old) => {
+                    c.sealed_secret = old.sealed_secret.clone();
+                    c.hint = old.hint.clone();
+                }
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "credential {:?} has no secret; give one (e.g. `--key {}=env:OPENAI_API_KEY`)",
+                        c.id, c.id
+                    )));
+                }
+            }
+            continue;
+        }
+        let secret = std::mem::take(&mut c.secret);
+        c.sealed_secret = secrets
+            .seal(&credential_context(&provider_id, &c.id), &secret)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        c.hint = hint(&secret);
+    }
+    Ok(())
+}
+
 /// Seals every header value sent in plain text, so the Raft log,
 /// snapshots and RocksDB only hold ciphertext. A header sent by name
 /// without a value keeps its current one (sealed now if an earlier
 /// version stored it in plain text): a get-modify-update round trip only
 /// sees hints, and must not wipe the values.
-fn seal_headers(secrets: &SecretBox, provider: &mut Provider, existing: Option<&Provider>) -> Result<(), Status> {
+pub(super) fn seal_headers(
+    secrets: &SecretBox,
+    provider: &mut Provider,
+    existing: Option<&Provider>,
+) -> Result<(), Status> {
     let provider_id = id_of(&provider.meta);
     for (i, h) in provider.headers.iter_mut().enumerate() {
         required("headers[].name", &h.name)?;
@@ -161,7 +168,7 @@ impl AiService for Ai {
     async fn create_provider(&self, request: Request<Provider>) -> Result<Response<Provider>, Status> {
         let mut provider = request.into_inner();
         provider.meta = fresh_meta();
-        self.seal_credentials(&mut provider, None)?;
+        seal_credentials(&self.secrets, &mut provider, None)?;
         seal_headers(&self.secrets, &mut provider, None)?;
         let created: Provider = self.write(Op::CreateProvider(provider)).await?;
         Ok(Response::new(redacted(created)))
@@ -187,7 +194,7 @@ impl AiService for Ai {
         let state = self.read_with(false).await?;
         let existing = state.find_provider(&key).ok_or_else(|| not_found("provider", &key))?;
         provider.meta = Some(Meta { id: id_of(&existing.meta), ..Default::default() });
-        self.seal_credentials(&mut provider, Some(existing))?;
+        seal_credentials(&self.secrets, &mut provider, Some(existing))?;
         seal_headers(&self.secrets, &mut provider, Some(existing))?;
         let updated: Provider = self.write(Op::UpdateProvider(provider)).await?;
         Ok(Response::new(redacted(updated)))

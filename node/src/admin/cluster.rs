@@ -107,7 +107,8 @@ impl ClusterService for Cluster {
             0 => Duration::from_secs(24 * 3600),
             s => Duration::from_secs(s),
         };
-        let token = self.raft.create_join_token(ttl, "admin").await.map_err(status::from_propose)?;
+        let actor = super::access::Caller::current()?.name;
+        let token = self.raft.create_join_token(ttl, &actor).await.map_err(status::from_propose)?;
         let now = crate::clock::unix_ms();
         Ok(Response::new(CreateJoinTokenResponse { token, expires_at_ms: now + ttl.as_millis() as i64 }))
     }
@@ -129,7 +130,8 @@ impl ClusterService for Cluster {
         if id.is_empty() {
             return Err(Status::invalid_argument("the token id is required; see `tollgate ctl cluster tokens`"));
         }
-        let revision = self.raft.revoke_join_token(&id, "admin").await.map_err(status::from_propose)?;
+        let actor = super::access::Caller::current()?.name;
+        let revision = self.raft.revoke_join_token(&id, &actor).await.map_err(status::from_propose)?;
         Ok(Response::new(DeleteResponse { revision }))
     }
 }

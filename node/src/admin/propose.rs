@@ -10,13 +10,24 @@ use tollgate_proto::raft::v1::command::Op;
 use tollgate_raft::{Applied, Command, GatewayState, RaftNode};
 use tonic::{Response, Status};
 
+use super::access::Caller;
 use super::status;
 use crate::proxy::ProxyContext;
 
-/// Proposes `op` and returns once this node's proxy serves its result.
+/// Proposes `op` for the RPC's caller (who it is, its role and team go in
+/// the command, for `apply`'s checks and the audit trail) and returns once
+/// this node's proxy serves its result. A change the caller's team may not
+/// make is refused by `apply`, and the attempt audited.
 pub(super) async fn commit(raft: &RaftNode, proxy: &ProxyContext, op: Op) -> Result<Applied, Status> {
-    let command = Command::new(op, crate::clock::unix_ms(), "admin");
-    let applied = raft.propose(command).await.map_err(status::from_propose)?;
+    let caller = Caller::current()?;
+    let mut command = Command::new(op, crate::clock::unix_ms(), "");
+    caller.stamp(&mut command);
+    let summary = command.summary();
+    let applied = raft.propose(command).await.map_err(status::from_propose).inspect_err(|status| {
+        if status.code() == tonic::Code::PermissionDenied {
+            caller.record_denied(&summary, status.message());
+        }
+    })?;
     proxy.wait_served(applied.revision).await;
     Ok(applied)
 }

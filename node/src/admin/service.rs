@@ -23,38 +23,6 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// Seals a route's JWT HMAC secret so that only ciphertext is replicated.
-    /// An update that sends no secret keeps the route's current one (sealing
-    /// it now if an earlier version stored it in plain text).
-    fn seal_jwt_secret(&self, route: &mut Route, existing: Option<&JwtAuth>) -> Result<(), Status> {
-        let Some(jwt) = route.jwt.as_mut() else { return Ok(()) };
-        // Only this server seals; ciphertext sent by a client is not trusted.
-        jwt.sealed_hs_secret.clear();
-        // A route that no longer accepts HS* tokens drops its secret, so
-        // turning HS256 back on later needs a new one.
-        if !jwt.algorithms.iter().any(|a| a.starts_with("HS")) {
-            jwt.hs_secret.clear();
-            return Ok(());
-        }
-        let secret = match (std::mem::take(&mut jwt.hs_secret), existing) {
-            (secret, _) if !secret.is_empty() => secret,
-            (_, Some(old)) if !old.sealed_hs_secret.is_empty() => {
-                jwt.sealed_hs_secret = old.sealed_hs_secret.clone();
-                return Ok(());
-            }
-            (_, Some(old)) => old.hs_secret.clone(),
-            (_, None) => String::new(),
-        };
-        if secret.is_empty() {
-            return Ok(());
-        }
-        // Its length is checked when the command applies: sealing keeps it.
-        let context = jwt_secret_context(&id_of(&route.meta));
-        jwt.sealed_hs_secret =
-            self.proxy.shared.secrets.seal(&context, &secret).map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(())
-    }
-
     pub fn new(raft: RaftNode, proxy: Arc<ProxyContext>) -> Admin {
         Admin { raft, proxy }
     }
@@ -95,6 +63,41 @@ fn new_id() -> String {
     let mut bytes = [0u8; 8];
     rand::rng().fill_bytes(&mut bytes);
     hex::encode(bytes)
+}
+
+/// Seals a route's JWT HMAC secret so that only ciphertext is replicated.
+/// An update that sends no secret keeps the route's current one (sealing
+/// it now if an earlier version stored it in plain text).
+pub(super) fn seal_jwt_secret(
+    secrets: &tollgate_raft::secrets::SecretBox,
+    route: &mut Route,
+    existing: Option<&JwtAuth>,
+) -> Result<(), Status> {
+    let Some(jwt) = route.jwt.as_mut() else { return Ok(()) };
+    // Only this server seals; ciphertext sent by a client is not trusted.
+    jwt.sealed_hs_secret.clear();
+    // A route that no longer accepts HS* tokens drops its secret, so
+    // turning HS256 back on later needs a new one.
+    if !jwt.algorithms.iter().any(|a| a.starts_with("HS")) {
+        jwt.hs_secret.clear();
+        return Ok(());
+    }
+    let secret = match (std::mem::take(&mut jwt.hs_secret), existing) {
+        (secret, _) if !secret.is_empty() => secret,
+        (_, Some(old)) if !old.sealed_hs_secret.is_empty() => {
+            jwt.sealed_hs_secret = old.sealed_hs_secret.clone();
+            return Ok(());
+        }
+        (_, Some(old)) => old.hs_secret.clone(),
+        (_, None) => String::new(),
+    };
+    if secret.is_empty() {
+        return Ok(());
+    }
+    // Its length is checked when the command applies: sealing keeps it.
+    let context = jwt_secret_context(&id_of(&route.meta));
+    jwt.sealed_hs_secret = secrets.seal(&context, &secret).map_err(|e| Status::unavailable(e.to_string()))?;
+    Ok(())
 }
 
 pub(super) fn id_of(meta: &Option<Meta>) -> String {
@@ -209,7 +212,7 @@ impl AdminService for Admin {
         let mut route = request.into_inner();
         route.meta = fresh_meta();
         normalize_route(&mut route)?;
-        self.seal_jwt_secret(&mut route, None)?;
+        seal_jwt_secret(&self.proxy.shared.secrets, &mut route, None)?;
         if route.backend_service_id().is_some() {
             resolve_service_name(&mut route, &*self.read().await?);
         }
@@ -239,7 +242,7 @@ impl AdminService for Admin {
         route.meta = Some(Meta { id: id_of(&existing.meta), ..Default::default() });
         route.resolve_backend_edit(existing, read_revision);
         normalize_route(&mut route)?;
-        self.seal_jwt_secret(&mut route, existing.jwt.as_ref())?;
+        seal_jwt_secret(&self.proxy.shared.secrets, &mut route, existing.jwt.as_ref())?;
         resolve_service_name(&mut route, &state);
         self.write(Op::UpdateRoute(route)).await.map(|r| Response::new(redacted(r)))
     }

@@ -54,6 +54,15 @@ pub async fn connect(
 }
 
 pub type Usage = UsageServiceClient<InterceptedService<Channel, BearerToken>>;
+pub type Governance = tollgate_proto::admin::v1::governance_service_client::GovernanceServiceClient<
+    InterceptedService<Channel, BearerToken>,
+>;
+
+/// The governance service of the node at `endpoint`.
+pub async fn connect_governance(endpoint: &str, token: &str, timeout: Duration) -> Result<Governance, CtlError> {
+    let (channel, bearer) = channel(endpoint, token, timeout).await?;
+    Ok(tollgate_proto::admin::v1::governance_service_client::GovernanceServiceClient::with_interceptor(channel, bearer))
+}
 
 /// The usage service of the node at `endpoint` (a member's admin address
 /// when `ctl usage` asks each member for its own records).

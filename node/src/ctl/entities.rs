@@ -175,6 +175,11 @@ fn descriptor(type_name: &str) -> Result<MessageDescriptor, CtlError> {
     })
 }
 
+/// An encoded message of a type the node names, as `-o json` shows it.
+pub(super) fn message_json(type_name: &str, bytes: &[u8]) -> Result<Value, CtlError> {
+    to_json(&decode(type_name, bytes)?)
+}
+
 fn decode(type_name: &str, bytes: &[u8]) -> Result<DynamicMessage, CtlError> {
     decode_as(&descriptor(type_name)?, bytes)
 }

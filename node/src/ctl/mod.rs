@@ -24,6 +24,7 @@
 mod ai;
 mod client;
 mod entities;
+mod governance;
 mod limits;
 mod output;
 mod policy;
@@ -180,6 +181,27 @@ pub enum CtlCommand {
     Update(entities::UpdateArgs),
     /// Delete an entity of any kind without secrets.
     Delete(entities::DeleteArgs),
+    /// The admin identity of the token in use: its name, role and team.
+    Whoami,
+    /// Admin identities: `admin token create --name ci --role operator --team payments`.
+    #[command(subcommand)]
+    Admin(governance::AdminCmd),
+    /// Who changed what, and refused attempts, newest first.
+    Audit(governance::AuditArgs),
+    /// API versions of services and their lifecycle (draft → published → deprecated → retired).
+    #[command(subcommand)]
+    Version(governance::VersionCmd),
+    /// Consumers' subscriptions to services, and their approval.
+    #[command(subcommand)]
+    Subscription(governance::SubscriptionCmd),
+    /// The whole configuration as YAML (secrets as references): `ctl export > gateway.yaml`.
+    Export,
+    /// What `apply -f` would change, without changing it.
+    Diff(governance::ApplyArgs),
+    /// Make the cluster match a configuration file, as one change (all or nothing).
+    Apply(governance::ApplyArgs),
+    /// The JSON Schema of the configuration file (docs/gateway.schema.json).
+    Schema,
 }
 
 #[derive(Debug, Subcommand)]
@@ -533,7 +555,16 @@ pub async fn run(args: CtlArgs) -> Result<(), CtlError> {
     result.map_err(|e| client::name_the_node(e, &addr))
 }
 
+async fn governance_client(addr: &str, token: &str, timeout: Duration) -> Result<client::Governance, CtlError> {
+    client::connect_governance(addr, token, timeout).await
+}
+
 async fn execute(args: CtlArgs, token: &str, out: &Printer) -> Result<(), CtlError> {
+    if matches!(args.command, CtlCommand::Schema) {
+        // Compiled in: no node needed.
+        out.push(format_args!("{:#}\n", crate::admin::schema::document_schema()));
+        return Ok(());
+    }
     let (mut admin, mut cluster, ai_client) = client::connect(&args.admin, token, args.timeout).await?;
     let stale = args.stale;
     match args.command {
@@ -699,6 +730,38 @@ async fn execute(args: CtlArgs, token: &str, out: &Printer) -> Result<(), CtlErr
         CtlCommand::Provider(cmd) => ai::provider_command(cmd, ai_client, out, stale).await?,
         CtlCommand::Alias(cmd) => ai::alias_command(cmd, ai_client, out, stale).await?,
         CtlCommand::Price(cmd) => ai::price_command(cmd, ai_client, out).await?,
+        CtlCommand::Whoami => {
+            governance::whoami(governance_client(&args.admin, token, args.timeout).await?, out).await?
+        }
+        CtlCommand::Admin(cmd) => {
+            governance::admin_command(cmd, governance_client(&args.admin, token, args.timeout).await?, out, stale)
+                .await?
+        }
+        CtlCommand::Audit(audit_args) => {
+            governance::audit(audit_args, governance_client(&args.admin, token, args.timeout).await?, out, stale)
+                .await?
+        }
+        CtlCommand::Version(cmd) => {
+            let governance = governance_client(&args.admin, token, args.timeout).await?;
+            governance::version_command(cmd, governance, admin, out, stale).await?
+        }
+        CtlCommand::Subscription(cmd) => {
+            let governance = governance_client(&args.admin, token, args.timeout).await?;
+            governance::subscription_command(cmd, governance, admin, out, stale).await?
+        }
+        CtlCommand::Export => {
+            let yaml = governance::export(governance_client(&args.admin, token, args.timeout).await?, stale).await?;
+            out.push(format_args!("{yaml}"));
+        }
+        CtlCommand::Diff(apply_args) => {
+            let governance = governance_client(&args.admin, token, args.timeout).await?;
+            governance::apply(apply_args, true, governance, out).await?
+        }
+        CtlCommand::Apply(apply_args) => {
+            let governance = governance_client(&args.admin, token, args.timeout).await?;
+            governance::apply(apply_args, false, governance, out).await?
+        }
+        CtlCommand::Schema => unreachable!("answered before connecting"),
         CtlCommand::Usage(usage_args) => {
             let cx = usage::Context {
                 admin: &mut admin,
