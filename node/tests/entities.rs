@@ -109,7 +109,8 @@ async fn consumers_and_prices_round_trip_through_the_generic_commands() {
     assert!(table.starts_with("FIELD") && table.contains("Acme Corp"), "{table}");
     let table = String::from_utf8(ctl(admin, &["list", "consumer"]).await.stdout).unwrap();
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["ID", "NAME", "DESCRIPTION"], "{table}");
+    // One column per scalar field of the message.
+    assert_eq!(header, ["ID", "NAME", "DESCRIPTION", "TEAM_ID"], "{table}");
     assert_eq!(table.lines().count(), 3, "{table}");
 
     // --- 3. update: the file's top-level fields replace, the rest stays

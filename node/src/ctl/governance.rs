@@ -96,8 +96,10 @@ pub struct VersionPut {
     /// The OpenAPI 3.x document (JSON or YAML); `-` reads stdin.
     #[arg(long)]
     openapi: Option<PathBuf>,
+    /// The version that replaces this one, once it is deprecated.
     #[arg(long, default_value = "")]
     successor: String,
+    /// What the version is, for the catalog.
     #[arg(long, default_value = "")]
     description: String,
 }
@@ -119,17 +121,22 @@ pub enum SubscriptionCmd {
     /// Subscribe a consumer to a service: approved at once if the service
     /// auto-approves, else pending until an operator of its team decides.
     Create {
+        /// The consumer (name or id).
         #[arg(long)]
         consumer: String,
+        /// The service (name or id).
         #[arg(long)]
         service: String,
     },
+    /// Approve a pending subscription: the consumer's keys work on the service at once.
     Approve(Decision),
+    /// Refuse a pending subscription.
     Reject(Decision),
     /// End an approved subscription: the consumer's keys stop working on the service at once.
     Revoke(Decision),
     /// Every subscription, or only those waiting for a decision.
     List {
+        /// Only those waiting for a decision.
         #[arg(long)]
         pending: bool,
     },
@@ -139,6 +146,7 @@ pub enum SubscriptionCmd {
 pub struct Decision {
     /// The subscription's id.
     id: String,
+    /// Why, for the consumer and the audit trail.
     #[arg(long, default_value = "")]
     reason: String,
 }

@@ -167,7 +167,10 @@ fn in_bundle(i: usize, op: &Op, error: ApplyError) -> ApplyError {
         }
         ApplyError::FailedPrecondition(m) => ApplyError::FailedPrecondition(format!("{context}: {m}")),
         ApplyError::PermissionDenied(m) => ApplyError::PermissionDenied(format!("{context}: {m}")),
-        other => other,
+        // Within a document, a missing or taken name is the document's error.
+        other @ (ApplyError::NotFound { .. } | ApplyError::AlreadyExists { .. }) => {
+            ApplyError::invalid(format!("ops[{i}]"), format!("{other} (in {context})"))
+        }
     }
 }
 
