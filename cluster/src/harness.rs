@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tollgate_proto::admin::v1::admin_service_client::AdminServiceClient;
 use tollgate_proto::admin::v1::cluster_service_client::ClusterServiceClient;
+use tollgate_proto::admin::v1::governance_service_client::GovernanceServiceClient;
 use tollgate_proto::admin::v1::usage_service_client::UsageServiceClient;
 use tollgate_proto::admin::v1::{
     ClusterStatus, CreateJoinTokenRequest, GetClusterStatusRequest, GetNodeStatusRequest, NodeRequest, NodeStatus,
@@ -95,6 +96,7 @@ pub fn default_binary() -> PathBuf {
 pub type Admin = AdminServiceClient<InterceptedService<Channel, Bearer>>;
 pub type ClusterClient = ClusterServiceClient<InterceptedService<Channel, Bearer>>;
 pub type UsageClient = UsageServiceClient<InterceptedService<Channel, Bearer>>;
+pub type GovernanceClient = GovernanceServiceClient<InterceptedService<Channel, Bearer>>;
 
 #[derive(Clone)]
 pub struct Bearer(String);
@@ -438,6 +440,10 @@ impl Cluster {
 
     pub async fn cluster_client(&self, id: u64) -> Result<ClusterClient, HarnessError> {
         Ok(ClusterServiceClient::with_interceptor(self.channel(id).await?, Bearer(self.options.admin_token.clone())))
+    }
+
+    pub async fn governance(&self, id: u64) -> Result<GovernanceClient, HarnessError> {
+        Ok(GovernanceServiceClient::with_interceptor(self.channel(id).await?, Bearer(self.options.admin_token.clone())))
     }
 
     pub async fn usage_client(&self, id: u64) -> Result<UsageClient, HarnessError> {

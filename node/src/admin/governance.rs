@@ -27,6 +27,9 @@ use crate::proxy::ProxyContext;
 /// Audit entries one call returns at most.
 const MAX_AUDIT_ENTRIES: u32 = 10_000;
 
+/// How long an approval or a revocation waits for every member to serve it.
+const SPREAD_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Governance {
     raft: RaftNode,
     proxy: Arc<ProxyContext>,
@@ -40,6 +43,15 @@ impl Governance {
 
     async fn write<T: Message + Default>(&self, op: Op) -> Result<T, Status> {
         propose::write(&self.raft, &self.proxy, op).await
+    }
+
+    /// A write that decides who may call: it returns once every member
+    /// that answers serves it (see `propose::wait_members_served`).
+    async fn write_everywhere<T: Message + Default>(&self, op: Op) -> Result<T, Status> {
+        let applied = propose::commit(&self.raft, &self.proxy, op).await?;
+        propose::wait_members_served(&self.raft, applied.revision, SPREAD_WITHIN).await;
+        let bytes = applied.entity.ok_or_else(|| Status::internal("the state machine returned no entity"))?;
+        T::decode(bytes.as_slice()).map_err(|e| Status::internal(format!("cannot decode applied entity: {e}")))
     }
 
     async fn read(&self, stale: bool) -> Result<Arc<GatewayState>, Status> {
@@ -120,7 +132,7 @@ impl GovernanceService for Governance {
         let state = self.read(false).await?;
         let token = state.find_admin_token(&wanted).ok_or_else(|| not_found("admin token", &wanted))?;
         let revoked = AdminToken { revoked: true, ..token.as_ref().clone() };
-        let stored: AdminToken = self.write(Op::UpdateAdminToken(revoked)).await?;
+        let stored: AdminToken = self.write_everywhere(Op::UpdateAdminToken(revoked)).await?;
         Ok(Response::new(shown(&stored)))
     }
 
@@ -233,7 +245,7 @@ impl GovernanceService for Governance {
                 reason: String::new(),
             }),
         };
-        self.write(op).await.map(Response::new)
+        self.write_everywhere(op).await.map(Response::new)
     }
 
     async fn decide_subscription(
@@ -255,7 +267,7 @@ impl GovernanceService for Governance {
             reason: request.reason,
             ..existing.as_ref().clone()
         };
-        self.write(Op::UpdateSubscription(decided)).await.map(Response::new)
+        self.write_everywhere(Op::UpdateSubscription(decided)).await.map(Response::new)
     }
 
     async fn export_config(

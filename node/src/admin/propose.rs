@@ -48,3 +48,36 @@ pub(super) async fn delete(raft: &RaftNode, proxy: &ProxyContext, op: Op) -> Res
 pub(super) async fn read(raft: &RaftNode, stale: bool) -> Result<Arc<GatewayState>, Status> {
     if stale { Ok(raft.local_state()) } else { raft.linearizable_state().await.map_err(status::from_node) }
 }
+
+/// Waits until every member that answers serves `revision` (or `within`
+/// passes): for approvals and revocations, so that once the call returns,
+/// the first request to any node sees the change. A member that does not
+/// answer is cut off from the cluster and cannot learn of the change until
+/// it rejoins; it is logged, not waited for.
+pub(super) async fn wait_members_served(raft: &RaftNode, revision: u64, within: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let members = raft.cluster_status().await;
+        let behind: Vec<u64> = members
+            .iter()
+            .filter(|m| m.report.as_ref().is_ok_and(|r| r.data_plane_index < revision))
+            .map(|m| m.node_id)
+            .collect();
+        let unreachable: Vec<u64> = members.iter().filter(|m| m.report.is_err()).map(|m| m.node_id).collect();
+        if behind.is_empty() {
+            if !unreachable.is_empty() {
+                tracing::warn!(
+                    revision,
+                    ?unreachable,
+                    "members that did not answer serve the change only once they rejoin"
+                );
+            }
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(revision, ?behind, "members still behind the change when the call returned");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
