@@ -17,6 +17,7 @@ use openraft::storage::RaftStateMachine;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use prost::Message;
+use tollgate_proto::config::v1 as pb_config;
 use tollgate_proto::config::v1::route::Backend;
 use tollgate_proto::config::v1::{
     AiBackend, AuthMode, Consumer, Meta, PathMatch, Route, RoutePath, Service, ServiceBackend, Target,
@@ -74,7 +75,15 @@ pub(crate) fn arbitrary_system_op() -> BoxedStrategy<Op> {
             Op::Usage(pb::UsageBatch { node_id, first_seq, last_seq: first_seq + more, deltas })
         },
     );
-    prop_oneof![lease, usage].boxed()
+    let denied = (0u64..3).prop_map(|n| {
+        Op::RecordDenied(pb_config::AuditEntry {
+            actor: format!("t{n}"),
+            rpc: "CreateService".into(),
+            ..Default::default()
+        })
+    });
+    let prune = (0i64..3).prop_map(|n| Op::PruneAudit(COMMAND_TIME_MS + n * 40));
+    prop_oneof![lease, usage, denied, prune].boxed()
 }
 
 pub(crate) fn meta(id: &str) -> Option<Meta> {
@@ -145,6 +154,7 @@ fn check_invariants(state: &GatewayState) {
     for token in state.join_tokens() {
         assert_eq!(token.secret_sha256.len(), 32, "a join token without a digest was stored");
     }
+    check_governance(state);
     let unique = |names: Vec<&str>| names.iter().collect::<HashSet<_>>().len() == names.len();
     assert!(unique(state.providers().map(|p| p.name.as_str()).collect()), "duplicate provider names");
     assert!(unique(state.model_aliases().map(|a| a.name.as_str()).collect()), "duplicate alias names");
@@ -154,6 +164,48 @@ fn check_invariants(state: &GatewayState) {
     assert!(unique(state.consumers().map(|c| c.name.as_str()).collect()), "duplicate consumer names");
     for name in state.services().map(|s| s.name.as_str()).chain(state.consumers().map(|c| c.name.as_str())) {
         assert!(crate::validate::name("name", name).is_ok(), "invalid name {name:?} was stored");
+    }
+}
+
+/// Versions, subscriptions and teams refer to what exists, and the audit
+/// trail holds no secret.
+fn check_governance(state: &GatewayState) {
+    let mut versions = HashSet::new();
+    for v in state.api_versions() {
+        assert!(state.service(&v.service_id).is_some(), "version {} outlived its service", v.version);
+        assert!(versions.insert((&v.service_id, &v.version)), "version {} twice", v.version);
+    }
+    let mut pairs = HashSet::new();
+    for s in state.subscriptions() {
+        assert!(state.service(&s.service_id).is_some(), "a subscription outlived its service");
+        assert!(state.consumer(&s.consumer_id).is_some(), "a subscription outlived its consumer");
+        assert!(pairs.insert((&s.service_id, &s.consumer_id)), "two subscriptions of one consumer to one service");
+    }
+    let teams = state.services().map(|s| &s.team_id).chain(state.consumers().map(|c| &c.team_id));
+    for team in teams.chain(state.routes().map(|r| &r.team_id)).chain(state.limits().map(|l| &l.team_id)) {
+        assert!(team.is_empty() || state.team(team).is_some(), "an owner team {team} is missing");
+    }
+    for entry in state.audit_entries() {
+        for image in entry.changes.iter().flat_map(|c| c.before.iter().chain(c.after.iter())) {
+            let secret_free = match image.type_name.as_str() {
+                "tollgate.config.v1.ApiKey" => {
+                    pb_config::ApiKey::decode(image.entity.as_slice()).unwrap().secret_sha256.is_empty()
+                }
+                "tollgate.config.v1.JoinToken" => {
+                    pb_config::JoinToken::decode(image.entity.as_slice()).unwrap().secret_sha256.is_empty()
+                }
+                "tollgate.config.v1.AdminToken" => {
+                    pb_config::AdminToken::decode(image.entity.as_slice()).unwrap().secret_sha256.is_empty()
+                }
+                "tollgate.config.v1.Provider" => pb_config::Provider::decode(image.entity.as_slice())
+                    .unwrap()
+                    .credentials
+                    .iter()
+                    .all(|c| c.sealed_secret.is_empty() && c.secret.is_empty()),
+                _ => true,
+            };
+            assert!(secret_free, "the audit trail holds a secret of a {}", image.type_name);
+        }
     }
 }
 
@@ -460,4 +512,117 @@ fn corrupt_snapshot_is_refused_and_state_is_kept() {
         assert_eq!(disk_state(&engine), before);
         assert!(states.borrow().find_consumer("acme").is_some());
     });
+}
+
+fn as_actor(op: Op, actor: &str, role: pb_config::AdminRole, team: &str) -> pb::Command {
+    pb::Command {
+        proposed_at_ms: COMMAND_TIME_MS,
+        actor: actor.into(),
+        actor_role: role as i32,
+        actor_team: team.into(),
+        rpc: "Test".into(),
+        op: Some(op),
+    }
+}
+
+/// A state with teams t1 and t2, and service s1 of t1.
+fn two_teams() -> GatewayState {
+    let mut state = GatewayState::default();
+    let mut index = 0;
+    let mut run = |state: &mut GatewayState, op: Op| {
+        index += 1;
+        *state = state.with_command(&Command::new(op, COMMAND_TIME_MS, "test").0, index).unwrap();
+    };
+    for team in ["t1", "t2"] {
+        run(&mut state, Op::CreateTeam(pb_config::Team { meta: meta(team), name: team.into(), ..Default::default() }));
+    }
+    run(&mut state, Op::CreateService(Service { team_id: "t1".into(), ..orders_service() }));
+    state
+}
+
+#[test]
+fn an_operator_changes_only_what_its_team_owns_checked_where_the_command_applies() {
+    use pb_config::AdminRole::{Admin, Operator, Viewer};
+    let state = two_teams();
+    let update =
+        |team: &str| Op::UpdateService(Service { team_id: team.into(), description: "x".into(), ..orders_service() });
+    let denied = |cmd: pb::Command| match crate::apply::apply(&state, &cmd, 10) {
+        Err(crate::ApplyError::PermissionDenied(m)) => m,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert!(crate::apply::apply(&state, &as_actor(update("t1"), "op1", Operator, "t1"), 10).is_ok());
+    let m = denied(as_actor(update("t1"), "op2", Operator, "t2"));
+    assert!(m.contains("op2") && m.contains("t1"), "{m}");
+    denied(as_actor(update("t2"), "op1", Operator, "t1")); // giving it away
+    denied(as_actor(update("t1"), "v", Viewer, ""));
+    denied(as_actor(Op::DeleteService("s1".into()), "op2", Operator, "t2"));
+    denied(as_actor(
+        Op::CreateTeam(pb_config::Team { meta: meta("t3"), name: "t3".into(), ..Default::default() }),
+        "op1",
+        Operator,
+        "t1",
+    ));
+    assert!(crate::apply::apply(&state, &as_actor(update("t2"), "root", Admin, ""), 10).is_ok());
+    // A route is its team's, and may lead only to its team's services.
+    let route_to = |team: &str| Op::CreateRoute(Route { team_id: team.into(), ..route("r1", "r") });
+    let mut to_s1 = route_to("t2");
+    if let Op::CreateRoute(r) = &mut to_s1 {
+        r.set_service_backend("s1".into());
+    }
+    denied(as_actor(to_s1, "op2", Operator, "t2"));
+}
+
+#[test]
+fn every_admin_change_is_audited_with_its_actor_and_a_refused_bundle_changes_nothing() {
+    use pb_config::AdminRole::Operator;
+    let state = two_teams();
+    let cmd = as_actor(
+        Op::UpdateService(Service { team_id: "t1".into(), description: "x".into(), ..orders_service() }),
+        "op1",
+        Operator,
+        "t1",
+    );
+    let outcome = crate::apply::apply(&state, &cmd, 10).unwrap();
+    let Some(Change::Put(AnyEntity::AuditEntry(entry))) = outcome.changes.last() else { panic!("no audit entry") };
+    assert_eq!((entry.actor.as_str(), entry.actor_team.as_str(), entry.rpc.as_str()), ("op1", "t1", "Test"));
+    assert_eq!(entry.meta.as_ref().unwrap().id, "00000000000000000010");
+    let change = &entry.changes[0];
+    assert!(change.before.is_some() && change.after.is_some());
+    // The cluster's own records are not admin changes.
+    let denied = pb_config::AuditEntry { actor: "x".into(), ..Default::default() };
+    let record = Command::new(Op::RecordDenied(denied), COMMAND_TIME_MS, "node 1");
+    let outcome = crate::apply::apply(&state, &record.0, 11).unwrap();
+    assert_eq!(outcome.changes.len(), 1, "the refusal's own entry only");
+    let prune = Command::new(Op::PruneAudit(COMMAND_TIME_MS + 1), COMMAND_TIME_MS, "node 1");
+    let outcome = crate::apply::apply(&state, &prune.0, 11).unwrap();
+    assert!(!outcome.changes.iter().any(|c| matches!(c, Change::Put(AnyEntity::AuditEntry(_)))));
+
+    // A bundle whose second operation fails applies nothing.
+    let bundle = pb::ConfigBundle {
+        ops: vec![
+            pb::Command {
+                op: Some(Op::CreateConsumer(pb_config::Consumer {
+                    meta: meta("c1"),
+                    name: "c".into(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            },
+            pb::Command { op: Some(Op::DeleteService("nope".into())), ..Default::default() },
+        ],
+    };
+    let refused =
+        crate::apply::apply(&state, &Command::new(Op::ApplyConfig(bundle.clone()), COMMAND_TIME_MS, "t").0, 12);
+    assert!(
+        matches!(&refused, Err(crate::ApplyError::InvalidArgument { reason, .. }) if reason.contains("operation 2")),
+        "{refused:?}"
+    );
+    // Nested bundles and the cluster's own records are not configuration.
+    let nested =
+        pb::ConfigBundle { ops: vec![pb::Command { op: Some(Op::ApplyConfig(bundle)), ..Default::default() }] };
+    assert!(crate::apply::apply(&state, &Command::new(Op::ApplyConfig(nested), COMMAND_TIME_MS, "t").0, 13).is_err());
+    // An operator cannot apply a whole configuration.
+    let small = pb::ConfigBundle { ops: vec![] };
+    let as_operator = as_actor(Op::ApplyConfig(small), "op1", Operator, "t1");
+    assert!(matches!(crate::apply::apply(&state, &as_operator, 14), Err(crate::ApplyError::PermissionDenied(_))));
 }
