@@ -7,7 +7,9 @@ mod common;
 
 use common::*;
 use http::{Request, StatusCode};
+use prost::Message;
 use tollgate_node::Node;
+use tollgate_proto::admin::v1::PutEntityRequest;
 use tollgate_proto::config::v1::*;
 
 fn open_route(name: &str, service: &str, path: &str) -> Route {
@@ -32,7 +34,10 @@ async fn every_request_goes_through_the_phases_in_order_and_is_accounted_once() 
     let mut admin = admin_client(node.admin_addr, TOKEN).await;
     let upstream = Upstream::start("u").await;
     let target = Target { host: "127.0.0.1".into(), port: upstream.addr.port().into(), weight: 1 };
-    admin.create_service(Service { name: "svc".into(), targets: vec![target], ..Default::default() }).await.unwrap();
+    admin
+        .create_service(Service { name: "svc".into(), targets: vec![target.clone()], ..Default::default() })
+        .await
+        .unwrap();
     let mut cached = open_route("cached", "svc", "/cached");
     cached.cache = Some(ResponseCache { enabled: true, ttl_ms: 600_000, ..Default::default() });
     cached.cors = Some(Cors { allow_origins: vec!["https://app.test".into()], ..Default::default() });
@@ -44,6 +49,41 @@ async fn every_request_goes_through_the_phases_in_order_and_is_accounted_once() 
     denied.ip_deny = vec!["127.0.0.0/8".into()];
     admin.create_route(denied).await.unwrap();
     admin.create_route(ai_route()).await.unwrap();
+    // A service whose only version is retired (lifecycle answers), and one
+    // that needs a subscription nobody has (authorize refuses).
+    let versioning = Versioning { default_version: "v1".into(), ..Default::default() };
+    let retired = Service {
+        name: "old".into(),
+        targets: vec![target.clone()],
+        versioning: Some(versioning),
+        ..Default::default()
+    };
+    let retired = admin.create_service(retired).await.unwrap().into_inner();
+    let version = ApiVersion {
+        service_id: retired.meta.unwrap().id,
+        version: "v1".into(),
+        state: VersionState::Retired as i32,
+        deprecated_at_ms: 1,
+        ..Default::default()
+    };
+    let request = PutEntityRequest {
+        kind: "api version".into(),
+        entity: version.encode_to_vec(),
+        create: true,
+        id_or_name: String::new(),
+    };
+    admin.put_entity(request).await.unwrap();
+    admin.create_route(open_route("retired", "old", "/retired")).await.unwrap();
+    let gated = Service {
+        name: "gated".into(),
+        targets: vec![target],
+        subscription: SubscriptionMode::Approval as i32,
+        ..Default::default()
+    };
+    admin.create_service(gated).await.unwrap();
+    let mut gated = open_route("gated", "gated", "/gated");
+    gated.auth = AuthMode::ApiKey as i32;
+    admin.create_route(gated).await.unwrap();
     let (_, key) = consumer_with_key(&mut admin, "acme").await;
 
     let proxy = node.proxy_addr;
@@ -65,9 +105,14 @@ async fn every_request_goes_through_the_phases_in_order_and_is_accounted_once() 
         // The AI backend goes through the same phases, and is accounted once.
         (get(proxy, "/v1/models", &[("authorization", &bearer)]).await, ALL.to_vec()),
         (get(proxy, "/v1/models", &[]).await, vec!["match", "lifecycle", "authenticate", "account"]),
+        (get(proxy, "/retired/x", &[]).await, vec!["match", "lifecycle", "account"]),
+        (
+            get(proxy, "/gated/x", &[("authorization", &bearer)]).await,
+            vec!["match", "lifecycle", "authenticate", "authorize", "account"],
+        ),
     ];
     let statuses: Vec<u16> = requests.iter().map(|(reply, _)| reply.status.as_u16()).collect();
-    assert_eq!(statuses, [404, 204, 401, 403, 200, 200, 200, 200, 401]);
+    assert_eq!(statuses, [404, 204, 401, 403, 200, 200, 200, 200, 401, 410, 403]);
     assert_eq!(upstream.hits.load(std::sync::atomic::Ordering::Relaxed), 2, "one miss and the keyed call");
 
     let expected = requests.len();

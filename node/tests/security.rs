@@ -551,3 +551,88 @@ async fn a_clients_bad_request_never_counts_against_the_upstream() {
     assert!(reply.body.contains("request_id"), "{}", reply.body);
     node.shutdown().await;
 }
+
+// === governance: versions and subscriptions ===
+
+/// A draft version is reached by no spelling of its name, the version the
+/// upstream is told is the one the gateway checked, and a subscription is
+/// checked for the consumer the key proves, not one a header claims.
+#[tokio::test]
+async fn no_spelling_of_a_request_reaches_a_draft_or_another_version_than_the_one_checked() {
+    use prost::Message;
+    use tollgate_proto::admin::v1::{CreateApiKeyRequest, PutEntityRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let upstream = RawUpstream::start().await;
+    let mut admin = admin_client(node.admin_addr, TOKEN).await;
+    let target = Target { host: "127.0.0.1".into(), port: u32::from(upstream.port), weight: 1 };
+    let versioning = Versioning { header: "api-version".into(), by_path: true, default_version: "v1".into() };
+    let orders =
+        Service { name: "orders".into(), targets: vec![target], versioning: Some(versioning), ..Default::default() };
+    let orders = admin.create_service(orders).await.unwrap().into_inner();
+    for (version, state) in [("v1", VersionState::Published), ("v2", VersionState::Draft)] {
+        let v = ApiVersion {
+            service_id: orders.meta.clone().unwrap().id,
+            version: version.into(),
+            state: state as i32,
+            ..Default::default()
+        };
+        let request = PutEntityRequest {
+            kind: "api version".into(),
+            entity: v.encode_to_vec(),
+            create: true,
+            id_or_name: String::new(),
+        };
+        admin.put_entity(request).await.unwrap();
+    }
+    let mut route = common::route("orders", "orders", PathMatch::Prefix, "/orders", AuthMode::ApiKey);
+    route.strip_prefix = false;
+    admin.create_route(route).await.unwrap();
+    admin.create_consumer(Consumer { name: "shop".into(), ..Default::default() }).await.unwrap();
+    let key =
+        admin.create_api_key(CreateApiKeyRequest { consumer: "shop".into(), ..Default::default() }).await.unwrap();
+    let auth = format!("Authorization: Bearer {}\r\n", key.into_inner().plaintext);
+
+    // Spellings of the draft's path segment: all 404, none forwarded.
+    for target in ["/orders/v2/x", "/orders/%76%32/x", "/orders/v1/../v2/x", "/orders/v2;a=b/x", "/orders//v2/x"] {
+        let reply = get_raw(node.proxy_addr, target, &auth).await;
+        assert_eq!(reply.status, 404, "{target}: {}", reply.head);
+        assert!(reply.body.contains("api_version_not_found"), "{target}: {}", reply.body);
+    }
+    for extra in ["api-version: v2\r\n", "API-Version:  v2 \r\n"] {
+        let reply = get_raw(node.proxy_addr, "/orders/x", &format!("{auth}{extra}")).await;
+        assert_eq!(reply.status, 404, "{extra:?}");
+    }
+    assert_eq!(upstream.count(), 0, "nothing reached the upstream");
+
+    // Two version headers: which one an upstream reads is its choice, so none is served.
+    let reply = get_raw(node.proxy_addr, "/orders/x", &format!("{auth}api-version: v1\r\napi-version: v2\r\n")).await;
+    assert_eq!(reply.status, 400, "{}", reply.head);
+    // The path names v1, a header v2: the upstream is told v1, the version checked.
+    let reply = get_raw(node.proxy_addr, "/orders/v1/x", &format!("{auth}api-version: v2\r\n")).await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    let received = upstream.last();
+    assert_eq!(received.target(), "/orders/v1/x");
+    assert_eq!(received.values("api-version"), ["v1"]);
+    // Named by nothing: the default, and the upstream is told which.
+    get_raw(node.proxy_addr, "/orders/x", &auth).await;
+    assert_eq!(upstream.last().values("api-version"), ["v1"]);
+
+    // Subscriptions: the consumer is the key's, whatever the headers say.
+    let gated = Service {
+        name: "gated".into(),
+        targets: vec![Target { host: "127.0.0.1".into(), port: u32::from(upstream.port), weight: 1 }],
+        subscription: SubscriptionMode::Approval as i32,
+        ..Default::default()
+    };
+    admin.create_service(gated).await.unwrap();
+    admin.create_route(common::route("gated", "gated", PathMatch::Prefix, "/gated", AuthMode::ApiKey)).await.unwrap();
+    let before = upstream.count();
+    for extra in ["", "X-Consumer-Id: shop\r\n", "X-Consumer-Name: shop\r\nX-Anonymous-Consumer: false\r\n"] {
+        let reply = get_raw(node.proxy_addr, "/gated/x", &format!("{auth}{extra}")).await;
+        assert_eq!(reply.status, 403, "{extra:?}: {}", reply.head);
+        assert!(reply.body.contains("subscription_required"));
+    }
+    assert_eq!(upstream.count(), before, "no refused request was forwarded");
+    node.shutdown().await;
+}

@@ -96,7 +96,7 @@ async fn run_phases(
         Routed::To(route) => route,
         Routed::Respond(response) => return Ok(response),
     };
-    phase!(Phase::Lifecycle, phases::lifecycle::run(snapshot, rctx, route, &parts));
+    phase!(Phase::Lifecycle, phases::lifecycle::run(snapshot, rctx, route, &mut parts));
     phase!(Phase::Authenticate, phases::authenticate::run(snapshot, rctx, route, &mut parts));
     phase!(Phase::Authorize, phases::authorize::run(ctx, snapshot, rctx, route, &parts));
     phase!(Phase::Limit, phases::limit::run(ctx, snapshot, rctx, route).await);

@@ -28,6 +28,8 @@ pub struct CompiledVersions {
 
 pub struct CompiledVersion {
     pub name: String,
+    /// The name as the version header's value sent upstream.
+    pub header_value: Option<HeaderValue>,
     pub state: VersionState,
     pub successor: Option<String>,
     /// `Deprecation: @<seconds>` for a deprecated version.
@@ -46,6 +48,9 @@ pub enum VersionRefusal {
         version: String,
         successor: Option<String>,
     },
+    /// The version header was sent more than once: which one an upstream
+    /// would read is its own choice, so the gateway picks none.
+    Ambiguous(String),
 }
 
 impl CompiledVersions {
@@ -78,6 +83,9 @@ impl CompiledVersions {
         if let Some(name) = &self.header
             && let Some(value) = headers.get(name)
         {
+            if headers.get_all(name).iter().nth(1).is_some() {
+                return Err(VersionRefusal::Ambiguous(format!("send the {name} header once")));
+            }
             let wanted = value.to_str().unwrap_or("").trim();
             return self.by_name.get(wanted).cloned().ok_or_else(|| self.unknown(wanted));
         }
@@ -110,6 +118,7 @@ impl CompiledVersion {
         let deprecated = state == VersionState::Deprecated;
         CompiledVersion {
             name: v.version.clone(),
+            header_value: HeaderValue::from_str(&v.version).ok(),
             state,
             successor: Some(v.successor.clone()).filter(|s| !s.is_empty()),
             deprecation: deprecated.then(|| structured_date(v.deprecated_at_ms)),

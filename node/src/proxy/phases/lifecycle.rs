@@ -5,7 +5,11 @@
 //! version answers 410 naming its successor, an unknown one 404, a
 //! deprecated one is served with `Deprecation`, `Sunset` and `Link`
 //! headers (added to the response by `handle`), and a draft is marked for
-//! `authorize`, which lets only a preview key through. Services without
+//! `authorize`, which lets only a preview key through. When the service
+//! names versions by header, the header the upstream receives is set to the
+//! version served, whatever the client sent (a client's second value, or a
+//! header naming another version than the path, must not reach an
+//! upstream that reads it; two values are refused). Services without
 //! versions continue untouched.
 
 use super::super::snapshot::{CompiledRoute, GatewaySnapshot};
@@ -18,12 +22,15 @@ pub fn run(
     _snapshot: &GatewaySnapshot,
     rctx: &mut RequestCtx,
     route: &CompiledRoute,
-    parts: &http::request::Parts,
+    parts: &mut http::request::Parts,
 ) -> PhaseResult {
     let Some(versions) = &route.versions else { return Ok(Step::Continue) };
     let version = versions.select(rctx.version.take(), &parts.headers).map_err(refused)?;
     if let Some(refusal) = version.refusal() {
         return Err(refused(refusal));
+    }
+    if let (Some(header), Some(value)) = (&versions.header, &version.header_value) {
+        parts.headers.insert(header.clone(), value.clone());
     }
     rctx.deprecation = version.deprecation_headers(parts.uri.path(), rctx.version_segment);
     rctx.version = Some(version);
@@ -34,5 +41,6 @@ fn refused(refusal: VersionRefusal) -> GatewayError {
     match refusal {
         VersionRefusal::NotFound(message) => GatewayError::VersionNotFound(message),
         VersionRefusal::Retired { version, successor } => GatewayError::VersionRetired { version, successor },
+        VersionRefusal::Ambiguous(message) => GatewayError::BadRequest(message),
     }
 }
