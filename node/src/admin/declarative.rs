@@ -399,11 +399,11 @@ impl Item {
         };
         references_into_fields(self.kind, &mut fields, Some(resolved), existing_json.as_ref())?;
         let bytes = self.message(fields)?.encode_to_vec();
-        let meta = Some(Meta { id: self.id.clone(), ..Default::default() });
+        let meta = Meta { id: self.id.clone(), ..Default::default() };
         match self.kind {
             EntityKind::Provider => {
                 let mut provider = Provider::decode(bytes.as_slice()).map_err(internal)?;
-                provider.meta = meta;
+                provider.meta = Some(meta);
                 let existing = match &self.existing {
                     Some(AnyEntity::Provider(p)) => Some(p.as_ref()),
                     _ => None,
@@ -414,7 +414,7 @@ impl Item {
             }
             EntityKind::Route => {
                 let mut route = Route::decode(bytes.as_slice()).map_err(internal)?;
-                route.meta = meta;
+                route.meta = Some(meta);
                 let existing = match &self.existing {
                     Some(AnyEntity::Route(r)) => r.jwt.as_ref(),
                     _ => None,
@@ -424,13 +424,13 @@ impl Item {
             }
             EntityKind::Service => {
                 let mut service = Service::decode(bytes.as_slice()).map_err(internal)?;
-                service.meta = meta;
+                service.meta = Some(meta);
                 normalize_service(&mut service);
                 Ok(AnyEntity::Service(service.into()))
             }
             kind => {
                 let mut entity = kind.decode(&bytes).map_err(internal)?;
-                entity.set_meta(meta.unwrap_or_default());
+                entity.set_meta(meta);
                 Ok(entity)
             }
         }
