@@ -267,6 +267,39 @@ async fn a_file_applies_all_or_nothing_and_never_takes_a_secret_value() {
     node.shutdown().await;
 }
 
+#[tokio::test]
+async fn diff_checks_what_apply_would_and_a_file_from_another_cluster_matches_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start("orders").await;
+    let a = start_node(&dir.path().join("a")).await;
+    let b = start_node(&dir.path().join("b")).await;
+    let env = [("TG_TEST_OPENAI_KEY", SECRET)];
+    let file = write(dir.path(), "hand.yaml", &handwritten(upstream.addr));
+
+    // A dry run needs no secret values, and checks everything apply does.
+    let diff = stdout(&run(b.admin_addr, &["diff", "-f", &file], &[]).await);
+    assert!(diff.contains("+ provider openai") && diff.contains("would be made"), "{diff}");
+    let broken = handwritten(upstream.addr).replace("auth: AUTH_MODE_API_KEY", "auth: AUTH_MODE_NONE");
+    let broken_file = write(dir.path(), "broken.yaml", &broken);
+    let output = run(b.admin_addr, &["diff", "-f", &broken_file], &[]).await;
+    assert!(!output.status.success(), "the publish policy refuses an open route");
+    assert!(stderr(&output).contains("authentication required"), "{}", stderr(&output));
+    assert!(stderr(&output).contains("env:TG_TEST_OPENAI_KEY"), "ctl says which references it reads");
+
+    // Both clusters take the hand-written file: same names, different ids.
+    stdout(&run(a.admin_addr, &["apply", "-f", &file], &env).await);
+    stdout(&run(b.admin_addr, &["apply", "-f", &file], &env).await);
+    let exported_a = stdout(&run(a.admin_addr, &["export"], &[]).await);
+    let exported_b = stdout(&run(b.admin_addr, &["export"], &[]).await);
+    assert_ne!(exported_a, exported_b, "the ids differ");
+    // A's export applied to B matches B's entities by name: nothing changes.
+    let from_a = write(dir.path(), "from-a.yaml", &exported_a);
+    let diff = stdout(&run(b.admin_addr, &["diff", "-f", &from_a, "--prune"], &[]).await);
+    assert_eq!(diff.trim(), "no changes", "{diff}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[test]
 fn the_shipped_schema_is_what_the_binary_generates() {
     let output = ctl("127.0.0.1:1".parse().unwrap(), &["schema"], &[]);

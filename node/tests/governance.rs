@@ -515,3 +515,144 @@ async fn a_key_works_only_while_its_consumers_subscription_is_approved() {
     assert!(!entries.is_empty());
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn teams_cannot_take_each_others_traffic_drafts_or_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let upstream = Upstream::start("up").await;
+    let mut admin = admin_client(node.admin_addr, TOKEN).await;
+    let mut root = governance(node.admin_addr, TOKEN).await;
+    let a = put(&mut admin, "team", &Team { name: "a".into(), ..Default::default() }).await;
+    let b = put(&mut admin, "team", &Team { name: "b".into(), ..Default::default() }).await;
+    let (a_id, b_id) = (id(&a.meta), id(&b.meta));
+    let a_token = token(&mut root, "a-ci", AdminRole::Operator, "a").await;
+    let b_token = token(&mut root, "b-ci", AdminRole::Operator, "b").await;
+    let mut ops_a = admin_client(node.admin_addr, &a_token).await;
+    let mut ops_b = admin_client(node.admin_addr, &b_token).await;
+    let versioning = Versioning { default_version: "v1".into(), ..Default::default() };
+    let svc_a = Service { versioning: Some(versioning), ..service("svc-a", &a_id, upstream.addr) };
+    ops_a.create_service(svc_a).await.unwrap();
+    ops_b.create_service(service("svc-b", &b_id, upstream.addr)).await.unwrap();
+    let mut route_a = route("ra", "svc-a", PathMatch::Prefix, "/a", AuthMode::ApiKey);
+    route_a.team_id = a_id.clone();
+    ops_a.create_route(route_a).await.unwrap();
+
+    // B may not add a route that could take A's requests, nor one to the AI gateway.
+    let mut shadow = route("rb", "svc-b", PathMatch::Exact, "/a/login", AuthMode::None);
+    shadow.team_id = b_id.clone();
+    let status = ops_b.create_route(shadow.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("\"ra\""), "{}", status.message());
+    shadow.paths[0].path = "/b".into();
+    ops_b.create_route(shadow).await.unwrap();
+    let mut ai = ai_route();
+    ai.team_id = b_id.clone();
+    assert_eq!(ops_b.create_route(ai).await.unwrap_err().code(), Code::PermissionDenied);
+
+    // A version needs the service to say how requests pick one.
+    let mut b_gov = governance(node.admin_addr, &b_token).await;
+    let request = PutApiVersionRequest { service: "svc-b".into(), version: "v1".into(), ..Default::default() };
+    assert_eq!(b_gov.put_api_version(request).await.unwrap_err().code(), Code::FailedPrecondition);
+
+    // A draft of A's: A's preview key reaches it, B's does not.
+    let mut a_gov = governance(node.admin_addr, &a_token).await;
+    let request = PutApiVersionRequest { service: "svc-a".into(), version: "v1".into(), ..Default::default() };
+    a_gov.put_api_version(request).await.unwrap();
+    let preview_of = async |ops: &mut Admin, team: &str, name: &str| {
+        let consumer =
+            tollgate_proto::config::v1::Consumer { name: name.into(), team_id: team.into(), ..Default::default() };
+        ops.create_consumer(consumer).await.unwrap();
+        let key = CreateApiKeyRequest { consumer: name.into(), preview: true, ..Default::default() };
+        bearer(&ops.create_api_key(key).await.unwrap().into_inner().plaintext)
+    };
+    let a_preview = preview_of(&mut ops_a, &a_id, "a-dev").await;
+    let b_preview = preview_of(&mut ops_b, &b_id, "b-dev").await;
+    assert_eq!(get(node.proxy_addr, "/a/x", &[("authorization", &a_preview)]).await.status, 200);
+    assert_eq!(get(node.proxy_addr, "/a/x", &[("authorization", &b_preview)]).await.status, 404);
+    assert_eq!(get(node.proxy_addr, "/a/x", &[]).await.status, 404, "not a 401 that tells a draft is there");
+
+    // Subscriptions: B's consumer may ask A's auto-approving service, but
+    // once revoked it asks a person again, and it cannot delete the record.
+    let mut svc =
+        admin.get_service(GetRequest { id_or_name: "svc-b".into(), stale: false }).await.unwrap().into_inner();
+    svc.subscription = SubscriptionMode::AutoApprove as i32;
+    ops_b.update_service(svc).await.unwrap();
+    let mut a_consumer = governance(node.admin_addr, &a_token).await;
+    let ask = SubscribeRequest { consumer: "a-dev".into(), service: "svc-b".into() };
+    let sub = a_consumer.subscribe(ask.clone()).await.unwrap().into_inner();
+    assert_eq!(sub.state, SubscriptionState::Approved as i32);
+    let revoke = DecideSubscriptionRequest {
+        id: id(&sub.meta),
+        state: SubscriptionState::Revoked as i32,
+        reason: "abuse".into(),
+    };
+    b_gov.decide_subscription(revoke).await.unwrap();
+    let deleted =
+        ops_a.delete_entity(DeleteEntityRequest { kind: "subscription".into(), id_or_name: id(&sub.meta) }).await;
+    assert_eq!(deleted.unwrap_err().code(), Code::PermissionDenied);
+    let again = a_consumer.subscribe(ask).await.unwrap().into_inner();
+    assert_eq!(
+        again.state,
+        SubscriptionState::Pending as i32,
+        "a revoked consumer is not approved again automatically"
+    );
+    let self_approve = DecideSubscriptionRequest {
+        id: id(&sub.meta),
+        state: SubscriptionState::Approved as i32,
+        reason: String::new(),
+    };
+    assert_eq!(a_consumer.decide_subscription(self_approve).await.unwrap_err().code(), Code::PermissionDenied);
+
+    // A token's name may not pose as the cluster's own actors.
+    for name in ["bootstrap", "admin", "node-1"] {
+        let request =
+            CreateAdminTokenRequest { name: name.into(), role: AdminRole::Viewer as i32, ..Default::default() };
+        assert_eq!(root.create_admin_token(request).await.unwrap_err().code(), Code::InvalidArgument, "{name}");
+    }
+    node.shutdown().await;
+}
+
+/// Every admin RPC, called by a viewer and by an operator over raw gRPC
+/// (HTTP/2, an empty request): the access layer refuses exactly what the
+/// role may not call, before the request is read.
+#[tokio::test]
+async fn every_rpc_is_refused_to_each_role_that_may_not_call_it() {
+    use tollgate_node::admin::access::{Need, RULES};
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let mut admin = admin_client(node.admin_addr, TOKEN).await;
+    let mut root = governance(node.admin_addr, TOKEN).await;
+    put(&mut admin, "team", &Team { name: "t".into(), ..Default::default() }).await;
+    let viewer = token(&mut root, "v", AdminRole::Viewer, "").await;
+    let operator = token(&mut root, "o", AdminRole::Operator, "t").await;
+    let client = h2c_client();
+    let call = async |rpc: &str, token: &str| {
+        let request = http::Request::post(format!("http://{}/{rpc}", node.admin_addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("authorization", format!("Bearer {token}"))
+            .body(full(""))
+            .unwrap();
+        let reply = send(&client, request).await;
+        let header = |name: &str| reply.headers.get(name).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+        (header("grpc-status"), header("grpc-message"))
+    };
+    let mut checked = 0;
+    for (rpc, need) in RULES {
+        for (role, token, allowed) in
+            [("viewer", viewer.as_str(), *need == Need::Read), ("operator", operator.as_str(), *need != Need::Admin)]
+        {
+            let (status, message) = call(rpc, token).await;
+            let refused_by_role = status == "7" && message.contains("needs");
+            assert_eq!(refused_by_role, !allowed, "{role} on {rpc}: grpc-status {status} {message}");
+            assert_ne!(status, "16", "{role} on {rpc}: the token is valid");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, RULES.len() * 2);
+    // No token, or another's made-up token: refused before any rule.
+    let (status, _) = call("tollgate.admin.v1.AdminService/ListServices", "tgadm_0_0").await;
+    assert_eq!(status, "16");
+    node.shutdown().await;
+}

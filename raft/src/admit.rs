@@ -24,7 +24,9 @@ pub(crate) fn admit(op: &Op) -> Result<(), ApplyError> {
     match op {
         Op::CreateProvider(p) | Op::UpdateProvider(p) => provider(p),
         Op::CreateRoute(r) | Op::UpdateRoute(r) => route(r),
-        Op::CreateApiVersion(v) | Op::UpdateApiVersion(v) if !v.openapi.is_empty() => {
+        Op::CreateApiVersion(v) | Op::UpdateApiVersion(v)
+            if !v.openapi.is_empty() && v.openapi.len() <= crate::apply::MAX_OPENAPI_BYTES =>
+        {
             crate::openapi::validate(&v.openapi).map_err(|reason| ApplyError::invalid("openapi", reason))
         }
         Op::ApplyConfig(bundle) => bundle.ops.iter().filter_map(|c| c.op.as_ref()).try_for_each(admit),

@@ -167,7 +167,7 @@ pub struct Access {
 
 impl Access {
     pub fn new(bootstrap: &str, raft: RaftNode) -> Arc<Access> {
-        let recorder = Arc::new(DeniedRecorder { raft: raft.clone(), budget: Mutex::new((0, 0)) });
+        let recorder = Arc::new(DeniedRecorder { raft: raft.clone(), budget: Mutex::new((0, Default::default())) });
         Arc::new(Access { bootstrap: Arc::from(bootstrap), raft, recorder })
     }
 
@@ -241,28 +241,39 @@ pub fn role_name(role: AdminRole) -> &'static str {
     }
 }
 
-/// Proposes refused attempts, at most `PER_SECOND` a second per node.
+/// Proposes refused attempts: at most `PER_ACTOR` a minute for one admin
+/// token and `PER_MINUTE` for all on this node, so that a token looping on
+/// a refused call neither grows the replicated trail without bound nor
+/// crowds out the refusals of others. What goes over is logged.
 struct DeniedRecorder {
     raft: RaftNode,
-    /// (the current second, refusals recorded in it)
-    budget: Mutex<(i64, u32)>,
+    /// The current minute, and the refusals recorded in it per actor.
+    budget: Mutex<(i64, std::collections::HashMap<Arc<str>, u32>)>,
 }
 
 impl DeniedRecorder {
-    const PER_SECOND: u32 = 20;
+    const PER_ACTOR: u32 = 10;
+    const PER_MINUTE: u32 = 120;
+
+    fn admit(&self, actor: &Arc<str>, now: i64) -> bool {
+        let mut budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+        if budget.0 != now / 60_000 {
+            *budget = (now / 60_000, Default::default());
+        }
+        let total: u32 = budget.1.values().sum();
+        let mine = budget.1.entry(actor.clone()).or_default();
+        if *mine >= Self::PER_ACTOR || total >= Self::PER_MINUTE {
+            return false;
+        }
+        *mine += 1;
+        true
+    }
 
     fn record(&self, caller: &Caller, summary: &str, reason: &str) {
         let now = crate::clock::unix_ms();
-        {
-            let mut budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
-            if budget.0 != now / 1000 {
-                *budget = (now / 1000, 0);
-            }
-            if budget.1 >= Self::PER_SECOND {
-                tracing::warn!(actor = %caller.name, rpc = caller.rpc, reason, "refused admin call not audited: too many refusals this second");
-                return;
-            }
-            budget.1 += 1;
+        if !self.admit(&caller.name, now) {
+            tracing::warn!(actor = %caller.name, rpc = caller.rpc, reason, "refused admin call not audited: too many refusals this minute");
+            return;
         }
         let entry = AuditEntry {
             actor: caller.name.to_string(),

@@ -31,7 +31,7 @@ use tollgate_raft::{Action, AnyEntity, EntityKind, GatewayState};
 use tonic::Status;
 
 use super::ai::{seal_credentials, seal_headers};
-use super::service::{fresh_meta, normalize_service, seal_jwt_secret};
+use super::service::{fresh_meta, normalize_route, normalize_service, seal_jwt_secret};
 
 /// The format of the document; a later format may read this one.
 pub const FORMAT_VERSION: u64 = 1;
@@ -167,11 +167,13 @@ impl Plan {
     }
 }
 
-/// The operations that make `state` match `document`.
+/// The operations that make `state` match `document`. `resolved` holds the
+/// values of its secret references; None for a dry run, whose operations
+/// carry placeholders (they are only checked, never proposed).
 pub fn plan(
     state: &GatewayState,
     document: &str,
-    resolved: &HashMap<String, String>,
+    resolved: Option<&HashMap<String, String>>,
     prune: bool,
     secrets: &SecretBox,
 ) -> Result<Plan, Status> {
@@ -247,6 +249,9 @@ fn change(action: &str, kind: EntityKind, entity: &AnyEntity, fields: Vec<String
 struct Ids {
     ids: HashMap<EntityKind, BTreeSet<String>>,
     names: HashMap<(EntityKind, String), String>,
+    /// An id of the document (another cluster's) -> the id of the entity of
+    /// the same name here.
+    aliases: HashMap<(EntityKind, String), String>,
 }
 
 impl Ids {
@@ -257,6 +262,9 @@ impl Ids {
     /// The id a reference means: an id of the document or the state, else a
     /// name of either.
     fn resolve(&self, state: &GatewayState, kind: EntityKind, reference: &str) -> Option<String> {
+        if let Some(id) = self.aliases.get(&(kind, reference.to_string())) {
+            return Some(id.clone());
+        }
         if self.named(kind, reference) || state.entity(kind, reference).is_some_and(|e| e.id() == reference) {
             return None;
         }
@@ -329,14 +337,22 @@ impl Item {
         }
         let Value::Object(fields) = value else { unreachable!("an object stays an object") };
         let name = fields.get("name").and_then(Value::as_str).map(str::to_string);
-        let existing = match (&id, &name) {
-            (Some(id), _) => state.entity(kind, id).filter(|e| e.id() == id),
-            (None, Some(name)) => state.entity(kind, name),
-            (None, None) => natural_match(state, kind, &fields),
+        // By id; else (a document from another cluster, or hand-written) by
+        // name, or by what identifies a version or a subscription.
+        let by_id = id.as_ref().and_then(|id| state.entity(kind, id).filter(|e| e.id() == id));
+        let existing = by_id.or_else(|| match &name {
+            Some(name) => state.entity(kind, name).filter(|e| e.name() == Some(name.as_str())),
+            None => natural_match(state, kind, &fields),
+        });
+        let id = match (id, &existing) {
+            (Some(given), Some(e)) if given != e.id() => {
+                ids.aliases.insert((kind, given), e.id().to_string());
+                e.id().to_string()
+            }
+            (Some(given), _) => given,
+            (None, Some(e)) => e.id().to_string(),
+            (None, None) => fresh_meta().map(|m| m.id).unwrap_or_default(),
         };
-        let id = id
-            .or_else(|| existing.as_ref().map(|e| e.id().to_string()))
-            .unwrap_or_else(|| fresh_meta().map(|m| m.id).unwrap_or_default());
         if !ids.ids.entry(kind).or_default().insert(id.clone()) {
             return Err(format!("id {id:?} is given twice"));
         }
@@ -347,7 +363,12 @@ impl Item {
     }
 
     /// Adds the operation this item needs, if any.
-    fn plan(self, resolved: &HashMap<String, String>, secrets: &SecretBox, plan: &mut Plan) -> Result<(), Status> {
+    fn plan(
+        self,
+        resolved: Option<&HashMap<String, String>>,
+        secrets: &SecretBox,
+        plan: &mut Plan,
+    ) -> Result<(), Status> {
         let desired = self.canonical()?;
         let action = match &self.existing {
             Some(existing) => {
@@ -378,9 +399,9 @@ impl Item {
     /// compare with the entity it replaces.
     fn canonical(&self) -> Result<Map<String, Value>, Status> {
         let mut fields = self.fields.clone();
-        references_into_fields(self.kind, &mut fields, None, None)?;
-        let message = self.message(fields)?;
-        to_json(self.kind, &message.encode_to_vec())
+        references_into_fields(self.kind, &mut fields, Resolve::Compare, None)?;
+        let bytes = normalized(self.kind, self.message(fields)?.encode_to_vec())?;
+        to_json(self.kind, &bytes)
     }
 
     fn message(&self, fields: Map<String, Value>) -> Result<DynamicMessage, Status> {
@@ -391,14 +412,15 @@ impl Item {
 
     /// The entity to propose: the document's fields, its id, and its
     /// secrets sealed (kept from `existing` where the reference is unchanged).
-    fn build(&self, resolved: &HashMap<String, String>, secrets: &SecretBox) -> Result<AnyEntity, Status> {
+    fn build(&self, resolved: Option<&HashMap<String, String>>, secrets: &SecretBox) -> Result<AnyEntity, Status> {
         let mut fields = self.fields.clone();
         let existing_json = match &self.existing {
             Some(e) => Some(to_json(self.kind, &e.encode_to_vec())?),
             None => None,
         };
-        references_into_fields(self.kind, &mut fields, Some(resolved), existing_json.as_ref())?;
-        let bytes = self.message(fields)?.encode_to_vec();
+        let resolve = resolved.map_or(Resolve::Placeholder, Resolve::Values);
+        references_into_fields(self.kind, &mut fields, resolve, existing_json.as_ref())?;
+        let bytes = normalized(self.kind, self.message(fields)?.encode_to_vec())?;
         let meta = Meta { id: self.id.clone(), ..Default::default() };
         match self.kind {
             EntityKind::Provider => {
@@ -425,7 +447,6 @@ impl Item {
             EntityKind::Service => {
                 let mut service = Service::decode(bytes.as_slice()).map_err(internal)?;
                 service.meta = Some(meta);
-                normalize_service(&mut service);
                 Ok(AnyEntity::Service(service.into()))
             }
             kind => {
@@ -435,6 +456,35 @@ impl Item {
             }
         }
     }
+}
+
+/// The message as the typed RPCs would store it (host names lower-cased, a
+/// route's defaults filled in), so a document compares equal to its export.
+fn normalized(kind: EntityKind, bytes: Vec<u8>) -> Result<Vec<u8>, Status> {
+    match kind {
+        EntityKind::Route => {
+            let mut route = Route::decode(bytes.as_slice()).map_err(internal)?;
+            normalize_route(&mut route)?;
+            Ok(route.encode_to_vec())
+        }
+        EntityKind::Service => {
+            let mut service = Service::decode(bytes.as_slice()).map_err(internal)?;
+            normalize_service(&mut service);
+            Ok(service.encode_to_vec())
+        }
+        _ => Ok(bytes),
+    }
+}
+
+/// How secret references become values.
+#[derive(Clone, Copy)]
+enum Resolve<'a> {
+    /// Comparing with the stored form: no value is needed.
+    Compare,
+    /// A dry run: a placeholder stands for each value to be sealed.
+    Placeholder,
+    /// The values the client resolved.
+    Values(&'a HashMap<String, String>),
 }
 
 /// An api version or a subscription without an id: the one of the same
@@ -462,7 +512,7 @@ fn natural_match(state: &GatewayState, kind: EntityKind, fields: &Map<String, Va
 fn references_into_fields(
     kind: EntityKind,
     fields: &mut Map<String, Value>,
-    resolved: Option<&HashMap<String, String>>,
+    resolved: Resolve,
     existing: Option<&Map<String, Value>>,
 ) -> Result<(), Status> {
     let list = |fields: &mut Map<String, Value>,
@@ -508,7 +558,7 @@ fn secret_field(
     field: &str,
     reference_field: &str,
     before: Option<&str>,
-    resolved: Option<&HashMap<String, String>>,
+    resolved: Resolve,
 ) -> Result<(), Status> {
     let reference = match item.remove(field) {
         None => return Ok(()),
@@ -527,8 +577,14 @@ fn secret_field(
     if before == Some(reference.as_str()) {
         return Ok(());
     }
-    // Only comparing with the stored form: no value is needed.
-    let Some(resolved) = resolved else { return Ok(()) };
+    let resolved = match resolved {
+        Resolve::Compare => return Ok(()),
+        Resolve::Placeholder => {
+            item.insert(field.into(), "placeholder-of-a-dry-run".into());
+            return Ok(());
+        }
+        Resolve::Values(values) => values,
+    };
     match resolved.get(&reference) {
         Some(value) => {
             item.insert(field.into(), value.clone().into());

@@ -158,7 +158,8 @@ impl GovernanceService for Governance {
         let entries = state
             .audit_entries()
             .rev()
-            .take_while(|e| e.at_ms >= request.since_ms)
+            // Proposers' clocks differ: filter, not stop at the first older one.
+            .filter(|e| e.at_ms >= request.since_ms)
             .filter(|e| request.actor.is_empty() || e.actor == request.actor)
             .filter(|e| touches(e))
             .take(limit)
@@ -221,11 +222,17 @@ impl GovernanceService for Governance {
             state.find_consumer(&request.consumer).ok_or_else(|| not_found("consumer", &request.consumer))?;
         let consumer_id = id_of(&consumer.meta);
         let service_id = service_id(&state, &request.service)?;
-        let auto = state.service(&service_id).is_some_and(|s| s.subscription == SubscriptionMode::AutoApprove as i32);
+        let existing = state.subscriptions().find(|s| s.service_id == service_id && s.consumer_id == consumer_id);
+        // A consumer once rejected or revoked asks a person again, even
+        // where new subscriptions are approved automatically.
+        let decided_before = existing.is_some_and(|s| {
+            s.state == SubscriptionState::Rejected as i32 || s.state == SubscriptionState::Revoked as i32
+        });
+        let auto = !decided_before
+            && state.service(&service_id).is_some_and(|s| s.subscription == SubscriptionMode::AutoApprove as i32);
         let wanted = if auto { SubscriptionState::Approved } else { SubscriptionState::Pending };
         let caller = Caller::current()?;
         let decided_by = if auto { caller.name.to_string() } else { String::new() };
-        let existing = state.subscriptions().find(|s| s.service_id == service_id && s.consumer_id == consumer_id);
         let op = match existing {
             Some(existing) if existing.state == wanted as i32 => {
                 return Ok(Response::new(existing.as_ref().clone()));
@@ -285,11 +292,20 @@ impl GovernanceService for Governance {
     ) -> Result<Response<ApplyConfigResponse>, Status> {
         let request = request.into_inner();
         let state = self.read(false).await?;
-        let plan = declarative::plan(&state, &request.document, &request.secrets, request.prune, &self.secrets)?;
-        if request.dry_run || plan.ops.is_empty() {
+        let resolved = (!request.dry_run).then_some(&request.secrets);
+        let plan = declarative::plan(&state, &request.document, resolved, request.prune, &self.secrets)?;
+        if plan.ops.is_empty() {
             return Ok(Response::new(ApplyConfigResponse { changes: plan.changes, revision: 0 }));
         }
         let (op, changes) = plan.into_parts();
+        if request.dry_run {
+            // Everything apply would check (references, policies, the
+            // caller's rights), on this node's state, without proposing.
+            let mut command = tollgate_raft::Command::new(op, crate::clock::unix_ms(), "");
+            Caller::current()?.stamp(&mut command);
+            tollgate_raft::apply(&state, &command.0, state.applied_index() + 1).map_err(super::status::from_apply)?;
+            return Ok(Response::new(ApplyConfigResponse { changes, revision: 0 }));
+        }
         let applied = propose::commit(&self.raft, &self.proxy, op).await?;
         Ok(Response::new(ApplyConfigResponse { changes, revision: applied.revision }))
     }

@@ -100,6 +100,11 @@ pub(super) fn seal_jwt_secret(
     Ok(())
 }
 
+/// A key as reads show it: never its hash (any viewer token may read keys).
+fn shown_key(key: &ApiKey) -> ApiKey {
+    ApiKey { secret_sha256: Vec::new(), ..key.clone() }
+}
+
 pub(super) fn id_of(meta: &Option<Meta>) -> String {
     meta.as_ref().map(|m| m.id.clone()).unwrap_or_default()
 }
@@ -157,7 +162,7 @@ fn resolve_service_name(route: &mut Route, state: &GatewayState) {
 /// the backend in either format (see `Route::adopt_legacy_backend`), a path
 /// without a kind is a prefix, a route without an auth mode requires an API
 /// key (closed by default), hosts are case-insensitive, methods upper-case.
-fn normalize_route(route: &mut Route) -> Result<(), Status> {
+pub(super) fn normalize_route(route: &mut Route) -> Result<(), Status> {
     route.adopt_legacy_backend().map_err(Status::invalid_argument)?;
     for path in &mut route.paths {
         if path.kind == PathMatch::Unspecified as i32 {
@@ -303,7 +308,7 @@ impl AdminService for Admin {
             allowed_models: request.allowed_models,
             preview: request.preview,
         };
-        let api_key = self.write(Op::CreateApiKey(record)).await?;
+        let api_key = shown_key(&self.write(Op::CreateApiKey(record)).await?);
         Ok(Response::new(CreateApiKeyResponse { api_key: Some(api_key), plaintext: key.plaintext }))
     }
 
@@ -311,7 +316,7 @@ impl AdminService for Admin {
         let GetRequest { id_or_name: key, stale } = request.into_inner();
         let state = self.read_with(stale).await?;
         let found = state.api_key(&key).ok_or_else(|| not_found("key", &key))?;
-        Ok(Response::new(found.as_ref().clone()))
+        Ok(Response::new(shown_key(found)))
     }
 
     async fn list_api_keys(
@@ -327,7 +332,7 @@ impl AdminService for Admin {
         let api_keys = state
             .api_keys()
             .filter(|k| consumer_id.as_ref().is_none_or(|c| &k.consumer_id == c))
-            .map(|k| k.as_ref().clone())
+            .map(|k| shown_key(k))
             .collect();
         Ok(Response::new(ListApiKeysResponse { api_keys }))
     }
@@ -352,7 +357,7 @@ impl AdminService for Admin {
         if update.set_allowed_models {
             key.allowed_models = update.allowed_models;
         }
-        self.write(Op::UpdateApiKey(key)).await.map(Response::new)
+        self.write(Op::UpdateApiKey(key)).await.map(|k| Response::new(shown_key(&k)))
     }
 
     async fn delete_api_key(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {

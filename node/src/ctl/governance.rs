@@ -462,6 +462,12 @@ pub async fn export(mut governance: Governance, stale: bool) -> Result<String, C
 pub async fn apply(args: ApplyArgs, dry_run: bool, mut governance: Governance, out: &Printer) -> Result<(), CtlError> {
     let document = read_input(&args.file)?;
     let references = references_in(&document).map_err(CtlError::Usage)?;
+    // The file says what this machine's environment and files are read for:
+    // a file from elsewhere must not send them anywhere unseen.
+    if !references.is_empty() {
+        let names: Vec<&str> = references.iter().map(String::as_str).collect();
+        eprintln!("secret references in the file: {}", names.join(", "));
+    }
     let secrets = if dry_run { HashMap::new() } else { resolve(&references)? };
     let request = ApplyConfigRequest { document, secrets, prune: args.prune, dry_run };
     let answer = governance.apply_config(request).await?.into_inner();

@@ -266,17 +266,24 @@ fn directives(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 }
 
 /// The cache key; `\u{1f}` separates parts so no part can imitate another.
-pub fn key(
-    route_id: &str,
-    consumer: Option<&str>,
-    method: &Method,
-    host: Option<&str>,
-    path_and_query: &str,
-    vary: &[http::HeaderName],
-    headers: &HeaderMap,
-) -> String {
+/// What a cached response is the answer to.
+pub struct KeyOf<'a> {
+    pub route_id: &'a str,
+    pub consumer: Option<&'a str>,
+    /// The API version the lifecycle phase chose: one selected by a header
+    /// the route does not vary on must not share another version's entry.
+    pub version: Option<&'a str>,
+    pub method: &'a Method,
+    pub host: Option<&'a str>,
+    pub path_and_query: &'a str,
+}
+
+pub fn key(of: KeyOf<'_>, vary: &[http::HeaderName], headers: &HeaderMap) -> String {
+    let KeyOf { route_id, consumer, version, method, host, path_and_query } = of;
     let mut k = String::with_capacity(64 + path_and_query.len());
-    for part in [route_id, consumer.unwrap_or(""), method.as_str(), host.unwrap_or(""), path_and_query] {
+    for part in
+        [route_id, consumer.unwrap_or(""), version.unwrap_or(""), method.as_str(), host.unwrap_or(""), path_and_query]
+    {
         k.push_str(part);
         k.push('\u{1f}');
     }
@@ -373,9 +380,19 @@ mod tests {
     #[test]
     fn vary_headers_split_the_key() {
         let vary = [http::HeaderName::from_static("accept-language")];
-        let a = key("r", None, &Method::GET, Some("h"), "/p?q=1", &vary, &with("accept-language", "en"));
-        let b = key("r", None, &Method::GET, Some("h"), "/p?q=1", &vary, &with("accept-language", "de"));
-        let c = key("r", None, &Method::GET, Some("h"), "/p?q=2", &vary, &with("accept-language", "en"));
+        let of = |version, path_and_query| KeyOf {
+            route_id: "r",
+            consumer: None,
+            version,
+            method: &Method::GET,
+            host: Some("h"),
+            path_and_query,
+        };
+        let a = key(of(None, "/p?q=1"), &vary, &with("accept-language", "en"));
+        let b = key(of(None, "/p?q=1"), &vary, &with("accept-language", "de"));
+        let c = key(of(None, "/p?q=2"), &vary, &with("accept-language", "en"));
         assert!(a != b && a != c);
+        let v2 = key(of(Some("v2"), "/p?q=1"), &vary, &with("accept-language", "en"));
+        assert_ne!(a, v2, "each API version has its own entries");
     }
 }

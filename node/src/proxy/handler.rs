@@ -65,8 +65,9 @@ pub async fn handle(
     {
         cors.decorate(rctx.origin.as_ref(), response.headers_mut());
     }
+    // Appended: the upstream's own Link headers (pagination…) stay.
     for (name, value) in rctx.deprecation.drain(..) {
-        response.headers_mut().insert(name, value);
+        response.headers_mut().append(name, value);
     }
     response.headers_mut().insert(X_REQUEST_ID.clone(), rctx.request_id.clone());
     rctx.phases.enter(Phase::Account);

@@ -131,6 +131,7 @@ pub struct CompiledService {
     pub versions: Option<Arc<CompiledVersions>>,
     /// A key works only with an approved subscription of its consumer.
     pub subscription_required: bool,
+    pub team_id: Arc<str>,
 }
 
 pub struct RetrySettings {
@@ -163,6 +164,9 @@ pub struct CompiledRoute {
     pub versions: Option<Arc<CompiledVersions>>,
     /// The service's id when callers need an approved subscription to it.
     pub subscription_service: Option<Arc<str>>,
+    /// The team that owns the route's service ("" for none): its preview
+    /// keys may call its draft versions.
+    pub service_team: Arc<str>,
 }
 
 /// A route's backend, from its proto `oneof backend`.
@@ -524,6 +528,7 @@ fn compile_service(
         metrics: shared.metrics.service(&s.name),
         versions: None,
         subscription_required: s.subscription != tollgate_proto::config::v1::SubscriptionMode::Unspecified as i32,
+        team_id: Arc::from(s.team_id.as_str()),
         id,
     }
 }
@@ -578,5 +583,6 @@ fn compile_route(r: &Route, service: Option<&CompiledService>, shared: &Shared) 
         idle_timeout: (r.idle_timeout_ms > 0).then(|| Duration::from_millis(r.idle_timeout_ms.into())),
         versions: service.and_then(|s| s.versions.clone()),
         subscription_service: service.filter(|s| s.subscription_required).map(|s| Arc::from(s.id.as_str())),
+        service_team: service.map_or_else(|| Arc::from(""), |s| s.team_id.clone()),
     }
 }

@@ -23,13 +23,45 @@ pub struct Actor<'a> {
     pub team: &'a str,
 }
 
+/// Names no admin token may take: the actors of the node's own token, of
+/// the cluster's own commands and of commands from before roles existed.
+pub const RESERVED_ACTORS: &[&str] = &["bootstrap", "cluster", "admin"];
+
 impl<'a> Actor<'a> {
+    /// As the command says; [`Actor::resolve`] holds it to the token record.
     pub fn of(cmd: &'a Command) -> Actor<'a> {
         Actor {
             name: if cmd.actor.is_empty() { "cluster" } else { &cmd.actor },
             role: AdminRole::try_from(cmd.actor_role).unwrap_or(AdminRole::Unspecified),
             team: &cmd.actor_team,
         }
+    }
+
+    /// The actor with the powers its admin token has in `state` when the
+    /// command applies: the role and team of the record, not of the
+    /// command, so a node of an earlier version that forwarded the command
+    /// without them grants nothing more, and a token revoked or expired
+    /// since the call was checked writes nothing. Actors that name no token
+    /// (the bootstrap token, the cluster, commands from before roles
+    /// existed) keep what the command says.
+    pub fn resolve(cmd: &'a Command, state: &'a GatewayState) -> Result<Actor<'a>, ApplyError> {
+        let actor = Actor::of(cmd);
+        let Some(token) = state.find_admin_token(actor.name).filter(|t| t.name == actor.name) else {
+            return Ok(actor);
+        };
+        let expired = token.expires_at_ms != 0 && token.expires_at_ms <= cmd.proposed_at_ms;
+        if token.revoked || expired {
+            return Err(ApplyError::PermissionDenied(format!(
+                "the admin token {:?} was {} before this change applied",
+                token.name,
+                if token.revoked { "revoked" } else { "expired" }
+            )));
+        }
+        Ok(Actor {
+            name: actor.name,
+            role: AdminRole::try_from(token.role).unwrap_or(AdminRole::Viewer),
+            team: &token.team_id,
+        })
     }
 }
 
@@ -44,86 +76,20 @@ pub(crate) fn check(state: &GatewayState, actor: &Actor, op: &Op) -> Result<(), 
     }
     let team = Team { state, actor };
     match op {
-        Op::CreateService(s) => team.owns(EntityKind::Service, &s.name, &s.team_id),
-        Op::UpdateService(s) => {
-            team.owns_existing(EntityKind::Service, s.meta.as_ref().map_or("", |m| &m.id))?;
-            team.owns(EntityKind::Service, &s.name, &s.team_id)
-        }
-        Op::DeleteService(id) => team.owns_existing(EntityKind::Service, id),
-        Op::CreateRoute(r) | Op::UpdateRoute(r) => {
-            if matches!(op, Op::UpdateRoute(_)) {
-                team.owns_existing(EntityKind::Route, r.meta.as_ref().map_or("", |m| &m.id))?;
-            }
-            team.owns(EntityKind::Route, &r.name, &r.team_id)?;
-            match r.backend_service_id() {
-                Some(service) => team.owns_existing(EntityKind::Service, service),
-                None => Ok(()),
-            }
-        }
-        Op::DeleteRoute(id) => team.owns_existing(EntityKind::Route, id),
-        Op::CreateConsumer(c) => team.owns(EntityKind::Consumer, &c.name, &c.team_id),
-        Op::UpdateConsumer(c) => {
-            team.owns_existing(EntityKind::Consumer, c.meta.as_ref().map_or("", |m| &m.id))?;
-            team.owns(EntityKind::Consumer, &c.name, &c.team_id)
-        }
-        Op::DeleteConsumer(id) => team.owns_existing(EntityKind::Consumer, id),
-        Op::CreateApiKey(k) => team.owns_existing(EntityKind::Consumer, &k.consumer_id),
-        Op::UpdateApiKey(k) => team.owns_key(k.meta.as_ref().map_or("", |m| &m.id)),
-        Op::DeleteApiKey(id) => team.owns_key(id),
-        Op::CreateLimit(l) | Op::UpdateLimit(l) => {
-            if matches!(op, Op::UpdateLimit(_)) {
-                team.owns_existing(EntityKind::Limit, l.meta.as_ref().map_or("", |m| &m.id))?;
-            }
-            team.owns(EntityKind::Limit, &l.name, &l.team_id)?;
-            if l.global {
-                return Err(denied(actor, "a global limit applies to every team: only an admin sets one"));
-            }
-            for id in &l.service_ids {
-                team.owns_existing(EntityKind::Service, id)?;
-            }
-            for id in &l.route_ids {
-                team.owns_existing(EntityKind::Route, id)?;
-            }
-            for id in &l.consumer_ids {
-                team.owns_existing(EntityKind::Consumer, id)?;
-            }
-            l.api_key_ids.iter().try_for_each(|id| team.owns_key(id))
-        }
+        Op::CreateService(_) | Op::UpdateService(_) | Op::DeleteService(_) => services(&team, op),
+        Op::CreateRoute(_) | Op::UpdateRoute(_) | Op::DeleteRoute(_) => routes(&team, op),
+        Op::CreateConsumer(_)
+        | Op::UpdateConsumer(_)
+        | Op::DeleteConsumer(_)
+        | Op::CreateApiKey(_)
+        | Op::UpdateApiKey(_)
+        | Op::DeleteApiKey(_) => consumers(&team, op),
+        Op::CreateLimit(l) | Op::UpdateLimit(l) => limit(&team, op, l),
         Op::DeleteLimit(id) => team.owns_existing(EntityKind::Limit, id),
         Op::CreateApiVersion(v) => team.owns_existing(EntityKind::Service, &v.service_id),
-        Op::UpdateApiVersion(v) => team.owns_version(v.meta.as_ref().map_or("", |m| &m.id)),
+        Op::UpdateApiVersion(v) => team.owns_version(id_of(&v.meta)),
         Op::DeleteApiVersion(id) => team.owns_version(id),
-        Op::CreateSubscription(s) => {
-            let approved = s.state == SubscriptionState::Approved as i32;
-            let needs_approval = state
-                .service(&s.service_id)
-                .is_some_and(|svc| svc.subscription != SubscriptionMode::AutoApprove as i32);
-            if approved && needs_approval {
-                // Approving is the service team's decision.
-                team.owns_existing(EntityKind::Service, &s.service_id)
-            } else {
-                team.owns_either(&s.consumer_id, &s.service_id)
-            }
-        }
-        Op::UpdateSubscription(s) => {
-            let existing = state.subscription(s.meta.as_ref().map_or("", |m| &m.id));
-            let Some(existing) = existing else { return Ok(()) }; // apply says not found
-            let decides = s.state != existing.state
-                && matches!(
-                    SubscriptionState::try_from(s.state),
-                    Ok(SubscriptionState::Approved | SubscriptionState::Rejected)
-                );
-            if decides {
-                team.owns_existing(EntityKind::Service, &existing.service_id)
-            } else {
-                // Either side may end a subscription or ask again.
-                team.owns_either(&existing.consumer_id, &existing.service_id)
-            }
-        }
-        Op::DeleteSubscription(id) => match state.subscription(id) {
-            Some(s) => team.owns_either(&s.consumer_id, &s.service_id),
-            None => Ok(()),
-        },
+        Op::CreateSubscription(_) | Op::UpdateSubscription(_) | Op::DeleteSubscription(_) => subscriptions(&team, op),
         // Cluster-wide settings and identities: admins only.
         Op::CreateTeam(_) | Op::UpdateTeam(_) | Op::DeleteTeam(_) => admin_only(actor, "teams"),
         Op::CreateAdminToken(_) | Op::UpdateAdminToken(_) | Op::DeleteAdminToken(_) => {
@@ -142,6 +108,134 @@ pub(crate) fn check(state: &GatewayState, actor: &Actor, op: &Op) -> Result<(), 
         Op::Lease(_) | Op::Usage(_) | Op::RecordDenied(_) | Op::PruneAudit(_) => {
             admin_only(actor, "the cluster's own records")
         }
+    }
+}
+
+fn id_of(meta: &Option<tollgate_proto::config::v1::Meta>) -> &str {
+    meta.as_ref().map_or("", |m| &m.id)
+}
+
+fn services(team: &Team, op: &Op) -> Result<(), ApplyError> {
+    match op {
+        Op::CreateService(s) => team.owns(EntityKind::Service, &s.name, &s.team_id),
+        Op::UpdateService(s) => {
+            team.owns_existing(EntityKind::Service, id_of(&s.meta))?;
+            team.owns(EntityKind::Service, &s.name, &s.team_id)
+        }
+        Op::DeleteService(id) => team.owns_existing(EntityKind::Service, id),
+        _ => unreachable!("only service operations come here"),
+    }
+}
+
+/// A route decides which requests reach a service: an operator's may lead
+/// only to its team's services, never to the AI gateway (an admin's), and
+/// may not overlap another team's routes, which it could shadow.
+fn routes(team: &Team, op: &Op) -> Result<(), ApplyError> {
+    let route = match op {
+        Op::DeleteRoute(id) => return team.owns_existing(EntityKind::Route, id),
+        Op::UpdateRoute(r) => {
+            team.owns_existing(EntityKind::Route, id_of(&r.meta))?;
+            r
+        }
+        Op::CreateRoute(r) => r,
+        _ => unreachable!("only route operations come here"),
+    };
+    team.owns(EntityKind::Route, &route.name, &route.team_id)?;
+    match route.backend_service_id() {
+        Some(service) => team.owns_existing(EntityKind::Service, service)?,
+        None if route.is_ai_backend() => {
+            return Err(denied(
+                team.actor,
+                "routes to the AI gateway are an admin's (they spend the cluster's provider keys)",
+            ));
+        }
+        None => {}
+    }
+    let mut foreign =
+        team.state.routes().filter(|r| r.team_id != team.actor.team && id_of(&r.meta) != id_of(&route.meta));
+    match foreign.find(|other| super::overlap::routes_overlap(route, other)) {
+        Some(other) => Err(ApplyError::PermissionDenied(format!(
+            "{} may not write route {:?}: it could take requests of route {:?}, which is {}; pick hosts or paths of your own, or ask an admin",
+            team.actor.name,
+            route.name,
+            other.name,
+            team.owner(&other.team_id)
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn consumers(team: &Team, op: &Op) -> Result<(), ApplyError> {
+    match op {
+        Op::CreateConsumer(c) => team.owns(EntityKind::Consumer, &c.name, &c.team_id),
+        Op::UpdateConsumer(c) => {
+            team.owns_existing(EntityKind::Consumer, id_of(&c.meta))?;
+            team.owns(EntityKind::Consumer, &c.name, &c.team_id)
+        }
+        Op::DeleteConsumer(id) => team.owns_existing(EntityKind::Consumer, id),
+        Op::CreateApiKey(k) => team.owns_existing(EntityKind::Consumer, &k.consumer_id),
+        Op::UpdateApiKey(k) => team.owns_key(id_of(&k.meta)),
+        Op::DeleteApiKey(id) => team.owns_key(id),
+        _ => unreachable!("only consumer and key operations come here"),
+    }
+}
+
+fn limit(team: &Team, op: &Op, l: &tollgate_proto::config::v1::Limit) -> Result<(), ApplyError> {
+    if matches!(op, Op::UpdateLimit(_)) {
+        team.owns_existing(EntityKind::Limit, id_of(&l.meta))?;
+    }
+    team.owns(EntityKind::Limit, &l.name, &l.team_id)?;
+    if l.global {
+        return Err(denied(team.actor, "a global limit applies to every team: only an admin sets one"));
+    }
+    for id in &l.service_ids {
+        team.owns_existing(EntityKind::Service, id)?;
+    }
+    for id in &l.route_ids {
+        team.owns_existing(EntityKind::Route, id)?;
+    }
+    for id in &l.consumer_ids {
+        team.owns_existing(EntityKind::Consumer, id)?;
+    }
+    l.api_key_ids.iter().try_for_each(|id| team.owns_key(id))
+}
+
+/// Either side may ask, and the consumer's side may end a subscription;
+/// approving, rejecting and deleting (which would let an auto-approving
+/// service approve a revoked consumer again) are the service team's.
+fn subscriptions(team: &Team, op: &Op) -> Result<(), ApplyError> {
+    match op {
+        Op::CreateSubscription(s) => {
+            let approved = s.state == SubscriptionState::Approved as i32;
+            let needs_approval = team
+                .state
+                .service(&s.service_id)
+                .is_some_and(|svc| svc.subscription != SubscriptionMode::AutoApprove as i32);
+            if approved && needs_approval {
+                team.owns_existing(EntityKind::Service, &s.service_id)
+            } else {
+                team.owns_either(&s.consumer_id, &s.service_id)
+            }
+        }
+        Op::UpdateSubscription(s) => {
+            let Some(existing) = team.state.subscription(id_of(&s.meta)) else { return Ok(()) }; // apply says not found
+            let decides = (s.state != existing.state
+                && matches!(
+                    SubscriptionState::try_from(s.state),
+                    Ok(SubscriptionState::Approved | SubscriptionState::Rejected)
+                ))
+                || (!s.decided_by.is_empty() && s.decided_by != existing.decided_by);
+            if decides {
+                team.owns_existing(EntityKind::Service, &existing.service_id)
+            } else {
+                team.owns_either(&existing.consumer_id, &existing.service_id)
+            }
+        }
+        Op::DeleteSubscription(id) => match team.state.subscription(id) {
+            Some(s) => team.owns_existing(EntityKind::Service, &s.service_id),
+            None => Ok(()),
+        },
+        _ => unreachable!("only subscription operations come here"),
     }
 }
 

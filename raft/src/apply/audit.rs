@@ -112,6 +112,14 @@ pub fn redacted(entity: &AnyEntity) -> AnyEntity {
             }
             AnyEntity::Route(Arc::new(r))
         }
+        // An OpenAPI document may be a megabyte: the trail says which one
+        // it was (its digest), not the whole document twice per change.
+        AnyEntity::ApiVersion(v) if !v.openapi.is_empty() => {
+            use sha2::Digest;
+            let digest = hex::encode(sha2::Sha256::digest(v.openapi.as_bytes()));
+            let openapi = format!("sha256:{digest} ({} bytes)", v.openapi.len());
+            AnyEntity::ApiVersion(Arc::new(tollgate_proto::config::v1::ApiVersion { openapi, ..(**v).clone() }))
+        }
         AnyEntity::Service(_)
         | AnyEntity::Consumer(_)
         | AnyEntity::ModelAlias(_)

@@ -66,6 +66,12 @@ impl Rules for Team {
 impl Rules for AdminToken {
     fn validate(&self, state: &GatewayState) -> Result<(), ApplyError> {
         validate::name("name", &self.name)?;
+        if super::access::RESERVED_ACTORS.contains(&self.name.as_str()) || self.name.starts_with("node") {
+            return Err(ApplyError::invalid(
+                "name",
+                "bootstrap, cluster, admin and names starting with \"node\" name the cluster's own actors in the audit trail; pick another",
+            ));
+        }
         let role = AdminRole::try_from(self.role).unwrap_or(AdminRole::Unspecified);
         match role {
             AdminRole::Unspecified => {
@@ -149,8 +155,16 @@ pub fn service_is_published(state: &GatewayState, service_id: &str) -> bool {
 
 impl Rules for ApiVersion {
     fn validate(&self, state: &GatewayState) -> Result<(), ApplyError> {
-        if state.service(&self.service_id).is_none() {
-            return Err(ApplyError::not_found(EntityKind::Service, &self.service_id));
+        let service = state
+            .service(&self.service_id)
+            .ok_or_else(|| ApplyError::not_found(EntityKind::Service, &self.service_id))?;
+        // Without it requests would not pick versions, and a draft or a
+        // retired version would be served like any other.
+        if service.versioning.is_none() {
+            return Err(ApplyError::FailedPrecondition(format!(
+                "service {:?} does not say how requests pick a version: set its versioning first",
+                service.name
+            )));
         }
         validate::name("version", &self.version)?;
         let lifecycle = version_state(self);

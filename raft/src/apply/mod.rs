@@ -13,6 +13,7 @@ mod cluster;
 mod consumers;
 mod governance;
 mod limits;
+mod overlap;
 mod proxy;
 mod publish;
 mod quota;
@@ -79,7 +80,7 @@ pub struct Outcome {
 /// position `index`. A rejected command returns an error and no changes.
 pub fn apply(state: &GatewayState, cmd: &Command, index: u64) -> Result<Outcome, ApplyError> {
     let op = cmd.op.as_ref().ok_or_else(|| ApplyError::invalid("op", "the command carries no operation"))?;
-    let actor = Actor::of(cmd);
+    let actor = Actor::resolve(cmd, state)?;
     let now = cmd.proposed_at_ms;
     let mut outcome = match op {
         Op::ApplyConfig(bundle) => apply_bundle(state, bundle, &actor, now, index)?,

@@ -17,8 +17,18 @@ impl Rules for Service {
         }
         validate::targets(&self.targets)?;
         super::governance::team_ref(state, &self.team_id)?;
-        if let Some(versioning) = &self.versioning {
-            validate_versioning(versioning)?;
+        match &self.versioning {
+            Some(versioning) => validate_versioning(versioning)?,
+            None if state
+                .api_versions()
+                .any(|v| Some(v.service_id.as_str()) == self.meta.as_ref().map(|m| m.id.as_str())) =>
+            {
+                return Err(ApplyError::FailedPrecondition(format!(
+                    "service {:?} has versions: it keeps its versioning (delete the versions first)",
+                    self.name
+                )));
+            }
+            None => {}
         }
         validate_policy::service(self)
     }

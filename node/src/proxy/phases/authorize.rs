@@ -1,7 +1,7 @@
 //! **authorize**: runs after `authenticate`. Whether this caller may send
 //! this request here: the route's IP allow and deny lists; a draft API
-//! version only for a preview key (anyone else gets the 404 of a version
-//! that does not exist); on a service that needs subscriptions, only a
+//! version only for a preview key of the service's team (anyone else gets
+//! the 404 of a version that does not exist); on a service that needs subscriptions, only a
 //! consumer whose subscription is approved in this node's snapshot (so an
 //! approval or a revocation applies on every node as it commits); and the
 //! request body's declared size (refused before anything is read or
@@ -26,7 +26,7 @@ pub fn run(
         return Err(GatewayError::Forbidden("your IP address is not allowed on this route"));
     }
     if let Some(version) = rctx.version.as_ref().filter(|v| v.is_draft())
-        && !rctx.api_key.as_ref().is_some_and(|k| k.preview)
+        && !previews(rctx, route)
     {
         return Err(GatewayError::VersionNotFound(format!("API version {:?} does not exist", version.name)));
     }
@@ -43,6 +43,13 @@ pub fn run(
 #[inline]
 pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
     headers.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// A preview key of a consumer of the service's own team: the team that
+/// writes a draft tries it; no other team's key sees it.
+fn previews(rctx: &RequestCtx, route: &CompiledRoute) -> bool {
+    rctx.api_key.as_ref().is_some_and(|k| k.preview)
+        && rctx.consumer.as_ref().is_some_and(|c| c.consumer.team_id == *route.service_team)
 }
 
 /// Whether the caller's consumer holds an approved subscription to the

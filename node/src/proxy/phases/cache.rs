@@ -41,15 +41,15 @@ pub fn lookup(
     let policy = cache::request_policy(&parts.method, &parts.headers, settings.allow_cookies);
     if policy != RequestPolicy::Bypass {
         let pq = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let key = cache::key(
-            &route.id,
-            rctx.consumer.as_deref().map(CompiledConsumer::id),
-            &parts.method,
-            rctx.authority.as_ref().map(Authority::as_str),
-            pq,
-            &settings.vary,
-            &parts.headers,
-        );
+        let of = cache::KeyOf {
+            route_id: &route.id,
+            consumer: rctx.consumer.as_deref().map(CompiledConsumer::id),
+            version: rctx.version.as_deref().map(|v| v.name.as_str()),
+            method: &parts.method,
+            host: rctx.authority.as_ref().map(Authority::as_str),
+            path_and_query: pq,
+        };
+        let key = cache::key(of, &settings.vary, &parts.headers);
         if policy == RequestPolicy::Normal
             && let Some(hit) = ctx.shared.cache.lookup(&key, &parts.headers)
         {
