@@ -11,7 +11,10 @@
 #   git worktree add /tmp/tg-a <commit> && (cd /tmp/tg-a && . scripts/env.sh &&
 #   cargo build --release -p tollgate-node)
 # LIMIT_B=1 puts one request limit on B's `key` route (B may then be the
-# same binary as A: the limit's cost, side by side).
+# same binary as A: the limit's cost, side by side). GOVERN_B=1 makes B's
+# `mock` service versioned (a published v1 chosen by default) and needing an
+# approved subscription, which the bench consumer holds: the cost of the
+# lifecycle and subscription checks, side by side.
 # Routes: `key` (API key), `open` (no auth), and `ai` (an OpenAI-format chat
 # completion through the AI gateway to the OpenAI mock, API key, ledger and
 # metrics on). Generator on core 0; upstreams and both gateways on core 1
@@ -65,6 +68,16 @@ if [ "${LIMIT_B:-0}" = 1 ]; then
   "$B" ctl --admin 127.0.0.1:29100 --token "$TOKEN" limit create bench-per-key --requests 1000000000 \
     --per second --scope key --route key >/dev/null
 fi
+if [ "${GOVERN_B:-0}" = 1 ]; then
+  ctl_b=("$B" ctl --admin 127.0.0.1:29100 --token "$TOKEN")
+  echo '{"versioning": {"header": "api-version", "default_version": "v1"}, "subscription": "SUBSCRIPTION_MODE_APPROVAL"}' \
+    | "${ctl_b[@]}" update service mock -f - >/dev/null
+  "${ctl_b[@]}" version put mock v1 >/dev/null
+  "${ctl_b[@]}" version publish mock v1 >/dev/null
+  sub=$("${ctl_b[@]}" -o json subscription create --consumer bench --service mock \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  "${ctl_b[@]}" subscription approve "$sub" >/dev/null
+fi
 KEY_A=$(cat "$WORK/a.key")
 KEY_B=$(cat "$WORK/b.key")
 
@@ -81,7 +94,7 @@ rps() { # url key [extra load args]
 
 # warm-up
 for u in "http://127.0.0.1:28080/open" "http://127.0.0.1:28081/open"; do
-  taskset -c 0 "$LOAD" --threads 1 run "$u" -c 8 -d 1s -q >/dev/null 2>&1
+  taskset -c 0 "$LOAD" --threads 1 run "$u" -c 8 -d 1s -q >/dev/null 2>&1 || true # refused on a governed B
 done
 
 CHAT=(--body-file loadtest/scenarios/bodies/openai-chat.json -H "Content-Type: application/json")
