@@ -544,8 +544,24 @@ async fn teams_cannot_take_each_others_traffic_drafts_or_decisions() {
     let status = ops_b.create_route(shadow.clone()).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("\"ra\""), "{}", status.message());
+    // Nor one whose path only looks different: paths must be in normal form.
+    shadow.paths[0].path = "/%61/login".into();
+    assert_eq!(ops_b.create_route(shadow.clone()).await.unwrap_err().code(), Code::InvalidArgument);
     shadow.paths[0].path = "/b".into();
     ops_b.create_route(shadow).await.unwrap();
+    // A route in the previous format (the backend in `service_id`) is
+    // checked as it will be stored: to A's service, refused.
+    let mut legacy = route("legacy", "", PathMatch::Prefix, "/legacy-b", AuthMode::None);
+    legacy.team_id = b_id.clone();
+    legacy.service_id = admin
+        .get_service(GetRequest { id_or_name: "svc-a".into(), stale: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .meta
+        .unwrap()
+        .id;
+    assert_eq!(ops_b.create_route(legacy).await.unwrap_err().code(), Code::PermissionDenied);
     let mut ai = ai_route();
     ai.team_id = b_id.clone();
     assert_eq!(ops_b.create_route(ai).await.unwrap_err().code(), Code::PermissionDenied);
@@ -571,6 +587,14 @@ async fn teams_cannot_take_each_others_traffic_drafts_or_decisions() {
     assert_eq!(get(node.proxy_addr, "/a/x", &[("authorization", &a_preview)]).await.status, 200);
     assert_eq!(get(node.proxy_addr, "/a/x", &[("authorization", &b_preview)]).await.status, 404);
     assert_eq!(get(node.proxy_addr, "/a/x", &[]).await.status, 404, "not a 401 that tells a draft is there");
+    let garbage = get(node.proxy_addr, "/a/x", &[("authorization", "Bearer tg_nonsense")]).await;
+    assert_eq!(garbage.status, 404, "a bad key tells nothing either");
+    // The version header is the gateway's to set: never a framing or credential header.
+    let mut svc =
+        admin.get_service(GetRequest { id_or_name: "svc-a".into(), stale: false }).await.unwrap().into_inner();
+    svc.versioning =
+        Some(Versioning { header: "content-length".into(), default_version: "v1".into(), ..Default::default() });
+    assert_eq!(ops_a.update_service(svc).await.unwrap_err().code(), Code::InvalidArgument);
 
     // Subscriptions: B's consumer may ask A's auto-approving service, but
     // once revoked it asks a person again, and it cannot delete the record.

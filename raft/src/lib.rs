@@ -30,7 +30,7 @@ mod validate_ai;
 mod validate_policy;
 
 pub use apply::{
-    Action, Actor, Change, MAX_OPENAPI_BYTES, USAGE_DIMENSIONS, apply, redacted, service_is_published,
+    Action, Actor, Change, MAX_OPENAPI_BYTES, USAGE_DIMENSIONS, apply, dry_run, redacted, service_is_published,
     usage_counter_id, version_is_live, version_state_name,
 };
 pub use entities::{AnyEntity, EntityKind};

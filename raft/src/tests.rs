@@ -543,7 +543,19 @@ fn two_teams() -> GatewayState {
 #[test]
 fn an_operator_changes_only_what_its_team_owns_checked_where_the_command_applies() {
     use pb_config::AdminRole::{Admin, Operator, Viewer};
-    let state = two_teams();
+    let mut state = two_teams();
+    // Operators are tokens: their role and team come from the token's record.
+    for (name, role, team) in [("op1", Operator, "t1"), ("op2", Operator, "t2"), ("v", Viewer, "")] {
+        let token = pb_config::AdminToken {
+            meta: meta(name),
+            name: name.into(),
+            role: role as i32,
+            team_id: team.into(),
+            secret_sha256: vec![1; 32],
+            ..Default::default()
+        };
+        state = state.with_command(&Command::new(Op::CreateAdminToken(token), COMMAND_TIME_MS, "test").0, 5).unwrap();
+    }
     let update =
         |team: &str| Op::UpdateService(Service { team_id: team.into(), description: "x".into(), ..orders_service() });
     let denied = |cmd: pb::Command| match crate::apply::apply(&state, &cmd, 10) {
@@ -562,7 +574,10 @@ fn an_operator_changes_only_what_its_team_owns_checked_where_the_command_applies
         Operator,
         "t1",
     ));
-    assert!(crate::apply::apply(&state, &as_actor(update("t2"), "root", Admin, ""), 10).is_ok());
+    assert!(crate::apply::apply(&state, &as_actor(update("t2"), "bootstrap", Admin, ""), 10).is_ok());
+    // A role claimed for a name no token has is not believed.
+    let ghost = crate::apply::apply(&state, &as_actor(update("t2"), "ghost", Admin, ""), 10);
+    assert!(matches!(ghost, Err(crate::ApplyError::PermissionDenied(m)) if m.contains("no longer exists")));
     // A route is its team's, and may lead only to its team's services.
     let route_to = |team: &str| Op::CreateRoute(Route { team_id: team.into(), ..route("r1", "r") });
     let mut to_s1 = route_to("t2");
@@ -575,7 +590,16 @@ fn an_operator_changes_only_what_its_team_owns_checked_where_the_command_applies
 #[test]
 fn every_admin_change_is_audited_with_its_actor_and_a_refused_bundle_changes_nothing() {
     use pb_config::AdminRole::Operator;
-    let state = two_teams();
+    let mut state = two_teams();
+    let token = pb_config::AdminToken {
+        meta: meta("op1"),
+        name: "op1".into(),
+        role: Operator as i32,
+        team_id: "t1".into(),
+        secret_sha256: vec![1; 32],
+        ..Default::default()
+    };
+    state = state.with_command(&Command::new(Op::CreateAdminToken(token), COMMAND_TIME_MS, "test").0, 5).unwrap();
     let cmd = as_actor(
         Op::UpdateService(Service { team_id: "t1".into(), description: "x".into(), ..orders_service() }),
         "op1",

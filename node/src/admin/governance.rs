@@ -27,6 +27,9 @@ use crate::proxy::ProxyContext;
 /// Audit entries one call returns at most.
 const MAX_AUDIT_ENTRIES: u32 = 10_000;
 
+/// What one `ListAudit` answer holds at most (gRPC's default limit is 4 MiB).
+const MAX_AUDIT_PAGE_BYTES: usize = 3 << 20;
+
 /// How long an approval or a revocation waits for every member to serve it.
 const SPREAD_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -155,6 +158,8 @@ impl GovernanceService for Governance {
                         && (c.entity_id == entity_name || c.entity_name == entity_name)
                 })
         };
+        // Entries carry whole entities: a page stops short of gRPC's 4 MiB.
+        let mut bytes = 0usize;
         let entries = state
             .audit_entries()
             .rev()
@@ -163,6 +168,10 @@ impl GovernanceService for Governance {
             .filter(|e| request.actor.is_empty() || e.actor == request.actor)
             .filter(|e| touches(e))
             .take(limit)
+            .take_while(|e| {
+                bytes += e.encoded_len();
+                bytes <= MAX_AUDIT_PAGE_BYTES
+            })
             .map(|e| e.as_ref().clone())
             .collect();
         Ok(Response::new(ListAuditResponse { entries }))
@@ -303,7 +312,7 @@ impl GovernanceService for Governance {
             // caller's rights), on this node's state, without proposing.
             let mut command = tollgate_raft::Command::new(op, crate::clock::unix_ms(), "");
             Caller::current()?.stamp(&mut command);
-            tollgate_raft::apply(&state, &command.0, state.applied_index() + 1).map_err(super::status::from_apply)?;
+            tollgate_raft::dry_run(&state, &command.0).map_err(super::status::from_apply)?;
             return Ok(Response::new(ApplyConfigResponse { changes, revision: 0 }));
         }
         let applied = propose::commit(&self.raft, &self.proxy, op).await?;

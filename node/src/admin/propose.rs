@@ -49,22 +49,27 @@ pub(super) async fn read(raft: &RaftNode, stale: bool) -> Result<Arc<GatewayStat
     if stale { Ok(raft.local_state()) } else { raft.linearizable_state().await.map_err(status::from_node) }
 }
 
-/// Waits until every member that answers serves `revision` (or `within`
-/// passes): for approvals and revocations, so that once the call returns,
-/// the first request to any node sees the change. A member that does not
-/// answer is cut off from the cluster and cannot learn of the change until
-/// it rejoins; it is logged, not waited for.
+/// Waits until every member that answers serves `revision`, for at most
+/// `within` in all: for approvals and revocations, so that once the call
+/// returns, the first request to any node sees the change. A member that
+/// does not answer is cut off from the cluster and cannot learn of the
+/// change until it rejoins; it is logged, not waited for, as is a member
+/// still behind when the time is up.
 pub(super) async fn wait_members_served(raft: &RaftNode, revision: u64, within: std::time::Duration) {
     let deadline = tokio::time::Instant::now() + within;
+    let mut pause = std::time::Duration::from_millis(5);
     loop {
-        let members = raft.cluster_status().await;
+        let Ok(members) = tokio::time::timeout_at(deadline, raft.cluster_status()).await else {
+            tracing::warn!(revision, "members did not all report serving the change in time");
+            return;
+        };
         let behind: Vec<u64> = members
             .iter()
             .filter(|m| m.report.as_ref().is_ok_and(|r| r.data_plane_index < revision))
             .map(|m| m.node_id)
             .collect();
-        let unreachable: Vec<u64> = members.iter().filter(|m| m.report.is_err()).map(|m| m.node_id).collect();
         if behind.is_empty() {
+            let unreachable: Vec<u64> = members.iter().filter(|m| m.report.is_err()).map(|m| m.node_id).collect();
             if !unreachable.is_empty() {
                 tracing::warn!(
                     revision,
@@ -74,10 +79,11 @@ pub(super) async fn wait_members_served(raft: &RaftNode, revision: u64, within: 
             }
             return;
         }
-        if tokio::time::Instant::now() >= deadline {
+        if tokio::time::Instant::now() + pause >= deadline {
             tracing::warn!(revision, ?behind, "members still behind the change when the call returned");
             return;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(100));
     }
 }

@@ -46,7 +46,17 @@ impl<'a> Actor<'a> {
     /// existed) keep what the command says.
     pub fn resolve(cmd: &'a Command, state: &'a GatewayState) -> Result<Actor<'a>, ApplyError> {
         let actor = Actor::of(cmd);
-        let Some(token) = state.find_admin_token(actor.name).filter(|t| t.name == actor.name) else {
+        let tokens = state.table::<tollgate_proto::config::v1::AdminToken>();
+        let Some(token) = tokens.id_of_name(actor.name).and_then(|id| tokens.get(id)) else {
+            // No token by that name: the cluster itself, the bootstrap token,
+            // or a command from before roles existed. A role claimed for
+            // anyone else names a token that no longer exists.
+            let own = actor.role == AdminRole::Unspecified
+                || RESERVED_ACTORS.contains(&actor.name)
+                || actor.name.starts_with("node ");
+            if !own {
+                return Err(ApplyError::PermissionDenied(format!("the admin token {:?} no longer exists", actor.name)));
+            }
             return Ok(actor);
         };
         let expired = token.expires_at_ms != 0 && token.expires_at_ms <= cmd.proposed_at_ms;
@@ -140,7 +150,21 @@ fn routes(team: &Team, op: &Op) -> Result<(), ApplyError> {
         Op::CreateRoute(r) => r,
         _ => unreachable!("only route operations come here"),
     };
+    // Checked in the form it will be stored in: a route of the previous
+    // format names its backend in the legacy fields (apply adopts them).
+    let mut route = route.clone();
+    route.adopt_legacy_backend().map_err(|reason| ApplyError::invalid("service_id", reason))?;
+    let route = &route;
     team.owns(EntityKind::Route, &route.name, &route.team_id)?;
+    if let Some(path) = route.paths.iter().find(|p| !super::overlap::is_normal(&p.path)) {
+        return Err(ApplyError::invalid(
+            "paths",
+            format!(
+                "{:?} is not in normal form: write it without percent-escapes, '//', '.' or '..' segments",
+                path.path
+            ),
+        ));
+    }
     match route.backend_service_id() {
         Some(service) => team.owns_existing(EntityKind::Service, service)?,
         None if route.is_ai_backend() => {
@@ -172,7 +196,27 @@ fn consumers(team: &Team, op: &Op) -> Result<(), ApplyError> {
             team.owns_existing(EntityKind::Consumer, id_of(&c.meta))?;
             team.owns(EntityKind::Consumer, &c.name, &c.team_id)
         }
-        Op::DeleteConsumer(id) => team.owns_existing(EntityKind::Consumer, id),
+        Op::DeleteConsumer(id) => {
+            team.owns_existing(EntityKind::Consumer, id)?;
+            // Deleting would also delete another team's decision about it:
+            // the consumer could then be made again and subscribe afresh.
+            let decided_elsewhere = team.state.subscriptions().find(|s| {
+                s.consumer_id == *id
+                    && matches!(
+                        SubscriptionState::try_from(s.state),
+                        Ok(SubscriptionState::Rejected | SubscriptionState::Revoked)
+                    )
+                    && team.owns_existing(EntityKind::Service, &s.service_id).is_err()
+            });
+            match decided_elsewhere {
+                Some(s) => Err(ApplyError::PermissionDenied(format!(
+                    "{} may not delete consumer {id:?}: another team's service {:?} refused or revoked its \
+                     subscription, and only that team (or an admin) may clear that",
+                    team.actor.name, s.service_id
+                ))),
+                None => Ok(()),
+            }
+        }
         Op::CreateApiKey(k) => team.owns_existing(EntityKind::Consumer, &k.consumer_id),
         Op::UpdateApiKey(k) => team.owns_key(id_of(&k.meta)),
         Op::DeleteApiKey(id) => team.owns_key(id),

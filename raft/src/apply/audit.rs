@@ -30,8 +30,13 @@ pub(crate) fn id_of(index: u64) -> String {
 }
 
 /// The entry for `cmd`, which made `changes` to `before` at `index`.
-pub(crate) fn entry(before: &GatewayState, cmd: &Command, changes: &[Change], index: u64) -> AuditEntry {
-    let actor = super::access::Actor::of(cmd);
+pub(crate) fn entry(
+    before: &GatewayState,
+    cmd: &Command,
+    actor: &super::access::Actor,
+    changes: &[Change],
+    index: u64,
+) -> AuditEntry {
     let summary = match &cmd.op {
         Some(Op::ApplyConfig(bundle)) => format!("apply configuration ({} operations)", bundle.ops.len()),
         Some(op) => crate::entities::summarize(op),
@@ -42,7 +47,7 @@ pub(crate) fn entry(before: &GatewayState, cmd: &Command, changes: &[Change], in
         at_ms: cmd.proposed_at_ms,
         actor: actor.name.to_string(),
         actor_role: actor.role as i32,
-        actor_team: cmd.actor_team.clone(),
+        actor_team: actor.team.to_string(),
         rpc: cmd.rpc.clone(),
         summary,
         changes: changes.iter().map(|c| change(before, c)).collect(),

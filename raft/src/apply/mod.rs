@@ -94,10 +94,19 @@ pub fn apply(state: &GatewayState, cmd: &Command, index: u64) -> Result<Outcome,
         }
     };
     if audit::is_audited(op) {
-        let entry = audit::entry(state, cmd, &outcome.changes, index);
+        let entry = audit::entry(state, cmd, &actor, &outcome.changes, index);
         outcome.changes.push(Change::put(entry));
     }
     Ok(outcome)
+}
+
+/// What proposing `cmd` would do, without proposing it: this version's
+/// admission rules, then `apply` on `state` as the next entry.
+pub fn dry_run(state: &GatewayState, cmd: &Command) -> Result<Outcome, ApplyError> {
+    if let Some(op) = &cmd.op {
+        crate::admit::admit(op)?;
+    }
+    apply(state, cmd, state.applied_index() + 1)
 }
 
 /// Whether publish policies may care about `changes` (lease and usage

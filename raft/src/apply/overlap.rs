@@ -42,12 +42,25 @@ fn stem(path: &RoutePath) -> (&str, bool) {
 
 fn paths_overlap(a: &RoutePath, b: &RoutePath) -> bool {
     let ((a, a_exact), (b, b_exact)) = (stem(a), stem(b));
+    // An exact path also matches itself with a trailing slash.
+    let trimmed = |p: &str, exact: bool| if exact { p.trim_end_matches('/').to_string() } else { p.to_string() };
+    let (a, b) = (trimmed(a, a_exact), trimmed(b, b_exact));
     match (a_exact, b_exact) {
         (true, true) => a == b,
-        (true, false) => a.starts_with(b),
-        (false, true) => b.starts_with(a),
-        (false, false) => a.starts_with(b) || b.starts_with(a),
+        (true, false) => a.starts_with(&b) || b.starts_with(&a),
+        (false, true) => b.starts_with(&a) || a.starts_with(&b),
+        (false, false) => a.starts_with(&b) || b.starts_with(&a),
     }
+}
+
+/// Whether a configured path is already what the router normalises it to
+/// (no escapes, no empty, `.` or `..` segments), so that comparing the
+/// strings compares what they match.
+pub(crate) fn is_normal(path: &str) -> bool {
+    !path.contains('%')
+        && !path.contains("//")
+        && !path.contains('\\')
+        && path.split('/').skip(1).all(|segment| segment != "." && segment != "..")
 }
 
 #[cfg(test)]
@@ -80,5 +93,18 @@ mod tests {
         let post = route(&[], &["POST"], &[(Prefix, "/a")]);
         assert!(!routes_overlap(&get, &post));
         assert!(routes_overlap(&get, &route(&[], &[], &[(Prefix, "/a/b")])));
+        let billing = route(&[], &[], &[(Exact, "/billing")]);
+        assert!(routes_overlap(&billing, &route(&[], &[], &[(Exact, "/billing/")])));
+        assert!(routes_overlap(&billing, &route(&[], &[], &[(Prefix, "/billing/")])));
+    }
+
+    #[test]
+    fn only_paths_in_normal_form_can_be_compared_as_strings() {
+        for path in ["/", "/api/payments", "/users/{id}", "/a.b/c"] {
+            assert!(is_normal(path), "{path}");
+        }
+        for path in ["/%61pi", "/z/../api", "//api", "/a/./b", "/a/..", "/a\\b"] {
+            assert!(!is_normal(path), "{path}");
+        }
     }
 }

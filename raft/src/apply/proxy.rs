@@ -79,6 +79,36 @@ fn validate_versioning(versioning: &tollgate_proto::config::v1::Versioning) -> R
             "must be a lower-case header name of letters, digits and '-', e.g. \"api-version\"",
         ));
     }
+    // The gateway sets this header on the request it forwards: never one
+    // that frames or routes the request, or that carries credentials or
+    // the identity the gateway vouches for.
+    const RESERVED: &[&str] = &[
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "te",
+        "trailer",
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "x-api-key",
+        "forwarded",
+        "traceparent",
+        "tracestate",
+        "x-request-id",
+    ];
+    if RESERVED.contains(&header.as_str()) || header.starts_with("x-consumer-") || header.starts_with("x-forwarded-") {
+        return Err(ApplyError::invalid(
+            "versioning.header",
+            format!(
+                "{header:?} belongs to the request's framing, credentials or identity; pick another, e.g. \"api-version\""
+            ),
+        ));
+    }
     if header.is_empty() && !versioning.by_path && versioning.default_version.is_empty() {
         return Err(ApplyError::invalid(
             "versioning",

@@ -5,7 +5,7 @@
 //! them, nor a published one brought into breach later. A violation refuses
 //! the whole command and names every rule broken.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use tollgate_proto::config::v1::{AuthMode, LimitUnit, PublishPolicy, Route, Service};
 
@@ -24,13 +24,20 @@ pub(crate) fn check(before: &GatewayState, after: &GatewayState, changes: &[Chan
         return Ok(());
     }
     let mut violations = Vec::new();
-    for service_id in touched_services(before, after, changes) {
+    for (service_id, only_limits) in touched_services(before, after, changes) {
         let Some(service) = after.service(&service_id) else { continue };
-        if !has_versions(after, &service_id) || !service_is_published(after, &service_id) {
+        // A service without versions serves as it always did: it is live.
+        if !service_is_published(after, &service_id) {
             continue;
         }
         for policy in &policies {
-            violations.extend(violations_of(after, service, policy));
+            let mut broken = violations_of(after, service, policy);
+            // A limit changes only whether requests are limited: the other
+            // rules are the service's own business, not the limit's.
+            if only_limits {
+                broken.retain(|v| v.contains("rate limit required"));
+            }
+            violations.extend(broken);
         }
     }
     if violations.is_empty() {
@@ -43,35 +50,35 @@ pub(crate) fn check(before: &GatewayState, after: &GatewayState, changes: &[Chan
     )))
 }
 
-fn has_versions(state: &GatewayState, service_id: &str) -> bool {
-    state.api_versions().any(|v| v.service_id == service_id)
-}
-
-/// The services whose published form a change may affect, before or after.
-fn touched_services(before: &GatewayState, after: &GatewayState, changes: &[Change]) -> BTreeSet<String> {
-    let mut services = BTreeSet::new();
-    let mut note = |entity: &AnyEntity, state: &GatewayState| match entity {
-        AnyEntity::Service(s) => {
-            services.insert(s.id().to_string());
-        }
-        AnyEntity::ApiVersion(v) => {
-            services.insert(v.service_id.clone());
-        }
-        AnyEntity::Route(r) => services.extend(r.backend_service_id().map(str::to_string)),
-        AnyEntity::Limit(l) => {
-            services.extend(l.service_ids.iter().cloned());
-            services.extend(
-                l.route_ids
-                    .iter()
-                    .filter_map(|id| state.route(id))
-                    .filter_map(|r| r.backend_service_id())
-                    .map(str::to_string),
-            );
-            if l.global {
-                services.extend(state.services().map(|s| s.id().to_string()));
+/// The services whose published form a change may affect, before or after,
+/// each with whether only limits touched it.
+fn touched_services(before: &GatewayState, after: &GatewayState, changes: &[Change]) -> BTreeMap<String, bool> {
+    let mut services: BTreeMap<String, bool> = BTreeMap::new();
+    let mut note = |entity: &AnyEntity, state: &GatewayState| {
+        let (ids, by_limit): (Vec<String>, bool) = match entity {
+            AnyEntity::Service(s) => (vec![s.id().to_string()], false),
+            AnyEntity::ApiVersion(v) => (vec![v.service_id.clone()], false),
+            AnyEntity::Route(r) => (r.backend_service_id().map(str::to_string).into_iter().collect(), false),
+            AnyEntity::Limit(l) => {
+                let mut ids = l.service_ids.clone();
+                ids.extend(
+                    l.route_ids
+                        .iter()
+                        .filter_map(|id| state.route(id))
+                        .filter_map(|r| r.backend_service_id())
+                        .map(str::to_string),
+                );
+                if l.global {
+                    ids.extend(state.services().map(|s| s.id().to_string()));
+                }
+                (ids, true)
             }
+            _ => (Vec::new(), false),
+        };
+        for id in ids {
+            let only_limits = services.entry(id).or_insert(by_limit);
+            *only_limits &= by_limit;
         }
-        _ => {}
     };
     for change in changes {
         let (kind, id) = match change {

@@ -27,7 +27,14 @@ pub fn run(
     route: &CompiledRoute,
     parts: &mut http::request::Parts,
 ) -> PhaseResult {
-    let caller = authenticate(snapshot, route, &parts.headers, parts.uri.query())?;
+    let caller = authenticate(snapshot, route, &parts.headers, parts.uri.query()).map_err(|error| {
+        // A bad credential on a draft gets the answer of a version that does
+        // not exist: a 401 would tell that the draft is there.
+        match rctx.version.as_ref().filter(|v| v.is_draft()) {
+            Some(draft) => GatewayError::VersionNotFound(format!("API version {:?} does not exist", draft.name)),
+            None => error,
+        }
+    })?;
     static TRUE: HeaderValue = HeaderValue::from_static("true");
     let consumer = caller.as_ref().map(|c| c.consumer);
     for (name, value) in [

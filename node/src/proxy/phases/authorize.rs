@@ -30,7 +30,9 @@ pub fn run(
     {
         return Err(GatewayError::VersionNotFound(format!("API version {:?} does not exist", version.name)));
     }
-    if let Some(service_id) = &route.subscription_service {
+    // The team trying its own draft needs no subscription to it.
+    let own_draft = rctx.version.as_ref().is_some_and(|v| v.is_draft());
+    if let Some(service_id) = route.subscription_service.as_ref().filter(|_| !own_draft) {
         subscribed(snapshot, rctx, service_id)?;
     }
     let limit = ctx.max_body_bytes;
