@@ -154,8 +154,15 @@ async fn uneven_load_at_twice_the_limit_admits_at_most_the_limit_and_nearly_all_
     // and no later than the second the load stopped in began.
     let whole: Vec<_> = per_window.iter().filter(|(end, _)| **end >= started + 2 && **end < ended).collect();
     assert!(whole.len() >= 2, "at least two whole windows: {per_window:?} ({started}..{ended})");
+    let mut statuses: BTreeMap<(u64, u16), u64> = BTreeMap::new();
+    for (node, status, _) in outcomes.lock().await.iter() {
+        *statuses.entry((*node, *status)).or_default() += 1;
+    }
     for (end, admitted) in whole {
-        assert!(*admitted * 100 >= LIMIT * 95, "the window ending at {end} admitted only {admitted}: {per_window:?}");
+        assert!(
+            *admitted * 100 >= LIMIT * 95,
+            "the window ending at {end} admitted only {admitted}: {per_window:?}; (node, status): count {statuses:?}"
+        );
     }
     println!("admitted per window: {per_window:?}");
     cluster.down().await;
