@@ -359,7 +359,7 @@ mod tests {
 
     /// Every RPC the admin server offers, from the descriptors compiled in.
     fn every_rpc() -> BTreeSet<String> {
-        let pool = prost_reflect::DescriptorPool::decode(tollgate_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let pool = crate::admin::declarative::pool();
         let mut rpcs = BTreeSet::new();
         for service in pool.services().filter(|s| s.package_name() == "tollgate.admin.v1") {
             for method in service.methods() {

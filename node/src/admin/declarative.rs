@@ -55,7 +55,9 @@ pub const SECTIONS: &[(EntityKind, &str)] = &[
 /// A secret the cluster already holds: the document does not say it again.
 const KEEP: &str = "keep";
 
-fn pool() -> &'static DescriptorPool {
+/// Every Tollgate message, from the descriptors compiled into the binary,
+/// decoded once.
+pub fn pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
     POOL.get_or_init(|| {
         DescriptorPool::decode(tollgate_proto::FILE_DESCRIPTOR_SET).expect("the compiled-in descriptors decode")

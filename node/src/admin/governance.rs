@@ -53,8 +53,7 @@ impl Governance {
     async fn write_everywhere<T: Message + Default>(&self, op: Op) -> Result<T, Status> {
         let applied = propose::commit(&self.raft, &self.proxy, op).await?;
         propose::wait_members_served(&self.raft, applied.revision, SPREAD_WITHIN).await;
-        let bytes = applied.entity.ok_or_else(|| Status::internal("the state machine returned no entity"))?;
-        T::decode(bytes.as_slice()).map_err(|e| Status::internal(format!("cannot decode applied entity: {e}")))
+        propose::entity_of(applied)
     }
 
     async fn read(&self, stale: bool) -> Result<Arc<GatewayState>, Status> {

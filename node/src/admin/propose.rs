@@ -34,7 +34,11 @@ pub(super) async fn commit(raft: &RaftNode, proxy: &ProxyContext, op: Op) -> Res
 
 /// Proposes `op` and returns the entity it created or updated.
 pub(super) async fn write<T: Message + Default>(raft: &RaftNode, proxy: &ProxyContext, op: Op) -> Result<T, Status> {
-    let applied = commit(raft, proxy, op).await?;
+    entity_of(commit(raft, proxy, op).await?)
+}
+
+/// The entity a command created or updated, as `apply` returned it.
+pub(super) fn entity_of<T: Message + Default>(applied: Applied) -> Result<T, Status> {
     let bytes = applied.entity.ok_or_else(|| Status::internal("the state machine returned no entity"))?;
     T::decode(bytes.as_slice()).map_err(|e| Status::internal(format!("cannot decode applied entity: {e}")))
 }

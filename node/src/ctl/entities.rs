@@ -9,7 +9,7 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
+use prost_reflect::{DynamicMessage, MessageDescriptor, SerializeOptions};
 use serde_json::{Value, json};
 use tollgate_proto::admin::v1::{
     DeleteEntityRequest, GetEntityRequest, ListEntitiesRequest, PutEntityRequest, StoredEntity,
@@ -161,14 +161,8 @@ fn written(stored: &StoredEntity, verb: &str, out: &Printer) -> Result<(), CtlEr
     Ok(())
 }
 
-/// Every Tollgate message, from the descriptors compiled into the binary.
-fn pool() -> Result<DescriptorPool, CtlError> {
-    DescriptorPool::decode(tollgate_proto::FILE_DESCRIPTOR_SET)
-        .map_err(|e| CtlError::Usage(format!("the compiled-in protobuf descriptors do not load: {e}")))
-}
-
 fn descriptor(type_name: &str) -> Result<MessageDescriptor, CtlError> {
-    pool()?.get_message_by_name(type_name).ok_or_else(|| {
+    crate::admin::declarative::pool().get_message_by_name(type_name).ok_or_else(|| {
         CtlError::Usage(format!(
             "this ctl does not know the message {type_name:?} the node sent; use a ctl of the node's version"
         ))
@@ -277,7 +271,7 @@ mod tests {
 
     #[test]
     fn every_kind_has_its_message_in_the_compiled_descriptors() {
-        let pool = pool().unwrap();
+        let pool = crate::admin::declarative::pool();
         for kind in EntityKind::ALL {
             let message = pool.get_message_by_name(kind.message_name());
             assert!(message.is_some(), "{kind}: no message {}", kind.message_name());

@@ -13,6 +13,7 @@ use tollgate_proto::raft::v1::command::Op;
 
 use crate::entities::EntityKind;
 use crate::error::ApplyError;
+use crate::registry::Entity;
 use crate::state::GatewayState;
 
 /// The identity a command was proposed for.
@@ -97,7 +98,7 @@ pub(crate) fn check(state: &GatewayState, actor: &Actor, op: &Op) -> Result<(), 
         Op::CreateLimit(l) | Op::UpdateLimit(l) => limit(&team, op, l),
         Op::DeleteLimit(id) => team.owns_existing(EntityKind::Limit, id),
         Op::CreateApiVersion(v) => team.owns_existing(EntityKind::Service, &v.service_id),
-        Op::UpdateApiVersion(v) => team.owns_version(id_of(&v.meta)),
+        Op::UpdateApiVersion(v) => team.owns_version(v.id()),
         Op::DeleteApiVersion(id) => team.owns_version(id),
         Op::CreateSubscription(_) | Op::UpdateSubscription(_) | Op::DeleteSubscription(_) => subscriptions(&team, op),
         // Cluster-wide settings and identities: admins only.
@@ -121,15 +122,11 @@ pub(crate) fn check(state: &GatewayState, actor: &Actor, op: &Op) -> Result<(), 
     }
 }
 
-fn id_of(meta: &Option<tollgate_proto::config::v1::Meta>) -> &str {
-    meta.as_ref().map_or("", |m| &m.id)
-}
-
 fn services(team: &Team, op: &Op) -> Result<(), ApplyError> {
     match op {
         Op::CreateService(s) => team.owns(EntityKind::Service, &s.name, &s.team_id),
         Op::UpdateService(s) => {
-            team.owns_existing(EntityKind::Service, id_of(&s.meta))?;
+            team.owns_existing(EntityKind::Service, s.id())?;
             team.owns(EntityKind::Service, &s.name, &s.team_id)
         }
         Op::DeleteService(id) => team.owns_existing(EntityKind::Service, id),
@@ -144,7 +141,7 @@ fn routes(team: &Team, op: &Op) -> Result<(), ApplyError> {
     let route = match op {
         Op::DeleteRoute(id) => return team.owns_existing(EntityKind::Route, id),
         Op::UpdateRoute(r) => {
-            team.owns_existing(EntityKind::Route, id_of(&r.meta))?;
+            team.owns_existing(EntityKind::Route, r.id())?;
             r
         }
         Op::CreateRoute(r) => r,
@@ -175,8 +172,7 @@ fn routes(team: &Team, op: &Op) -> Result<(), ApplyError> {
         }
         None => {}
     }
-    let mut foreign =
-        team.state.routes().filter(|r| r.team_id != team.actor.team && id_of(&r.meta) != id_of(&route.meta));
+    let mut foreign = team.state.routes().filter(|r| r.team_id != team.actor.team && r.id() != route.id());
     match foreign.find(|other| super::overlap::routes_overlap(route, other)) {
         Some(other) => Err(ApplyError::PermissionDenied(format!(
             "{} may not write route {:?}: it could take requests of route {:?}, which is {}; pick hosts or paths of your own, or ask an admin",
@@ -193,7 +189,7 @@ fn consumers(team: &Team, op: &Op) -> Result<(), ApplyError> {
     match op {
         Op::CreateConsumer(c) => team.owns(EntityKind::Consumer, &c.name, &c.team_id),
         Op::UpdateConsumer(c) => {
-            team.owns_existing(EntityKind::Consumer, id_of(&c.meta))?;
+            team.owns_existing(EntityKind::Consumer, c.id())?;
             team.owns(EntityKind::Consumer, &c.name, &c.team_id)
         }
         Op::DeleteConsumer(id) => {
@@ -218,7 +214,7 @@ fn consumers(team: &Team, op: &Op) -> Result<(), ApplyError> {
             }
         }
         Op::CreateApiKey(k) => team.owns_existing(EntityKind::Consumer, &k.consumer_id),
-        Op::UpdateApiKey(k) => team.owns_key(id_of(&k.meta)),
+        Op::UpdateApiKey(k) => team.owns_key(k.id()),
         Op::DeleteApiKey(id) => team.owns_key(id),
         _ => unreachable!("only consumer and key operations come here"),
     }
@@ -226,7 +222,7 @@ fn consumers(team: &Team, op: &Op) -> Result<(), ApplyError> {
 
 fn limit(team: &Team, op: &Op, l: &tollgate_proto::config::v1::Limit) -> Result<(), ApplyError> {
     if matches!(op, Op::UpdateLimit(_)) {
-        team.owns_existing(EntityKind::Limit, id_of(&l.meta))?;
+        team.owns_existing(EntityKind::Limit, l.id())?;
     }
     team.owns(EntityKind::Limit, &l.name, &l.team_id)?;
     if l.global {
@@ -262,7 +258,7 @@ fn subscriptions(team: &Team, op: &Op) -> Result<(), ApplyError> {
             }
         }
         Op::UpdateSubscription(s) => {
-            let Some(existing) = team.state.subscription(id_of(&s.meta)) else { return Ok(()) }; // apply says not found
+            let Some(existing) = team.state.subscription(s.id()) else { return Ok(()) }; // apply says not found
             let decides = (s.state != existing.state
                 && matches!(
                     SubscriptionState::try_from(s.state),

@@ -32,7 +32,7 @@ pub fn run(
     // Only a preview key may reach a draft: without any credential, the
     // answer is the 404 of a version that does not exist, not a 401 that
     // would tell the draft is there.
-    if version.is_draft() && !has_credential(&parts.headers) {
+    if version.is_draft() && !crate::proxy::cache::carries_credentials(&parts.headers) {
         return Err(GatewayError::VersionNotFound(format!("API version {:?} does not exist", version.name)));
     }
     if let (Some(header), Some(value)) = (&versions.header, &version.header_value) {
@@ -49,8 +49,4 @@ fn refused(refusal: VersionRefusal) -> GatewayError {
         VersionRefusal::Retired { version, successor } => GatewayError::VersionRetired { version, successor },
         VersionRefusal::Ambiguous(message) => GatewayError::BadRequest(message),
     }
-}
-
-fn has_credential(headers: &http::HeaderMap) -> bool {
-    headers.contains_key(http::header::AUTHORIZATION) || headers.contains_key(&super::super::headers::X_API_KEY)
 }
