@@ -5,15 +5,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# librocksdb-sys generates its bindings with bindgen, which needs libclang
-# (the C library: libclang-cpp, which fresh images ship, does not do).
+# System packages, installed together when any is missing:
+# - libclang-dev: librocksdb-sys generates its bindings with bindgen, which
+#   needs libclang (the C library: libclang-cpp, which fresh images ship,
+#   does not do);
+# - chromium and chromium-driver: the console and portal are tested in a
+#   real headless browser over WebDriver (node/tests/browser.rs).
 . scripts/lib/libclang.sh
-if ! tollgate_find_libclang >/dev/null; then
-    echo "installing libclang-dev (needed by RocksDB's bindings)..." >&2
+packages=()
+if ! tollgate_find_libclang >/dev/null; then packages+=(libclang-dev); fi
+if [ ! -x /usr/bin/chromium ]; then packages+=(chromium); fi
+if [ ! -x /usr/bin/chromedriver ]; then packages+=(chromium-driver); fi
+if [ ${#packages[@]} -gt 0 ]; then
+    echo "installing ${packages[*]}..." >&2
     sudo_cmd=""
     if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
     $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends libclang-dev
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${packages[@]}"
 fi
 
 if ! command -v cargo-nextest >/dev/null 2>&1; then

@@ -147,7 +147,9 @@ impl NodeHandle {
 
     /// The listen addresses for the next start: run-time ports the first
     /// time, the ports the node had before on every later start.
-    fn listen_args(&self) -> [String; 6] {
+    /// The console listens on a port of its own choosing: the harness does
+    /// not drive it, and a fixed one would collide between nodes.
+    fn listen_args(&self) -> [String; 8] {
         let keep = |addr: SocketAddr| if addr.port() == 0 { "127.0.0.1:0".to_string() } else { addr.to_string() };
         [
             "--proxy-listen".into(),
@@ -156,6 +158,8 @@ impl NodeHandle {
             keep(self.admin),
             "--ops-listen".into(),
             keep(self.ops),
+            "--console-listen".into(),
+            "127.0.0.1:0".into(),
         ]
     }
 }

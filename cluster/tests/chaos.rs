@@ -458,7 +458,7 @@ async fn joining_without_a_valid_token_is_refused() {
         let data = dir.path().join(format!("intruder-{}", expect.len()));
         let output = std::process::Command::new(&cluster.options().binary)
             .args(["serve", "--node-id", "9", "--proxy-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--ops-listen", "127.0.0.1:0"])
+            .args(["--ops-listen", "127.0.0.1:0", "--console-listen", "127.0.0.1:0"])
             .args(["--cluster-listen", "127.0.0.1:0", "--join", &seed, "--join-token", token])
             .arg("--data-dir")
             .arg(&data)

@@ -44,7 +44,7 @@ start() { # name binary port-offset: starts a gateway, configures it, writes its
   # B_CONFIG: a TOML file for B only (e.g. `[limits] admitted_headers = false`).
   if [ "$name" = b ] && [ -n "${B_CONFIG:-}" ]; then config=(--config "$B_CONFIG"); fi
   taskset -c 1 "$bin" serve "${config[@]}" --data-dir "$WORK/$name" --proxy-listen "127.0.0.1:$((28080 + off))" \
-    --admin-listen "127.0.0.1:$((29090 + off * 10))" --ops-listen "127.0.0.1:$((29091 + off * 10))" \
+    --admin-listen "127.0.0.1:$((29090 + off * 10))" --ops-listen "127.0.0.1:$((29091 + off * 10))" --console-listen "127.0.0.1:$((29092 + off * 10))" \
     --cluster-listen "127.0.0.1:$((27000 + off))" \
     --admin-token "$TOKEN" --access-log off --log-format json > /dev/null 2> "$WORK/$name.log" &
   PIDS+=($!)

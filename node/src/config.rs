@@ -120,6 +120,8 @@ pub struct Listen {
     pub cluster: SocketAddr,
     /// Ops HTTP: /metrics, /healthz, /readyz.
     pub ops: SocketAddr,
+    /// The web console (admins) and developer portal (consumers).
+    pub console: SocketAddr,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -239,6 +241,7 @@ impl Default for Listen {
             admin: ([127, 0, 0, 1], 9090).into(),
             cluster: ([127, 0, 0, 1], 7000).into(),
             ops: ([127, 0, 0, 1], 9091).into(),
+            console: ([127, 0, 0, 1], 9092).into(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod limits;
 pub mod net;
 pub mod ops;
 pub mod plumbing;
+pub mod portal;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;

@@ -97,6 +97,9 @@ struct ServeArgs {
     /// Ops HTTP listener for /metrics, /healthz, /readyz [default: 127.0.0.1:9091].
     #[arg(long, env = "TOLLGATE_OPS_LISTEN")]
     ops_listen: Option<SocketAddr>,
+    /// Web console and developer portal listener [default: 127.0.0.1:9092].
+    #[arg(long, env = "TOLLGATE_CONSOLE_LISTEN")]
+    console_listen: Option<SocketAddr>,
     /// JSON access log: stdout, off, or a file path [default: stdout].
     #[arg(long, env = "TOLLGATE_ACCESS_LOG")]
     access_log: Option<String>,
@@ -281,6 +284,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.ops_listen {
         config.listen.ops = v;
+    }
+    if let Some(v) = args.console_listen {
+        config.listen.console = v;
     }
     if let Some(v) = args.access_log {
         config.proxy.access_log = v;

@@ -132,6 +132,8 @@ pub struct Node {
     pub ops_addr: SocketAddr,
     /// TLS proxy listener, when proxy.tls is configured.
     pub proxy_tls_addr: Option<SocketAddr>,
+    /// Web console and developer portal.
+    pub console_addr: SocketAddr,
     dataplane_tasks: Vec<JoinHandle<()>>,
     raft: RaftNode,
     proxy: Arc<ProxyContext>,
@@ -146,8 +148,16 @@ pub struct Node {
     ledger: Arc<crate::usage::UsageLedger>,
 }
 
-async fn bind(addr: SocketAddr, what: &'static str, flag: &'static str) -> Result<TcpListener, NodeError> {
-    TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { what, flag, addr, source })
+/// A listener on `addr`, and the address it got (the port of `:0` settled).
+async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+    flag: &'static str,
+) -> Result<(TcpListener, SocketAddr), NodeError> {
+    let error = |source| NodeError::Bind { what, flag, addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(error)?;
+    let bound = listener.local_addr().map_err(error)?;
+    Ok((listener, bound))
 }
 
 impl Node {
@@ -170,33 +180,16 @@ impl Node {
         // Before any socket or file is open: the proxy's connection cap is sized from it.
         let fds = crate::net::raise_nofile_limit();
         // Bind first: a port conflict should fail before anything touches the data.
-        let proxy_listener = bind(config.listen.proxy, "proxy", "proxy-listen").await?;
-        let admin_listener = bind(config.listen.admin, "admin API", "admin-listen").await?;
-        let proxy_addr = proxy_listener.local_addr().map_err(|source| NodeError::Bind {
-            what: "proxy",
-            flag: "proxy-listen",
-            addr: config.listen.proxy,
-            source,
-        })?;
-        let admin_addr = admin_listener.local_addr().map_err(|source| NodeError::Bind {
-            what: "admin API",
-            flag: "admin-listen",
-            addr: config.listen.admin,
-            source,
-        })?;
-
-        let ops_listener = bind(config.listen.ops, "ops", "ops-listen").await?;
-        let ops_addr = ops_listener.local_addr().map_err(|source| NodeError::Bind {
-            what: "ops",
-            flag: "ops-listen",
-            addr: config.listen.ops,
-            source,
-        })?;
+        let (proxy_listener, proxy_addr) = bind(config.listen.proxy, "proxy", "proxy-listen").await?;
+        let (admin_listener, admin_addr) = bind(config.listen.admin, "admin API", "admin-listen").await?;
+        let (ops_listener, ops_addr) = bind(config.listen.ops, "ops", "ops-listen").await?;
+        let (console_listener, console_addr) = bind(config.listen.console, "console", "console-listen").await?;
         let tls_listener = match &config.proxy.tls {
             Some(tls) => Some(bind(tls.listen, "proxy TLS", "config proxy.tls.listen").await?),
             None => None,
         };
-        let proxy_tls_addr = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let proxy_tls_addr = tls_listener.as_ref().map(|(_, addr)| *addr);
+        let tls_listener = tls_listener.map(|(listener, _)| listener);
         // Raft binds its UDP port only once the data is open; a busy one must
         // fail here, before the CA is created or RocksDB opened. Port 0 is
         // settled later and cannot be busy.
@@ -344,6 +337,12 @@ impl Node {
                 acceptor,
             )));
         }
+        let portal = crate::portal::Portal::new(raft.clone(), proxy.clone(), &admin_token, admin_addr);
+        dataplane_tasks.push(tokio::spawn(crate::portal::serve(
+            console_listener,
+            portal,
+            until_stopped(stopped.clone()),
+        )));
         let admin_task = {
             let (raft, proxy, token, stopped) = (raft.clone(), proxy.clone(), admin_token.clone(), stopped.clone());
             let ai = admin::AiAdminParts { secrets: secrets.clone(), ledger: ledger.clone() };
@@ -363,6 +362,7 @@ impl Node {
             data_dir,
             ops_addr,
             proxy_tls_addr,
+            console_addr,
             dataplane_tasks,
             raft,
             proxy,
@@ -389,6 +389,7 @@ impl Node {
             "peer": self.raft.peer_listen_addr().map(|a| a.to_string()),
             "advertise": self.raft.advertise_addr(),
             "ops": self.ops_addr.to_string(),
+            "console": self.console_addr.to_string(),
             "pid": std::process::id(),
         });
         let path = self.data_dir.join("endpoints.json");

@@ -17,6 +17,18 @@ use tollgate_proto::config::v1::Consumer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 
+/// Every TCP listener of a node on a port of its own choosing.
+const ANY_PORTS: [&str; 8] = [
+    "--proxy-listen",
+    "127.0.0.1:0",
+    "--admin-listen",
+    "127.0.0.1:0",
+    "--ops-listen",
+    "127.0.0.1:0",
+    "--console-listen",
+    "127.0.0.1:0",
+];
+
 /// A node process; killed (even when stopped) when dropped.
 struct Proc {
     child: Child,
@@ -52,7 +64,7 @@ async fn spawn(data_dir: &Path, log: &Path, args: &[&str]) -> Proc {
         .arg("serve")
         .arg("--data-dir")
         .arg(data_dir)
-        .args(["--proxy-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"])
+        .args(ANY_PORTS)
         .args(["--cluster-listen", "127.0.0.1:0"])
         .args(args)
         .env_remove("TOLLGATE_LOG")
@@ -212,8 +224,9 @@ async fn the_start_message_gives_a_ctl_command_that_works() {
     // A relative --data-dir, started in `dir`, as an operator would.
     let child = Command::new(BIN)
         .current_dir(dir.path())
-        .args(["serve", "--data-dir", "n1", "--proxy-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(["--ops-listen", "127.0.0.1:0", "--cluster-listen", "127.0.0.1:0"])
+        .args(["serve", "--data-dir", "n1"])
+        .args(ANY_PORTS)
+        .args(["--cluster-listen", "127.0.0.1:0"])
         .env_remove("TOLLGATE_ADMIN_TOKEN")
         .env_remove("TOLLGATE_DATA_DIR")
         .stdout(Stdio::null())
@@ -256,7 +269,8 @@ async fn a_port_in_use_is_reported_once_and_leaves_no_data_directory() {
     let output = Command::new(BIN)
         .args(["serve", "--data-dir"])
         .arg(&data)
-        .args(["--proxy-listen", &port, "--admin-listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"])
+        .args(["--proxy-listen", &port])
+        .args(&ANY_PORTS[2..])
         .args(["--cluster-listen", "127.0.0.1:0"])
         .output()
         .unwrap();
@@ -272,7 +286,7 @@ async fn a_port_in_use_is_reported_once_and_leaves_no_data_directory() {
     let output = Command::new(BIN)
         .args(["serve", "--data-dir"])
         .arg(&data)
-        .args(["--proxy-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"])
+        .args(ANY_PORTS)
         .args(["--cluster-listen", &port])
         .output()
         .unwrap();
@@ -335,6 +349,7 @@ fn deploy_files_expose_and_bind_every_listener() {
         ("proxy", format!("{}", defaults.listen.proxy.port()), "TOLLGATE_PROXY_LISTEN"),
         ("admin", format!("{}", defaults.listen.admin.port()), "TOLLGATE_ADMIN_LISTEN"),
         ("ops", format!("{}", defaults.listen.ops.port()), "TOLLGATE_OPS_LISTEN"),
+        ("console", format!("{}", defaults.listen.console.port()), "TOLLGATE_CONSOLE_LISTEN"),
         ("cluster", format!("{}/udp", defaults.listen.cluster.port()), "TOLLGATE_CLUSTER_LISTEN"),
     ] {
         assert!(exposed.contains(&port.as_str()), "the Dockerfile does not EXPOSE the {what} port {port}");

@@ -30,8 +30,8 @@ mod validate_ai;
 mod validate_policy;
 
 pub use apply::{
-    Action, Actor, Change, MAX_OPENAPI_BYTES, USAGE_DIMENSIONS, apply, dry_run, redacted, service_is_published,
-    usage_counter_id, version_is_live, version_state_name,
+    Action, Actor, Change, MAX_OPENAPI_BYTES, MAX_SELF_SERVICE_KEYS, USAGE_DIMENSIONS, apply, consumer_actor, dry_run,
+    redacted, service_is_published, usage_counter_id, version_is_live, version_state_name,
 };
 pub use entities::{AnyEntity, EntityKind};
 pub use error::{ApplyError, RaftNodeError};

@@ -650,3 +650,147 @@ fn every_admin_change_is_audited_with_its_actor_and_a_refused_bundle_changes_not
     let as_operator = as_actor(Op::ApplyConfig(small), "op1", Operator, "t1");
     assert!(matches!(crate::apply::apply(&state, &as_operator, 14), Err(crate::ApplyError::PermissionDenied(_))));
 }
+
+/// Service s1 with a published version and subscriptions that need approval,
+/// s2 with a draft only, consumers c1 and c2 with a key each.
+fn self_service_state(mode: pb_config::SubscriptionMode) -> GatewayState {
+    use pb_config::{ApiKey, ApiVersion, Consumer, VersionState, Versioning};
+    let mut state = GatewayState::default();
+    let mut index = 0;
+    let mut run = |state: &mut GatewayState, op: Op| {
+        index += 1;
+        *state = state.with_command(&Command::new(op, COMMAND_TIME_MS, "test").0, index).unwrap();
+    };
+    let versioning = Some(Versioning { default_version: "v1".into(), ..Default::default() });
+    for (id, name, published) in [("s1", "orders", true), ("s2", "internal", false)] {
+        let service = Service {
+            meta: meta(id),
+            name: name.into(),
+            versioning: versioning.clone(),
+            subscription: mode as i32,
+            ..orders_service()
+        };
+        run(&mut state, Op::CreateService(service));
+        let version = ApiVersion {
+            meta: meta(&format!("{id}v1")),
+            service_id: id.into(),
+            version: "v1".into(),
+            state: VersionState::Draft as i32,
+            ..Default::default()
+        };
+        run(&mut state, Op::CreateApiVersion(version.clone()));
+        if published {
+            run(&mut state, Op::UpdateApiVersion(ApiVersion { state: VersionState::Published as i32, ..version }));
+        }
+    }
+    for consumer in ["c1", "c2"] {
+        run(
+            &mut state,
+            Op::CreateConsumer(Consumer { meta: meta(consumer), name: consumer.into(), ..Default::default() }),
+        );
+        let key = ApiKey {
+            meta: meta(&format!("k{consumer}")),
+            consumer_id: consumer.into(),
+            secret_sha256: vec![1; 32],
+            allowed_models: vec!["fast".into()],
+            ..Default::default()
+        };
+        run(&mut state, Op::CreateApiKey(key));
+    }
+    state
+}
+
+#[test]
+fn a_consumer_in_the_portal_may_subscribe_itself_and_manage_its_own_keys_only() {
+    use pb_config::AdminRole::Consumer;
+    use pb_config::{ApiKey, SubscriptionMode, SubscriptionState};
+    let state = self_service_state(SubscriptionMode::Approval);
+    let me = crate::consumer_actor("c1");
+    let apply = |state: &GatewayState, op: Op| crate::apply::apply(state, &as_actor(op, &me, Consumer, ""), 20);
+    let denied = |state: &GatewayState, op: Op| match apply(state, op) {
+        Err(crate::ApplyError::PermissionDenied(m) | crate::ApplyError::FailedPrecondition(m)) => m,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let subscription =
+        |service: &str, consumer: &str, state: SubscriptionState, decided_by: &str| pb_config::Subscription {
+            meta: meta(&format!("sub-{service}-{consumer}")),
+            service_id: service.into(),
+            consumer_id: consumer.into(),
+            state: state as i32,
+            decided_by: decided_by.into(),
+            reason: String::new(),
+        };
+
+    // Asking: pending only, for itself, to a published API.
+    let pending = subscription("s1", "c1", SubscriptionState::Pending, "");
+    assert!(apply(&state, Op::CreateSubscription(pending.clone())).is_ok());
+    denied(&state, Op::CreateSubscription(subscription("s1", "c1", SubscriptionState::Approved, &me)));
+    denied(&state, Op::CreateSubscription(subscription("s1", "c2", SubscriptionState::Pending, "")));
+    let m = denied(&state, Op::CreateSubscription(subscription("s2", "c1", SubscriptionState::Pending, "")));
+    assert!(m.contains("catalog"), "{m}");
+    // Where the service approves automatically, it may be approved at once.
+    let auto = self_service_state(SubscriptionMode::AutoApprove);
+    let approved = subscription("s1", "c1", SubscriptionState::Approved, &me);
+    assert!(crate::apply::apply(&auto, &as_actor(Op::CreateSubscription(approved), &me, Consumer, ""), 20).is_ok());
+
+    // Deciding is the service team's: not approving itself, nor deleting a decision.
+    let state = state.with_command(&as_actor(Op::CreateSubscription(pending.clone()), &me, Consumer, ""), 21).unwrap();
+    denied(&state, Op::UpdateSubscription(subscription("s1", "c1", SubscriptionState::Approved, &me)));
+    denied(&state, Op::DeleteSubscription("sub-s1-c1".into()));
+    // ...but it may cancel, and ask again after.
+    let cancelled = subscription("s1", "c1", SubscriptionState::Revoked, &me);
+    let state = state.with_command(&as_actor(Op::UpdateSubscription(cancelled), &me, Consumer, ""), 22).unwrap();
+    assert!(apply(&state, Op::UpdateSubscription(pending.clone())).is_ok());
+
+    // Keys: its own, no preview, no model beyond what its keys reach.
+    let key = |id: &str, consumer: &str, models: &[&str]| ApiKey {
+        meta: meta(id),
+        consumer_id: consumer.into(),
+        secret_sha256: vec![2; 32],
+        allowed_models: models.iter().map(|m| m.to_string()).collect(),
+        ..Default::default()
+    };
+    assert!(apply(&state, Op::CreateApiKey(key("n1", "c1", &["fast"]))).is_ok());
+    denied(&state, Op::CreateApiKey(key("n1", "c2", &["fast"])));
+    denied(&state, Op::CreateApiKey(ApiKey { preview: true, ..key("n1", "c1", &["fast"]) }));
+    denied(&state, Op::CreateApiKey(key("n1", "c1", &[])));
+    denied(&state, Op::CreateApiKey(key("n1", "c1", &["fast", "gpt-*"])));
+    assert!(apply(&state, Op::DeleteApiKey("kc1".into())).is_ok());
+    denied(&state, Op::DeleteApiKey("kc2".into()));
+    denied(&state, Op::UpdateApiKey(key("kc1", "c1", &["*"])));
+    // A limit bound to its keys would not hold a new one.
+    let limit = pb_config::Limit {
+        meta: meta("l1"),
+        name: "per-key".into(),
+        unit: pb_config::LimitUnit::Requests as i32,
+        amount: 10,
+        window: pb_config::LimitWindow::Minute as i32,
+        scope: pb_config::LimitScope::ApiKey as i32,
+        api_key_ids: vec!["kc1".into()],
+        ..Default::default()
+    };
+    let limited = state.with_command(&Command::new(Op::CreateLimit(limit), COMMAND_TIME_MS, "test").0, 23).unwrap();
+    let m = denied(&limited, Op::CreateApiKey(key("n1", "c1", &["fast"])));
+    assert!(m.contains("per-key"), "{m}");
+
+    // Nothing else, and no consumer that does not exist.
+    denied(&state, Op::UpdateService(orders_service()));
+    denied(
+        &state,
+        Op::CreateConsumer(pb_config::Consumer { meta: meta("c3"), name: "c3".into(), ..Default::default() }),
+    );
+    let ghost = crate::consumer_actor("nobody");
+    let cmd = as_actor(Op::CreateApiKey(key("n1", "nobody", &[])), &ghost, Consumer, "");
+    assert!(matches!(crate::apply::apply(&state, &cmd, 20), Err(crate::ApplyError::PermissionDenied(_))));
+    // No admin token may take the consumer role.
+    let token = pb_config::AdminToken {
+        meta: meta("t"),
+        name: "t".into(),
+        role: Consumer as i32,
+        secret_sha256: vec![1; 32],
+        ..Default::default()
+    };
+    assert!(
+        crate::apply::apply(&state, &Command::new(Op::CreateAdminToken(token), COMMAND_TIME_MS, "test").0, 20).is_err()
+    );
+}

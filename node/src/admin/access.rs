@@ -118,7 +118,8 @@ pub fn permits(role: AdminRole, need: Need) -> bool {
         AdminRole::Admin => true,
         AdminRole::Operator => need != Need::Admin,
         AdminRole::Viewer => need == Need::Read,
-        AdminRole::Unspecified => false,
+        // A consumer's portal session is no admin identity.
+        AdminRole::Unspecified | AdminRole::Consumer => false,
     }
 }
 
@@ -182,6 +183,12 @@ impl Access {
                     "missing admin token: send `authorization: Bearer <token>` (see <data-dir>/admin-token)",
                 )
             })?;
+        self.caller_of(presented, rpc)
+    }
+
+    /// The admin identity `presented` (a token's text) stands for; the
+    /// console signs its sessions in with it.
+    pub fn caller_of(&self, presented: &str, rpc: &'static str) -> Result<Caller, Status> {
         let caller = |name: &str, role: AdminRole, team_id: &str| Caller {
             name: Arc::from(name),
             role,
@@ -237,6 +244,7 @@ pub fn role_name(role: AdminRole) -> &'static str {
         AdminRole::Admin => "admin",
         AdminRole::Operator => "operator",
         AdminRole::Viewer => "viewer",
+        AdminRole::Consumer => "consumer",
         AdminRole::Unspecified => "unspecified",
     }
 }

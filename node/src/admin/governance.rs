@@ -230,35 +230,10 @@ impl GovernanceService for Governance {
             state.find_consumer(&request.consumer).ok_or_else(|| not_found("consumer", &request.consumer))?;
         let consumer_id = id_of(&consumer.meta);
         let service_id = service_id(&state, &request.service)?;
-        let existing = state.subscriptions().find(|s| s.service_id == service_id && s.consumer_id == consumer_id);
-        // A consumer once rejected or revoked asks a person again, even
-        // where new subscriptions are approved automatically.
-        let decided_before = existing.is_some_and(|s| {
-            s.state == SubscriptionState::Rejected as i32 || s.state == SubscriptionState::Revoked as i32
-        });
-        let auto = !decided_before
-            && state.service(&service_id).is_some_and(|s| s.subscription == SubscriptionMode::AutoApprove as i32);
-        let wanted = if auto { SubscriptionState::Approved } else { SubscriptionState::Pending };
         let caller = Caller::current()?;
-        let decided_by = if auto { caller.name.to_string() } else { String::new() };
-        let op = match existing {
-            Some(existing) if existing.state == wanted as i32 => {
-                return Ok(Response::new(existing.as_ref().clone()));
-            }
-            Some(existing) => Op::UpdateSubscription(Subscription {
-                state: wanted as i32,
-                decided_by,
-                reason: String::new(),
-                ..existing.as_ref().clone()
-            }),
-            None => Op::CreateSubscription(Subscription {
-                meta: fresh_meta(),
-                service_id,
-                consumer_id,
-                state: wanted as i32,
-                decided_by,
-                reason: String::new(),
-            }),
+        let op = match subscription_request(&state, &consumer_id, &service_id, &caller.name) {
+            Ok(op) => op,
+            Err(unchanged) => return Ok(Response::new(unchanged.as_ref().clone())),
         };
         self.write_everywhere(op).await.map(Response::new)
     }
@@ -317,6 +292,42 @@ impl GovernanceService for Governance {
         let applied = propose::commit(&self.raft, &self.proxy, op).await?;
         Ok(Response::new(ApplyConfigResponse { changes, revision: applied.revision }))
     }
+}
+
+/// The change that asks for `consumer_id`'s subscription to `service_id`,
+/// made by `actor`; the subscription as it is when it already stands so.
+/// A consumer once rejected or revoked asks a person again, even where new
+/// subscriptions are approved automatically.
+pub(crate) fn subscription_request(
+    state: &GatewayState,
+    consumer_id: &str,
+    service_id: &str,
+    actor: &str,
+) -> Result<Op, Arc<Subscription>> {
+    let existing = state.subscriptions().find(|s| s.service_id == service_id && s.consumer_id == consumer_id);
+    let decided_before = existing
+        .is_some_and(|s| s.state == SubscriptionState::Rejected as i32 || s.state == SubscriptionState::Revoked as i32);
+    let auto = !decided_before
+        && state.service(service_id).is_some_and(|s| s.subscription == SubscriptionMode::AutoApprove as i32);
+    let wanted = if auto { SubscriptionState::Approved } else { SubscriptionState::Pending };
+    let decided_by = if auto { actor.to_string() } else { String::new() };
+    Ok(match existing {
+        Some(existing) if existing.state == wanted as i32 => return Err(existing.clone()),
+        Some(existing) => Op::UpdateSubscription(Subscription {
+            state: wanted as i32,
+            decided_by,
+            reason: String::new(),
+            ..existing.as_ref().clone()
+        }),
+        None => Op::CreateSubscription(Subscription {
+            meta: fresh_meta(),
+            service_id: service_id.to_string(),
+            consumer_id: consumer_id.to_string(),
+            state: wanted as i32,
+            decided_by,
+            reason: String::new(),
+        }),
+    })
 }
 
 /// `AdminRole` as the CLI names it.

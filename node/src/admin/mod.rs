@@ -10,10 +10,10 @@ mod cluster;
 pub mod declarative;
 mod entities;
 pub mod governance;
-mod propose;
+pub(crate) mod propose;
 pub mod schema;
 mod service;
-mod status;
+pub(crate) mod status;
 pub mod token;
 mod usage;
 

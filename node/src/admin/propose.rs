@@ -59,7 +59,7 @@ pub(super) async fn read(raft: &RaftNode, stale: bool) -> Result<Arc<GatewayStat
 /// does not answer is cut off from the cluster and cannot learn of the
 /// change until it rejoins; it is logged, not waited for, as is a member
 /// still behind when the time is up.
-pub(super) async fn wait_members_served(raft: &RaftNode, revision: u64, within: std::time::Duration) {
+pub(crate) async fn wait_members_served(raft: &RaftNode, revision: u64, within: std::time::Duration) {
     let deadline = tokio::time::Instant::now() + within;
     let mut pause = std::time::Duration::from_millis(5);
     loop {

@@ -22,6 +22,8 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tollgate_node::{Config, Node};
+pub mod web;
+
 use tollgate_proto::admin::v1::admin_service_client::AdminServiceClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -34,6 +36,7 @@ pub fn test_config(dir: &Path) -> Config {
     config.listen.admin = "127.0.0.1:0".parse().unwrap();
     config.listen.cluster = "127.0.0.1:0".parse().unwrap();
     config.listen.ops = "127.0.0.1:0".parse().unwrap();
+    config.listen.console = "127.0.0.1:0".parse().unwrap();
     config.proxy.access_log = "off".into();
     config.admin.token = Some(TOKEN.to_string());
     config.raft.heartbeat_ms = 50;

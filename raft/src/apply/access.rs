@@ -52,6 +52,9 @@ impl<'a> Actor<'a> {
             // No token by that name: the cluster itself, the bootstrap token,
             // or a command from before roles existed. A role claimed for
             // anyone else names a token that no longer exists.
+            if actor.role == AdminRole::Consumer {
+                return Self::consumer(actor, state);
+            }
             let own = actor.role == AdminRole::Unspecified
                 || RESERVED_ACTORS.contains(&actor.name)
                 || actor.name.starts_with("node ");
@@ -74,6 +77,15 @@ impl<'a> Actor<'a> {
             team: &token.team_id,
         })
     }
+
+    /// A consumer acting for itself in the portal: it must still exist.
+    fn consumer(actor: Actor<'a>, state: &GatewayState) -> Result<Actor<'a>, ApplyError> {
+        let id = actor.name.strip_prefix("consumer ").unwrap_or_default();
+        if id.is_empty() || state.consumer(id).is_none() {
+            return Err(ApplyError::PermissionDenied(format!("{:?} names no consumer", actor.name)));
+        }
+        Ok(actor)
+    }
 }
 
 /// Refuses `op` when `actor` may not make it.
@@ -83,6 +95,7 @@ pub(crate) fn check(state: &GatewayState, actor: &Actor, op: &Op) -> Result<(), 
         // (the single admin token could do everything).
         AdminRole::Unspecified | AdminRole::Admin => return Ok(()),
         AdminRole::Viewer => return Err(denied(actor, "a viewer token can only read")),
+        AdminRole::Consumer => return super::self_service::check(state, actor, op),
         AdminRole::Operator => {}
     }
     let team = Team { state, actor };

@@ -74,7 +74,7 @@ impl Rules for AdminToken {
         }
         let role = AdminRole::try_from(self.role).unwrap_or(AdminRole::Unspecified);
         match role {
-            AdminRole::Unspecified => {
+            AdminRole::Unspecified | AdminRole::Consumer => {
                 return Err(ApplyError::invalid("role", "say what the token may do: admin, operator or viewer"));
             }
             AdminRole::Operator if self.team_id.is_empty() => {
@@ -136,7 +136,7 @@ impl Rules for AdminToken {
     }
 }
 
-fn version_state(v: &ApiVersion) -> VersionState {
+pub(crate) fn version_state(v: &ApiVersion) -> VersionState {
     VersionState::try_from(v.state).unwrap_or(VersionState::Unspecified)
 }
 

@@ -17,6 +17,7 @@ mod overlap;
 mod proxy;
 mod publish;
 mod quota;
+mod self_service;
 mod usage;
 
 pub use access::Actor;
@@ -25,6 +26,7 @@ pub use governance::{
     MAX_OPENAPI_BYTES, is_live as version_is_live, service_is_published, state_name as version_state_name,
 };
 
+pub use self_service::{MAX_SELF_SERVICE_KEYS, consumer_actor};
 pub use usage::{DIMENSIONS as USAGE_DIMENSIONS, counter_id as usage_counter_id};
 
 use std::sync::Arc;

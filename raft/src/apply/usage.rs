@@ -9,6 +9,7 @@
 //! answer carries the watermark so the node knows where to resume. Counters
 //! are therefore exact: every record counts once.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -27,7 +28,8 @@ const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 86_400_000;
 
 /// The dimensions counted, as `tollgate ctl usage --by` names them.
-pub const DIMENSIONS: [&str; 7] = ["all", "key", "consumer", "model", "provider", "route", "service"];
+pub const DIMENSIONS: [&str; 9] =
+    ["all", "key", "consumer", "model", "provider", "route", "service", "consumer_service", "consumer_model"];
 
 pub(crate) fn fold(state: &GatewayState, batch: &UsageBatch, now: i64, index: u64) -> Result<Outcome, ApplyError> {
     check(batch)?;
@@ -45,14 +47,14 @@ pub(crate) fn fold(state: &GatewayState, batch: &UsageBatch, now: i64, index: u6
         let day = delta.hour_start_ms.div_euclid(DAY_MS) * DAY_MS;
         for (period, start) in [("hour", hour), ("day", day)] {
             for (dimension, value) in dimension_values(delta) {
-                let id = counter_id(period, start, dimension, value);
+                let id = counter_id(period, start, dimension, &value);
                 let counter = counters.entry(id).or_insert_with_key(|id| {
                     state.usage_counter(id).map(|c| c.as_ref().clone()).unwrap_or_else(|| UsageCounter {
                         meta: Some(Meta { id: id.clone(), created_at_ms: now, ..Default::default() }),
                         period: period.into(),
                         period_start_ms: start,
                         dimension: dimension.into(),
-                        value: value.into(),
+                        value: value.to_string(),
                         ..Default::default()
                     })
                 });
@@ -100,10 +102,16 @@ fn check(batch: &UsageBatch) -> Result<(), ApplyError> {
     Ok(())
 }
 
-/// The counters one delta adds to: the cluster total and each dimension it has a value for.
-fn dimension_values(delta: &UsageDelta) -> impl Iterator<Item = (&'static str, &str)> {
+/// The counters one delta adds to: the cluster total, each dimension it has
+/// a value for, and a consumer's usage per service and per model (its
+/// own charts in the developer portal), valued `<consumer>/<service>` and
+/// `<consumer>/<model>` (ids hold no '/').
+fn dimension_values(delta: &UsageDelta) -> impl Iterator<Item = (&'static str, Cow<'_, str>)> {
+    let per_consumer = |dimension: &'static str, value: &str| {
+        let both = !delta.consumer.is_empty() && !value.is_empty();
+        both.then(|| (dimension, Cow::Owned(format!("{}/{value}", delta.consumer))))
+    };
     [
-        ("all", ""),
         ("key", delta.key.as_str()),
         ("consumer", delta.consumer.as_str()),
         ("model", delta.model.as_str()),
@@ -112,7 +120,11 @@ fn dimension_values(delta: &UsageDelta) -> impl Iterator<Item = (&'static str, &
         ("service", delta.service.as_str()),
     ]
     .into_iter()
-    .filter(|(dimension, value)| *dimension == "all" || !value.is_empty())
+    .filter(|(_, value)| !value.is_empty())
+    .map(|(dimension, value)| (dimension, Cow::Borrowed(value)))
+    .chain(std::iter::once(("all", Cow::Borrowed(""))))
+    .chain(per_consumer("consumer_service", &delta.service))
+    .chain(per_consumer("consumer_model", &delta.model))
 }
 
 /// `<period>/<start, 13 digits>/<dimension>/<value>`: a period's counters
