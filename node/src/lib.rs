@@ -10,6 +10,7 @@ pub mod cluster_events;
 pub mod config;
 pub mod ctl;
 pub mod limits;
+pub mod mcp;
 pub mod net;
 pub mod ops;
 pub mod plumbing;

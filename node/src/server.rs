@@ -295,6 +295,7 @@ impl Node {
                 .with_path_policy(path_policy)
                 .with_client_limits(max_connections, ms(config.proxy.client_send_timeout_ms)),
         );
+        let _ = proxy.own_addr.set(proxy_addr);
         let follower_task = tokio::spawn(proxy::follow_state(proxy.clone(), raft.subscribe()));
         let (usage_stop, usage_stopped) = watch::channel(false);
         let flusher = crate::usage::flush::Flusher::new(ledger.clone(), raft.clone());

@@ -23,6 +23,7 @@ pub mod admin {
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("tollgate_descriptor");
 
 pub mod limits;
+pub mod prompt;
 
 mod route_backend {
     use crate::config::v1::route::Backend;
@@ -106,7 +107,8 @@ mod route_backend {
             (self.service_id, self.ai_gateway) = match &self.backend {
                 Some(Backend::Service(s)) => (s.service_id.clone(), false),
                 Some(Backend::Ai(_)) => (String::new(), true),
-                None => (String::new(), false),
+                // The previous version knows no MCP backend: it reads none.
+                Some(Backend::Mcp(_)) | None => (String::new(), false),
             };
         }
 
@@ -114,6 +116,14 @@ mod route_backend {
         pub fn backend_service_id(&self) -> Option<&str> {
             match &self.backend {
                 Some(Backend::Service(s)) => Some(&s.service_id),
+                _ => None,
+            }
+        }
+
+        /// The MCP server's settings, if this route serves one.
+        pub fn mcp_backend(&self) -> Option<&crate::config::v1::McpBackend> {
+            match &self.backend {
+                Some(Backend::Mcp(m)) => Some(m),
                 _ => None,
             }
         }

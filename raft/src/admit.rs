@@ -29,9 +29,25 @@ pub(crate) fn admit(op: &Op) -> Result<(), ApplyError> {
         {
             crate::openapi::validate(&v.openapi).map_err(|reason| ApplyError::invalid("openapi", reason))
         }
+        Op::CreateService(s) | Op::UpdateService(s) => match &s.prompt {
+            Some(prompt) if !prompt.output_schema.is_empty() => output_schema(&prompt.output_schema),
+            _ => Ok(()),
+        },
         Op::ApplyConfig(bundle) => bundle.ops.iter().filter_map(|c| c.op.as_ref()).try_for_each(admit),
         _ => Ok(()),
     }
+}
+
+/// A prompt API's output schema compiles as a JSON Schema (draft 2020-12
+/// unless it says `$schema`), so requests are never checked against one
+/// that cannot be.
+fn output_schema(text: &str) -> Result<(), ApplyError> {
+    let invalid = |reason: String| ApplyError::invalid("prompt.output_schema", reason);
+    if text.len() > crate::validate_prompt::MAX_SCHEMA_BYTES {
+        return Err(invalid("too large".into()));
+    }
+    let schema: serde_json::Value = serde_json::from_str(text).map_err(|e| invalid(format!("not JSON: {e}")))?;
+    jsonschema::validator_for(&schema).map(|_| ()).map_err(|e| invalid(format!("not a valid JSON Schema: {e}")))
 }
 
 fn provider(p: &Provider) -> Result<(), ApplyError> {

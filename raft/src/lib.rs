@@ -28,6 +28,7 @@ mod types;
 mod validate;
 mod validate_ai;
 mod validate_policy;
+mod validate_prompt;
 
 pub use apply::{
     Action, Actor, Change, MAX_OPENAPI_BYTES, MAX_SELF_SERVICE_KEYS, USAGE_DIMENSIONS, apply, consumer_actor, dry_run,

@@ -57,6 +57,9 @@ pub struct AiCall {
     pub body_timeout: Duration,
     /// Token limits, budgets and model-scoped limits to reserve from.
     pub limits: Option<super::limits::AiLimits>,
+    /// The service a prompt API's call is made for; empty for the AI
+    /// gateway's own routes. Its usage counts for that service.
+    pub service: String,
 }
 
 /// What the proxy's access log and metrics learn about the call.
@@ -194,30 +197,11 @@ pub async fn serve(
         return outcome(models(snapshot, allowed));
     }
 
-    let limit = usize::try_from(call.max_body_bytes).unwrap_or(usize::MAX);
-    // Bounded in time as well as size: a stalled body would otherwise hold
-    // the connection, and up to `limit` bytes of memory, for as long as the
-    // caller likes.
-    let read = tokio::time::timeout(call.body_timeout, Limited::new(request_body, limit).collect()).await;
-    let Ok(read) = read else {
-        let timeout_ms = u64::try_from(call.body_timeout.as_millis()).unwrap_or(u64::MAX);
-        let error = GatewayError::BodyTimeout { timeout_ms };
-        return outcome(render_error(&error, &call.request_id, ingress));
-    };
-    let bytes = match read {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.is::<LengthLimitError>() => {
-            let message = format!("request body exceeds the limit of {limit} bytes");
-            return outcome(error_response(
-                ingress,
-                ErrorKind::InvalidRequest,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &message,
-            ));
-        }
-        Err(error) => {
-            let message = format!("cannot read the request body: {error}");
-            return outcome(error_response(ingress, ErrorKind::InvalidRequest, StatusCode::BAD_REQUEST, &message));
+    let bytes = match read_request(&call, request_body).await {
+        Ok(bytes) => bytes,
+        Err(RequestBodyError::Timeout(error)) => return outcome(render_error(&error, &call.request_id, ingress)),
+        Err(RequestBodyError::Refused(status, message)) => {
+            return outcome(error_response(ingress, ErrorKind::InvalidRequest, status, &message));
         }
     };
 
@@ -243,6 +227,58 @@ pub async fn serve(
         },
         Endpoint::Models => unreachable!("answered above"),
     }
+}
+
+/// Why a caller's request body was not read.
+pub enum RequestBodyError {
+    /// It did not arrive within the route's request timeout.
+    Timeout(GatewayError),
+    /// Too large (413) or broken (400), with what to say.
+    Refused(StatusCode, String),
+}
+
+/// The caller's whole request body, bounded in size and in time: a stalled
+/// body would otherwise hold the connection, and up to the limit of
+/// memory, for as long as the caller likes.
+pub async fn read_request(call: &AiCall, body: Incoming) -> Result<Bytes, RequestBodyError> {
+    let limit = usize::try_from(call.max_body_bytes).unwrap_or(usize::MAX);
+    let read = tokio::time::timeout(call.body_timeout, Limited::new(body, limit).collect()).await;
+    let Ok(read) = read else {
+        let timeout_ms = u64::try_from(call.body_timeout.as_millis()).unwrap_or(u64::MAX);
+        return Err(RequestBodyError::Timeout(GatewayError::BodyTimeout { timeout_ms }));
+    };
+    match read {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(RequestBodyError::Refused(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body exceeds the limit of {limit} bytes"),
+        )),
+        Err(error) => {
+            Err(RequestBodyError::Refused(StatusCode::BAD_REQUEST, format!("cannot read the request body: {error}")))
+        }
+    }
+}
+
+/// One chat completion for a caller inside the gateway (a prompt API):
+/// resolved, limited, retried, failed over and accounted as any, and
+/// answered in OpenAI's format.
+pub async fn chat(
+    shared: &Arc<AiShared>,
+    snapshot: &AiSnapshot,
+    metrics: &Arc<Metrics>,
+    call: &AiCall,
+    request: ChatRequest,
+) -> AiOutcome {
+    let attempt = Attempts {
+        shared,
+        snapshot,
+        metrics,
+        call,
+        started: Instant::now(),
+        ingress: Ingress::OpenAi,
+        gemini_stream: None,
+    };
+    attempt.chat(request, None).await
 }
 
 fn bad_request(ingress: Ingress, error: &AdapterError) -> Response<GatewayBody> {
@@ -400,6 +436,7 @@ impl Attempts<'_> {
             requested_model: requested_model.to_string(),
             stream,
             kind: "ai".into(),
+            service: self.call.service.clone(),
             ..Default::default()
         };
         Accounting::new(

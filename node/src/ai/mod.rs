@@ -13,6 +13,8 @@ pub mod cooldown;
 pub mod gateway;
 pub mod limits;
 pub mod pricing;
+pub mod prompt;
+pub mod prompt_doc;
 pub mod snapshot;
 pub mod stream;
 

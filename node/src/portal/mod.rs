@@ -37,6 +37,8 @@ use tokio::net::TcpListener;
 use tollgate_raft::RaftNode;
 
 pub use error::PortalError;
+/// An OpenAPI document (JSON or YAML) as a JSON value; None for none.
+pub use reference::parse as parse_openapi;
 
 use crate::admin::access::Access;
 use crate::proxy::ProxyContext;

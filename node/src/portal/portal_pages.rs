@@ -219,7 +219,7 @@ async fn version_page(
     let state = portal.raft.local_state();
     let (service, versions) = find_in_catalog(&state, &name)?;
     let v = versions.iter().find(|v| v.version == version).ok_or(PortalError::NotFound("version"))?;
-    let document = reference::parse(&v.openapi);
+    let document = reference::parse(&v.openapi).or_else(|| generated_document(&state, &service, &v.version));
     let body = html! {
         p { a href={ "/portal/apis/" (service.name) } { "← " (service.name) } }
         @if VersionState::try_from(v.state) == Ok(VersionState::Deprecated) {
@@ -231,6 +231,18 @@ async fn version_page(
         }
     };
     Ok(shell(&portal, &session, "/portal", &format!("{} {}", service.name, v.version), body))
+}
+
+/// A prompt API's document, generated from its spec, for a version that
+/// has none of its own.
+fn generated_document(state: &GatewayState, service: &Service, version: &str) -> Option<serde_json::Value> {
+    let prompt = service.prompt.as_ref()?;
+    let path = state
+        .routes()
+        .find(|r| r.backend_service_id() == Some(id(&service.meta)))
+        .and_then(|r| r.paths.first().map(|p| p.path.clone()))
+        .unwrap_or_default();
+    Some(crate::ai::prompt_doc::openapi(&service.name, &service.description, version, &path, prompt))
 }
 
 /// Proposes `op` as the signed-in consumer and returns once this node

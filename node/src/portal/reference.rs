@@ -9,10 +9,19 @@ use serde_json::Value;
 
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 
-/// The document as a JSON value, whichever syntax it was written in.
+/// The document as a JSON value, whichever syntax it was written in; None
+/// for no document (YAML reads an empty one as an empty mapping).
 pub fn parse(document: &str) -> Option<Value> {
     let trimmed = document.trim_start();
-    if trimmed.starts_with('{') { serde_json::from_str(trimmed).ok() } else { serde_yaml_ng::from_str(document).ok() }
+    if trimmed.is_empty() {
+        return None;
+    }
+    let parsed: Option<Value> = if trimmed.starts_with('{') {
+        serde_json::from_str(trimmed).ok()
+    } else {
+        serde_yaml_ng::from_str(document).ok()
+    };
+    parsed.filter(Value::is_object)
 }
 
 pub fn render(document: &Value) -> Markup {

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use super::headers::{self, X_REQUEST_ID};
 use super::phases::route_match::Routed;
 use super::phases::{self, Phase, RequestCtx, Step};
-use super::snapshot::GatewaySnapshot;
+use super::snapshot::{GatewaySnapshot, RouteBackend};
 use super::{ClientConn, GatewayBody, ProxyContext};
 use crate::ai::gateway::Ingress;
 use crate::plumbing::GatewayError;
@@ -44,6 +44,10 @@ pub async fn handle(
             let mut response = match &rctx.route {
                 // AI clients (OpenAI, Anthropic and Google SDKs) parse errors in their own format.
                 Some(route) if route.backend.is_ai() => crate::ai::gateway::render_error(&error, rctx.id(), ai_format),
+                // MCP clients raise a JSON-RPC error; a bare one would be "internal error".
+                Some(route) if matches!(route.backend, RouteBackend::Mcp { .. }) => {
+                    crate::mcp::render_error(&error, rctx.id())
+                }
                 _ => error.into_response(rctx.id()),
             };
             if let Some(refusal) = refusal {

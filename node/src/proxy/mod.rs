@@ -9,7 +9,7 @@ mod cors;
 mod handler;
 mod headers;
 mod health;
-mod ip_filter;
+pub(crate) mod ip_filter;
 mod jwt;
 mod lb;
 mod path;
@@ -107,6 +107,12 @@ pub struct ProxyContext {
     pub client_send_timeout: Duration,
     /// Raft index of the snapshot currently served.
     served: watch::Sender<u64>,
+    /// The replicated state the snapshot was compiled from, for the MCP
+    /// backend's tool listings (read in memory; no Raft or disk access).
+    pub state: ArcSwap<tollgate_raft::GatewayState>,
+    /// The plain-HTTP proxy listener's address, for MCP tool calls made
+    /// through the proxy itself.
+    pub own_addr: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl ProxyContext {
@@ -128,6 +134,8 @@ impl ProxyContext {
             upstream_slots: Arc::new(UpstreamSlots::new(usize::MAX)),
             client_send_timeout: DEFAULT_SEND_TIMEOUT,
             served: watch::channel(0).0,
+            state: ArcSwap::from_pointee(tollgate_raft::GatewayState::default()),
+            own_addr: std::sync::OnceLock::new(),
         }
     }
 
@@ -181,6 +189,7 @@ pub async fn follow_state(ctx: Arc<ProxyContext>, mut states: watch::Receiver<Ar
     let mut served: Option<Arc<GatewaySnapshot>> = None;
     loop {
         let state = states.borrow_and_update().clone();
+        ctx.state.store(state.clone());
         let next = match served.as_deref().and_then(|s| Some((s, state.changes_since(s.revision)?))) {
             Some((current, touched)) => current.update(&state, touched, &ctx.shared),
             None => GatewaySnapshot::compile(&state, &ctx.shared),

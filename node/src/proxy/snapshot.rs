@@ -132,6 +132,8 @@ pub struct CompiledService {
     /// A key works only with an approved subscription of its consumer.
     pub subscription_required: bool,
     pub team_id: Arc<str>,
+    /// A prompt API: a model answers it (`crate::ai::prompt`), not targets.
+    pub prompt: Option<Arc<crate::ai::prompt::CompiledPrompt>>,
 }
 
 pub struct RetrySettings {
@@ -167,6 +169,8 @@ pub struct CompiledRoute {
     /// The team that owns the route's service ("" for none): its preview
     /// keys may call its draft versions.
     pub service_team: Arc<str>,
+    /// The service's prompt, when it is a prompt API (a model answers it).
+    pub prompt: Option<Arc<crate::ai::prompt::CompiledPrompt>>,
 }
 
 /// A route's backend, from its proto `oneof backend`.
@@ -176,12 +180,18 @@ pub enum RouteBackend {
     Service { service_id: String },
     /// The AI gateway (`crate::ai::gateway`).
     Ai,
+    /// An MCP server over the caller's APIs (`crate::mcp`); only `team`'s
+    /// when it names one.
+    Mcp { team_id: Option<Arc<str>> },
 }
 
 impl RouteBackend {
     fn of(route: &Route) -> RouteBackend {
         match &route.backend {
             Some(route::Backend::Ai(_)) => RouteBackend::Ai,
+            Some(route::Backend::Mcp(m)) => {
+                RouteBackend::Mcp { team_id: (!m.team_id.is_empty()).then(|| Arc::from(m.team_id.as_str())) }
+            }
             Some(route::Backend::Service(s)) => RouteBackend::Service { service_id: s.service_id.clone() },
             // The state holds only routes with a backend (apply adopts the
             // previous format's fields); an empty one forwards nowhere.
@@ -196,7 +206,7 @@ impl RouteBackend {
     pub fn service_id(&self) -> Option<&str> {
         match self {
             RouteBackend::Service { service_id } => Some(service_id),
-            RouteBackend::Ai => None,
+            RouteBackend::Ai | RouteBackend::Mcp { .. } => None,
         }
     }
 }
@@ -529,6 +539,7 @@ fn compile_service(
         versions: None,
         subscription_required: s.subscription != tollgate_proto::config::v1::SubscriptionMode::Unspecified as i32,
         team_id: Arc::from(s.team_id.as_str()),
+        prompt: s.prompt.as_ref().map(|p| Arc::new(crate::ai::prompt::CompiledPrompt::compile(p))),
         id,
     }
 }
@@ -584,5 +595,6 @@ fn compile_route(r: &Route, service: Option<&CompiledService>, shared: &Shared) 
         versions: service.and_then(|s| s.versions.clone()),
         subscription_service: service.filter(|s| s.subscription_required).map(|s| Arc::from(s.id.as_str())),
         service_team: service.map_or_else(|| Arc::from(""), |s| s.team_id.clone()),
+        prompt: service.and_then(|s| s.prompt.clone()),
     }
 }

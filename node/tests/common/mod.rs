@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tollgate_node::{Config, Node};
+pub mod scripted_llm;
 pub mod web;
 
 use tollgate_proto::admin::v1::admin_service_client::AdminServiceClient;

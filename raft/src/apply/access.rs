@@ -183,6 +183,12 @@ fn routes(team: &Team, op: &Op) -> Result<(), ApplyError> {
                 "routes to the AI gateway are an admin's (they spend the cluster's provider keys)",
             ));
         }
+        None if route.mcp_backend().is_some_and(|m| m.team_id != team.actor.team) => {
+            return Err(denied(
+                team.actor,
+                "an operator's MCP route serves only its own team's APIs (set its team_id)",
+            ));
+        }
         None => {}
     }
     let mut foreign = team.state.routes().filter(|r| r.team_id != team.actor.team && r.id() != route.id());

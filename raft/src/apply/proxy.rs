@@ -1,7 +1,7 @@
 //! Rules of the proxy's entities: services and the routes that lead to them.
 
 use tollgate_proto::config::v1::route::Backend;
-use tollgate_proto::config::v1::{Route, Service};
+use tollgate_proto::config::v1::{AuthMode, Route, Service};
 
 use super::{Change, Rules};
 use crate::entities::EntityKind;
@@ -15,7 +15,14 @@ impl Rules for Service {
         if self.version.len() > validate::MAX_NAME_LEN {
             return Err(ApplyError::invalid("version", "must be at most 64 characters"));
         }
-        validate::targets(&self.targets)?;
+        match &self.prompt {
+            // A model answers a prompt API: it has no targets.
+            Some(_) if !self.targets.is_empty() => {
+                return Err(ApplyError::invalid("targets", "a prompt API has no targets: a model answers it"));
+            }
+            Some(prompt) => crate::validate_prompt::prompt(prompt)?,
+            None => validate::targets(&self.targets)?,
+        }
         super::governance::team_ref(state, &self.team_id)?;
         match &self.versioning {
             Some(versioning) => validate_versioning(versioning)?,
@@ -138,6 +145,16 @@ impl Rules for Route {
         super::governance::team_ref(state, &self.team_id)?;
         match &self.backend {
             Some(Backend::Ai(_)) => Ok(()),
+            Some(Backend::Mcp(m)) => {
+                // Its tools are the caller's subscriptions: it must know the caller.
+                if self.auth == AuthMode::None as i32 {
+                    return Err(ApplyError::invalid(
+                        "auth",
+                        "an MCP route lists the caller's own APIs: it needs an API key or JWT",
+                    ));
+                }
+                super::governance::team_ref(state, &m.team_id)
+            }
             Some(Backend::Service(s)) if s.service_id.is_empty() => {
                 Err(ApplyError::invalid("backend.service.service_id", "a route must name the service it forwards to"))
             }
@@ -145,7 +162,10 @@ impl Rules for Route {
                 Some(_) => Ok(()),
                 None => Err(ApplyError::not_found(EntityKind::Service, &s.service_id)),
             },
-            None => Err(ApplyError::invalid("backend", "a route must name its backend: a service, or the AI gateway")),
+            None => Err(ApplyError::invalid(
+                "backend",
+                "a route must name its backend: a service, the AI gateway or an MCP server",
+            )),
         }
     }
 

@@ -51,7 +51,10 @@ pub fn run(
     rctx.api_key = caller.and_then(|c| c.key).cloned();
     // Credentials the gateway checked are for the gateway; never pass them
     // on. An open route checked none, so its upstream may do its own auth.
-    if consumer.is_some() {
+    // The MCP backend forwards nothing upstream: it presents them again to
+    // this gateway for each tool call, as the caller's own.
+    let mcp = matches!(route.backend, super::super::snapshot::RouteBackend::Mcp { .. });
+    if consumer.is_some() && !mcp {
         parts.headers.remove(header::AUTHORIZATION);
         parts.headers.remove(&X_API_KEY);
     }

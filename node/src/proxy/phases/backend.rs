@@ -31,13 +31,47 @@ pub async fn run(
     body: Incoming,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     match &route.backend {
-        RouteBackend::Service { service_id } => {
-            service_backend::serve(ctx, snapshot, rctx, route, service_id, parts, body).await
-        }
-        RouteBackend::Ai => ai(ctx, snapshot, rctx, route, parts, body).await,
+        RouteBackend::Service { service_id } => match &route.prompt {
+            Some(prompt) => ai(ctx, snapshot, rctx, route, parts, body, Some(prompt.clone())).await,
+            None => service_backend::serve(ctx, snapshot, rctx, route, service_id, parts, body).await,
+        },
+        RouteBackend::Ai => ai(ctx, snapshot, rctx, route, parts, body, None).await,
+        RouteBackend::Mcp { team_id } => Ok(mcp(ctx, rctx, route, team_id.as_deref(), parts, body).await),
     }
 }
 
+/// The MCP server of an MCP route (`crate::mcp`), for the caller the
+/// earlier phases authenticated.
+async fn mcp(
+    ctx: &ProxyContext,
+    rctx: &RequestCtx,
+    route: &CompiledRoute,
+    team: Option<&str>,
+    parts: http::request::Parts,
+    body: Incoming,
+) -> Response<GatewayBody> {
+    let timeout = route.request_timeout.unwrap_or(ctx.shared.defaults.request);
+    let limit = usize::try_from(ctx.max_body_bytes).unwrap_or(usize::MAX);
+    let read = tokio::time::timeout(timeout, http_body_util::Limited::new(body, limit).collect()).await;
+    let Ok(Ok(bytes)) = read.map(|r| r.map(|c| c.to_bytes())) else {
+        let error = GatewayError::BadRequest("the MCP message did not arrive whole in time".into());
+        return crate::mcp::render_error(&error, rctx.id());
+    };
+    let Some(proxy) = ctx.own_addr.get().copied() else {
+        return crate::mcp::render_error(&GatewayError::Overloaded, rctx.id());
+    };
+    let server = crate::mcp::Mcp {
+        state: ctx.state.load_full(),
+        proxy,
+        consumer_id: rctx.consumer.as_deref().map(CompiledConsumer::id).unwrap_or_default(),
+        team,
+        client_ip: rctx.client.addr.ip(),
+    };
+    crate::mcp::serve(server, &parts.method, &parts.headers, &bytes).await
+}
+
+/// The AI gateway's own endpoints, or a prompt API (`crate::ai::prompt`)
+/// of the service named with it.
 async fn ai(
     ctx: &ProxyContext,
     snapshot: &GatewaySnapshot,
@@ -45,6 +79,7 @@ async fn ai(
     route: &CompiledRoute,
     parts: http::request::Parts,
     body: Incoming,
+    prompt: Option<Arc<crate::ai::prompt::CompiledPrompt>>,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let consumer = rctx.consumer.as_deref();
     let call = AiCall {
@@ -63,9 +98,21 @@ async fn ai(
             limiter: ctx.shared.limiter.clone(),
             deferred: std::mem::take(&mut rctx.ai_limits),
         }),
+        service: String::new(),
     };
     let slot = ctx.upstream_slots.try_take().ok_or(GatewayError::Overloaded)?;
-    let served = crate::ai::gateway::serve(&ctx.shared.ai, &snapshot.ai, &ctx.shared.metrics, call, parts, body).await;
+    let served = match prompt {
+        Some(prompt) => {
+            let service = route.service_label.as_deref().unwrap_or_default().to_string();
+            let gateway = crate::ai::prompt::Gateway {
+                shared: &ctx.shared.ai,
+                snapshot: &snapshot.ai,
+                metrics: &ctx.shared.metrics,
+            };
+            crate::ai::prompt::serve(gateway, AiCall { service, ..call }, &prompt, parts, body).await
+        }
+        None => crate::ai::gateway::serve(&ctx.shared.ai, &snapshot.ai, &ctx.shared.metrics, call, parts, body).await,
+    };
     rctx.upstream = served.provider.map(Arc::from);
     rctx.attempts = served.attempts;
     rctx.recorded = served.recorded;

@@ -43,7 +43,9 @@ async fn admit(
         client_ip: rctx.client.addr.ip(),
     };
     let limits = snapshot.limits.applicable(&who);
-    if route.backend.is_ai() {
+    // A prompt API's call is an AI call: its token limits and budgets are
+    // reserved and reconciled by the AI gateway, as on AI routes.
+    if route.backend.is_ai() || route.prompt.is_some() {
         let deferred = |b: &&Bucketed| b.limit.counts_usage() || b.limit.scope() == LimitScope::Model;
         rctx.ai_limits = limits.iter().filter(deferred).cloned().collect();
     }
