@@ -298,17 +298,22 @@ async fn hostile_arguments_and_envelopes_stay_inside_the_tools_route() {
     let Setup { node, key, upstream: _upstream, _model, _dir } = setup(100).await;
     let proxy = node.proxy_addr;
     let call = |id: &str| json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "orders.getOrder", "arguments": {"id": id}}});
-    // A path argument cannot climb out of its segment.
-    for id in ["../internal/x", "..", "a/../../internal", "%2e%2e", "x?admin=1", "x#y"] {
+    // A path argument cannot climb out of its segment, nor lead to another route.
+    for id in ["../internal/x", "..", ".", "...", "a/../../internal", "%2e%2e", "x?admin=1", "x#y"] {
         let reply = post(proxy, &key, &[], call(id)).await;
-        assert_eq!(reply.status, 200, "{id}");
-        let result = &reply.json()["result"];
-        assert!(result.is_object(), "{id}: {}", reply.json());
-        if result["isError"] == false {
-            let path = result["structuredContent"]["path"].as_str().unwrap();
-            assert!(path.starts_with("/orders/") && !path.contains("internal"), "{id} reached {path}");
-            assert!(result["structuredContent"]["query"].as_str().unwrap_or_default().is_empty(), "{id}");
+        let answer = reply.json();
+        match answer.get("result") {
+            Some(result) if result["isError"] == false => {
+                let path = result["structuredContent"]["path"].as_str().unwrap();
+                assert!(path.starts_with("/orders/") && !path.contains("internal"), "{id} reached {path}");
+                assert!(result["structuredContent"]["query"].as_str().unwrap_or_default().is_empty(), "{id}");
+            }
+            Some(result) => assert_eq!(result["isError"], true, "{id}: {answer}"),
+            None => assert_eq!(answer["error"]["code"], -32602, "{id}: {answer}"),
         }
+    }
+    for id in ["..", ".", "..."] {
+        assert_eq!(post(proxy, &key, &[], call(id)).await.json()["error"]["code"], -32602, "{id}");
     }
     // Reserved characters arrive escaped, in the one segment.
     let reply = post(proxy, &key, &[], call("x?admin=1")).await;
@@ -344,6 +349,36 @@ async fn hostile_arguments_and_envelopes_stay_inside_the_tools_route() {
         assert!(reply.status.is_client_error(), "{body}: {}", reply.status);
         assert!(reply.json()["error"]["code"].is_i64(), "{body}");
     }
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tool_of_an_open_route_never_receives_the_callers_credential() {
+    let Setup { node, key, upstream, _model, _dir } = setup(100).await;
+    let mut admin = admin_client(node.admin_addr, TOKEN).await;
+    let mut gov = governance(node.admin_addr, TOKEN).await;
+    let api = Api {
+        name: "weather",
+        path: "/weather",
+        upstream: upstream.addr,
+        mode: SubscriptionMode::Unspecified,
+        openapi: "openapi: 3.0.3\ninfo: {title: W, version: '1'}\npaths:\n  /weather:\n    get:\n      operationId: now\n      responses: {'200': {description: ok}}\n",
+        publish: true,
+    };
+    api.create(&mut admin, &mut gov).await;
+    let mut open = admin
+        .get_route(tollgate_proto::admin::v1::GetRequest { id_or_name: "weather".into(), stale: false })
+        .await
+        .unwrap()
+        .into_inner();
+    open.auth = AuthMode::None as i32;
+    admin.update_route(open).await.unwrap();
+    let call =
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "weather.now", "arguments": {}}});
+    let reply = post(node.proxy_addr, &key, &[("x-api-key", &key)], call).await;
+    let seen = &reply.json()["result"]["structuredContent"];
+    assert_eq!(seen["path"], "/weather", "{}", reply.json());
+    assert!(seen["headers"].get("authorization").is_none() && seen["headers"].get("x-api-key").is_none(), "{seen}");
     node.shutdown().await;
 }
 

@@ -346,3 +346,44 @@ async fn no_page_shows_a_secret() {
     assert!(csrf_of(&pages).is_some());
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_consumer_cancels_its_subscription_and_its_changes_are_throttled() {
+    let Shop { node, mut admin, key, _upstream, _dir, .. } = shop().await;
+    let shop_id = admin.get_consumer(GetRequest { id_or_name: "shop".into(), stale: false }).await.unwrap();
+    let shop_id = shop_id.into_inner().meta.unwrap().id;
+    let mut web = portal_signed_in(node.console_addr, &key).await;
+    let (_, csrf) = web.page("/portal/apis/orders").await;
+    assert_eq!(web.post("/portal/apis/orders/subscribe", &[("csrf", &csrf)]).await.status, 303);
+    let (page, _) = web.page("/portal/apis/orders").await;
+    assert!(page.contains("id=\"cancel\""), "a pending subscription can be cancelled");
+    assert_eq!(web.post("/portal/apis/orders/cancel", &[("csrf", &csrf)]).await.status, 303);
+    assert_eq!(subscription_of(&subscriptions(&mut admin).await, &shop_id), Some(SubscriptionState::Revoked));
+    // Asking again goes to a person; thirty changes a minute, then 429.
+    let mut statuses = Vec::new();
+    for i in 0..32 {
+        let path = if i % 2 == 0 { "/portal/apis/orders/subscribe" } else { "/portal/apis/orders/cancel" };
+        statuses.push(web.post(path, &[("csrf", &csrf)]).await.status.as_u16());
+    }
+    // Two changes before the loop, 28 in it: the 31st is refused.
+    assert!(statuses[..28].iter().all(|s| *s == 303), "{statuses:?}");
+    assert_eq!(statuses[28], 429, "{statuses:?}");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_sign_ins_are_throttled_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let forged = format!("tg_{}_{}", "0".repeat(16), "a".repeat(64));
+    let mut statuses = Vec::new();
+    for _ in 0..22 {
+        statuses.push(Web::new(node.console_addr).post("/portal/signin", &[("secret", &forged)]).await.status.as_u16());
+    }
+    assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
+    assert_eq!(statuses[21], 429);
+    // A good token from the same address waits too: the throttle does not tell which is which.
+    let reply = Web::new(node.console_addr).post("/console/signin", &[("secret", TOKEN)]).await;
+    assert_eq!(reply.status, 429);
+    node.shutdown().await;
+}

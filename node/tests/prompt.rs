@@ -282,6 +282,30 @@ async fn a_prompt_spec_that_names_undeclared_variables_or_keeps_targets_is_refus
         ..Default::default()
     };
     assert!(admin.create_service(with_targets).await.unwrap_err().message().contains("targets"));
+
+    // A prompt API spends the cluster's provider keys: an operator may not make one.
+    let team = tollgate_proto::config::v1::Team { name: "t1".into(), ..Default::default() };
+    let put = tollgate_proto::admin::v1::PutEntityRequest {
+        kind: "team".into(),
+        entity: prost::Message::encode_to_vec(&team),
+        create: true,
+        id_or_name: String::new(),
+    };
+    let team = admin.put_entity(put).await.unwrap().into_inner().entity;
+    let team_id =
+        <tollgate_proto::config::v1::Team as prost::Message>::decode(team.as_slice()).unwrap().meta.unwrap().id;
+    let mut gov = common::web::governance(node.admin_addr, TOKEN).await;
+    let request = tollgate_proto::admin::v1::CreateAdminTokenRequest {
+        name: "ops".into(),
+        role: tollgate_proto::config::v1::AdminRole::Operator as i32,
+        team: "t1".into(),
+        ttl_seconds: 0,
+    };
+    let operator = gov.create_admin_token(request).await.unwrap().into_inner().plaintext;
+    let mut as_operator = admin_client(node.admin_addr, &operator).await;
+    let own = Service { name: "s4".into(), team_id, prompt: Some(sentiment_spec()), ..Default::default() };
+    let refused = as_operator.create_service(own).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{}", refused.message());
     node.shutdown().await;
 }
 

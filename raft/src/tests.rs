@@ -794,3 +794,50 @@ fn a_consumer_in_the_portal_may_subscribe_itself_and_manage_its_own_keys_only() 
         crate::apply::apply(&state, &Command::new(Op::CreateAdminToken(token), COMMAND_TIME_MS, "test").0, 20).is_err()
     );
 }
+
+#[test]
+fn a_self_service_key_is_no_new_quota_and_outlives_none_of_its_consumers_keys() {
+    use pb_config::AdminRole::Consumer;
+    use pb_config::{ApiKey, Limit, LimitScope, LimitUnit, LimitWindow, SubscriptionMode};
+    let state = self_service_state(SubscriptionMode::Approval);
+    let me = crate::consumer_actor("c1");
+    let create = |state: &GatewayState, key: ApiKey| {
+        crate::apply::apply(state, &as_actor(Op::CreateApiKey(key), &me, Consumer, ""), 30)
+    };
+    let key = |expires_at_ms: i64| ApiKey {
+        meta: meta("n1"),
+        consumer_id: "c1".into(),
+        secret_sha256: vec![3; 32],
+        allowed_models: vec!["fast".into()],
+        expires_at_ms,
+        ..Default::default()
+    };
+    let with = |state: &GatewayState, op: Op, index: u64| {
+        state.with_command(&Command::new(op, COMMAND_TIME_MS, "test").0, index).unwrap()
+    };
+    // A per-key limit on a route (or global) would give each new key a quota of its own.
+    let per_key = Limit {
+        meta: meta("l2"),
+        name: "each-key".into(),
+        unit: LimitUnit::Requests as i32,
+        amount: 10,
+        window: LimitWindow::Minute as i32,
+        scope: LimitScope::ApiKey as i32,
+        global: true,
+        ..Default::default()
+    };
+    let limited = with(&state, Op::CreateLimit(per_key), 40);
+    assert!(
+        matches!(create(&limited, key(0)), Err(crate::ApplyError::FailedPrecondition(m)) if m.contains("each-key"))
+    );
+    // No usable key to start from: the team issues the next one.
+    let disabled = ApiKey { disabled: true, ..state.api_key("kc1").unwrap().as_ref().clone() };
+    let without = with(&state, Op::UpdateApiKey(disabled), 41);
+    assert!(matches!(create(&without, key(0)), Err(crate::ApplyError::PermissionDenied(_))));
+    // Keys that expire: a new one may not outlive the longest-lived.
+    let expiring = ApiKey { expires_at_ms: COMMAND_TIME_MS + 1000, ..state.api_key("kc1").unwrap().as_ref().clone() };
+    let expiring = with(&state, Op::UpdateApiKey(expiring), 42);
+    assert!(create(&expiring, key(0)).is_err(), "never expiring");
+    assert!(create(&expiring, key(COMMAND_TIME_MS + 2000)).is_err());
+    assert!(create(&expiring, key(COMMAND_TIME_MS + 1000)).is_ok());
+}

@@ -230,10 +230,13 @@ pub async fn serve(
 }
 
 /// Why a caller's request body was not read.
+#[derive(Debug, thiserror::Error)]
 pub enum RequestBodyError {
     /// It did not arrive within the route's request timeout.
+    #[error(transparent)]
     Timeout(GatewayError),
     /// Too large (413) or broken (400), with what to say.
+    #[error("{1}")]
     Refused(StatusCode, String),
 }
 

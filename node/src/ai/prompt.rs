@@ -106,19 +106,27 @@ impl CompiledPrompt {
 
     /// The answer for the caller: the output as JSON when it meets the
     /// schema, `{"output": text}` without one, or why it does not.
-    pub fn output(&self, text: &str) -> Result<Value, String> {
+    pub fn output(&self, text: &str) -> Result<Value, OutputError> {
         let Some(validator) = &self.output else { return Ok(json!({"output": text})) };
-        let validator = validator.as_ref().map_err(|e| format!("the API's output schema does not compile: {e}"))?;
-        let value: Value =
-            serde_json::from_str(strip_fences(text)).map_err(|e| format!("the model's output is not JSON ({e})"))?;
-        let first_error = validator.iter_errors(&value).next().map(|error| {
-            format!("the model's output does not match the output schema: {error} at {}", error.instance_path())
-        });
-        match first_error {
+        let validator = validator.as_ref().map_err(|e| OutputError::Schema(e.clone()))?;
+        let value: Value = serde_json::from_str(strip_fences(text)).map_err(|e| OutputError::NotJson(e.to_string()))?;
+        let mismatch = validator.iter_errors(&value).next().map(|e| format!("{e} at {}", e.instance_path()));
+        match mismatch {
             None => Ok(value),
-            Some(reason) => Err(reason),
+            Some(reason) => Err(OutputError::Mismatch(reason)),
         }
     }
+}
+
+/// Why a model's output is not what the API promises.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("the model's output is not JSON ({0})")]
+    NotJson(String),
+    #[error("the model's output does not match the output schema: {0}")]
+    Mismatch(String),
+    #[error("the API's output schema does not compile: {0}; an admin must fix it")]
+    Schema(String),
 }
 
 /// Models often wrap JSON in a Markdown code fence; the JSON is inside.
@@ -178,7 +186,8 @@ pub fn type_name(kind: PromptVariableType) -> &'static str {
 }
 
 /// A variable the request got wrong.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 pub struct VariableError {
     pub variable: String,
     pub message: String,
@@ -270,11 +279,13 @@ async fn once(
     let mut request = prompt.chat_request(variables, false);
     let mut attempts = 0;
     let mut reason = String::new();
+    let mut last_provider = None;
     for _ in 0..2 {
         let outcome =
             super::gateway::chat(gateway.shared, gateway.snapshot, gateway.metrics, call, request.clone()).await;
         attempts += outcome.attempts;
         let provider = outcome.provider.clone();
+        last_provider.clone_from(&provider);
         if outcome.response.status() != StatusCode::OK {
             return AiOutcome { attempts, ..outcome };
         }
@@ -298,7 +309,7 @@ async fn once(
                 request
                     .messages
                     .push(serde_json::from_value(json!({"role": "user", "content": again})).expect("a message"));
-                reason = why;
+                reason = why.to_string();
             }
         }
     }
@@ -396,7 +407,7 @@ impl Relay {
             Some(Ok(frame)) => frame.into_data().ok()?,
             Some(Err(error)) => return Some(self.end(Err(format!("the model's stream broke: {error}")))),
             None => {
-                let result = self.prompt.output(&self.text);
+                let result = self.prompt.output(&self.text).map_err(|e| e.to_string());
                 return Some(self.end(result));
             }
         };

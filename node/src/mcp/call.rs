@@ -55,7 +55,9 @@ const CREDENTIALS: [HeaderName; 2] = [header::AUTHORIZATION, HeaderName::from_st
 
 /// A path segment or query part percent-encoded but for the unreserved
 /// characters (RFC 3986 §2.3, less `.`): an argument cannot add a segment
-/// (`/`), climb (`..` is `%2E%2E`), or start a query or a fragment.
+/// (`/`) or start a query or a fragment. A value of dots alone would still
+/// be a dot segment once the proxy decodes `%2E`: `target` refuses it, and
+/// the server checks where the path lands.
 fn encoded(value: &str) -> String {
     let mut out = String::new();
     for b in value.bytes() {
@@ -76,13 +78,16 @@ fn text_of(value: &Value) -> String {
     }
 }
 
-/// The request a call with `arguments` makes.
-fn request_of(
-    tool: &Tool,
-    arguments: &Map<String, Value>,
-    proxy: SocketAddr,
-    caller: &HeaderMap,
-) -> Result<Request<Full<Bytes>>, CallError> {
+/// Where a call goes: the path (filled in) and the query.
+pub struct Target {
+    pub path: String,
+    pub query: Option<String>,
+}
+
+/// The path and query a call with `arguments` makes, refusing arguments the
+/// tool does not take and path values that are dot segments (which a
+/// path's normalisation would climb with).
+pub fn target(tool: &Tool, arguments: &Map<String, Value>) -> Result<Target, CallError> {
     let call = &tool.call;
     // A prompt API checks its own variables (and names a wrong one).
     let known = |k: &String| {
@@ -97,8 +102,11 @@ fn request_of(
     }
     let mut path = call.path.clone();
     for name in &call.path_params {
-        let value = arguments.get(name).ok_or_else(|| CallError::Arguments(format!("{name:?} is required")))?;
-        path = path.replace(&format!("{{{name}}}"), &encoded(&text_of(value)));
+        let value = text_of(arguments.get(name).ok_or_else(|| CallError::Arguments(format!("{name:?} is required")))?);
+        if value.is_empty() || value.chars().all(|c| c == '.') {
+            return Err(CallError::Arguments(format!("{name:?} may not be empty, \".\" or \"..\"")));
+        }
+        path = path.replace(&format!("{{{name}}}"), &encoded(&value));
     }
     let query: Vec<String> = call
         .query_params
@@ -108,15 +116,31 @@ fn request_of(
             Some(format!("{}={}", encoded(name), encoded(&text_of(value))))
         })
         .collect();
-    if !query.is_empty() {
-        path = format!("{path}?{}", query.join("&"));
-    }
+    Ok(Target { path, query: (!query.is_empty()).then(|| query.join("&")) })
+}
+
+/// The request of a call to `target`, with the caller's credential when
+/// the tool's route checks one (an open route's upstream would get it).
+fn request_of(
+    tool: &Tool,
+    target: &Target,
+    arguments: &Map<String, Value>,
+    proxy: SocketAddr,
+    caller: &HeaderMap,
+) -> Result<Request<Full<Bytes>>, CallError> {
+    let call = &tool.call;
+    let path = match &target.query {
+        Some(query) => format!("{}?{query}", target.path),
+        None => target.path.clone(),
+    };
     let host = call.host.clone().unwrap_or_else(|| proxy.to_string());
     let mut request =
         Request::builder().method(call.method.clone()).uri(format!("http://{proxy}{path}")).header(header::HOST, host);
-    for name in CREDENTIALS.iter() {
-        for value in caller.get_all(name) {
-            request = request.header(name, value);
+    if call.authenticates {
+        for name in CREDENTIALS.iter() {
+            for value in caller.get_all(name) {
+                request = request.header(name, value);
+            }
         }
     }
     for name in &call.header_params {
@@ -147,16 +171,22 @@ fn request_of(
 /// Sends the call through the proxy at `proxy` and reads its answer.
 pub async fn call(
     tool: &Tool,
+    target: &Target,
     arguments: &Map<String, Value>,
     proxy: SocketAddr,
     caller: &HeaderMap,
 ) -> Result<Answer, CallError> {
-    let request = request_of(tool, arguments, loopback(proxy), caller)?;
-    let response = tokio::time::timeout(CALL_TIMEOUT, client().request(request))
+    let request = request_of(tool, target, arguments, loopback(proxy), caller)?;
+    // The whole answer, body included, within the bound.
+    tokio::time::timeout(CALL_TIMEOUT, send(request)).await.map_err(|_| {
+        CallError::Unavailable(format!("{} did not answer within {} s", tool.name, CALL_TIMEOUT.as_secs()))
+    })?
+}
+
+async fn send(request: Request<Full<Bytes>>) -> Result<Answer, CallError> {
+    let response = client()
+        .request(request)
         .await
-        .map_err(|_| {
-            CallError::Unavailable(format!("{} did not answer within {} s", tool.name, CALL_TIMEOUT.as_secs()))
-        })?
         .map_err(|e| CallError::Unavailable(format!("the gateway could not be reached: {e}")))?;
     let status = response.status();
     let retry_after = response.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);

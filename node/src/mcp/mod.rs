@@ -16,6 +16,8 @@
 mod call;
 mod tools;
 
+pub use tools::ToolCache;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -31,7 +33,7 @@ const MODERN: &str = "2026-07-28";
 /// Revisions reached through the `initialize` handshake, newest first.
 const HANDSHAKE: [&str; 4] = ["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 /// The largest JSON-RPC message read.
-const MAX_MESSAGE_BYTES: usize = 1 << 20;
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 const PARSE_ERROR: i64 = -32700;
 const INVALID_REQUEST: i64 = -32600;
@@ -56,6 +58,11 @@ pub struct Mcp<'a> {
     pub team: Option<&'a str>,
     /// The caller's IP: a tool's route's IP rules apply to it.
     pub client_ip: std::net::IpAddr,
+    /// The proxy's routes and path rules: a call must land on its tool's route.
+    pub snapshot: Arc<crate::proxy::snapshot::GatewaySnapshot>,
+    pub path_policy: crate::proxy::PathPolicy,
+    /// The tools of the current state, built once per change to them.
+    pub tools: &'a tools::ToolCache,
 }
 
 impl Mcp<'_> {
@@ -66,6 +73,22 @@ impl Mcp<'_> {
             crate::proxy::ip_filter::IpFilter::compile(&r.ip_allow, &r.ip_deny)
                 .is_none_or(|f| f.permits(self.client_ip))
         })
+    }
+
+    /// Whether a call to `target` reaches the tool's own route, as the
+    /// proxy will route it (after normalising the path): no argument and
+    /// no document path may send a call to another route.
+    fn lands_on(&self, tool: &tools::Tool, target: &call::Target) -> bool {
+        let Ok(path) = crate::proxy::path::normalize(&target.path, self.path_policy) else { return false };
+        let host = tool.call.host.as_deref().map(|h| h.to_ascii_lowercase());
+        self.snapshot
+            .router
+            .find(&tool.call.method, host.as_deref(), &path)
+            .is_some_and(|matched| matched.route.id == tool.call.route_id)
+    }
+
+    fn tools(&self) -> Vec<Arc<tools::Tool>> {
+        self.tools.for_caller(&self.state, self.consumer_id, self.team)
     }
 }
 
@@ -152,9 +175,14 @@ pub async fn serve(mcp: Mcp<'_>, method: &http::Method, headers: &HeaderMap, bod
         // A response or an error from the client: we never ask it anything.
         return accepted();
     };
-    let Some(id) = message.get("id").cloned().filter(|id| id.is_string() || id.is_number()) else {
+    let id = match message.get("id") {
         // A notification (initialized, cancelled...): nothing to answer.
-        return accepted();
+        None => return accepted(),
+        Some(id) if id.is_string() || id.is_number() => id.clone(),
+        Some(_) => {
+            let refusal = error_body(INVALID_REQUEST, "a request id is a string or a number", json!({}));
+            return json_response(StatusCode::BAD_REQUEST, &refusal);
+        }
     };
     let params = message["params"].as_object().cloned().unwrap_or_default();
     let answer = match era(headers, &method, &params) {
@@ -269,8 +297,7 @@ async fn dispatch(
         }
         "ping" => Ok(json!({})),
         "tools/list" => {
-            let tools: Vec<Value> =
-                tools::tools_for(&mcp.state, mcp.consumer_id, mcp.team).iter().map(|t| t.listing()).collect();
+            let tools: Vec<Value> = mcp.tools().iter().map(|t| t.listing()).collect();
             let mut result = json!({"tools": tools});
             if era == Era::Modern {
                 // Fresh on every listing: a subscription may change at any time.
@@ -294,7 +321,7 @@ async fn call_tool(mcp: &Mcp<'_>, params: &Map<String, Value>, headers: &HeaderM
         Some(Value::Object(arguments)) => arguments.clone(),
         Some(_) => return Err(Refusal::new(INVALID_PARAMS, "arguments must be an object")),
     };
-    let tools = tools::tools_for(&mcp.state, mcp.consumer_id, mcp.team);
+    let tools = mcp.tools();
     let tool = tools
         .iter()
         .find(|t| t.name == name)
@@ -302,7 +329,11 @@ async fn call_tool(mcp: &Mcp<'_>, params: &Map<String, Value>, headers: &HeaderM
     if !mcp.ip_allowed(&tool.call.route_id) {
         return Err(Refusal::new(FORBIDDEN, "your IP address is not allowed on this tool's route"));
     }
-    match call::call(tool, &arguments, mcp.proxy, headers).await {
+    let target = call::target(tool, &arguments).map_err(|e| Refusal::new(INVALID_PARAMS, e.to_string()))?;
+    if !mcp.lands_on(tool, &target) {
+        return Err(Refusal::new(INVALID_PARAMS, format!("those arguments lead outside the API of {name}")));
+    }
+    match call::call(tool, &target, &arguments, mcp.proxy, headers).await {
         Ok(answer) => Ok(result_of(tool, answer)),
         Err(call::CallError::Arguments(message)) => Err(Refusal::new(INVALID_PARAMS, message)),
         Err(call::CallError::Refused { status, message, retry_after }) => {

@@ -25,6 +25,9 @@ pub struct Call {
     pub body: bool,
     /// A prompt API: the arguments are its variables, sent as the body.
     pub prompt: bool,
+    /// The route checks a credential: the caller's is sent (never to an
+    /// open route, whose upstream would receive it).
+    pub authenticates: bool,
     /// The version header and the version to name in it.
     pub version_header: Option<(String, String)>,
     /// The route the call goes to: its IP rules hold for the caller.
@@ -60,28 +63,112 @@ fn settable_header(name: &str) -> bool {
             .any(|p| name.starts_with(p))
 }
 
-/// The tools `consumer_id` may call through an MCP route of `team`.
-pub fn tools_for(state: &GatewayState, consumer_id: &str, team: Option<&str>) -> Vec<Arc<Tool>> {
-    let mut tools = Vec::new();
-    for service in state.services() {
-        let id = service.meta.as_ref().map(|m| m.id.as_str()).unwrap_or_default();
-        if team.is_some_and(|t| t != service.team_id) || !may_call(state, service, id, consumer_id) {
-            continue;
-        }
-        let Some(version) = current_version(state, service, id) else { continue };
-        let Some(route) = state.routes().find(|r| r.backend_service_id() == Some(id)) else { continue };
-        match &service.prompt {
-            Some(prompt) => tools.push(Arc::new(prompt_tool(service, route, &version, prompt))),
-            None => tools.extend(operation_tools(service, route, &version).into_iter().map(Arc::new)),
-        }
-    }
-    tools
+/// The most tools one listing offers.
+const MAX_TOOLS: usize = 512;
+
+/// One service's tools, and who may use them.
+struct ServiceTools {
+    service_id: String,
+    team_id: String,
+    /// Callable without a subscription.
+    open: bool,
+    tools: Vec<Arc<Tool>>,
 }
 
-fn may_call(state: &GatewayState, service: &Service, service_id: &str, consumer_id: &str) -> bool {
-    if service.subscription == SubscriptionMode::Unspecified as i32 {
-        return true;
+/// Every service's tools, built once per change to services, versions or
+/// routes (parsing OpenAPI documents is not for every request), then
+/// filtered per caller.
+#[derive(Default)]
+pub struct ToolCache {
+    built: std::sync::Mutex<Option<(u64, Arc<Vec<ServiceTools>>)>>,
+}
+
+impl ToolCache {
+    /// The tools `consumer_id` may call through an MCP route of `team`.
+    pub fn for_caller(&self, state: &GatewayState, consumer_id: &str, team: Option<&str>) -> Vec<Arc<Tool>> {
+        let all = self.all(state);
+        all.iter()
+            .filter(|s| team.is_none_or(|t| t == s.team_id))
+            .filter(|s| s.open || approved(state, &s.service_id, consumer_id))
+            .flat_map(|s| s.tools.iter().cloned())
+            .take(MAX_TOOLS)
+            .collect()
     }
+
+    fn all(&self, state: &GatewayState) -> Arc<Vec<ServiceTools>> {
+        let fingerprint = fingerprint(state);
+        let mut built = self.built.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match built.as_ref() {
+            Some((seen, tools)) if *seen == fingerprint => tools.clone(),
+            _ => {
+                let tools = Arc::new(build(state));
+                *built = Some((fingerprint, tools.clone()));
+                tools
+            }
+        }
+    }
+}
+
+/// What the tools are built from: every service, version and route, by
+/// id and revision.
+fn fingerprint(state: &GatewayState) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut add = |meta: &Option<tollgate_proto::config::v1::Meta>| {
+        if let Some(m) = meta {
+            (&m.id, m.revision).hash(&mut hasher);
+        }
+    };
+    state.services().for_each(|s| add(&s.meta));
+    state.api_versions().for_each(|v| add(&v.meta));
+    state.routes().for_each(|r| add(&r.meta));
+    hasher.finish()
+}
+
+fn build(state: &GatewayState) -> Vec<ServiceTools> {
+    let mut names = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for service in state.services() {
+        let id = service.meta.as_ref().map(|m| m.id.as_str()).unwrap_or_default();
+        let Some(version) = current_version(state, service, id) else { continue };
+        // A route a call can reach: one matching on a host needs an exact one.
+        let reachable =
+            |r: &&Arc<Route>| r.backend_service_id() == Some(id) && (r.hosts.is_empty() || route_host(r).is_some());
+        let Some(route) = state.routes().find(reachable) else { continue };
+        let made = match &service.prompt {
+            Some(prompt) => vec![prompt_tool(service, route, &version, prompt)],
+            None => operation_tools(service, route, &version),
+        };
+        let tools = made
+            .into_iter()
+            .map(|mut tool| {
+                tool.name = unique(&mut names, &tool.name);
+                Arc::new(tool)
+            })
+            .collect();
+        out.push(ServiceTools {
+            service_id: id.to_string(),
+            team_id: service.team_id.clone(),
+            open: service.subscription == SubscriptionMode::Unspecified as i32,
+            tools,
+        });
+    }
+    out
+}
+
+/// `name`, or `name_2`, `name_3`... when taken (names are cut to 64).
+fn unique(taken: &mut std::collections::HashSet<String>, name: &str) -> String {
+    let mut candidate = name.to_string();
+    let mut n = 1;
+    while !taken.insert(candidate.clone()) {
+        n += 1;
+        let suffix = format!("_{n}");
+        candidate = format!("{}{suffix}", name.chars().take(64 - suffix.len()).collect::<String>());
+    }
+    candidate
+}
+
+fn approved(state: &GatewayState, service_id: &str, consumer_id: &str) -> bool {
     state.subscriptions().any(|s| {
         s.service_id == service_id && s.consumer_id == consumer_id && s.state == SubscriptionState::Approved as i32
     })
@@ -118,6 +205,10 @@ fn version_header(service: &Service, version: &ApiVersion) -> Option<(String, St
     (!header.is_empty()).then(|| (header.clone(), version.version.clone()))
 }
 
+fn authenticates(route: &Route) -> bool {
+    route.auth != tollgate_proto::config::v1::AuthMode::None as i32
+}
+
 fn route_host(route: &Route) -> Option<String> {
     route.hosts.iter().find(|h| !h.contains('*')).cloned()
 }
@@ -141,24 +232,26 @@ fn prompt_tool(
         call: Call {
             method: Method::POST,
             host: route_host(route),
-            path: versioned_path(service, route, version, &path),
+            path: public_path(service, route, version, &path, false),
             path_params: Vec::new(),
             query_params: Vec::new(),
             header_params: Vec::new(),
             body: true,
             prompt: true,
+            authenticates: authenticates(route),
             version_header: version_header(service, version),
             route_id: route.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
         },
     }
 }
 
-/// The path a client sends for the document's `path`: under the route's
-/// prefix when the route strips it, with the version segment when the
-/// service names versions by path and not by header.
-fn versioned_path(service: &Service, route: &Route, version: &ApiVersion, path: &str) -> String {
+/// The path a client sends: a document's `path` goes under the route's
+/// prefix when the route strips it (the upstream sees it without); with
+/// the version segment when the service names versions by path and not by
+/// header. The server checks that it lands on the route.
+fn public_path(service: &Service, route: &Route, version: &ApiVersion, path: &str, from_document: bool) -> String {
     let prefix = route.paths.first().map(|p| p.path.trim_end_matches('/')).unwrap_or_default();
-    let public = if route.strip_prefix { format!("{prefix}{path}") } else { path.to_string() };
+    let public = if from_document && route.strip_prefix { format!("{prefix}{path}") } else { path.to_string() };
     let by_path_only = service.versioning.as_ref().is_some_and(|v| v.by_path && v.header.is_empty());
     if !by_path_only {
         return public;
@@ -204,12 +297,13 @@ fn operation_tools(service: &Service, route: &Route, version: &ApiVersion) -> Ve
                 call: Call {
                     method: method.clone(),
                     host: route_host(route),
-                    path: versioned_path(service, route, version, path),
+                    path: public_path(service, route, version, path, true),
                     path_params: call_params.path,
                     query_params: call_params.query,
                     header_params: call_params.header,
                     body: op.get("requestBody").is_some(),
                     prompt: false,
+                    authenticates: authenticates(route),
                     version_header: version_header(service, version),
                     route_id: route.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default(),
                 },
@@ -258,11 +352,45 @@ fn input_of(parameters: &[&Value], op: &Value, definitions: &Map<String, Value>)
         }
     }
     let mut schema = json!({"type": "object", "properties": properties, "required": required});
-    if !definitions.is_empty() {
-        schema["$defs"] = Value::Object(definitions.clone());
+    let used = referenced(&schema, definitions);
+    if !used.is_empty() {
+        schema["$defs"] = Value::Object(used);
     }
     rewrite_refs(&mut schema);
     (schema, params)
+}
+
+/// The document's schemas `schema` refers to, and those they refer to:
+/// each tool carries what it needs, not the whole document.
+fn referenced(schema: &Value, definitions: &Map<String, Value>) -> Map<String, Value> {
+    let mut wanted = Vec::new();
+    refs_in(schema, &mut wanted);
+    let mut used = Map::new();
+    while let Some(name) = wanted.pop() {
+        if used.contains_key(&name) {
+            continue;
+        }
+        if let Some(definition) = definitions.get(&name) {
+            refs_in(definition, &mut wanted);
+            used.insert(name, definition.clone());
+        }
+    }
+    used
+}
+
+fn refs_in(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(name) =
+                map.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/components/schemas/"))
+            {
+                out.push(name.to_string());
+            }
+            map.values().for_each(|v| refs_in(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| refs_in(v, out)),
+        _ => {}
+    }
 }
 
 /// `#/components/schemas/X` → `#/$defs/X`, everywhere in the schema.

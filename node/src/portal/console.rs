@@ -19,7 +19,7 @@ use super::page::{self, badge, csrf_field, when};
 use super::portal_pages::{span_switch, subscription_name, usage_charts};
 use super::session::{AdminSession, Side};
 use super::usage::Span;
-use super::{PortalError, Shared};
+use super::{PortalError, Shared, id_of};
 use crate::admin::access::role_name;
 
 pub fn routes() -> Router<Shared> {
@@ -46,10 +46,6 @@ fn shell(session: &AdminSession, current: &str, title: &str, body: Markup) -> Ma
 /// Names of teams, by id, for tables.
 fn team(state: &GatewayState, id: &str) -> String {
     if id.is_empty() { "—".into() } else { state.team(id).map_or_else(|| id.to_string(), |t| t.name.clone()) }
-}
-
-fn id(meta: &Option<tollgate_proto::config::v1::Meta>) -> &str {
-    meta.as_ref().map(|m| m.id.as_str()).unwrap_or_default()
 }
 
 async fn overview(State(portal): State<Shared>, session: AdminSession) -> Markup {
@@ -85,7 +81,7 @@ async fn services(State(portal): State<Shared>, session: AdminSession) -> Markup
                 table {
                     thead { tr { th { "Version" } th { "State" } th { "Successor" } th { "Sunset" } th { "OpenAPI" } th { "Next step" } } }
                     tbody {
-                        @for v in state.api_versions().filter(|v| v.service_id == id(&service.meta)) {
+                        @for v in state.api_versions().filter(|v| v.service_id == id_of(&service.meta)) {
                             @let current = VersionState::try_from(v.state).unwrap_or_default();
                             tr {
                                 td { (v.version) }
@@ -161,8 +157,9 @@ async fn routes_page(State(portal): State<Shared>, session: AdminSession) -> Mar
                         td { @for p in &r.paths { code { (p.path) } " " } }
                         td { (r.methods.join(", ")) }
                         td { (match AuthMode::try_from(r.auth).unwrap_or_default() {
-                            AuthMode::Unspecified | AuthMode::None => "none",
-                            AuthMode::ApiKey => "API key",
+                            AuthMode::None => "none",
+                            // Unset means what it always meant: an API key.
+                            AuthMode::Unspecified | AuthMode::ApiKey => "API key",
                             AuthMode::Jwt => "JWT",
                             AuthMode::ApiKeyOrJwt => "API key or JWT",
                         }) }
@@ -189,7 +186,7 @@ async fn consumers(State(portal): State<Shared>, session: AdminSession) -> Marku
                         td { (c.name) }
                         td { (team(&state, &c.team_id)) }
                         td {
-                            @for k in state.api_keys().filter(|k| k.consumer_id == id(&c.meta)) {
+                            @for k in state.api_keys().filter(|k| k.consumer_id == id_of(&c.meta)) {
                                 code { (k.display_prefix) } " " (k.name)
                                 @if k.disabled { " " (badge("revoked")) }
                                 @if k.preview { " " (badge("preview")) }
@@ -197,7 +194,7 @@ async fn consumers(State(portal): State<Shared>, session: AdminSession) -> Marku
                             }
                         }
                         td {
-                            @for s in state.subscriptions().filter(|s| s.consumer_id == id(&c.meta)) {
+                            @for s in state.subscriptions().filter(|s| s.consumer_id == id_of(&c.meta)) {
                                 (state.service(&s.service_id).map(|s| s.name.clone()).unwrap_or_default()) " "
                                 (badge(subscription_name(SubscriptionState::try_from(s.state).unwrap_or_default()))) br;
                             }
@@ -230,7 +227,7 @@ async fn subscriptions(State(portal): State<Shared>, session: AdminSession) -> M
                         td { (badge(subscription_name(current))) }
                         td { (s.decided_by) }
                         td { (s.reason) }
-                        td { @if can_decide { (decision_forms(id(&s.meta), current, csrf)) } }
+                        td { @if can_decide { (decision_forms(id_of(&s.meta), current, csrf)) } }
                     }
                 }
             }
@@ -307,7 +304,7 @@ async fn limits(State(portal): State<Shared>, session: AdminSession) -> Markup {
                 table {
                     thead { tr { th { "Bucket" } th { "Window" } th { "Leased" } th { "Of the limit" } } }
                     tbody {
-                        @for w in state.quota_windows().filter(|w| w.limit_id == id(&limit.meta) && w.window_end_ms > now) {
+                        @for w in state.quota_windows().filter(|w| w.limit_id == id_of(&limit.meta) && w.window_end_ms > now) {
                             tr {
                                 td { code { (if w.bucket.is_empty() { "—" } else { &w.bucket }) } }
                                 td { (when(w.window_start_ms)) " – " (when(w.window_end_ms)) }

@@ -22,6 +22,8 @@ pub enum PortalError {
     Refused { status: StatusCode, message: String },
     #[error("the change could not be made: {0}; try again in a moment")]
     Unavailable(String),
+    #[error("{0}")]
+    TooMany(String),
 }
 
 impl PortalError {
@@ -33,6 +35,7 @@ impl PortalError {
             PortalError::BadRequest(_) => StatusCode::BAD_REQUEST,
             PortalError::Refused { status, .. } => *status,
             PortalError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            PortalError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 

@@ -51,6 +51,7 @@ pub struct Portal {
     pub(crate) access: Arc<Access>,
     pub(crate) admin: admin_api::AdminApi,
     pub(crate) sessions: session::Sessions,
+    pub(crate) throttles: session::Throttles,
 }
 
 pub type Shared = Arc<Portal>;
@@ -64,6 +65,7 @@ impl Portal {
             access,
             admin: admin_api::AdminApi::new(admin_addr),
             sessions: session::Sessions::new(),
+            throttles: session::Throttles { writes: session::Throttle::new(), sign_ins: session::Throttle::new() },
         })
     }
 }
@@ -78,6 +80,11 @@ pub fn router(portal: Shared) -> Router {
         .fallback(|| async { PortalError::NotFound("page").into_response() })
         .layer(axum::middleware::map_response(security_headers))
         .with_state(portal)
+}
+
+/// An entity's id from its meta ("" for none).
+fn id_of(meta: &Option<tollgate_proto::config::v1::Meta>) -> &str {
+    meta.as_ref().map(|m| m.id.as_str()).unwrap_or_default()
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -113,6 +120,7 @@ async fn security_headers(mut response: Response) -> Response {
 /// Serves the console and portal until `shutdown`.
 pub async fn serve(listener: TcpListener, portal: Shared, shutdown: impl Future<Output = ()> + Send + 'static) {
     let app = router(portal);
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
         tracing::error!(%error, "the console listener stopped");
     }

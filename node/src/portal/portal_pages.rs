@@ -20,9 +20,10 @@ use tollgate_proto::raft::v1::command::Op;
 use tollgate_raft::{Applied, Command, GatewayState};
 
 use super::page::{self, badge, csrf_field, when};
+use super::session::CsrfForm;
 use super::session::{ConsumerSession, Side, Who};
 use super::usage::{Breakdown, Span};
-use super::{PortalError, Shared, chart, reference};
+use super::{PortalError, Shared, chart, id_of, reference};
 
 pub fn routes() -> Router<Shared> {
     super::sign_in::routes(Side::Portal)
@@ -30,16 +31,10 @@ pub fn routes() -> Router<Shared> {
         .route("/portal/apis/{service}", get(api_page))
         .route("/portal/apis/{service}/versions/{version}", get(version_page))
         .route("/portal/apis/{service}/subscribe", post(subscribe))
+        .route("/portal/apis/{service}/cancel", post(cancel))
         .route("/portal/keys", get(keys_page).post(create_key))
         .route("/portal/keys/{id}/delete", post(delete_key))
         .route("/portal/usage", get(usage_page))
-}
-
-#[derive(Deserialize)]
-struct CsrfForm {
-    /// Missing is as wrong as mistyped: 403, not a parse error.
-    #[serde(default)]
-    csrf: String,
 }
 
 fn shell(portal: &Shared, session: &ConsumerSession, current: &str, title: &str, body: Markup) -> Markup {
@@ -88,10 +83,6 @@ pub fn subscription_name(state: SubscriptionState) -> &'static str {
     }
 }
 
-fn id(meta: &Option<Meta>) -> &str {
-    meta.as_ref().map(|m| m.id.as_str()).unwrap_or_default()
-}
-
 #[derive(Deserialize)]
 struct Search {
     #[serde(default)]
@@ -118,7 +109,7 @@ async fn catalog(State(portal): State<Shared>, session: ConsumerSession, Query(s
         @if found.is_empty() { p.muted { "No published API matches." } }
         div.grid {
             @for (service, versions) in &found {
-                @let sub = subscription_state(&state, &session.consumer_id, id(&service.meta));
+                @let sub = subscription_state(&state, &session.consumer_id, id_of(&service.meta));
                 article.card.api {
                     h2 { a href={ "/portal/apis/" (service.name) } { (service.name) } }
                     p { (service.description) }
@@ -140,7 +131,7 @@ async fn api_page(
 ) -> Result<Markup, PortalError> {
     let state = portal.raft.local_state();
     let (service, versions) = find_in_catalog(&state, &name)?;
-    let service_id = id(&service.meta);
+    let service_id = id_of(&service.meta);
     let mode = SubscriptionMode::try_from(service.subscription).unwrap_or_default();
     let sub = subscription_state(&state, &session.consumer_id, service_id);
     let routes: Vec<_> = state.routes().filter(|r| r.backend_service_id() == Some(service_id)).cloned().collect();
@@ -205,6 +196,11 @@ fn subscription_box(service: &Service, mode: SubscriptionMode, sub: Option<Subsc
                         (csrf_field(csrf))
                         button type="submit" id="subscribe" { "Subscribe" }
                     }
+                } @else {
+                    form method="post" action={ "/portal/apis/" (service.name) "/cancel" } data-confirm="End this subscription? Your keys stop working for this API." {
+                        (csrf_field(csrf))
+                        button.danger type="submit" id="cancel" { "Cancel subscription" }
+                    }
                 }
             }
         }
@@ -239,15 +235,25 @@ fn generated_document(state: &GatewayState, service: &Service, version: &str) ->
     let prompt = service.prompt.as_ref()?;
     let path = state
         .routes()
-        .find(|r| r.backend_service_id() == Some(id(&service.meta)))
+        .find(|r| r.backend_service_id() == Some(id_of(&service.meta)))
         .and_then(|r| r.paths.first().map(|p| p.path.clone()))
         .unwrap_or_default();
     Some(crate::ai::prompt_doc::openapi(&service.name, &service.description, version, &path, prompt))
 }
 
+/// How long a subscription change waits for every member to serve it.
+const SPREAD_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Portal changes one consumer may make a minute on this node: each is a
+/// Raft write and an audit entry.
+const WRITES_PER_MINUTE: u32 = 30;
+
 /// Proposes `op` as the signed-in consumer and returns once this node
 /// serves it.
 async fn propose_as(portal: &Shared, consumer_id: &str, rpc: &str, op: Op) -> Result<Applied, PortalError> {
+    if !portal.throttles.writes.admit(consumer_id, WRITES_PER_MINUTE) {
+        return Err(PortalError::TooMany(format!("at most {WRITES_PER_MINUTE} changes a minute: wait a moment")));
+    }
     let mut command = Command::new(op, crate::clock::unix_ms(), tollgate_raft::consumer_actor(consumer_id));
     command.0.actor_role = AdminRole::Consumer as i32;
     command.0.rpc = format!("portal/{rpc}");
@@ -267,13 +273,39 @@ async fn subscribe(
     let (service, _) = find_in_catalog(&state, &name)?;
     let actor = tollgate_raft::consumer_actor(&session.consumer_id);
     let request =
-        crate::admin::governance::subscription_request(&state, &session.consumer_id, id(&service.meta), &actor);
+        crate::admin::governance::subscription_request(&state, &session.consumer_id, id_of(&service.meta), &actor);
     if let Ok(op) = request {
         let applied = propose_as(&portal, &session.consumer_id, "Subscribe", op).await?;
         // Like the admin API's: once the answer is back, every node admits the key.
-        crate::admin::propose::wait_members_served(&portal.raft, applied.revision, std::time::Duration::from_secs(5))
-            .await;
+        crate::admin::propose::wait_members_served(&portal.raft, applied.revision, SPREAD_WITHIN).await;
     }
+    Ok(Redirect::to(&format!("/portal/apis/{}", service.name)))
+}
+
+/// Ends the consumer's own subscription (pending or approved).
+async fn cancel(
+    State(portal): State<Shared>,
+    session: ConsumerSession,
+    Path(name): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Redirect, PortalError> {
+    session.session.check_csrf(&form.csrf)?;
+    let state = portal.raft.local_state();
+    let (service, _) = find_in_catalog(&state, &name)?;
+    let live = [SubscriptionState::Pending as i32, SubscriptionState::Approved as i32];
+    let Some(existing) = state.subscriptions().find(|s| {
+        s.consumer_id == session.consumer_id && s.service_id == id_of(&service.meta) && live.contains(&s.state)
+    }) else {
+        return Ok(Redirect::to(&format!("/portal/apis/{}", service.name)));
+    };
+    let cancelled = tollgate_proto::config::v1::Subscription {
+        state: SubscriptionState::Revoked as i32,
+        decided_by: tollgate_raft::consumer_actor(&session.consumer_id),
+        ..existing.as_ref().clone()
+    };
+    let applied =
+        propose_as(&portal, &session.consumer_id, "CancelSubscription", Op::UpdateSubscription(cancelled)).await?;
+    crate::admin::propose::wait_members_served(&portal.raft, applied.revision, SPREAD_WITHIN).await;
     Ok(Redirect::to(&format!("/portal/apis/{}", service.name)))
 }
 
@@ -308,12 +340,12 @@ fn keys_body(portal: &Shared, session: &ConsumerSession, created: Option<&str>) 
                 @for key in &keys {
                     tr {
                         td { (key.name) }
-                        td { code { (key.display_prefix) } @if id(&key.meta) == signed_in_with { " " span.muted { "(this session)" } } }
+                        td { code { (key.display_prefix) } @if id_of(&key.meta) == signed_in_with { " " span.muted { "(this session)" } } }
                         td { (when(key.meta.as_ref().map_or(0, |m| m.created_at_ms))) }
                         td { (when(key.expires_at_ms)) }
                         td { @if key.disabled { (badge("revoked")) } @else { (badge("approved")) } }
                         td {
-                            form.inline method="post" action={ "/portal/keys/" (id(&key.meta)) "/delete" } data-confirm="Delete this key? Calls made with it will fail." {
+                            form.inline method="post" action={ "/portal/keys/" (id_of(&key.meta)) "/delete" } data-confirm="Delete this key? Calls made with it will fail." {
                                 (csrf_field(csrf))
                                 button.danger type="submit" { "Delete" }
                             }
@@ -349,12 +381,20 @@ async fn create_key(
     if form.name.len() > 64 {
         return Err(PortalError::BadRequest("a key's name is at most 64 characters".into()));
     }
-    // The new key reaches what the key of this session reaches.
-    let allowed_models = match &session.session.who {
-        Who::Consumer { key_id, .. } => {
-            portal.raft.local_state().api_key(key_id).map(|k| k.allowed_models.clone()).unwrap_or_default()
-        }
-        Who::Admin { .. } => Vec::new(),
+    // The new key reaches what the key of this session reaches, and lives
+    // as long as the consumer's longest-lived key (apply holds it to that).
+    let state = portal.raft.local_state();
+    let Who::Consumer { key_id, .. } = &session.session.who else {
+        return Err(PortalError::SignIn(Side::Portal.sign_in()));
+    };
+    let Some(session_key) = state.api_key(key_id).filter(|k| !k.disabled) else {
+        return Err(PortalError::SignIn(Side::Portal.sign_in()));
+    };
+    let usable: Vec<_> = own_keys(&state, &session.consumer_id).into_iter().filter(|k| !k.disabled).collect();
+    let expires_at_ms = if usable.iter().any(|k| k.expires_at_ms == 0) {
+        0
+    } else {
+        usable.iter().map(|k| k.expires_at_ms).max().unwrap_or(0)
     };
     let key = crate::apikey::generate();
     let record = ApiKey {
@@ -363,7 +403,8 @@ async fn create_key(
         name: form.name.trim().to_string(),
         secret_sha256: key.secret_sha256,
         display_prefix: key.display_prefix,
-        allowed_models,
+        allowed_models: session_key.allowed_models.clone(),
+        expires_at_ms,
         ..Default::default()
     };
     propose_as(&portal, &session.consumer_id, "CreateApiKey", Op::CreateApiKey(record)).await?;

@@ -127,6 +127,37 @@ impl Sessions {
     }
 }
 
+/// Counts per key (a consumer, a client address) in the current minute.
+pub struct Throttle {
+    counts: moka::sync::Cache<String, Arc<std::sync::atomic::AtomicU32>>,
+}
+
+impl Throttle {
+    pub fn new() -> Throttle {
+        let counts =
+            moka::sync::Cache::builder().max_capacity(MAX_SESSIONS).time_to_live(Duration::from_secs(60)).build();
+        Throttle { counts }
+    }
+
+    /// Whether `key` is still under `max` this minute, counting nothing.
+    pub fn admit_check(&self, key: &str, max: u32) -> bool {
+        self.counts.get(key).is_none_or(|count| count.load(std::sync::atomic::Ordering::Relaxed) < max)
+    }
+
+    /// Counts one more for `key`; false once it is past `max` this minute.
+    pub fn admit(&self, key: &str, max: u32) -> bool {
+        let count = self.counts.get_with(key.to_string(), Default::default);
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < max
+    }
+}
+
+/// The portal's and console's throttles: changes per consumer, and failed
+/// sign-ins per client address.
+pub struct Throttles {
+    pub writes: Throttle,
+    pub sign_ins: Throttle,
+}
+
 fn random_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
@@ -173,6 +204,14 @@ impl Session {
     pub fn check_csrf(&self, presented: &str) -> Result<(), PortalError> {
         if presented.as_bytes().ct_eq(self.csrf.as_bytes()).into() { Ok(()) } else { Err(PortalError::Csrf) }
     }
+}
+
+/// A form that carries only its CSRF token.
+#[derive(serde::Deserialize)]
+pub struct CsrfForm {
+    /// Missing is as wrong as mistyped: 403, not a parse error.
+    #[serde(default)]
+    pub csrf: String,
 }
 
 /// A signed-in consumer: its session, and the consumer it stands for.

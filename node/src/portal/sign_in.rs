@@ -5,14 +5,16 @@
 
 use axum::Form;
 use axum::Router;
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::session::{Side, Who, consumer_of_key, same_origin};
+use super::session::{CsrfForm, Side, Who, consumer_of_key, same_origin};
 use super::{PortalError, Shared, page};
 
 #[derive(Deserialize)]
@@ -21,18 +23,12 @@ struct Credential {
     secret: String,
 }
 
-#[derive(Deserialize)]
-struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 pub fn routes(side: Side) -> Router<Shared> {
     Router::new()
         .route(
             side.sign_in(),
             get(move || async move { form(side, None) })
-                .post(move |state, headers, credential| sign_in(side, state, headers, credential)),
+                .post(move |state, client, headers, credential| sign_in(side, state, client, headers, credential)),
         )
         .route(
             &format!("{}/signout", side.path()),
@@ -71,16 +67,26 @@ fn identify(portal: &Shared, side: Side, secret: &str) -> Option<Who> {
     }
 }
 
+/// Failed sign-ins one client address may make a minute on this node.
+const FAILURES_PER_MINUTE: u32 = 20;
+
 async fn sign_in(
     side: Side,
     State(portal): State<Shared>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Form(form): Form<Credential>,
 ) -> Response {
     if let Err(error) = same_origin(&Method::POST, &headers) {
         return error.into_response();
     }
+    let client = client.ip().to_string();
+    if !portal.throttles.sign_ins.admit_check(&client, FAILURES_PER_MINUTE) {
+        let message = "too many failed sign-ins from this address: wait a minute";
+        return (StatusCode::TOO_MANY_REQUESTS, self::form(side, Some(message))).into_response();
+    }
     let Some(who) = identify(&portal, side, &form.secret) else {
+        portal.throttles.sign_ins.admit(&client, FAILURES_PER_MINUTE);
         let what = match side {
             Side::Portal => "That key is not valid: it may be mistyped, disabled, expired or deleted.",
             Side::Console => "That admin token is not valid: it may be mistyped, revoked or expired.",

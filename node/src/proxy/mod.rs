@@ -12,12 +12,12 @@ mod health;
 pub(crate) mod ip_filter;
 mod jwt;
 mod lb;
-mod path;
+pub(crate) mod path;
 mod phases;
 mod retry;
 mod router;
 mod service_backend;
-mod snapshot;
+pub(crate) mod snapshot;
 #[cfg(test)]
 mod snapshot_tests;
 pub mod tls;
@@ -113,6 +113,8 @@ pub struct ProxyContext {
     /// The plain-HTTP proxy listener's address, for MCP tool calls made
     /// through the proxy itself.
     pub own_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// MCP tools built from the state, shared by every MCP request.
+    pub mcp_tools: crate::mcp::ToolCache,
 }
 
 impl ProxyContext {
@@ -136,6 +138,7 @@ impl ProxyContext {
             served: watch::channel(0).0,
             state: ArcSwap::from_pointee(tollgate_raft::GatewayState::default()),
             own_addr: std::sync::OnceLock::new(),
+            mcp_tools: Default::default(),
         }
     }
 

@@ -135,7 +135,14 @@ pub(crate) fn check(state: &GatewayState, actor: &Actor, op: &Op) -> Result<(), 
     }
 }
 
+/// A prompt API spends the cluster's provider keys, as an AI route does:
+/// an admin's, like those.
 fn services(team: &Team, op: &Op) -> Result<(), ApplyError> {
+    if let Op::CreateService(s) | Op::UpdateService(s) = op
+        && s.prompt.is_some()
+    {
+        return Err(denied(team.actor, "prompt APIs are an admin's (they spend the cluster's provider keys)"));
+    }
     match op {
         Op::CreateService(s) => team.owns(EntityKind::Service, &s.name, &s.team_id),
         Op::UpdateService(s) => {

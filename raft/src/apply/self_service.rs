@@ -4,10 +4,11 @@
 //! API keys. Everything else is refused.
 //!
 //! A consumer may not gain through self-service what its team did not give
-//! it: a new key is no preview key, carries no wider model list than the
-//! keys it has, and cannot be minted while a limit is bound to its keys (a
-//! fresh key would escape it). Decisions stay the service team's: a
-//! consumer never approves itself where the service asks a person.
+//! it: a new key is no preview key, reaches no model and lives no longer
+//! than the keys it has, and cannot be minted while a per-key limit could
+//! count it (a fresh key would be a fresh quota). Decisions stay the
+//! service team's: a consumer never approves itself where the service asks
+//! a person.
 
 use tollgate_proto::config::v1::{ApiKey, Subscription, SubscriptionMode, SubscriptionState};
 use tollgate_proto::raft::v1::command::Op;
@@ -114,6 +115,10 @@ fn offered(state: &GatewayState, actor: &Actor, service_id: &str) -> Result<Subs
     Ok(mode)
 }
 
+/// A new key is made from what the consumer's keys already have: it needs
+/// one (not disabled) to start from, reaches no model none of them
+/// reaches, lives no longer than the longest-lived of them, and is refused
+/// while a per-key limit could count it (a fresh key would be a fresh quota).
 fn create_key(state: &GatewayState, actor: &Actor, me: &str, key: &ApiKey) -> Result<(), ApplyError> {
     if key.consumer_id != me {
         return Err(denied(actor, "a consumer creates keys only for itself"));
@@ -127,25 +132,45 @@ fn create_key(state: &GatewayState, actor: &Actor, me: &str, key: &ApiKey) -> Re
             "a consumer holds at most {MAX_SELF_SERVICE_KEYS} keys: delete one first"
         )));
     }
-    if let Some(limit) = state.limits().find(|l| l.api_key_ids.iter().any(|id| own.iter().any(|k| k.id() == id))) {
+    let usable: Vec<_> = own.iter().filter(|k| !k.disabled).collect();
+    if usable.is_empty() {
+        return Err(denied(actor, "a consumer with no usable key gets its next one from its team"));
+    }
+    if let Some(limit) = state.limits().find(|l| counts_new_keys(l, me, &own)) {
         return Err(ApplyError::FailedPrecondition(format!(
-            "limit {:?} is bound to this consumer's keys, and a new key would escape it: ask the team to bind it \
-             to the consumer instead",
+            "limit {:?} counts each API key apart, and a new key would be a new quota: ask the API's team for \
+             another key",
             limit.name
         )));
     }
-    // A key restricted to some models is what the team gave; a new key
-    // reaches no model that no current key reaches.
-    let restricted = own.iter().any(|k| !k.allowed_models.is_empty());
-    if restricted {
-        let granted = |model: &String| {
-            own.iter().any(|k| k.allowed_models.is_empty() || k.allowed_models.iter().any(|m| m == model))
-        };
-        if key.allowed_models.is_empty() || !key.allowed_models.iter().all(granted) {
-            return Err(denied(actor, "a new key may reach only models the consumer's keys already reach"));
-        }
+    let unrestricted = usable.iter().any(|k| k.allowed_models.is_empty());
+    let granted = |model: &String| usable.iter().any(|k| k.allowed_models.iter().any(|m| m == model));
+    if !unrestricted && (key.allowed_models.is_empty() || !key.allowed_models.iter().all(granted)) {
+        return Err(denied(actor, "a new key may reach only models the consumer's keys already reach"));
+    }
+    let longest = if usable.iter().any(|k| k.expires_at_ms == 0) {
+        0
+    } else {
+        usable.iter().map(|k| k.expires_at_ms).max().unwrap_or(0)
+    };
+    if longest != 0 && (key.expires_at_ms == 0 || key.expires_at_ms > longest) {
+        return Err(denied(actor, "a new key may live no longer than the consumer's longest-lived key"));
     }
     Ok(())
+}
+
+/// Whether a new key would escape `limit` or get a quota of its own from
+/// it: a limit bound to the consumer's keys (the new one is not), or one
+/// that counts each key apart (global, or on routes, services or the
+/// consumer).
+fn counts_new_keys(limit: &tollgate_proto::config::v1::Limit, me: &str, own: &[&std::sync::Arc<ApiKey>]) -> bool {
+    let bound_to_keys = limit.api_key_ids.iter().any(|id| own.iter().any(|k| k.id() == id));
+    let per_key = limit.scope == tollgate_proto::config::v1::LimitScope::ApiKey as i32
+        && (limit.global
+            || !limit.route_ids.is_empty()
+            || !limit.service_ids.is_empty()
+            || limit.consumer_ids.iter().any(|c| c == me));
+    bound_to_keys || per_key
 }
 
 fn denied(actor: &Actor, why: &str) -> ApplyError {

@@ -47,6 +47,9 @@ pub(crate) fn fold(state: &GatewayState, batch: &UsageBatch, now: i64, index: u6
         let day = delta.hour_start_ms.div_euclid(DAY_MS) * DAY_MS;
         for (period, start) in [("hour", hour), ("day", day)] {
             for (dimension, value) in dimension_values(delta) {
+                if value.len() > MAX_VALUE_LEN {
+                    continue;
+                }
                 let id = counter_id(period, start, dimension, &value);
                 let counter = counters.entry(id).or_insert_with_key(|id| {
                     state.usage_counter(id).map(|c| c.as_ref().clone()).unwrap_or_else(|| UsageCounter {
@@ -92,7 +95,10 @@ fn check(batch: &UsageBatch) -> Result<(), ApplyError> {
         return Err(ApplyError::invalid("deltas", format!("at most {MAX_DELTAS} per batch")));
     }
     for (i, delta) in batch.deltas.iter().enumerate() {
-        if dimension_values(delta).any(|(_, value)| value.len() > MAX_VALUE_LEN) {
+        // The values a node sent; the per-consumer ones derived from them
+        // are skipped when too long (fold), never a reason to refuse a batch
+        // an earlier version accepted.
+        if dimension_values(delta).any(|(dimension, value)| !is_derived(dimension) && value.len() > MAX_VALUE_LEN) {
             return Err(ApplyError::invalid(
                 format!("deltas[{i}]"),
                 format!("values are at most {MAX_VALUE_LEN} bytes"),
@@ -125,6 +131,10 @@ fn dimension_values(delta: &UsageDelta) -> impl Iterator<Item = (&'static str, C
     .chain(std::iter::once(("all", Cow::Borrowed(""))))
     .chain(per_consumer("consumer_service", &delta.service))
     .chain(per_consumer("consumer_model", &delta.model))
+}
+
+fn is_derived(dimension: &str) -> bool {
+    matches!(dimension, "consumer_service" | "consumer_model")
 }
 
 /// `<period>/<start, 13 digits>/<dimension>/<value>`: a period's counters
@@ -207,6 +217,26 @@ mod tests {
         assert_eq!(days, ["", "k1", "k2", "r1"], "the day's counters, by dimension then value");
         assert_eq!(next.usage_counters_between("hour", hour + HOUR_MS, i64::MAX).count(), 0);
         assert_eq!(next.usage_counters_between("hour", 0, hour + 1).count(), 4);
+    }
+
+    #[test]
+    fn a_consumers_usage_counts_per_service_and_model_and_a_long_pair_is_skipped_not_refused() {
+        let with = |model: &str| UsageDelta {
+            consumer: "c1".into(),
+            service: "orders".into(),
+            model: model.into(),
+            ..delta("k1", 1)
+        };
+        let batch =
+            UsageBatch { node_id: 1, first_seq: 1, last_seq: 2, deltas: vec![with("m1"), with(&"m".repeat(250))] };
+        let state = send(&GatewayState::default(), 1, batch);
+        let day = T0.div_euclid(DAY_MS) * DAY_MS;
+        assert_eq!(count(&state, "day", day, "consumer_service", "c1/orders"), 2);
+        assert_eq!(count(&state, "day", day, "consumer_model", "c1/m1"), 1);
+        // A 250-byte model is a valid value; with the consumer's id before
+        // it, too long for a counter: that one counter is skipped.
+        assert_eq!(count(&state, "day", day, "model", &"m".repeat(250)), 1);
+        assert_eq!(state.usage_watermark("1").unwrap().last_seq, 2, "the batch is folded");
     }
 
     #[test]

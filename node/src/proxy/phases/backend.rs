@@ -51,11 +51,17 @@ async fn mcp(
     body: Incoming,
 ) -> Response<GatewayBody> {
     let timeout = route.request_timeout.unwrap_or(ctx.shared.defaults.request);
-    let limit = usize::try_from(ctx.max_body_bytes).unwrap_or(usize::MAX);
-    let read = tokio::time::timeout(timeout, http_body_util::Limited::new(body, limit).collect()).await;
-    let Ok(Ok(bytes)) = read.map(|r| r.map(|c| c.to_bytes())) else {
-        let error = GatewayError::BadRequest("the MCP message did not arrive whole in time".into());
-        return crate::mcp::render_error(&error, rctx.id());
+    let limit = usize::try_from(ctx.max_body_bytes).unwrap_or(usize::MAX).min(crate::mcp::MAX_MESSAGE_BYTES);
+    let bytes = match tokio::time::timeout(timeout, http_body_util::Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) => {
+            let error = GatewayError::BadRequest(format!("an MCP message is at most {limit} bytes, and whole"));
+            return crate::mcp::render_error(&error, rctx.id());
+        }
+        Err(_) => {
+            let error = GatewayError::BadRequest("the MCP message did not arrive whole in time".into());
+            return crate::mcp::render_error(&error, rctx.id());
+        }
     };
     let Some(proxy) = ctx.own_addr.get().copied() else {
         return crate::mcp::render_error(&GatewayError::Overloaded, rctx.id());
@@ -66,6 +72,9 @@ async fn mcp(
         consumer_id: rctx.consumer.as_deref().map(CompiledConsumer::id).unwrap_or_default(),
         team,
         client_ip: rctx.client.addr.ip(),
+        snapshot: ctx.snapshot.load_full(),
+        path_policy: ctx.path_policy,
+        tools: &ctx.mcp_tools,
     };
     crate::mcp::serve(server, &parts.method, &parts.headers, &bytes).await
 }
