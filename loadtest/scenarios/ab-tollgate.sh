@@ -43,8 +43,10 @@ start() { # name binary port-offset: starts a gateway, configures it, writes its
   local name=$1 bin=$2 off=$3 config=()
   # B_CONFIG: a TOML file for B only (e.g. `[limits] admitted_headers = false`).
   if [ "$name" = b ] && [ -n "${B_CONFIG:-}" ]; then config=(--config "$B_CONFIG"); fi
+  # The console's port by environment: a build from before it had one ignores it.
+  TOLLGATE_CONSOLE_LISTEN="127.0.0.1:$((29092 + off * 10))" \
   taskset -c 1 "$bin" serve "${config[@]}" --data-dir "$WORK/$name" --proxy-listen "127.0.0.1:$((28080 + off))" \
-    --admin-listen "127.0.0.1:$((29090 + off * 10))" --ops-listen "127.0.0.1:$((29091 + off * 10))" --console-listen "127.0.0.1:$((29092 + off * 10))" \
+    --admin-listen "127.0.0.1:$((29090 + off * 10))" --ops-listen "127.0.0.1:$((29091 + off * 10))" \
     --cluster-listen "127.0.0.1:$((27000 + off))" \
     --admin-token "$TOKEN" --access-log off --log-format json > /dev/null 2> "$WORK/$name.log" &
   PIDS+=($!)

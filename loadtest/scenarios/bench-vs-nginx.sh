@@ -32,8 +32,8 @@ MOCK_PID=$!
 PIDS+=($!)
 
 # Tollgate: one core (tokio sizes its pool from the affinity mask), no access log
-taskset -c 1 "$TG" serve --data-dir "$WORK/tg" --proxy-listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090 \
-  --ops-listen 127.0.0.1:19091 --console-listen 127.0.0.1:19092 --admin-token "$TOKEN" --access-log off --log-format json 2> "$WORK/tollgate.log" &
+TOLLGATE_CONSOLE_LISTEN=127.0.0.1:19092 taskset -c 1 "$TG" serve --data-dir "$WORK/tg" --proxy-listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090 \
+  --ops-listen 127.0.0.1:19091 --admin-token "$TOKEN" --access-log off --log-format json 2> "$WORK/tollgate.log" &
 TG_PID=$!
 PIDS+=($!)
 for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19091/readyz >/dev/null 2>&1 && break; sleep 0.1; done

@@ -15,12 +15,11 @@ use common::web::{Api, governance};
 use common::*;
 use http::Request;
 use serde_json::{Value, json};
-use tollgate_proto::admin::v1::ai_service_client::AiServiceClient;
 use tollgate_proto::admin::v1::{DecideSubscriptionRequest, PutEntityRequest, SubscribeRequest};
 use tollgate_proto::config::v1::route::Backend;
 use tollgate_proto::config::v1::{
     AuthMode, Limit, LimitScope, LimitUnit, LimitWindow, McpBackend, PathMatch, PromptMessage, PromptSpec,
-    PromptVariable, Provider, ProviderCredential, ProviderKind, Route, Service, SubscriptionMode, SubscriptionState,
+    PromptVariable, Route, Service, SubscriptionMode, SubscriptionState,
 };
 
 const ORDERS: &str = r#"openapi: 3.0.3
@@ -77,16 +76,7 @@ async fn setup(per_minute: u64) -> Setup {
         };
         api.create(&mut admin, &mut gov).await;
     }
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", node.admin_addr)).unwrap();
-    let mut ai = AiServiceClient::with_interceptor(channel.connect().await.unwrap(), Bearer(TOKEN.into()));
-    let provider = Provider {
-        name: "mock".into(),
-        kind: ProviderKind::OpenaiCompatible as i32,
-        base_url: format!("http://{}/v1", model.addr),
-        credentials: vec![ProviderCredential { id: "k1".into(), secret: "sk-mock".into(), ..Default::default() }],
-        ..Default::default()
-    };
-    ai.create_provider(provider).await.unwrap();
+    model.register(node.admin_addr).await;
     let spec = PromptSpec {
         model: "mock/m1".into(),
         messages: vec![PromptMessage { role: "user".into(), content: "Sentiment of: {{text}}".into() }],

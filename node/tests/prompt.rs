@@ -13,11 +13,10 @@ use common::scripted_llm::ScriptedModel;
 use common::*;
 use http::Request;
 use serde_json::{Value, json};
-use tollgate_proto::admin::v1::ai_service_client::AiServiceClient;
 use tollgate_proto::admin::v1::{CreateApiKeyRequest, GetUsageRequest};
 use tollgate_proto::config::v1::{
     AuthMode, Consumer, Limit, LimitScope, LimitUnit, LimitWindow, ModelPrice, PathMatch, PromptMessage, PromptSpec,
-    PromptVariable, PromptVariableType, Provider, ProviderCredential, ProviderKind, Service,
+    PromptVariable, PromptVariableType, Service,
 };
 
 fn sentiment_spec() -> PromptSpec {
@@ -58,16 +57,8 @@ async fn setup(model: &ScriptedModel) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let node = start_node(dir.path()).await;
     let mut admin = admin_client(node.admin_addr, TOKEN).await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", node.admin_addr)).unwrap();
-    let mut ai = AiServiceClient::with_interceptor(channel.connect().await.unwrap(), Bearer(TOKEN.into()));
-    let provider = Provider {
-        name: "mock".into(),
-        kind: ProviderKind::OpenaiCompatible as i32,
-        base_url: format!("http://{}/v1", model.addr),
-        credentials: vec![ProviderCredential { id: "k1".into(), secret: "sk-mock".into(), ..Default::default() }],
-        ..Default::default()
-    };
-    ai.create_provider(provider).await.unwrap();
+    model.register(node.admin_addr).await;
+    let mut ai = common::scripted_llm::ai_admin(node.admin_addr).await;
     let price = ModelPrice {
         name: "mock/m1".into(),
         mode: "chat".into(),
@@ -119,8 +110,7 @@ async fn a_prompt_api_fills_its_template_and_answers_with_checked_json_billed_to
     assert_eq!(sent["response_format"]["type"], "json_object");
 
     // Accounted to the service and the consumer, at the model's price.
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", node.admin_addr)).unwrap();
-    let mut ai = AiServiceClient::with_interceptor(channel.connect().await.unwrap(), Bearer(TOKEN.into()));
+    let mut ai = common::scripted_llm::ai_admin(node.admin_addr).await;
     let mut row = None;
     for _ in 0..200 {
         let rows = ai

@@ -279,12 +279,7 @@ fn operation_tools(service: &Service, route: &Route, version: &ApiVersion) -> Ve
             let Some(op) = item.get(*method_name) else { continue };
             let operation =
                 op["operationId"].as_str().map(str::to_string).unwrap_or_else(|| format!("{method_name}{path}"));
-            let parameters: Vec<&Value> = item["parameters"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .chain(op["parameters"].as_array().into_iter().flatten())
-                .collect();
+            let parameters = crate::portal::openapi_parameters(item, op);
             let (input_schema, call_params) = input_of(&parameters, op, &definitions);
             let summary = op["summary"].as_str().or(op["description"].as_str()).unwrap_or_default();
             tools.push(Tool {

@@ -38,7 +38,7 @@ use tollgate_raft::RaftNode;
 
 pub use error::PortalError;
 /// An OpenAPI document (JSON or YAML) as a JSON value; None for none.
-pub use reference::parse as parse_openapi;
+pub use reference::{parameters as openapi_parameters, parse as parse_openapi};
 
 use crate::admin::access::Access;
 use crate::proxy::ProxyContext;

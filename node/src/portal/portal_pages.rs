@@ -30,8 +30,8 @@ pub fn routes() -> Router<Shared> {
         .route("/portal", get(catalog))
         .route("/portal/apis/{service}", get(api_page))
         .route("/portal/apis/{service}/versions/{version}", get(version_page))
-        .route("/portal/apis/{service}/subscribe", post(subscribe))
-        .route("/portal/apis/{service}/cancel", post(cancel))
+        .route("/portal/apis/{service}/subscribe", post(|s, c, p, f| subscription(Ask::Subscribe, s, c, p, f)))
+        .route("/portal/apis/{service}/cancel", post(|s, c, p, f| subscription(Ask::Cancel, s, c, p, f)))
         .route("/portal/keys", get(keys_page).post(create_key))
         .route("/portal/keys/{id}/delete", post(delete_key))
         .route("/portal/usage", get(usage_page))
@@ -262,7 +262,17 @@ async fn propose_as(portal: &Shared, consumer_id: &str, rpc: &str, op: Op) -> Re
     Ok(applied)
 }
 
-async fn subscribe(
+/// What a consumer asks of its subscription to an API.
+#[derive(Clone, Copy)]
+enum Ask {
+    Subscribe,
+    Cancel,
+}
+
+/// Subscribes or cancels; returns once every member that answers serves
+/// the change, as the admin API's subscription calls do.
+async fn subscription(
+    ask: Ask,
     State(portal): State<Shared>,
     session: ConsumerSession,
     Path(name): Path<String>,
@@ -271,42 +281,34 @@ async fn subscribe(
     session.session.check_csrf(&form.csrf)?;
     let state = portal.raft.local_state();
     let (service, _) = find_in_catalog(&state, &name)?;
-    let actor = tollgate_raft::consumer_actor(&session.consumer_id);
-    let request =
-        crate::admin::governance::subscription_request(&state, &session.consumer_id, id_of(&service.meta), &actor);
-    if let Ok(op) = request {
-        let applied = propose_as(&portal, &session.consumer_id, "Subscribe", op).await?;
-        // Like the admin API's: once the answer is back, every node admits the key.
+    let (service_id, me) = (id_of(&service.meta), session.consumer_id.as_str());
+    let actor = tollgate_raft::consumer_actor(me);
+    let change = match ask {
+        Ask::Subscribe => crate::admin::governance::subscription_request(&state, me, service_id, &actor).ok(),
+        Ask::Cancel => cancellation(&state, me, service_id, actor),
+    };
+    if let Some(op) = change {
+        let rpc = match ask {
+            Ask::Subscribe => "Subscribe",
+            Ask::Cancel => "CancelSubscription",
+        };
+        let applied = propose_as(&portal, me, rpc, op).await?;
         crate::admin::propose::wait_members_served(&portal.raft, applied.revision, SPREAD_WITHIN).await;
     }
     Ok(Redirect::to(&format!("/portal/apis/{}", service.name)))
 }
 
-/// Ends the consumer's own subscription (pending or approved).
-async fn cancel(
-    State(portal): State<Shared>,
-    session: ConsumerSession,
-    Path(name): Path<String>,
-    Form(form): Form<CsrfForm>,
-) -> Result<Redirect, PortalError> {
-    session.session.check_csrf(&form.csrf)?;
-    let state = portal.raft.local_state();
-    let (service, _) = find_in_catalog(&state, &name)?;
+/// The change that ends the consumer's pending or approved subscription.
+fn cancellation(state: &GatewayState, consumer_id: &str, service_id: &str, actor: String) -> Option<Op> {
     let live = [SubscriptionState::Pending as i32, SubscriptionState::Approved as i32];
-    let Some(existing) = state.subscriptions().find(|s| {
-        s.consumer_id == session.consumer_id && s.service_id == id_of(&service.meta) && live.contains(&s.state)
-    }) else {
-        return Ok(Redirect::to(&format!("/portal/apis/{}", service.name)));
-    };
-    let cancelled = tollgate_proto::config::v1::Subscription {
+    let existing = state
+        .subscriptions()
+        .find(|s| s.consumer_id == consumer_id && s.service_id == service_id && live.contains(&s.state))?;
+    Some(Op::UpdateSubscription(tollgate_proto::config::v1::Subscription {
         state: SubscriptionState::Revoked as i32,
-        decided_by: tollgate_raft::consumer_actor(&session.consumer_id),
+        decided_by: actor,
         ..existing.as_ref().clone()
-    };
-    let applied =
-        propose_as(&portal, &session.consumer_id, "CancelSubscription", Op::UpdateSubscription(cancelled)).await?;
-    crate::admin::propose::wait_members_served(&portal.raft, applied.revision, SPREAD_WITHIN).await;
-    Ok(Redirect::to(&format!("/portal/apis/{}", service.name)))
+    }))
 }
 
 fn own_keys(state: &GatewayState, consumer_id: &str) -> Vec<Arc<ApiKey>> {

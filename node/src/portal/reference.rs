@@ -60,13 +60,7 @@ pub fn render(document: &Value) -> Markup {
 }
 
 fn operation(method: &str, path: &str, op: &Value, item: &Value) -> Markup {
-    // Parameters of the path item apply to each of its operations.
-    let parameters: Vec<&Value> = item["parameters"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(op["parameters"].as_array().into_iter().flatten())
-        .collect();
+    let parameters = parameters(item, op);
     html! {
         section.card.op {
             h3 { span.method { (method) } code { (path) } }
@@ -103,6 +97,17 @@ fn operation(method: &str, path: &str, op: &Value, item: &Value) -> Markup {
             }
         }
     }
+}
+
+/// An operation's parameters: the path item's (which apply to each of its
+/// operations), then its own.
+pub fn parameters<'a>(item: &'a Value, op: &'a Value) -> Vec<&'a Value> {
+    item["parameters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(op["parameters"].as_array().into_iter().flatten())
+        .collect()
 }
 
 fn media_view(media: &str, body: &Value) -> Markup {

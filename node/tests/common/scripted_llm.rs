@@ -87,3 +87,32 @@ fn answer(content: &str, stream: bool) -> Response<Full<Bytes>> {
     sse += &format!("data: {last}\n\ndata: {tail}\n\ndata: [DONE]\n\n");
     Response::builder().header("content-type", "text/event-stream").body(Full::new(Bytes::from(sse))).unwrap()
 }
+
+/// The AI admin API of the node at `admin`.
+pub async fn ai_admin(
+    admin: SocketAddr,
+) -> tollgate_proto::admin::v1::ai_service_client::AiServiceClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, super::Bearer>,
+> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{admin}")).unwrap();
+    tollgate_proto::admin::v1::ai_service_client::AiServiceClient::with_interceptor(
+        channel.connect().await.unwrap(),
+        super::Bearer(super::TOKEN.into()),
+    )
+}
+
+impl ScriptedModel {
+    /// Registers this model as the OpenAI-compatible provider `mock` of the
+    /// node at `admin` (its models are then `mock/<name>`).
+    pub async fn register(&self, admin: SocketAddr) {
+        use tollgate_proto::config::v1::{Provider, ProviderCredential, ProviderKind};
+        let provider = Provider {
+            name: "mock".into(),
+            kind: ProviderKind::OpenaiCompatible as i32,
+            base_url: format!("http://{}/v1", self.addr),
+            credentials: vec![ProviderCredential { id: "k1".into(), secret: "sk-mock".into(), ..Default::default() }],
+            ..Default::default()
+        };
+        ai_admin(admin).await.create_provider(provider).await.unwrap();
+    }
+}
