@@ -8,6 +8,7 @@
 mod common;
 
 use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -36,7 +37,9 @@ fn browser_missing() -> bool {
     true
 }
 
-/// chromedriver on a run-time port, killed when dropped.
+/// chromedriver on a run-time port, in a process group of its own: when
+/// dropped (a test that fails included) the group goes, so no Chromium it
+/// started outlives the test.
 struct Driver {
     child: Child,
     url: String,
@@ -44,6 +47,10 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let group = i32::try_from(self.child.id()).ok().and_then(rustix::process::Pid::from_raw);
+        if let Some(group) = group {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -54,6 +61,7 @@ async fn driver() -> Driver {
     let child = Command::new(CHROMEDRIVER)
         .arg(format!("--port={port}"))
         .arg("--allowed-ips=127.0.0.1")
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
