@@ -394,6 +394,7 @@ fn llm_config(a: &LlmArgs) -> Result<LlmMockConfig> {
         azure_deployments: a.azure_deployments.clone(),
         // Nobody can read the log of a CLI mock; keeping it would only grow memory under load.
         request_log_limit: 0,
+        answer_extra: None,
     })
 }
 

@@ -588,6 +588,104 @@ async fn embeddings_are_forwarded_and_counted() {
     assert_eq!(row.cost_picodollars, row.input_tokens * 20_000);
 }
 
+async fn post_raw(gw: &Gateway, path: &str, body: &'static str) -> common::Reply {
+    let request = Request::post(format!("http://{}{path}", gw.node.proxy_addr))
+        .header("authorization", format!("Bearer {}", gw.key))
+        .header("content-type", "application/json")
+        .body(full(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    send(&http_client(), request).await
+}
+
+/// Members a re-encoding gateway would change: a number's spelling, an
+/// integer too large for f64, key order, a `model` nested where only the
+/// provider reads it.
+const ANSWER_EXTRA: &str = r#""x_score":1.50,"x_big":123456789012345678901234567890,"x_obj":{"b":1,"a":2}"#;
+
+#[tokio::test]
+async fn openai_callers_bodies_and_answers_pass_through_byte_for_byte() {
+    let cfg = LlmMockConfig { tokens: 6, answer_extra: Some(ANSWER_EXTRA.into()), ..Default::default() };
+    let mock = mock_openai(cfg).await;
+    let mut gw = Gateway::start().await;
+    let openai = gw.provider("openai", ProviderKind::Openai, format!("{}/v1", mock.url()), &["k1"]).await;
+    gw.alias("fast", &[(&openai, "gpt-4o-mini", 0)], 0).await;
+
+    // Spacing, key order, number spellings, escapes and fields the gateway
+    // has never heard of, top level and nested.
+    const ASKED: &str = r#"{ "temperature" : 0.70, "messages":[{"role":"user","content":"caf\u00e9 \"fox\"","x_msg":1e2}],
+ "model" : "fast", "metadata":{"model":"not-this-one"}, "x_top":[1.0,{"z":null,"a":true}], "seed":12345678901234567890123 }"#;
+    let reply = post_raw(&gw, "/v1/chat/completions", ASKED).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&reply.body));
+    let seen = mock.last_request().unwrap();
+    let expected = ASKED.replace(r#""model" : "fast""#, r#""model" : "gpt-4o-mini""#);
+    assert_eq!(String::from_utf8_lossy(&seen.raw_body), expected, "only the model's value changes");
+    let answer = String::from_utf8_lossy(&reply.body).to_string();
+    assert!(answer.starts_with(&format!("{{{ANSWER_EXTRA},")), "the provider's answer as it sent it: {answer}");
+    let row = gw.usage_of("openai/gpt-4o-mini", 1).await;
+    assert_eq!((row.output_tokens, row.estimated), (6, 0), "billed by the usage in the answer");
+
+    // A stream: usage is asked for upstream with the least change, and the
+    // provider's events reach the caller as they were.
+    const STREAMED: &str = r#"{"model":"fast","stream":true,"messages":[{"role":"user","content":"hi"}],"x_top":1.50}"#;
+    let reply = post_raw(&gw, "/v1/chat/completions", STREAMED).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let seen = mock.last_request().unwrap();
+    let expected = STREAMED
+        .replace(r#""model":"fast""#, r#""model":"gpt-4o-mini""#)
+        .replace(r#""x_top":1.50}"#, r#""x_top":1.50,"stream_options":{"include_usage":true}}"#);
+    assert_eq!(String::from_utf8_lossy(&seen.raw_body), expected);
+    let body = String::from_utf8_lossy(&reply.body).to_string();
+    let events: Vec<&str> = body.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert!(events.len() > 6, "{body}");
+    assert!(events[..events.len() - 1].iter().all(|e| e.starts_with(&format!("data: {{{ANSWER_EXTRA},"))), "{body}");
+    assert_eq!(*events.last().unwrap(), "data: [DONE]");
+    let (chunks, _) = sse_data(&reply.body);
+    assert!(chunks.iter().all(|c| !c["usage"].is_object()), "no usage chunk unless the caller asked");
+    let row = gw.usage_of("openai/gpt-4o-mini", 2).await;
+    assert_eq!((row.output_tokens, row.estimated), (12, 0), "billed by the provider's usage chunk");
+
+    // Embeddings: the body goes as it came, the model edited.
+    const EMBED: &str =
+        r#"{"input":["one fox"],"model":"openai/text-embedding-3-small","x_dims":4,"encoding_format":"float"}"#;
+    let reply = post_raw(&gw, "/v1/embeddings", EMBED).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&reply.body));
+    let seen = mock.last_request().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&seen.raw_body),
+        EMBED.replace("openai/text-embedding-3-small", "text-embedding-3-small")
+    );
+    assert!(gw.usage_of("openai/text-embedding-3-small", 1).await.input_tokens > 0);
+}
+
+#[tokio::test]
+async fn a_second_model_key_or_a_body_that_is_not_an_object_never_reaches_a_provider() {
+    let mock = mock_openai(LlmMockConfig::default()).await;
+    let mut gw = Gateway::start_with_models(vec!["cheap".into()]).await;
+    let openai = gw.provider("openai", ProviderKind::Openai, format!("{}/v1", mock.url()), &["k1"]).await;
+    gw.alias("cheap", &[(&openai, "gpt-4o-mini", 0)], 0).await;
+    gw.alias("dear", &[(&openai, "gpt-4o", 0)], 0).await;
+    // Authorised as one model, served as another by a provider that reads
+    // the first key: refused, whichever key a reader keeps.
+    for body in [
+        r#"{"model":"cheap","model":"dear","messages":[]}"#,
+        r#"{"model":"dear","mod\u0065l":"cheap","messages":[]}"#,
+        r#"[{"model":"cheap","messages":[]}]"#,
+        r#"{"model":"cheap","messages":{}}"#,
+        r#"{"model":"cheap","messages":[],"stream_options":{"include_usage":true,"include_usage":false}}"#,
+        r#"{"model":"cheap","messages":[] "#,
+    ] {
+        let reply = post_raw(&gw, "/v1/chat/completions", body).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{body}: {:?}", String::from_utf8_lossy(&reply.body));
+        assert_eq!(reply.json()["error"]["type"], "invalid_request_error", "{body}");
+    }
+    assert!(mock.last_request().is_none(), "no provider saw any of them");
+    // An escaped key is the key it decodes to, for the gateway and the provider alike.
+    let reply = post_raw(&gw, "/v1/chat/completions", r#"{"mod\u0065l":"cheap","messages":[]}"#).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&reply.body));
+    let seen = mock.last_request().unwrap();
+    assert_eq!(String::from_utf8_lossy(&seen.raw_body), r#"{"mod\u0065l":"gpt-4o-mini","messages":[]}"#);
+}
+
 /// Whether `python3` can import every module named.
 async fn python_has(modules: &[&str]) -> bool {
     let check = format!("import {}", modules.join(", "));

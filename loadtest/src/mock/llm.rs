@@ -58,6 +58,10 @@ pub struct LlmMockConfig {
     pub azure_deployments: Vec<(String, String)>,
     /// Received requests kept for [`super::MockHandle::requests`] (the most recent ones).
     pub request_log_limit: usize,
+    /// Raw JSON members (`"x_fp":1.50`) written first into every OpenAI chat
+    /// answer and stream chunk, spelled as given: what a gateway passing
+    /// answers through must deliver byte for byte.
+    pub answer_extra: Option<String>,
 }
 
 impl Default for LlmMockConfig {
@@ -81,6 +85,7 @@ impl Default for LlmMockConfig {
             embedding_dimensions: 8,
             azure_deployments: Vec::new(),
             request_log_limit: 10_000,
+            answer_extra: None,
         }
     }
 }
@@ -208,6 +213,7 @@ pub struct LlmRequest {
     pub query: Option<String>,
     pub headers: HeaderMap,
     pub body: Option<Value>,
+    pub raw_body: Bytes,
 }
 
 impl LlmRequest {
@@ -220,6 +226,7 @@ impl LlmRequest {
             query: parts.uri.query().map(str::to_string),
             headers: parts.headers,
             body: serde_json::from_slice(&bytes).ok(),
+            raw_body: bytes,
         }
     }
 
@@ -256,6 +263,7 @@ impl LlmRequest {
                 .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
                 .collect(),
             body: self.body.clone(),
+            raw_body: self.raw_body.clone(),
         });
     }
 }

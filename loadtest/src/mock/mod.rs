@@ -60,10 +60,15 @@ pub fn full(body: impl Into<Bytes>) -> MockBody {
 }
 
 pub fn json_response(status: u16, value: &serde_json::Value) -> Response<MockBody> {
+    json_text_response(status, value.to_string())
+}
+
+/// A JSON answer already written out (spelled as the test wants it).
+pub fn json_text_response(status: u16, json: String) -> Response<MockBody> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(full(value.to_string()))
+        .body(full(json))
         .expect("static response parts are valid")
 }
 
@@ -184,6 +189,8 @@ pub struct SeenRequest {
     pub headers: Vec<(String, String)>,
     /// The body, when it was JSON.
     pub body: Option<serde_json::Value>,
+    /// The body as it arrived, byte for byte.
+    pub raw_body: bytes::Bytes,
 }
 
 impl SeenRequest {

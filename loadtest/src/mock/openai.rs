@@ -16,7 +16,10 @@ use super::llm::{
     DeclaredTool, Fate, KeyVerdict, LlmMockConfig, LlmRequest, ToolCall, call_tool, embedding, estimate_tokens,
     full_text, pace, paced_body, sse_response, text_tokens, token, unix_now, words_of,
 };
-use super::{Handler, HandlerFuture, MockBody, MockError, MockHandle, RequestLog, json_response, serve_logged};
+use super::{
+    Handler, HandlerFuture, MockBody, MockError, MockHandle, RequestLog, json_response, json_text_response,
+    serve_logged,
+};
 
 pub struct MockOpenAi;
 
@@ -149,6 +152,16 @@ fn unauthorized(api: &Api, present: bool) -> Response<MockBody> {
 
 fn data(v: &Value) -> Bytes {
     Bytes::from(format!("data: {v}\n\n"))
+}
+
+/// `v` written out with `extra` (raw JSON members) first in it.
+fn with_extra(v: &Value, extra: Option<&str>) -> String {
+    let json = v.to_string();
+    match (extra, json.strip_prefix('{')) {
+        (Some(extra), Some("}")) => format!("{{{extra}}}"),
+        (Some(extra), Some(rest)) => format!("{{{extra},{rest}"),
+        _ => json,
+    }
 }
 
 fn no_content_filter() -> Value {
@@ -318,7 +331,7 @@ impl Ctx {
                     json!([{"prompt_index": 0, "content_filter_results": no_content_filter()}]);
                 v["choices"][0]["content_filter_results"] = no_content_filter();
             }
-            return json_response(200, &v);
+            return json_text_response(200, with_extra(&v, cfg.answer_extra.as_deref()));
         }
         let with_usage = include_usage && !cfg.omit_usage;
         let chunk = |delta: Value, finish: Value| {
@@ -328,7 +341,7 @@ impl Ctx {
             if with_usage {
                 v["usage"] = Value::Null;
             }
-            data(&v)
+            Bytes::from(format!("data: {}\n\n", with_extra(&v, cfg.answer_extra.as_deref())))
         };
         let mut head = Vec::new();
         if azure {

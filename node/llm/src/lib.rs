@@ -20,6 +20,7 @@ pub mod anthropic_ingress;
 pub mod catalog;
 pub mod error;
 pub mod gemini_ingress;
+pub mod passthrough;
 pub mod provider;
 pub mod sse;
 pub mod tokens;

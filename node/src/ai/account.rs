@@ -6,12 +6,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use opentelemetry::KeyValue;
 use tollgate_llm::catalog::dollars;
 use tollgate_llm::tokens;
-use tollgate_llm::types::{ChatRequest, Usage};
+use tollgate_llm::types::{ChatRequest, EmbeddingsInput, EmbeddingsRequest, Usage};
 use tollgate_proto::config::v1::{PriceRef, UsageOutcome, UsageRecord};
 
+use super::chat_call::{ChatSource, LazyChat};
 use super::pricing::cost_picodollars;
 use super::snapshot::AiShared;
 use crate::telemetry::ai_metrics::{
@@ -23,14 +25,35 @@ use crate::telemetry::tracing::TraceCtx;
 /// What the tokenizer needs when the provider reports no usage.
 pub enum PromptSource {
     Chat(Arc<ChatRequest>),
-    Texts(Vec<String>),
+    /// An OpenAI caller's chat body, decoded only if an estimate is needed.
+    ChatBody(Arc<LazyChat>),
+    /// An OpenAI caller's embeddings body, likewise.
+    EmbeddingsBody(Bytes),
 }
 
 impl PromptSource {
     fn estimate(&self) -> u64 {
         match self {
             PromptSource::Chat(req) => tokens::estimate_prompt_tokens(req),
-            PromptSource::Texts(texts) => texts.iter().map(|t| tokens::count_tokens(t)).sum(),
+            PromptSource::ChatBody(lazy) => lazy.prompt_estimate(),
+            // Token ids are counted by the caller (one per id), not estimated.
+            PromptSource::EmbeddingsBody(body) => match serde_json::from_slice::<EmbeddingsRequest>(body) {
+                Ok(EmbeddingsRequest { input: EmbeddingsInput::One(text), .. }) => tokens::count_tokens(&text),
+                Ok(EmbeddingsRequest { input: EmbeddingsInput::Many(texts), .. }) => {
+                    texts.iter().map(|t| tokens::count_tokens(t)).sum()
+                }
+                Ok(_) => 0,
+                Err(_) => tokens::count_tokens(&String::from_utf8_lossy(body)),
+            },
+        }
+    }
+}
+
+impl From<&ChatSource> for PromptSource {
+    fn from(source: &ChatSource) -> PromptSource {
+        match source {
+            ChatSource::Decoded(request) => PromptSource::Chat(request.clone()),
+            ChatSource::Raw(lazy) => PromptSource::ChatBody(lazy.clone()),
         }
     }
 }

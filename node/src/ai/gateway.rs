@@ -20,12 +20,14 @@ use tollgate_llm::error::{
     AdapterError, ErrorKind, ProviderError, anthropic_error_body, gemini_error_body, openai_error_body,
 };
 use tollgate_llm::gemini_ingress::{self, GeminiCall, GenerateContentStreamEncoder, StreamFormat};
-use tollgate_llm::provider::{ProviderKind, UpstreamTarget};
+use tollgate_llm::passthrough::{self, ChatAnswer, ChatStreamScanner, EmbeddingsAnswer, EmbeddingsHead, RequestEdit};
+use tollgate_llm::provider::{OpenAiOperation, ProviderKind, UpstreamTarget};
 use tollgate_llm::tokens;
-use tollgate_llm::types::{self, ChatRequest, EmbeddingsInput, EmbeddingsRequest, Usage};
+use tollgate_llm::types::{ChatRequest, EmbeddingsInput, EmbeddingsRequest, Usage};
 use tollgate_proto::config::v1::{ApiKey, UsageOutcome, UsageRecord};
 
 use super::account::{Accounting, PromptSource, Served};
+use super::chat_call::ChatCall;
 use super::snapshot::{AiShared, AiSnapshot, Candidate, CompiledCredential, PlanError, pick_credential};
 use super::stream::{AiStream, Encoder, Passthrough};
 use crate::plumbing::{GatewayBody, GatewayError, UpstreamClient};
@@ -92,6 +94,18 @@ impl Ingress {
             Ingress::Gemini
         } else {
             Ingress::OpenAi
+        }
+    }
+
+    /// Whether a provider of `kind` speaks this format on the wire, so that
+    /// the caller's body and the provider's answer can pass through.
+    fn spoken_by(self, kind: ProviderKind) -> bool {
+        match self {
+            Ingress::OpenAi => {
+                matches!(kind, ProviderKind::OpenAi | ProviderKind::OpenAiCompatible | ProviderKind::AzureOpenAi)
+            }
+            Ingress::Anthropic => kind == ProviderKind::Anthropic,
+            Ingress::Gemini => kind == ProviderKind::Gemini,
         }
     }
 }
@@ -207,24 +221,23 @@ pub async fn serve(
 
     let attempt = Attempts { shared, snapshot, metrics, call: &call, started, ingress, gemini_stream };
     match endpoint {
-        Endpoint::Chat => match serde_json::from_slice::<ChatRequest>(&bytes) {
-            Ok(request) => attempt.chat(request, None).await,
-            Err(error) => outcome(bad_request(ingress, &AdapterError::MalformedRequest(error))),
+        // Read as far as its head only: to an OpenAI-format provider the
+        // caller's bytes go as they are (see `chat_call`).
+        Endpoint::Chat => match ChatCall::raw(&bytes) {
+            Ok(chat) => attempt.chat(chat, Some(&bytes)).await,
+            Err(error) => outcome(bad_request(ingress, &error)),
         },
         Endpoint::Messages => match anthropic_ingress::messages_request_to_chat(&bytes) {
-            Ok(request) => attempt.chat(request, Some(&bytes)).await,
+            Ok(request) => attempt.chat(ChatCall::decoded(request), Some(&bytes)).await,
             Err(error) => outcome(bad_request(ingress, &error)),
         },
         Endpoint::GenerateContent(gemini) => {
             match gemini_ingress::generate_content_to_chat(&bytes, &gemini.model, gemini.stream.is_some()) {
-                Ok(request) => attempt.chat(request, Some(&bytes)).await,
+                Ok(request) => attempt.chat(ChatCall::decoded(request), Some(&bytes)).await,
                 Err(error) => outcome(bad_request(ingress, &error)),
             }
         }
-        Endpoint::Embeddings => match serde_json::from_slice::<EmbeddingsRequest>(&bytes) {
-            Ok(request) => attempt.embeddings(request).await,
-            Err(error) => outcome(bad_request(ingress, &AdapterError::MalformedRequest(error))),
-        },
+        Endpoint::Embeddings => attempt.embeddings(bytes).await,
         Endpoint::Models => unreachable!("answered above"),
     }
 }
@@ -281,7 +294,7 @@ pub async fn chat(
         ingress: Ingress::OpenAi,
         gemini_stream: None,
     };
-    attempt.chat(request, None).await
+    attempt.chat(ChatCall::decoded(request), None).await
 }
 
 fn bad_request(ingress: Ingress, error: &AdapterError) -> Response<GatewayBody> {
@@ -723,12 +736,13 @@ impl Attempts<'_> {
         }
     }
 
-    /// `original` is the caller's own body for the Anthropic and Gemini
-    /// ingresses: sent as is (Anthropic's with the target's model) when the
-    /// target speaks the same API, so nothing the canonical form lacks
-    /// (cache_control, thinking, safetySettings) is lost.
-    async fn chat(&self, request: ChatRequest, original: Option<&Bytes>) -> AiOutcome {
-        if request.model.trim().is_empty() {
+    /// `original` is the caller's own body: sent as is (with the target's
+    /// model, and an OpenAI stream asking for usage) when the target speaks
+    /// the caller's API, so nothing the canonical form lacks (unknown
+    /// fields, cache_control, thinking, safetySettings) is lost and nothing
+    /// is decoded and encoded again.
+    async fn chat(&self, call: ChatCall, original: Option<&Bytes>) -> AiOutcome {
+        if call.requested.trim().is_empty() {
             return outcome(error_response(
                 self.ingress,
                 ErrorKind::InvalidRequest,
@@ -736,35 +750,37 @@ impl Attempts<'_> {
                 "`model` is required",
             ));
         }
-        let requested = request.model.clone();
-        let stream = request.is_stream();
-        let request = Arc::new(request);
+        let requested = call.requested.as_str();
+        let stream = call.stream;
         let endpoint_name = match self.ingress {
             Ingress::OpenAi => "chat.completions",
             Ingress::Anthropic => "messages",
             Ingress::Gemini => "generate_content",
         };
-        let mut account = self.accounting(endpoint_name, &requested, stream, PromptSource::Chat(request.clone()));
-        let limit_headers = match self.reserve(&mut account, &requested, request.output_limit()).await {
+        let mut account = self.accounting(endpoint_name, requested, stream, PromptSource::from(&call.source));
+        let limit_headers = match self.reserve(&mut account, requested, call.output_limit).await {
             Ok(headers) => headers,
             Err(refused) => return refused,
         };
-        let same_api = |candidate: &Candidate| {
-            original.is_some()
-                && match self.ingress {
-                    Ingress::Anthropic => candidate.provider.kind == ProviderKind::Anthropic,
-                    Ingress::Gemini => candidate.provider.kind == ProviderKind::Gemini,
-                    Ingress::OpenAi => false,
-                }
-        };
+        let same_api = |candidate: &Candidate| original.is_some() && self.ingress.spoken_by(candidate.provider.kind);
         let answered = self
-            .attempt(&mut account, &requested, |candidate, target| {
+            .attempt(&mut account, requested, |candidate, target| {
+                let original = original.filter(|_| same_api(candidate));
+                if let Some(original) = original.filter(|_| self.ingress == Ingress::OpenAi) {
+                    let edit = RequestEdit { model: target.model, include_usage: stream };
+                    let body = passthrough::rewrite_request(original, &edit)?;
+                    return candidate.provider.adapter.openai_wire_request(OpenAiOperation::Chat, body, stream, target);
+                }
+                let request = call.source.request()?;
                 let mut upstream = candidate.provider.adapter.chat_request(&request, target)?;
-                if let Some(original) = original.filter(|_| same_api(candidate)) {
+                if let Some(original) = original {
                     *upstream.body_mut() = match self.ingress {
                         // Gemini's body names no model: the URL does.
                         Ingress::Gemini => original.clone(),
-                        _ => passthrough_body(original, target.model)?,
+                        _ => {
+                            let edit = RequestEdit { model: target.model, include_usage: false };
+                            Bytes::from(passthrough::rewrite_request(original, &edit)?)
+                        }
                     };
                     if let Some(beta) = self.call.anthropic_beta.as_ref().filter(|_| self.ingress == Ingress::Anthropic)
                     {
@@ -786,17 +802,23 @@ impl Attempts<'_> {
         let passthrough = same_api(&candidate) && self.gemini_stream != Some(StreamFormat::JsonArray);
 
         if stream {
+            if passthrough && self.ingress == Ingress::OpenAi {
+                let scanner = ChatStreamScanner::new(provider.adapter.system(), call.wants_usage_chunk);
+                let body =
+                    AiStream::openai_passthrough(response.into_body(), scanner, account, provider.request_timeout);
+                let response = event_stream(body, "text/event-stream", limit_headers);
+                return AiOutcome { response, provider: provider_name, attempts, recorded: true };
+            }
             let encoder = match self.ingress {
                 Ingress::Anthropic if passthrough => Encoder::Passthrough(Passthrough::Anthropic),
                 Ingress::Gemini if passthrough => Encoder::Passthrough(Passthrough::GeminiSse),
-                Ingress::OpenAi => Encoder::OpenAi { include_usage: types::wants_usage_chunk(&request) },
-                Ingress::Anthropic => Encoder::Anthropic(Box::new(MessagesStreamEncoder::new(
-                    &requested,
-                    tokens::estimate_prompt_tokens(&request),
-                ))),
+                Ingress::OpenAi => Encoder::OpenAi { include_usage: call.wants_usage_chunk },
+                Ingress::Anthropic => {
+                    Encoder::Anthropic(Box::new(MessagesStreamEncoder::new(requested, account.prompt_estimate())))
+                }
                 Ingress::Gemini => Encoder::Gemini(Box::new(GenerateContentStreamEncoder::new(
                     self.gemini_stream.unwrap_or(StreamFormat::Sse),
-                    &requested,
+                    requested,
                 ))),
             };
             let content_type = match &encoder {
@@ -806,18 +828,44 @@ impl Attempts<'_> {
             // A provider that falls silent mid-stream gets as long as it had for its headers.
             let idle = provider.request_timeout;
             let body = AiStream::new(response.into_body(), provider.adapter.stream_decoder(), encoder, account, idle);
-            let mut out = Response::new(body.boxed_unsync());
-            let headers = out.headers_mut();
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            headers.extend(limit_headers);
-            return AiOutcome { response: out, provider: provider_name, attempts, recorded: true };
+            let response = event_stream(body, content_type, limit_headers);
+            return AiOutcome { response, provider: provider_name, attempts, recorded: true };
         }
 
         let bytes = match read_limited(response.into_body(), MAX_ANSWER_BODY, provider.request_timeout).await {
             Ok(bytes) => bytes,
             Err(message) => return self.bad_answer(&mut account, &message),
         };
+        if passthrough && self.ingress == Ingress::OpenAi {
+            // Billed by a scan of the provider's usage, answered with its bytes;
+            // an answer without usage goes the long way below, which adds the
+            // gateway's estimate to it.
+            match ChatAnswer::read(provider.adapter.system(), &bytes) {
+                Ok(answer) if answer.usage().is_some() => {
+                    let usage = answer.usage();
+                    // The text is needed only to count output the provider did not.
+                    let output_text = if usage.as_ref().is_some_and(|u| u.completion_tokens == 0) {
+                        answer.output_text()
+                    } else {
+                        String::new()
+                    };
+                    account.finish(Served {
+                        outcome: UsageOutcome::Ok,
+                        http_status: 200,
+                        usage,
+                        usage_is_estimate: false,
+                        output_text: &output_text,
+                        finish_reason: answer.finish_reason(),
+                        error: None,
+                    });
+                    let mut response = json_response(StatusCode::OK, bytes);
+                    response.headers_mut().extend(limit_headers);
+                    return AiOutcome { response, provider: provider_name, attempts, recorded: account.recorded() };
+                }
+                Ok(_) => {}
+                Err(error) => return self.bad_answer(&mut account, &error.to_string()),
+            }
+        }
         let answer = match provider.adapter.chat_response(&bytes) {
             Ok(answer) => answer,
             Err(error) => return self.bad_answer(&mut account, &error.to_string()),
@@ -839,14 +887,15 @@ impl Attempts<'_> {
             error: None,
         });
         let json = match self.ingress {
-            // The provider's own answer, byte for byte: it is already in the caller's format.
-            _ if passthrough => Ok(bytes),
+            // The provider's own answer, byte for byte: it is already in the
+            // caller's format (an OpenAI one without usage gets the estimate).
+            Ingress::Anthropic | Ingress::Gemini if passthrough => Ok(bytes),
             Ingress::OpenAi => serde_json::to_vec(&answer).map(Bytes::from),
             Ingress::Anthropic => {
-                serde_json::to_vec(&anthropic_ingress::chat_response_to_messages(&answer, &requested)).map(Bytes::from)
+                serde_json::to_vec(&anthropic_ingress::chat_response_to_messages(&answer, requested)).map(Bytes::from)
             }
             Ingress::Gemini => {
-                serde_json::to_vec(&gemini_ingress::chat_response_to_gemini(&answer, &requested)).map(Bytes::from)
+                serde_json::to_vec(&gemini_ingress::chat_response_to_gemini(&answer, requested)).map(Bytes::from)
             }
         };
         let mut response = match json {
@@ -859,8 +908,15 @@ impl Attempts<'_> {
         AiOutcome { response, provider: provider_name, attempts, recorded: account.recorded() }
     }
 
-    async fn embeddings(&self, request: EmbeddingsRequest) -> AiOutcome {
-        if request.model.is_empty() {
+    /// Embeddings for an OpenAI caller: to an OpenAI-format provider the
+    /// caller's bytes go as they are (the model edited) and its answer, the
+    /// vectors included, comes back as it is, read only for its usage.
+    async fn embeddings(&self, body: Bytes) -> AiOutcome {
+        let requested = match EmbeddingsHead::read(&body) {
+            Ok(head) => head.model.into_owned(),
+            Err(error) => return outcome(bad_request(self.ingress, &error.into())),
+        };
+        if requested.is_empty() {
             return outcome(error_response(
                 self.ingress,
                 ErrorKind::InvalidRequest,
@@ -868,26 +924,22 @@ impl Attempts<'_> {
                 "`model` is required",
             ));
         }
-        let requested = request.model.clone();
-        let texts = match &request.input {
-            EmbeddingsInput::One(s) => vec![s.clone()],
-            EmbeddingsInput::Many(v) => v.clone(),
-            // Token ids are already counted: one per id.
-            EmbeddingsInput::Tokens(_) | EmbeddingsInput::TokenBatches(_) => Vec::new(),
-        };
-        let token_ids = match &request.input {
-            EmbeddingsInput::Tokens(t) => t.len() as u64,
-            EmbeddingsInput::TokenBatches(b) => b.iter().map(|t| t.len() as u64).sum(),
-            _ => 0,
-        };
-        let mut account = self.accounting("embeddings", &requested, false, PromptSource::Texts(texts));
+        let mut account = self.accounting("embeddings", &requested, false, PromptSource::EmbeddingsBody(body.clone()));
         let limit_headers = match self.reserve(&mut account, &requested, Some(0)).await {
             Ok(headers) => headers,
             Err(refused) => return refused,
         };
         let answered = self
             .attempt(&mut account, &requested, |candidate, target| {
-                candidate.provider.adapter.embeddings_request(&request, target)
+                let adapter = candidate.provider.adapter;
+                if self.ingress.spoken_by(candidate.provider.kind) {
+                    let edit = RequestEdit { model: target.model, include_usage: false };
+                    let body = passthrough::rewrite_request(&body, &edit)?;
+                    return adapter.openai_wire_request(OpenAiOperation::Embeddings, body, false, target);
+                }
+                let request: EmbeddingsRequest =
+                    serde_json::from_slice(&body).map_err(AdapterError::MalformedRequest)?;
+                adapter.embeddings_request(&request, target)
             })
             .await;
         let (response, candidate) = match answered {
@@ -896,46 +948,73 @@ impl Attempts<'_> {
         };
         let provider = candidate.provider.clone();
         let attempts = account.record.attempts;
-        let answer = match read_limited(response.into_body(), MAX_ANSWER_BODY, provider.request_timeout)
-            .await
-            .and_then(|bytes| provider.adapter.embeddings_response(&bytes).map_err(|e| e.to_string()))
-        {
-            Ok(answer) => answer,
+        let bytes = match read_limited(response.into_body(), MAX_ANSWER_BODY, provider.request_timeout).await {
+            Ok(bytes) => bytes,
             Err(message) => return self.bad_answer(&mut account, &message),
         };
-        let mut answer = answer;
-        let usage = answer.usage.as_ref().map(|u| Usage::new(u.prompt_tokens, 0, None));
-        if answer.usage.is_none() {
-            let estimate = if token_ids > 0 { token_ids } else { account.prompt_estimate() };
-            answer.usage = Some(types::EmbeddingsUsage { prompt_tokens: estimate, total_tokens: estimate });
-        }
-        let usage = usage.or_else(|| (token_ids > 0).then(|| Usage::new(token_ids, 0, None)));
+        let usage = match EmbeddingsAnswer::read(provider.adapter.system(), &bytes) {
+            Ok(answer) => answer.usage(),
+            Err(error) => return self.bad_answer(&mut account, &error.to_string()),
+        };
+        let answer = match usage {
+            // The provider's answer, byte for byte.
+            Some(_) => bytes,
+            None => match self.estimate_embeddings_usage(&mut account, &provider, &body, &bytes) {
+                Ok(answer) => answer,
+                Err(message) => return self.bad_answer(&mut account, &message),
+            },
+        };
         account.finish(Served {
             outcome: UsageOutcome::Ok,
             http_status: 200,
-            usage,
+            usage: usage.or_else(|| {
+                let token_ids = embeddings_token_ids(&body);
+                (token_ids > 0).then(|| Usage::new(token_ids, 0, None))
+            }),
             usage_is_estimate: false,
             output_text: "",
             finish_reason: None,
             error: None,
         });
-        let mut response = match serde_json::to_vec(&answer) {
-            Ok(bytes) => json_response(StatusCode::OK, Bytes::from(bytes)),
-            Err(error) => {
-                error_response(self.ingress, ErrorKind::Server, StatusCode::INTERNAL_SERVER_ERROR, &error.to_string())
-            }
-        };
+        let mut response = json_response(StatusCode::OK, answer);
         response.headers_mut().extend(limit_headers);
         AiOutcome { response, provider: Some(provider.name.clone()), attempts, recorded: account.recorded() }
     }
+
+    /// An embeddings answer without usage (some compatible servers): decoded
+    /// and given the gateway's count, which callers read as the provider's.
+    fn estimate_embeddings_usage(
+        &self,
+        account: &mut Accounting,
+        provider: &super::snapshot::CompiledProvider,
+        request: &Bytes,
+        answer: &Bytes,
+    ) -> Result<Bytes, String> {
+        let mut answer = provider.adapter.embeddings_response(answer).map_err(|e| e.to_string())?;
+        let token_ids = embeddings_token_ids(request);
+        let estimate = if token_ids > 0 { token_ids } else { account.prompt_estimate() };
+        answer.usage = Some(tollgate_llm::types::EmbeddingsUsage { prompt_tokens: estimate, total_tokens: estimate });
+        serde_json::to_vec(&answer).map(Bytes::from).map_err(|e| e.to_string())
+    }
 }
 
-/// The caller's Anthropic request with the target's model id.
-fn passthrough_body(original: &Bytes, model: &str) -> Result<Bytes, AdapterError> {
-    let mut body: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(original).map_err(AdapterError::MalformedRequest)?;
-    body.insert("model".into(), serde_json::Value::String(model.to_string()));
-    serde_json::to_vec(&body).map(Bytes::from).map_err(AdapterError::MalformedRequest)
+/// Token ids in an embeddings request are counted, one per id, not estimated.
+fn embeddings_token_ids(body: &Bytes) -> u64 {
+    match serde_json::from_slice::<EmbeddingsRequest>(body).map(|r| r.input) {
+        Ok(EmbeddingsInput::Tokens(t)) => t.len() as u64,
+        Ok(EmbeddingsInput::TokenBatches(b)) => b.iter().map(|t| t.len() as u64).sum(),
+        _ => 0,
+    }
+}
+
+/// A streamed answer's response.
+fn event_stream(body: AiStream, content_type: &'static str, limit_headers: http::HeaderMap) -> Response<GatewayBody> {
+    let mut out = Response::new(body.boxed_unsync());
+    let headers = out.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.extend(limit_headers);
+    out
 }
 
 fn with_provider(mut outcome: AiOutcome, account: &Accounting) -> AiOutcome {

@@ -9,6 +9,7 @@
 //! the node's ledger (`crate::usage`).
 
 pub mod account;
+pub mod chat_call;
 pub mod cooldown;
 pub mod gateway;
 pub mod limits;

@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 use tollgate_llm::anthropic_ingress::MessagesStreamEncoder;
 use tollgate_llm::error::{AdapterError, ErrorKind, ProviderError, anthropic_error_event};
 use tollgate_llm::gemini_ingress::{self, GenerateContentStreamEncoder};
+use tollgate_llm::passthrough::ChatStreamScanner;
 use tollgate_llm::provider::StreamDecoder;
 use tollgate_llm::tokens;
 use tollgate_llm::types::{ChatChunk, Usage};
@@ -45,14 +46,55 @@ pub enum Encoder {
 /// The format of a passed-through stream, for an error the gateway adds to it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Passthrough {
+    /// OpenAI's chat stream from an OpenAI-wire provider: its events go out
+    /// as they came, read only by a scan for what billing needs.
+    OpenAi,
     Anthropic,
     /// Gemini's `alt=sse` stream.
     GeminiSse,
 }
 
+/// Where a stream's billing facts (usage, finish reason, output so far) come from.
+enum Reader {
+    /// The provider's stream decoded into canonical chunks.
+    Decode(Box<dyn StreamDecoder>),
+    /// An OpenAI stream passed through: scanned, never decoded in full.
+    Scan(Box<ChatStreamScanner>),
+}
+
+impl Reader {
+    fn usage(&self) -> Option<Usage> {
+        match self {
+            Reader::Decode(decoder) => decoder.usage(),
+            Reader::Scan(scanner) => scanner.usage(),
+        }
+    }
+
+    fn usage_is_final(&self) -> bool {
+        match self {
+            Reader::Decode(decoder) => decoder.usage_is_final(),
+            Reader::Scan(scanner) => scanner.usage_is_final(),
+        }
+    }
+
+    fn finish_reason(&self) -> Option<String> {
+        match self {
+            Reader::Decode(decoder) => decoder.finish_reason(),
+            Reader::Scan(scanner) => scanner.finish_reason(),
+        }
+    }
+
+    fn output_text(&self) -> &str {
+        match self {
+            Reader::Decode(decoder) => decoder.output_text(),
+            Reader::Scan(scanner) => scanner.output_text(),
+        }
+    }
+}
+
 pub struct AiStream {
     upstream: Incoming,
-    decoder: Box<dyn StreamDecoder>,
+    reader: Reader,
     encoder: Encoder,
     pending: VecDeque<Bytes>,
     account: Accounting,
@@ -75,8 +117,30 @@ impl AiStream {
         account: Accounting,
         idle_timeout: Duration,
     ) -> AiStream {
+        AiStream::with_reader(upstream, Reader::Decode(decoder), encoder, account, idle_timeout)
+    }
+
+    /// An OpenAI chat stream from a provider that speaks OpenAI's format: its
+    /// events are forwarded byte for byte as they arrive, and scanned for billing.
+    pub fn openai_passthrough(
+        upstream: Incoming,
+        scanner: ChatStreamScanner,
+        account: Accounting,
+        idle_timeout: Duration,
+    ) -> AiStream {
+        let reader = Reader::Scan(Box::new(scanner));
+        AiStream::with_reader(upstream, reader, Encoder::Passthrough(Passthrough::OpenAi), account, idle_timeout)
+    }
+
+    fn with_reader(
+        upstream: Incoming,
+        reader: Reader,
+        encoder: Encoder,
+        account: Accounting,
+        idle_timeout: Duration,
+    ) -> AiStream {
         let idle = (idle_timeout, Box::pin(tokio::time::sleep(idle_timeout)));
-        AiStream { upstream, decoder, encoder, pending: VecDeque::new(), account, last: None, ended: false, idle }
+        AiStream { upstream, reader, encoder, pending: VecDeque::new(), account, last: None, ended: false, idle }
     }
 
     fn emit(&mut self, chunks: Vec<ChatChunk>) {
@@ -125,17 +189,17 @@ impl AiStream {
 
     fn billed_usage(&self) -> (Usage, bool) {
         billed_usage(
-            self.decoder.usage(),
-            self.decoder.usage_is_final(),
+            self.reader.usage(),
+            self.reader.usage_is_final(),
             || self.account.prompt_estimate(),
-            self.decoder.output_text(),
+            self.reader.output_text(),
         )
     }
 
     fn complete(&mut self) {
         self.ended = true;
         let (usage, usage_is_estimate) = self.billed_usage();
-        let finish_reason = self.decoder.finish_reason();
+        let finish_reason = self.reader.finish_reason();
         match &mut self.encoder {
             Encoder::OpenAi { include_usage } => {
                 if *include_usage {
@@ -154,9 +218,14 @@ impl AiStream {
             Encoder::Gemini(encoder) => {
                 self.pending.extend(encoder.finish(Some(&usage), finish_reason.as_deref()));
             }
+            Encoder::Passthrough(Passthrough::OpenAi) => {
+                if let Reader::Scan(scanner) = &self.reader {
+                    self.pending.push_back(scanner.closing(&usage));
+                }
+            }
             Encoder::Passthrough(_) => {}
         }
-        let output_text = self.decoder.output_text().to_string();
+        let output_text = self.reader.output_text().to_string();
         self.account.finish(Served {
             outcome: UsageOutcome::Ok,
             http_status: 200,
@@ -168,6 +237,40 @@ impl AiStream {
         });
     }
 
+    /// One read of the provider's body: decoded and re-encoded, or (an
+    /// OpenAI passthrough) its whole events forwarded as they are.
+    fn on_data(&mut self, data: Bytes) {
+        let decoded = match &mut self.reader {
+            Reader::Scan(scanner) => {
+                let had_output = scanner.has_output();
+                let fed = scanner.feed(data, &mut self.pending);
+                if !had_output && scanner.has_output() {
+                    self.account.first_token();
+                }
+                fed.map(|()| Vec::new())
+            }
+            Reader::Decode(decoder) => {
+                if matches!(self.encoder, Encoder::Passthrough(_)) {
+                    self.pending.push_back(data.clone());
+                }
+                decoder.feed(&data)
+            }
+        };
+        match decoded {
+            Ok(chunks) => self.emit(chunks),
+            Err(error) => self.fail(error),
+        }
+    }
+
+    /// The provider's body ended (or broke): what was left in the reader goes out.
+    fn on_end(&mut self) -> Result<(), AdapterError> {
+        let decoded = match &mut self.reader {
+            Reader::Scan(scanner) => scanner.finish(&mut self.pending).map(|()| Vec::new()),
+            Reader::Decode(decoder) => decoder.finish(),
+        };
+        decoded.map(|chunks| self.emit(chunks))
+    }
+
     fn fail(&mut self, error: AdapterError) {
         self.ended = true;
         let (kind, message) = match &error {
@@ -175,7 +278,7 @@ impl AiStream {
             other => (ErrorKind::Server, other.to_string()),
         };
         match &mut self.encoder {
-            Encoder::OpenAi { .. } => {
+            Encoder::OpenAi { .. } | Encoder::Passthrough(Passthrough::OpenAi) => {
                 let body = serde_json::json!({"error": {"message": message, "type": "server_error", "param": null, "code": "stream_interrupted"}});
                 self.pending.push_back(sse_data(&body.to_string()));
             }
@@ -187,7 +290,7 @@ impl AiStream {
                 self.pending.push_back(gemini_ingress::sse_error_event(kind, &message))
             }
         }
-        let output_text = self.decoder.output_text().to_string();
+        let output_text = self.reader.output_text().to_string();
         let (usage, usage_is_estimate) = self.billed_usage();
         self.account.finish(Served {
             outcome: UsageOutcome::Error,
@@ -195,7 +298,7 @@ impl AiStream {
             usage: Some(usage),
             usage_is_estimate,
             output_text: &output_text,
-            finish_reason: self.decoder.finish_reason(),
+            finish_reason: self.reader.finish_reason(),
             error: Some(error.to_string()),
         });
     }
@@ -235,31 +338,19 @@ impl Body for AiStream {
                     let (limit, timer) = &mut this.idle;
                     timer.as_mut().reset(tokio::time::Instant::now() + *limit);
                     if let Ok(data) = frame.into_data() {
-                        if matches!(this.encoder, Encoder::Passthrough(_)) {
-                            this.pending.push_back(data.clone());
-                        }
-                        match this.decoder.feed(&data) {
-                            Ok(chunks) => this.emit(chunks),
-                            Err(error) => this.fail(error),
-                        }
+                        this.on_data(data);
                     }
                 }
                 Poll::Ready(Some(Err(error))) => {
                     tracing::debug!(%error, "provider stream broke");
-                    let err = match this.decoder.finish() {
-                        Ok(chunks) => {
-                            this.emit(chunks);
-                            AdapterError::BadUpstreamPayload { provider: "provider", detail: error.to_string() }
-                        }
+                    let err = match this.on_end() {
+                        Ok(()) => AdapterError::BadUpstreamPayload { provider: "provider", detail: error.to_string() },
                         Err(e) => e,
                     };
                     this.fail(err);
                 }
-                Poll::Ready(None) => match this.decoder.finish() {
-                    Ok(chunks) => {
-                        this.emit(chunks);
-                        this.complete();
-                    }
+                Poll::Ready(None) => match this.on_end() {
+                    Ok(()) => this.complete(),
                     Err(error) => this.fail(error),
                 },
             }
@@ -275,7 +366,7 @@ impl Drop for AiStream {
     fn drop(&mut self) {
         if !self.account.is_done() {
             // The client went away mid-stream: bill what was produced.
-            let output_text = self.decoder.output_text().to_string();
+            let output_text = self.reader.output_text().to_string();
             let (usage, usage_is_estimate) = self.billed_usage();
             self.account.finish(Served {
                 outcome: UsageOutcome::Cancelled,
@@ -283,7 +374,7 @@ impl Drop for AiStream {
                 usage: Some(usage),
                 usage_is_estimate,
                 output_text: &output_text,
-                finish_reason: self.decoder.finish_reason(),
+                finish_reason: self.reader.finish_reason(),
                 error: Some("the client closed the connection before the answer was complete".into()),
             });
         }

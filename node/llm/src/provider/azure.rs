@@ -8,7 +8,8 @@ use super::openai::{
     OpenAiStreamDecoder, classify_openai_error, parse_chat_response, parse_embeddings_response, upstream_chat_body,
 };
 use super::{
-    ProviderAdapter, ProviderKind, SseStream, StreamDecoder, UpstreamTarget, join_url, post_json, to_json_body,
+    OpenAiOperation, ProviderAdapter, ProviderKind, SseStream, StreamDecoder, UpstreamTarget, join_url, post_json,
+    to_json_body,
 };
 use crate::error::{AdapterError, ProviderError};
 use crate::types::{ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse};
@@ -48,8 +49,7 @@ impl ProviderAdapter for AzureAdapter {
         // Azure routes by deployment; the body's model is informational, so it names the
         // deployment too rather than the caller's alias.
         let body = to_json_body(&upstream_chat_body(req, target.model))?;
-        let url = deployment_url(target, "chat/completions")?;
-        post_json(&url, &[("api-key", target.api_key)], target, req.is_stream(), body)
+        self.openai_wire_request(OpenAiOperation::Chat, body, req.is_stream(), target)
     }
 
     fn chat_response(&self, body: &[u8]) -> Result<ChatResponse, AdapterError> {
@@ -67,8 +67,7 @@ impl ProviderAdapter for AzureAdapter {
     ) -> Result<http::Request<Bytes>, AdapterError> {
         let mut upstream = req.clone();
         upstream.model = target.model.to_owned();
-        let url = deployment_url(target, "embeddings")?;
-        post_json(&url, &[("api-key", target.api_key)], target, false, to_json_body(&upstream)?)
+        self.openai_wire_request(OpenAiOperation::Embeddings, to_json_body(&upstream)?, false, target)
     }
 
     fn embeddings_response(&self, body: &[u8]) -> Result<EmbeddingsResponse, AdapterError> {
@@ -77,5 +76,19 @@ impl ProviderAdapter for AzureAdapter {
 
     fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProviderError {
         classify_openai_error(status, headers, body)
+    }
+
+    fn openai_wire_request(
+        &self,
+        operation: OpenAiOperation,
+        body: Vec<u8>,
+        stream: bool,
+        target: &UpstreamTarget<'_>,
+    ) -> Result<http::Request<Bytes>, AdapterError> {
+        let url = match operation {
+            OpenAiOperation::Chat => deployment_url(target, "chat/completions")?,
+            OpenAiOperation::Embeddings => deployment_url(target, "embeddings")?,
+        };
+        post_json(&url, &[("api-key", target.api_key)], target, stream, body)
     }
 }

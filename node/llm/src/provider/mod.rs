@@ -72,6 +72,38 @@ pub trait ProviderAdapter: Send + Sync {
     fn embeddings_response(&self, body: &[u8]) -> Result<EmbeddingsResponse, AdapterError>;
     /// Classifies a non-2xx upstream answer (reads Retry-After / retry-after-ms / provider-specific hints).
     fn error(&self, status: http::StatusCode, headers: &http::HeaderMap, body: &[u8]) -> ProviderError;
+    /// A body already in OpenAI's wire format (the caller's own, edited by
+    /// [`crate::passthrough::rewrite_request`]), sent as it is: the same-format
+    /// passthrough. Only the adapters that speak that format accept it.
+    fn openai_wire_request(
+        &self,
+        operation: OpenAiOperation,
+        _body: Vec<u8>,
+        _stream: bool,
+        _target: &UpstreamTarget<'_>,
+    ) -> Result<http::Request<Bytes>, AdapterError> {
+        Err(AdapterError::Unsupported {
+            provider: self.system(),
+            feature: format!("an OpenAI-format {operation} body"),
+            hint: "the gateway translates the request for this provider",
+        })
+    }
+}
+
+/// The OpenAI endpoints a passed-through body can go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenAiOperation {
+    Chat,
+    Embeddings,
+}
+
+impl std::fmt::Display for OpenAiOperation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OpenAiOperation::Chat => "chat completions",
+            OpenAiOperation::Embeddings => "embeddings",
+        })
+    }
 }
 
 pub trait StreamDecoder: Send {

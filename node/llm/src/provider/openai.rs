@@ -8,8 +8,8 @@ use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use super::{
-    EventDecoder, ProviderAdapter, ProviderKind, SseStream, StreamDecoder, UpstreamTarget, join_url, post_json,
-    to_json_body,
+    EventDecoder, OpenAiOperation, ProviderAdapter, ProviderKind, SseStream, StreamDecoder, UpstreamTarget, join_url,
+    post_json, to_json_body,
 };
 use crate::error::{AdapterError, ErrorKind, ProviderError, classify, error_object};
 use crate::types::{ChatChunk, ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, StreamOptions, Usage};
@@ -40,14 +40,7 @@ impl ProviderAdapter for OpenAiAdapter {
         target: &UpstreamTarget<'_>,
     ) -> Result<http::Request<Bytes>, AdapterError> {
         let body = to_json_body(&upstream_chat_body(req, target.model))?;
-        let bearer = format!("Bearer {}", target.api_key);
-        post_json(
-            &join_url(target.base_url, "/chat/completions"),
-            &[("authorization", &bearer)],
-            target,
-            req.is_stream(),
-            body,
-        )
+        self.openai_wire_request(OpenAiOperation::Chat, body, req.is_stream(), target)
     }
 
     fn chat_response(&self, body: &[u8]) -> Result<ChatResponse, AdapterError> {
@@ -65,14 +58,7 @@ impl ProviderAdapter for OpenAiAdapter {
     ) -> Result<http::Request<Bytes>, AdapterError> {
         let mut upstream = req.clone();
         upstream.model = target.model.to_owned();
-        let bearer = format!("Bearer {}", target.api_key);
-        post_json(
-            &join_url(target.base_url, "/embeddings"),
-            &[("authorization", &bearer)],
-            target,
-            false,
-            to_json_body(&upstream)?,
-        )
+        self.openai_wire_request(OpenAiOperation::Embeddings, to_json_body(&upstream)?, false, target)
     }
 
     fn embeddings_response(&self, body: &[u8]) -> Result<EmbeddingsResponse, AdapterError> {
@@ -81,6 +67,21 @@ impl ProviderAdapter for OpenAiAdapter {
 
     fn error(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProviderError {
         classify_openai_error(status, headers, body)
+    }
+
+    fn openai_wire_request(
+        &self,
+        operation: OpenAiOperation,
+        body: Vec<u8>,
+        stream: bool,
+        target: &UpstreamTarget<'_>,
+    ) -> Result<http::Request<Bytes>, AdapterError> {
+        let path = match operation {
+            OpenAiOperation::Chat => "/chat/completions",
+            OpenAiOperation::Embeddings => "/embeddings",
+        };
+        let bearer = format!("Bearer {}", target.api_key);
+        post_json(&join_url(target.base_url, path), &[("authorization", &bearer)], target, stream, body)
     }
 }
 
