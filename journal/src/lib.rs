@@ -145,7 +145,7 @@ impl Journal {
             None => (1, segment::path(dir, 1)),
         };
         let mut mapped = Mapped::open(path, options.segment_bytes).map_err(io)?;
-        let (end, next_seq, last_written) = recover(&mut mapped.map, first_seq);
+        let (end, next_seq, last_written) = recover(&mut mapped, first_seq).map_err(io)?;
         // A segment with no record yet: the clock goes on from the one before.
         let clock_ms = match (last_written, segments.len()) {
             (Some(ms), _) => ms,
@@ -203,6 +203,7 @@ impl Journal {
         let seq = active.next_seq;
         frame::write(&mut active.segment.map[active.end..active.end + need], seq, written_ms, payload);
         active.end += need;
+        active.segment.release_written(active.end);
         active.next_seq = seq + 1;
         active.clock_ms = written_ms;
         active.first_written_ms.get_or_insert(written_ms);
@@ -366,18 +367,19 @@ impl Journal {
 /// everything past that end (what a killed process left of a record, or
 /// frames a power cut wrote back out of order), so that no stale byte ever
 /// follows a record appended later.
-fn recover(map: &mut [u8], first_seq: u64) -> (usize, u64, Option<i64>) {
+fn recover(mapped: &mut Mapped, first_seq: u64) -> std::io::Result<(usize, u64, Option<i64>)> {
     let (mut end, mut next_seq, mut last_written) = (0, first_seq, None);
-    while let Ok(Parsed { written_ms, frame_len, .. }) = frame::parse(&map[end..], next_seq) {
+    while let Ok(Parsed { written_ms, frame_len, .. }) = frame::parse(&mapped.map[end..], next_seq) {
         end += frame_len;
         next_seq += 1;
         last_written = Some(written_ms);
     }
-    let tail = &mut map[end..];
-    if tail.iter().any(|b| *b != 0) {
-        tail.fill(0);
+    // A torn record (a killed process) leaves bytes after the last whole one.
+    if !mapped.is_zero_from(end)? {
+        mapped.map[end..].fill(0);
     }
-    (end, next_seq, last_written)
+    mapped.release_written(end);
+    Ok((end, next_seq, last_written))
 }
 
 fn first_written_ms(map: &[u8]) -> Option<i64> {

@@ -39,10 +39,18 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<SegmentFile>> {
     Ok(out)
 }
 
+/// Written pages are handed back to the page cache in steps of this many
+/// bytes, so the mapping costs the process at most this much resident
+/// memory however full the segment is.
+const RELEASE_STEP: usize = 1 << 20;
+const PAGE: usize = 4096;
+
 /// The segment records are appended to.
 pub struct Mapped {
     file: File,
     pub map: MmapMut,
+    /// Bytes from the start whose pages were handed back (`release_written`).
+    released: usize,
 }
 
 impl Mapped {
@@ -55,7 +63,51 @@ impl Mapped {
             reserve(&file, len, size)?;
         }
         let map = map(&file)?;
-        Ok(Mapped { file, map })
+        Ok(Mapped { file, map, released: 0 })
+    }
+
+    /// Whether every byte from `from` on is zero, read with `pread`: read
+    /// through the mapping, a fresh segment's zeros would all become
+    /// resident memory of the process.
+    pub fn is_zero_from(&self, from: usize) -> std::io::Result<bool> {
+        let mut buffer = vec![0; 1 << 16];
+        let mut at = from;
+        while at < self.map.len() {
+            let n = buffer.len().min(self.map.len() - at);
+            self.file.read_exact_at(&mut buffer[..n], at as u64)?;
+            if buffer[..n].iter().any(|b| *b != 0) {
+                return Ok(false);
+            }
+            at += n;
+        }
+        Ok(true)
+    }
+
+    /// Records now take `end` bytes: once another step of them is written,
+    /// their pages leave the process (they stay in the page cache, dirty
+    /// until written back, and readers use `pread`). Appends never touch
+    /// bytes before `end` again, so nothing of the mapping that is in use
+    /// is given back.
+    #[allow(unsafe_code)]
+    pub fn release_written(&mut self, end: usize) {
+        let upto = end / PAGE * PAGE;
+        if upto < self.released + RELEASE_STEP {
+            return;
+        }
+        // SAFETY: MADV_DONTNEED on a shared file mapping drops this
+        // process's page-table entries only; the data is in the page cache
+        // and a later access faults it back in unchanged. No reference into
+        // `[released, upto)` is held: appends write after `end` only, and
+        // `recover` and `first_written_ms` borrow the mapping only while
+        // the journal opens.
+        let advised = unsafe {
+            self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, self.released, upto - self.released)
+        };
+        match advised {
+            Ok(()) => self.released = upto,
+            // Only costs memory: try again at the next step.
+            Err(error) => tracing::debug!(%error, "cannot release written journal pages"),
+        }
     }
 
     /// Unmaps the segment and cuts it to the `used` bytes its records take.

@@ -275,3 +275,40 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+/// Resident kB of this process's mapping of `file` (0 when not mapped).
+fn resident_kb_of(file: &Path) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut in_file = false;
+    let mut total = 0;
+    for line in smaps.lines() {
+        if line.split_whitespace().next().is_some_and(|range| range.contains('-') && !range.ends_with(':')) {
+            in_file = line.ends_with(file.to_str().unwrap());
+        } else if in_file && let Some(kb) = line.strip_prefix("Rss:") {
+            total += kb.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap();
+        }
+    }
+    total
+}
+
+#[test]
+fn the_mapping_of_the_active_segment_stays_small_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options { segment_bytes: 16 << 20, rotate_after_ms: 3_600_000 };
+    let journal = Journal::open(dir.path(), options.clone()).unwrap();
+    let file = segment::path(dir.path(), 1);
+    // Opening checks the whole (zero) tail without faulting it in.
+    assert!(resident_kb_of(&file) <= 64, "fresh: {} kB", resident_kb_of(&file));
+    let record = payload(0, 1_000);
+    for _ in 0..8_000 {
+        journal.append(1_000, &record).unwrap();
+    }
+    // About 8 MB written; at most one release step (1 MiB) and a page stay mapped.
+    assert!(resident_kb_of(&file) <= 1_100, "after 8 MB: {} kB", resident_kb_of(&file));
+    let frames = journal.read_after(0, 10_000).unwrap();
+    assert_eq!(frames.len(), 8_000, "released pages still read back");
+    drop(journal);
+    let journal = Journal::open(dir.path(), options).unwrap();
+    assert_eq!(journal.last_seq(), 8_000, "and are recovered after a reopen");
+    assert!(resident_kb_of(&file) <= 1_100, "reopened: {} kB", resident_kb_of(&file));
+}

@@ -9,7 +9,7 @@
 # Each closed-loop row also prints the proxy's CPU per request (user and
 # kernel, from /proc) and how often it was preempted per request.
 # Needs release builds (cargo build --release -p tollgate-node -p tollgate-loadtest
-# --bin tollgate-load --example bare_proxy) and nginx (apt-get install -y nginx).
+# --bin tollgate --bin tollgate-load --example bare_proxy) and nginx (apt-get install -y nginx).
 # Everything listens on 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
