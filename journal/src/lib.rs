@@ -376,7 +376,7 @@ fn recover(mapped: &mut Mapped, first_seq: u64) -> std::io::Result<(usize, u64, 
     }
     // A torn record (a killed process) leaves bytes after the last whole one.
     if !mapped.is_zero_from(end)? {
-        mapped.map[end..].fill(0);
+        mapped.zero_from(end);
     }
     mapped.release_written(end);
     Ok((end, next_seq, last_written))

@@ -88,25 +88,38 @@ impl Mapped {
     /// until written back, and readers use `pread`). Appends never touch
     /// bytes before `end` again, so nothing of the mapping that is in use
     /// is given back.
-    #[allow(unsafe_code)]
     pub fn release_written(&mut self, end: usize) {
         let upto = end / PAGE * PAGE;
         if upto < self.released + RELEASE_STEP {
             return;
         }
-        // SAFETY: MADV_DONTNEED on a shared file mapping drops this
-        // process's page-table entries only; the data is in the page cache
-        // and a later access faults it back in unchanged. No reference into
-        // `[released, upto)` is held: appends write after `end` only, and
-        // `recover` and `first_written_ms` borrow the mapping only while
-        // the journal opens.
-        let advised = unsafe {
-            self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, self.released, upto - self.released)
-        };
-        match advised {
-            Ok(()) => self.released = upto,
-            // Only costs memory: try again at the next step.
-            Err(error) => tracing::debug!(%error, "cannot release written journal pages"),
+        self.release(self.released, upto);
+        // Failed or not, the range is not tried again (a failure only costs
+        // memory, and retrying would cost a system call per append).
+        self.released = upto;
+    }
+
+    /// Zeroes everything from `from` on (a torn record's bytes after a
+    /// crash), then hands those pages back: a segment's zero tail is not
+    /// the process's memory.
+    pub fn zero_from(&mut self, from: usize) {
+        self.map[from..].fill(0);
+        self.release(from.div_ceil(PAGE) * PAGE, self.map.len());
+    }
+
+    #[allow(unsafe_code)]
+    fn release(&mut self, from: usize, to: usize) {
+        if from >= to {
+            return;
+        }
+        // SAFETY: `&mut self` means no borrow of the mapping is alive.
+        // MADV_DONTNEED on a shared file mapping drops this process's
+        // page-table entries only: the data stays in the page cache (dirty
+        // pages stay dirty and are written back) and a later access faults
+        // it in unchanged.
+        let advised = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from) };
+        if let Err(error) = advised {
+            tracing::debug!(%error, "cannot hand journal pages back to the page cache");
         }
     }
 

@@ -277,6 +277,7 @@ proptest! {
 }
 
 /// Resident kB of this process's mapping of `file` (0 when not mapped).
+#[cfg(target_os = "linux")]
 fn resident_kb_of(file: &Path) -> u64 {
     let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
     let mut in_file = false;
@@ -291,6 +292,7 @@ fn resident_kb_of(file: &Path) -> u64 {
     total
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn the_mapping_of_the_active_segment_stays_small_in_memory() {
     let dir = tempfile::tempdir().unwrap();

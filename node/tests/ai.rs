@@ -658,6 +658,37 @@ async fn openai_callers_bodies_and_answers_pass_through_byte_for_byte() {
 }
 
 #[tokio::test]
+async fn embeddings_from_a_provider_of_another_format_are_translated_not_passed_through() {
+    let mock = MockGemini::spawn(LlmMockConfig { embedding_dimensions: 4, ..Default::default() }).await.unwrap();
+    let mut gw = Gateway::start().await;
+    gw.provider("google", ProviderKind::Gemini, mock.url(), &["g1"]).await;
+    let reply =
+        gw.post("/v1/embeddings", json!({"model": "google/text-embedding-004", "input": ["one fox", "two"]})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", String::from_utf8_lossy(&reply.body));
+    let body = reply.json();
+    assert_eq!(body["object"], "list", "OpenAI's format: {body}");
+    assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    let seen = mock.last_request().unwrap();
+    assert!(seen.path.contains(":batchEmbedContents"), "{}", seen.path);
+    assert!(gw.usage_of("google/text-embedding-004", 1).await.input_tokens > 0);
+}
+
+#[tokio::test]
+async fn a_stream_request_answered_with_json_sends_the_caller_none_of_it() {
+    let mut gw = Gateway::start().await;
+    // A server that ignores `stream` answers JSON (this one describes the
+    // request it got, headers and all).
+    let upstream = common::Upstream::start("odd").await;
+    gw.provider("odd", ProviderKind::OpenaiCompatible, format!("http://{}/v1", upstream.addr), &["k1"]).await;
+    let reply = gw.post("/v1/chat/completions", chat("odd/m", true)).await;
+    let text = String::from_utf8_lossy(&reply.body).to_string();
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{text}");
+    assert!(text.contains("text/event-stream") && !text.contains("sk-k1") && !text.contains("body_sha256"), "{text}");
+    assert_eq!(gw.usage_of("odd/m", 1).await.errors, 1, "accounted as a failed call");
+}
+
+#[tokio::test]
 async fn a_second_model_key_or_a_body_that_is_not_an_object_never_reaches_a_provider() {
     let mock = mock_openai(LlmMockConfig::default()).await;
     let mut gw = Gateway::start_with_models(vec!["cheap".into()]).await;

@@ -75,8 +75,12 @@ pub enum RequestError {
     Syntax(usize),
     #[error("request body has the key `{0}` more than once; send it once")]
     DuplicateKey(&'static str),
-    #[error("`{0}` must be a JSON object")]
+    #[error("`{0}` must be a JSON object or null")]
     NotAnObjectField(&'static str),
+    /// Servers that match keys without regard to case (Go's `encoding/json`,
+    /// ASP.NET) would read this key as the one the gateway decided on.
+    #[error("request body has the key `{0}`, which some servers read as `{1}`; spell it `{1}`, exactly once")]
+    LookAlikeKey(String, &'static str),
 }
 
 impl From<RequestError> for AdapterError {
@@ -206,6 +210,7 @@ pub fn rewrite_request(body: &[u8], edit: &RequestEdit<'_>) -> Result<Vec<u8>, R
     let mut model: Option<Range<usize>> = None;
     let mut options: Option<Range<usize>> = None;
     let top = scan_object(body, open, |member| {
+        refuse_look_alike(body, &member.key, DECIDED_KEYS)?;
         if key_is(body, &member.key, "model")? {
             if model.replace(member.value.clone()).is_some() {
                 return Err(RequestError::DuplicateKey("model"));
@@ -243,6 +248,7 @@ pub fn rewrite_request(body: &[u8], edit: &RequestEdit<'_>) -> Result<Vec<u8>, R
             Some(span) if body[span.start] == b'{' => {
                 let mut flag: Option<Range<usize>> = None;
                 let inner = scan_object(body, span.start, |member| {
+                    refuse_look_alike(body, &member.key, &["include_usage"])?;
                     if key_is(body, &member.key, "include_usage")? && flag.replace(member.value.clone()).is_some() {
                         return Err(RequestError::DuplicateKey("include_usage"));
                     }
@@ -403,6 +409,34 @@ fn scan_object(
     }
 }
 
+/// The top-level keys the gateway reads and decides on.
+const DECIDED_KEYS: &[&str] = &["model", "stream", "stream_options", "messages", "max_tokens", "max_completion_tokens"];
+
+/// Refuses a key that is not one of `names` but folds to one of them the way
+/// case-insensitive JSON readers fold (ASCII case, and Unicode's `ſ` → `s`
+/// and Kelvin sign → `k`, as Go's `strings.EqualFold` does): such a server
+/// could read `{"model":"cheap","Model":"dear"}` as the dear one.
+fn refuse_look_alike(b: &[u8], key: &Range<usize>, names: &[&'static str]) -> Result<(), RequestError> {
+    let raw = &b[key.start + 1..key.end - 1];
+    let decoded: Cow<'_, str> = if raw.contains(&b'\\') {
+        serde_json::from_slice(&b[key.clone()]).map_err(RequestError::Malformed)?
+    } else {
+        Cow::Borrowed(std::str::from_utf8(raw).map_err(RequestError::NotUtf8)?)
+    };
+    let folds_to = |name: &str| {
+        let mut folded = decoded.chars().map(|c| match c {
+            '\u{17F}' => 's',
+            '\u{212A}' => 'k',
+            c => c.to_ascii_lowercase(),
+        });
+        name.chars().all(|n| folded.next() == Some(n)) && folded.next().is_none()
+    };
+    match names.iter().find(|name| folds_to(name)) {
+        Some(name) if *decoded != **name => Err(RequestError::LookAlikeKey(decoded.into_owned(), name)),
+        _ => Ok(()),
+    }
+}
+
 /// Whether the key spanning `key` (quotes included) decodes to `name`. Keys
 /// without a backslash are compared as bytes; an escaped one is decoded, since
 /// serde and the provider both read `"mod\u0065l"` as `model`.
@@ -493,9 +527,14 @@ impl UsageScan {
 }
 
 /// Fails unless the body opens a JSON object (after whitespace).
-fn opens_object(provider: &'static str, what: &str, body: &[u8]) -> Result<(), AdapterError> {
-    match body.iter().find(|b| !is_ws(**b)) {
-        Some(b'{') => Ok(()),
+/// The answer as text, if it is UTF-8 and opens an object. Checked whole:
+/// serde skips the strings it ignores without checking their UTF-8, and the
+/// caller is sent the bytes as `application/json`.
+fn opens_object<'a>(provider: &'static str, what: &str, body: &'a [u8]) -> Result<&'a str, AdapterError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| AdapterError::bad_payload(provider, format!("{what}: not UTF-8 ({e})")))?;
+    match text.bytes().find(|b| !is_ws(*b)) {
+        Some(b'{') => Ok(text),
         _ => Err(AdapterError::bad_payload(provider, format!("{what}: not a JSON object"))),
     }
 }
@@ -580,8 +619,8 @@ impl<'de: 'a, 'a> Visitor<'de> for ContentVisitor<'a> {
 impl<'a> ChatAnswer<'a> {
     /// `provider` names the provider in an error (`ProviderAdapter::system`).
     pub fn read(provider: &'static str, body: &'a [u8]) -> Result<ChatAnswer<'a>, AdapterError> {
-        opens_object(provider, "chat completion", body)?;
-        serde_json::from_slice(body).map_err(|e| AdapterError::bad_payload(provider, format!("chat completion: {e}")))
+        let text = opens_object(provider, "chat completion", body)?;
+        serde_json::from_str(text).map_err(|e| AdapterError::bad_payload(provider, format!("chat completion: {e}")))
     }
 
     /// The provider's counts; `None` when it reported none (the gateway then
@@ -629,8 +668,8 @@ pub struct EmbeddingsAnswer<'a> {
 
 impl<'a> EmbeddingsAnswer<'a> {
     pub fn read(provider: &'static str, body: &'a [u8]) -> Result<EmbeddingsAnswer<'a>, AdapterError> {
-        opens_object(provider, "embeddings", body)?;
-        serde_json::from_slice(body).map_err(|e| AdapterError::bad_payload(provider, format!("embeddings: {e}")))
+        let text = opens_object(provider, "embeddings", body)?;
+        serde_json::from_str(text).map_err(|e| AdapterError::bad_payload(provider, format!("embeddings: {e}")))
     }
 
     /// Input tokens, as the full path bills them (`Usage::new(prompt_tokens, 0, None)`).
@@ -979,7 +1018,14 @@ impl ChatStreamScanner {
         if self.done {
             return Ok(Verdict::Drop);
         }
-        let Some(data) = event_data(event) else { return Ok(Verdict::Forward) };
+        let Some(data) = event_data(event) else {
+            // Comments (keep-alives) go out; anything else without data (a
+            // JSON body where a stream was asked for, `event:`-only lines) is
+            // not the caller's to see unbilled: dropped, and a stream that
+            // never says `[DONE]` ends as truncated.
+            let comment_only = lines(event).all(|line| line.is_empty() || line.first() == Some(&b':'));
+            return Ok(if comment_only { Verdict::Forward } else { Verdict::Drop });
+        };
         let data = std::str::from_utf8(&data)
             .map_err(|e| AdapterError::bad_payload(self.provider, format!("stream line is not UTF-8: {e}")))?
             .trim();
@@ -1244,8 +1290,30 @@ mod tests {
             edit(r#"{"model":"a","stream_options":{"include_usage":false,"include_usag\u0065":true}}"#, "m", true),
             Err(RequestError::DuplicateKey("include_usage"))
         ));
-        // A key that only looks like `model` once unescaped wrongly is another key.
-        assert_eq!(edit(r#"{"Model":"x","model":"a"}"#, "b", false).unwrap(), r#"{"Model":"x","model":"b"}"#);
+        // Keys a case-insensitive server would read as one the gateway decided on.
+        for body in [
+            r#"{"Model":"x","model":"a"}"#,
+            r#"{"model":"a","STREAM":false}"#,
+            r#"{"model":"a","\u017Ftream":true}"#,
+            r#"{"model":"a","max_to\u212Aens":9}"#,
+            r#"{"model":"a","stream_options":{"Include_Usage":false}}"#,
+        ] {
+            assert!(matches!(edit(body, "b", true), Err(RequestError::LookAlikeKey(..))), "{body}");
+        }
+        // Other keys are the provider's, whatever their case.
+        assert_eq!(edit(r#"{"Modal":"x","model":"a"}"#, "b", false).unwrap(), r#"{"Modal":"x","model":"b"}"#);
+    }
+
+    #[test]
+    fn a_stream_answered_with_something_else_forwards_nothing_of_it() {
+        let body = br#"{"id":"c","object":"chat.completion","choices":[{"message":{"content":"free"}}]}"#;
+        let mut scanner = ChatStreamScanner::new("openai_compatible", false);
+        let (out, ended) = run(&mut scanner, body, &[]);
+        assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+        assert!(matches!(ended, Err(AdapterError::Truncated { .. })));
+        let mut scanner = ChatStreamScanner::new("openai", false);
+        let (out, _) = run(&mut scanner, b"event: ping\nid: 7\n\n: keep-alive\n\n", &[]);
+        assert_eq!(out, b": keep-alive\n\n", "comments only");
     }
 
     #[test]

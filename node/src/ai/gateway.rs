@@ -803,6 +803,16 @@ impl Attempts<'_> {
 
         if stream {
             if passthrough && self.ingress == Ingress::OpenAi {
+                // Its bytes go to the caller as they are: they must be a stream.
+                let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+                if !content_type.is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream")) {
+                    let message = format!(
+                        "provider {} answered a stream request with content type {:?}, not text/event-stream",
+                        provider.name,
+                        content_type.unwrap_or("(none)")
+                    );
+                    return self.bad_answer(&mut account, &message);
+                }
                 let scanner = ChatStreamScanner::new(provider.adapter.system(), call.wants_usage_chunk);
                 let body =
                     AiStream::openai_passthrough(response.into_body(), scanner, account, provider.request_timeout);
@@ -952,15 +962,21 @@ impl Attempts<'_> {
             Ok(bytes) => bytes,
             Err(message) => return self.bad_answer(&mut account, &message),
         };
-        let usage = match EmbeddingsAnswer::read(provider.adapter.system(), &bytes) {
-            Ok(answer) => answer.usage(),
-            Err(error) => return self.bad_answer(&mut account, &error.to_string()),
+        // An OpenAI-format answer is scanned for its usage and sent as it
+        // came; another provider's (Gemini's) is translated.
+        let scanned = if self.ingress.spoken_by(provider.kind) {
+            match EmbeddingsAnswer::read(provider.adapter.system(), &bytes) {
+                Ok(answer) => answer.usage(),
+                Err(error) => return self.bad_answer(&mut account, &error.to_string()),
+            }
+        } else {
+            None
         };
-        let answer = match usage {
+        let (answer, usage) = match scanned {
             // The provider's answer, byte for byte.
-            Some(_) => bytes,
-            None => match self.estimate_embeddings_usage(&mut account, &provider, &body, &bytes) {
-                Ok(answer) => answer,
+            Some(usage) => (bytes, Some(usage)),
+            None => match self.translate_embeddings(&mut account, &provider, &body, &bytes) {
+                Ok(translated) => translated,
                 Err(message) => return self.bad_answer(&mut account, &message),
             },
         };
@@ -981,20 +997,27 @@ impl Attempts<'_> {
         AiOutcome { response, provider: Some(provider.name.clone()), attempts, recorded: account.recorded() }
     }
 
-    /// An embeddings answer without usage (some compatible servers): decoded
-    /// and given the gateway's count, which callers read as the provider's.
-    fn estimate_embeddings_usage(
+    /// An embeddings answer in another format (Gemini's), or one without
+    /// usage (some compatible servers): decoded into OpenAI's, with the
+    /// provider's usage, else the gateway's count (which callers read as the
+    /// provider's). Returns the answer and the provider's usage, if any.
+    fn translate_embeddings(
         &self,
         account: &mut Accounting,
         provider: &super::snapshot::CompiledProvider,
         request: &Bytes,
         answer: &Bytes,
-    ) -> Result<Bytes, String> {
+    ) -> Result<(Bytes, Option<Usage>), String> {
         let mut answer = provider.adapter.embeddings_response(answer).map_err(|e| e.to_string())?;
-        let token_ids = embeddings_token_ids(request);
-        let estimate = if token_ids > 0 { token_ids } else { account.prompt_estimate() };
-        answer.usage = Some(tollgate_llm::types::EmbeddingsUsage { prompt_tokens: estimate, total_tokens: estimate });
-        serde_json::to_vec(&answer).map(Bytes::from).map_err(|e| e.to_string())
+        let usage = answer.usage.as_ref().map(|u| Usage::new(u.prompt_tokens, 0, None));
+        if answer.usage.is_none() {
+            let token_ids = embeddings_token_ids(request);
+            let estimate = if token_ids > 0 { token_ids } else { account.prompt_estimate() };
+            answer.usage =
+                Some(tollgate_llm::types::EmbeddingsUsage { prompt_tokens: estimate, total_tokens: estimate });
+        }
+        let answer = serde_json::to_vec(&answer).map(Bytes::from).map_err(|e| e.to_string())?;
+        Ok((answer, usage))
     }
 }
 
