@@ -75,7 +75,7 @@ async fn ask(limiter: &Limiter, node_id: u64, propose: &ProposeLease, wanted: Ve
             ..Default::default()
         };
         if lease.wants_ahead() {
-            asks.push(ask(lease.ahead_size(horizon_ms(lease)), 1, true));
+            asks.push(ask(lease.ahead_size(now, horizon_ms(lease)), 1, true));
         }
         if lease.is_asking() {
             let (want, need) = lease.ask_size(now, horizon_ms(lease));

@@ -34,6 +34,8 @@ pub struct Lease {
     need: AtomicU64,
     /// Units spent since this lease was created, for the rate estimate.
     spent: AtomicU64,
+    /// `spent` when the open window began here, for the window's own rate.
+    spent_at_window_start: AtomicU64,
     pub(crate) last_used_ms: AtomicI64,
     sizing: Mutex<Sizing>,
     /// Units of the next window, leased ahead: (start, end, units). Its
@@ -92,6 +94,7 @@ impl Lease {
             asking: AtomicBool::new(false),
             need: AtomicU64::new(0),
             spent: AtomicU64::new(0),
+            spent_at_window_start: AtomicU64::new(0),
             last_used_ms: AtomicI64::new(0),
             sizing: Mutex::new(Sizing::default()),
             next: Mutex::new(None),
@@ -154,6 +157,7 @@ impl Lease {
         match *next {
             Some((start, end, units)) if start <= now_ms && now_ms < end && start > self.window_start_ms() => {
                 self.balance.store(units as i64, Ordering::Release);
+                self.spent_at_window_start.store(self.spent.load(Ordering::Relaxed), Ordering::Relaxed);
                 self.window_start_ms.store(start, Ordering::Release);
                 self.window_end_ms.store(end, Ordering::Release);
                 self.spent_out.store(false, Ordering::Release);
@@ -251,11 +255,15 @@ impl Lease {
         let by_rate = (sizing.rate * horizon_ms as f64 / 1000.0).ceil() as u64;
         let mut want = by_rate.max(spent_since.saturating_mul(2));
         // Near the end of the window, no more than the node can spend before
-        // it closes: units still held then are stranded (leased, never spent).
+        // it closes, counting what it still holds: units held then are
+        // stranded (leased, never spent). (Not counting the balance stranded
+        // the low-water reserve every window: a node asking at half its last
+        // grant ended each window holding about that half.)
         let end = self.window_end_ms.load(Ordering::Acquire);
         if self.has_held() && end > now_ms {
             let spendable = (sizing.rate * (end - now_ms) as f64 / 1000.0).ceil() as u64 + 1;
-            want = want.min(spendable);
+            let held = self.balance.load(Ordering::Acquire).max(0) as u64;
+            want = want.min(spendable.saturating_sub(held));
         }
         (want.max(need).max(1), need)
     }
@@ -265,10 +273,29 @@ impl Lease {
     }
 
     /// What to ask ahead for the next window: the observed rate over the
-    /// horizon (the rate estimate is left as it is).
-    pub(crate) fn ahead_size(&self, horizon_ms: i64) -> u64 {
-        let rate = self.sizing.lock().map_or(0.0, |s| s.rate);
+    /// horizon (the rate estimate is left as it is), but no more than the
+    /// open window's own rate gives. The smoothed rate follows the gaps
+    /// between asks, and a node with bursty traffic (a few requests at
+    /// once, then none) sees spikes in it; units leased ahead on a spike
+    /// are held through the next window unspent while other nodes are
+    /// refused.
+    pub(crate) fn ahead_size(&self, now_ms: i64, horizon_ms: i64) -> u64 {
+        let smoothed = self.sizing.lock().map_or(0.0, |s| s.rate);
+        let rate = self.window_rate(now_ms).map_or(smoothed, |window| smoothed.min(window));
         ((rate * horizon_ms as f64 / 1000.0).ceil() as u64).max(1)
+    }
+
+    /// Units per second spent in the open window so far, once it has run
+    /// long enough (100 ms) to say.
+    fn window_rate(&self, now_ms: i64) -> Option<f64> {
+        let elapsed = now_ms - self.window_start_ms();
+        if elapsed < 100 || !self.has_held() {
+            return None;
+        }
+        // Saturating: a refund may take `spent` below its mark.
+        let spent =
+            self.spent.load(Ordering::Relaxed).saturating_sub(self.spent_at_window_start.load(Ordering::Relaxed));
+        Some(spent as f64 * 1000.0 / elapsed as f64)
     }
 
     /// Applies the answer to an ask, and wakes the requests waiting for it.
@@ -299,6 +326,7 @@ impl Lease {
             let ahead = next.take_if(|n| n.0 == grant.window_start_ms);
             *next = next.filter(|n| n.0 > grant.window_start_ms);
             self.balance.store(units + ahead.map_or(0, |n| n.2 as i64), Ordering::Release);
+            self.spent_at_window_start.store(self.spent.load(Ordering::Relaxed), Ordering::Relaxed);
             self.asking_next.store(false, Ordering::Release);
             self.window_start_ms.store(grant.window_start_ms, Ordering::Release);
             self.window_end_ms.store(grant.window_end_ms, Ordering::Release);
@@ -445,6 +473,21 @@ mod tests {
         answer_at(&lease, &grant(3, 3_000, 3), 2_500);
         assert!(!taken(lease.try_take(1, 10, 4_500)));
         assert!(asks(lease.try_take(1, 10, 4_501)) || lease.is_asking());
+    }
+
+    #[test]
+    fn near_the_end_of_a_window_a_lease_asks_only_for_what_it_cannot_already_cover() {
+        let lease = Lease::new("l".into(), "b".into());
+        answer_at(&lease, &grant(40, 0, 40), 0);
+        // 20 spent in the first half second: a rate of 40 per second.
+        for at in 0..20 {
+            assert!(taken(lease.try_take(1, 100, at * 25)));
+        }
+        lease.ask_size(500, 250);
+        // At 800 ms, 20 held and 200 ms left at the rate it now sees
+        // (20/s, smoothed): it can spend about 5, and holds 20.
+        let (want, need) = lease.ask_size(800, 250);
+        assert_eq!((want, need), (1, 1), "holding more than it can spend, it asks for no more than one");
     }
 
     #[test]
