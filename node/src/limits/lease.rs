@@ -491,6 +491,21 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_does_not_lease_the_next_window_away() {
+        let lease = Lease::new("l".into(), "b".into());
+        answer_at(&lease, &grant(10, 0, 10), 0);
+        assert!(taken(lease.try_take(1, 100, 480)));
+        lease.ask_size(490, 250);
+        // Four at once, then an ask 10 ms later: the smoothed rate spikes to ~200/s.
+        for at in 495..499 {
+            assert!(taken(lease.try_take(1, 100, at)));
+        }
+        lease.ask_size(500, 250);
+        // Five in 950 ms is ~5/s: a quarter second of the next window is 2 units, not 50.
+        assert!(lease.ahead_size(950, 250) <= 2, "{}", lease.ahead_size(950, 250));
+    }
+
+    #[test]
     fn a_spent_window_refuses_without_asking_and_debts_are_paid_first() {
         let lease = Lease::new("l".into(), "b".into());
         answer_at(&lease, &grant(0, 0, 10), 5);
