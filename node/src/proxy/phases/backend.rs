@@ -30,13 +30,16 @@ pub async fn run(
     parts: http::request::Parts,
     body: Incoming,
 ) -> Result<Response<GatewayBody>, GatewayError> {
+    // The AI, prompt and MCP futures are boxed: inline, their size (the AI
+    // gateway's is several kilobytes) would be the size of every REST
+    // request's future too, moved on each poll of the layers above.
     match &route.backend {
         RouteBackend::Service { service_id } => match &route.prompt {
-            Some(prompt) => ai(ctx, snapshot, rctx, route, parts, body, Some(prompt.clone())).await,
+            Some(prompt) => Box::pin(ai(ctx, snapshot, rctx, route, parts, body, Some(prompt.clone()))).await,
             None => service_backend::serve(ctx, snapshot, rctx, route, service_id, parts, body).await,
         },
-        RouteBackend::Ai => ai(ctx, snapshot, rctx, route, parts, body, None).await,
-        RouteBackend::Mcp { team_id } => Ok(mcp(ctx, rctx, route, team_id.as_deref(), parts, body).await),
+        RouteBackend::Ai => Box::pin(ai(ctx, snapshot, rctx, route, parts, body, None)).await,
+        RouteBackend::Mcp { team_id } => Ok(Box::pin(mcp(ctx, rctx, route, team_id.as_deref(), parts, body)).await),
     }
 }
 
