@@ -296,7 +296,12 @@ impl Node {
                 .with_client_limits(max_connections, ms(config.proxy.client_send_timeout_ms)),
         );
         let _ = proxy.own_addr.set(proxy_addr);
+        let mut first_served = proxy.subscribe_served();
         let follower_task = tokio::spawn(proxy::follow_state(proxy.clone(), raft.subscribe()));
+        // The proxy opens only once the first snapshot of the node's state is
+        // installed: a restarted node must not answer 404 for the routes it
+        // has while it compiles them.
+        let _ = first_served.changed().await;
         let (usage_stop, usage_stopped) = watch::channel(false);
         let flusher = crate::usage::flush::Flusher::new(ledger.clone(), raft.clone());
         // Before the proxy serves: no record may be numbered at or below

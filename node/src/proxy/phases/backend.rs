@@ -30,9 +30,9 @@ pub async fn run(
     parts: http::request::Parts,
     body: Incoming,
 ) -> Result<Response<GatewayBody>, GatewayError> {
-    // The AI, prompt and MCP futures are boxed: inline, their size (the AI
-    // gateway's is several kilobytes) would be the size of every REST
-    // request's future too, moved on each poll of the layers above.
+    // The AI, prompt and MCP futures are boxed: inline, their state (the AI
+    // gateway's is several kilobytes) would be part of every REST request's
+    // future too, which the layers above create and move.
     match &route.backend {
         RouteBackend::Service { service_id } => match &route.prompt {
             Some(prompt) => Box::pin(ai(ctx, snapshot, rctx, route, parts, body, Some(prompt.clone()))).await,
