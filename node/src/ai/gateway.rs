@@ -983,10 +983,7 @@ impl Attempts<'_> {
         account.finish(Served {
             outcome: UsageOutcome::Ok,
             http_status: 200,
-            usage: usage.or_else(|| {
-                let token_ids = embeddings_token_ids(&body);
-                (token_ids > 0).then(|| Usage::new(token_ids, 0, None))
-            }),
+            usage,
             usage_is_estimate: false,
             output_text: "",
             finish_reason: None,
@@ -1000,7 +997,9 @@ impl Attempts<'_> {
     /// An embeddings answer in another format (Gemini's), or one without
     /// usage (some compatible servers): decoded into OpenAI's, with the
     /// provider's usage, else the gateway's count (which callers read as the
-    /// provider's). Returns the answer and the provider's usage, if any.
+    /// provider's). Returns the answer and what to bill: the provider's
+    /// usage, else the token ids counted (one per id), else nothing (the
+    /// ledger then estimates the texts).
     fn translate_embeddings(
         &self,
         account: &mut Accounting,
@@ -1009,9 +1008,13 @@ impl Attempts<'_> {
         answer: &Bytes,
     ) -> Result<(Bytes, Option<Usage>), String> {
         let mut answer = provider.adapter.embeddings_response(answer).map_err(|e| e.to_string())?;
-        let usage = answer.usage.as_ref().map(|u| Usage::new(u.prompt_tokens, 0, None));
+        let mut usage = answer.usage.as_ref().map(|u| Usage::new(u.prompt_tokens, 0, None));
         if answer.usage.is_none() {
+            // The request is decoded once, here, and only for an answer without usage.
             let token_ids = embeddings_token_ids(request);
+            if token_ids > 0 {
+                usage = Some(Usage::new(token_ids, 0, None));
+            }
             let estimate = if token_ids > 0 { token_ids } else { account.prompt_estimate() };
             answer.usage =
                 Some(tollgate_llm::types::EmbeddingsUsage { prompt_tokens: estimate, total_tokens: estimate });
