@@ -272,7 +272,10 @@ impl Node {
         let ai = Arc::new(crate::ai::snapshot::AiShared {
             ledger: ledger.clone(),
             cooldowns: Default::default(),
-            client: clients.get(defaults.connect, Some(&provider_tls)).or_else(|| clients.get(defaults.connect, None)),
+            clients: crate::plumbing::ProviderClients::new(
+                clients.upstream(defaults.connect, None),
+                clients.get(defaults.connect, Some(&provider_tls)),
+            ),
             catalog: tollgate_llm::catalog::Catalog::builtin(),
         });
         let (limiter, lease_asks) = crate::limits::Limiter::new(config.limits.clone(), metrics.limits.clone());

@@ -28,9 +28,11 @@ use tollgate_proto::config::v1::{ApiKey, UsageOutcome, UsageRecord};
 
 use super::account::{Accounting, PromptSource, Served};
 use super::chat_call::ChatCall;
-use super::snapshot::{AiShared, AiSnapshot, Candidate, CompiledCredential, PlanError, pick_credential};
+use super::snapshot::{
+    AiShared, AiSnapshot, Candidate, CompiledCredential, CompiledProvider, PlanError, pick_credential,
+};
 use super::stream::{AiStream, Encoder, Passthrough};
-use crate::plumbing::{GatewayBody, GatewayError, UpstreamClient};
+use crate::plumbing::{GatewayBody, GatewayError, ProviderClientError, UpstreamResponseBody};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::tracing::TraceCtx;
 
@@ -430,7 +432,7 @@ struct Attempts<'a> {
 }
 
 enum Sent {
-    Answer(Response<Incoming>),
+    Answer(Response<UpstreamResponseBody>),
     Failed(Failure),
 }
 
@@ -487,28 +489,27 @@ impl Attempts<'_> {
         with_provider(refused, account)
     }
 
-    async fn send(
-        &self,
-        client: &UpstreamClient,
-        request: http::Request<Bytes>,
-        timeout: Duration,
-        provider: &str,
-    ) -> Sent {
+    async fn send(&self, provider: &CompiledProvider, request: http::Request<Bytes>) -> Sent {
         let (parts, bytes) = request.into_parts();
         let request = http::Request::from_parts(parts, Full::new(bytes).map_err(|never| match never {}).boxed_unsync());
-        match tokio::time::timeout(timeout, client.request(request)).await {
+        let timeout = provider.request_timeout;
+        let sending = self.shared.clients.request(provider.plain.as_ref(), request);
+        match tokio::time::timeout(timeout, sending).await {
             Ok(Ok(response)) => Sent::Answer(response),
+            Ok(Err(error @ ProviderClientError::NoTlsClient)) => {
+                Sent::Failed(Failure::Transport { kind: ErrorKind::Unavailable, message: error.to_string() })
+            }
             Ok(Err(error)) => {
                 // The cause (addresses, OS errors) is for the operator's log, not the caller.
-                tracing::warn!(%provider, %error, "provider unreachable");
+                tracing::warn!(provider = %provider.name, %error, "provider unreachable");
                 Sent::Failed(Failure::Transport {
                     kind: ErrorKind::Unavailable,
-                    message: format!("cannot reach provider {provider}"),
+                    message: format!("cannot reach provider {}", provider.name),
                 })
             }
             Err(_) => Sent::Failed(Failure::Transport {
                 kind: ErrorKind::Timeout,
-                message: format!("provider {provider} did not answer within {} ms", timeout.as_millis()),
+                message: format!("provider {} did not answer within {} ms", provider.name, timeout.as_millis()),
             }),
         }
     }
@@ -523,7 +524,7 @@ impl Attempts<'_> {
         account: &mut Accounting,
         requested: &str,
         mut build: F,
-    ) -> Result<(Response<Incoming>, Candidate), AiOutcome>
+    ) -> Result<(Response<UpstreamResponseBody>, Candidate), AiOutcome>
     where
         F: FnMut(&Candidate, &UpstreamTarget<'_>) -> Result<http::Request<Bytes>, AdapterError>,
     {
@@ -549,11 +550,6 @@ impl Attempts<'_> {
             Err(error) => {
                 return Err(self.refuse(account, ErrorKind::NotFound, StatusCode::NOT_FOUND, &error.to_string()));
             }
-        };
-        let Some(client) = self.shared.client.as_ref() else {
-            let message =
-                "this node has no HTTP client for providers (no system CA certificates); install ca-certificates";
-            return Err(self.refuse(account, ErrorKind::Unavailable, StatusCode::SERVICE_UNAVAILABLE, message));
         };
         let mut last: Option<Failure> = None;
         for (index, candidate) in plan.candidates.iter().enumerate() {
@@ -625,7 +621,7 @@ impl Attempts<'_> {
                         ));
                     }
                 };
-                let failure = match self.send(client, request, provider.request_timeout, &provider.name).await {
+                let failure = match self.send(provider, request).await {
                     Sent::Answer(response) if response.status().is_success() => {
                         account.record.attempts += 1;
                         if index > 0 {
@@ -1003,7 +999,7 @@ impl Attempts<'_> {
     fn translate_embeddings(
         &self,
         account: &mut Accounting,
-        provider: &super::snapshot::CompiledProvider,
+        provider: &CompiledProvider,
         request: &Bytes,
         answer: &Bytes,
     ) -> Result<(Bytes, Option<Usage>), String> {
@@ -1052,7 +1048,7 @@ fn with_provider(mut outcome: AiOutcome, account: &Accounting) -> AiOutcome {
     outcome
 }
 
-async fn read_limited(body: Incoming, limit: usize, timeout: Duration) -> Result<Bytes, String> {
+async fn read_limited(body: UpstreamResponseBody, limit: usize, timeout: Duration) -> Result<Bytes, String> {
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(error)) => Err(format!("cannot read the provider's answer: {error}")),

@@ -15,15 +15,15 @@ use tollgate_raft::secrets::{SecretBox, credential_context, provider_header_cont
 
 use super::cooldown::Cooldowns;
 use super::pricing;
-use crate::plumbing::UpstreamClient;
+use crate::plumbing::{PlainTarget, ProviderClients};
 use crate::usage::UsageLedger;
 
 /// Lives as long as the node.
 pub struct AiShared {
     pub ledger: Arc<UsageLedger>,
     pub cooldowns: Cooldowns,
-    /// Speaks https (system roots) and plain http; None when the system has no CA store.
-    pub client: Option<UpstreamClient>,
+    /// Plain-HTTP providers through the request-driven pool, https ones with the system's roots.
+    pub clients: ProviderClients,
     pub catalog: &'static Arc<Catalog>,
 }
 
@@ -39,6 +39,8 @@ pub struct CompiledProvider {
     pub kind: ProviderKind,
     pub adapter: &'static dyn ProviderAdapter,
     pub base_url: String,
+    /// Where to connect when `base_url` is plain http.
+    pub plain: Option<PlainTarget>,
     pub api_version: Option<String>,
     /// Enabled keys whose secret opened.
     pub credentials: Vec<CompiledCredential>,
@@ -153,6 +155,7 @@ impl AiSnapshot {
                     kind,
                     adapter: provider::adapter(kind),
                     base_url: p.base_url.trim_end_matches('/').to_string(),
+                    plain: PlainTarget::from_base_url(&p.base_url),
                     api_version: Some(p.api_version.clone()).filter(|v| !v.is_empty()),
                     credentials,
                     keyless: p.credentials.is_empty(),
@@ -350,6 +353,7 @@ mod tests {
             kind: ProviderKind::OpenAi,
             adapter: provider::adapter(ProviderKind::OpenAi),
             base_url: "http://127.0.0.1:1".into(),
+            plain: None,
             api_version: None,
             keyless: keys.is_empty(),
             credentials: keys

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use std::future::Future;
 
+use crate::plumbing::UpstreamResponseBody;
 use bytes::Bytes;
 use http_body::{Body, Frame};
-use hyper::body::Incoming;
 use tollgate_llm::anthropic_ingress::MessagesStreamEncoder;
 use tollgate_llm::error::{AdapterError, ErrorKind, ProviderError, anthropic_error_event};
 use tollgate_llm::gemini_ingress::{self, GenerateContentStreamEncoder};
@@ -93,7 +93,7 @@ impl Reader {
 }
 
 pub struct AiStream {
-    upstream: Incoming,
+    upstream: UpstreamResponseBody,
     reader: Reader,
     encoder: Encoder,
     pending: VecDeque<Bytes>,
@@ -101,8 +101,42 @@ pub struct AiStream {
     /// id/model/created of the last chunk, for the usage chunk we add at the end.
     last: Option<ChatChunk>,
     ended: bool,
-    /// Longest silence allowed from the provider mid-stream, and its timer.
-    idle: (Duration, Pin<Box<tokio::time::Sleep>>),
+    idle: IdleTimer,
+}
+
+/// The longest silence allowed from the provider mid-stream. Hearing from the
+/// provider only notes the time; the timer is moved when it fires early, so a
+/// stream of many small events does not reschedule a timer for each of them.
+pub(crate) struct IdleTimer {
+    limit: Duration,
+    last_heard: tokio::time::Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleTimer {
+    pub(crate) fn new(limit: Duration) -> IdleTimer {
+        let now = tokio::time::Instant::now();
+        IdleTimer { limit, last_heard: now, timer: Box::pin(tokio::time::sleep_until(now + limit)) }
+    }
+
+    pub(crate) fn heard(&mut self) {
+        self.last_heard = tokio::time::Instant::now();
+    }
+
+    /// True once `limit` has passed since the provider was last heard from;
+    /// otherwise the timer is armed for when it would have.
+    pub(crate) fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let deadline = self.last_heard + self.limit;
+            if deadline <= tokio::time::Instant::now() {
+                return true;
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+    }
 }
 
 fn sse_data(json: &str) -> Bytes {
@@ -111,7 +145,7 @@ fn sse_data(json: &str) -> Bytes {
 
 impl AiStream {
     pub fn new(
-        upstream: Incoming,
+        upstream: UpstreamResponseBody,
         decoder: Box<dyn StreamDecoder>,
         encoder: Encoder,
         account: Accounting,
@@ -123,7 +157,7 @@ impl AiStream {
     /// An OpenAI chat stream from a provider that speaks OpenAI's format: its
     /// events are forwarded byte for byte as they arrive, and scanned for billing.
     pub fn openai_passthrough(
-        upstream: Incoming,
+        upstream: UpstreamResponseBody,
         scanner: ChatStreamScanner,
         account: Accounting,
         idle_timeout: Duration,
@@ -133,13 +167,13 @@ impl AiStream {
     }
 
     fn with_reader(
-        upstream: Incoming,
+        upstream: UpstreamResponseBody,
         reader: Reader,
         encoder: Encoder,
         account: Accounting,
         idle_timeout: Duration,
     ) -> AiStream {
-        let idle = (idle_timeout, Box::pin(tokio::time::sleep(idle_timeout)));
+        let idle = IdleTimer::new(idle_timeout);
         AiStream { upstream, reader, encoder, pending: VecDeque::new(), account, last: None, ended: false, idle }
     }
 
@@ -319,8 +353,8 @@ impl Body for AiStream {
             }
             match Pin::new(&mut this.upstream).poll_frame(cx) {
                 Poll::Pending => {
-                    if this.idle.1.as_mut().poll(cx).is_ready() {
-                        let silent = this.idle.0.as_millis() as u64;
+                    if this.idle.timed_out(cx) {
+                        let silent = this.idle.limit.as_millis() as u64;
                         this.fail(AdapterError::UpstreamStream {
                             provider: "provider",
                             error: ProviderError {
@@ -335,8 +369,7 @@ impl Body for AiStream {
                     return Poll::Pending;
                 }
                 Poll::Ready(Some(Ok(frame))) => {
-                    let (limit, timer) = &mut this.idle;
-                    timer.as_mut().reset(tokio::time::Instant::now() + *limit);
+                    this.idle.heard();
                     if let Ok(data) = frame.into_data() {
                         this.on_data(data);
                     }

@@ -1,10 +1,10 @@
 //! Billing of a stream that did not complete (`stream::billed_usage`), fed by
-//! the real Gemini decoder from `tollgate-llm`.
+//! the real Gemini decoder from `tollgate-llm`; the mid-stream idle timer.
 
 use tollgate_llm::provider::{ProviderKind, adapter};
 use tollgate_llm::types::Usage;
 
-use super::stream::billed_usage;
+use super::stream::{IdleTimer, billed_usage};
 
 #[test]
 fn cut_thinking_stream_bills_the_running_thought_tokens() {
@@ -36,4 +36,27 @@ fn cut_thinking_stream_bills_the_running_thought_tokens() {
     // Final counts are billed as they are.
     let (billed, estimated) = billed_usage(Some(Usage::new(9, 3005, None)), true, || 0, "");
     assert_eq!((billed.completion_tokens, estimated), (3005, false));
+}
+
+/// Polls the timer once, as `AiStream::poll_frame` does when the provider has nothing.
+fn timed_out(timer: &mut IdleTimer) -> bool {
+    let waker = std::task::Waker::noop();
+    timer.timed_out(&mut std::task::Context::from_waker(waker))
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_idle_timer_fires_only_after_a_whole_silence() {
+    use std::time::Duration;
+    let limit = Duration::from_secs(10);
+    let mut timer = IdleTimer::new(limit);
+    // Events every 6 s for a minute: the stream is never idle for 10 s.
+    for _ in 0..10 {
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(!timed_out(&mut timer), "a stream that keeps talking is not idle");
+        timer.heard();
+    }
+    tokio::time::advance(Duration::from_secs(9)).await;
+    assert!(!timed_out(&mut timer), "9 s of silence is under the limit");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert!(timed_out(&mut timer), "10 s of silence is the limit");
 }

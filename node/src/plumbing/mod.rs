@@ -10,9 +10,11 @@ pub mod body;
 pub mod client;
 pub mod error;
 mod pool;
+pub mod provider_client;
 mod self_wake;
 
 pub use body::{GatewayBody, empty, full};
 pub use client::{BoxError, Upstream, UpstreamClient, UpstreamClients, UpstreamResponseBody};
 pub use error::{GatewayError, LimitRefusal};
 pub use pool::PoolError;
+pub use provider_client::{PlainTarget, ProviderClientError, ProviderClients};

@@ -76,7 +76,7 @@ fn shared() -> Shared {
             crate::usage::UsageLedger::open(&engine, &dir.path().join("usage"), 1, small_journal()).unwrap(),
         ),
         cooldowns: Default::default(),
-        client: None,
+        clients: crate::plumbing::ProviderClients::none(),
         catalog: tollgate_llm::catalog::Catalog::builtin(),
     });
     let defaults = TimeoutDefaults { connect: Duration::from_secs(1), request: Duration::from_secs(1) };
