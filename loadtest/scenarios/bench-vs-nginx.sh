@@ -10,6 +10,9 @@
 # kernel, from /proc) and how often it was preempted per request.
 # Needs release builds (cargo build --release -p tollgate-node -p tollgate-loadtest
 # --bin tollgate --bin tollgate-load --example bare_proxy) and nginx (apt-get install -y nginx).
+# After the rounds it prints the median per-round throughput ratios of the API-key
+# row against bare hyper and nginx's static key check. SYSCALLS=1 adds strace -c
+# counts per request for those three; OPEN_LOOP=0 skips the fixed-rate runs.
 # Everything listens on 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -111,15 +114,17 @@ fi
 
 
 
-# utime stime (clock ticks) and involuntary context switches, summed over a process's threads
+# utime stime (clock ticks) of the whole process (threads that exited included)
+# and involuntary context switches summed over its live threads
 proc_cpu() {
-  local pid=$1 u=0 s=0 i=0 t
+  local pid=$1 i=0 t c
+  local -a f
+  read -r -a f < "/proc/$pid/stat"
   for t in /proc/"$pid"/task/*; do
-    read -r -a f < "$t/stat"
-    u=$((u + f[13])); s=$((s + f[14]))
-    i=$((i + $(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$t/status")))
+    c=$(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$t/status" 2>/dev/null) || continue
+    i=$((i + ${c:-0}))
   done
-  echo "$u $s $i"
+  echo "${f[13]} ${f[14]} $i"
 }
 run() { # label pid url [header]
   local label=$1 pid=$2 url=$3; shift 3
@@ -132,6 +137,7 @@ run() { # label pid url [header]
   echo "$out" | grep -E "requests |latency|failed|status" | sed "s/^/[$label closed] /"
   local n
   n=$(echo "$out" | awk '/requests / {print $2; exit}')
+  echo "$label $(echo "$out" | awk '/requests / {sub("/s", "", $6); print $6; exit}')" >> "$WORK/rates.$ROUND"
   read -r u0 s0 i0 <<< "$before"
   read -r u1 s1 i1 <<< "$after"
   awk -v n="$n" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v i=$((i1 - i0)) -v hz="$(getconf CLK_TCK)" -v l="$label" \
@@ -151,6 +157,7 @@ for u in http://127.0.0.1:19000/ http://127.0.0.1:19080/ http://127.0.0.1:19081/
 done
 
 for round in $(seq 1 "$ROUNDS"); do
+  ROUND=$round
   echo "### closed loop, $CONNS connections, $DUR, round $round"
   run direct "$MOCK_PID" http://127.0.0.1:19000/
   run nginx "$NGINX_WORKER" http://127.0.0.1:19080/
@@ -162,6 +169,43 @@ for round in $(seq 1 "$ROUNDS"); do
   run tollgate-jwt "$TG_PID" http://127.0.0.1:18080/jwt "Authorization: Bearer $JWT"
   run tollgate-cache "$TG_PID" http://127.0.0.1:18080/cached
 done
+# Issue 17's REST bar: the API-key row against bare hyper and nginx's static
+# key check, as the median of the per-round ratios (rows of one round run
+# back to back, so a round's ratio compares like with like).
+median_ratio() { # numerator-row denominator-row
+  for r in $(seq 1 "$ROUNDS"); do
+    awk -v a="$1" -v b="$2" '$1 == a {x = $2} $1 == b {y = $2} END {if (x > 0 && y > 0) printf "%.4f\n", x / y}' "$WORK/rates.$r"
+  done | sort -n | awk '{v[NR] = $1} END {if (NR) printf "%.3f (rounds %.3f - %.3f, n=%d)", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2), v[1], v[NR], NR}'
+}
+echo "### median throughput ratios over $ROUNDS rounds"
+echo "tollgate-apikey / bare-hyper:       $(median_ratio tollgate-apikey bare-hyper)  (issue 17: >= 0.90)"
+echo "tollgate-apikey / nginx-static-key: $(median_ratio tollgate-apikey nginx-static-key)  (issue 17: >= 1.00)"
+echo "tollgate-open / nginx:              $(median_ratio tollgate-open nginx)"
+
+# Syscalls per request (SYSCALLS=1): strace -c on the proxy for one closed-loop
+# run each; strace slows the proxy, so these runs are not throughput figures.
+syscalls() { # label pid url [header]
+  local label=$1 pid=$2 url=$3; shift 3
+  local extra=()
+  if [ $# -gt 0 ]; then extra=(-H "$1"); fi
+  strace -c -f -o "$WORK/$label.strace" -p "$pid" 2>/dev/null &
+  local tracer=$!
+  sleep 1
+  local n
+  n=$(taskset -c 0 "$LOAD" --threads 1 run "$url" -c "$CONNS" -d 3s -q "${extra[@]}" 2>&1 | awk '/requests / {print $2; exit}')
+  kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
+  awk -v n="$n" -v l="$label" '$NF ~ /^[a-z_0-9]+$/ && $NF != "total" && $4 ~ /^[0-9]+$/ && $4 / n >= 0.01 {printf "%s %.2f, ", $NF, $4 / n; t += $4} END {printf "\n[%s syscalls] total %.2f per request over %d requests\n", l, t / n, n}' "$WORK/$label.strace" \
+    | awk -v l="$label" 'NR == 1 {printf "[%s syscalls] per request: %s\n", l, $0; next} {print}'
+}
+if [ "${SYSCALLS:-0}" = 1 ]; then
+  command -v strace >/dev/null || { echo "SYSCALLS=1 needs strace (apt-get install -y strace)" >&2; exit 1; }
+  echo "### syscalls per request (strace -c, $CONNS connections, 3 s each)"
+  syscalls nginx-static-key "$NGINX_WORKER" http://127.0.0.1:19080/key "Authorization: Bearer $KEY"
+  if [ -n "$BARE_PID" ]; then syscalls bare-hyper "$BARE_PID" http://127.0.0.1:19081/; fi
+  syscalls tollgate-apikey "$TG_PID" http://127.0.0.1:18080/key "Authorization: Bearer $KEY"
+fi
+
+[ "${OPEN_LOOP:-1}" = 1 ] || exit 0
 echo "### open loop at $RATE req/s (latency from scheduled send time)"
 run_open direct http://127.0.0.1:19000/
 run_open nginx http://127.0.0.1:19080/

@@ -23,6 +23,64 @@ pub struct Config {
     pub limits: Limits,
     pub usage: Usage,
     pub audit: Audit,
+    pub storage: Storage,
+}
+
+/// How much memory the node's RocksDB may hold. The replicated state of a
+/// gateway is small; raise these only for very large key or route counts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Storage {
+    /// Cache of data, index and filter blocks read from disk, shared by
+    /// every column family.
+    pub block_cache_mib: u64,
+    /// A column family's memtable is written to disk at this size.
+    pub write_buffer_mib: u64,
+    /// All memtables together; past it the largest is written out early.
+    pub write_buffers_total_mib: u64,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        let budget = tollgate_storage::MemoryBudget::default();
+        let mib = |bytes: usize| (bytes >> 20) as u64;
+        Storage {
+            block_cache_mib: mib(budget.block_cache_bytes),
+            write_buffer_mib: mib(budget.write_buffer_bytes),
+            write_buffers_total_mib: mib(budget.write_buffers_total_bytes),
+        }
+    }
+}
+
+impl Storage {
+    pub fn budget(&self) -> tollgate_storage::MemoryBudget {
+        let bytes = |mib: u64| usize::try_from(mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        tollgate_storage::MemoryBudget {
+            block_cache_bytes: bytes(self.block_cache_mib),
+            write_buffer_bytes: bytes(self.write_buffer_mib),
+            write_buffers_total_bytes: bytes(self.write_buffers_total_mib),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let defaults = Storage::default();
+        for (key, value, default) in [
+            ("storage.block_cache_mib", self.block_cache_mib, defaults.block_cache_mib),
+            ("storage.write_buffer_mib", self.write_buffer_mib, defaults.write_buffer_mib),
+            ("storage.write_buffers_total_mib", self.write_buffers_total_mib, defaults.write_buffers_total_mib),
+        ] {
+            if !(1..=65_536).contains(&value) {
+                return Err(ConfigError::Invalid(format!("{key} must be 1 to 65536 ({default} is the default)")));
+            }
+        }
+        if self.write_buffers_total_mib < self.write_buffer_mib {
+            return Err(ConfigError::Invalid(format!(
+                "storage.write_buffers_total_mib ({}) must be at least storage.write_buffer_mib ({})",
+                self.write_buffers_total_mib, self.write_buffer_mib
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The audit trail of admin changes (replicated; see `crate::admin`).
@@ -230,6 +288,7 @@ impl Default for Config {
             limits: Limits::default(),
             usage: Usage::default(),
             audit: Audit::default(),
+            storage: Storage::default(),
         }
     }
 }
@@ -319,6 +378,7 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{key} must be at least 100 ({default} is the default)")));
             }
         }
+        self.storage.validate()?;
         if self.usage.flush_interval_ms < 10 {
             return Err(ConfigError::Invalid(
                 "usage.flush_interval_ms must be at least 10 (1000 is the default)".into(),
@@ -400,5 +460,42 @@ impl Default for Limits {
             idle_return_ms: 5_000,
             admitted_headers: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(text: &str) -> Config {
+        toml::from_str(text).expect("the TOML parses")
+    }
+
+    #[test]
+    fn storage_memory_is_configurable_and_small_by_default() {
+        let budget = Config::default().storage.budget();
+        assert_eq!(budget, tollgate_storage::MemoryBudget::default());
+        assert!(budget.block_cache_bytes + budget.write_buffers_total_bytes <= 32 << 20, "{budget:?}");
+
+        let config = parsed("[storage]\nblock_cache_mib = 64\nwrite_buffer_mib = 16\nwrite_buffers_total_mib = 64\n");
+        config.validate().unwrap();
+        let budget = config.storage.budget();
+        assert_eq!(
+            (budget.block_cache_bytes, budget.write_buffer_bytes, budget.write_buffers_total_bytes),
+            (64 << 20, 16 << 20, 64 << 20)
+        );
+    }
+
+    #[test]
+    fn storage_settings_that_cannot_work_are_refused_by_name() {
+        for (text, names) in [
+            ("[storage]\nblock_cache_mib = 0\n", "storage.block_cache_mib must be 1 to 65536"),
+            ("[storage]\nwrite_buffer_mib = 0\n", "storage.write_buffer_mib must be 1 to 65536"),
+            ("[storage]\nwrite_buffer_mib = 32\nwrite_buffers_total_mib = 8\n", "must be at least storage.write_buffer_mib"),
+        ] {
+            let error = parsed(text).validate().expect_err(text).to_string();
+            assert!(error.contains(names), "{text}: {error}");
+        }
+        assert!(toml::from_str::<Config>("[storage]\nblock_cache = 3\n").is_err(), "unknown keys are refused");
     }
 }

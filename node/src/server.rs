@@ -219,7 +219,7 @@ impl Node {
         }
 
         let (tls, cluster_listen, advertise, bootstrap) = cluster_identity(&config).await?;
-        let engine = Engine::open(data_dir.join("db"))?;
+        let engine = Engine::open_with(data_dir.join("db"), config.storage.budget())?;
         let secrets = tollgate_raft::secrets::SecretBox::from_cluster(&tls);
         let ledger = Arc::new(crate::usage::UsageLedger::open(
             &engine,

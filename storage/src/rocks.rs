@@ -24,9 +24,61 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// How much memory RocksDB may hold. RocksDB's defaults suit a database
+/// server (a 64 MiB memtable per column family, two of them, a 32 MiB block
+/// cache); a gateway's replicated state is routes, keys and counters, and
+/// every node also runs the data path, so the defaults here are small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// The block cache, shared by every column family; index and filter
+    /// blocks live in it too, so it bounds what reads keep in memory.
+    pub block_cache_bytes: usize,
+    /// One column family's memtable is flushed to disk at this size.
+    pub write_buffer_bytes: usize,
+    /// All memtables together: past it, the largest is flushed early.
+    pub write_buffers_total_bytes: usize,
+}
+
+impl Default for MemoryBudget {
+    fn default() -> MemoryBudget {
+        MemoryBudget { block_cache_bytes: 8 << 20, write_buffer_bytes: 4 << 20, write_buffers_total_bytes: 16 << 20 }
+    }
+}
+
+/// What RocksDB holds in memory now, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// Active and immutable memtables of every column family.
+    pub memtables: u64,
+    pub block_cache: u64,
+    pub block_cache_capacity: u64,
+}
+
+fn apply_budget(opts: &mut Options, budget: MemoryBudget) {
+    let cache = rocksdb::Cache::new_lru_cache(budget.block_cache_bytes);
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_block_cache(&cache);
+    // Otherwise every open table file keeps its index and filter in memory
+    // outside the cache, and that grows with the data.
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    opts.set_block_based_table_factory(&table);
+    opts.set_write_buffer_size(budget.write_buffer_bytes);
+    opts.set_max_write_buffer_number(2);
+    // A write buffer manager over every family, charging the cache's
+    // memory too would starve reads on a small budget: memtables only.
+    opts.set_db_write_buffer_size(budget.write_buffers_total_bytes);
+}
+
 impl Engine {
-    /// Opens (creating if needed) the database at `path` with every column family.
+    /// Opens (creating if needed) the database at `path` with every column
+    /// family, within the default [`MemoryBudget`].
     pub fn open(path: impl AsRef<Path>) -> Result<Engine, StorageError> {
+        Engine::open_with(path, MemoryBudget::default())
+    }
+
+    /// Opens (creating if needed) the database at `path` with every column family.
+    pub fn open_with(path: impl AsRef<Path>, budget: MemoryBudget) -> Result<Engine, StorageError> {
         let path = path.as_ref().to_path_buf();
         let mut opts = Options::default();
         opts.create_if_missing(true);
@@ -34,7 +86,12 @@ impl Engine {
         // Fresh logs/state compress cheaply with lz4; the bottom level holds most bytes, zstd there.
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Zstd);
-        let families = Cf::ALL.map(|cf| ColumnFamilyDescriptor::new(cf.name(), opts.clone()));
+        apply_budget(&mut opts, budget);
+        // RocksDB's own "default" family, which holds nothing, is listed so
+        // that it shares the budget instead of getting RocksDB's defaults.
+        let families = std::iter::once(rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
+            .chain(Cf::ALL.map(Cf::name))
+            .map(|name| ColumnFamilyDescriptor::new(name, opts.clone()));
         // RocksDB would create it 0755 less the umask; the database is secrets and state.
         crate::private::private_dir(&path).map_err(|source| StorageError::CreateDir { path: path.clone(), source })?;
         let db = DB::open_cf_descriptors(&opts, &path, families)
@@ -44,6 +101,22 @@ impl Engine {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What the database holds in memory (RocksDB's own counters).
+    pub fn memory(&self) -> MemoryUse {
+        let state = self.handle(Cf::State);
+        let property = |name: &str| self.db.property_int_value_cf(state, name).ok().flatten().unwrap_or(0);
+        let memtables = Cf::ALL
+            .iter()
+            .map(|cf| self.db.property_int_value_cf(self.handle(*cf), "rocksdb.size-all-mem-tables").ok().flatten())
+            .map(|bytes| bytes.unwrap_or(0))
+            .sum();
+        MemoryUse {
+            memtables,
+            block_cache: property("rocksdb.block-cache-usage"),
+            block_cache_capacity: property("rocksdb.block-cache-capacity"),
+        }
     }
 
     fn handle(&self, cf: Cf) -> &ColumnFamily {
@@ -174,6 +247,36 @@ mod tests {
         assert_eq!(engine.get(Cf::State, b"svc/1").unwrap().as_deref(), Some(&b"a"[..]));
         assert_eq!(engine.get(Cf::RaftMeta, b"applied").unwrap().as_deref(), Some(&b"7"[..]));
         assert_eq!(engine.get(Cf::Local, b"svc/1").unwrap(), None, "families are separate");
+    }
+
+    #[test]
+    fn memory_stays_within_the_budget_however_much_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget =
+            MemoryBudget { block_cache_bytes: 2 << 20, write_buffer_bytes: 1 << 20, write_buffers_total_bytes: 4 << 20 };
+        let engine = Engine::open_with(dir.path(), budget).unwrap();
+        assert_eq!(engine.memory().block_cache_capacity, 2 << 20);
+        // 32 MiB of values that do not compress, into two families: RocksDB's
+        // own defaults would keep all of it in memtables.
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut value = vec![0u8; 4096];
+        let mut peak = 0;
+        for n in 0..8192u32 {
+            for chunk in value.chunks_mut(8) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                chunk.copy_from_slice(&seed.to_le_bytes());
+            }
+            let cf = if n % 2 == 0 { Cf::RaftLog } else { Cf::Local };
+            engine.put(cf, &n.to_be_bytes(), &value, Durability::Process).unwrap();
+            peak = peak.max(engine.memory().memtables);
+        }
+        assert!(peak <= 8 << 20, "memtables peaked at {peak} bytes against a 4 MiB budget");
+        drop(engine);
+        let engine = Engine::open_with(dir.path(), budget).unwrap();
+        assert_eq!(engine.get(Cf::Local, &8191u32.to_be_bytes()).unwrap().map(|v| v.len()), Some(4096));
+        assert_eq!(engine.get(Cf::RaftLog, &0u32.to_be_bytes()).unwrap().map(|v| v.len()), Some(4096));
     }
 
     #[test]

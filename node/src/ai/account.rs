@@ -16,9 +16,7 @@ use tollgate_proto::config::v1::{PriceRef, UsageOutcome, UsageRecord};
 use super::chat_call::{ChatSource, LazyChat};
 use super::pricing::cost_picodollars;
 use super::snapshot::AiShared;
-use crate::telemetry::ai_metrics::{
-    AttemptErrorLabels, CredentialLabels, ModelLabels, OutcomeLabels, TokenLabels, UsageLabels,
-};
+use crate::telemetry::ai_metrics::{AttemptErrorLabels, CredentialLabels, ModelLabels};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::tracing::TraceCtx;
 
@@ -132,7 +130,7 @@ impl Accounting {
             .attempt_errors
             .get_or_create(&AttemptErrorLabels {
                 provider: self.record.provider.clone(),
-                model: self.model_label(),
+                model: self.model_label().to_string(),
                 credential: self.record.credential.clone(),
                 kind,
             })
@@ -151,18 +149,19 @@ impl Accounting {
     }
 
     pub fn fell_back(&self) {
-        let labels = ModelLabels { provider: self.record.provider.clone(), model: self.model_label() };
+        let labels = ModelLabels { provider: self.record.provider.clone(), model: self.model_label().to_string() };
         self.metrics.ai.fallbacks.get_or_create(&labels).inc();
     }
 
     /// The model as a metric label. Configured models (alias targets, priced
     /// or listed ones) keep their name; a free-form `provider/model` a client
     /// made up is "other", so clients cannot create series without bound.
-    fn model_label(&self) -> String {
+    fn model_label(&self) -> &str {
         let r = &self.record;
-        let via_alias = r.requested_model != format!("{}/{}", r.provider, r.model);
+        let direct = r.requested_model.strip_prefix(r.provider.as_str()).and_then(|m| m.strip_prefix('/'))
+            == Some(r.model.as_str());
         let priced = r.price.as_ref().is_some_and(|p| p.source != "none");
-        if via_alias || priced || self.listed_model { r.model.clone() } else { "other".to_string() }
+        if !direct || priced || self.listed_model { &r.model } else { "other" }
     }
 
     /// The provider lists this model explicitly (so it is configuration, not client input).
@@ -248,47 +247,28 @@ impl Accounting {
             reservation.settle(input, output, r.cost_picodollars);
         }
 
-        let outcome = match served.outcome {
-            UsageOutcome::Ok => "ok",
-            UsageOutcome::Cancelled => "cancelled",
-            _ => "error",
+        // Indexes of `AiSeries::requests`.
+        let (outcome, index) = match served.outcome {
+            UsageOutcome::Ok => ("ok", 0),
+            UsageOutcome::Cancelled => ("cancelled", 2),
+            _ => ("error", 1),
         };
-        let ai = &self.metrics.ai;
-        let label = self.model_label();
-        let r = &mut self.record;
-        let (provider, model, credential) = (r.provider.clone(), label, r.credential.clone());
-        let consumer = self.consumer_label.clone();
-        ai.requests
-            .get_or_create(&OutcomeLabels {
-                provider: provider.clone(),
-                model: model.clone(),
-                credential: credential.clone(),
-                consumer: consumer.clone(),
-                outcome,
-            })
-            .inc();
+        let r = &self.record;
+        let series = self.metrics.ai.series(&r.provider, self.model_label(), &r.credential, &self.consumer_label);
+        series.requests[index].inc();
         if attempted {
-            for (direction, n) in [("input", input), ("output", output), ("cached_input", cached)] {
+            for (counter, n) in series.tokens.iter().zip([input, output, cached]) {
                 if n > 0 {
-                    let labels = TokenLabels {
-                        provider: provider.clone(),
-                        model: model.clone(),
-                        credential: credential.clone(),
-                        consumer: consumer.clone(),
-                        direction,
-                    };
-                    ai.tokens.get_or_create(&labels).inc_by(n);
+                    counter.inc_by(n);
                 }
             }
-            let usage_labels = UsageLabels { provider: provider.clone(), model: model.clone(), credential, consumer };
-            ai.cost_usd.get_or_create(&usage_labels).inc_by(dollars(r.cost_picodollars));
-            let model_labels = ModelLabels { provider: provider.clone(), model: model.clone() };
-            ai.duration.get_or_create(&model_labels).observe(elapsed.as_secs_f64());
+            series.cost_usd.inc_by(dollars(r.cost_picodollars));
+            series.duration.observe(elapsed.as_secs_f64());
             if let Some(first) = self.first_token {
-                ai.ttft.get_or_create(&model_labels).observe((first - self.started).as_secs_f64());
+                series.ttft.observe((first - self.started).as_secs_f64());
                 let streaming = first.elapsed().as_secs_f64();
                 if output > 1 && streaming > 0.0 {
-                    ai.tokens_per_second.get_or_create(&model_labels).observe(output as f64 / streaming);
+                    series.tokens_per_second.observe(output as f64 / streaming);
                 }
             }
         }
@@ -303,7 +283,7 @@ impl Accounting {
                 KeyValue::new("gen_ai.response.model", r.model.clone()),
                 KeyValue::new("gen_ai.usage.input_tokens", input as i64),
                 KeyValue::new("gen_ai.usage.output_tokens", output as i64),
-                KeyValue::new("tollgate.ai.provider", provider),
+                KeyValue::new("tollgate.ai.provider", r.provider.clone()),
                 KeyValue::new("tollgate.ai.cost_usd", dollars(r.cost_picodollars)),
                 KeyValue::new("tollgate.ai.estimated", r.estimated),
             ];

@@ -431,6 +431,16 @@ struct Attempts<'a> {
     gemini_stream: Option<StreamFormat>,
 }
 
+/// A provider's 2xx answer to a chat call, with what handing it to the caller needs.
+struct ChatAnswered {
+    response: Response<UpstreamResponseBody>,
+    provider: Arc<CompiledProvider>,
+    /// The provider speaks the caller's format: its answer goes out as it came.
+    passthrough: bool,
+    account: Accounting,
+    limit_headers: http::HeaderMap,
+}
+
 enum Sent {
     Answer(Response<UpstreamResponseBody>),
     Failed(Failure),
@@ -514,6 +524,67 @@ impl Attempts<'_> {
         }
     }
 
+    /// Counts, logs and learns from a failed attempt: a key the provider
+    /// rate-limited rests; a refused key is warned about (once a minute).
+    fn note_failure(
+        &self,
+        account: &mut Accounting,
+        candidate: &Candidate,
+        credential: Option<&CompiledCredential>,
+        try_no: u32,
+        failure: &Failure,
+    ) {
+        let provider = &candidate.provider;
+        let credential_id = credential.map_or("", |c| c.id.as_str());
+        account.attempt_failed(failure.metric_kind());
+        if failure.kind() == ErrorKind::RateLimited
+            && let Some(c) = credential
+        {
+            let rest = match failure {
+                Failure::Provider(_, e) => e.retry_after.unwrap_or(provider.cooldown),
+                Failure::Transport { .. } => provider.cooldown,
+            };
+            self.shared.cooldowns.rest(&provider.id, &c.id, rest);
+            account.credential_rested();
+        }
+        tracing::info!(
+            request_id = %self.call.request_id, provider = %provider.name, model = %candidate.model,
+            credential = credential_id, attempt = try_no + 1, error = %failure.message(), "AI attempt failed"
+        );
+        if (failure.kind() == ErrorKind::Authentication || failure.kind() == ErrorKind::PermissionDenied)
+            && auth_warn_due(&provider.id, credential_id, Instant::now())
+        {
+            // At most one per credential a minute; every refusal is counted
+            // in the attempt-error metric (authentication, permission_denied).
+            tracing::warn!(
+                provider = %provider.name, credential = credential_id, error = %failure.message(),
+                "the provider refused the gateway's API key; replace or remove the key"
+            );
+        }
+    }
+
+    /// The key to call `provider` with (None for a keyless one), or why there is none.
+    fn credential<'p>(&self, provider: &'p CompiledProvider) -> Result<Option<&'p CompiledCredential>, Failure> {
+        if provider.keyless {
+            return Ok(None);
+        }
+        if let Some(credential) = pick_credential(provider, &self.shared.cooldowns) {
+            return Ok(Some(credential));
+        }
+        // No key at all is the operator's to fix, like a refused one.
+        let failure = if provider.credentials.is_empty() {
+            let message = format!(
+                "provider {} has no usable API key; an operator must add one (`tollgate ctl provider get {}`)",
+                provider.name, provider.name
+            );
+            Failure::Transport { kind: ErrorKind::ProviderAuth, message }
+        } else {
+            let message = format!("every API key of provider {} is cooling down after rate limiting", provider.name);
+            Failure::Transport { kind: ErrorKind::RateLimited, message }
+        };
+        Err(failure)
+    }
+
     /// Tries the plan's candidates in order until one answers 2xx. Each
     /// candidate gets `retries` extra attempts after a retryable failure
     /// (another key after a 429, with backoff after 5xx/timeouts); failures
@@ -531,24 +602,13 @@ impl Attempts<'_> {
         let allowed: &[String] = self.call.api_key.as_ref().map_or(&[], |k| k.allowed_models.as_slice());
         let plan = match self.snapshot.plan(requested, allowed) {
             Ok(plan) => plan,
-            Err(error @ PlanError::NoModel(_)) => {
-                return Err(self.refuse(
-                    account,
-                    ErrorKind::InvalidRequest,
-                    StatusCode::BAD_REQUEST,
-                    &error.to_string(),
-                ));
-            }
-            Err(error @ PlanError::NotAllowed(_)) => {
-                return Err(self.refuse(
-                    account,
-                    ErrorKind::PermissionDenied,
-                    StatusCode::FORBIDDEN,
-                    &error.to_string(),
-                ));
-            }
             Err(error) => {
-                return Err(self.refuse(account, ErrorKind::NotFound, StatusCode::NOT_FOUND, &error.to_string()));
+                let (kind, status) = match error {
+                    PlanError::NoModel(_) => (ErrorKind::InvalidRequest, StatusCode::BAD_REQUEST),
+                    PlanError::NotAllowed(_) => (ErrorKind::PermissionDenied, StatusCode::FORBIDDEN),
+                    _ => (ErrorKind::NotFound, StatusCode::NOT_FOUND),
+                };
+                return Err(self.refuse(account, kind, status, &error.to_string()));
             }
         };
         let mut last: Option<Failure> = None;
@@ -557,38 +617,13 @@ impl Attempts<'_> {
             let price = self.snapshot.price(self.shared.catalog, provider, &candidate.model);
             let mut backoff = plan.backoff;
             for try_no in 0..=plan.retries {
-                let credential: Option<&CompiledCredential> = if !provider.keyless {
-                    match pick_credential(provider, &self.shared.cooldowns) {
-                        Some(c) => Some(c),
-                        None => {
-                            account.set_target(
-                                &provider.name,
-                                provider.adapter.system(),
-                                &candidate.model,
-                                "",
-                                price.clone(),
-                            );
-                            // No key at all is the operator's to fix, like a refused one.
-                            let failure = if provider.credentials.is_empty() {
-                                let message = format!(
-                                    "provider {} has no usable API key; an operator must add one \
-                                     (`tollgate ctl provider get {}`)",
-                                    provider.name, provider.name
-                                );
-                                Failure::Transport { kind: ErrorKind::ProviderAuth, message }
-                            } else {
-                                let message = format!(
-                                    "every API key of provider {} is cooling down after rate limiting",
-                                    provider.name
-                                );
-                                Failure::Transport { kind: ErrorKind::RateLimited, message }
-                            };
-                            last = Some(failure);
-                            break;
-                        }
+                let credential = match self.credential(provider) {
+                    Ok(credential) => credential,
+                    Err(failure) => {
+                        account.set_target(&provider.name, provider.adapter.system(), &candidate.model, "", price);
+                        last = Some(failure);
+                        break;
                     }
-                } else {
-                    None
                 };
                 let credential_id = credential.map_or("", |c| c.id.as_str());
                 account.set_target(
@@ -639,31 +674,8 @@ impl Attempts<'_> {
                     }
                     Sent::Failed(failure) => failure,
                 };
-                account.attempt_failed(failure.metric_kind());
+                self.note_failure(account, candidate, credential, try_no, &failure);
                 let rate_limited = failure.kind() == ErrorKind::RateLimited;
-                if rate_limited && let Some(c) = credential {
-                    let rest = match &failure {
-                        Failure::Provider(_, e) => e.retry_after.unwrap_or(provider.cooldown),
-                        Failure::Transport { .. } => provider.cooldown,
-                    };
-                    self.shared.cooldowns.rest(&provider.id, &c.id, rest);
-                    account.credential_rested();
-                }
-                tracing::info!(
-                    request_id = %self.call.request_id, provider = %provider.name, model = %candidate.model,
-                    credential = credential_id, attempt = try_no + 1, error = %failure.message(), "AI attempt failed"
-                );
-                if (failure.kind() == ErrorKind::Authentication || failure.kind() == ErrorKind::PermissionDenied)
-                    && auth_warn_due(&provider.id, credential_id, Instant::now())
-                {
-                    // At most one per credential a minute; every refusal is
-                    // counted in the attempt-error metric (authentication,
-                    // permission_denied).
-                    tracing::warn!(
-                        provider = %provider.name, credential = credential_id, error = %failure.message(),
-                        "the provider refused the gateway's API key; replace or remove the key"
-                    );
-                }
                 let (retryable, elsewhere) = (failure.retryable(), failure.try_elsewhere());
                 if !retryable && !elsewhere {
                     let (kind, status, message) = failure.for_caller();
@@ -790,54 +802,69 @@ impl Attempts<'_> {
             Ok(answer) => answer,
             Err(refused) => return with_provider(refused, &account),
         };
-        let provider = candidate.provider.clone();
-        let attempts = account.record.attempts;
-        let provider_name = Some(provider.name.clone());
-        // The provider's answer goes out as it came — but a Gemini provider
-        // always streams SSE, so a caller wanting a JSON array gets it encoded.
-        let passthrough = same_api(&candidate) && self.gemini_stream != Some(StreamFormat::JsonArray);
+        let answered = ChatAnswered {
+            response,
+            // The provider's answer goes out as it came — but a Gemini provider
+            // always streams SSE, so a caller wanting a JSON array gets it encoded.
+            passthrough: same_api(&candidate) && self.gemini_stream != Some(StreamFormat::JsonArray),
+            provider: candidate.provider,
+            account,
+            limit_headers,
+        };
+        if stream { self.stream_answer(&call, requested, answered) } else { self.json_answer(requested, answered).await }
+    }
 
-        if stream {
-            if passthrough && self.ingress == Ingress::OpenAi {
-                // Its bytes go to the caller as they are: they must be a stream.
-                let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-                if !content_type.is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream")) {
-                    let message = format!(
-                        "provider {} answered a stream request with content type {:?}, not text/event-stream",
-                        provider.name,
-                        content_type.unwrap_or("(none)")
-                    );
-                    return self.bad_answer(&mut account, &message);
-                }
-                let scanner = ChatStreamScanner::new(provider.adapter.system(), call.wants_usage_chunk);
-                let body =
-                    AiStream::openai_passthrough(response.into_body(), scanner, account, provider.request_timeout);
-                let response = event_stream(body, "text/event-stream", limit_headers);
-                return AiOutcome { response, provider: provider_name, attempts, recorded: true };
+    /// A streamed chat answer, forwarded as it arrives (same format) or
+    /// translated event by event.
+    fn stream_answer(&self, call: &ChatCall, requested: &str, answered: ChatAnswered) -> AiOutcome {
+        let ChatAnswered { response, provider, passthrough, account, limit_headers } = answered;
+        let (attempts, provider_name) = (account.record.attempts, Some(provider.name.clone()));
+        if passthrough && self.ingress == Ingress::OpenAi {
+            // Its bytes go to the caller as they are: they must be a stream.
+            let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            if !content_type.is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/event-stream")) {
+                let message = format!(
+                    "provider {} answered a stream request with content type {:?}, not text/event-stream",
+                    provider.name,
+                    content_type.unwrap_or("(none)")
+                );
+                let mut account = account;
+                return self.bad_answer(&mut account, &message);
             }
-            let encoder = match self.ingress {
-                Ingress::Anthropic if passthrough => Encoder::Passthrough(Passthrough::Anthropic),
-                Ingress::Gemini if passthrough => Encoder::Passthrough(Passthrough::GeminiSse),
-                Ingress::OpenAi => Encoder::OpenAi { include_usage: call.wants_usage_chunk },
-                Ingress::Anthropic => {
-                    Encoder::Anthropic(Box::new(MessagesStreamEncoder::new(requested, account.prompt_estimate())))
-                }
-                Ingress::Gemini => Encoder::Gemini(Box::new(GenerateContentStreamEncoder::new(
-                    self.gemini_stream.unwrap_or(StreamFormat::Sse),
-                    requested,
-                ))),
-            };
-            let content_type = match &encoder {
-                Encoder::Gemini(encoder) => encoder.content_type(),
-                _ => "text/event-stream",
-            };
-            // A provider that falls silent mid-stream gets as long as it had for its headers.
-            let idle = provider.request_timeout;
-            let body = AiStream::new(response.into_body(), provider.adapter.stream_decoder(), encoder, account, idle);
-            let response = event_stream(body, content_type, limit_headers);
+            let scanner = ChatStreamScanner::new(provider.adapter.system(), call.wants_usage_chunk);
+            let body = AiStream::openai_passthrough(response.into_body(), scanner, account, provider.request_timeout);
+            let response = event_stream(body, "text/event-stream", limit_headers);
             return AiOutcome { response, provider: provider_name, attempts, recorded: true };
         }
+        let encoder = match self.ingress {
+            Ingress::Anthropic if passthrough => Encoder::Passthrough(Passthrough::Anthropic),
+            Ingress::Gemini if passthrough => Encoder::Passthrough(Passthrough::GeminiSse),
+            Ingress::OpenAi => Encoder::OpenAi { include_usage: call.wants_usage_chunk },
+            Ingress::Anthropic => {
+                Encoder::Anthropic(Box::new(MessagesStreamEncoder::new(requested, account.prompt_estimate())))
+            }
+            Ingress::Gemini => Encoder::Gemini(Box::new(GenerateContentStreamEncoder::new(
+                self.gemini_stream.unwrap_or(StreamFormat::Sse),
+                requested,
+            ))),
+        };
+        let content_type = match &encoder {
+            Encoder::Gemini(encoder) => encoder.content_type(),
+            _ => "text/event-stream",
+        };
+        // A provider that falls silent mid-stream gets as long as it had for its headers.
+        let idle = provider.request_timeout;
+        let body = AiStream::new(response.into_body(), provider.adapter.stream_decoder(), encoder, account, idle);
+        let response = event_stream(body, content_type, limit_headers);
+        AiOutcome { response, provider: provider_name, attempts, recorded: true }
+    }
 
+    /// A whole chat answer: the provider's bytes when it speaks the
+    /// caller's format and reported usage, otherwise decoded, billed and
+    /// encoded in the caller's format.
+    async fn json_answer(&self, requested: &str, answered: ChatAnswered) -> AiOutcome {
+        let ChatAnswered { response, provider, passthrough, mut account, limit_headers } = answered;
+        let (attempts, provider_name) = (account.record.attempts, Some(provider.name.clone()));
         let bytes = match read_limited(response.into_body(), MAX_ANSWER_BODY, provider.request_timeout).await {
             Ok(bytes) => bytes,
             Err(message) => return self.bad_answer(&mut account, &message),

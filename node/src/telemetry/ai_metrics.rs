@@ -3,6 +3,10 @@
 //! consumers, aliases, priced or listed models), not by client input: a
 //! free-form `provider/model` that no configuration names is labelled "other".
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -69,6 +73,29 @@ fn rate_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 2.0, 15))
 }
 
+/// The series one AI call ends in, for one (provider, model, credential,
+/// consumer): looked up once per call with no label set built, where going
+/// through each family would clone four strings and hash them per metric.
+/// The handles share their values with the families' series.
+pub struct AiSeries {
+    /// ok, error, cancelled.
+    pub requests: [Counter; 3],
+    /// input, output, cached_input.
+    pub tokens: [Counter; 3],
+    pub cost_usd: Counter<f64>,
+    pub duration: Histogram,
+    pub ttft: Histogram,
+    pub tokens_per_second: Histogram,
+}
+
+const OUTCOMES: [&str; 3] = ["ok", "error", "cancelled"];
+const DIRECTIONS: [&str; 3] = ["input", "output", "cached_input"];
+
+thread_local! {
+    /// The lookup key of [`AiMetrics::series`], built in place.
+    static SERIES_KEY: RefCell<String> = RefCell::new(String::with_capacity(128));
+}
+
 #[derive(Clone)]
 pub struct AiMetrics {
     pub requests: Family<OutcomeLabels, Counter>,
@@ -80,6 +107,8 @@ pub struct AiMetrics {
     pub duration: HistogramFamily<ModelLabels>,
     pub cooldowns: Family<CredentialLabels, Counter>,
     pub fallbacks: Family<ModelLabels, Counter>,
+    /// Interned [`AiSeries`], as many as the label sets (bounded by configuration).
+    series: Arc<RwLock<HashMap<Box<str>, Arc<AiSeries>>>>,
 }
 
 impl AiMetrics {
@@ -94,6 +123,7 @@ impl AiMetrics {
             duration: Family::new_with_constructor(seconds_histogram),
             cooldowns: Family::default(),
             fallbacks: Family::default(),
+            series: Arc::default(),
         };
         registry.register(
             "ai_requests",
@@ -133,5 +163,98 @@ impl AiMetrics {
             m.fallbacks.clone(),
         );
         m
+    }
+
+    /// The series of one label set, made on first use.
+    pub fn series(&self, provider: &str, model: &str, credential: &str, consumer: &str) -> Arc<AiSeries> {
+        SERIES_KEY.with(|key| {
+            let mut key = key.borrow_mut();
+            key.clear();
+            // Length-prefixed, so no choice of names can make two label sets one key.
+            for part in [provider, model, credential, consumer] {
+                use std::fmt::Write;
+                let _ = write!(key, "{}:{part}", part.len());
+            }
+            if let Some(series) = self.series.read().unwrap_or_else(|p| p.into_inner()).get(key.as_str()) {
+                return series.clone();
+            }
+            let series = Arc::new(self.make_series(provider, model, credential, consumer));
+            let mut all = self.series.write().unwrap_or_else(|p| p.into_inner());
+            all.entry(key.as_str().into()).or_insert(series).clone()
+        })
+    }
+
+    fn make_series(&self, provider: &str, model: &str, credential: &str, consumer: &str) -> AiSeries {
+        let (provider, model, credential, consumer) =
+            (provider.to_string(), model.to_string(), credential.to_string(), consumer.to_string());
+        let requests = OUTCOMES.map(|outcome| {
+            let labels = OutcomeLabels {
+                provider: provider.clone(),
+                model: model.clone(),
+                credential: credential.clone(),
+                consumer: consumer.clone(),
+                outcome,
+            };
+            self.requests.get_or_create(&labels).clone()
+        });
+        let tokens = DIRECTIONS.map(|direction| {
+            let labels = TokenLabels {
+                provider: provider.clone(),
+                model: model.clone(),
+                credential: credential.clone(),
+                consumer: consumer.clone(),
+                direction,
+            };
+            self.tokens.get_or_create(&labels).clone()
+        });
+        let model_labels = ModelLabels { provider: provider.clone(), model: model.clone() };
+        let usage_labels = UsageLabels { provider, model, credential, consumer };
+        AiSeries {
+            requests,
+            tokens,
+            cost_usd: self.cost_usd.get_or_create(&usage_labels).clone(),
+            duration: self.duration.get_or_create(&model_labels).clone(),
+            ttft: self.ttft.get_or_create(&model_labels).clone(),
+            tokens_per_second: self.tokens_per_second.get_or_create(&model_labels).clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposition(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn interned_series_count_in_the_families_series() {
+        let mut registry = Registry::default();
+        let metrics = AiMetrics::register(&mut registry);
+        let series = metrics.series("openai", "gpt-4o", "k1", "acme");
+        series.requests[0].inc();
+        series.tokens[1].inc_by(7);
+        // A second lookup is the same series, not a new one.
+        metrics.series("openai", "gpt-4o", "k1", "acme").requests[0].inc();
+        let text = exposition(&registry);
+        assert!(
+            text.contains(r#"ai_requests_total{provider="openai",model="gpt-4o",credential="k1",consumer="acme",outcome="ok"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"direction="output"} 7"#), "{text}");
+    }
+
+    #[test]
+    fn label_sets_that_concatenate_alike_stay_apart() {
+        let mut registry = Registry::default();
+        let metrics = AiMetrics::register(&mut registry);
+        metrics.series("ab", "c", "", "").requests[0].inc();
+        metrics.series("a", "bc", "", "").requests[0].inc_by(5);
+        let text = exposition(&registry);
+        assert!(text.contains(r#"provider="ab",model="c",credential="",consumer="",outcome="ok"} 1"#), "{text}");
+        assert!(text.contains(r#"provider="a",model="bc",credential="",consumer="",outcome="ok"} 5"#), "{text}");
     }
 }
