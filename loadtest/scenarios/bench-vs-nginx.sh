@@ -137,7 +137,8 @@ run() { # label pid url [header]
   echo "$out" | grep -E "requests |latency|failed|status" | sed "s/^/[$label closed] /"
   local n
   n=$(echo "$out" | awk '/requests / {print $2; exit}')
-  echo "$label $(echo "$out" | awk '/requests / {sub("/s", "", $6); print $6; exit}')" >> "$WORK/rates.$ROUND"
+  # Successful requests per second: a route answering fast errors must not look fast.
+  echo "$label $(echo "$out" | awk '/requests / {sub("/s", "", $6); r = $6; t = $4; sub("s", "", t)} /failed / {f = $2} END {if (t > 0) printf "%.1f", r - f / t}')" >> "$WORK/rates.$ROUND"
   read -r u0 s0 i0 <<< "$before"
   read -r u1 s1 i1 <<< "$after"
   awk -v n="$n" -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v i=$((i1 - i0)) -v hz="$(getconf CLK_TCK)" -v l="$label" \
@@ -178,6 +179,7 @@ median_ratio() { # numerator-row denominator-row
   done | sort -n | awk '{v[NR] = $1} END {if (NR) printf "%.3f (rounds %.3f - %.3f, n=%d)", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2), v[1], v[NR], NR}'
 }
 echo "### median throughput ratios over $ROUNDS rounds"
+if [ -z "$BARE_PID" ]; then echo "(no bare-hyper row: build --example bare_proxy)"; fi
 echo "tollgate-apikey / bare-hyper:       $(median_ratio tollgate-apikey bare-hyper)  (issue 17: >= 0.90)"
 echo "tollgate-apikey / nginx-static-key: $(median_ratio tollgate-apikey nginx-static-key)  (issue 17: >= 1.00)"
 echo "tollgate-open / nginx:              $(median_ratio tollgate-open nginx)"
@@ -188,14 +190,25 @@ syscalls() { # label pid url [header]
   local label=$1 pid=$2 url=$3; shift 3
   local extra=()
   if [ $# -gt 0 ]; then extra=(-H "$1"); fi
-  strace -c -f -o "$WORK/$label.strace" -p "$pid" 2>/dev/null &
+  strace -c -f -o "$WORK/$label.strace" -p "$pid" 2> "$WORK/$label.strace.err" &
   local tracer=$!
   sleep 1
+  if ! kill -0 "$tracer" 2>/dev/null; then
+    echo "[$label syscalls] strace could not attach (ptrace not allowed?): $(cat "$WORK/$label.strace.err")"
+    return 0
+  fi
   local n
   n=$(taskset -c 0 "$LOAD" --threads 1 run "$url" -c "$CONNS" -d 3s -q "${extra[@]}" 2>&1 | awk '/requests / {print $2; exit}')
   kill -INT "$tracer"; wait "$tracer" 2>/dev/null || true
-  awk -v n="$n" -v l="$label" '$NF ~ /^[a-z_0-9]+$/ && $NF != "total" && $4 ~ /^[0-9]+$/ && $4 / n >= 0.01 {printf "%s %.2f, ", $NF, $4 / n; t += $4} END {printf "\n[%s syscalls] total %.2f per request over %d requests\n", l, t / n, n}' "$WORK/$label.strace" \
-    | awk -v l="$label" 'NR == 1 {printf "[%s syscalls] per request: %s\n", l, $0; next} {print}'
+  if [ -z "$n" ] || [ "$n" -eq 0 ] || [ ! -s "$WORK/$label.strace" ]; then
+    echo "[$label syscalls] no requests or no strace output; see $WORK/$label.strace.err"
+    return 0
+  fi
+  # strace -c rows: % time, seconds, usecs/call, calls, [errors,] syscall; then a "total" row.
+  awk -v n="$n" -v l="$label" '
+    $NF == "total" && $4 ~ /^[0-9]+$/ {total = $4; next}
+    $NF ~ /^[a-z_0-9]+$/ && $4 ~ /^[0-9]+$/ && $4 / n >= 0.01 {rows = rows sprintf("%s %.2f, ", $NF, $4 / n)}
+    END {printf "[%s syscalls] per request: %stotal %.2f (over %d requests)\n", l, rows, total / n, n}' "$WORK/$label.strace"
 }
 if [ "${SYSCALLS:-0}" = 1 ]; then
   command -v strace >/dev/null || { echo "SYSCALLS=1 needs strace (apt-get install -y strace)" >&2; exit 1; }
@@ -205,7 +218,7 @@ if [ "${SYSCALLS:-0}" = 1 ]; then
   syscalls tollgate-apikey "$TG_PID" http://127.0.0.1:18080/key "Authorization: Bearer $KEY"
 fi
 
-[ "${OPEN_LOOP:-1}" = 1 ] || exit 0
+[ "${OPEN_LOOP:-1}" = 1 ] || { echo "results in $WORK"; exit 0; }
 echo "### open loop at $RATE req/s (latency from scheduled send time)"
 run_open direct http://127.0.0.1:19000/
 run_open nginx http://127.0.0.1:19080/

@@ -36,7 +36,8 @@ pub struct Storage {
     pub block_cache_mib: u64,
     /// A column family's memtable is written to disk at this size.
     pub write_buffer_mib: u64,
-    /// All memtables together; past it the largest is written out early.
+    /// All memtables together, a soft bound: past it the family with the
+    /// oldest memtable is written out early.
     pub write_buffers_total_mib: u64,
 }
 
@@ -491,7 +492,10 @@ mod tests {
         for (text, names) in [
             ("[storage]\nblock_cache_mib = 0\n", "storage.block_cache_mib must be 1 to 65536"),
             ("[storage]\nwrite_buffer_mib = 0\n", "storage.write_buffer_mib must be 1 to 65536"),
-            ("[storage]\nwrite_buffer_mib = 32\nwrite_buffers_total_mib = 8\n", "must be at least storage.write_buffer_mib"),
+            (
+                "[storage]\nwrite_buffer_mib = 32\nwrite_buffers_total_mib = 8\n",
+                "must be at least storage.write_buffer_mib",
+            ),
         ] {
             let error = parsed(text).validate().expect_err(text).to_string();
             assert!(error.contains(names), "{text}: {error}");

@@ -35,7 +35,9 @@ pub struct MemoryBudget {
     pub block_cache_bytes: usize,
     /// One column family's memtable is flushed to disk at this size.
     pub write_buffer_bytes: usize,
-    /// All memtables together: past it, the largest is flushed early.
+    /// All memtables together, a soft bound: past it RocksDB flushes the
+    /// family with the oldest memtable early (writes are not stalled, so a
+    /// burst can pass it by at most one memtable per family).
     pub write_buffers_total_bytes: usize,
 }
 
@@ -252,8 +254,11 @@ mod tests {
     #[test]
     fn memory_stays_within_the_budget_however_much_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let budget =
-            MemoryBudget { block_cache_bytes: 2 << 20, write_buffer_bytes: 1 << 20, write_buffers_total_bytes: 4 << 20 };
+        let budget = MemoryBudget {
+            block_cache_bytes: 2 << 20,
+            write_buffer_bytes: 1 << 20,
+            write_buffers_total_bytes: 4 << 20,
+        };
         let engine = Engine::open_with(dir.path(), budget).unwrap();
         assert_eq!(engine.memory().block_cache_capacity, 2 << 20);
         // 32 MiB of values that do not compress, into two families: RocksDB's

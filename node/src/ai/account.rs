@@ -16,7 +16,7 @@ use tollgate_proto::config::v1::{PriceRef, UsageOutcome, UsageRecord};
 use super::chat_call::{ChatSource, LazyChat};
 use super::pricing::cost_picodollars;
 use super::snapshot::AiShared;
-use crate::telemetry::ai_metrics::{AttemptErrorLabels, CredentialLabels, ModelLabels};
+use crate::telemetry::ai_metrics::{AttemptErrorLabels, CredentialLabels, Direction, ModelLabels, Outcome};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::tracing::TraceCtx;
 
@@ -87,7 +87,6 @@ pub struct Served<'a> {
 }
 
 impl Accounting {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         shared: Arc<AiShared>,
         metrics: Arc<Metrics>,
@@ -247,28 +246,30 @@ impl Accounting {
             reservation.settle(input, output, r.cost_picodollars);
         }
 
-        // Indexes of `AiSeries::requests`.
-        let (outcome, index) = match served.outcome {
-            UsageOutcome::Ok => ("ok", 0),
-            UsageOutcome::Cancelled => ("cancelled", 2),
-            _ => ("error", 1),
+        let (outcome, counted) = match served.outcome {
+            UsageOutcome::Ok => ("ok", Outcome::Ok),
+            UsageOutcome::Cancelled => ("cancelled", Outcome::Cancelled),
+            _ => ("error", Outcome::Error),
         };
         let r = &self.record;
-        let series = self.metrics.ai.series(&r.provider, self.model_label(), &r.credential, &self.consumer_label);
-        series.requests[index].inc();
+        let ai = &self.metrics.ai;
+        let series = ai.series(&r.provider, self.model_label(), &r.credential, &self.consumer_label);
+        series.requests(ai, counted).inc();
         if attempted {
-            for (counter, n) in series.tokens.iter().zip([input, output, cached]) {
+            for (direction, n) in
+                [(Direction::Input, input), (Direction::Output, output), (Direction::CachedInput, cached)]
+            {
                 if n > 0 {
-                    counter.inc_by(n);
+                    series.tokens(ai, direction).inc_by(n);
                 }
             }
-            series.cost_usd.inc_by(dollars(r.cost_picodollars));
-            series.duration.observe(elapsed.as_secs_f64());
+            series.cost_usd(ai).inc_by(dollars(r.cost_picodollars));
+            series.duration(ai).observe(elapsed.as_secs_f64());
             if let Some(first) = self.first_token {
-                series.ttft.observe((first - self.started).as_secs_f64());
+                series.ttft(ai).observe((first - self.started).as_secs_f64());
                 let streaming = first.elapsed().as_secs_f64();
                 if output > 1 && streaming > 0.0 {
-                    series.tokens_per_second.observe(output as f64 / streaming);
+                    series.tokens_per_second(ai).observe(output as f64 / streaming);
                 }
             }
         }

@@ -319,6 +319,9 @@ enum Failure {
     Provider(String, ProviderError),
     /// Connect error, reset, or no headers within the timeout.
     Transport { kind: ErrorKind, message: String },
+    /// This node cannot call the provider at all (no TLS client): another
+    /// target may work, trying this one again cannot.
+    Unreachable(String),
 }
 
 impl Failure {
@@ -341,6 +344,7 @@ impl Failure {
         match self {
             Failure::Provider(_, e) => e.kind,
             Failure::Transport { kind, .. } => *kind,
+            Failure::Unreachable(_) => ErrorKind::Unavailable,
         }
     }
 
@@ -348,13 +352,14 @@ impl Failure {
         match self {
             Failure::Provider(_, e) => StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_GATEWAY),
             Failure::Transport { kind, .. } => kind.status(),
+            Failure::Unreachable(_) => ErrorKind::Unavailable.status(),
         }
     }
 
     fn message(&self) -> String {
         match self {
             Failure::Provider(_, e) => e.message.clone(),
-            Failure::Transport { message, .. } => message.clone(),
+            Failure::Transport { message, .. } | Failure::Unreachable(message) => message.clone(),
         }
     }
 
@@ -362,15 +367,17 @@ impl Failure {
         match self {
             Failure::Provider(_, e) => e.retryable(),
             Failure::Transport { .. } => true,
+            Failure::Unreachable(_) => false,
         }
     }
 
     /// Worth trying another target even though retrying this one is not.
     fn try_elsewhere(&self) -> bool {
-        matches!(
-            self.kind(),
-            ErrorKind::Authentication | ErrorKind::PermissionDenied | ErrorKind::NotFound | ErrorKind::ProviderAuth
-        )
+        matches!(self, Failure::Unreachable(_))
+            || matches!(
+                self.kind(),
+                ErrorKind::Authentication | ErrorKind::PermissionDenied | ErrorKind::NotFound | ErrorKind::ProviderAuth
+            )
     }
 
     /// Kind, status and message for the caller. A provider refusing the
@@ -506,9 +513,7 @@ impl Attempts<'_> {
         let sending = self.shared.clients.request(provider.plain.as_ref(), request);
         match tokio::time::timeout(timeout, sending).await {
             Ok(Ok(response)) => Sent::Answer(response),
-            Ok(Err(error @ ProviderClientError::NoTlsClient)) => {
-                Sent::Failed(Failure::Transport { kind: ErrorKind::Unavailable, message: error.to_string() })
-            }
+            Ok(Err(error @ ProviderClientError::NoTlsClient)) => Sent::Failed(Failure::Unreachable(error.to_string())),
             Ok(Err(error)) => {
                 // The cause (addresses, OS errors) is for the operator's log, not the caller.
                 tracing::warn!(provider = %provider.name, %error, "provider unreachable");
@@ -542,7 +547,7 @@ impl Attempts<'_> {
         {
             let rest = match failure {
                 Failure::Provider(_, e) => e.retry_after.unwrap_or(provider.cooldown),
-                Failure::Transport { .. } => provider.cooldown,
+                Failure::Transport { .. } | Failure::Unreachable(_) => provider.cooldown,
             };
             self.shared.cooldowns.rest(&provider.id, &c.id, rest);
             account.credential_rested();
@@ -811,7 +816,11 @@ impl Attempts<'_> {
             account,
             limit_headers,
         };
-        if stream { self.stream_answer(&call, requested, answered) } else { self.json_answer(requested, answered).await }
+        if stream {
+            self.stream_answer(&call, requested, answered)
+        } else {
+            self.json_answer(requested, answered).await
+        }
     }
 
     /// A streamed chat answer, forwarded as it arrives (same format) or

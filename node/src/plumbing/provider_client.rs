@@ -24,8 +24,8 @@ pub struct PlainTarget {
 }
 
 impl PlainTarget {
-    /// `Some` for an `http://` base URL with a host; `None` for https (and
-    /// anything else, which the TLS client then refuses with its own error).
+    /// `Some` for an `http://` base URL with a host; `None` for https and
+    /// anything unparsable, which then goes to the hyper-util client.
     pub fn from_base_url(base_url: &str) -> Option<PlainTarget> {
         let uri: http::Uri = base_url.parse().ok()?;
         if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
@@ -34,9 +34,10 @@ impl PlainTarget {
         let authority = uri.authority()?;
         // Host and port only: user information in a URL is never sent as `Host`.
         let host = authority.host();
+        // As hyper-util's client writes it: the default port is left out.
         let host_header = match authority.port_u16() {
-            Some(port) => HeaderValue::from_str(&format!("{host}:{port}")).ok()?,
-            None => HeaderValue::from_str(host).ok()?,
+            Some(port) if port != 80 => HeaderValue::from_str(&format!("{host}:{port}")).ok()?,
+            _ => HeaderValue::from_str(host).ok()?,
         };
         let port = authority.port_u16().unwrap_or(80);
         Some(PlainTarget { authority: format!("{host}:{port}").into(), host: host_header })
@@ -104,9 +105,12 @@ mod tests {
         let target = PlainTarget::from_base_url("http://ollama.lan").unwrap();
         assert_eq!(&*target.authority, "ollama.lan:80");
         assert_eq!(target.host, "ollama.lan");
+        let target = PlainTarget::from_base_url("http://ollama.lan:80/v1").unwrap();
+        assert_eq!(target.host, "ollama.lan", "the default port is left out, as hyper-util's client does");
 
         let target = PlainTarget::from_base_url("http://[::1]:11434").unwrap();
         assert_eq!(&*target.authority, "[::1]:11434");
+        assert_eq!(target.host, "[::1]:11434");
     }
 
     #[test]
@@ -133,6 +137,7 @@ mod tests {
             }
             let head = String::from_utf8_lossy(&seen).to_string();
             assert!(head.starts_with("POST /v1/chat/completions HTTP/1.1\r\n"), "origin form: {head}");
+            assert!(head.to_ascii_lowercase().contains(&format!("\r\nhost: {addr}\r\n")), "host: {head}");
             let mut answer = String::from(
                 "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
             );

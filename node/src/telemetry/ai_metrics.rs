@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -76,16 +76,83 @@ fn rate_histogram() -> Histogram {
 /// The series one AI call ends in, for one (provider, model, credential,
 /// consumer): looked up once per call with no label set built, where going
 /// through each family would clone four strings and hash them per metric.
-/// The handles share their values with the families' series.
+/// Each handle is made the first time it counts something (a series that
+/// never counted is not exported, as before), and shares its value with
+/// the family's series.
 pub struct AiSeries {
-    /// ok, error, cancelled.
-    pub requests: [Counter; 3],
-    /// input, output, cached_input.
-    pub tokens: [Counter; 3],
-    pub cost_usd: Counter<f64>,
-    pub duration: Histogram,
-    pub ttft: Histogram,
-    pub tokens_per_second: Histogram,
+    provider: String,
+    model: String,
+    credential: String,
+    consumer: String,
+    requests: [OnceLock<Counter>; 3],
+    tokens: [OnceLock<Counter>; 3],
+    cost_usd: OnceLock<Counter<f64>>,
+    duration: OnceLock<Histogram>,
+    ttft: OnceLock<Histogram>,
+    tokens_per_second: OnceLock<Histogram>,
+}
+
+/// Which [`AiSeries::requests`] counter.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome {
+    Ok = 0,
+    Error = 1,
+    Cancelled = 2,
+}
+
+/// Which [`AiSeries::tokens`] counter.
+#[derive(Debug, Clone, Copy)]
+pub enum Direction {
+    Input = 0,
+    Output = 1,
+    CachedInput = 2,
+}
+
+impl AiSeries {
+    fn usage_labels(&self) -> UsageLabels {
+        UsageLabels {
+            provider: self.provider.clone(),
+            model: self.model.clone(),
+            credential: self.credential.clone(),
+            consumer: self.consumer.clone(),
+        }
+    }
+
+    fn model_labels(&self) -> ModelLabels {
+        ModelLabels { provider: self.provider.clone(), model: self.model.clone() }
+    }
+
+    pub fn requests(&self, metrics: &AiMetrics, outcome: Outcome) -> &Counter {
+        self.requests[outcome as usize].get_or_init(|| {
+            let UsageLabels { provider, model, credential, consumer } = self.usage_labels();
+            let outcome = OUTCOMES[outcome as usize];
+            metrics.requests.get_or_create(&OutcomeLabels { provider, model, credential, consumer, outcome }).clone()
+        })
+    }
+
+    pub fn tokens(&self, metrics: &AiMetrics, direction: Direction) -> &Counter {
+        self.tokens[direction as usize].get_or_init(|| {
+            let UsageLabels { provider, model, credential, consumer } = self.usage_labels();
+            let direction = DIRECTIONS[direction as usize];
+            metrics.tokens.get_or_create(&TokenLabels { provider, model, credential, consumer, direction }).clone()
+        })
+    }
+
+    pub fn cost_usd(&self, metrics: &AiMetrics) -> &Counter<f64> {
+        self.cost_usd.get_or_init(|| metrics.cost_usd.get_or_create(&self.usage_labels()).clone())
+    }
+
+    pub fn duration(&self, metrics: &AiMetrics) -> &Histogram {
+        self.duration.get_or_init(|| metrics.duration.get_or_create(&self.model_labels()).clone())
+    }
+
+    pub fn ttft(&self, metrics: &AiMetrics) -> &Histogram {
+        self.ttft.get_or_init(|| metrics.ttft.get_or_create(&self.model_labels()).clone())
+    }
+
+    pub fn tokens_per_second(&self, metrics: &AiMetrics) -> &Histogram {
+        self.tokens_per_second.get_or_init(|| metrics.tokens_per_second.get_or_create(&self.model_labels()).clone())
+    }
 }
 
 const OUTCOMES: [&str; 3] = ["ok", "error", "cancelled"];
@@ -167,56 +234,39 @@ impl AiMetrics {
 
     /// The series of one label set, made on first use.
     pub fn series(&self, provider: &str, model: &str, credential: &str, consumer: &str) -> Arc<AiSeries> {
-        SERIES_KEY.with(|key| {
-            let mut key = key.borrow_mut();
-            key.clear();
-            // Length-prefixed, so no choice of names can make two label sets one key.
-            for part in [provider, model, credential, consumer] {
-                use std::fmt::Write;
-                let _ = write!(key, "{}:{part}", part.len());
-            }
-            if let Some(series) = self.series.read().unwrap_or_else(|p| p.into_inner()).get(key.as_str()) {
-                return series.clone();
-            }
-            let series = Arc::new(self.make_series(provider, model, credential, consumer));
-            let mut all = self.series.write().unwrap_or_else(|p| p.into_inner());
-            all.entry(key.as_str().into()).or_insert(series).clone()
-        })
+        let parts = [provider, model, credential, consumer];
+        // Called from a stream's drop too, which may run while this
+        // thread's locals are being torn down: then a key of its own.
+        SERIES_KEY
+            .try_with(|key| self.series_by(&mut key.borrow_mut(), parts))
+            .unwrap_or_else(|_| self.series_by(&mut String::new(), parts))
     }
 
-    fn make_series(&self, provider: &str, model: &str, credential: &str, consumer: &str) -> AiSeries {
-        let (provider, model, credential, consumer) =
-            (provider.to_string(), model.to_string(), credential.to_string(), consumer.to_string());
-        let requests = OUTCOMES.map(|outcome| {
-            let labels = OutcomeLabels {
-                provider: provider.clone(),
-                model: model.clone(),
-                credential: credential.clone(),
-                consumer: consumer.clone(),
-                outcome,
-            };
-            self.requests.get_or_create(&labels).clone()
-        });
-        let tokens = DIRECTIONS.map(|direction| {
-            let labels = TokenLabels {
-                provider: provider.clone(),
-                model: model.clone(),
-                credential: credential.clone(),
-                consumer: consumer.clone(),
-                direction,
-            };
-            self.tokens.get_or_create(&labels).clone()
-        });
-        let model_labels = ModelLabels { provider: provider.clone(), model: model.clone() };
-        let usage_labels = UsageLabels { provider, model, credential, consumer };
-        AiSeries {
-            requests,
-            tokens,
-            cost_usd: self.cost_usd.get_or_create(&usage_labels).clone(),
-            duration: self.duration.get_or_create(&model_labels).clone(),
-            ttft: self.ttft.get_or_create(&model_labels).clone(),
-            tokens_per_second: self.tokens_per_second.get_or_create(&model_labels).clone(),
+    fn series_by(&self, key: &mut String, parts: [&str; 4]) -> Arc<AiSeries> {
+        key.clear();
+        // Length-prefixed, so no choice of names can make two label sets one key.
+        for part in parts {
+            use std::fmt::Write;
+            let _ = write!(key, "{}:{part}", part.len());
         }
+        if let Some(series) = self.series.read().unwrap_or_else(|p| p.into_inner()).get(key.as_str()) {
+            return series.clone();
+        }
+        let [provider, model, credential, consumer] = parts.map(str::to_string);
+        let series = Arc::new(AiSeries {
+            provider,
+            model,
+            credential,
+            consumer,
+            requests: Default::default(),
+            tokens: Default::default(),
+            cost_usd: OnceLock::new(),
+            duration: OnceLock::new(),
+            ttft: OnceLock::new(),
+            tokens_per_second: OnceLock::new(),
+        });
+        let mut all = self.series.write().unwrap_or_else(|p| p.into_inner());
+        all.entry(key.as_str().into()).or_insert(series).clone()
     }
 }
 
@@ -235,24 +285,29 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = AiMetrics::register(&mut registry);
         let series = metrics.series("openai", "gpt-4o", "k1", "acme");
-        series.requests[0].inc();
-        series.tokens[1].inc_by(7);
+        series.requests(&metrics, Outcome::Ok).inc();
+        series.tokens(&metrics, Direction::Output).inc_by(7);
         // A second lookup is the same series, not a new one.
-        metrics.series("openai", "gpt-4o", "k1", "acme").requests[0].inc();
+        metrics.series("openai", "gpt-4o", "k1", "acme").requests(&metrics, Outcome::Ok).inc();
         let text = exposition(&registry);
         assert!(
-            text.contains(r#"ai_requests_total{provider="openai",model="gpt-4o",credential="k1",consumer="acme",outcome="ok"} 2"#),
+            text.contains(
+                r#"ai_requests_total{provider="openai",model="gpt-4o",credential="k1",consumer="acme",outcome="ok"} 2"#
+            ),
             "{text}"
         );
         assert!(text.contains(r#"direction="output"} 7"#), "{text}");
+        // What never counted is not exported.
+        assert!(!text.contains(r#"outcome="error""#) && !text.contains(r#"direction="input""#), "{text}");
+        assert!(!text.contains("ai_time_to_first_token_seconds_count"), "{text}");
     }
 
     #[test]
     fn label_sets_that_concatenate_alike_stay_apart() {
         let mut registry = Registry::default();
         let metrics = AiMetrics::register(&mut registry);
-        metrics.series("ab", "c", "", "").requests[0].inc();
-        metrics.series("a", "bc", "", "").requests[0].inc_by(5);
+        metrics.series("ab", "c", "", "").requests(&metrics, Outcome::Ok).inc();
+        metrics.series("a", "bc", "", "").requests(&metrics, Outcome::Ok).inc_by(5);
         let text = exposition(&registry);
         assert!(text.contains(r#"provider="ab",model="c",credential="",consumer="",outcome="ok"} 1"#), "{text}");
         assert!(text.contains(r#"provider="a",model="bc",credential="",consumer="",outcome="ok"} 5"#), "{text}");
