@@ -406,6 +406,34 @@ async fn a_failing_provider_falls_back_to_the_next_target() {
 }
 
 #[tokio::test]
+async fn a_body_that_only_its_own_format_reads_fails_over_without_a_false_400() {
+    // The OpenAI target takes the caller's bytes as they are (an unknown
+    // role is its business); the Anthropic fallback would need them
+    // translated, and they do not translate.
+    let broken = mock_openai(LlmMockConfig { fail_500: 1.0, ..Default::default() }).await;
+    let backup = MockAnthropic::spawn(LlmMockConfig::default()).await.unwrap();
+    let mut gw = Gateway::start().await;
+    gw.provider("primary", ProviderKind::Openai, format!("{}/v1", broken.url()), &["p1"]).await;
+    gw.provider("backup", ProviderKind::Anthropic, backup.url(), &["b1"]).await;
+    gw.alias("smart", &[("primary", "gpt-4o", 10), ("backup", "claude-haiku-4-5", 0)], 0).await;
+
+    let body = serde_json::json!({"model": "smart", "messages": [{"role": "wizard", "content": "hi"}]});
+    let reply = gw.post("/v1/chat/completions", body).await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR, "the primary's failure, not a 400: {:?}", reply.body);
+    let message = reply.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(message.contains("every target of smart failed"), "{message}");
+    assert_eq!(broken.requests().len(), 1, "the primary got the caller's bytes");
+    assert_eq!(backup.requests().len(), 0, "nothing reached the fallback");
+
+    // With no target able to take it as it is, it is the caller's bad request.
+    gw.alias("only-backup", &[("backup", "claude-haiku-4-5", 0)], 0).await;
+    let body = serde_json::json!({"model": "only-backup", "messages": [{"role": "wizard", "content": "hi"}]});
+    let reply = gw.post("/v1/chat/completions", body).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.body);
+    assert_eq!(backup.requests().len(), 0);
+}
+
+#[tokio::test]
 async fn a_429_rests_the_key_and_later_requests_use_another() {
     let mock = mock_openai(LlmMockConfig {
         rate_limited_keys: vec!["sk-hot".into()],

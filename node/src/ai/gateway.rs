@@ -617,6 +617,8 @@ impl Attempts<'_> {
             }
         };
         let mut last: Option<Failure> = None;
+        // Whether any target has been sent the request yet.
+        let mut sent_any = false;
         for (index, candidate) in plan.candidates.iter().enumerate() {
             let provider = &candidate.provider;
             let price = self.snapshot.price(self.shared.catalog, provider, &candidate.model);
@@ -652,6 +654,17 @@ impl Attempts<'_> {
                         last = Some(Failure::Transport { kind: ErrorKind::InvalidRequest, message: error.to_string() });
                         break;
                     }
+                    // An earlier target took the caller's bytes as they were;
+                    // this one needs them translated and they do not translate.
+                    // That is this target's limit, not a bad request: the
+                    // caller hears how the targets that were called failed.
+                    Err(error) if sent_any => {
+                        tracing::info!(
+                            request_id = %self.call.request_id, provider = %provider.name, %error,
+                            "fallback skipped: the request does not translate to this provider's format"
+                        );
+                        break;
+                    }
                     Err(error) => {
                         return Err(self.refuse(
                             account,
@@ -661,6 +674,7 @@ impl Attempts<'_> {
                         ));
                     }
                 };
+                sent_any = true;
                 let failure = match self.send(provider, request).await {
                     Sent::Answer(response) if response.status().is_success() => {
                         account.record.attempts += 1;
