@@ -371,14 +371,21 @@ async fn azure_deployments_and_openai_compatible_servers_without_usage() {
     assert_eq!((row.estimated, row.output_tokens), (0, 5));
 }
 
-#[tokio::test]
-async fn a_failing_provider_falls_back_to_the_next_target() {
+/// A gateway whose alias `smart` tries an OpenAI provider that always
+/// answers 500 (`retries` more times), then an Anthropic one that works.
+async fn broken_primary_healthy_backup(retries: u32) -> (Gateway, MockHandle, MockHandle) {
     let broken = mock_openai(LlmMockConfig { fail_500: 1.0, ..Default::default() }).await;
     let healthy = MockAnthropic::spawn(LlmMockConfig::default()).await.unwrap();
     let mut gw = Gateway::start().await;
     gw.provider("primary", ProviderKind::Openai, format!("{}/v1", broken.url()), &["p1"]).await;
     gw.provider("backup", ProviderKind::Anthropic, healthy.url(), &["b1"]).await;
-    gw.alias("smart", &[("primary", "gpt-4o", 10), ("backup", "claude-haiku-4-5", 0)], 1).await;
+    gw.alias("smart", &[("primary", "gpt-4o", 10), ("backup", "claude-haiku-4-5", 0)], retries).await;
+    (gw, broken, healthy)
+}
+
+#[tokio::test]
+async fn a_failing_provider_falls_back_to_the_next_target() {
+    let (mut gw, broken, healthy) = broken_primary_healthy_backup(1).await;
 
     for _ in 0..3 {
         let reply = gw.post("/v1/chat/completions", chat("smart", false)).await;
@@ -410,12 +417,7 @@ async fn a_body_that_only_its_own_format_reads_fails_over_without_a_false_400() 
     // The OpenAI target takes the caller's bytes as they are (an unknown
     // role is its business); the Anthropic fallback would need them
     // translated, and they do not translate.
-    let broken = mock_openai(LlmMockConfig { fail_500: 1.0, ..Default::default() }).await;
-    let backup = MockAnthropic::spawn(LlmMockConfig::default()).await.unwrap();
-    let mut gw = Gateway::start().await;
-    gw.provider("primary", ProviderKind::Openai, format!("{}/v1", broken.url()), &["p1"]).await;
-    gw.provider("backup", ProviderKind::Anthropic, backup.url(), &["b1"]).await;
-    gw.alias("smart", &[("primary", "gpt-4o", 10), ("backup", "claude-haiku-4-5", 0)], 0).await;
+    let (mut gw, broken, backup) = broken_primary_healthy_backup(0).await;
 
     let body = serde_json::json!({"model": "smart", "messages": [{"role": "wizard", "content": "hi"}]});
     let reply = gw.post("/v1/chat/completions", body).await;
