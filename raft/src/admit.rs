@@ -131,6 +131,17 @@ mod tests {
     }
 
     #[test]
+    fn a_base_url_port_outside_1_to_65535_is_refused() {
+        for url in ["http://llm.lan:65536/v1", "http://llm.lan:abc", "http://llm.lan:0", "http://[::1]:99999/v1"] {
+            let error = admit(&Op::CreateProvider(openai(url))).unwrap_err().to_string();
+            assert!(error.contains("must be a number from 1 to 65535"), "{url}: {error}");
+        }
+        for url in ["http://llm.lan:8000/v1", "http://[::1]:11434", "http://[::1]/v1", "https://api.openai.com/v1"] {
+            assert!(admit(&Op::CreateProvider(openai(url))).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
     fn new_rules_do_not_change_what_apply_accepts_from_earlier_logs() {
         // An earlier version accepted this route; its log entry must still
         // apply after an upgrade. Only new proposals are refused.

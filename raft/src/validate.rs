@@ -94,6 +94,17 @@ pub(crate) fn http_url(field: &str, url: &str, instead: &str) -> Result<(), Appl
     if authority.is_empty() || authority.starts_with(':') {
         return Err(ApplyError::invalid(field, "must name a host, e.g. https://api.example.com"));
     }
+    // A port that is not 1..=65535 would be read as no port at all by
+    // HTTP clients, which would then call the scheme's default one.
+    let port = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once(']').and_then(|(_, after)| after.strip_prefix(':')),
+        None => authority.rsplit_once(':').map(|(_, port)| port),
+    };
+    if let Some(port) = port
+        && !(port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p > 0))
+    {
+        return Err(ApplyError::invalid(field, format!("port {port:?} must be a number from 1 to 65535")));
+    }
     Ok(())
 }
 

@@ -674,8 +674,10 @@ impl Attempts<'_> {
                         ));
                     }
                 };
-                sent_any = true;
-                let failure = match self.send(provider, request).await {
+                let sent = self.send(provider, request).await;
+                // A target this node cannot call at all was sent nothing.
+                sent_any |= !matches!(sent, Sent::Failed(Failure::Unreachable(_)));
+                let failure = match sent {
                     Sent::Answer(response) if response.status().is_success() => {
                         account.record.attempts += 1;
                         if index > 0 {
@@ -1123,6 +1125,17 @@ mod tests {
         assert!(message.contains("provider openai refused the gateway's credential"), "{message}");
         assert!(message.contains("the caller's key is not at fault"), "{message}");
         assert!(!message.contains("sk-proj") && !message.contains("Incorrect API key"), "{message}");
+    }
+
+    #[test]
+    fn a_target_this_node_cannot_call_is_left_for_the_next_not_retried() {
+        let unreachable = Failure::Unreachable(ProviderClientError::NoTlsClient.to_string());
+        assert!(!unreachable.retryable(), "trying again cannot help");
+        assert!(unreachable.try_elsewhere(), "another target may work");
+        assert_eq!(unreachable.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(unreachable.message().contains("install ca-certificates"), "{}", unreachable.message());
+        let transport = Failure::Transport { kind: ErrorKind::Unavailable, message: "reset".into() };
+        assert!(transport.retryable() && !transport.try_elsewhere());
     }
 
     #[test]

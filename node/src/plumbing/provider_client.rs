@@ -21,6 +21,8 @@ use super::client::{BoxError, Upstream, UpstreamBody, UpstreamClient, UpstreamRe
 pub struct PlainTarget {
     authority: Arc<str>,
     host: HeaderValue,
+    /// The base URL's authority as written: only requests to it use the pool.
+    written: Box<str>,
 }
 
 impl PlainTarget {
@@ -40,7 +42,17 @@ impl PlainTarget {
             _ => HeaderValue::from_str(host).ok()?,
         };
         let port = authority.port_u16().unwrap_or(80);
-        Some(PlainTarget { authority: format!("{host}:{port}").into(), host: host_header })
+        Some(PlainTarget {
+            authority: format!("{host}:{port}").into(),
+            host: host_header,
+            written: authority.as_str().into(),
+        })
+    }
+
+    /// The request goes where this target is: plain http to the base URL's
+    /// authority. An adapter that built any other URL does not get the pool.
+    fn serves(&self, uri: &http::Uri) -> bool {
+        uri.scheme() == Some(&http::uri::Scheme::HTTP) && uri.authority().is_some_and(|a| a.as_str() == &*self.written)
     }
 }
 
@@ -76,7 +88,7 @@ impl ProviderClients {
         plain: Option<&PlainTarget>,
         request: Request<UpstreamBody>,
     ) -> Result<Response<UpstreamResponseBody>, ProviderClientError> {
-        match (plain, &self.plain) {
+        match (plain.filter(|t| t.serves(request.uri())), &self.plain) {
             (Some(target), Some(pool)) => pool
                 .request(&target.authority, &target.host, request, false)
                 .await
@@ -184,6 +196,15 @@ mod tests {
             }
         }
         assert_eq!((events, ended), (20, true), "every event that had arrived, without waiting");
+    }
+
+    #[test]
+    fn only_plain_requests_to_the_base_urls_authority_use_the_pool() {
+        let target = PlainTarget::from_base_url("http://127.0.0.1:8000/v1").unwrap();
+        assert!(target.serves(&"http://127.0.0.1:8000/v1/chat/completions".parse().unwrap()));
+        assert!(!target.serves(&"https://127.0.0.1:8000/v1/chat/completions".parse().unwrap()));
+        assert!(!target.serves(&"http://10.0.0.9:8000/token".parse().unwrap()));
+        assert!(!target.serves(&"/v1/chat/completions".parse().unwrap()));
     }
 
     #[test]
