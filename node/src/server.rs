@@ -267,13 +267,15 @@ impl Node {
         };
         let metrics = Arc::new(crate::telemetry::metrics::Metrics::new());
         // Providers are reached over https with the system's roots (or plain
-        // http for local servers such as vLLM and Ollama).
+        // http for local servers such as vLLM and Ollama), through the
+        // request-driven pools; hyper-util's client takes what they cannot.
         let provider_tls = tollgate_proto::config::v1::UpstreamTls { enabled: true, ..Default::default() };
         let ai = Arc::new(crate::ai::snapshot::AiShared {
             ledger: ledger.clone(),
             cooldowns: Default::default(),
             clients: crate::plumbing::ProviderClients::new(
                 clients.upstream(defaults.connect, None),
+                clients.provider_tls_pool(defaults.connect),
                 clients.get(defaults.connect, Some(&provider_tls)),
             ),
             catalog: tollgate_llm::catalog::Catalog::builtin(),

@@ -510,7 +510,7 @@ impl Attempts<'_> {
         let (parts, bytes) = request.into_parts();
         let request = http::Request::from_parts(parts, Full::new(bytes).map_err(|never| match never {}).boxed_unsync());
         let timeout = provider.request_timeout;
-        let sending = self.shared.clients.request(provider.plain.as_ref(), request);
+        let sending = self.shared.clients.request(provider.pooled.as_ref(), request);
         match tokio::time::timeout(timeout, sending).await {
             Ok(Ok(response)) => Sent::Answer(response),
             Ok(Err(error @ ProviderClientError::NoTlsClient)) => Sent::Failed(Failure::Unreachable(error.to_string())),

@@ -15,7 +15,7 @@ use tollgate_raft::secrets::{SecretBox, credential_context, provider_header_cont
 
 use super::cooldown::Cooldowns;
 use super::pricing;
-use crate::plumbing::{PlainTarget, ProviderClients};
+use crate::plumbing::{PooledTarget, ProviderClients};
 use crate::usage::UsageLedger;
 
 /// Lives as long as the node.
@@ -39,8 +39,8 @@ pub struct CompiledProvider {
     pub kind: ProviderKind,
     pub adapter: &'static dyn ProviderAdapter,
     pub base_url: String,
-    /// Where to connect when `base_url` is plain http.
-    pub plain: Option<PlainTarget>,
+    /// Where the request-driven pool connects for this provider.
+    pub pooled: Option<PooledTarget>,
     pub api_version: Option<String>,
     /// Enabled keys whose secret opened.
     pub credentials: Vec<CompiledCredential>,
@@ -155,7 +155,7 @@ impl AiSnapshot {
                     kind,
                     adapter: provider::adapter(kind),
                     base_url: p.base_url.trim_end_matches('/').to_string(),
-                    plain: PlainTarget::from_base_url(&p.base_url),
+                    pooled: PooledTarget::from_base_url(&p.base_url),
                     api_version: Some(p.api_version.clone()).filter(|v| !v.is_empty()),
                     credentials,
                     keyless: p.credentials.is_empty(),
@@ -353,7 +353,7 @@ mod tests {
             kind: ProviderKind::OpenAi,
             adapter: provider::adapter(ProviderKind::OpenAi),
             base_url: "http://127.0.0.1:1".into(),
-            plain: None,
+            pooled: None,
             api_version: None,
             keyless: keys.is_empty(),
             credentials: keys

@@ -137,6 +137,21 @@ impl UpstreamClients {
         Some(Upstream::Pooled(pool))
     }
 
+    /// A request-driven pool of TLS connections verified against the
+    /// system's roots, for https AI providers. None when the system has no
+    /// usable CA store (providers then go through `get`'s client, if any).
+    pub fn provider_tls_pool(&self, connect_timeout: Duration) -> Option<Upstream> {
+        let system_roots = UpstreamTls { enabled: true, ..Default::default() };
+        let config = match client_config(&system_roots) {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::warn!(%error, "no TLS pool for https AI providers");
+                return None;
+            }
+        };
+        Some(Upstream::Pooled(Arc::new(Http1Pool::with_tls(connect_timeout, self.idle_timeout, http1_only(config)))))
+    }
+
     /// Called while compiling a snapshot, never per request. A TLS setting
     /// that cannot be used (bad CA PEM) yields None: the service answers 503
     /// instead of silently dropping verification.
@@ -186,6 +201,12 @@ impl UpstreamClients {
         pools.insert(key, client.clone());
         Some(client)
     }
+}
+
+/// Offers only HTTP/1.1 in ALPN: what the request-driven pool speaks.
+pub(super) fn http1_only(mut config: rustls::ClientConfig) -> Arc<rustls::ClientConfig> {
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
 }
 
 fn client_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig, String> {

@@ -17,4 +17,4 @@ pub use body::{GatewayBody, empty, full};
 pub use client::{BoxError, Upstream, UpstreamClient, UpstreamClients, UpstreamResponseBody};
 pub use error::{GatewayError, LimitRefusal};
 pub use pool::PoolError;
-pub use provider_client::{PlainTarget, ProviderClientError, ProviderClients};
+pub use provider_client::{PooledTarget, ProviderClientError, ProviderClients};

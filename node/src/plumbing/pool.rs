@@ -26,8 +26,9 @@ use tokio::net::TcpStream;
 
 use super::client::{BoxError, UpstreamBody};
 use super::self_wake::SelfWake;
-
-type Connection = http1::Connection<TokioIo<TcpStream>, UpstreamBody>;
+/// Plain TCP, or TLS over it (rustls, the server's name verified).
+type UpstreamStream = tokio_util::either::Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
+type Connection = http1::Connection<TokioIo<UpstreamStream>, UpstreamBody>;
 
 /// A connection: the handle to send on, the connection future that must be
 /// polled for anything to happen on the socket, and the waker it is polled with.
@@ -48,6 +49,10 @@ pub enum PoolError {
     Connect { authority: String, source: std::io::Error },
     #[error("connect to {authority} timed out after {ms} ms")]
     ConnectTimeout { authority: String, ms: u64 },
+    #[error("TLS with {authority} failed (certificate, host name or protocol): {source}")]
+    Tls { authority: String, source: std::io::Error },
+    #[error("{authority} is not a host name or address TLS can verify")]
+    TlsName { authority: String },
     #[error("HTTP/1.1 handshake with {authority} failed: {source}")]
     Handshake { authority: String, source: hyper::Error },
     #[error(transparent)]
@@ -59,11 +64,29 @@ pub struct Http1Pool {
     idle_timeout: Duration,
     max_idle_per_target: usize,
     idle: Mutex<HashMap<String, Vec<Idle>>>,
+    /// Set for a pool of TLS connections: each is verified for the host it
+    /// was opened to.
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl Http1Pool {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Http1Pool {
-        Http1Pool { connect_timeout, idle_timeout, max_idle_per_target: 1024, idle: Mutex::new(HashMap::new()) }
+        Http1Pool {
+            connect_timeout,
+            idle_timeout,
+            max_idle_per_target: 1024,
+            idle: Mutex::new(HashMap::new()),
+            tls: None,
+        }
+    }
+
+    /// A pool of TLS connections made with `config`, which must offer only
+    /// HTTP/1.1 in ALPN (this pool speaks nothing else).
+    pub fn with_tls(connect_timeout: Duration, idle_timeout: Duration, config: Arc<rustls::ClientConfig>) -> Http1Pool {
+        Http1Pool {
+            tls: Some(tokio_rustls::TlsConnector::from(config)),
+            ..Http1Pool::new(connect_timeout, idle_timeout)
+        }
     }
 
     fn take_idle(&self, authority: &str) -> Option<Idle> {
@@ -96,10 +119,37 @@ impl Http1Pool {
     }
 
     async fn handshake(&self, authority: &str) -> Result<(SendRequest<UpstreamBody>, Connection), PoolError> {
+        let tcp = self.connect_tcp(authority).await?;
+        let stream = match &self.tls {
+            None => UpstreamStream::Left(tcp),
+            Some(connector) => UpstreamStream::Right(Box::new(self.connect_tls(connector, authority, tcp).await?)),
+        };
         http1::Builder::new()
-            .handshake(TokioIo::new(self.connect_tcp(authority).await?))
+            .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| PoolError::Handshake { authority: authority.to_string(), source })
+    }
+
+    /// The TLS handshake, verifying the certificate for the host of
+    /// `authority` (`host:port`, `[v6]:port`), bounded like the connect.
+    async fn connect_tls(
+        &self,
+        connector: &tokio_rustls::TlsConnector,
+        authority: &str,
+        tcp: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, PoolError> {
+        let host = authority.rsplit_once(':').map_or(authority, |(host, _)| host);
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|_| PoolError::TlsName { authority: authority.to_string() })?;
+        match tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(source)) => Err(PoolError::Tls { authority: authority.to_string(), source }),
+            Err(_) => {
+                let ms = self.connect_timeout.as_millis() as u64;
+                Err(PoolError::ConnectTimeout { authority: authority.to_string(), ms })
+            }
+        }
     }
 
     async fn connect_tcp(&self, authority: &str) -> Result<TcpStream, PoolError> {

@@ -1,7 +1,8 @@
-//! How the AI gateway reaches providers: plain-HTTP providers (a local vLLM,
-//! Ollama, a compatible server on the LAN) through the same request-driven
-//! pool as the REST path's targets, https providers through hyper-util's
-//! client with the system's roots.
+//! How the AI gateway reaches providers: through the same request-driven
+//! pool as the REST path's targets, plain HTTP (a local vLLM, Ollama, a
+//! compatible server on the LAN) and https (the cloud APIs: rustls, the
+//! system's roots, HTTP/1.1). hyper-util's client remains for what the
+//! pools cannot take (a node without a CA store, or an unparsable URL).
 //!
 //! The request-driven pool matters most for streams: hyper-util's client
 //! hands a response body over through a channel that holds one chunk at a
@@ -15,44 +16,59 @@ use http::{HeaderValue, Request, Response};
 
 use super::client::{BoxError, Upstream, UpstreamBody, UpstreamClient, UpstreamResponseBody};
 
-/// Where a plain-HTTP provider listens: the `host:port` to connect to and the
-/// `Host` header its requests carry. Worked out once per snapshot.
+/// Where a provider listens: the `host:port` to connect to, the `Host`
+/// header its requests carry, and whether the connection is TLS. Worked out
+/// once per snapshot.
 #[derive(Debug, Clone)]
-pub struct PlainTarget {
+pub struct PooledTarget {
     authority: Arc<str>,
     host: HeaderValue,
+    tls: bool,
     /// The base URL's authority as written: only requests to it use the pool.
     written: Box<str>,
 }
 
-impl PlainTarget {
-    /// `Some` for an `http://` base URL with a host; `None` for https and
-    /// anything unparsable, which then goes to the hyper-util client.
-    pub fn from_base_url(base_url: &str) -> Option<PlainTarget> {
+impl PooledTarget {
+    /// `Some` for an `http://` or `https://` base URL with a host and a
+    /// valid port; `None` otherwise (hyper-util's client then answers for it).
+    pub fn from_base_url(base_url: &str) -> Option<PooledTarget> {
         let uri: http::Uri = base_url.parse().ok()?;
-        if uri.scheme() != Some(&http::uri::Scheme::HTTP) {
+        let (tls, default_port) = match uri.scheme_str()? {
+            "http" => (false, 80),
+            "https" => (true, 443),
+            _ => return None,
+        };
+        let authority = uri.authority()?;
+        // The http crate reads a port that is not a u16 as no port at all,
+        // which would send the request to the default one.
+        let written_port = match authority.as_str().strip_prefix('[') {
+            Some(v6) => v6.split_once(']').and_then(|(_, rest)| rest.strip_prefix(':')),
+            None => authority.as_str().rsplit_once(':').map(|(_, port)| port),
+        };
+        if written_port.is_some_and(|port| !port.parse::<u16>().is_ok_and(|p| p > 0)) {
             return None;
         }
-        let authority = uri.authority()?;
         // Host and port only: user information in a URL is never sent as `Host`.
         let host = authority.host();
         // As hyper-util's client writes it: the default port is left out.
         let host_header = match authority.port_u16() {
-            Some(port) if port != 80 => HeaderValue::from_str(&format!("{host}:{port}")).ok()?,
+            Some(port) if port != default_port => HeaderValue::from_str(&format!("{host}:{port}")).ok()?,
             _ => HeaderValue::from_str(host).ok()?,
         };
-        let port = authority.port_u16().unwrap_or(80);
-        Some(PlainTarget {
+        let port = authority.port_u16().unwrap_or(default_port);
+        Some(PooledTarget {
             authority: format!("{host}:{port}").into(),
             host: host_header,
+            tls,
             written: authority.as_str().into(),
         })
     }
 
-    /// The request goes where this target is: plain http to the base URL's
+    /// The request goes where this target is: the base URL's scheme and
     /// authority. An adapter that built any other URL does not get the pool.
     fn serves(&self, uri: &http::Uri) -> bool {
-        uri.scheme() == Some(&http::uri::Scheme::HTTP) && uri.authority().is_some_and(|a| a.as_str() == &*self.written)
+        let scheme = if self.tls { &http::uri::Scheme::HTTPS } else { &http::uri::Scheme::HTTP };
+        uri.scheme() == Some(scheme) && uri.authority().is_some_and(|a| a.as_str() == &*self.written)
     }
 }
 
@@ -67,33 +83,37 @@ pub enum ProviderClientError {
 /// Lives as long as the node; shared by every snapshot.
 pub struct ProviderClients {
     plain: Option<Upstream>,
+    tls_pool: Option<Upstream>,
     tls: Option<UpstreamClient>,
 }
 
 impl ProviderClients {
-    /// `plain` must be a pooled upstream (see `UpstreamClients::upstream`).
-    pub fn new(plain: Option<Upstream>, tls: Option<UpstreamClient>) -> ProviderClients {
-        ProviderClients { plain, tls }
+    /// `plain` and `tls_pool` must be pooled upstreams (see
+    /// `UpstreamClients::upstream` and `UpstreamClients::provider_tls_pool`).
+    pub fn new(plain: Option<Upstream>, tls_pool: Option<Upstream>, tls: Option<UpstreamClient>) -> ProviderClients {
+        ProviderClients { plain, tls_pool, tls }
     }
 
     /// Reaches no provider: for tests that never call one.
     pub fn none() -> ProviderClients {
-        ProviderClients { plain: None, tls: None }
+        ProviderClients { plain: None, tls_pool: None, tls: None }
     }
 
-    /// Sends `request` (an absolute URI) to the provider. `plain` is the
-    /// provider's [`PlainTarget`] when its base URL is http.
+    /// Sends `request` (an absolute URI) to the provider. `target` is the
+    /// provider's [`PooledTarget`], if its base URL has one.
     pub async fn request(
         &self,
-        plain: Option<&PlainTarget>,
+        target: Option<&PooledTarget>,
         request: Request<UpstreamBody>,
     ) -> Result<Response<UpstreamResponseBody>, ProviderClientError> {
-        match (plain.filter(|t| t.serves(request.uri())), &self.plain) {
+        let target = target.filter(|t| t.serves(request.uri()));
+        let pool = target.and_then(|t| if t.tls { self.tls_pool.as_ref() } else { self.plain.as_ref() });
+        match (target, pool) {
             (Some(target), Some(pool)) => pool
                 .request(&target.authority, &target.host, request, false)
                 .await
                 .map_err(ProviderClientError::Transport),
-            // Without a pool (tests) a plain provider goes through the
+            // Without a pool (a node without a CA store, tests) the
             // hyper-util client, which speaks http as well.
             _ => {
                 let client = self.tls.as_ref().ok_or(ProviderClientError::NoTlsClient)?;
@@ -110,24 +130,24 @@ mod tests {
 
     #[test]
     fn plain_targets_connect_to_host_and_port_and_send_host_as_written() {
-        let target = PlainTarget::from_base_url("http://127.0.0.1:8000/v1").unwrap();
+        let target = PooledTarget::from_base_url("http://127.0.0.1:8000/v1").unwrap();
         assert_eq!(&*target.authority, "127.0.0.1:8000");
         assert_eq!(target.host, "127.0.0.1:8000");
 
-        let target = PlainTarget::from_base_url("http://ollama.lan").unwrap();
+        let target = PooledTarget::from_base_url("http://ollama.lan").unwrap();
         assert_eq!(&*target.authority, "ollama.lan:80");
         assert_eq!(target.host, "ollama.lan");
-        let target = PlainTarget::from_base_url("http://ollama.lan:80/v1").unwrap();
+        let target = PooledTarget::from_base_url("http://ollama.lan:80/v1").unwrap();
         assert_eq!(target.host, "ollama.lan", "the default port is left out, as hyper-util's client does");
 
-        let target = PlainTarget::from_base_url("http://[::1]:11434").unwrap();
+        let target = PooledTarget::from_base_url("http://[::1]:11434").unwrap();
         assert_eq!(&*target.authority, "[::1]:11434");
         assert_eq!(target.host, "[::1]:11434");
     }
 
     #[test]
     fn user_information_never_reaches_the_host_header() {
-        let target = PlainTarget::from_base_url("http://user:secret@10.0.0.5:8080/").unwrap();
+        let target = PooledTarget::from_base_url("http://user:secret@10.0.0.5:8080/").unwrap();
         assert_eq!(&*target.authority, "10.0.0.5:8080");
         assert_eq!(target.host, "10.0.0.5:8080");
     }
@@ -135,11 +155,32 @@ mod tests {
     /// A plain provider that answers one streamed request with `events` SSE
     /// events, all in one write, chunked as OpenAI's servers send them.
     async fn provider_writing_at_once(events: usize) -> std::net::SocketAddr {
+        provider_writing_at_once_over(events, None).await.0
+    }
+
+    /// The same over TLS with `acceptor`; the receiver says whether an HTTP
+    /// request arrived (false: the client gave up during the handshake).
+    async fn provider_writing_at_once_over(
+        events: usize,
+        acceptor: Option<tokio_rustls::TlsAcceptor>,
+    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Receiver<bool>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let (asked, asked_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut socket: Box<dyn Io> = match acceptor {
+                None => Box::new(tcp),
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(tls) => Box::new(tls),
+                    Err(_) => {
+                        let _ = asked.send(false);
+                        return;
+                    }
+                },
+            };
+            let _ = asked.send(true);
             let mut seen = Vec::new();
             let mut buf = [0u8; 4096];
             while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -162,7 +203,100 @@ mod tests {
             // Held open: the gateway, not the provider, ends the exchange.
             let _ = socket.read(&mut buf).await;
         });
-        addr
+        (addr, asked_rx)
+    }
+
+    trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+    impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+    /// A CA, and a server certificate it signed for `name`, as a TLS acceptor.
+    fn tls_provider(name: &str) -> (rustls::pki_types::CertificateDer<'static>, tokio_rustls::TlsAcceptor) {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .unwrap();
+        (ca_cert.der().clone(), tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    }
+
+    /// Provider clients whose TLS pool trusts only `ca`.
+    fn trusting(ca: rustls::pki_types::CertificateDer<'static>) -> ProviderClients {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let timeout = std::time::Duration::from_secs(2);
+        let pool = super::super::pool::Http1Pool::with_tls(timeout, timeout, super::super::client::http1_only(config));
+        ProviderClients::new(None, Some(Upstream::Pooled(Arc::new(pool))), None)
+    }
+
+    fn stream_request(url: &str) -> Request<UpstreamBody> {
+        use http_body_util::{BodyExt, Empty};
+        Request::post(url).body(Empty::new().map_err(|never| match never {}).boxed_unsync()).unwrap()
+    }
+
+    /// Takes every frame the body has ready without waiting: (data frames, ended).
+    fn frames_ready_now(body: &mut UpstreamResponseBody) -> (usize, bool) {
+        use http_body::Body;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut events = 0;
+        while let std::task::Poll::Ready(frame) = std::pin::Pin::new(&mut *body).poll_frame(&mut cx) {
+            match frame {
+                Some(frame) => events += usize::from(frame.unwrap().is_data()),
+                None => return (events, true),
+            }
+        }
+        (events, false)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_https_provider_is_verified_and_its_events_are_taken_in_one_turn() {
+        let (ca, acceptor) = tls_provider("127.0.0.1");
+        let (addr, _) = provider_writing_at_once_over(20, Some(acceptor)).await;
+        let providers = trusting(ca);
+        let url = format!("https://{addr}/v1");
+        let target = PooledTarget::from_base_url(&url).unwrap();
+        let response = providers.request(Some(&target), stream_request(&format!("{url}/chat/completions"))).await;
+        let mut body = response.unwrap().into_body();
+        assert!(matches!(body, UpstreamResponseBody::Pooled(_)), "through the request-driven pool");
+        // The head and every event came in one TLS record, decrypted in one go.
+        assert_eq!(frames_ready_now(&mut body), (20, true), "every event that had arrived, without waiting");
+    }
+
+    #[tokio::test]
+    async fn an_https_provider_with_a_certificate_for_another_name_or_from_another_ca_gets_nothing() {
+        // Signed by the trusted CA, but for another host.
+        let (ca, acceptor) = tls_provider("10.9.9.9");
+        let (addr, asked) = provider_writing_at_once_over(1, Some(acceptor)).await;
+        let url = format!("https://{addr}/v1");
+        let target = PooledTarget::from_base_url(&url).unwrap();
+        let refused = trusting(ca).request(Some(&target), stream_request(&format!("{url}/chat/completions"))).await;
+        assert!(refused.is_err(), "a certificate for another name is refused");
+        assert!(!asked.await.unwrap(), "the provider never got a request");
+
+        // For the right host, but from a CA the pool does not trust.
+        let (_, acceptor) = tls_provider("127.0.0.1");
+        let (other_ca, _) = tls_provider("127.0.0.1");
+        let (addr, asked) = provider_writing_at_once_over(1, Some(acceptor)).await;
+        let url = format!("https://{addr}/v1");
+        let target = PooledTarget::from_base_url(&url).unwrap();
+        let refused =
+            trusting(other_ca).request(Some(&target), stream_request(&format!("{url}/chat/completions"))).await;
+        let error = refused.err().expect("an untrusted issuer is refused").to_string();
+        assert!(error.contains("TLS with 127.0.0.1:"), "{error}");
+        assert!(!asked.await.unwrap(), "the provider never got a request");
     }
 
     /// The point of sending plain providers through the pool: a stream's
@@ -175,8 +309,8 @@ mod tests {
         use http_body_util::{BodyExt, Empty};
         let addr = provider_writing_at_once(20).await;
         let clients = super::super::UpstreamClients::new(std::time::Duration::from_secs(60));
-        let providers = ProviderClients::new(clients.upstream(std::time::Duration::from_secs(1), None), None);
-        let target = PlainTarget::from_base_url(&format!("http://{addr}/")).unwrap();
+        let providers = ProviderClients::new(clients.upstream(std::time::Duration::from_secs(1), None), None, None);
+        let target = PooledTarget::from_base_url(&format!("http://{addr}/")).unwrap();
         let request = Request::post(format!("http://{addr}/v1/chat/completions"))
             .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
             .unwrap();
@@ -200,7 +334,7 @@ mod tests {
 
     #[test]
     fn only_plain_requests_to_the_base_urls_authority_use_the_pool() {
-        let target = PlainTarget::from_base_url("http://127.0.0.1:8000/v1").unwrap();
+        let target = PooledTarget::from_base_url("http://127.0.0.1:8000/v1").unwrap();
         assert!(target.serves(&"http://127.0.0.1:8000/v1/chat/completions".parse().unwrap()));
         assert!(!target.serves(&"https://127.0.0.1:8000/v1/chat/completions".parse().unwrap()));
         assert!(!target.serves(&"http://10.0.0.9:8000/token".parse().unwrap()));
@@ -208,9 +342,14 @@ mod tests {
     }
 
     #[test]
-    fn https_and_garbage_are_not_plain_targets() {
-        assert!(PlainTarget::from_base_url("https://api.openai.com/v1").is_none());
-        assert!(PlainTarget::from_base_url("not a url").is_none());
-        assert!(PlainTarget::from_base_url("").is_none());
+    fn https_targets_verify_on_443_and_garbage_is_no_target() {
+        let target = PooledTarget::from_base_url("https://api.openai.com/v1").unwrap();
+        assert_eq!((&*target.authority, target.tls), ("api.openai.com:443", true));
+        assert_eq!(target.host, "api.openai.com");
+        assert!(target.serves(&"https://api.openai.com/v1/chat/completions".parse().unwrap()));
+        assert!(!target.serves(&"http://api.openai.com/v1/chat/completions".parse().unwrap()), "never in cleartext");
+        for url in ["not a url", "", "ftp://host/x", "http://host:99999/v1", "http://host:0/v1"] {
+            assert!(PooledTarget::from_base_url(url).is_none(), "{url}");
+        }
     }
 }
