@@ -149,7 +149,7 @@ impl UpstreamClients {
                 return None;
             }
         };
-        Some(Upstream::Pooled(Arc::new(Http1Pool::with_tls(connect_timeout, self.idle_timeout, http1_only(config)))))
+        Some(Upstream::Pooled(Arc::new(Http1Pool::with_tls(connect_timeout, self.idle_timeout, config))))
     }
 
     /// Called while compiling a snapshot, never per request. A TLS setting
@@ -201,12 +201,6 @@ impl UpstreamClients {
         pools.insert(key, client.clone());
         Some(client)
     }
-}
-
-/// Offers only HTTP/1.1 in ALPN: what the request-driven pool speaks.
-pub(super) fn http1_only(mut config: rustls::ClientConfig) -> Arc<rustls::ClientConfig> {
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
 }
 
 fn client_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig, String> {

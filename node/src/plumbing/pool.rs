@@ -51,6 +51,8 @@ pub enum PoolError {
     ConnectTimeout { authority: String, ms: u64 },
     #[error("TLS with {authority} failed (certificate, host name or protocol): {source}")]
     Tls { authority: String, source: std::io::Error },
+    #[error("TLS handshake with {authority} timed out after {ms} ms")]
+    TlsTimeout { authority: String, ms: u64 },
     #[error("{authority} is not a host name or address TLS can verify")]
     TlsName { authority: String },
     #[error("HTTP/1.1 handshake with {authority} failed: {source}")]
@@ -80,13 +82,12 @@ impl Http1Pool {
         }
     }
 
-    /// A pool of TLS connections made with `config`, which must offer only
-    /// HTTP/1.1 in ALPN (this pool speaks nothing else).
-    pub fn with_tls(connect_timeout: Duration, idle_timeout: Duration, config: Arc<rustls::ClientConfig>) -> Http1Pool {
-        Http1Pool {
-            tls: Some(tokio_rustls::TlsConnector::from(config)),
-            ..Http1Pool::new(connect_timeout, idle_timeout)
-        }
+    /// A pool of TLS connections made with `config`; they offer only
+    /// HTTP/1.1 in ALPN, as this pool speaks nothing else.
+    pub fn with_tls(connect_timeout: Duration, idle_timeout: Duration, mut config: rustls::ClientConfig) -> Http1Pool {
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = Some(tokio_rustls::TlsConnector::from(Arc::new(config)));
+        Http1Pool { tls, ..Http1Pool::new(connect_timeout, idle_timeout) }
     }
 
     fn take_idle(&self, authority: &str) -> Option<Idle> {
@@ -101,11 +102,22 @@ impl Http1Pool {
     }
 
     fn put_idle(&self, authority: &str, upstream: Upstream) {
-        let idle_conn = Idle { upstream, since: Instant::now() };
+        let now = Instant::now();
+        let idle_conn = Idle { upstream, since: now };
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         // Allocate the key only for a target's first connection, not per release.
         match idle.get_mut(authority) {
-            Some(list) if list.len() < self.max_idle_per_target => list.push(idle_conn),
+            Some(list) if list.len() < self.max_idle_per_target => {
+                // Oldest first, and `take_idle` takes the newest: after a
+                // burst, connections past the idle timeout would otherwise
+                // stay open (often closed by the upstream) for as long as
+                // newer ones keep being reused. One comparison per release.
+                if list.first().is_some_and(|oldest| now.duration_since(oldest.since) >= self.idle_timeout) {
+                    let expired = list.partition_point(|c| now.duration_since(c.since) >= self.idle_timeout);
+                    list.drain(..expired);
+                }
+                list.push(idle_conn)
+            }
             Some(_) => {}
             None => {
                 idle.insert(authority.to_string(), vec![idle_conn]);
@@ -119,10 +131,13 @@ impl Http1Pool {
     }
 
     async fn handshake(&self, authority: &str) -> Result<(SendRequest<UpstreamBody>, Connection), PoolError> {
-        let tcp = self.connect_tcp(authority).await?;
         let stream = match &self.tls {
-            None => UpstreamStream::Left(tcp),
-            Some(connector) => UpstreamStream::Right(Box::new(self.connect_tls(connector, authority, tcp).await?)),
+            None => UpstreamStream::Left(self.connect_tcp(authority).await?),
+            Some(connector) => {
+                let name = server_name(authority)?;
+                let tcp = self.connect_tcp(authority).await?;
+                UpstreamStream::Right(Box::new(self.connect_tls(connector, authority, name, tcp).await?))
+            }
         };
         http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -136,18 +151,15 @@ impl Http1Pool {
         &self,
         connector: &tokio_rustls::TlsConnector,
         authority: &str,
+        name: rustls::pki_types::ServerName<'static>,
         tcp: TcpStream,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, PoolError> {
-        let host = authority.rsplit_once(':').map_or(authority, |(host, _)| host);
-        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-        let name = rustls::pki_types::ServerName::try_from(host.to_string())
-            .map_err(|_| PoolError::TlsName { authority: authority.to_string() })?;
         match tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp)).await {
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(source)) => Err(PoolError::Tls { authority: authority.to_string(), source }),
             Err(_) => {
                 let ms = self.connect_timeout.as_millis() as u64;
-                Err(PoolError::ConnectTimeout { authority: authority.to_string(), ms })
+                Err(PoolError::TlsTimeout { authority: authority.to_string(), ms })
             }
         }
     }
@@ -252,6 +264,15 @@ impl Http1Pool {
             }
         }
     }
+}
+
+/// The name a TLS connection to `authority` (`host:port`, `[v6]:port`) is
+/// verified for.
+fn server_name(authority: &str) -> Result<rustls::pki_types::ServerName<'static>, PoolError> {
+    let host = authority.rsplit_once(':').map_or(authority, |(host, _)| host);
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|_| PoolError::TlsName { authority: authority.to_string() })
 }
 
 /// The request line in origin form with a `Host` header (`host` unless the
@@ -444,6 +465,44 @@ mod tests {
         // has it. Handing the request to hyper's connection and the response
         // back each wake the task; without `SelfWake` that is two more polls.
         assert_eq!(polls, 2);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_past_the_timeout_close_while_a_newer_one_keeps_being_reused() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // Answers "ok" to every request; counts connections the client closed.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: Arc<str> = listener.local_addr().unwrap().to_string().into();
+        let closed = Arc::new(AtomicUsize::new(0));
+        let count = closed.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    while socket.read(&mut buf).await.unwrap_or(0) > 0 {
+                        let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1), Duration::from_millis(300)));
+        // A burst: three connections at once, all idle afterwards.
+        let target_host = host(&addr);
+        let burst: Vec<_> = (0..3).map(|_| pool.send(&addr, &target_host, get("/x"))).collect();
+        let responses = futures::future::try_join_all(burst).await.unwrap();
+        for response in responses {
+            response.into_body().collect().await.unwrap();
+        }
+        // Then steady traffic that always finds the newest one fresh.
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            pool.send(&addr, &host(&addr), get("/x")).await.unwrap().into_body().collect().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(closed.load(Ordering::SeqCst) >= 2, "the two older connections were closed once past the idle timeout");
     }
 
     #[tokio::test]
