@@ -21,7 +21,7 @@ mod rocks;
 pub use engine::{Batch, Durability, KeyValue, KvEngine};
 pub use error::StorageError;
 pub use mem::MemEngine;
-pub use rocks::{Engine, MemoryBudget, MemoryUse};
+pub use rocks::{Engine, MemoryBudget};
 
 /// The column families of DESIGN §3. Each has one job, so that a snapshot can
 /// stream exactly the replicated state and a log purge touches nothing else.

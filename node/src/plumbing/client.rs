@@ -203,19 +203,33 @@ impl UpstreamClients {
     }
 }
 
+/// The system's CA certificates, read once per process: the provider
+/// clients (hyper-util's and the TLS pool) and every service that trusts
+/// the system share one store instead of each reading and parsing it.
+fn system_roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: std::sync::OnceLock<Arc<rustls::RootCertStore>> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            Arc::new(roots)
+        })
+        .clone()
+}
+
 fn client_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    if tls.ca_pem.is_empty() {
-        let native = rustls_native_certs::load_native_certs();
-        for cert in native.certs {
-            let _ = roots.add(cert);
-        }
+    let roots = if tls.ca_pem.is_empty() {
+        system_roots()
     } else {
+        let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(tls.ca_pem.as_bytes()) {
             let cert = cert.map_err(|e| format!("tls.ca_pem: {e}"))?;
             roots.add(cert).map_err(|e| format!("tls.ca_pem: {e}"))?;
         }
-    }
+        Arc::new(roots)
+    };
     if roots.is_empty() {
         return Err("no trusted CA certificates (tls.ca_pem is empty and the system store has none)".into());
     }
