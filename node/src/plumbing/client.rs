@@ -38,12 +38,15 @@ struct PoolKey {
 /// One keep-alive pool per (connect timeout, TLS settings).
 pub struct UpstreamClients {
     idle_timeout: Duration,
+    /// hyper-util's clients: health probes, JWKS, and AI providers the pools
+    /// cannot take.
     pools: Mutex<HashMap<PoolKey, UpstreamClient>>,
-    http1: Mutex<HashMap<Duration, Arc<Http1Pool>>>,
+    /// The data path's request-driven pools, plain and TLS.
+    http1: Mutex<HashMap<PoolKey, Arc<Http1Pool>>>,
 }
 
-/// How the proxy reaches a service's targets: plain HTTP through connections
-/// the request drives itself, TLS through hyper-util's client.
+/// How the proxy reaches a service's targets: through connections the
+/// request drives itself (plain or TLS), or through hyper-util's client.
 #[derive(Clone)]
 pub enum Upstream {
     Pooled(Arc<Http1Pool>),
@@ -123,17 +126,46 @@ impl UpstreamClients {
         UpstreamClients { idle_timeout, pools: Mutex::new(HashMap::new()), http1: Mutex::new(HashMap::new()) }
     }
 
-    /// The data path's way to a service: the request-driven pool for plain
-    /// HTTP, the hyper-util client for TLS. None when the TLS settings are unusable.
+    /// The data path's way to a service: the request-driven pool, over TLS
+    /// when the service asks for it, so that a streamed answer's chunks that
+    /// arrived together leave in one write either way. Pools are shared by
+    /// services with the same settings. None when the TLS settings are
+    /// unusable (the service then answers 503).
     pub fn upstream(&self, connect_timeout: Duration, tls: Option<&UpstreamTls>) -> Option<Upstream> {
-        if tls.is_some_and(|t| t.enabled) {
-            return self.get(connect_timeout, tls).map(|c| Upstream::Client(Box::new(c)));
-        }
+        let tls = tls.filter(|t| t.enabled);
+        let key = PoolKey { connect_timeout, tls: tls.map(|t| (t.ca_pem.clone(), t.server_name.clone())) };
         let mut pools = self.http1.lock().unwrap_or_else(|p| p.into_inner());
-        let pool = pools
-            .entry(connect_timeout)
-            .or_insert_with(|| Arc::new(Http1Pool::new(connect_timeout, self.idle_timeout)))
-            .clone();
+        if let Some(pool) = pools.get(&key) {
+            return Some(Upstream::Pooled(pool.clone()));
+        }
+        let pool = match tls {
+            None => Http1Pool::new(connect_timeout, self.idle_timeout),
+            Some(t) => {
+                let config = match client_config(t) {
+                    Ok(config) => config,
+                    Err(error) => {
+                        tracing::error!(%error, "upstream TLS settings are unusable; the service will answer 503");
+                        return None;
+                    }
+                };
+                let pool = Http1Pool::with_tls(connect_timeout, self.idle_timeout, config);
+                match t.server_name.as_str() {
+                    "" => pool,
+                    name => match ServerName::try_from(name.to_string()) {
+                        Ok(name) => pool.with_server_name(name),
+                        Err(_) => {
+                            tracing::error!(
+                                name,
+                                "upstream tls.server_name is not a host name or address; the service will answer 503"
+                            );
+                            return None;
+                        }
+                    },
+                }
+            }
+        };
+        let pool = Arc::new(pool);
+        pools.insert(key, pool.clone());
         Some(Upstream::Pooled(pool))
     }
 
@@ -239,4 +271,76 @@ fn client_config(tls: &UpstreamTls) -> Result<rustls::ClientConfig, String> {
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+    use http_body_util::{BodyExt, Empty};
+
+    use super::super::test_support::{frames_ready_now, tls_server, upstream_writing_at_once};
+    use super::*;
+
+    fn pem(der: &[u8]) -> String {
+        let body = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+        format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", lines.join("\n"))
+    }
+
+    fn tls(ca_pem: &str, server_name: &str) -> UpstreamTls {
+        UpstreamTls { enabled: true, ca_pem: ca_pem.into(), server_name: server_name.into() }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_tls_service_goes_through_the_request_driven_pool_verified_for_its_server_name() {
+        let (ca, acceptor) = tls_server("api.internal");
+        let (addr, asked) = upstream_writing_at_once(20, Some(acceptor)).await;
+        let timeout = Duration::from_secs(2);
+        let clients = UpstreamClients::new(timeout);
+        let settings = tls(&pem(&ca), "api.internal");
+        let upstream = clients.upstream(timeout, Some(&settings)).expect("usable settings");
+        let Upstream::Pooled(pool) = &upstream else { panic!("a TLS service goes through the pool") };
+        let Some(Upstream::Pooled(again)) = clients.upstream(timeout, Some(&settings)) else { panic!("pooled") };
+        assert!(Arc::ptr_eq(pool, &again), "services with the same settings share one pool");
+
+        // Addressed by IP, verified for the service's server name.
+        let authority: Arc<str> = Arc::from(addr.to_string());
+        let host = http::HeaderValue::from_str(&addr.to_string()).unwrap();
+        let request = Request::post("/v1/chat/completions")
+            .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
+            .unwrap();
+        let response = upstream.request(&authority, &host, request, false).await.expect("verified for api.internal");
+        assert!(asked.await.unwrap());
+        let mut body = response.into_body();
+        // The request's task drives the connection: every event that had
+        // arrived is taken in one turn, not one per turn of a connection task.
+        assert_eq!(frames_ready_now(&mut body), (20, true));
+    }
+
+    #[tokio::test]
+    async fn a_tls_service_with_unusable_settings_gets_no_pool() {
+        let (ca, _) = tls_server("api.internal");
+        let timeout = Duration::from_secs(2);
+        let clients = UpstreamClients::new(timeout);
+        assert!(clients.upstream(timeout, Some(&tls("not a certificate", "api.internal"))).is_none());
+        assert!(clients.upstream(timeout, Some(&tls(&pem(&ca), "not a host name!"))).is_none());
+        let off = UpstreamTls { enabled: false, ..tls("not a certificate", "") };
+        assert!(matches!(clients.upstream(timeout, Some(&off)), Some(Upstream::Pooled(_))), "TLS off: plain pool");
+    }
+
+    #[tokio::test]
+    async fn a_tls_service_whose_certificate_names_another_host_gets_no_request() {
+        let (ca, acceptor) = tls_server("api.internal");
+        let (addr, asked) = upstream_writing_at_once(1, Some(acceptor)).await;
+        let timeout = Duration::from_secs(2);
+        let clients = UpstreamClients::new(timeout);
+        let upstream = clients.upstream(timeout, Some(&tls(&pem(&ca), "other.internal"))).unwrap();
+        let request = Request::post("/v1/chat/completions")
+            .body(Empty::new().map_err(|never| match never {}).boxed_unsync())
+            .unwrap();
+        let host = http::HeaderValue::from_str(&addr.to_string()).unwrap();
+        let error = upstream.request(&Arc::from(addr.to_string()), &host, request, false).await.err().unwrap();
+        assert!(error.to_string().contains("TLS with"), "{error}");
+        assert!(!asked.await.unwrap(), "the upstream never got a request");
+    }
 }

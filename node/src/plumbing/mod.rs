@@ -12,6 +12,8 @@ pub mod error;
 mod pool;
 pub mod provider_client;
 mod self_wake;
+#[cfg(test)]
+mod test_support;
 
 pub use body::{GatewayBody, empty, full};
 pub use client::{BoxError, Upstream, UpstreamClient, UpstreamClients, UpstreamResponseBody};

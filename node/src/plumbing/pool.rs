@@ -9,7 +9,6 @@
 //! the pool when the response is complete, as Pingora does. TLS targets,
 //! health probes and JWKS keep the hyper-util client.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -29,6 +28,10 @@ use super::self_wake::SelfWake;
 /// Plain TCP, or TLS over it (rustls, the server's name verified).
 type UpstreamStream = tokio_util::either::Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 type Connection = http1::Connection<TokioIo<UpstreamStream>, UpstreamBody>;
+
+/// Idle time before the kernel probes a pooled connection (hyper-util's
+/// connector used the same for these targets).
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// A connection: the handle to send on, the connection future that must be
 /// polled for anything to happen on the socket, and the waker it is polled with.
@@ -65,10 +68,15 @@ pub struct Http1Pool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_target: usize,
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    /// By target authority (from the configuration, never from a client), so
+    /// FxHash: SipHash was a few hundred instructions per checkout and release.
+    idle: Mutex<rustc_hash::FxHashMap<String, Vec<Idle>>>,
     /// Set for a pool of TLS connections: each is verified for the host it
-    /// was opened to.
+    /// was opened to, or for `server_name` when that is set.
     tls: Option<tokio_rustls::TlsConnector>,
+    /// The name every TLS connection is verified for (and sends in SNI),
+    /// whatever the target's address: a service's `tls.server_name`.
+    server_name: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 impl Http1Pool {
@@ -77,8 +85,9 @@ impl Http1Pool {
             connect_timeout,
             idle_timeout,
             max_idle_per_target: 1024,
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(rustc_hash::FxHashMap::default()),
             tls: None,
+            server_name: None,
         }
     }
 
@@ -88,6 +97,12 @@ impl Http1Pool {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let tls = Some(tokio_rustls::TlsConnector::from(Arc::new(config)));
         Http1Pool { tls, ..Http1Pool::new(connect_timeout, idle_timeout) }
+    }
+
+    /// Verifies every TLS connection for `name` instead of the target's host.
+    pub fn with_server_name(mut self, name: rustls::pki_types::ServerName<'static>) -> Http1Pool {
+        self.server_name = Some(name);
+        self
     }
 
     fn take_idle(&self, authority: &str) -> Option<Idle> {
@@ -131,12 +146,19 @@ impl Http1Pool {
     }
 
     async fn handshake(&self, authority: &str) -> Result<(SendRequest<UpstreamBody>, Connection), PoolError> {
+        // One deadline for the TCP connect and the TLS handshake together, as
+        // hyper-util's connector bounds them: a slow connect leaves the
+        // handshake only what remains.
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
         let stream = match &self.tls {
-            None => UpstreamStream::Left(self.connect_tcp(authority).await?),
+            None => UpstreamStream::Left(self.connect_tcp(authority, deadline).await?),
             Some(connector) => {
-                let name = server_name(authority)?;
-                let tcp = self.connect_tcp(authority).await?;
-                UpstreamStream::Right(Box::new(self.connect_tls(connector, authority, name, tcp).await?))
+                let name = match &self.server_name {
+                    Some(name) => name.clone(),
+                    None => server_name(authority)?,
+                };
+                let tcp = self.connect_tcp(authority, deadline).await?;
+                UpstreamStream::Right(Box::new(self.connect_tls(connector, authority, name, tcp, deadline).await?))
             }
         };
         http1::Builder::new()
@@ -153,8 +175,9 @@ impl Http1Pool {
         authority: &str,
         name: rustls::pki_types::ServerName<'static>,
         tcp: TcpStream,
+        deadline: tokio::time::Instant,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, PoolError> {
-        match tokio::time::timeout(self.connect_timeout, connector.connect(name, tcp)).await {
+        match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(source)) => Err(PoolError::Tls { authority: authority.to_string(), source }),
             Err(_) => {
@@ -164,9 +187,9 @@ impl Http1Pool {
         }
     }
 
-    async fn connect_tcp(&self, authority: &str) -> Result<TcpStream, PoolError> {
+    async fn connect_tcp(&self, authority: &str, deadline: tokio::time::Instant) -> Result<TcpStream, PoolError> {
         let connect = TcpStream::connect(authority);
-        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
+        let stream = match tokio::time::timeout_at(deadline, connect).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(source)) => return Err(PoolError::Connect { authority: authority.to_string(), source }),
             Err(_) => {
@@ -175,6 +198,11 @@ impl Http1Pool {
             }
         };
         let _ = stream.set_nodelay(true);
+        // An idle pooled connection whose upstream host vanished (no FIN, no
+        // RST) is noticed by the kernel instead of on the next request, as
+        // hyper-util's connector does it.
+        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         Ok(stream)
     }
 
@@ -549,5 +577,36 @@ mod tests {
             Err(error) => assert!(matches!(error, PoolError::Connect { .. }), "{error}"),
             Ok(_) => panic!("a closed port answered"),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tls_handshake_that_never_answers_ends_at_the_connect_deadline() {
+        // Accepts the TCP connection and never says a word of TLS.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: Arc<str> = listener.local_addr().unwrap().to_string().into();
+        tokio::spawn(async move {
+            let (_silent, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let pool = Arc::new(Http1Pool::with_tls(Duration::from_secs(3), Duration::from_secs(60), config));
+        match pool.send(&addr, &host(&addr), get("/x")).await {
+            Err(PoolError::TlsTimeout { ms, .. }) => assert_eq!(ms, 3000),
+            Err(error) => panic!("{error}"),
+            Ok(_) => panic!("a silent server answered"),
+        }
+    }
+
+    #[tokio::test]
+    async fn pooled_connections_have_tcp_keepalive_on() {
+        let (addr, _) = server(usize::MAX).await;
+        let pool = Http1Pool::new(Duration::from_secs(1), Duration::from_secs(60));
+        let stream = pool.connect_tcp(&addr, tokio::time::Instant::now() + Duration::from_secs(1)).await.unwrap();
+        assert!(socket2::SockRef::from(&stream).keepalive().unwrap());
+        assert_eq!(socket2::SockRef::from(&stream).tcp_keepalive_time().unwrap(), TCP_KEEPALIVE);
     }
 }

@@ -126,6 +126,7 @@ impl ProviderClients {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{frames_ready_now, tls_server, upstream_writing_at_once};
     use super::*;
 
     #[test]
@@ -155,77 +156,7 @@ mod tests {
     /// A plain provider that answers one streamed request with `events` SSE
     /// events, all in one write, chunked as OpenAI's servers send them.
     async fn provider_writing_at_once(events: usize) -> std::net::SocketAddr {
-        provider_writing_at_once_over(events, None).await.0
-    }
-
-    /// The same over TLS with `acceptor`; the receiver says whether an HTTP
-    /// request arrived (false: the client gave up during the handshake).
-    async fn provider_writing_at_once_over(
-        events: usize,
-        acceptor: Option<tokio_rustls::TlsAcceptor>,
-    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Receiver<bool>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (asked, asked_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut socket: Box<dyn Io> = match acceptor {
-                None => Box::new(tcp),
-                Some(acceptor) => match acceptor.accept(tcp).await {
-                    Ok(tls) => Box::new(tls),
-                    Err(_) => {
-                        let _ = asked.send(false);
-                        return;
-                    }
-                },
-            };
-            let _ = asked.send(true);
-            let mut seen = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = socket.read(&mut buf).await.unwrap();
-                assert!(n > 0, "the gateway hung up before sending its request");
-                seen.extend_from_slice(&buf[..n]);
-            }
-            let head = String::from_utf8_lossy(&seen).to_string();
-            assert!(head.starts_with("POST /v1/chat/completions HTTP/1.1\r\n"), "origin form: {head}");
-            assert!(head.to_ascii_lowercase().contains(&format!("\r\nhost: {addr}\r\n")), "host: {head}");
-            let mut answer = String::from(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
-            );
-            for n in 0..events {
-                let event = format!("data: {{\"n\":{n}}}\n\n");
-                answer.push_str(&format!("{:x}\r\n{event}\r\n", event.len()));
-            }
-            answer.push_str("0\r\n\r\n");
-            socket.write_all(answer.as_bytes()).await.unwrap();
-            // Held open: the gateway, not the provider, ends the exchange.
-            let _ = socket.read(&mut buf).await;
-        });
-        (addr, asked_rx)
-    }
-
-    trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-    impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
-
-    /// A CA, and a server certificate it signed for `name`, as a TLS acceptor.
-    fn tls_provider(name: &str) -> (rustls::pki_types::CertificateDer<'static>, tokio_rustls::TlsAcceptor) {
-        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca, ca_key);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
-        let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.der().clone()], key)
-            .unwrap();
-        (ca_cert.der().clone(), tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+        upstream_writing_at_once(events, None).await.0
     }
 
     /// Provider clients whose TLS pool trusts only `ca`.
@@ -247,24 +178,10 @@ mod tests {
         Request::post(url).body(Empty::new().map_err(|never| match never {}).boxed_unsync()).unwrap()
     }
 
-    /// Takes every frame the body has ready without waiting: (data frames, ended).
-    fn frames_ready_now(body: &mut UpstreamResponseBody) -> (usize, bool) {
-        use http_body::Body;
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let mut events = 0;
-        while let std::task::Poll::Ready(frame) = std::pin::Pin::new(&mut *body).poll_frame(&mut cx) {
-            match frame {
-                Some(frame) => events += usize::from(frame.unwrap().is_data()),
-                None => return (events, true),
-            }
-        }
-        (events, false)
-    }
-
     #[tokio::test(flavor = "current_thread")]
     async fn an_https_provider_is_verified_and_its_events_are_taken_in_one_turn() {
-        let (ca, acceptor) = tls_provider("127.0.0.1");
-        let (addr, _) = provider_writing_at_once_over(20, Some(acceptor)).await;
+        let (ca, acceptor) = tls_server("127.0.0.1");
+        let (addr, _) = upstream_writing_at_once(20, Some(acceptor)).await;
         let providers = trusting(ca);
         let url = format!("https://{addr}/v1");
         let target = PooledTarget::from_base_url(&url).unwrap();
@@ -278,8 +195,8 @@ mod tests {
     #[tokio::test]
     async fn an_https_provider_with_a_certificate_for_another_name_or_from_another_ca_gets_nothing() {
         // Signed by the trusted CA, but for another host.
-        let (ca, acceptor) = tls_provider("10.9.9.9");
-        let (addr, asked) = provider_writing_at_once_over(1, Some(acceptor)).await;
+        let (ca, acceptor) = tls_server("10.9.9.9");
+        let (addr, asked) = upstream_writing_at_once(1, Some(acceptor)).await;
         let url = format!("https://{addr}/v1");
         let target = PooledTarget::from_base_url(&url).unwrap();
         let refused = trusting(ca).request(Some(&target), stream_request(&format!("{url}/chat/completions"))).await;
@@ -288,9 +205,9 @@ mod tests {
         assert!(!asked.await.unwrap(), "the provider never got a request");
 
         // For the right host, but from a CA the pool does not trust.
-        let (_, acceptor) = tls_provider("127.0.0.1");
-        let (other_ca, _) = tls_provider("127.0.0.1");
-        let (addr, asked) = provider_writing_at_once_over(1, Some(acceptor)).await;
+        let (_, acceptor) = tls_server("127.0.0.1");
+        let (other_ca, _) = tls_server("127.0.0.1");
+        let (addr, asked) = upstream_writing_at_once(1, Some(acceptor)).await;
         let url = format!("https://{addr}/v1");
         let target = PooledTarget::from_base_url(&url).unwrap();
         let refused =

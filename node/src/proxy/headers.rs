@@ -121,6 +121,55 @@ pub struct RequestScan {
     pub hop_by_hop: bool,
     /// Some header is a forgery of a gateway-owned one.
     pub spoofed: bool,
+    /// Which headers that later phases read, replace or remove the client sent.
+    pub sent: Sent,
+}
+
+/// A set of the request headers the gateway reads or replaces later on:
+/// credentials, identity and forwarding. A phase that would remove or look
+/// up one the client did not send skips the map operation (each hashes the
+/// name). A set flag only means "may be present": a phase that sets one of
+/// these names itself marks it (see [`Sent::mark`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sent(u8);
+
+impl Sent {
+    pub const AUTHORIZATION: Sent = Sent(1);
+    pub const X_API_KEY: Sent = Sent(1 << 1);
+    pub const X_CONSUMER_ID: Sent = Sent(1 << 2);
+    pub const X_CONSUMER_NAME: Sent = Sent(1 << 3);
+    pub const X_ANONYMOUS_CONSUMER: Sent = Sent(1 << 4);
+    pub const X_FORWARDED_FOR: Sent = Sent(1 << 5);
+    pub const X_FORWARDED_HOST: Sent = Sent(1 << 6);
+    /// Every tracked header may be present: what a request holds before its
+    /// headers were scanned, so that a path that skipped the scan removes
+    /// and reads as if all were sent.
+    pub const ALL: Sent = Sent((1 << 7) - 1);
+
+    /// The flag of `name`, if it is one of the tracked headers.
+    pub fn of(name: &HeaderName) -> Sent {
+        if name == header::AUTHORIZATION {
+            return Sent::AUTHORIZATION;
+        }
+        match name.as_str() {
+            "x-api-key" => Sent::X_API_KEY,
+            "x-consumer-id" => Sent::X_CONSUMER_ID,
+            "x-consumer-name" => Sent::X_CONSUMER_NAME,
+            "x-anonymous-consumer" => Sent::X_ANONYMOUS_CONSUMER,
+            "x-forwarded-for" => Sent::X_FORWARDED_FOR,
+            "x-forwarded-host" => Sent::X_FORWARDED_HOST,
+            _ => Sent(0),
+        }
+    }
+
+    /// Notes that a header named `name` may now be in the request.
+    pub fn mark(&mut self, name: &HeaderName) {
+        self.0 |= Sent::of(name).0;
+    }
+
+    pub fn contains(self, flag: Sent) -> bool {
+        self.0 & flag.0 != 0
+    }
 }
 
 /// One pass over the request's header names; nearly every request has
@@ -130,6 +179,7 @@ pub fn scan_request(headers: &HeaderMap) -> RequestScan {
     for name in headers.keys() {
         scan.hop_by_hop |= is_hop_by_hop(name);
         scan.spoofed |= is_spoofed(name);
+        scan.sent.mark(name);
     }
     scan
 }
@@ -165,9 +215,17 @@ pub fn join_cookies(headers: &mut HeaderMap) {
 }
 
 /// Records the client in X-Forwarded-For/-Proto/-Host. `client` is the
-/// client's address already rendered as a header value (once per connection).
-pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, original_host: Option<HeaderValue>, tls: bool) {
-    let value = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+/// client's address already rendered as a header value (once per connection);
+/// `sent` says whether the client sent X-Forwarded-For or -Host.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: &HeaderValue,
+    original_host: Option<HeaderValue>,
+    tls: bool,
+    sent: Sent,
+) {
+    let chain = if sent.contains(Sent::X_FORWARDED_FOR) { headers.get(&X_FORWARDED_FOR) } else { None };
+    let value = match chain.map(HeaderValue::as_bytes) {
         Some(existing) if !existing.is_empty() => {
             let mut chain = Vec::with_capacity(existing.len() + 2 + client.len());
             chain.extend_from_slice(existing);
@@ -184,9 +242,14 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, original_hos
     // Only the gateway says which host the client asked for; without one
     // (HTTP/1.0 without Host) the client's own claim must not pass either.
     match original_host {
-        Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
-        None => headers.remove(&X_FORWARDED_HOST),
-    };
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+        None if sent.contains(Sent::X_FORWARDED_HOST) => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+        None => {}
+    }
 }
 
 /// The client's request id when it is a sane token, else a fresh random one
@@ -224,18 +287,51 @@ mod tests {
     }
 
     #[test]
+    fn the_scan_notes_every_tracked_header_in_any_spelling_and_nothing_else() {
+        let tracked = [
+            ("Authorization", Sent::AUTHORIZATION),
+            ("X-Api-Key", Sent::X_API_KEY),
+            ("X-CONSUMER-ID", Sent::X_CONSUMER_ID),
+            ("x-consumer-name", Sent::X_CONSUMER_NAME),
+            ("X-Anonymous-Consumer", Sent::X_ANONYMOUS_CONSUMER),
+            ("X-Forwarded-For", Sent::X_FORWARDED_FOR),
+            ("x-Forwarded-HOST", Sent::X_FORWARDED_HOST),
+        ];
+        for (name, flag) in tracked {
+            let mut h = HeaderMap::new();
+            h.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("v"));
+            h.insert("accept", HeaderValue::from_static("*/*"));
+            let sent = scan_request(&h).sent;
+            assert_eq!(sent, flag, "{name}");
+            for (_, other) in tracked.iter().filter(|(_, f)| *f != flag) {
+                assert!(!sent.contains(*other), "{name}");
+            }
+        }
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-consumer-role", HeaderValue::from_static("admin"));
+        assert_eq!(scan_request(&h).sent, Sent::default());
+        assert!(tracked.iter().all(|(_, flag)| Sent::ALL.contains(*flag)));
+        let mut marked = Sent::default();
+        marked.mark(&HeaderName::from_static("x-consumer-id"));
+        assert!(marked.contains(Sent::X_CONSUMER_ID));
+    }
+
+    #[test]
     fn forwarded_for_appends_to_an_existing_chain() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
         let client = HeaderValue::from_static("127.0.0.1");
-        add_forwarded(&mut h, &client, Some(HeaderValue::from_static("api.example.com")), false);
+        let sent = scan_request(&h).sent;
+        add_forwarded(&mut h, &client, Some(HeaderValue::from_static("api.example.com")), false, sent);
         assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
         assert_eq!(h["x-forwarded-host"], "api.example.com");
         assert_eq!(h["x-forwarded-proto"], "http");
 
         let mut fresh = HeaderMap::new();
         fresh.insert("x-forwarded-host", HeaderValue::from_static("forged.example"));
-        add_forwarded(&mut fresh, &client, None, true);
+        let sent = scan_request(&fresh).sent;
+        add_forwarded(&mut fresh, &client, None, true, sent);
         assert_eq!(fresh["x-forwarded-for"], "127.0.0.1");
         assert_eq!(fresh["x-forwarded-proto"], "https");
         assert!(!fresh.contains_key("x-forwarded-host"));
@@ -330,7 +426,9 @@ mod tests {
         h.insert("accept", HeaderValue::from_static("*/*"));
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
         h.insert("user-agent", HeaderValue::from_static("curl"));
-        assert_eq!(scan_request(&h), RequestScan::default());
+        let scan = scan_request(&h);
+        assert!(!scan.hop_by_hop && !scan.spoofed, "{scan:?}");
+        assert_eq!(scan.sent, Sent::X_FORWARDED_FOR);
     }
 
     #[test]

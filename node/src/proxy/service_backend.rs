@@ -120,7 +120,7 @@ fn upstream_request_head(rctx: &RequestCtx, route: &CompiledRoute, parts: &mut h
     // Envoy and Traefik send it.
     parts.headers.remove(header::HOST);
     let forwarded_host = rctx.authority.as_ref().map(|a| a.header_value().clone());
-    headers::add_forwarded(&mut parts.headers, &rctx.client.forwarded_for, forwarded_host, rctx.client.tls);
+    headers::add_forwarded(&mut parts.headers, &rctx.client.forwarded_for, forwarded_host, rctx.client.tls, rctx.sent);
     parts.headers.insert(X_REQUEST_ID.clone(), rctx.request_id.clone());
     if let Some(trace) = &rctx.trace {
         parts.headers.insert(TRACEPARENT.clone(), trace.header());
@@ -357,7 +357,8 @@ fn classify(
             return GatewayError::ClientBody { reason: client.to_string() };
         }
         match e.downcast_ref::<PoolError>() {
-            Some(PoolError::ConnectTimeout { ms, .. }) => {
+            // The TLS handshake shares the connect's deadline (see the pool).
+            Some(PoolError::ConnectTimeout { ms, .. } | PoolError::TlsTimeout { ms, .. }) => {
                 return GatewayError::UpstreamConnectTimeout { target, timeout_ms: *ms };
             }
             // The OS may give up connecting (ETIMEDOUT) before our timeout does.
@@ -449,5 +450,22 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tls_handshake_past_the_connect_deadline_is_a_connect_timeout() {
+        let timeouts = Timeouts { connect: Duration::from_secs(3), request: Duration::from_secs(30) };
+        let error: BoxError = Box::new(PoolError::TlsTimeout { authority: "10.0.0.5:443".into(), ms: 3000 });
+        match classify(error.as_ref(), "10.0.0.5:443", 1024, timeouts) {
+            GatewayError::UpstreamConnectTimeout { target, timeout_ms } => {
+                assert_eq!((target.as_str(), timeout_ms), ("10.0.0.5:443", 3000));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -30,7 +30,14 @@ use crate::telemetry::metrics::{Metrics, RouteMetrics, ServiceMetrics};
 /// The routes, matched by the router.
 pub type RouteTable = Router<Arc<CompiledRoute>>;
 /// The services, by id.
-pub type ServiceTable = HashMap<String, CompiledService>;
+pub type ServiceTable = rustc_hash::FxHashMap<String, CompiledService>;
+
+/// A persistent map hashed with FxHash, for the per-request lookups of
+/// consumers and keys (SipHash cost a few hundred instructions a lookup).
+/// Flooding a table needs control over the keys inserted, and only the
+/// cluster's administrators insert these (key ids are random, made by the
+/// gateway); a caller only looks keys up, which costs no more for a chosen key.
+pub type LookupMap<K, V> = imbl::GenericHashMap<K, V, rustc_hash::FxBuildHasher, imbl::shared_ptr::DefaultSharedPtr>;
 
 /// What the data plane serves from, compiled from one replicated state.
 ///
@@ -46,8 +53,8 @@ pub struct GatewaySnapshot {
     pub revision: u64,
     pub router: Arc<RouteTable>,
     pub services: Arc<ServiceTable>,
-    pub api_keys: imbl::HashMap<Arc<str>, Arc<ApiKey>>,
-    pub consumers: imbl::HashMap<Arc<str>, Arc<CompiledConsumer>>,
+    pub api_keys: LookupMap<Arc<str>, Arc<ApiKey>>,
+    pub consumers: LookupMap<Arc<str>, Arc<CompiledConsumer>>,
     pub consumer_ids_by_name: imbl::HashMap<Arc<str>, Arc<str>>,
     pub ai: Arc<crate::ai::snapshot::AiSnapshot>,
     /// Rate limits and budgets, indexed by what they are attached to.
@@ -298,8 +305,8 @@ impl GatewaySnapshot {
             revision: 0,
             router: Arc::new(Router::build([])),
             services: Default::default(),
-            api_keys: imbl::HashMap::new(),
-            consumers: imbl::HashMap::new(),
+            api_keys: LookupMap::default(),
+            consumers: LookupMap::default(),
             consumer_ids_by_name: imbl::HashMap::new(),
             ai: Default::default(),
             limits: Default::default(),

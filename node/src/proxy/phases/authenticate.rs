@@ -10,7 +10,7 @@ use std::sync::Arc;
 use http::header::{self, HeaderValue};
 use tollgate_proto::config::v1::{ApiKey, AuthMode};
 
-use super::super::headers::X_API_KEY;
+use super::super::headers::{Sent, X_API_KEY};
 use super::super::snapshot::{CompiledConsumer, CompiledRoute, GatewaySnapshot};
 use super::{PhaseResult, RequestCtx, Step};
 use crate::apikey;
@@ -27,7 +27,7 @@ pub fn run(
     route: &CompiledRoute,
     parts: &mut http::request::Parts,
 ) -> PhaseResult {
-    let caller = authenticate(snapshot, route, &parts.headers, parts.uri.query()).map_err(|error| {
+    let caller = authenticate(snapshot, route, &parts.headers, rctx.sent, parts.uri.query()).map_err(|error| {
         // A bad credential on a draft gets the answer of a version that does
         // not exist: a 401 would tell that the draft is there.
         match rctx.version.as_ref().filter(|v| v.is_draft()) {
@@ -37,15 +37,21 @@ pub fn run(
     })?;
     static TRUE: HeaderValue = HeaderValue::from_static("true");
     let consumer = caller.as_ref().map(|c| c.consumer);
-    for (name, value) in [
-        (&X_CONSUMER_ID, consumer.and_then(|c| c.id_header.as_ref())),
-        (&X_CONSUMER_NAME, consumer.and_then(|c| c.name_header.as_ref())),
-        (&X_ANONYMOUS_CONSUMER, consumer.filter(|c| c.anonymous).map(|_| &TRUE)),
+    for (name, flag, value) in [
+        (&X_CONSUMER_ID, Sent::X_CONSUMER_ID, consumer.and_then(|c| c.id_header.as_ref())),
+        (&X_CONSUMER_NAME, Sent::X_CONSUMER_NAME, consumer.and_then(|c| c.name_header.as_ref())),
+        (&X_ANONYMOUS_CONSUMER, Sent::X_ANONYMOUS_CONSUMER, consumer.filter(|c| c.anonymous).map(|_| &TRUE)),
     ] {
         match value {
-            Some(value) => parts.headers.insert(name.clone(), value.clone()),
-            None => parts.headers.remove(name),
-        };
+            Some(value) => {
+                parts.headers.insert(name.clone(), value.clone());
+            }
+            // Whatever the client sent under this name must not reach the upstream.
+            None if rctx.sent.contains(flag) => {
+                parts.headers.remove(name);
+            }
+            None => {}
+        }
     }
     rctx.consumer = consumer.cloned();
     rctx.api_key = caller.and_then(|c| c.key).cloned();
@@ -55,8 +61,12 @@ pub fn run(
     // this gateway for each tool call, as the caller's own.
     let mcp = matches!(route.backend, super::super::snapshot::RouteBackend::Mcp { .. });
     if consumer.is_some() && !mcp {
-        parts.headers.remove(header::AUTHORIZATION);
-        parts.headers.remove(&X_API_KEY);
+        if rctx.sent.contains(Sent::AUTHORIZATION) {
+            parts.headers.remove(header::AUTHORIZATION);
+        }
+        if rctx.sent.contains(Sent::X_API_KEY) {
+            parts.headers.remove(&X_API_KEY);
+        }
     }
     Ok(Step::Continue)
 }
@@ -79,11 +89,14 @@ fn authenticate<'s>(
     snapshot: &'s GatewaySnapshot,
     route: &CompiledRoute,
     headers: &http::HeaderMap,
+    sent: Sent,
     query: Option<&str>,
 ) -> Result<Option<Caller<'s>>, GatewayError> {
     let mode = AuthMode::try_from(route.route.auth).unwrap_or(AuthMode::ApiKey);
-    let bearer = headers
-        .get(header::AUTHORIZATION)
+    let bearer = sent
+        .contains(Sent::AUTHORIZATION)
+        .then(|| headers.get(header::AUTHORIZATION))
+        .flatten()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
@@ -95,7 +108,8 @@ fn authenticate<'s>(
             authenticate_jwt(snapshot, route, bearer).map(|c| Some(c.into()))
         }
         AuthMode::ApiKeyOrJwt | AuthMode::ApiKey | AuthMode::Unspecified => {
-            let presented = bearer.or_else(|| headers.get(&X_API_KEY).and_then(|v| v.to_str().ok()));
+            let api_key_header = || sent.contains(Sent::X_API_KEY).then(|| headers.get(&X_API_KEY)).flatten();
+            let presented = bearer.or_else(|| api_key_header().and_then(|v| v.to_str().ok()));
             // Google's SDKs send `x-goog-api-key` or `?key=`: accepted on AI routes only.
             let presented = presented.or_else(|| {
                 route.backend.is_ai().then(|| tollgate_llm::gemini_ingress::presented_key(headers, query)).flatten()

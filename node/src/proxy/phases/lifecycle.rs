@@ -37,6 +37,7 @@ pub fn run(
     }
     if let (Some(header), Some(value)) = (&versions.header, &version.header_value) {
         parts.headers.insert(header.clone(), value.clone());
+        rctx.sent.mark(header);
     }
     rctx.deprecation = version.deprecation_headers(parts.uri.path(), rctx.version_segment);
     rctx.version = Some(version);

@@ -135,6 +135,9 @@ pub struct RequestCtx {
     pub authority: Option<Authority>,
     /// From `route_match`: the protocol a WebSocket upgrade asks for.
     pub upgrade: Option<HeaderValue>,
+    /// From `route_match`: which of the headers later phases read, replace
+    /// or remove may be in the request (a phase that sets one marks it).
+    pub sent: super::headers::Sent,
     /// From `route_match`: the path the upstream receives when strip or
     /// rewrite changed it (None: the normalised path as received).
     pub rewritten_path: Option<String>,
@@ -177,6 +180,7 @@ impl RequestCtx {
             phases: PhasesRun::default(),
             authority: None,
             upgrade: None,
+            sent: super::headers::Sent::ALL,
             rewritten_path: None,
             route: None,
             service: None,

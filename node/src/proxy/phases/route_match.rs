@@ -43,6 +43,7 @@ pub fn run<'s>(
     // token or `_` spelling can remove or forge one.
     let scan = headers::scan_request(&parts.headers);
     rctx.upgrade = if scan.hop_by_hop { upgrade::requested(parts) } else { None };
+    rctx.sent = scan.sent;
     headers::sanitize_request(&mut parts.headers, scan);
     if parts.version == http::Version::HTTP_2 {
         headers::join_cookies(&mut parts.headers);
