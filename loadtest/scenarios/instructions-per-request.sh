@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, counted by callgrind: a measure of the
+# request path's user-space work that does not move with the machine's noise,
+# for A/B comparisons of changes too small for throughput rounds to show (a
+# 2% change hides in rounds that range ±10% on a shared VM). Kernel time is
+# not counted; throughput and CPU per request stay bench-vs-nginx.sh's job.
+#
+#   A=/tmp/old/tollgate B=target/release/tollgate ROUTE=key N=20000 \
+#     loadtest/scenarios/instructions-per-request.sh
+#
+# Each binary runs under valgrind with instrumentation off while it starts
+# and is configured, and on for exactly N requests after a warm-up, so the
+# total divided by N is the cost of one request (its share of timers and the
+# background threads included). BARE=1 adds the bare hyper proxy
+# (examples/bare_proxy) as the floor. TOP=n lists each run's n costliest
+# functions (self cost). Under valgrind the CPU reports no SHA extensions, so
+# the API-key route's count includes ~7,100 instructions of software SHA-256
+# that a native run does with SHA-NI in a few hundred; the same in A and B.
+# Needs valgrind (apt-get install -y valgrind) and release builds
+# (cargo build --release -p tollgate-node -p tollgate-loadtest --bin tollgate
+# --bin tollgate-load --example bare_proxy). Everything on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+command -v valgrind >/dev/null || { echo "needs valgrind: apt-get install -y valgrind" >&2; exit 2; }
+LOAD=${LOAD:-target/release/tollgate-load}
+BARE_BIN=${BARE_BIN:-target/release/examples/bare_proxy}
+ROUTE=${ROUTE:-key}
+N=${N:-20000}
+TOP=${TOP:-0}
+WORK=$(mktemp -d /tmp/tollgate-instr.XXXXXX)
+TOKEN=bench-admin-token-0123456789
+PIDS=()
+cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+"$LOAD" --threads 1 mock http --listen 127.0.0.1:39000 > /dev/null 2>&1 &
+PIDS+=($!)
+
+# count LABEL PID URL HEADER...: N requests with instrumentation on; prints instructions per request.
+count() {
+  local label=$1 pid=$2 url=$3
+  shift 3
+  "$LOAD" --threads 1 run "$url" -q -c 10 -n 2000 "$@" > /dev/null
+  callgrind_control -i on "$pid" > /dev/null
+  "$LOAD" --threads 1 run "$url" -q -c 10 -n "$N" "$@" > "$WORK/$label.load"
+  callgrind_control -i off "$pid" > /dev/null
+  callgrind_control -d "$pid" > /dev/null
+  grep -q "status codes   200: $N" "$WORK/$label.load" || { echo "$label: not every request got a 200" >&2; cat "$WORK/$label.load" >&2; exit 1; }
+  local dump total
+  dump=$(ls -t "$WORK/$label".cg* | head -n 1)
+  total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t {gsub(",", "", $1); t = $1} END {print t}')
+  echo "$label $((total / N))" >> "$WORK/results"
+  printf '%-8s %8d instructions per request\n' "$label" "$((total / N))"
+  if [ "$TOP" -gt 0 ]; then
+    callgrind_annotate "$dump" 2>/dev/null | awk -v n="$N" 'f && NF && $1 ~ /^[0-9,]+$/ {v=$1; gsub(",", "", v); i = index($0, "???:"); if (!i) i = index($0, " ./") + 1; if (k++ < '"$TOP"') printf "    %7d %s\n", v / n, substr($0, i, 110)} /file:function/ {f=1}'
+  fi
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+# gateway LABEL BINARY: a single node under callgrind, with an open and an API-key route to the mock.
+gateway() {
+  local label=$1 bin=$2
+  # One core, as in bench-vs-nginx.sh: the node then runs tokio's single-threaded scheduler.
+  taskset -c 1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/$label.cg" \
+    "$bin" serve --data-dir "$WORK/$label" --proxy-listen 127.0.0.1:38080 --admin-listen 127.0.0.1:39090 \
+    --ops-listen 127.0.0.1:39091 --cluster-listen 127.0.0.1:37000 --admin-token "$TOKEN" \
+    --access-log off --log-format json > /dev/null 2> "$WORK/$label.log" &
+  local pid=$!
+  PIDS+=($pid)
+  for _ in $(seq 1 600); do curl -sf http://127.0.0.1:39091/readyz > /dev/null 2>&1 && break; sleep 0.2; done
+  local ctl=("$bin" ctl --admin 127.0.0.1:39090 --token "$TOKEN" --timeout 60s)
+  "${ctl[@]}" service create mock --target 127.0.0.1:39000 > /dev/null
+  "${ctl[@]}" route create open --service mock --path /open --auth none > /dev/null
+  "${ctl[@]}" route create key --service mock --path /key > /dev/null
+  "${ctl[@]}" consumer create bench > /dev/null
+  local key
+  key=$("${ctl[@]}" -o json key create --consumer bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')
+  count "$label" "$pid" "http://127.0.0.1:38080/$ROUTE" -H "x-api-key: $key"
+}
+
+if [ "${BARE:-0}" = 1 ]; then
+  taskset -c 1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/bare.cg" \
+    "$BARE_BIN" 127.0.0.1:38081 127.0.0.1:39000 > /dev/null 2>&1 &
+  BARE_PID=$!
+  PIDS+=($BARE_PID)
+  for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:38081/ 2> /dev/null && break; sleep 0.2; done
+  count bare "$BARE_PID" "http://127.0.0.1:38081/$ROUTE"
+fi
+[ -n "${A:-}" ] && gateway A "$A"
+[ -n "${B:-}" ] && gateway B "$B"
+if [ -n "${A:-}" ] && [ -n "${B:-}" ]; then
+  awk '{v[$1] = $2} END {printf "B/A %.3f (B %+d instructions per request)\n", v["B"] / v["A"], v["B"] - v["A"]}' "$WORK/results"
+fi
