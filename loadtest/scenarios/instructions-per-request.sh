@@ -21,7 +21,13 @@
 # --bin tollgate-load --example bare_proxy). Everything on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-command -v valgrind >/dev/null || { echo "needs valgrind: apt-get install -y valgrind" >&2; exit 2; }
+for tool in valgrind callgrind_control callgrind_annotate taskset curl python3; do
+  command -v "$tool" > /dev/null || { echo "needs $tool (valgrind: apt-get install -y valgrind)" >&2; exit 2; }
+done
+[ "$(nproc)" -ge 2 ] || { echo "needs two CPUs: the gateway runs on CPU 1" >&2; exit 2; }
+for port in 39000 38080 38081 39090 39091 39092 37000; do
+  if (exec 3<> "/dev/tcp/127.0.0.1/$port") 2> /dev/null; then echo "port $port is in use: stop what listens there" >&2; exit 2; fi
+done
 LOAD=${LOAD:-target/release/tollgate-load}
 BARE_BIN=${BARE_BIN:-target/release/examples/bare_proxy}
 ROUTE=${ROUTE:-key}
@@ -30,11 +36,28 @@ TOP=${TOP:-0}
 WORK=$(mktemp -d /tmp/tollgate-instr.XXXXXX)
 TOKEN=bench-admin-token-0123456789
 PIDS=()
-cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+cleanup() {
+  kill "${PIDS[@]}" 2> /dev/null || true
+  wait 2> /dev/null || true
+  if [ "${KEEP:-0}" = 1 ]; then echo "callgrind dumps and logs kept in $WORK"; else rm -rf "$WORK"; fi
+}
 trap cleanup EXIT
 
-"$LOAD" --threads 1 mock http --listen 127.0.0.1:39000 > /dev/null 2>&1 &
+"$LOAD" --threads 1 mock http --listen 127.0.0.1:39000 > "$WORK/mock.out" 2>&1 &
 PIDS+=($!)
+for _ in $(seq 1 50); do grep -q 127.0.0.1:39000 "$WORK/mock.out" 2> /dev/null && break; sleep 0.1; done
+grep -q 127.0.0.1:39000 "$WORK/mock.out" || { echo "the mock upstream did not start:" >&2; cat "$WORK/mock.out" >&2; exit 1; }
+
+# ready PID URL [-f]: waits for URL to answer (with -f: with a success status) while PID runs.
+ready() {
+  for _ in $(seq 1 600); do
+    kill -0 "$1" 2> /dev/null || { echo "process $1 exited before it was ready" >&2; exit 1; }
+    curl -s -o /dev/null ${3:-} "$2" 2> /dev/null && return 0
+    sleep 0.2
+  done
+  echo "$2 did not answer in two minutes" >&2
+  exit 1
+}
 
 # count LABEL PID URL HEADER...: N requests with instrumentation on; prints instructions per request.
 count() {
@@ -48,14 +71,19 @@ count() {
   grep -q "status codes   200: $N" "$WORK/$label.load" || { echo "$label: not every request got a 200" >&2; cat "$WORK/$label.load" >&2; exit 1; }
   local dump total
   dump=$(ls -t "$WORK/$label".cg* | head -n 1)
-  total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t {gsub(",", "", $1); t = $1} END {print t}')
+  total=$(callgrind_annotate "$dump" | awk '/PROGRAM TOTALS/ && !t {gsub(",", "", $1); t = $1} END {print t}')
+  [ -n "$total" ] || { echo "$label: no total in $dump" >&2; exit 1; }
   echo "$label $((total / N))" >> "$WORK/results"
   printf '%-8s %8d instructions per request\n' "$label" "$((total / N))"
   if [ "$TOP" -gt 0 ]; then
     callgrind_annotate "$dump" 2>/dev/null | awk -v n="$N" 'f && NF && $1 ~ /^[0-9,]+$/ {v=$1; gsub(",", "", v); i = index($0, "???:"); if (!i) i = index($0, " ./") + 1; if (k++ < '"$TOP"') printf "    %7d %s\n", v / n, substr($0, i, 110)} /file:function/ {f=1}'
   fi
-  kill "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
+  kill "$pid" 2> /dev/null || true
+  wait "$pid" 2> /dev/null || true
+  # Waited for: not signalled again at exit, whoever has the number by then.
+  local kept=()
+  for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || kept+=("$p"); done
+  PIDS=("${kept[@]}")
 }
 
 # gateway LABEL BINARY: a single node under callgrind, with an open and an API-key route to the mock.
@@ -64,11 +92,11 @@ gateway() {
   # One core, as in bench-vs-nginx.sh: the node then runs tokio's single-threaded scheduler.
   taskset -c 1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/$label.cg" \
     "$bin" serve --data-dir "$WORK/$label" --proxy-listen 127.0.0.1:38080 --admin-listen 127.0.0.1:39090 \
-    --ops-listen 127.0.0.1:39091 --cluster-listen 127.0.0.1:37000 --admin-token "$TOKEN" \
+    --ops-listen 127.0.0.1:39091 --console-listen 127.0.0.1:39092 --cluster-listen 127.0.0.1:37000 --admin-token "$TOKEN" \
     --access-log off --log-format json > /dev/null 2> "$WORK/$label.log" &
   local pid=$!
   PIDS+=($pid)
-  for _ in $(seq 1 600); do curl -sf http://127.0.0.1:39091/readyz > /dev/null 2>&1 && break; sleep 0.2; done
+  ready "$pid" http://127.0.0.1:39091/readyz -f
   local ctl=("$bin" ctl --admin 127.0.0.1:39090 --token "$TOKEN" --timeout 60s)
   "${ctl[@]}" service create mock --target 127.0.0.1:39000 > /dev/null
   "${ctl[@]}" route create open --service mock --path /open --auth none > /dev/null
@@ -84,7 +112,7 @@ if [ "${BARE:-0}" = 1 ]; then
     "$BARE_BIN" 127.0.0.1:38081 127.0.0.1:39000 > /dev/null 2>&1 &
   BARE_PID=$!
   PIDS+=($BARE_PID)
-  for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:38081/ 2> /dev/null && break; sleep 0.2; done
+  ready "$BARE_PID" http://127.0.0.1:38081/
   count bare "$BARE_PID" "http://127.0.0.1:38081/$ROUTE"
 fi
 [ -n "${A:-}" ] && gateway A "$A"

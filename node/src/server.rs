@@ -261,6 +261,7 @@ impl Node {
         let admin_token = token.value().to_string();
 
         let clients = UpstreamClients::new(ms(config.proxy.upstream_idle_timeout_ms));
+        tokio::spawn(clients.idle_sweeper());
         let defaults = TimeoutDefaults {
             connect: ms(config.proxy.connect_timeout_ms),
             request: ms(config.proxy.request_timeout_ms),
@@ -274,7 +275,7 @@ impl Node {
             ledger: ledger.clone(),
             cooldowns: Default::default(),
             clients: crate::plumbing::ProviderClients::new(
-                clients.upstream(defaults.connect, None),
+                clients.upstream(defaults.connect, None).ok(),
                 clients.provider_tls_pool(defaults.connect),
                 clients.get(defaults.connect, Some(&provider_tls)),
             ),

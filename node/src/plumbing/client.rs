@@ -42,22 +42,20 @@ pub struct UpstreamClients {
     /// cannot take.
     pools: Mutex<HashMap<PoolKey, UpstreamClient>>,
     /// The data path's request-driven pools, plain and TLS.
-    http1: Mutex<HashMap<PoolKey, Arc<Http1Pool>>>,
+    http1: Arc<Mutex<HashMap<PoolKey, Arc<Http1Pool>>>>,
 }
 
-/// How the proxy reaches a service's targets: through connections the
-/// request drives itself (plain or TLS), or through hyper-util's client.
+/// How the proxy reaches a service's targets (and AI providers their
+/// endpoints): a pool of connections, plain or TLS, that each request drives
+/// itself. It writes the request line in origin form and takes the target
+/// from its own argument, so callers need not build an absolute URI.
 #[derive(Clone)]
-pub enum Upstream {
-    Pooled(Arc<Http1Pool>),
-    Client(Box<UpstreamClient>),
-}
+pub struct Upstream(Arc<Http1Pool>);
 
 impl Upstream {
-    /// The pool writes the request line as given and takes the target from
-    /// its own argument, so callers need not build an absolute URI for it.
-    pub fn sends_origin_form(&self) -> bool {
-        matches!(self, Upstream::Pooled(_))
+    #[cfg(test)]
+    pub(crate) fn new(pool: Http1Pool) -> Upstream {
+        Upstream(Arc::new(pool))
     }
 
     /// Sends `request` to the target at `authority` (`host:port`), whose
@@ -71,20 +69,12 @@ impl Upstream {
         request: Request<UpstreamBody>,
         upgrade: bool,
     ) -> Result<Response<UpstreamResponseBody>, BoxError> {
-        match self {
-            Upstream::Pooled(pool) if upgrade => {
-                let response = pool.send_upgrade(authority, host, request).await?;
-                Ok(response.map(UpstreamResponseBody::Client))
-            }
-            Upstream::Pooled(pool) => {
-                let response = pool.send(authority, host, request).await?;
-                Ok(response.map(UpstreamResponseBody::Pooled))
-            }
-            Upstream::Client(client) => {
-                let response = client.request(request).await?;
-                Ok(response.map(UpstreamResponseBody::Client))
-            }
+        if upgrade {
+            let response = self.0.send_upgrade(authority, host, request).await?;
+            return Ok(response.map(UpstreamResponseBody::Client));
         }
+        let response = self.0.send(authority, host, request).await?;
+        Ok(response.map(UpstreamResponseBody::Pooled))
     }
 }
 
@@ -123,50 +113,59 @@ impl Body for UpstreamResponseBody {
 
 impl UpstreamClients {
     pub fn new(idle_timeout: Duration) -> UpstreamClients {
-        UpstreamClients { idle_timeout, pools: Mutex::new(HashMap::new()), http1: Mutex::new(HashMap::new()) }
+        UpstreamClients { idle_timeout, pools: Mutex::new(HashMap::new()), http1: Default::default() }
+    }
+
+    /// Runs for as long as these clients live: every half idle timeout,
+    /// closes the pools' idle connections that are past it, whatever the
+    /// target (see `Http1Pool::close_expired`). hyper-util's client does
+    /// the same for its own pools.
+    pub fn idle_sweeper(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let pools = Arc::downgrade(&self.http1);
+        let every = (self.idle_timeout / 2).max(Duration::from_millis(100));
+        async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pools) = pools.upgrade() else { return };
+                let pools: Vec<Arc<Http1Pool>> =
+                    pools.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+                for pool in pools {
+                    pool.close_expired();
+                }
+            }
+        }
     }
 
     /// The data path's way to a service: the request-driven pool, over TLS
     /// when the service asks for it, so that a streamed answer's chunks that
     /// arrived together leave in one write either way. Pools are shared by
-    /// services with the same settings. None when the TLS settings are
-    /// unusable (the service then answers 503).
-    pub fn upstream(&self, connect_timeout: Duration, tls: Option<&UpstreamTls>) -> Option<Upstream> {
+    /// services with the same settings. An error says why the TLS settings
+    /// are unusable (the caller names the service; it then answers 503).
+    pub fn upstream(&self, connect_timeout: Duration, tls: Option<&UpstreamTls>) -> Result<Upstream, String> {
         let tls = tls.filter(|t| t.enabled);
         let key = PoolKey { connect_timeout, tls: tls.map(|t| (t.ca_pem.clone(), t.server_name.clone())) };
         let mut pools = self.http1.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(pool) = pools.get(&key) {
-            return Some(Upstream::Pooled(pool.clone()));
+            return Ok(Upstream(pool.clone()));
         }
         let pool = match tls {
             None => Http1Pool::new(connect_timeout, self.idle_timeout),
             Some(t) => {
-                let config = match client_config(t) {
-                    Ok(config) => config,
-                    Err(error) => {
-                        tracing::error!(%error, "upstream TLS settings are unusable; the service will answer 503");
-                        return None;
-                    }
-                };
-                let pool = Http1Pool::with_tls(connect_timeout, self.idle_timeout, config);
+                let pool = Http1Pool::with_tls(connect_timeout, self.idle_timeout, client_config(t)?);
                 match t.server_name.as_str() {
                     "" => pool,
-                    name => match ServerName::try_from(name.to_string()) {
-                        Ok(name) => pool.with_server_name(name),
-                        Err(_) => {
-                            tracing::error!(
-                                name,
-                                "upstream tls.server_name is not a host name or address; the service will answer 503"
-                            );
-                            return None;
-                        }
-                    },
+                    name => pool.with_server_name(
+                        ServerName::try_from(name.to_string())
+                            .map_err(|_| format!("tls.server_name {name:?} is not a host name or IP address"))?,
+                    ),
                 }
             }
         };
         let pool = Arc::new(pool);
         pools.insert(key, pool.clone());
-        Some(Upstream::Pooled(pool))
+        Ok(Upstream(pool))
     }
 
     /// A request-driven pool of TLS connections verified against the
@@ -174,14 +173,9 @@ impl UpstreamClients {
     /// usable CA store (providers then go through `get`'s client, if any).
     pub fn provider_tls_pool(&self, connect_timeout: Duration) -> Option<Upstream> {
         let system_roots = UpstreamTls { enabled: true, ..Default::default() };
-        let config = match client_config(&system_roots) {
-            Ok(config) => config,
-            Err(error) => {
-                tracing::warn!(%error, "no TLS pool for https AI providers");
-                return None;
-            }
-        };
-        Some(Upstream::Pooled(Arc::new(Http1Pool::with_tls(connect_timeout, self.idle_timeout, config))))
+        self.upstream(connect_timeout, Some(&system_roots))
+            .map_err(|error| tracing::warn!(%error, "no TLS pool for https AI providers"))
+            .ok()
     }
 
     /// Called while compiling a snapshot, never per request. A TLS setting
@@ -299,9 +293,15 @@ mod tests {
         let clients = UpstreamClients::new(timeout);
         let settings = tls(&pem(&ca), "api.internal");
         let upstream = clients.upstream(timeout, Some(&settings)).expect("usable settings");
-        let Upstream::Pooled(pool) = &upstream else { panic!("a TLS service goes through the pool") };
-        let Some(Upstream::Pooled(again)) = clients.upstream(timeout, Some(&settings)) else { panic!("pooled") };
-        assert!(Arc::ptr_eq(pool, &again), "services with the same settings share one pool");
+        let again = clients.upstream(timeout, Some(&settings)).unwrap();
+        assert!(Arc::ptr_eq(&upstream.0, &again.0), "services with the same settings share one pool");
+        let plain = clients.upstream(timeout, None).unwrap();
+        let other_name = clients.upstream(timeout, Some(&tls(&pem(&ca), "other.internal"))).unwrap();
+        let other_timeout = clients.upstream(Duration::from_secs(3), Some(&settings)).unwrap();
+        for (other, why) in [(plain, "plain"), (other_name, "another server name"), (other_timeout, "another timeout")]
+        {
+            assert!(!Arc::ptr_eq(&upstream.0, &other.0), "{why} gets a pool of its own");
+        }
 
         // Addressed by IP, verified for the service's server name.
         let authority: Arc<str> = Arc::from(addr.to_string());
@@ -322,10 +322,13 @@ mod tests {
         let (ca, _) = tls_server("api.internal");
         let timeout = Duration::from_secs(2);
         let clients = UpstreamClients::new(timeout);
-        assert!(clients.upstream(timeout, Some(&tls("not a certificate", "api.internal"))).is_none());
-        assert!(clients.upstream(timeout, Some(&tls(&pem(&ca), "not a host name!"))).is_none());
+        let error = clients.upstream(timeout, Some(&tls("not a certificate", "api.internal"))).err().unwrap();
+        assert!(error.contains("tls.ca_pem") || error.contains("no trusted CA"), "{error}");
+        let error = clients.upstream(timeout, Some(&tls(&pem(&ca), "not a host name!"))).err().unwrap();
+        assert_eq!(error, "tls.server_name \"not a host name!\" is not a host name or IP address");
         let off = UpstreamTls { enabled: false, ..tls("not a certificate", "") };
-        assert!(matches!(clients.upstream(timeout, Some(&off)), Some(Upstream::Pooled(_))), "TLS off: plain pool");
+        let plain = clients.upstream(timeout, None).unwrap();
+        assert!(Arc::ptr_eq(&clients.upstream(timeout, Some(&off)).unwrap().0, &plain.0), "TLS off: the plain pool");
     }
 
     #[tokio::test]

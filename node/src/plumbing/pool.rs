@@ -1,13 +1,13 @@
-//! Keep-alive HTTP/1.1 connections to plain-HTTP targets, driven by the
-//! request that uses them.
+//! Keep-alive HTTP/1.1 connections to upstream targets, plain or TLS, driven
+//! by the request that uses them.
 //!
 //! hyper-util's pooled client spawns a task per connection and talks to it
 //! through a channel, so every proxied request crosses tasks twice and, on a
 //! one-core runtime, parks and wakes the scheduler around each crossing. Here
 //! the request's own task polls the connection — while sending, and then from
 //! the response body wrapper while the body streams — and puts it back in
-//! the pool when the response is complete, as Pingora does. TLS targets,
-//! health probes and JWKS keep the hyper-util client.
+//! the pool when the response is complete, as Pingora does. Health probes,
+//! JWKS and AI providers the pools cannot take keep the hyper-util client.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -21,7 +21,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpStream, lookup_host};
 
 use super::client::{BoxError, UpstreamBody};
 use super::self_wake::SelfWake;
@@ -29,9 +31,12 @@ use super::self_wake::SelfWake;
 type UpstreamStream = tokio_util::either::Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 type Connection = http1::Connection<TokioIo<UpstreamStream>, UpstreamBody>;
 
-/// Idle time before the kernel probes a pooled connection (hyper-util's
-/// connector used the same for these targets).
+/// Idle time before the kernel probes a connection (hyper-util's connector
+/// used the same), then the interval and number of unanswered probes after
+/// which it gives up: two minutes in all, not Linux's default eleven.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+const TCP_KEEPALIVE_PROBES: u32 = 4;
 
 /// A connection: the handle to send on, the connection future that must be
 /// polled for anything to happen on the socket, and the waker it is polled with.
@@ -54,7 +59,7 @@ pub enum PoolError {
     ConnectTimeout { authority: String, ms: u64 },
     #[error("TLS with {authority} failed (certificate, host name or protocol): {source}")]
     Tls { authority: String, source: std::io::Error },
-    #[error("TLS handshake with {authority} timed out after {ms} ms")]
+    #[error("connecting to {authority} and the TLS handshake took longer than {ms} ms together")]
     TlsTimeout { authority: String, ms: u64 },
     #[error("{authority} is not a host name or address TLS can verify")]
     TlsName { authority: String },
@@ -68,8 +73,8 @@ pub struct Http1Pool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle_per_target: usize,
-    /// By target authority (from the configuration, never from a client), so
-    /// FxHash: SipHash was a few hundred instructions per checkout and release.
+    /// By target authority (set by operators, never by a client), so FxHash:
+    /// SipHash was a few hundred instructions per checkout and release.
     idle: Mutex<rustc_hash::FxHashMap<String, Vec<Idle>>>,
     /// Set for a pool of TLS connections: each is verified for the host it
     /// was opened to, or for `server_name` when that is set.
@@ -140,15 +145,37 @@ impl Http1Pool {
         }
     }
 
+    /// Closes every idle connection past the idle timeout, for all targets.
+    /// Releases and checkouts expire a target's connections only while it
+    /// has traffic; this covers targets that stopped getting any (removed
+    /// from the configuration, or a pool no service uses any more).
+    pub fn close_expired(&self) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.retain(|_, list| {
+                // Oldest first (see `put_idle`).
+                let past = list.partition_point(|c| now.duration_since(c.since) >= self.idle_timeout);
+                expired.extend(list.drain(..past));
+                !list.is_empty()
+            });
+        }
+        // Closed outside the lock.
+        drop(expired);
+    }
+
     async fn connect(&self, authority: &str) -> Result<Upstream, PoolError> {
         let (sender, conn) = self.handshake(authority).await?;
         Ok(Upstream { sender, conn: Box::pin(conn), wake: SelfWake::default() })
     }
 
     async fn handshake(&self, authority: &str) -> Result<(SendRequest<UpstreamBody>, Connection), PoolError> {
-        // One deadline for the TCP connect and the TLS handshake together, as
-        // hyper-util's connector bounds them: a slow connect leaves the
-        // handshake only what remains.
+        // One deadline for the TCP connect and the TLS handshake together:
+        // `connect_timeout` bounds the whole time to a usable connection, and
+        // a slow connect leaves the handshake only what remains. (hyper-util's
+        // connector bounded only the TCP connect; its TLS handshake ran until
+        // the request timeout.)
         let deadline = tokio::time::Instant::now() + self.connect_timeout;
         let stream = match &self.tls {
             None => UpstreamStream::Left(self.connect_tcp(authority, deadline).await?),
@@ -167,8 +194,8 @@ impl Http1Pool {
             .map_err(|source| PoolError::Handshake { authority: authority.to_string(), source })
     }
 
-    /// The TLS handshake, verifying the certificate for the host of
-    /// `authority` (`host:port`, `[v6]:port`), bounded like the connect.
+    /// The TLS handshake, verifying the certificate for `name` (the pool's
+    /// server name, else the host of `authority`), by the connect's deadline.
     async fn connect_tls(
         &self,
         connector: &tokio_rustls::TlsConnector,
@@ -188,20 +215,28 @@ impl Http1Pool {
     }
 
     async fn connect_tcp(&self, authority: &str, deadline: tokio::time::Instant) -> Result<TcpStream, PoolError> {
-        let connect = TcpStream::connect(authority);
-        let stream = match tokio::time::timeout_at(deadline, connect).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(source)) => return Err(PoolError::Connect { authority: authority.to_string(), source }),
-            Err(_) => {
-                let ms = self.connect_timeout.as_millis() as u64;
-                return Err(PoolError::ConnectTimeout { authority: authority.to_string(), ms });
-            }
+        let ms = self.connect_timeout.as_millis() as u64;
+        let timed_out = || PoolError::ConnectTimeout { authority: authority.to_string(), ms };
+        let failed = |source| PoolError::Connect { authority: authority.to_string(), source };
+        let addresses: Vec<SocketAddr> = match tokio::time::timeout_at(deadline, lookup_host(authority)).await {
+            Ok(Ok(addresses)) => addresses.collect(),
+            Ok(Err(source)) => return Err(failed(source)),
+            Err(_) => return Err(timed_out()),
+        };
+        let stream = match connect_any(&addresses, deadline).await {
+            Ok(stream) => stream,
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => return Err(timed_out()),
+            Err(source) => return Err(failed(source)),
         };
         let _ = stream.set_nodelay(true);
-        // An idle pooled connection whose upstream host vanished (no FIN, no
-        // RST) is noticed by the kernel instead of on the next request, as
-        // hyper-util's connector does it.
-        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
+        // A connection whose upstream host vanished (no FIN, no RST) is
+        // noticed by the kernel: a long stream or tunnel then ends instead of
+        // waiting for data that never comes. Probes start after a minute of
+        // silence, as hyper-util's connector set them.
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(TCP_KEEPALIVE)
+            .with_interval(TCP_KEEPALIVE_INTERVAL)
+            .with_retries(TCP_KEEPALIVE_PROBES);
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         Ok(stream)
     }
@@ -292,6 +327,29 @@ impl Http1Pool {
             }
         }
     }
+}
+
+/// Connects to the first of `addresses` that answers, in order, by
+/// `deadline`. Each gets an equal share of the time left, so an address
+/// that never answers (an IPv6 route that goes nowhere, a host that is
+/// down) cannot use up the whole deadline before the next is tried, as
+/// hyper-util's connector shares its connect timeout. The error is the last
+/// address's (`TimedOut` when it ran out of time).
+async fn connect_any(addresses: &[SocketAddr], deadline: tokio::time::Instant) -> std::io::Result<TcpStream> {
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the name resolved to no address");
+    for (tried, address) in addresses.iter().enumerate() {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        let share = (deadline - now) / u32::try_from(addresses.len() - tried).unwrap_or(u32::MAX);
+        last = match tokio::time::timeout(share, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(error)) => error,
+            Err(_) => std::io::ErrorKind::TimedOut.into(),
+        };
+    }
+    Err(last)
 }
 
 /// The name a TLS connection to `authority` (`host:port`, `[v6]:port`) is
@@ -534,6 +592,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_target_without_traffic_has_its_idle_connections_closed_by_the_sweep() {
+        let (addr, _) = server(usize::MAX).await;
+        let pool = Arc::new(Http1Pool::new(Duration::from_secs(1), Duration::from_millis(200)));
+        let target_host = host(&addr);
+        let burst: Vec<_> = (0..2).map(|_| pool.send(&addr, &target_host, get("/x"))).collect();
+        for response in futures::future::try_join_all(burst).await.unwrap() {
+            response.into_body().collect().await.unwrap();
+        }
+        pool.close_expired();
+        assert_eq!(pool.idle.lock().unwrap()[&*addr].len(), 2, "fresh connections stay");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        pool.close_expired();
+        assert!(pool.idle.lock().unwrap().is_empty(), "expired connections and their target's entry are gone");
+    }
+
+    /// A listener whose backlog is full: the kernel drops further SYNs, so
+    /// a connect to it hangs as one to a host that is down does, on loopback.
+    fn unanswering_address() -> (std::net::SocketAddr, Vec<std::net::TcpStream>) {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        socket.listen(0).unwrap();
+        let address = socket.local_addr().unwrap().as_socket().unwrap();
+        let mut filling = Vec::new();
+        // Connects that complete in the backlog, never accepted.
+        for _ in 0..4 {
+            match std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)) {
+                Ok(stream) => filling.push(stream),
+                Err(_) => break,
+            }
+        }
+        std::mem::forget(socket);
+        (address, filling)
+    }
+
+    #[tokio::test]
+    async fn an_address_that_never_answers_leaves_the_next_one_its_share_of_the_deadline() {
+        let (silent, _filling) = unanswering_address();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let good = listener.local_addr().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let stream = connect_any(&[silent, good], deadline).await.expect("the second address, within the deadline");
+        assert_eq!(stream.peer_addr().unwrap(), good);
+        let error = connect_any(&[silent], tokio::time::Instant::now() + Duration::from_millis(300)).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(connect_any(&[], deadline).await.unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[tokio::test]
     async fn connections_are_reused_after_a_complete_body() {
         let (addr, accepted) = server(usize::MAX).await;
         let pool = Arc::new(Http1Pool::new(Duration::from_secs(1), Duration::from_secs(60)));
@@ -599,6 +705,17 @@ mod tests {
             Err(error) => panic!("{error}"),
             Ok(_) => panic!("a silent server answered"),
         }
+        // The handshake gets what the connect left of the deadline, not a
+        // connect timeout of its own (time is paused: this is the clock's
+        // own arithmetic, not a measurement).
+        let Some(connector) = &pool.tls else { unreachable!() };
+        let start = tokio::time::Instant::now();
+        let deadline = start + Duration::from_secs(1);
+        let tcp = pool.connect_tcp(&addr, deadline).await.unwrap();
+        let name = server_name(&addr).unwrap();
+        let refused = pool.connect_tls(connector, &addr, name, tcp, deadline).await;
+        assert!(matches!(refused, Err(PoolError::TlsTimeout { .. })));
+        assert_eq!(tokio::time::Instant::now() - start, Duration::from_secs(1), "ended at the shared deadline");
     }
 
     #[tokio::test]

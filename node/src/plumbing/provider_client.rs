@@ -170,7 +170,7 @@ mod tests {
             .with_no_client_auth();
         let timeout = std::time::Duration::from_secs(2);
         let pool = super::super::pool::Http1Pool::with_tls(timeout, timeout, config);
-        ProviderClients::new(None, Some(Upstream::Pooled(Arc::new(pool))), None)
+        ProviderClients::new(None, Some(Upstream::new(pool)), None)
     }
 
     fn stream_request(url: &str) -> Request<UpstreamBody> {
@@ -227,7 +227,8 @@ mod tests {
         use http_body_util::{BodyExt, Empty};
         let addr = provider_writing_at_once(20).await;
         let clients = super::super::UpstreamClients::new(std::time::Duration::from_secs(60));
-        let providers = ProviderClients::new(clients.upstream(std::time::Duration::from_secs(1), None), None, None);
+        let providers =
+            ProviderClients::new(clients.upstream(std::time::Duration::from_secs(1), None).ok(), None, None);
         let target = PooledTarget::from_base_url(&format!("http://{addr}/")).unwrap();
         let request = Request::post(format!("http://{addr}/v1/chat/completions"))
             .body(Empty::new().map_err(|never| match never {}).boxed_unsync())

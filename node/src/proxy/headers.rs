@@ -224,6 +224,8 @@ pub fn add_forwarded(
     tls: bool,
     sent: Sent,
 ) {
+    debug_assert!(sent.contains(Sent::X_FORWARDED_FOR) || !headers.contains_key(&X_FORWARDED_FOR));
+    debug_assert!(sent.contains(Sent::X_FORWARDED_HOST) || !headers.contains_key(&X_FORWARDED_HOST));
     let chain = if sent.contains(Sent::X_FORWARDED_FOR) { headers.get(&X_FORWARDED_FOR) } else { None };
     let value = match chain.map(HeaderValue::as_bytes) {
         Some(existing) if !existing.is_empty() => {

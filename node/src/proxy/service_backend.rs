@@ -198,16 +198,8 @@ impl Exchange<'_> {
             rctx.attempts += 1;
             let target = &service.targets[index];
             rctx.upstream = Some(target.authority.clone());
-            let uri = if client.sends_origin_form() {
-                Uri::from(path_and_query.clone())
-            } else {
-                Uri::builder()
-                    .scheme(service.scheme)
-                    .authority(&*target.authority)
-                    .path_and_query(path_and_query.clone())
-                    .build()
-                    .map_err(|e| GatewayError::BadRequest(e.to_string()))?
-            };
+            // Origin form: the pool names the target itself.
+            let uri = Uri::from(path_and_query.clone());
             let body = match streaming.take() {
                 // A bodiless request (most GETs) needs no limit, nor a boxed body.
                 Some(body) if body.is_end_stream() => empty(),
@@ -346,7 +338,7 @@ fn classify(
     timeouts: Timeouts,
 ) -> GatewayError {
     let target = authority.to_string();
-    let mut connecting = error.downcast_ref::<hyper_util::client::legacy::Error>().is_some_and(|e| e.is_connect());
+    let mut connecting = false;
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     let mut reason = error.to_string();
     while let Some(e) = cause {
@@ -361,8 +353,9 @@ fn classify(
             Some(PoolError::ConnectTimeout { ms, .. } | PoolError::TlsTimeout { ms, .. }) => {
                 return GatewayError::UpstreamConnectTimeout { target, timeout_ms: *ms };
             }
-            // The OS may give up connecting (ETIMEDOUT) before our timeout does.
-            Some(PoolError::Connect { .. }) => connecting = true,
+            // The OS may give up connecting (ETIMEDOUT) before our timeout
+            // does, during the TCP connect or the TLS handshake.
+            Some(PoolError::Connect { .. } | PoolError::Tls { .. }) => connecting = true,
             _ => {}
         }
         if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
@@ -465,6 +458,17 @@ mod tests {
             GatewayError::UpstreamConnectTimeout { target, timeout_ms } => {
                 assert_eq!((target.as_str(), timeout_ms), ("10.0.0.5:443", 3000));
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_tls_handshake_the_os_timed_out_is_a_connect_timeout_not_a_request_timeout() {
+        let timeouts = Timeouts { connect: Duration::from_secs(3), request: Duration::from_secs(30) };
+        let source = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        let error: BoxError = Box::new(PoolError::Tls { authority: "10.0.0.5:443".into(), source });
+        match classify(error.as_ref(), "10.0.0.5:443", 1024, timeouts) {
+            GatewayError::UpstreamConnectTimeout { timeout_ms, .. } => assert_eq!(timeout_ms, 3000),
             other => panic!("{other:?}"),
         }
     }

@@ -34,9 +34,10 @@ pub type ServiceTable = rustc_hash::FxHashMap<String, CompiledService>;
 
 /// A persistent map hashed with FxHash, for the per-request lookups of
 /// consumers and keys (SipHash cost a few hundred instructions a lookup).
-/// Flooding a table needs control over the keys inserted, and only the
-/// cluster's administrators insert these (key ids are random, made by the
-/// gateway); a caller only looks keys up, which costs no more for a chosen key.
+/// Flooding a table needs control over the keys inserted: key ids are random,
+/// made by the gateway (admin API and portal alike), and consumer ids too,
+/// unless an administrator applies a declarative document naming them. A
+/// caller only looks keys up, which costs no more for a chosen key.
 pub type LookupMap<K, V> = imbl::GenericHashMap<K, V, rustc_hash::FxBuildHasher, imbl::shared_ptr::DefaultSharedPtr>;
 
 /// What the data plane serves from, compiled from one replicated state.
@@ -471,6 +472,23 @@ fn compile_routing(state: &GatewayState, shared: &Shared) -> (Arc<RouteTable>, A
     (Arc::new(router), Arc::new(services))
 }
 
+/// Logs why a service's TLS settings cannot be used; it answers 503.
+fn unusable(service: &str, error: &str) {
+    tracing::error!(service, %error, "the service's upstream TLS settings are unusable; it will answer 503");
+}
+
+/// A target's `host:port` (IPv6 in brackets) and the `Host` header it is
+/// sent: the same without the scheme's default port, as hyper-util's client
+/// and browsers write it (some upstreams match the exact Host, or build
+/// redirects from it).
+fn target_addresses(host: &str, port: u32, tls: bool) -> (String, String) {
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+    let authority = format!("{host}:{port}");
+    let default_port = if tls { 443 } else { 80 };
+    let header = if port == default_port { host } else { authority.clone() };
+    (authority, header)
+}
+
 fn compile_service(
     s: &Service,
     shared: &Shared,
@@ -486,11 +504,7 @@ fn compile_service(
         .targets
         .iter()
         .map(|t| {
-            let authority = if t.host.contains(':') {
-                format!("[{}]:{}", t.host, t.port)
-            } else {
-                format!("{}:{}", t.host, t.port)
-            };
+            let (authority, host_header) = target_addresses(&t.host, t.port, tls.is_some());
             live_targets.push((id.clone(), authority.clone()));
             let state = shared.health.target(&id, &authority);
             if let (Some(check), Some(client)) = (&s.health_check, &client) {
@@ -504,7 +518,7 @@ fn compile_service(
                     state: state.clone(),
                 });
             }
-            CompiledTarget::new(&authority, state)
+            CompiledTarget::new(&authority, &host_header, state)
         })
         .collect();
     let hash_on = HashOn::try_from(s.hash_on).unwrap_or(HashOn::Unspecified);
@@ -513,7 +527,11 @@ fn compile_service(
         label: Arc::from(s.name.as_str()),
         balancer: Balancer::new(s.lb_policy, &s.targets),
         targets,
-        upstream: shared.clients.upstream(connect_timeout, tls.as_ref()),
+        upstream: shared
+            .clients
+            .upstream(connect_timeout, tls.as_ref())
+            .map_err(|error| unusable(&s.name, &error))
+            .ok(),
         client,
         scheme,
         tls,
@@ -576,7 +594,11 @@ fn compile_route(r: &Route, service: Option<&CompiledService>, shared: &Shared) 
     let service_name = service.map_or("", |s| s.name.as_str());
     let upstream = match (r.connect_timeout_ms, service) {
         (0, _) | (_, None) => None,
-        (ms, Some(s)) => shared.clients.upstream(Duration::from_millis(ms.into()), s.tls.as_ref()),
+        (ms, Some(s)) => shared
+            .clients
+            .upstream(Duration::from_millis(ms.into()), s.tls.as_ref())
+            .map_err(|error| unusable(&s.name, &error))
+            .ok(),
     };
     CompiledRoute {
         id: id_of(&r.meta),
@@ -603,5 +625,22 @@ fn compile_route(r: &Route, service: Option<&CompiledService>, shared: &Shared) 
         subscription_service: service.filter(|s| s.subscription_required).map(|s| Arc::from(s.id.as_str())),
         service_team: service.map_or_else(|| Arc::from(""), |s| s.team_id.clone()),
         prompt: service.and_then(|s| s.prompt.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::target_addresses;
+
+    #[test]
+    fn the_host_header_leaves_out_the_schemes_default_port_only() {
+        let both = |a: &str, h: &str| (a.to_string(), h.to_string());
+        assert_eq!(target_addresses("api.internal", 443, true), both("api.internal:443", "api.internal"));
+        assert_eq!(target_addresses("api.internal", 80, false), both("api.internal:80", "api.internal"));
+        assert_eq!(target_addresses("api.internal", 80, true), both("api.internal:80", "api.internal:80"));
+        assert_eq!(target_addresses("api.internal", 443, false), both("api.internal:443", "api.internal:443"));
+        assert_eq!(target_addresses("10.0.0.5", 8443, true), both("10.0.0.5:8443", "10.0.0.5:8443"));
+        assert_eq!(target_addresses("::1", 443, true), both("[::1]:443", "[::1]"));
+        assert_eq!(target_addresses("::1", 9000, false), both("[::1]:9000", "[::1]:9000"));
     }
 }

@@ -50,7 +50,9 @@ mod tests {
     use crate::proxy::health::TargetState;
 
     fn targets(n: usize) -> Vec<CompiledTarget> {
-        (0..n).map(|i| CompiledTarget::new(&format!("t{i}"), Arc::new(TargetState::default()))).collect()
+        (0..n)
+            .map(|i| CompiledTarget::new(&format!("t{i}"), &format!("t{i}"), Arc::new(TargetState::default())))
+            .collect()
     }
 
     #[test]

@@ -27,10 +27,12 @@ pub struct CompiledTarget {
 }
 
 impl CompiledTarget {
-    pub fn new(authority: &str, state: Arc<TargetState>) -> CompiledTarget {
+    /// `host` is the `Host` header's value: the authority without the
+    /// scheme's default port, as browsers and hyper-util's client send it.
+    pub fn new(authority: &str, host: &str, state: Arc<TargetState>) -> CompiledTarget {
         // An authority that is not a valid header value cannot be connected to
         // either; an empty Host header then fails the request upstream.
-        let host = http::HeaderValue::from_str(authority).unwrap_or_else(|_| http::HeaderValue::from_static(""));
+        let host = http::HeaderValue::from_str(host).unwrap_or_else(|_| http::HeaderValue::from_static(""));
         CompiledTarget { authority: Arc::from(authority), host, state }
     }
 }

@@ -50,7 +50,8 @@ pub fn run(
             None if rctx.sent.contains(flag) => {
                 parts.headers.remove(name);
             }
-            None => {}
+            // A phase that set this name without marking it would let it through.
+            None => debug_assert!(!parts.headers.contains_key(name), "{name} present but not marked sent"),
         }
     }
     rctx.consumer = consumer.cloned();
@@ -67,6 +68,7 @@ pub fn run(
         if rctx.sent.contains(Sent::X_API_KEY) {
             parts.headers.remove(&X_API_KEY);
         }
+        debug_assert!(!parts.headers.contains_key(header::AUTHORIZATION) && !parts.headers.contains_key(&X_API_KEY));
     }
     Ok(Step::Continue)
 }
