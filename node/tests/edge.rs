@@ -275,6 +275,16 @@ async fn cors_ip_lists_and_transforms() {
     assert_eq!(reply.headers["x-served-by"], "tollgate");
     assert!(!reply.headers.contains_key("x-upstream"));
     assert_eq!(get(node.proxy_addr, "/api/orders/7", &[]).await.json()["path"], "/internal/orders/7");
+    // The upstream's Host names the target, whatever the client sent, and
+    // no route's header changes may decide it.
+    assert_eq!(seen["headers"]["host"], format!("127.0.0.1:{}", upstream.port()));
+    let seen = get(node.proxy_addr, "/users/1", &[("host", "client.example")]).await.json();
+    assert_eq!(seen["headers"]["host"], format!("127.0.0.1:{}", upstream.port()));
+    assert_eq!(seen["headers"]["x-forwarded-host"], "client.example");
+    let mut vhost = open_route("vhost", "svc", "/vhost");
+    vhost.request_headers = Some(HeaderTransform { set: vec![pair("host", "internal.example")], ..Default::default() });
+    let refused = admin.create_route(vhost).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     node.shutdown().await;
 }
 

@@ -82,7 +82,8 @@ pub async fn serve(
     // The client's connection keeps its own version (an HTTP/1.0 upstream must not make hyper close it).
     head.version = http::Version::HTTP_11;
     let switched = head.status == StatusCode::SWITCHING_PROTOCOLS;
-    let protocol = head.headers.get(header::UPGRADE).cloned();
+    // Read before the hop-by-hop headers go; only a 101 needs it.
+    let protocol = if switched { head.headers.get(header::UPGRADE).cloned() } else { None };
     headers::strip_hop_by_hop(&mut head.headers);
     if switched {
         let target = rctx.upstream.clone().unwrap_or_else(|| Arc::from(""));
@@ -115,10 +116,10 @@ fn upstream_request_head(rctx: &RequestCtx, route: &CompiledRoute, parts: &mut h
     if let Some(protocol) = &rctx.upgrade {
         upgrade::restore(&mut parts.headers, protocol.clone());
     }
-    // The upstream's Host names the target (set by the pool); the client's
-    // authority travels in X-Forwarded-Host, validated and canonical, as
-    // Envoy and Traefik send it.
-    parts.headers.remove(header::HOST);
+    // The upstream's Host names the target (set for each attempt, once the
+    // balancer chose it; admission keeps routes' header changes off it); the
+    // client's authority travels in X-Forwarded-Host, validated and
+    // canonical, as Envoy and Traefik send it.
     let forwarded_host = rctx.authority.as_ref().map(|a| a.header_value().clone());
     headers::add_forwarded(&mut parts.headers, &rctx.client.forwarded_for, forwarded_host, rctx.client.tls, rctx.sent);
     parts.headers.insert(X_REQUEST_ID.clone(), rctx.request_id.clone());
@@ -213,7 +214,7 @@ impl Exchange<'_> {
                 None if held.is_empty() => empty(),
                 None => full(held.clone()),
             };
-            let request = match first.take() {
+            let mut request = match first.take() {
                 Some(mut parts) => {
                     parts.uri = uri;
                     Request::from_parts(parts, body)
@@ -227,6 +228,8 @@ impl Exchange<'_> {
                     request
                 }
             };
+            // Replaces the client's Host (one insert; the pool adds none then).
+            request.headers_mut().insert(header::HOST, target.host.clone());
             let in_flight = InFlight::new(&target.state);
             let sent =
                 tokio::time::timeout(timeout, client.request(&target.authority, &target.host, request, upgrade)).await;
