@@ -8,6 +8,13 @@
 #   tollgate-rest  Tollgate's REST route with an API key, forwarding to the mock
 #                  (the yardstick: issue 17 wants the AI route at <= 2x its CPU)
 #   tollgate-ai    Tollgate's AI route with an API key (ledger, metrics)
+#   tollgate-rest-tls, tollgate-ai-tls
+#                  the same two routes to a second mock that speaks TLS (a
+#                  throwaway CA made with openssl; Tollgate trusts it through
+#                  SSL_CERT_FILE, as it would a provider's public CA): what
+#                  the cloud providers' https costs on each path. The TLS
+#                  mock shares core 1, so its own encryption lowers these
+#                  rows' req/s; CPU per request counts Tollgate's alone
 #   litellm        LiteLLM proxy (PyPI, pinned, in a venv), static master key, no DB
 #   portkey        Portkey AI gateway (npm, pinned), provider openai + custom host
 #
@@ -24,7 +31,7 @@
 # Environment: DUR (8s), CONNS (32), ROUNDS (1; rounds run every row in
 # turn, and with more than one the table shows the median), SLOW_DUR /
 # SLOW_CONNS (duration and connections for LiteLLM and Portkey; default DUR
-# and CONNS), ROWS (which rows, default all six), MODES ("json sse"), WARMUP
+# and CONNS), ROWS (which rows, default all eight), MODES ("json sse"), WARMUP
 # (2s per row and body), INSTALL_NGINX (auto: apt-get install nginx only where
 # a package install cannot start a system daemon, i.e. policy-rc.d refuses;
 # 1 always; 0 never), PYTHON (for LiteLLM's venv, >= 3.10; python3), LOAD
@@ -43,7 +50,7 @@ CONNS=${CONNS:-32}
 ROUNDS=${ROUNDS:-1}
 SLOW_DUR=${SLOW_DUR:-$DUR}
 SLOW_CONNS=${SLOW_CONNS:-$CONNS}
-ROWS=${ROWS:-direct nginx tollgate-rest tollgate-ai litellm portkey}
+ROWS=${ROWS:-direct nginx tollgate-rest tollgate-ai tollgate-rest-tls tollgate-ai-tls litellm portkey}
 MODES=${MODES:-json sse}
 WARMUP=${WARMUP:-2s}
 INSTALL_NGINX=${INSTALL_NGINX:-auto}
@@ -62,6 +69,7 @@ HONO_NODE_SERVER_VERSION=1.14.1
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/tollgate/bench-ai
 
 MOCK_PORT=39100
+MOCK_TLS_PORT=39101
 NGINX_PORT=39180       # buffered (nginx's default), for JSON
 NGINX_SSE_PORT=39181   # proxy_buffering off, for SSE
 TG_PROXY=39280
@@ -77,7 +85,7 @@ LITELLM_KEY=sk-litellm-bench-0123456789
 BODIES=$PWD/loadtest/scenarios/bodies
 
 for r in $ROWS; do
-  case $r in direct | nginx | tollgate-rest | tollgate-ai | litellm | portkey) ;; *) echo "error: unknown row $r" >&2; exit 2 ;; esac
+  case $r in direct | nginx | tollgate-rest | tollgate-ai | tollgate-rest-tls | tollgate-ai-tls | litellm | portkey) ;; *) echo "error: unknown row $r" >&2; exit 2 ;; esac
 done
 for m in $MODES; do
   case $m in json | sse) ;; *) echo "error: unknown mode $m (json, sse)" >&2; exit 2 ;; esac
@@ -189,7 +197,34 @@ MOCK_PID=$!
 PIDS+=("$MOCK_PID")
 wait_http "http://127.0.0.1:$MOCK_PORT/v1/models" "$MOCK_PID" 10 || { echo "error: the mock did not start" >&2; cat "$WORK/mock.out" >&2; exit 1; }
 
-TOLLGATE_CONSOLE_LISTEN=127.0.0.1:$TG_CONSOLE setsid taskset -c 1 "$TG" serve --data-dir "$WORK/tg" \
+# The TLS rows' upstream: the same mock behind a certificate for 127.0.0.1
+# from a CA made for this run. Tollgate reads its trusted roots once at
+# start-up; SSL_CERT_FILE makes that CA the system store for this process.
+TLS_ENV=()
+want_tls() { want_row tollgate-rest-tls || want_row tollgate-ai-tls; }
+if want_tls; then
+  if ! command -v openssl >/dev/null 2>&1; then
+    echo "error: the TLS rows need openssl (apt-get install -y openssl), or leave them out of ROWS" >&2
+    exit 1
+  fi
+  (
+    cd "$WORK" &&
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=bench-ca \
+      -keyout ca.key -out ca.pem &&
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 -keyout mock.key -out mock.csr &&
+    printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > mock.ext &&
+    openssl x509 -req -in mock.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile mock.ext -out mock.pem
+  ) > "$WORK/openssl.log" 2>&1 || { echo "error: making the test certificates failed:" >&2; tail -5 "$WORK/openssl.log" >&2; exit 1; }
+  setsid taskset -c 1 "$LOAD" --threads 1 mock openai --listen "127.0.0.1:$MOCK_TLS_PORT" --tokens 64 --no-auth \
+    --tls-cert "$WORK/mock.pem" --tls-key "$WORK/mock.key" > "$WORK/mock-tls.out" 2>&1 &
+  MOCK_TLS_PID=$!
+  PIDS+=("$MOCK_TLS_PID")
+  wait_http "https://127.0.0.1:$MOCK_TLS_PORT/v1/models" "$MOCK_TLS_PID" 10 --cacert "$WORK/ca.pem" ||
+    { echo "error: the TLS mock did not start" >&2; cat "$WORK/mock-tls.out" >&2; exit 1; }
+  TLS_ENV=(SSL_CERT_FILE="$WORK/ca.pem")
+fi
+
+env ${TLS_ENV[@]+"${TLS_ENV[@]}"} "TOLLGATE_CONSOLE_LISTEN=127.0.0.1:$TG_CONSOLE" setsid taskset -c 1 "$TG" serve --data-dir "$WORK/tg" \
   --proxy-listen "127.0.0.1:$TG_PROXY" --admin-listen "127.0.0.1:$TG_ADMIN" --ops-listen "127.0.0.1:$TG_OPS" \
   --cluster-listen "127.0.0.1:$TG_CLUSTER" --admin-token "$TOKEN" --access-log off --log-format json \
   > /dev/null 2> "$WORK/tollgate.log" &
@@ -205,6 +240,18 @@ CTL=("$TG" ctl --admin "127.0.0.1:$TG_ADMIN" --token "$TOKEN")
 "${CTL[@]}" alias create mock-gpt --target mock/mock-gpt >/dev/null
 "${CTL[@]}" route create ai --ai --path /ai/v1 >/dev/null
 "${CTL[@]}" consumer create bench >/dev/null
+if want_tls; then
+  "${CTL[@]}" service create mockai-tls --target "127.0.0.1:$MOCK_TLS_PORT" --upstream-tls --upstream-ca-file "$WORK/ca.pem" >/dev/null
+  "${CTL[@]}" route create rest-tls --service mockai-tls --path /tls --strip-prefix >/dev/null
+  "${CTL[@]}" provider create mock-tls --kind openai --base-url "https://127.0.0.1:$MOCK_TLS_PORT/v1" --key "main=$MOCK_KEY" >/dev/null
+  "${CTL[@]}" alias create mock-gpt-tls --target mock-tls/mock-gpt >/dev/null
+  "${CTL[@]}" route create ai-tls --ai --path /ai-tls/v1 >/dev/null
+  mkdir -p "$WORK/bodies-tls"
+  for b in openai-chat.json openai-chat-stream.json; do
+    python3 -c 'import json, sys; b = json.load(open(sys.argv[1])); b["model"] = "mock-gpt-tls"; print(json.dumps(b))' \
+      "$BODIES/$b" > "$WORK/bodies-tls/$b"
+  done
+fi
 KEY=$("${CTL[@]}" -o json key create --consumer bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')
 
 ########## nginx (optional) ##########
@@ -398,7 +445,7 @@ row_pid() {
   case $1 in
     direct) echo "$MOCK_PID" ;;
     nginx) echo "$NGINX_PID" ;;
-    tollgate-rest | tollgate-ai) echo "$TG_PID" ;;
+    tollgate-rest | tollgate-ai | tollgate-rest-tls | tollgate-ai-tls) echo "$TG_PID" ;;
     litellm) echo "$LITELLM_PID" ;;
     portkey) echo "$PORTKEY_PID" ;;
   esac
@@ -409,6 +456,8 @@ row_url() { # row mode
     nginx) if [ "$2" = sse ]; then echo "http://127.0.0.1:$NGINX_SSE_PORT/v1/chat/completions"; else echo "http://127.0.0.1:$NGINX_PORT/v1/chat/completions"; fi ;;
     tollgate-rest) echo "http://127.0.0.1:$TG_PROXY/v1/chat/completions" ;;
     tollgate-ai) echo "http://127.0.0.1:$TG_PROXY/ai/v1/chat/completions" ;;
+    tollgate-rest-tls) echo "http://127.0.0.1:$TG_PROXY/tls/v1/chat/completions" ;;  # /tls stripped
+    tollgate-ai-tls) echo "http://127.0.0.1:$TG_PROXY/ai-tls/v1/chat/completions" ;;
     litellm) echo "http://127.0.0.1:$LITELLM_PORT/v1/chat/completions" ;;
     portkey) echo "http://127.0.0.1:$PORTKEY_PORT/v1/chat/completions" ;;
   esac
@@ -416,7 +465,7 @@ row_url() { # row mode
 row_headers() {
   case $1 in
     direct | nginx) echo "Authorization: Bearer $MOCK_KEY" ;;
-    tollgate-rest | tollgate-ai) echo "Authorization: Bearer $KEY" ;;
+    tollgate-rest | tollgate-ai | tollgate-rest-tls | tollgate-ai-tls) echo "Authorization: Bearer $KEY" ;;
     litellm) echo "Authorization: Bearer $LITELLM_KEY" ;;
     portkey) echo "$PORTKEY_HEADERS" ;;
   esac
@@ -432,10 +481,13 @@ load_args() { # row mode: the request half of a tollgate-load command line
   LOAD_ARGS=(-H "Content-Type: application/json")
   IFS='|' read -r -a h <<< "$(row_headers "$1")"
   for x in "${h[@]}"; do LOAD_ARGS+=(-H "$x"); done
+  # The AI TLS row names the alias of the TLS provider.
+  local bodies=$BODIES
+  [ "$1" = tollgate-ai-tls ] && bodies=$WORK/bodies-tls
   if [ "$2" = sse ]; then
-    LOAD_ARGS+=(--body-file "$BODIES/openai-chat-stream.json" --sse openai)
+    LOAD_ARGS+=(--body-file "$bodies/openai-chat-stream.json" --sse openai)
   else
-    LOAD_ARGS+=(--body-file "$BODIES/openai-chat.json")
+    LOAD_ARGS+=(--body-file "$bodies/openai-chat.json")
   fi
 }
 
@@ -519,6 +571,8 @@ names = {
     "nginx": "nginx, plain reverse proxy",
     "tollgate-rest": "Tollgate REST route, API key",
     "tollgate-ai": "Tollgate AI route, API key (ledger, metrics)",
+    "tollgate-rest-tls": "Tollgate REST route, API key, TLS to the upstream",
+    "tollgate-ai-tls": "Tollgate AI route, API key, TLS to the provider",
     "litellm": litellm,
     "portkey": portkey,
 }
@@ -562,13 +616,15 @@ print()
 for m, body in (("json", "JSON"), ("sse", "SSE")):
     if m not in modes.split():
         continue
-    a, b = cpu.get(f"tollgate-ai-{m}"), cpu.get(f"tollgate-rest-{m}")
-    if a and b:
-        verdict = "within" if a / b <= 2 else "above"
-        print(f"Tollgate AI ÷ Tollgate REST, server CPU per request, {body}: {a / b:.2f} "
-              f"({fmt_us(a)} ÷ {fmt_us(b)}; issue 17 target ≤ 2.00, {verdict})")
-    else:
-        print(f"Tollgate AI ÷ Tollgate REST, server CPU per request, {body}: n/a (a Tollgate row did not run)")
+    for tls in ("", "-tls"):
+        a, b = cpu.get(f"tollgate-ai{tls}-{m}"), cpu.get(f"tollgate-rest{tls}-{m}")
+        what = f"{body}{', TLS upstream' if tls else ''}"
+        if a and b:
+            verdict = "within" if a / b <= 2 else "above"
+            print(f"Tollgate AI ÷ Tollgate REST, server CPU per request, {what}: {a / b:.2f} "
+                  f"({fmt_us(a)} ÷ {fmt_us(b)}; issue 17 target ≤ 2.00, {verdict})")
+        elif tls == "":
+            print(f"Tollgate AI ÷ Tollgate REST, server CPU per request, {what}: n/a (a Tollgate row did not run)")
 PY
 if { want_row litellm || want_row portkey; } && { [ "$SLOW_DUR" != "$DUR" ] || [ "$SLOW_CONNS" != "$CONNS" ]; }; then
   echo

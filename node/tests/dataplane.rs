@@ -93,6 +93,36 @@ async fn each_balancing_policy_distributes_as_specified() {
     }
     assert_eq!(owners.len(), 3, "30 keys spread over all three targets: {owners:?}");
 
+    // Consistent hash on Host: the validated authority is the key, so the
+    // spellings of one host (case, the default port) stick to one target.
+    let by_host = Service {
+        name: "by-host".into(),
+        targets: vec![target(a.port(), 1), target(b.port(), 1), target(c.port(), 1)],
+        lb_policy: LbPolicy::ConsistentHash as i32,
+        hash_on: HashOn::Header as i32,
+        hash_header: "host".into(),
+        ..Default::default()
+    };
+    admin.create_service(by_host).await.unwrap();
+    admin.create_route(open_route("by-host", "by-host", "/by-host")).await.unwrap();
+    let mut owners = HashMap::new();
+    for tenant in 0..30 {
+        let spellings = [
+            format!("tenant-{tenant}.example"),
+            format!("Tenant-{tenant}.EXAMPLE"),
+            format!("tenant-{tenant}.example:80"),
+        ];
+        let mut counts = HashMap::new();
+        for host in &spellings {
+            for (owner, n) in tally(node.proxy_addr, "/by-host", 2, &[("host", host.as_str())]).await {
+                *counts.entry(owner).or_insert(0) += n;
+            }
+        }
+        assert_eq!(counts.len(), 1, "every spelling of tenant-{tenant} reaches one target: {counts:?}");
+        *owners.entry(counts.into_keys().next().unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(owners.len(), 3, "30 hosts spread over all three targets: {owners:?}");
+
     // Least connections: while one target holds a request, new ones go to the other.
     let least = Service {
         name: "least".into(),

@@ -444,6 +444,8 @@ async fn one_validated_authority_routes_keys_and_forwards() {
     let reply = send("GET http://a.example/t/x HTTP/1.1\r\nHost: b.example\r\nConnection: close\r\n\r\n".into()).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(a.last().values("x-forwarded-host"), ["a.example"]);
+    let a_host = format!("127.0.0.1:{}", a.port);
+    assert_eq!(a.last().values("host"), [a_host.as_str()], "the upstream's Host is its own, not a URI's or a header's");
     let reply = send("GET http://b.example/t/x HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n".into()).await;
     assert_eq!(reply.status, 401, "b.example's route needs a key whatever Host says");
     assert_eq!(b.count(), 0);
@@ -452,7 +454,7 @@ async fn one_validated_authority_routes_keys_and_forwards() {
     let reply = send("GET /t/x HTTP/1.1\r\nHost: A.Example.:80\r\nConnection: close\r\n\r\n".into()).await;
     assert_eq!(reply.status, 200);
     assert_eq!(a.last().values("x-forwarded-host"), ["a.example"]);
-    assert_eq!(a.last().values("host").len(), 1, "the upstream gets one Host, its own");
+    assert_eq!(a.last().values("host"), [a_host.as_str()], "the upstream gets one Host, its own");
 
     // Refused: no Host, two Hosts, and anything but host[:port].
     for head in [
@@ -470,6 +472,26 @@ async fn one_validated_authority_routes_keys_and_forwards() {
     let reply = send("GET /v/x HTTP/1.0\r\nX-Forwarded-Host: forged.example\r\n\r\n".into()).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert!(a.last().values("x-forwarded-host").is_empty(), "{}", a.last().head);
+    assert_eq!(a.last().values("host"), [a_host.as_str()], "an HTTP/1.0 request without Host still sends one");
+
+    // A retried attempt names its own target, not the first one's: the first
+    // target of two refuses connections, so one of two requests is retried.
+    let refusing = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refusing_port = refusing.local_addr().unwrap().port();
+    drop(refusing);
+    let targets = [refusing_port, a.port]
+        .map(|port| Target { host: "127.0.0.1".into(), port: u32::from(port), weight: 1 })
+        .to_vec();
+    let retry = Some(RetryPolicy { attempts: 2, budget_percent: 100, ..Default::default() });
+    admin.create_service(Service { name: "retried".into(), targets, retry, ..Default::default() }).await.unwrap();
+    admin.create_route(route("retried", "retried", PathMatch::Prefix, "/r", AuthMode::None)).await.unwrap();
+    let before = a.count();
+    for _ in 0..2 {
+        let reply = send("GET /r/x HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n".into()).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(a.last().values("host"), [a_host.as_str()], "{}", a.last().head);
+    }
+    assert_eq!(a.count(), before + 2, "both requests reached the target that answers");
 
     // Another port is another cache entry, and X-Forwarded-Host carries it.
     let poisoned = send("GET /v/p HTTP/1.1\r\nHost: victim.example:1337\r\nConnection: close\r\n\r\n".into()).await;

@@ -63,8 +63,17 @@ fn provider(p: &Provider) -> Result<(), ApplyError> {
         if h.name.len() > MAX_HEADER_NAME_LEN {
             return Err(ApplyError::invalid(field, format!("the name must be at most {MAX_HEADER_NAME_LEN} bytes")));
         }
+        let lower = h.name.to_ascii_lowercase();
+        // A second Content-Length or a Transfer-Encoding would frame the body
+        // differently from what is sent; Host is the provider's own.
+        if validate::FRAMING_HEADERS.contains(&lower.as_str()) {
+            return Err(ApplyError::invalid(
+                field,
+                format!("{:?} is set by the gateway itself (framing, connection, Host); remove it", h.name),
+            ));
+        }
         // Keeping a value on update goes by name: two of one name are ambiguous.
-        if !names.insert(h.name.to_ascii_lowercase()) {
+        if !names.insert(lower) {
             return Err(ApplyError::invalid(field, format!("{:?} is given twice", h.name)));
         }
         if h.sealed_value.is_empty() {
@@ -139,6 +148,24 @@ mod tests {
         for url in ["http://llm.lan:8000/v1", "http://[::1]:11434", "http://[::1]/v1", "https://api.openai.com/v1"] {
             assert!(admit(&Op::CreateProvider(openai(url))).is_ok(), "{url}");
         }
+    }
+
+    #[test]
+    fn provider_headers_cannot_set_framing_connection_or_host() {
+        let with_header = |name: &str| Provider {
+            headers: vec![tollgate_proto::config::v1::ProviderHeader {
+                name: name.into(),
+                value: "x".into(),
+                ..Default::default()
+            }],
+            ..openai("https://llm.internal/v1")
+        };
+        for name in ["Host", "content-length", "Transfer-Encoding", "connection", "TE", "upgrade", "keep-alive"] {
+            let error = admit(&Op::CreateProvider(with_header(name))).unwrap_err().to_string();
+            assert!(error.contains("headers[0]") && error.contains("set by the gateway"), "{name}: {error}");
+            assert!(admit(&Op::UpdateProvider(with_header(name))).is_err(), "{name}");
+        }
+        assert!(admit(&Op::CreateProvider(with_header("OpenAI-Organization"))).is_ok());
     }
 
     #[test]

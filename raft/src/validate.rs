@@ -8,6 +8,20 @@ use tollgate_proto::config::v1::{AuthMode, PathMatch, RoutePath, Target};
 use crate::error::ApplyError;
 
 pub(crate) const MAX_NAME_LEN: usize = 64;
+/// Headers that frame the message, manage its connection or name its
+/// host: the gateway's own to write on what it forwards, never a
+/// configured header's.
+pub(crate) const FRAMING_HEADERS: [&str; 9] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "te",
+    "trailer",
+];
 const MAX_HOST_LEN: usize = 253;
 const MAX_URL_LEN: usize = 2048;
 const MAX_PATH_LEN: usize = 1024;

@@ -237,8 +237,15 @@ fn system_roots() -> Arc<rustls::RootCertStore> {
     ROOTS
         .get_or_init(|| {
             let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
+            let found = rustls_native_certs::load_native_certs();
+            // An unreadable SSL_CERT_FILE or a bad certificate in the store
+            // would otherwise surface only as "no trusted CA" much later.
+            for error in &found.errors {
+                tracing::warn!(%error, "reading the system's CA certificates (SSL_CERT_FILE / SSL_CERT_DIR if set)");
+            }
+            let (_, unusable) = roots.add_parsable_certificates(found.certs);
+            if unusable > 0 {
+                tracing::warn!(unusable, "system CA certificates that could not be used were skipped");
             }
             Arc::new(roots)
         })

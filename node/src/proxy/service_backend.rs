@@ -312,6 +312,12 @@ async fn read_whole(body: Incoming, limit: u64) -> Result<Bytes, GatewayError> {
 
 fn balance_key(service: &CompiledService, rctx: &RequestCtx, headers: &http::HeaderMap) -> u64 {
     match service.hash_on {
+        // Host hashes the request's validated, canonical authority (the one
+        // routes matched: `A.example`, `a.example:80` and an absolute-form
+        // URI's host are one key), not the raw header the client wrote.
+        HashOn::Header if service.hash_header.as_ref() == Some(&http::header::HOST) => {
+            rctx.authority.as_ref().map_or_else(|| client_ip_key(rctx), |a| hash_key(a.as_str().as_bytes()))
+        }
         HashOn::Header => service
             .hash_header
             .as_ref()

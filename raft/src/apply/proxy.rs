@@ -89,16 +89,7 @@ fn validate_versioning(versioning: &tollgate_proto::config::v1::Versioning) -> R
     // The gateway sets this header on the request it forwards: never one
     // that frames or routes the request, or that carries credentials or
     // the identity the gateway vouches for.
-    const RESERVED: &[&str] = &[
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "upgrade",
-        "te",
-        "trailer",
+    const CREDENTIALS_AND_IDENTITY: &[&str] = &[
         "authorization",
         "proxy-authorization",
         "cookie",
@@ -108,7 +99,11 @@ fn validate_versioning(versioning: &tollgate_proto::config::v1::Versioning) -> R
         "tracestate",
         "x-request-id",
     ];
-    if RESERVED.contains(&header.as_str()) || header.starts_with("x-consumer-") || header.starts_with("x-forwarded-") {
+    if crate::validate::FRAMING_HEADERS.contains(&header.as_str())
+        || CREDENTIALS_AND_IDENTITY.contains(&header.as_str())
+        || header.starts_with("x-consumer-")
+        || header.starts_with("x-forwarded-")
+    {
         return Err(ApplyError::invalid(
             "versioning.header",
             format!(
