@@ -474,11 +474,13 @@ async fn one_validated_authority_routes_keys_and_forwards() {
     assert!(a.last().values("x-forwarded-host").is_empty(), "{}", a.last().head);
     assert_eq!(a.last().values("host"), [a_host.as_str()], "an HTTP/1.0 request without Host still sends one");
 
-    // A retried attempt names its own target, not the first one's: the first
-    // target of two refuses connections, so one of two requests is retried.
-    let refusing = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // A retried attempt names its own target, not the first one's. The first
+    // target of two refuses connections (a bound socket that never listens:
+    // refused, and no other test can take the port), and round robin starts
+    // there, so the first request at least is retried.
+    let refusing = tokio::net::TcpSocket::new_v4().unwrap();
+    refusing.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let refusing_port = refusing.local_addr().unwrap().port();
-    drop(refusing);
     let targets = [refusing_port, a.port]
         .map(|port| Target { host: "127.0.0.1".into(), port: u32::from(port), weight: 1 })
         .to_vec();
@@ -492,6 +494,14 @@ async fn one_validated_authority_routes_keys_and_forwards() {
         assert_eq!(a.last().values("host"), [a_host.as_str()], "{}", a.last().head);
     }
     assert_eq!(a.count(), before + 2, "both requests reached the target that answers");
+    let metrics = String::from_utf8_lossy(&get(node.ops_addr, "/metrics", &[]).await.body).to_string();
+    let retried = metrics
+        .lines()
+        .find(|l| l.starts_with("tollgate_upstream_retries_total{") && l.contains("service=\"retried\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(retried >= 1.0, "a retry happened: {retried}");
+    drop(refusing);
 
     // Another port is another cache entry, and X-Forwarded-Host carries it.
     let poisoned = send("GET /v/p HTTP/1.1\r\nHost: victim.example:1337\r\nConnection: close\r\n\r\n".into()).await;

@@ -84,6 +84,17 @@ fn provider(p: &Provider) -> Result<(), ApplyError> {
 }
 
 fn route(r: &Route) -> Result<(), ApplyError> {
+    // Apply refuses the six names earlier versions refused; the hop-by-hop
+    // rest (Keep-Alive, Proxy-Connection, Trailer) is refused from here on.
+    for (field, t) in [("request_headers", &r.request_headers), ("response_headers", &r.response_headers)] {
+        let Some(t) = t else { continue };
+        let names = t.add.iter().chain(&t.set).map(|p| &p.name).chain(&t.remove);
+        if let Some(name) =
+            names.into_iter().find(|n| validate::FRAMING_HEADERS.contains(&n.to_ascii_lowercase().as_str()))
+        {
+            return Err(ApplyError::invalid(field, format!("{name:?} is managed by the proxy and cannot be changed")));
+        }
+    }
     if let Some(j) = r.jwt.as_ref().filter(|j| !j.jwks_url.is_empty()) {
         validate::http_url(
             "jwt.jwks_url",
@@ -166,6 +177,27 @@ mod tests {
             assert!(admit(&Op::UpdateProvider(with_header(name))).is_err(), "{name}");
         }
         assert!(admit(&Op::CreateProvider(with_header("OpenAI-Organization"))).is_ok());
+    }
+
+    #[test]
+    fn route_transforms_cannot_touch_hop_by_hop_headers() {
+        use tollgate_proto::config::v1::{HeaderPair, HeaderTransform};
+        for name in ["keep-alive", "proxy-connection", "trailer", "host"] {
+            let set = HeaderTransform {
+                set: vec![HeaderPair { name: name.into(), value: "x".into() }],
+                ..Default::default()
+            };
+            let route = Route { request_headers: Some(set), ..Default::default() };
+            let error = admit(&Op::CreateRoute(route)).unwrap_err().to_string();
+            assert!(error.contains("request_headers") && error.contains("managed by the proxy"), "{name}: {error}");
+            let removed = HeaderTransform { remove: vec![name.into()], ..Default::default() };
+            assert!(admit(&Op::UpdateRoute(Route { response_headers: Some(removed), ..Default::default() })).is_err());
+        }
+        let fine = HeaderTransform {
+            set: vec![HeaderPair { name: "x-team".into(), value: "a".into() }],
+            ..Default::default()
+        };
+        assert!(admit(&Op::CreateRoute(Route { request_headers: Some(fine), ..Default::default() })).is_ok());
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub(crate) const MAX_NAME_LEN: usize = 64;
 /// Headers that frame the message, manage its connection or name its
 /// host: the gateway's own to write on what it forwards, never a
 /// configured header's.
-pub(crate) const FRAMING_HEADERS: [&str; 9] = [
+pub const FRAMING_HEADERS: [&str; 9] = [
     "host",
     "content-length",
     "transfer-encoding",

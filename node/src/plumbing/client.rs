@@ -247,6 +247,9 @@ fn system_roots() -> Arc<rustls::RootCertStore> {
             if unusable > 0 {
                 tracing::warn!(unusable, "system CA certificates that could not be used were skipped");
             }
+            if roots.is_empty() {
+                tracing::warn!("no system CA certificates found: https providers and TLS services without a CA of their own cannot be verified (install ca-certificates or set SSL_CERT_FILE)");
+            }
             Arc::new(roots)
         })
         .clone()
