@@ -426,13 +426,16 @@ mod tests {
                 ProviderHeader { name: "x-auth".into(), sealed_value: sealed, ..Default::default() },
                 ProviderHeader { name: "x-legacy".into(), value: "plain".into(), ..Default::default() },
                 ProviderHeader { name: "x-broken".into(), sealed_value: other_cluster, ..Default::default() },
+                // Stored by an earlier version; admission now refuses them.
+                ProviderHeader { name: "Host".into(), value: "evil.example".into(), ..Default::default() },
+                ProviderHeader { name: "transfer-encoding".into(), value: "chunked".into(), ..Default::default() },
             ],
             ..Default::default()
         };
         assert_eq!(
             open_headers(&p, "p1", &secrets),
             vec![("x-auth".to_string(), "Bearer live-1".to_string()), ("x-legacy".to_string(), "plain".to_string())],
-            "a value that does not open is left out, never sent sealed"
+            "a value that does not open is left out, never sent sealed; nor is a framing or Host header"
         );
     }
 

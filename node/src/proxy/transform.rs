@@ -13,9 +13,15 @@ pub struct HeaderOps {
 
 impl HeaderOps {
     /// Names and values were validated by `apply`; anything else is skipped.
+    /// Framing, connection and Host headers are the proxy's own: admission
+    /// refuses them, and one an earlier version stored is not sent.
     pub fn compile(t: Option<&HeaderTransform>) -> Option<HeaderOps> {
         let t = t?;
         let pair = |p: &tollgate_proto::config::v1::HeaderPair| {
+            if tollgate_raft::FRAMING_HEADERS.contains(&p.name.to_ascii_lowercase().as_str()) {
+                tracing::warn!(header = %p.name, "a route's header transform names a header the proxy manages; not applied");
+                return None;
+            }
             Some((HeaderName::from_bytes(p.name.as_bytes()).ok()?, HeaderValue::from_str(&p.value).ok()?))
         };
         let ops = HeaderOps {
@@ -120,6 +126,22 @@ mod tests {
         assert!(!h.contains_key("x-secret"));
         assert_eq!(h["x-env"], "prod");
         assert_eq!(h.get_all("x-tag").iter().collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    #[test]
+    fn stored_transforms_of_headers_the_proxy_manages_are_not_applied() {
+        let pair = |n: &str, v: &str| HeaderPair { name: n.into(), value: v.into() };
+        let t = HeaderTransform {
+            add: vec![pair("trailer", "x"), pair("x-tag", "b")],
+            set: vec![pair("keep-alive", "timeout=1"), pair("proxy-connection", "close")],
+            remove: vec![],
+        };
+        let ops = HeaderOps::compile(Some(&t)).unwrap();
+        let mut h = HeaderMap::new();
+        ops.apply(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-tag"]);
+        let only_managed = HeaderTransform { set: vec![pair("keep-alive", "timeout=1")], ..Default::default() };
+        assert!(HeaderOps::compile(Some(&only_managed)).is_none());
     }
 
     #[test]
