@@ -215,7 +215,10 @@ async fn forged_forwarding_headers_do_not_escape_a_client_address_limit() {
         let response = common::raw_head(&mut stream, &head).await;
         statuses.push(response.split(' ').nth(1).unwrap().to_string());
     }
-    // The probe above spent one of the two units.
+    // The probe above spent one of the two units: one more is admitted,
+    // whatever the forged addresses say. Which of the four it is depends on
+    // when the lease grant commits (a request may wait only 5 ms for it).
+    statuses.sort();
     assert_eq!(statuses, ["200", "429", "429", "429"]);
     assert_eq!(upstream.hits.load(Ordering::SeqCst) - before, 1, "the upstream sees only the admitted request");
     node.shutdown().await;
