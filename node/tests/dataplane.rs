@@ -33,6 +33,44 @@ fn upstream_of(reply: &Reply) -> String {
     reply.headers.get("x-upstream").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
 }
 
+/// A consistent-hash service named `name` over `ports`, keyed by the request
+/// header `header`, with an open route on `/name`.
+async fn hashed_service(admin: &mut common::Admin, name: &str, header: &str, ports: &[u32]) {
+    let service = Service {
+        name: name.into(),
+        targets: ports.iter().map(|port| target(*port, 1)).collect(),
+        lb_policy: LbPolicy::ConsistentHash as i32,
+        hash_on: HashOn::Header as i32,
+        hash_header: header.into(),
+        ..Default::default()
+    };
+    admin.create_service(service).await.unwrap();
+    admin.create_route(open_route(name, name, &format!("/{name}"))).await.unwrap();
+}
+
+/// For 30 keys, sends each spelling `spellings(key)` gives in `header`
+/// twice: all of one key's requests must reach one target, and the keys
+/// must spread over all three.
+async fn assert_sticky_and_spread(
+    proxy: std::net::SocketAddr,
+    path: &str,
+    header: &str,
+    spellings: impl Fn(usize) -> Vec<String>,
+) {
+    let mut owners = HashMap::new();
+    for key in 0..30 {
+        let mut counts = HashMap::new();
+        for spelling in spellings(key) {
+            for (owner, n) in tally(proxy, path, 2, &[(header, spelling.as_str())]).await {
+                *counts.entry(owner).or_insert(0) += n;
+            }
+        }
+        assert_eq!(counts.len(), 1, "every request of key {key} reaches one target: {counts:?}");
+        *owners.entry(counts.into_keys().next().unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(owners.len(), 3, "30 keys spread over all three targets: {owners:?}");
+}
+
 async fn tally(proxy: std::net::SocketAddr, path: &str, n: usize, headers: &[(&str, &str)]) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for _ in 0..n {
@@ -74,54 +112,21 @@ async fn each_balancing_policy_distributes_as_specified() {
     assert_eq!(counts, HashMap::from([("a".into(), 30), ("b".into(), 10)]));
 
     // Consistent hash on a header: a key sticks to one target; keys spread.
-    let hashed = Service {
-        name: "hashed".into(),
-        targets: vec![target(a.port(), 1), target(b.port(), 1), target(c.port(), 1)],
-        lb_policy: LbPolicy::ConsistentHash as i32,
-        hash_on: HashOn::Header as i32,
-        hash_header: "x-user".into(),
-        ..Default::default()
-    };
-    admin.create_service(hashed).await.unwrap();
-    admin.create_route(open_route("hashed", "hashed", "/hashed")).await.unwrap();
-    let mut owners = HashMap::new();
-    for user in 0..30 {
-        let user = format!("user-{user}");
-        let counts = tally(node.proxy_addr, "/hashed", 3, &[("x-user", &user)]).await;
-        assert_eq!(counts.len(), 1, "{user} must always reach the same target: {counts:?}");
-        *owners.entry(counts.into_keys().next().unwrap()).or_insert(0) += 1;
-    }
-    assert_eq!(owners.len(), 3, "30 keys spread over all three targets: {owners:?}");
+    let three = [a.port(), b.port(), c.port()];
+    hashed_service(&mut admin, "hashed", "x-user", &three).await;
+    assert_sticky_and_spread(node.proxy_addr, "/hashed", "x-user", |user| vec![format!("user-{user}")]).await;
 
     // Consistent hash on Host: the validated authority is the key, so the
     // spellings of one host (case, the default port) stick to one target.
-    let by_host = Service {
-        name: "by-host".into(),
-        targets: vec![target(a.port(), 1), target(b.port(), 1), target(c.port(), 1)],
-        lb_policy: LbPolicy::ConsistentHash as i32,
-        hash_on: HashOn::Header as i32,
-        hash_header: "host".into(),
-        ..Default::default()
-    };
-    admin.create_service(by_host).await.unwrap();
-    admin.create_route(open_route("by-host", "by-host", "/by-host")).await.unwrap();
-    let mut owners = HashMap::new();
-    for tenant in 0..30 {
-        let spellings = [
+    hashed_service(&mut admin, "by-host", "host", &three).await;
+    assert_sticky_and_spread(node.proxy_addr, "/by-host", "host", |tenant| {
+        vec![
             format!("tenant-{tenant}.example"),
             format!("Tenant-{tenant}.EXAMPLE"),
             format!("tenant-{tenant}.example:80"),
-        ];
-        let mut counts = HashMap::new();
-        for host in &spellings {
-            for (owner, n) in tally(node.proxy_addr, "/by-host", 2, &[("host", host.as_str())]).await {
-                *counts.entry(owner).or_insert(0) += n;
-            }
-        }
-        assert_eq!(counts.len(), 1, "every spelling of tenant-{tenant} reaches one target: {counts:?}");
-        *owners.entry(counts.into_keys().next().unwrap()).or_insert(0) += 1;
-    }
-    assert_eq!(owners.len(), 3, "30 hosts spread over all three targets: {owners:?}");
+        ]
+    })
+    .await;
 
     // Least connections: while one target holds a request, new ones go to the other.
     let least = Service {

@@ -57,10 +57,18 @@ impl Received {
 /// An HTTP/1.1 upstream that records each request head verbatim and answers
 /// `n=<count>` with the response headers the test sets, closing every
 /// connection after one exchange.
+/// What the raw upstream answers: a status line's code and reason, and
+/// headers added to its own content-length and `connection: close`.
+#[derive(Clone)]
+struct CannedResponse {
+    status: String,
+    headers: Vec<(String, String)>,
+}
+
 struct RawUpstream {
     port: u16,
     received: Arc<Mutex<Vec<Received>>>,
-    response_headers: Arc<Mutex<Vec<(String, String)>>>,
+    response: Arc<Mutex<CannedResponse>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -75,22 +83,18 @@ impl RawUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let received = Arc::new(Mutex::new(Vec::new()));
-        let response_headers = Arc::new(Mutex::new(Vec::new()));
-        let (log, headers) = (received.clone(), response_headers.clone());
+        let response = Arc::new(Mutex::new(CannedResponse { status: "200 OK".into(), headers: Vec::new() }));
+        let (log, canned) = (received.clone(), response.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
-                tokio::spawn(Self::exchange(stream, log.clone(), headers.clone()));
+                tokio::spawn(Self::exchange(stream, log.clone(), canned.clone()));
             }
         });
-        RawUpstream { port, received, response_headers, task }
+        RawUpstream { port, received, response, task }
     }
 
-    async fn exchange(
-        mut stream: TcpStream,
-        log: Arc<Mutex<Vec<Received>>>,
-        headers: Arc<Mutex<Vec<(String, String)>>>,
-    ) {
+    async fn exchange(mut stream: TcpStream, log: Arc<Mutex<Vec<Received>>>, canned: Arc<Mutex<CannedResponse>>) {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         let head_end = loop {
@@ -124,8 +128,10 @@ impl RawUpstream {
             log.len()
         };
         let body = format!("n={count}");
-        let mut response = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n", body.len());
-        for (name, value) in headers.lock().unwrap().iter() {
+        let canned = canned.lock().unwrap().clone();
+        let mut response =
+            format!("HTTP/1.1 {}\r\ncontent-length: {}\r\nconnection: close\r\n", canned.status, body.len());
+        for (name, value) in &canned.headers {
             response.push_str(&format!("{name}: {value}\r\n"));
         }
         response.push_str("\r\n");
@@ -143,7 +149,15 @@ impl RawUpstream {
     }
 
     fn respond_with(&self, headers: &[(&str, &str)]) {
-        *self.response_headers.lock().unwrap() = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        self.respond_as("200 OK", headers);
+    }
+
+    /// Answers from now on with `status` (code and reason) and `headers`.
+    fn respond_as(&self, status: &str, headers: &[(&str, &str)]) {
+        *self.response.lock().unwrap() = CannedResponse {
+            status: status.into(),
+            headers: headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+        };
     }
 }
 
@@ -186,6 +200,24 @@ async fn get_raw(proxy: std::net::SocketAddr, target: &str, extra: &str) -> RawR
 
 // === set-up ===
 
+/// A node, its admin client, and for each name a raw upstream that is the
+/// only target of a service of that name.
+async fn node_with_services<const N: usize>(
+    dir: &std::path::Path,
+    names: [&str; N],
+) -> (tollgate_node::Node, Admin, [RawUpstream; N]) {
+    let node = start_node(dir).await;
+    let mut admin = admin_client(node.admin_addr, TOKEN).await;
+    let mut upstreams = Vec::with_capacity(N);
+    for name in names {
+        let upstream = RawUpstream::start().await;
+        service(&mut admin, name, upstream.port).await;
+        upstreams.push(upstream);
+    }
+    let Ok(upstreams) = upstreams.try_into() else { unreachable!("one upstream per name") };
+    (node, admin, upstreams)
+}
+
 async fn service(admin: &mut Admin, name: &str, port: u16) {
     let target = Target { host: "127.0.0.1".into(), port: u32::from(port), weight: 1 };
     admin.create_service(Service { name: name.into(), targets: vec![target], ..Default::default() }).await.unwrap();
@@ -196,12 +228,7 @@ async fn service(admin: &mut Admin, name: &str, port: u16) {
 #[tokio::test]
 async fn a_request_never_leaves_the_route_that_authorized_it() {
     let dir = tempfile::tempdir().unwrap();
-    let node = start_node(dir.path()).await;
-    let mut admin = admin_client(node.admin_addr, TOKEN).await;
-    let public = RawUpstream::start().await;
-    let private = RawUpstream::start().await;
-    service(&mut admin, "public", public.port).await;
-    service(&mut admin, "private", private.port).await;
+    let (node, mut admin, [public, private]) = node_with_services(dir.path(), ["public", "private"]).await;
     admin.create_route(route("pub", "public", PathMatch::Prefix, "/pub", AuthMode::None)).await.unwrap();
     let mut stripped = route("stripped", "public", PathMatch::Prefix, "/s", AuthMode::None);
     stripped.strip_prefix = true;
@@ -266,15 +293,57 @@ async fn a_request_never_leaves_the_route_that_authorized_it() {
     node.shutdown().await;
 }
 
+/// Hop-by-hop headers of the upstream's answer stop at the gateway (RFC 9110
+/// §7.6.1), the ones its Connection names included; only a 426 keeps its
+/// Upgrade, which that answer must carry (§15.5.22), with the `upgrade`
+/// connection option every sender of Upgrade adds (§7.8).
+#[tokio::test]
+async fn the_upstreams_hop_by_hop_headers_stop_at_the_gateway_but_a_426_keeps_its_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, mut admin, [upstream]) = node_with_services(dir.path(), ["svc"]).await;
+    admin.create_route(route("open", "svc", PathMatch::Prefix, "/open", AuthMode::None)).await.unwrap();
+    let hop_by_hop = [
+        ("keep-alive", "timeout=5"),
+        ("upgrade", "h2c"),
+        ("proxy-connection", "keep-alive"),
+        ("trailer", "x-checksum"),
+        ("connection", "x-upstream-private"),
+        ("x-upstream-private", "internal"),
+    ];
+    let all_of = |reply: &RawReply, name: &str| -> Vec<String> {
+        let lines = reply.head.lines().skip(1).filter_map(|l| l.split_once(':'));
+        lines.filter(|(n, _)| n.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string()).collect()
+    };
+
+    upstream.respond_as("200 OK", &hop_by_hop);
+    let reply = get_raw(node.proxy_addr, "/open/x", "").await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    for name in ["keep-alive", "upgrade", "proxy-connection", "trailer", "x-upstream-private"] {
+        assert!(all_of(&reply, name).is_empty(), "{name} reached the client: {}", reply.head);
+    }
+    assert!(all_of(&reply, "connection").iter().all(|v| v == "close"), "{}", reply.head);
+
+    let mut required = hop_by_hop.to_vec();
+    required[1] = ("upgrade", "TLS/1.2, HTTP/1.1");
+    upstream.respond_as("426 Upgrade Required", &required);
+    let reply = get_raw(node.proxy_addr, "/open/x", "").await;
+    assert_eq!(reply.status, 426, "{}", reply.head);
+    assert_eq!(all_of(&reply, "upgrade"), ["TLS/1.2, HTTP/1.1"], "{}", reply.head);
+    let options: Vec<String> =
+        all_of(&reply, "connection").iter().flat_map(|v| v.split(',')).map(|t| t.trim().to_ascii_lowercase()).collect();
+    assert!(options.contains(&"upgrade".to_string()), "{}", reply.head);
+    for name in ["keep-alive", "proxy-connection", "trailer", "x-upstream-private"] {
+        assert!(all_of(&reply, name).is_empty(), "{name} reached the client: {}", reply.head);
+    }
+    node.shutdown().await;
+}
+
 // === 2. identity ===
 
 #[tokio::test]
 async fn only_the_gateway_speaks_for_a_consumer() {
     let dir = tempfile::tempdir().unwrap();
-    let node = start_node(dir.path()).await;
-    let mut admin = admin_client(node.admin_addr, TOKEN).await;
-    let upstream = RawUpstream::start().await;
-    service(&mut admin, "svc", upstream.port).await;
+    let (node, mut admin, [upstream]) = node_with_services(dir.path(), ["svc"]).await;
     admin.create_route(route("open", "svc", PathMatch::Prefix, "/open", AuthMode::None)).await.unwrap();
     admin.create_route(route("keyed", "svc", PathMatch::Prefix, "/keyed", AuthMode::ApiKey)).await.unwrap();
     let (alice_id, _) = consumer_with_key(&mut admin, "alice").await;
@@ -359,10 +428,7 @@ async fn only_the_gateway_speaks_for_a_consumer() {
 #[tokio::test]
 async fn the_cache_never_serves_a_private_response_to_another_caller() {
     let dir = tempfile::tempdir().unwrap();
-    let node = start_node(dir.path()).await;
-    let mut admin = admin_client(node.admin_addr, TOKEN).await;
-    let upstream = RawUpstream::start().await;
-    service(&mut admin, "svc", upstream.port).await;
+    let (node, mut admin, [upstream]) = node_with_services(dir.path(), ["svc"]).await;
     let mut cached = route("cached", "svc", PathMatch::Prefix, "/c", AuthMode::None);
     cached.cache = Some(ResponseCache { enabled: true, ttl_ms: 600_000, ..Default::default() });
     admin.create_route(cached).await.unwrap();
@@ -420,12 +486,7 @@ async fn the_cache_never_serves_a_private_response_to_another_caller() {
 #[tokio::test]
 async fn one_validated_authority_routes_keys_and_forwards() {
     let dir = tempfile::tempdir().unwrap();
-    let node = start_node(dir.path()).await;
-    let mut admin = admin_client(node.admin_addr, TOKEN).await;
-    let a = RawUpstream::start().await;
-    let b = RawUpstream::start().await;
-    service(&mut admin, "a", a.port).await;
-    service(&mut admin, "b", b.port).await;
+    let (node, mut admin, [a, b]) = node_with_services(dir.path(), ["a", "b"]).await;
     let mut for_a = route("for-a", "a", PathMatch::Prefix, "/t", AuthMode::None);
     for_a.hosts = vec!["a.example".into()];
     admin.create_route(for_a).await.unwrap();

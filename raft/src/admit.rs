@@ -66,7 +66,7 @@ fn provider(p: &Provider) -> Result<(), ApplyError> {
         let lower = h.name.to_ascii_lowercase();
         // A second Content-Length or a Transfer-Encoding would frame the body
         // differently from what is sent; Host is the provider's own.
-        if validate::FRAMING_HEADERS.contains(&lower.as_str()) {
+        if validate::is_framing_header(&h.name) {
             return Err(ApplyError::invalid(
                 field,
                 format!("{:?} is set by the gateway itself (framing, connection, Host); remove it", h.name),
@@ -89,9 +89,7 @@ fn route(r: &Route) -> Result<(), ApplyError> {
     for (field, t) in [("request_headers", &r.request_headers), ("response_headers", &r.response_headers)] {
         let Some(t) = t else { continue };
         let names = t.add.iter().chain(&t.set).map(|p| &p.name).chain(&t.remove);
-        if let Some(name) =
-            names.into_iter().find(|n| validate::FRAMING_HEADERS.contains(&n.to_ascii_lowercase().as_str()))
-        {
+        if let Some(name) = names.into_iter().find(|n| validate::is_framing_header(n)) {
             return Err(ApplyError::invalid(field, format!("{name:?} is managed by the proxy and cannot be changed")));
         }
     }

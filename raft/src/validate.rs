@@ -22,6 +22,12 @@ pub const FRAMING_HEADERS: [&str; 9] = [
     "te",
     "trailer",
 ];
+
+/// Whether `name` (any case) is one of [`FRAMING_HEADERS`].
+pub fn is_framing_header(name: &str) -> bool {
+    FRAMING_HEADERS.iter().any(|framing| framing.eq_ignore_ascii_case(name))
+}
+
 const MAX_HOST_LEN: usize = 253;
 const MAX_URL_LEN: usize = 2048;
 const MAX_PATH_LEN: usize = 1024;

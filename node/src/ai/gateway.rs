@@ -24,7 +24,7 @@ use tollgate_llm::passthrough::{self, ChatAnswer, ChatStreamScanner, EmbeddingsA
 use tollgate_llm::provider::{OpenAiOperation, ProviderKind, UpstreamTarget};
 use tollgate_llm::tokens;
 use tollgate_llm::types::{ChatRequest, EmbeddingsInput, EmbeddingsRequest, Usage};
-use tollgate_proto::config::v1::{ApiKey, UsageOutcome, UsageRecord};
+use tollgate_proto::config::v1::{ApiKey, PriceRef, UsageOutcome, UsageRecord};
 
 use super::account::{Accounting, PromptSource, Served};
 use super::chat_call::ChatCall;
@@ -448,6 +448,17 @@ struct ChatAnswered {
     limit_headers: http::HeaderMap,
 }
 
+/// What one try of one candidate came to.
+enum Try {
+    /// A 2xx: the call's answer.
+    Answered(Response<UpstreamResponseBody>),
+    /// A failure, already counted and logged; retried or not by its kind.
+    Failed(Failure),
+    /// This candidate cannot take the request (no usable key, a format it
+    /// cannot take); the next one is tried, and this is why, if known.
+    Skip(Option<Failure>),
+}
+
 enum Sent {
     Answer(Response<UpstreamResponseBody>),
     Failed(Failure),
@@ -607,95 +618,30 @@ impl Attempts<'_> {
         let allowed: &[String] = self.call.api_key.as_ref().map_or(&[], |k| k.allowed_models.as_slice());
         let plan = match self.snapshot.plan(requested, allowed) {
             Ok(plan) => plan,
-            Err(error) => {
-                let (kind, status) = match error {
-                    PlanError::NoModel(_) => (ErrorKind::InvalidRequest, StatusCode::BAD_REQUEST),
-                    PlanError::NotAllowed(_) => (ErrorKind::PermissionDenied, StatusCode::FORBIDDEN),
-                    _ => (ErrorKind::NotFound, StatusCode::NOT_FOUND),
-                };
-                return Err(self.refuse(account, kind, status, &error.to_string()));
-            }
+            Err(error) => return Err(self.refuse_plan(account, &error)),
         };
         let mut last: Option<Failure> = None;
         // Whether any target has been sent the request yet.
         let mut sent_any = false;
         for (index, candidate) in plan.candidates.iter().enumerate() {
-            let provider = &candidate.provider;
-            let price = self.snapshot.price(self.shared.catalog, provider, &candidate.model);
+            let price = self.snapshot.price(self.shared.catalog, &candidate.provider, &candidate.model);
             let mut backoff = plan.backoff;
             for try_no in 0..=plan.retries {
-                let credential = match self.credential(provider) {
-                    Ok(credential) => credential,
-                    Err(failure) => {
-                        account.set_target(&provider.name, provider.adapter.system(), &candidate.model, "", price);
-                        last = Some(failure);
-                        break;
-                    }
-                };
-                let credential_id = credential.map_or("", |c| c.id.as_str());
-                account.set_target(
-                    &provider.name,
-                    provider.adapter.system(),
-                    &candidate.model,
-                    credential_id,
-                    price.clone(),
-                );
-                account.set_listed(provider.models.iter().any(|m| m == &candidate.model));
-                let target = UpstreamTarget {
-                    base_url: &provider.base_url,
-                    model: &candidate.model,
-                    api_key: credential.map_or("", |c| c.secret.as_str()),
-                    api_version: provider.api_version.as_deref(),
-                    extra_headers: &provider.headers,
-                };
-                let request = match build(candidate, &target) {
-                    Ok(r) => r,
-                    Err(error @ AdapterError::Unsupported { .. }) | Err(error @ AdapterError::InvalidTarget(_)) => {
-                        last = Some(Failure::Transport { kind: ErrorKind::InvalidRequest, message: error.to_string() });
-                        break;
-                    }
-                    // An earlier target took the caller's bytes as they were;
-                    // this one needs them translated and they do not translate.
-                    // That is this target's limit, not a bad request: the
-                    // caller hears how the targets that were called failed.
-                    Err(error) if sent_any => {
-                        tracing::info!(
-                            request_id = %self.call.request_id, provider = %provider.name, %error,
-                            "fallback skipped: the request does not translate to this provider's format"
-                        );
-                        break;
-                    }
-                    Err(error) => {
-                        return Err(self.refuse(
-                            account,
-                            ErrorKind::InvalidRequest,
-                            StatusCode::BAD_REQUEST,
-                            &error.to_string(),
-                        ));
-                    }
-                };
-                let sent = self.send(provider, request).await;
-                // A target this node cannot call at all was sent nothing.
-                sent_any |= !matches!(sent, Sent::Failed(Failure::Unreachable(_)));
-                let failure = match sent {
-                    Sent::Answer(response) if response.status().is_success() => {
+                let tried = self.try_candidate(account, candidate, &price, try_no, &mut sent_any, &mut build).await?;
+                let failure = match tried {
+                    Try::Answered(response) => {
                         account.record.attempts += 1;
                         if index > 0 {
                             account.fell_back();
                         }
                         return Ok((response, candidate.clone()));
                     }
-                    Sent::Answer(response) => {
-                        let status = response.status();
-                        let headers = response.headers().clone();
-                        let body = read_limited(response.into_body(), MAX_ERROR_BODY, provider.request_timeout)
-                            .await
-                            .unwrap_or_default();
-                        Failure::Provider(provider.name.clone(), provider.adapter.error(status, &headers, &body))
+                    Try::Skip(why) => {
+                        last = why.or(last);
+                        break;
                     }
-                    Sent::Failed(failure) => failure,
+                    Try::Failed(failure) => failure,
                 };
-                self.note_failure(account, candidate, credential, try_no, &failure);
                 let rate_limited = failure.kind() == ErrorKind::RateLimited;
                 let (retryable, elsewhere) = (failure.retryable(), failure.try_elsewhere());
                 if !retryable && !elsewhere {
@@ -721,6 +667,94 @@ impl Attempts<'_> {
         let (kind, status, message) = failure.for_caller();
         let message = format!("every target of {requested} failed; last error: {message}");
         Err(self.refuse(account, kind, status, &message))
+    }
+
+    /// The refusal of a model the plan has no targets for, or that this
+    /// caller may not use.
+    fn refuse_plan(&self, account: &mut Accounting, error: &PlanError) -> AiOutcome {
+        let (kind, status) = match error {
+            PlanError::NoModel(_) => (ErrorKind::InvalidRequest, StatusCode::BAD_REQUEST),
+            PlanError::NotAllowed(_) => (ErrorKind::PermissionDenied, StatusCode::FORBIDDEN),
+            _ => (ErrorKind::NotFound, StatusCode::NOT_FOUND),
+        };
+        self.refuse(account, kind, status, &error.to_string())
+    }
+
+    /// One try of `candidate`: picks its key, builds the request in its
+    /// format and sends it. A request that does not translate is the
+    /// caller's error only if no earlier target was sent it.
+    async fn try_candidate<F>(
+        &self,
+        account: &mut Accounting,
+        candidate: &Candidate,
+        price: &PriceRef,
+        try_no: u32,
+        sent_any: &mut bool,
+        build: &mut F,
+    ) -> Result<Try, AiOutcome>
+    where
+        F: FnMut(&Candidate, &UpstreamTarget<'_>) -> Result<http::Request<Bytes>, AdapterError>,
+    {
+        let provider = &candidate.provider;
+        let (system, model) = (provider.adapter.system(), candidate.model.as_str());
+        let credential = match self.credential(provider) {
+            Ok(credential) => credential,
+            Err(failure) => {
+                account.set_target(&provider.name, system, model, "", price.clone());
+                return Ok(Try::Skip(Some(failure)));
+            }
+        };
+        account.set_target(&provider.name, system, model, credential.map_or("", |c| c.id.as_str()), price.clone());
+        account.set_listed(provider.models.iter().any(|m| m == model));
+        let target = UpstreamTarget {
+            base_url: &provider.base_url,
+            model,
+            api_key: credential.map_or("", |c| c.secret.as_str()),
+            api_version: provider.api_version.as_deref(),
+            extra_headers: &provider.headers,
+        };
+        let request = match build(candidate, &target) {
+            Ok(r) => r,
+            Err(error @ AdapterError::Unsupported { .. }) | Err(error @ AdapterError::InvalidTarget(_)) => {
+                let message = error.to_string();
+                return Ok(Try::Skip(Some(Failure::Transport { kind: ErrorKind::InvalidRequest, message })));
+            }
+            // An earlier target took the caller's bytes as they were; this
+            // one needs them translated and they do not translate. That is
+            // this target's limit, not a bad request: the caller hears how
+            // the targets that were called failed.
+            Err(error) if *sent_any => {
+                tracing::info!(
+                    request_id = %self.call.request_id, provider = %provider.name, %error,
+                    "fallback skipped: the request does not translate to this provider's format"
+                );
+                return Ok(Try::Skip(None));
+            }
+            Err(error) => {
+                return Err(self.refuse(
+                    account,
+                    ErrorKind::InvalidRequest,
+                    StatusCode::BAD_REQUEST,
+                    &error.to_string(),
+                ));
+            }
+        };
+        let sent = self.send(provider, request).await;
+        // A target this node cannot call at all was sent nothing.
+        *sent_any |= !matches!(sent, Sent::Failed(Failure::Unreachable(_)));
+        let failure = match sent {
+            Sent::Answer(response) if response.status().is_success() => return Ok(Try::Answered(response)),
+            Sent::Answer(response) => {
+                let (status, headers) = (response.status(), response.headers().clone());
+                let body = read_limited(response.into_body(), MAX_ERROR_BODY, provider.request_timeout)
+                    .await
+                    .unwrap_or_default();
+                Failure::Provider(provider.name.clone(), provider.adapter.error(status, &headers, &body))
+            }
+            Sent::Failed(failure) => failure,
+        };
+        self.note_failure(account, candidate, credential, try_no, &failure);
+        Ok(Try::Failed(failure))
     }
 
     /// Reserves the call's estimated tokens and cost on the caller's token

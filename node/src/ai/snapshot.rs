@@ -265,7 +265,7 @@ fn open_headers(p: &Provider, provider_id: &str, secrets: &SecretBox) -> Vec<(St
         .filter_map(|h| {
             // Refused at admission; one an earlier version stored is left
             // out: framing, connection and Host are the gateway's own.
-            if tollgate_raft::FRAMING_HEADERS.contains(&h.name.to_ascii_lowercase().as_str()) {
+            if tollgate_raft::is_framing_header(&h.name) {
                 tracing::warn!(
                     provider = %p.name, header = %h.name,
                     "provider header not sent: the gateway sets it; give the provider's headers again without it (`tollgate ctl provider update --header ...`)"

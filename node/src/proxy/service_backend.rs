@@ -84,7 +84,9 @@ pub async fn serve(
     let switched = head.status == StatusCode::SWITCHING_PROTOCOLS;
     // Read before the hop-by-hop headers go; only a 101 needs it.
     let protocol = if switched { head.headers.get(header::UPGRADE).cloned() } else { None };
+    let required = upgrade::required(&head);
     headers::strip_hop_by_hop(&mut head.headers);
+    upgrade::restore_required(&mut head.headers, required);
     if switched {
         let target = rctx.upstream.clone().unwrap_or_else(|| Arc::from(""));
         let (Some(client_side), Some(upstream_side), Some(protocol)) =

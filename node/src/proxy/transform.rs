@@ -18,7 +18,7 @@ impl HeaderOps {
     pub fn compile(t: Option<&HeaderTransform>) -> Option<HeaderOps> {
         let t = t?;
         let pair = |p: &tollgate_proto::config::v1::HeaderPair| {
-            if tollgate_raft::FRAMING_HEADERS.contains(&p.name.to_ascii_lowercase().as_str()) {
+            if tollgate_raft::is_framing_header(&p.name) {
                 tracing::warn!(header = %p.name, "a route's header transform names a header the proxy manages; not applied");
                 return None;
             }

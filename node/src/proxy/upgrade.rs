@@ -41,6 +41,32 @@ pub fn restore(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::UPGRADE, protocol);
 }
 
+/// The protocols a 426 (Upgrade Required) names: the answer is useless
+/// without them (RFC 9110 §15.5.22: its `Upgrade` is a MUST), and hop-by-hop
+/// stripping would remove them. nginx passes them on too. Empty for any
+/// other status.
+pub fn required(head: &http::response::Parts) -> Vec<HeaderValue> {
+    if head.status != http::StatusCode::UPGRADE_REQUIRED {
+        return Vec::new();
+    }
+    head.headers.get_all(header::UPGRADE).iter().cloned().collect()
+}
+
+/// Puts a 426's `Upgrade` back, with the `upgrade` connection option every
+/// sender of `Upgrade` must add (RFC 9110 §7.8). It names what the client
+/// should speak on a new request; this connection is not switched (the
+/// gateway passes on a 101 for WebSocket only), and an HTTP/2 client's
+/// response loses both headers in hyper, as RFC 9113 §8.2.2 requires.
+pub fn restore_required(headers: &mut HeaderMap, required: Vec<HeaderValue>) {
+    if required.is_empty() {
+        return;
+    }
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    for protocols in required {
+        headers.append(header::UPGRADE, protocols);
+    }
+}
+
 /// Joins the client's and the target's upgraded connections once hyper has
 /// handed both over (the client's after the 101 has been written to it).
 /// A tunnel that carries no bytes either way for `idle` (checked once per

@@ -99,7 +99,7 @@ fn validate_versioning(versioning: &tollgate_proto::config::v1::Versioning) -> R
         "tracestate",
         "x-request-id",
     ];
-    if crate::validate::FRAMING_HEADERS.contains(&header.as_str())
+    if crate::validate::is_framing_header(header)
         || CREDENTIALS_AND_IDENTITY.contains(&header.as_str())
         || header.starts_with("x-consumer-")
         || header.starts_with("x-forwarded-")
