@@ -49,19 +49,20 @@ async fn hashed_service(admin: &mut common::Admin, name: &str, header: &str, por
 }
 
 /// For 30 keys, sends each spelling `spellings(key)` gives in `header`
-/// twice: all of one key's requests must reach one target, and the keys
-/// must spread over all three.
+/// `times` times: all of one key's requests must reach one target, and the
+/// keys must spread over all three.
 async fn assert_sticky_and_spread(
     proxy: std::net::SocketAddr,
     path: &str,
     header: &str,
+    times: usize,
     spellings: impl Fn(usize) -> Vec<String>,
 ) {
     let mut owners = HashMap::new();
     for key in 0..30 {
         let mut counts = HashMap::new();
         for spelling in spellings(key) {
-            for (owner, n) in tally(proxy, path, 2, &[(header, spelling.as_str())]).await {
+            for (owner, n) in tally(proxy, path, times, &[(header, spelling.as_str())]).await {
                 *counts.entry(owner).or_insert(0) += n;
             }
         }
@@ -114,12 +115,12 @@ async fn each_balancing_policy_distributes_as_specified() {
     // Consistent hash on a header: a key sticks to one target; keys spread.
     let three = [a.port(), b.port(), c.port()];
     hashed_service(&mut admin, "hashed", "x-user", &three).await;
-    assert_sticky_and_spread(node.proxy_addr, "/hashed", "x-user", |user| vec![format!("user-{user}")]).await;
+    assert_sticky_and_spread(node.proxy_addr, "/hashed", "x-user", 3, |user| vec![format!("user-{user}")]).await;
 
     // Consistent hash on Host: the validated authority is the key, so the
     // spellings of one host (case, the default port) stick to one target.
     hashed_service(&mut admin, "by-host", "host", &three).await;
-    assert_sticky_and_spread(node.proxy_addr, "/by-host", "host", |tenant| {
+    assert_sticky_and_spread(node.proxy_addr, "/by-host", "host", 2, |tenant| {
         vec![
             format!("tenant-{tenant}.example"),
             format!("Tenant-{tenant}.EXAMPLE"),

@@ -54,9 +54,6 @@ impl Received {
     }
 }
 
-/// An HTTP/1.1 upstream that records each request head verbatim and answers
-/// `n=<count>` with the response headers the test sets, closing every
-/// connection after one exchange.
 /// What the raw upstream answers: a status line's code and reason, and
 /// headers added to its own content-length and `connection: close`.
 #[derive(Clone)]
@@ -65,6 +62,9 @@ struct CannedResponse {
     headers: Vec<(String, String)>,
 }
 
+/// An HTTP/1.1 upstream that records each request head verbatim and answers
+/// `n=<count>` with the status and response headers the test sets, closing
+/// every connection after one exchange.
 struct RawUpstream {
     port: u16,
     received: Arc<Mutex<Vec<Received>>>,
@@ -170,6 +170,12 @@ struct RawReply {
 }
 
 impl RawReply {
+    /// Every value of header `name`, in order.
+    fn values(&self, name: &str) -> Vec<String> {
+        let lines = self.head.lines().skip(1).filter_map(|l| l.split_once(':'));
+        lines.filter(|(n, _)| n.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string()).collect()
+    }
+
     fn header(&self, name: &str) -> Option<String> {
         self.head
             .lines()
@@ -294,11 +300,12 @@ async fn a_request_never_leaves_the_route_that_authorized_it() {
 }
 
 /// Hop-by-hop headers of the upstream's answer stop at the gateway (RFC 9110
-/// §7.6.1), the ones its Connection names included; only a 426 keeps its
-/// Upgrade, which that answer must carry (§15.5.22), with the `upgrade`
-/// connection option every sender of Upgrade adds (§7.8).
+/// §7.6.1), the ones its Connection names included. A 426 must carry an
+/// Upgrade (§15.5.22): the client gets the gateway's own offer, WebSocket
+/// if the upstream offered it (the one upgrade the gateway carries), with
+/// the `upgrade` connection option (§7.8).
 #[tokio::test]
-async fn the_upstreams_hop_by_hop_headers_stop_at_the_gateway_but_a_426_keeps_its_upgrade() {
+async fn the_upstreams_hop_by_hop_headers_stop_at_the_gateway_and_a_426_offers_what_it_can_carry() {
     let dir = tempfile::tempdir().unwrap();
     let (node, mut admin, [upstream]) = node_with_services(dir.path(), ["svc"]).await;
     admin.create_route(route("open", "svc", PathMatch::Prefix, "/open", AuthMode::None)).await.unwrap();
@@ -310,31 +317,38 @@ async fn the_upstreams_hop_by_hop_headers_stop_at_the_gateway_but_a_426_keeps_it
         ("connection", "x-upstream-private"),
         ("x-upstream-private", "internal"),
     ];
-    let all_of = |reply: &RawReply, name: &str| -> Vec<String> {
-        let lines = reply.head.lines().skip(1).filter_map(|l| l.split_once(':'));
-        lines.filter(|(n, _)| n.trim().eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string()).collect()
-    };
 
     upstream.respond_as("200 OK", &hop_by_hop);
     let reply = get_raw(node.proxy_addr, "/open/x", "").await;
     assert_eq!(reply.status, 200, "{}", reply.head);
     for name in ["keep-alive", "upgrade", "proxy-connection", "trailer", "x-upstream-private"] {
-        assert!(all_of(&reply, name).is_empty(), "{name} reached the client: {}", reply.head);
+        assert!(reply.values(name).is_empty(), "{name} reached the client: {}", reply.head);
     }
-    assert!(all_of(&reply, "connection").iter().all(|v| v == "close"), "{}", reply.head);
+    assert!(reply.values("connection").iter().all(|v| v == "close"), "{}", reply.head);
 
-    let mut required = hop_by_hop.to_vec();
-    required[1] = ("upgrade", "TLS/1.2, HTTP/1.1");
-    upstream.respond_as("426 Upgrade Required", &required);
+    // A 426 offers the client what the gateway can carry (WebSocket), with
+    // the `upgrade` connection option; an offer of anything else is dropped.
+    let offering = |upgrade: &'static str| {
+        let mut headers = hop_by_hop.to_vec();
+        headers.retain(|(name, _)| *name != "upgrade");
+        headers.push(("upgrade", upgrade));
+        headers
+    };
+    upstream.respond_as("426 Upgrade Required", &offering("h2c, websocket"));
     let reply = get_raw(node.proxy_addr, "/open/x", "").await;
     assert_eq!(reply.status, 426, "{}", reply.head);
-    assert_eq!(all_of(&reply, "upgrade"), ["TLS/1.2, HTTP/1.1"], "{}", reply.head);
+    assert_eq!(reply.values("upgrade"), ["websocket"], "{}", reply.head);
     let options: Vec<String> =
-        all_of(&reply, "connection").iter().flat_map(|v| v.split(',')).map(|t| t.trim().to_ascii_lowercase()).collect();
+        reply.values("connection").iter().flat_map(|v| v.split(',')).map(|t| t.trim().to_ascii_lowercase()).collect();
     assert!(options.contains(&"upgrade".to_string()), "{}", reply.head);
     for name in ["keep-alive", "proxy-connection", "trailer", "x-upstream-private"] {
-        assert!(all_of(&reply, name).is_empty(), "{name} reached the client: {}", reply.head);
+        assert!(reply.values(name).is_empty(), "{name} reached the client: {}", reply.head);
     }
+    upstream.respond_as("426 Upgrade Required", &offering("TLS/1.2, HTTP/1.1"));
+    let reply = get_raw(node.proxy_addr, "/open/x", "").await;
+    assert_eq!(reply.status, 426, "{}", reply.head);
+    assert!(reply.values("upgrade").is_empty(), "{}", reply.head);
+    assert!(reply.values("connection").iter().all(|v| v == "close"), "{}", reply.head);
     node.shutdown().await;
 }
 

@@ -10,8 +10,9 @@ use crate::error::ApplyError;
 pub(crate) const MAX_NAME_LEN: usize = 64;
 /// Headers that frame the message, manage its connection or name its
 /// host: the gateway's own to write on what it forwards, never a
-/// configured header's.
-pub const FRAMING_HEADERS: [&str; 9] = [
+/// configured header's. Checked at admission and by the data plane, never
+/// in apply (a longer list must not change how a committed entry applies).
+pub(crate) const FRAMING_HEADERS: [&str; 9] = [
     "host",
     "content-length",
     "transfer-encoding",

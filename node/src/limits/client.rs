@@ -65,7 +65,9 @@ fn dedup(mut leases: Vec<Arc<Lease>>) -> Vec<Arc<Lease>> {
 async fn ask(limiter: &Limiter, node_id: u64, propose: &ProposeLease, wanted: Vec<Arc<Lease>>, returns: Vec<LeaseAsk>) {
     let now = crate::clock::unix_ms();
     let mut asks: Vec<LeaseAsk> = Vec::with_capacity(wanted.len());
-    for lease in &wanted {
+    // Which leases this command asks units of the open window for.
+    let mut asked = vec![false; wanted.len()];
+    for (lease, asked) in wanted.iter().zip(&mut asked) {
         let ask = |want, need, next_window| LeaseAsk {
             limit_id: lease.limit_id.to_string(),
             bucket: lease.bucket.to_string(),
@@ -80,6 +82,7 @@ async fn ask(limiter: &Limiter, node_id: u64, propose: &ProposeLease, wanted: Ve
         if lease.is_asking() {
             let (want, need) = lease.ask_size(now, horizon_ms(lease));
             asks.push(ask(want, need, false));
+            *asked = true;
         }
     }
     asks.extend(returns);
@@ -101,11 +104,15 @@ async fn ask(limiter: &Limiter, node_id: u64, propose: &ProposeLease, wanted: Ve
             }
         }
     }
-    // Whatever was not answered (a failure, a missing limit) stops asking,
-    // and its waiters wake to refuse. An answered lease is left alone: a
-    // request may already have asked again since.
-    for (lease, _) in wanted.iter().zip(&done).filter(|(_, answered)| !**answered) {
-        lease.finish_asking();
+    // Whatever was not answered (a failure, a missing limit) stops asking;
+    // the waiters of an ask that failed wake to refuse. An answered lease
+    // is left alone: a request may already have asked again since.
+    for ((lease, answered), asked) in wanted.iter().zip(&done).zip(&asked) {
+        match (answered, asked) {
+            (true, _) => {}
+            (false, true) => lease.ask_failed(),
+            (false, false) => lease.finish_asking(),
+        }
     }
 }
 

@@ -45,6 +45,10 @@ pub struct Lease {
     next: Mutex<Option<(i64, i64, u64)>>,
     /// An ask for the next window is queued or in flight, or was answered.
     asking_next: AtomicBool,
+    /// Asks that failed (no quorum, a timeout, the limit gone): a request
+    /// waiting for a grant that sees this change is refused instead of
+    /// asking again until its wait ends.
+    failed_asks: AtomicU64,
     answered: Notify,
 }
 
@@ -99,6 +103,7 @@ impl Lease {
             sizing: Mutex::new(Sizing::default()),
             next: Mutex::new(None),
             asking_next: AtomicBool::new(false),
+            failed_asks: AtomicU64::new(0),
             answered: Notify::new(),
         }
     }
@@ -352,10 +357,22 @@ impl Lease {
         }
     }
 
-    /// The ask failed (no quorum, a timeout): waiters are woken to refuse.
+    /// No ask is pending any more: waiters are woken to look again.
     pub(crate) fn finish_asking(&self) {
         self.asking.store(false, Ordering::Release);
         self.answered.notify_waiters();
+    }
+
+    /// The ask sent for this lease failed (no quorum, a timeout, the limit
+    /// gone): waiters are woken to refuse (they see `failed_asks` change).
+    pub(crate) fn ask_failed(&self) {
+        self.failed_asks.fetch_add(1, Ordering::AcqRel);
+        self.finish_asking();
+    }
+
+    /// How many asks for this lease have failed so far.
+    pub(crate) fn failed_asks(&self) -> u64 {
+        self.failed_asks.load(Ordering::Acquire)
     }
 
     /// Units held in the open window that this node gives up (it went idle):

@@ -157,11 +157,18 @@ impl Limiter {
         }
         let wait = if lease.has_held() { refill_wait_ms } else { self.config.first_lease_wait_ms };
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
+        let failed_before = lease.failed_asks();
         loop {
             // Registered before the balance is looked at again, so an answer
             // that lands in between wakes this request.
             let mut answered = pin!(lease.answered());
             answered.as_mut().enable();
+            // The ask this request waits for failed (no quorum, the limit
+            // deleted meanwhile): refused now, not asked again and again
+            // (each a Raft command) until the wait ends.
+            if lease.failed_asks() != failed_before {
+                return Err(Refused::NotInTime);
+            }
             if let Some(decided) = self.decide(lease, lease.try_take(units, amount, crate::clock::unix_ms())) {
                 return decided;
             }
@@ -278,5 +285,40 @@ fn refusal(limit: &Limit, view: LeaseView, why: Refused) -> LimitRefusal {
         budget: limit.unit() == LimitUnit::CostMicros,
         spent: why == Refused::Spent,
         what: format!("{} {} per {}", limit.amount, limit.unit_text(), limit.window_text()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tollgate_proto::config::v1::{Limit, LimitWindow, Meta};
+
+    use super::*;
+
+    /// A request waiting for its first grant is refused when the ask fails
+    /// (no quorum, the limit deleted meanwhile), and does not ask again:
+    /// each ask is a Raft command, and the wait may last seconds.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_ask_refuses_its_waiters_without_asking_again() {
+        let config = crate::config::Limits { first_lease_wait_ms: 60_000, ..Default::default() };
+        let (limiter, mut asks) = Limiter::new(config, LimitMetrics::default());
+        let limit = Limit {
+            meta: Some(Meta { id: "limit-1".into(), ..Default::default() }),
+            name: "per-second".into(),
+            amount: 10,
+            window: LimitWindow::Second as i32,
+            global: true,
+            ..Default::default()
+        };
+        let limits = [Bucketed { limit: Arc::new(limit), bucket: "".into() }];
+        let waiting = tokio::spawn({
+            let limiter = limiter.clone();
+            async move { limiter.admit(&limits, |_| 1).await.map(|_| ()).map_err(|refusal| refusal.spent) }
+        });
+        let lease = asks.recv().await.expect("the first request asks for a lease");
+        lease.ask_failed();
+        assert_eq!(waiting.await.unwrap(), Err(false), "refused as not in time, not as spent");
+        assert!(asks.try_recv().is_err(), "the failed ask was not sent again for the same request");
     }
 }

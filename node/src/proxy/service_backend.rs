@@ -71,6 +71,7 @@ pub async fn serve(
         // Unchanged: the parsed original is shared, not rebuilt.
         None => parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
+    let client_version = parts.version;
     upstream_request_head(rctx, route, &mut parts);
 
     rctx.upstream_slot = Some(ctx.upstream_slots.try_take().ok_or(GatewayError::Overloaded)?);
@@ -82,11 +83,13 @@ pub async fn serve(
     // The client's connection keeps its own version (an HTTP/1.0 upstream must not make hyper close it).
     head.version = http::Version::HTTP_11;
     let switched = head.status == StatusCode::SWITCHING_PROTOCOLS;
-    // Read before the hop-by-hop headers go; only a 101 needs it.
+    // Read before the hop-by-hop headers go: a 101's protocol, a 426's offer.
     let protocol = if switched { head.headers.get(header::UPGRADE).cloned() } else { None };
-    let required = upgrade::required(&head);
+    let required = upgrade::required(&head, client_version);
     headers::strip_hop_by_hop(&mut head.headers);
-    upgrade::restore_required(&mut head.headers, required);
+    if let Some(offer) = required {
+        upgrade::restore(&mut head.headers, offer);
+    }
     if switched {
         let target = rctx.upstream.clone().unwrap_or_else(|| Arc::from(""));
         let (Some(client_side), Some(upstream_side), Some(protocol)) =

@@ -17,15 +17,26 @@ impl HeaderOps {
     /// refuses them, and one an earlier version stored is not sent.
     pub fn compile(t: Option<&HeaderTransform>) -> Option<HeaderOps> {
         let t = t?;
+        let managed = |name: &str| {
+            let managed = tollgate_raft::is_framing_header(name);
+            if managed {
+                tracing::warn!(header = %name, "a route's header transform names a header the proxy manages; not applied");
+            }
+            managed
+        };
         let pair = |p: &tollgate_proto::config::v1::HeaderPair| {
-            if tollgate_raft::is_framing_header(&p.name) {
-                tracing::warn!(header = %p.name, "a route's header transform names a header the proxy manages; not applied");
+            if managed(&p.name) {
                 return None;
             }
             Some((HeaderName::from_bytes(p.name.as_bytes()).ok()?, HeaderValue::from_str(&p.value).ok()?))
         };
         let ops = HeaderOps {
-            remove: t.remove.iter().filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()).collect(),
+            remove: t
+                .remove
+                .iter()
+                .filter(|n| !managed(n))
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect(),
             set: t.set.iter().filter_map(pair).collect(),
             add: t.add.iter().filter_map(pair).collect(),
         };
@@ -134,12 +145,16 @@ mod tests {
         let t = HeaderTransform {
             add: vec![pair("trailer", "x"), pair("x-tag", "b")],
             set: vec![pair("keep-alive", "timeout=1"), pair("proxy-connection", "close")],
-            remove: vec![],
+            remove: vec!["Trailer".into(), "x-old".into()],
         };
         let ops = HeaderOps::compile(Some(&t)).unwrap();
         let mut h = HeaderMap::new();
+        h.insert("trailer", HeaderValue::from_static("x-checksum"));
+        h.insert("x-old", HeaderValue::from_static("1"));
         ops.apply(&mut h);
-        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-tag"]);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["trailer", "x-tag"], "the managed header is neither set nor removed by the route");
         let only_managed = HeaderTransform { set: vec![pair("keep-alive", "timeout=1")], ..Default::default() };
         assert!(HeaderOps::compile(Some(&only_managed)).is_none());
     }

@@ -35,36 +35,31 @@ pub fn is_websocket(value: &HeaderValue) -> bool {
     value.to_str().is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
 }
 
-/// Puts back the two headers that hop-by-hop stripping removed.
+/// Puts back the two headers that hop-by-hop stripping removed (every
+/// sender of `Upgrade` also sends the `upgrade` connection option, RFC
+/// 9110 §7.8).
 pub fn restore(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, protocol);
 }
 
-/// The protocols a 426 (Upgrade Required) names: the answer is useless
-/// without them (RFC 9110 §15.5.22: its `Upgrade` is a MUST), and hop-by-hop
-/// stripping would remove them. nginx passes them on too. Empty for any
-/// other status.
-pub fn required(head: &http::response::Parts) -> Vec<HeaderValue> {
-    if head.status != http::StatusCode::UPGRADE_REQUIRED {
-        return Vec::new();
+/// What a 426 (Upgrade Required) asks the client to upgrade to, as far as
+/// the gateway can carry it: WebSocket only, the one upgrade it passes on
+/// (an `h2c` or `TLS/1.2` offer would send the client into a loop of
+/// upgrades stripped on the way in). The upstream's `Upgrade` is
+/// hop-by-hop, so what the client sees is the gateway's own offer, which
+/// a 426 must carry (RFC 9110 §15.5.22). None for any other status, for a
+/// client not on HTTP/1.1 (HTTP/2 has no Upgrade, RFC 9113 §8.2.2), and
+/// when the upstream offers nothing the gateway can carry.
+pub fn required(head: &http::response::Parts, client_version: http::Version) -> Option<HeaderValue> {
+    if head.status != http::StatusCode::UPGRADE_REQUIRED || client_version != http::Version::HTTP_11 {
+        return None;
     }
-    head.headers.get_all(header::UPGRADE).iter().cloned().collect()
-}
-
-/// Puts a 426's `Upgrade` back, with the `upgrade` connection option every
-/// sender of `Upgrade` must add (RFC 9110 §7.8). It names what the client
-/// should speak on a new request; this connection is not switched (the
-/// gateway passes on a 101 for WebSocket only), and an HTTP/2 client's
-/// response loses both headers in hyper, as RFC 9113 §8.2.2 requires.
-pub fn restore_required(headers: &mut HeaderMap, required: Vec<HeaderValue>) {
-    if required.is_empty() {
-        return;
-    }
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    for protocols in required {
-        headers.append(header::UPGRADE, protocols);
-    }
+    let offers = head.headers.get_all(header::UPGRADE).iter().filter_map(|v| v.to_str().ok());
+    offers
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+        .then(|| HeaderValue::from_static("websocket"))
 }
 
 /// Joins the client's and the target's upgraded connections once hyper has
@@ -176,5 +171,25 @@ mod tests {
         assert!(requested(&parts(http::Version::HTTP_11, &h2c)).is_none(), "h2c is never passed on");
         let both = [("connection", "upgrade"), ("upgrade", "websocket, h2c")];
         assert!(requested(&parts(http::Version::HTTP_11, &both)).is_none());
+    }
+
+    fn answer(status: u16, upgrade: &[&str]) -> http::response::Parts {
+        let mut response = http::Response::builder().status(status);
+        for offer in upgrade {
+            response = response.header("upgrade", *offer);
+        }
+        response.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn a_426_offers_the_client_websocket_only_and_only_on_http11() {
+        let http11 = http::Version::HTTP_11;
+        assert_eq!(required(&answer(426, &["h2c, WebSocket"]), http11).unwrap(), "websocket");
+        assert_eq!(required(&answer(426, &["TLS/1.2", "websocket"]), http11).unwrap(), "websocket", "any line");
+        assert!(required(&answer(426, &["TLS/1.2, HTTP/1.1", "h2c"]), http11).is_none(), "nothing it can carry");
+        assert!(required(&answer(426, &[]), http11).is_none());
+        assert!(required(&answer(426, &["websocket"]), http::Version::HTTP_2).is_none());
+        assert!(required(&answer(426, &["websocket"]), http::Version::HTTP_10).is_none());
+        assert!(required(&answer(200, &["websocket"]), http11).is_none(), "only a 426 asks for an upgrade");
     }
 }

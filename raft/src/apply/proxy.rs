@@ -88,8 +88,19 @@ fn validate_versioning(versioning: &tollgate_proto::config::v1::Versioning) -> R
     }
     // The gateway sets this header on the request it forwards: never one
     // that frames or routes the request, or that carries credentials or
-    // the identity the gateway vouches for.
-    const CREDENTIALS_AND_IDENTITY: &[&str] = &[
+    // the identity the gateway vouches for. Apply's own list, frozen:
+    // every replica must decide a committed entry as it was decided (the
+    // admission list `FRAMING_HEADERS` may grow).
+    const RESERVED: &[&str] = &[
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "te",
+        "trailer",
         "authorization",
         "proxy-authorization",
         "cookie",
@@ -99,11 +110,7 @@ fn validate_versioning(versioning: &tollgate_proto::config::v1::Versioning) -> R
         "tracestate",
         "x-request-id",
     ];
-    if crate::validate::is_framing_header(header)
-        || CREDENTIALS_AND_IDENTITY.contains(&header.as_str())
-        || header.starts_with("x-consumer-")
-        || header.starts_with("x-forwarded-")
-    {
+    if RESERVED.contains(&header.as_str()) || header.starts_with("x-consumer-") || header.starts_with("x-forwarded-") {
         return Err(ApplyError::invalid(
             "versioning.header",
             format!(
