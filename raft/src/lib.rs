@@ -43,7 +43,7 @@ pub use quorum::{QuorumLoss, Reach, Voter};
 pub use state::GatewayState;
 pub use state_machine::StateMachine;
 pub use types::{Applied, Command, CommandResponse, Raft, TypeConfig};
-pub use validate::is_framing_header;
+pub use validate::{is_framing_header, port_number, written_port};
 pub use validate_ai::provider_header_value;
 pub use validate_policy::parse_cidr;
 

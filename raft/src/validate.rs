@@ -117,16 +117,43 @@ pub(crate) fn http_url(field: &str, url: &str, instead: &str) -> Result<(), Appl
     }
     // A port that is not 1..=65535 would be read as no port at all by
     // HTTP clients, which would then call the scheme's default one.
-    let port = match authority.strip_prefix('[') {
-        Some(bracketed) => bracketed.split_once(']').and_then(|(_, after)| after.strip_prefix(':')),
-        None => authority.rsplit_once(':').map(|(_, port)| port),
-    };
-    if let Some(port) = port
-        && !(port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok_and(|p| p > 0))
+    if let Some(port) = written_port(authority)
+        && port_number(port.as_bytes()).is_none()
     {
         return Err(ApplyError::invalid(field, format!("port {port:?} must be a number from 1 to 65535")));
     }
     Ok(())
+}
+
+/// The port a URL's authority (`host:port`, `[v6]:port`, after any user
+/// information) writes, as written; None when it writes none.
+pub fn written_port(authority: &str) -> Option<&str> {
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, after)| after);
+    match host_port.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once(']').and_then(|(_, after)| after.strip_prefix(':')),
+        None => host_port.rsplit_once(':').map(|(_, port)| port),
+    }
+}
+
+/// A written port's number: decimal digits only (no sign, no space; leading
+/// zeros allowed, as RFC 3986's `*DIGIT`), from 1 to 65535. Anything else
+/// is not a port; a client library would read it as none and call the
+/// scheme's default port instead.
+pub fn port_number(digits: &[u8]) -> Option<u16> {
+    if digits.is_empty() {
+        return None;
+    }
+    let mut port: u32 = 0;
+    for &digit in digits {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        port = port * 10 + u32::from(digit - b'0');
+        if port > u32::from(u16::MAX) {
+            return None;
+        }
+    }
+    u16::try_from(port).ok().filter(|&p| p != 0)
 }
 
 /// The refusal of a URL with user info, saying where credentials go instead.
@@ -246,6 +273,23 @@ mod tests {
         for bad in ["", "-lead", "has space", "ünï", &"x".repeat(65)] {
             assert!(name("name", bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn a_port_is_decimal_digits_from_1_to_65535() {
+        for (written, port) in [("80", Some(80)), ("65535", Some(65535)), ("000443", Some(443)), ("1", Some(1))] {
+            assert_eq!(port_number(written.as_bytes()), port, "{written:?}");
+        }
+        for bad in ["", "0", "00", "65536", "99999999999999999999", "+80", "-1", " 80", "8 0", "８０", "0x50"] {
+            assert_eq!(port_number(bad.as_bytes()), None, "{bad:?} is not a port");
+        }
+        assert_eq!(written_port("api.example.com:8443"), Some("8443"));
+        assert_eq!(written_port("api.example.com"), None);
+        assert_eq!(written_port("[::1]:80"), Some("80"));
+        assert_eq!(written_port("[::1]"), None, "the colons of an IPv6 address are not a port");
+        assert_eq!(written_port("user:secret@[::1]"), None, "nor is the colon of user information");
+        assert_eq!(written_port("user:secret@host:81"), Some("81"));
+        assert_eq!(written_port("host:"), Some(""), "an empty port is written, and not a port");
     }
 
     #[test]

@@ -41,11 +41,9 @@ impl PooledTarget {
         let authority = uri.authority()?;
         // The http crate reads a port that is not a u16 as no port at all,
         // which would send the request to the default one.
-        let written_port = match authority.as_str().strip_prefix('[') {
-            Some(v6) => v6.split_once(']').and_then(|(_, rest)| rest.strip_prefix(':')),
-            None => authority.as_str().rsplit_once(':').map(|(_, port)| port),
-        };
-        if written_port.is_some_and(|port| !port.parse::<u16>().is_ok_and(|p| p > 0)) {
+        if tollgate_raft::written_port(authority.as_str())
+            .is_some_and(|port| tollgate_raft::port_number(port.as_bytes()).is_none())
+        {
             return None;
         }
         // Host and port only: user information in a URL is never sent as `Host`.

@@ -186,16 +186,14 @@ fn canonical_len(raw: &[u8], default_port: u16) -> Option<usize> {
     Some(name.len())
 }
 
-/// `*DIGIT` (RFC 3986 §3.2.3): empty means no port; at most 65535.
+/// `*DIGIT` (RFC 3986 §3.2.3): empty means no port; 1 to 65535, in at most
+/// five digits (a Host of `x:000080` is refused, not read as port 80).
 fn parse_port(digits: &[u8]) -> Option<Option<u16>> {
-    if digits.is_empty() {
-        return Some(None);
+    match digits.len() {
+        0 => Some(None),
+        1..=5 => tollgate_raft::port_number(digits).map(Some),
+        _ => None,
     }
-    if digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let port: u32 = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    u16::try_from(port).ok().filter(|&p| p != 0).map(Some)
 }
 
 /// A DNS name or IPv4 address: dot-separated labels of letters, digits, '-'
