@@ -1,5 +1,7 @@
-//! Input rules every replica checks inside `apply`. Pure functions of the
-//! command, so they are deterministic by construction.
+//! Input rules: those every replica checks inside `apply` (pure functions
+//! of the command, so deterministic by construction), and the admission
+//! and data-plane helpers beside them (header names, URLs, ports), which
+//! never run in `apply`.
 
 use std::collections::HashSet;
 
@@ -24,7 +26,8 @@ pub(crate) const FRAMING_HEADERS: [&str; 9] = [
     "trailer",
 ];
 
-/// Whether `name` (any case) is one of [`FRAMING_HEADERS`].
+/// Whether `name` (any case) frames the message, manages its connection
+/// or names its host (`FRAMING_HEADERS`).
 pub fn is_framing_header(name: &str) -> bool {
     FRAMING_HEADERS.iter().any(|framing| framing.eq_ignore_ascii_case(name))
 }

@@ -317,8 +317,11 @@ mod tests {
             async move { limiter.admit(&limits, |_| 1).await.map(|_| ()).map_err(|refusal| refusal.spent) }
         });
         let lease = asks.recv().await.expect("the first request asks for a lease");
+        let failed_at = tokio::time::Instant::now();
         lease.ask_failed();
         assert_eq!(waiting.await.unwrap(), Err(false), "refused as not in time, not as spent");
+        // The clock is paused: it moves only if the request sat out its wait.
+        assert_eq!(failed_at.elapsed(), Duration::ZERO, "refused at once, not at the end of its wait");
         assert!(asks.try_recv().is_err(), "the failed ask was not sent again for the same request");
     }
 }

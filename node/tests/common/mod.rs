@@ -46,10 +46,13 @@ pub fn test_config(dir: &Path) -> Config {
     // Off by default; the tests see a limit reach the data plane by the
     // headers of the first request it admits.
     config.limits.admitted_headers = true;
-    // A bucket's first grant is a Raft commit away, and production waits
-    // at most 250 ms for it. Two cores loaded by other tests can exceed
-    // that, and the test then sees a 429 that says nothing about what it
-    // checks. Later grants keep production's 5 ms wait.
+    // A request that finds its lease empty waits for a grant a Raft commit
+    // away: production waits 5 ms (250 ms for a bucket's first grant and
+    // for an AI reservation). Two cores loaded by other tests can take
+    // longer, and the test then sees a 429 that says nothing about what it
+    // checks. A request waits only until its ask is answered (a grant, a
+    // spent window, a failure), so the longer bound slows no test.
+    config.limits.lease_wait_ms = 1_000;
     config.limits.first_lease_wait_ms = 5_000;
     config
 }
