@@ -217,7 +217,7 @@ async fn forged_forwarding_headers_do_not_escape_a_client_address_limit() {
     }
     // The probe above spent one of the two units: one more is admitted,
     // whatever the forged addresses say. Which of the four it is depends on
-    // when the lease grant commits (a request may wait only 5 ms for it).
+    // when the lease grant commits, against how long a request may wait.
     statuses.sort();
     assert_eq!(statuses, ["200", "429", "429", "429"]);
     assert_eq!(upstream.hits.load(Ordering::SeqCst) - before, 1, "the upstream sees only the admitted request");

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
-use tollgate_proto::raft::v1::{LeaseAsk, LeaseGrants, LeaseRequest};
+use tollgate_proto::raft::v1::{LeaseAsk, LeaseGrant, LeaseGrants, LeaseRequest};
 
 use super::lease::Lease;
 use super::limiter::Limiter;
@@ -74,14 +74,13 @@ enum AskFor {
 }
 
 async fn ask(limiter: &Limiter, node_id: u64, propose: &ProposeLease, wanted: Vec<Arc<Lease>>, returns: Vec<LeaseAsk>) {
-    // Per lease: an ask of its was answered; its open-window ask was sent.
-    let mut answered = vec![false; wanted.len()];
-    let mut asked = vec![false; wanted.len()];
+    // Leases some command asks for; each is in exactly one.
+    let mut sent = vec![false; wanted.len()];
     for command in commands(&wanted, returns) {
         let kinds: Vec<AskFor> = command.iter().map(|(_, kind)| *kind).collect();
         for kind in &kinds {
-            if let AskFor::Open(i) = kind {
-                asked[*i] = true;
+            if let AskFor::Open(i) | AskFor::Ahead(i) = kind {
+                sent[*i] = true;
             }
         }
         let request = LeaseRequest { node_id, asks: command.into_iter().map(|(ask, _)| ask).collect() };
@@ -91,24 +90,73 @@ async fn ask(limiter: &Limiter, node_id: u64, propose: &ProposeLease, wanted: Ve
             Ok(answer) => answer,
             Err(_) => Err(format!("no answer within {} ms", limiter.config.ask_timeout_ms)),
         };
-        match answer {
-            Ok(grants) => apply_grants(limiter, &wanted, &kinds, grants, &mut answered),
-            Err(error) => {
+        // `apply` answers one grant per ask, in order; any other answer is
+        // not one this client can read, and counts as a failure.
+        let grants = answer.and_then(|grants| match grants.grants.len() == kinds.len() {
+            true => Ok(grants.grants),
+            false => Err(format!("{} grants answered {} asks", grants.grants.len(), kinds.len())),
+        });
+        let grants = grants
+            .inspect_err(|error| {
                 limiter.metrics.lease_ask_failures.inc();
                 tracing::warn!(%error, "a quota lease command failed; requests beyond what this node holds are refused");
+            })
+            .ok();
+        settle(limiter, &wanted, &kinds, grants);
+    }
+    // Queued, but with nothing to ask by now (an earlier command answered
+    // them): their waiters look again.
+    for (lease, sent) in wanted.iter().zip(sent) {
+        if !sent {
+            lease.finish_asking();
+        }
+    }
+}
+
+/// Settles the leases of one command, whose grants are `grants` (None: the
+/// command failed). A lease an ask of which was granted takes the grant,
+/// and is left alone after (a request may already have asked again); one
+/// whose open-window ask got nothing (a failure, a missing limit) refuses
+/// its waiters; one that asked only ahead just stops asking.
+fn settle(limiter: &Limiter, wanted: &[Arc<Lease>], kinds: &[AskFor], grants: Option<Vec<LeaseGrant>>) {
+    // (lease, answered, asked for the open window), a lease's asks being adjacent.
+    let mut settled: Vec<(usize, bool, bool)> = Vec::new();
+    for (n, kind) in kinds.iter().enumerate() {
+        let (at, open) = match *kind {
+            AskFor::Open(at) => (at, true),
+            AskFor::Ahead(at) => (at, false),
+            AskFor::GiveBack => continue,
+        };
+        let grant = grants.as_ref().and_then(|g| g.get(n)).filter(|g| !g.limit_missing);
+        if let Some(grant) = grant {
+            take_grant(limiter, &wanted[at], grant);
+        }
+        match settled.last_mut().filter(|(lease, ..)| *lease == at) {
+            Some((_, answered, asked)) => {
+                *answered |= grant.is_some();
+                *asked |= open;
             }
+            None => settled.push((at, grant.is_some(), open)),
         }
     }
-    // Whatever was not answered (a failure, a missing limit) stops asking;
-    // the waiters of an ask that failed wake to refuse. An answered lease
-    // is left alone: a request may already have asked again since.
-    for ((lease, answered), asked) in wanted.iter().zip(answered).zip(asked) {
-        match (answered, asked) {
+    for (at, answered, open) in settled {
+        match (answered, open) {
             (true, _) => {}
-            (false, true) => lease.ask_failed(),
-            (false, false) => lease.finish_asking(),
+            (false, true) => wanted[at].ask_failed(),
+            (false, false) => wanted[at].finish_asking(),
         }
     }
+}
+
+fn take_grant(limiter: &Limiter, lease: &Lease, grant: &LeaseGrant) {
+    if let Some(counters) = limiter.counters(&grant.limit_id) {
+        counters.granted_units.inc_by(grant.units);
+        let stranded = lease.strands_on(grant);
+        if stranded > 0 {
+            counters.stranded_units.inc_by(stranded);
+        }
+    }
+    lease.answer(grant);
 }
 
 /// The lease commands for `wanted` and `returns`: each lease's asks (the
@@ -153,40 +201,6 @@ fn commands(wanted: &[Arc<Lease>], returns: Vec<LeaseAsk>) -> Vec<Vec<(LeaseAsk,
 
 const MAX_ASKS_PER_COMMAND: usize = 1024;
 
-/// Applies a command's grants, one per ask and in the asks' order (as
-/// `apply` answers), to the leases they are for.
-fn apply_grants(
-    limiter: &Limiter,
-    wanted: &[Arc<Lease>],
-    kinds: &[AskFor],
-    grants: LeaseGrants,
-    answered: &mut [bool],
-) {
-    if grants.grants.len() != kinds.len() {
-        tracing::warn!(
-            asks = kinds.len(),
-            grants = grants.grants.len(),
-            "a lease command answered another number of asks than it had; the rest count as failed"
-        );
-    }
-    for (grant, kind) in grants.grants.into_iter().zip(kinds) {
-        let (AskFor::Open(at) | AskFor::Ahead(at)) = *kind else { continue };
-        if grant.limit_missing {
-            continue;
-        }
-        let lease = &wanted[at];
-        answered[at] = true;
-        if let Some(counters) = limiter.counters(&grant.limit_id) {
-            counters.granted_units.inc_by(grant.units);
-            let stranded = lease.strands_on(&grant);
-            if stranded > 0 {
-                counters.stranded_units.inc_by(stranded);
-            }
-        }
-        lease.answer(&grant);
-    }
-}
-
 /// How far ahead a lease is sized: a quarter of its window, between 100 ms
 /// and 1 s of the node's observed rate.
 fn horizon_ms(lease: &Lease) -> i64 {
@@ -228,8 +242,6 @@ fn give_backs(limiter: &Limiter) -> Vec<LeaseAsk> {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use tollgate_proto::raft::v1::LeaseGrant;
-
     use super::*;
     use crate::limits::lease::Take;
     use crate::telemetry::limit_metrics::LimitMetrics;
@@ -239,6 +251,19 @@ mod tests {
         let lease = Arc::new(Lease::new(Arc::from("limit-1"), Box::from("")));
         assert_eq!(lease.try_take(1, 10, crate::clock::unix_ms()), Take::Empty { ask: true });
         lease
+    }
+
+    /// `units` of a window that opened `started_ms_ago` and ends in a minute.
+    fn open_window_grant(units: u64, amount: u64, started_ms_ago: i64) -> LeaseGrant {
+        let now = crate::clock::unix_ms();
+        LeaseGrant {
+            units,
+            amount,
+            granted: units,
+            window_start_ms: now - started_ms_ago,
+            window_end_ms: now + 60_000,
+            ..Default::default()
+        }
     }
 
     /// Answers every ask of a command with `grant` (its limit and bucket filled in).
@@ -268,17 +293,8 @@ mod tests {
         ask(&limiter, 1, &missing, vec![lease.clone()], Vec::new()).await;
         assert_eq!(lease.failed_asks(), 1, "the limit is gone");
 
-        let now = crate::clock::unix_ms();
-        let granting = answering(LeaseGrant {
-            units: 5,
-            amount: 10,
-            granted: 5,
-            window_start_ms: now - 100,
-            window_end_ms: now + 60_000,
-            ..Default::default()
-        });
         let lease = asking_lease();
-        ask(&limiter, 1, &granting, vec![lease.clone()], Vec::new()).await;
+        ask(&limiter, 1, &answering(open_window_grant(5, 10, 100)), vec![lease.clone()], Vec::new()).await;
         assert_eq!(lease.failed_asks(), 0, "answered");
         assert!(matches!(lease.try_take(1, 10, crate::clock::unix_ms()), Take::Taken { .. }), "with units");
 
@@ -296,5 +312,45 @@ mod tests {
         ask(&limiter, 1, &counting, vec![lease.clone()], Vec::new()).await;
         assert_eq!(sent.load(Ordering::SeqCst), 0);
         assert_eq!(lease.failed_asks(), 0);
+    }
+
+    /// A lease with units, near the end of its window, so that the next
+    /// take asks ahead for the next window, and for nothing else.
+    async fn asking_ahead_only(limiter: &Limiter) -> Arc<Lease> {
+        let now = crate::clock::unix_ms();
+        let lease = asking_lease();
+        ask(limiter, 1, &answering(open_window_grant(50, 100, 900)), vec![lease.clone()], Vec::new()).await;
+        // 60 s left of a 60.9 s window: the lead to ask ahead is 1 s, so a
+        // take 59.5 s from now would ask ahead; take as if then.
+        assert_eq!(lease.try_take(1, 100, now + 59_500), Take::Taken { ask: true, window_start_ms: now - 900 });
+        assert!(lease.wants_ahead() && !lease.is_asking());
+        lease
+    }
+
+    #[tokio::test]
+    async fn a_failed_ask_ahead_refuses_no_one() {
+        let (limiter, _asks) = Limiter::new(Default::default(), LimitMetrics::default());
+        let lease = asking_ahead_only(&limiter).await;
+        let failing: ProposeLease = Arc::new(|_| Box::pin(async { Err("no quorum".to_string()) }));
+        ask(&limiter, 1, &failing, vec![lease.clone()], Vec::new()).await;
+        assert_eq!(lease.failed_asks(), 0, "nobody waits for the next window's units");
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_does_not_match_its_asks_counts_as_failed() {
+        let (limiter, _asks) = Limiter::new(Default::default(), LimitMetrics::default());
+        let lease = asking_lease();
+        let grant = open_window_grant(5, 10, 100);
+        let doubled: ProposeLease = Arc::new(move |request: LeaseRequest| {
+            let one = LeaseGrant { limit_id: request.asks[0].limit_id.clone(), ..grant.clone() };
+            Box::pin(async move { Ok(LeaseGrants { grants: vec![one.clone(), one] }) })
+        });
+        ask(&limiter, 1, &doubled, vec![lease.clone()], Vec::new()).await;
+        assert_eq!(lease.failed_asks(), 1, "two grants for one ask: not read as an answer");
+        assert_eq!(
+            lease.try_take(1, 10, crate::clock::unix_ms()),
+            Take::Empty { ask: true },
+            "and no units taken from it"
+        );
     }
 }

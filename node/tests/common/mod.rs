@@ -51,7 +51,8 @@ pub fn test_config(dir: &Path) -> Config {
     // for an AI reservation). Two cores loaded by other tests can take
     // longer, and the test then sees a 429 that says nothing about what it
     // checks. A request waits only until its ask is answered (a grant, a
-    // spent window, a failure), so the longer bound slows no test.
+    // spent window, a failure), so while Raft answers the longer bound
+    // slows no test; a test that stalls Raft would wait it out.
     config.limits.lease_wait_ms = 1_000;
     config.limits.first_lease_wait_ms = 5_000;
     config
