@@ -277,6 +277,13 @@ mod tests {
     }
 
     #[test]
+    fn a_port_is_at_most_five_digits_leading_zeros_included() {
+        assert_eq!(canon("victim.example:00080").unwrap(), "victim.example");
+        assert_eq!(canon("victim.example:08080").unwrap(), "victim.example:8080");
+        assert!(canon("victim.example:000080").is_err(), "six digits are not read as port 80");
+    }
+
+    #[test]
     fn one_host_header_on_http11() {
         let uri: Uri = "/x".parse().unwrap();
         assert_eq!(effective(Version::HTTP_11, &uri, &headers(&[]), false), Err(AuthorityError::MissingHost));
