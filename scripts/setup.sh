@@ -16,6 +16,11 @@ packages=()
 if ! tollgate_find_libclang >/dev/null; then packages+=(libclang-dev); fi
 if [ ! -x /usr/bin/chromium ]; then packages+=(chromium); fi
 if [ ! -x /usr/bin/chromedriver ]; then packages+=(chromium-driver); fi
+# - openssl and curl: the profile-guided build's training run
+#   (loadtest/scenarios/pgo-training.sh, tested in node/tests/pgo_training.rs)
+#   makes its TLS upstream's certificates and waits for readiness with them.
+if ! command -v openssl >/dev/null 2>&1; then packages+=(openssl); fi
+if ! command -v curl >/dev/null 2>&1; then packages+=(curl); fi
 if [ ${#packages[@]} -gt 0 ]; then
     echo "installing ${packages[*]}..." >&2
     sudo_cmd=""

@@ -50,15 +50,7 @@ SECRET=bench-secret-0123456789abcdef0123
 "${CTL[@]}" route create cached --service mock --path /cached --auth none --cache-ttl-ms 600000 >/dev/null
 "${CTL[@]}" consumer create bench >/dev/null
 KEY=$("${CTL[@]}" -o json key create --consumer bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')
-JWT=$(SECRET=$SECRET python3 - <<'PY'
-import base64, hashlib, hmac, json, os, time
-b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=")
-head = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-body = b(json.dumps({"sub": "bench", "exp": int(time.time()) + 86400}).encode())
-sig = b(hmac.new(os.environ["SECRET"].encode(), head + b"." + body, hashlib.sha256).digest())
-print((head + b"." + body + b"." + sig).decode())
-PY
-)
+JWT=$(SECRET=$SECRET python3 loadtest/scenarios/lib/hs256-jwt.py bench)
 
 # nginx: one worker, upstream keep-alive, no access log (Tollgate's is off too)
 mkdir -p "$WORK/nginx/logs"
