@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # A profile-guided (PGO) release build of tollgate.
 #
-# Why: on the request path Tollgate runs about half as many instructions per
-# cycle as a bare hyper proxy (docs/benchmarks.md, issue 17): a 30 MB code
-# segment spreads the hot path over many more cache lines and pages. PGO lets
+# Why: on the request path Tollgate retires about half as many instructions
+# per second of CPU as a bare hyper proxy (docs/benchmarks.md, issue 17): a
+# 30 MB code segment spreads the hot path over many more cache lines and pages. PGO lets
 # LLVM lay the hot code out together, inline along the paths actually taken
 # and move cold code aside. It changes how the code is compiled, never what it
 # does: the same sources, the same tests.
@@ -12,8 +12,9 @@
 # training run (loadtest/scenarios/pgo-training.sh) against it on loopback,
 # (3) llvm-profdata merges the counters, (4) the release build with
 # -Cprofile-use. Output:
-# target/pgo/use/<host triple>/release/tollgate. Two fat-LTO builds:
-# about 30 minutes on 2 cores.
+# target/pgo/use/<host triple>/release/tollgate. Two fat-LTO builds, slower
+# than a plain one: on 2 cores the instrumented build took 30 minutes and the
+# optimised one over an hour (docs/benchmarks.md, issue 17, sixth session).
 #
 # llvm-profdata must match rustc's LLVM major version (the raw profile format
 # changes between majors). Rust's own copy (rustup's llvm-tools component)
@@ -29,6 +30,10 @@ tollgate_build_rocksdb_cache
 # RUSTFLAGS below carry the profile flags; an encoded set in the environment
 # would silently take their place and build without a profile.
 unset CARGO_ENCODED_RUSTFLAGS
+if [ "$(uname -m)" != x86_64 ]; then
+    echo "error: the pinned llvm-profdata wheel is for x86_64; on $(uname -m) pin that architecture's wheel and hash" >&2
+    exit 1
+fi
 case "$root" in *" "*)
     echo "error: RUSTFLAGS cannot carry a path with spaces; build from a checkout without them (not $root)" >&2
     exit 1 ;;
@@ -75,6 +80,7 @@ fi
 
 # The load generator and its mocks are not part of the profile: a plain build.
 cargo build --release --locked -p tollgate-loadtest --bin tollgate-load
+target_dir="$(cargo metadata --format-version 1 --no-deps --locked | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
 
 # An explicit --target keeps RUSTFLAGS off build scripts and proc macros, which
 # would otherwise be instrumented too and write their own profiles while building.
@@ -89,7 +95,7 @@ rm -rf "$PROFILES"
 mkdir -p "$PROFILES"
 
 echo "PGO 2/4: training run" >&2
-TG="$PGO_DIR/generate/$host/release/tollgate" LOAD="$root/target/release/tollgate-load" \
+TG="$PGO_DIR/generate/$host/release/tollgate" LOAD="$target_dir/release/tollgate-load" \
     loadtest/scenarios/pgo-training.sh
 
 echo "PGO 3/4: merging the profile" >&2
@@ -100,12 +106,22 @@ fi
 "$profdata" merge -o "$MERGED" "$PROFILES"/*.profraw
 
 echo "PGO 4/4: optimised build" >&2
-# Functions the profile never saw (std's, or code no training request reached)
-# are compiled as usual; the mismatch warnings say nothing useful here. LLVM
-# marks each function hot or unlikely from the profile; keeping those section
-# prefixes lets lld put all the hot code side by side (.text.hot) and the code
-# that never ran out of the way (.text.unlikely).
+# LLVM marks each function hot or unlikely from the profile; keeping those
+# section prefixes lets lld put all the hot code side by side (.text.hot) and
+# the code that never ran out of the way (.text.unlikely). A profile that does
+# not fit these sources shows as LLVM's mismatch warnings, and as no .text.hot.
 CARGO_TARGET_DIR="$PGO_DIR/use" \
-    RUSTFLAGS="-Cprofile-use=$MERGED -Cllvm-args=-no-pgo-warn-mismatch -Clink-arg=-Wl,-z,keep-text-section-prefix" \
+    RUSTFLAGS="-Cprofile-use=$MERGED -Clink-arg=-Wl,-z,keep-text-section-prefix" \
     cargo build --release --locked --target "$host" -p tollgate-node --bin tollgate
-echo "built $PGO_DIR/use/$host/release/tollgate" >&2
+out="$PGO_DIR/use/$host/release/tollgate"
+if ! python3 - "$out" <<'PY'
+import sys
+# The section-name table of an ELF file holds ".text.hot" only if the profile was applied.
+with open(sys.argv[1], "rb") as f:
+    sys.exit(0 if b"\0.text.hot\0" in f.read() else 1)
+PY
+then
+    echo "error: $out has no .text.hot section: the profile was not applied (see the warnings above)" >&2
+    exit 1
+fi
+echo "built $out" >&2

@@ -33,9 +33,10 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-# Throwaway credentials, made for this run: the node listens on loopback only,
-# but nobody else on the machine should be able to drive it.
-# (The token goes by environment, not on command lines other users can read.)
+# A throwaway admin token, made for this run and passed by environment (not
+# on a command line other users can read): the node listens on loopback only,
+# but nobody else on the machine should be able to change it. The JWT secret
+# and the API key are throwaway too, and reach only the mocks.
 TOLLGATE_ADMIN_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
 export TOLLGATE_ADMIN_TOKEN
 SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
@@ -76,7 +77,11 @@ OPENAI=$(mock_addr openai)
 ANTHROPIC=$(mock_addr anthropic)
 OPENAI_TLS=$(mock_addr openai-tls)
 
-SSL_CERT_FILE="$WORK/ca.pem" TOLLGATE_CONSOLE_LISTEN=127.0.0.1:0 "$TG" serve --data-dir "$WORK/tg" \
+# The caller's own settings (a debug log level, a config file, a cluster to
+# join, a profile file of its own) must not shape the profile.
+env -u TOLLGATE_LOG -u TOLLGATE_CONFIG -u TOLLGATE_JOIN -u TOLLGATE_JOIN_TOKEN -u TOLLGATE_NODE_ID \
+  -u TOLLGATE_CLUSTER_ADVERTISE -u LLVM_PROFILE_FILE \
+  SSL_CERT_FILE="$WORK/ca.pem" TOLLGATE_CONSOLE_LISTEN=127.0.0.1:0 "$TG" serve --data-dir "$WORK/tg" \
   --proxy-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --ops-listen 127.0.0.1:0 \
   --cluster-listen 127.0.0.1:0 --access-log off --log-format json \
   > /dev/null 2> "$WORK/tollgate.log" &

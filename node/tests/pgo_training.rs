@@ -10,14 +10,22 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The script and everything it starts, in a process group of its own: when
-/// dropped (a failed or timed-out test included) the whole group goes.
+/// dropped (a failed or timed-out test included) the whole group goes. SIGTERM
+/// first, so the script's trap removes its temporary directory; SIGKILL if it
+/// is still there after 10 s.
 struct Training(Child);
 
 impl Drop for Training {
     fn drop(&mut self) {
-        if let Some(group) = i32::try_from(self.0.id()).ok().and_then(rustix::process::Pid::from_raw) {
-            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        let Some(group) = i32::try_from(self.0.id()).ok().and_then(rustix::process::Pid::from_raw) else {
+            return;
+        };
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         let _ = self.0.wait();
     }
 }
