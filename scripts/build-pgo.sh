@@ -14,7 +14,7 @@
 # -Cprofile-use. Output:
 # target/pgo/use/<host triple>/release/tollgate. Two fat-LTO builds, slower
 # than a plain one: on 2 cores the instrumented build took 30 minutes and the
-# optimised one over an hour (docs/benchmarks.md, issue 17, sixth session).
+# optimised one 85 minutes (docs/benchmarks.md, issue 17, sixth session).
 #
 # llvm-profdata must match rustc's LLVM major version (the raw profile format
 # changes between majors). Rust's own copy (rustup's llvm-tools component)
