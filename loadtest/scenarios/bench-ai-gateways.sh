@@ -203,20 +203,9 @@ wait_http "http://127.0.0.1:$MOCK_PORT/v1/models" "$MOCK_PID" 10 || { echo "erro
 TLS_ENV=()
 want_tls() { want_row tollgate-rest-tls || want_row tollgate-ai-tls; }
 if want_tls; then
-  if ! command -v openssl >/dev/null 2>&1; then
-    echo "error: the TLS rows need openssl (apt-get install -y openssl), or leave them out of ROWS" >&2
-    exit 1
-  fi
-  (
-    cd "$WORK" &&
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=bench-ca \
-      -keyout ca.key -out ca.pem &&
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 -keyout mock.key -out mock.csr &&
-    printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > mock.ext &&
-    openssl x509 -req -in mock.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile mock.ext -out mock.pem
-  ) > "$WORK/openssl.log" 2>&1 || { echo "error: making the test certificates failed:" >&2; tail -5 "$WORK/openssl.log" >&2; exit 1; }
+  loadtest/scenarios/lib/loopback-certs.sh "$WORK"
   setsid taskset -c 1 "$LOAD" --threads 1 mock openai --listen "127.0.0.1:$MOCK_TLS_PORT" --tokens 64 --no-auth \
-    --tls-cert "$WORK/mock.pem" --tls-key "$WORK/mock.key" > "$WORK/mock-tls.out" 2>&1 &
+    --tls-cert "$WORK/server.pem" --tls-key "$WORK/server.key" > "$WORK/mock-tls.out" 2>&1 &
   MOCK_TLS_PID=$!
   PIDS+=("$MOCK_TLS_PID")
   wait_http "https://127.0.0.1:$MOCK_TLS_PORT/v1/models" "$MOCK_TLS_PID" 10 --cacert "$WORK/ca.pem" ||

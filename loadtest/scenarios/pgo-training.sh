@@ -60,18 +60,12 @@ mock_addr() { # name
 }
 seconds() { awk -v s="$1" -v k="$SCALE" 'BEGIN { printf "%ds", (s * k < 1 ? 1 : s * k) }'; }
 
-(
-  cd "$WORK" &&
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=pgo-ca -keyout ca.key -out ca.pem &&
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 -keyout up.key -out up.csr &&
-  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > up.ext &&
-  openssl x509 -req -in up.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile up.ext -out up.pem
-) > "$WORK/openssl.log" 2>&1 || { echo "error: making the training certificates failed: $(tail -3 "$WORK/openssl.log")" >&2; exit 1; }
+loadtest/scenarios/lib/loopback-certs.sh "$WORK"
 
 start_mock http http
 start_mock openai openai --tokens 64
 start_mock anthropic anthropic --tokens 64
-start_mock openai-tls openai --tokens 64 --no-auth --tls-cert "$WORK/up.pem" --tls-key "$WORK/up.key"
+start_mock openai-tls openai --tokens 64 --no-auth --tls-cert "$WORK/server.pem" --tls-key "$WORK/server.key"
 HTTP=$(mock_addr http)
 OPENAI=$(mock_addr openai)
 ANTHROPIC=$(mock_addr anthropic)

@@ -1,5 +1,11 @@
 //! `tollgate`: with no arguments, a single-node gateway on the default ports;
 //! `tollgate serve` with explicit settings; `tollgate ctl` to administer it.
+// The library forbids unsafe code; the one exception is the allocator's
+// calls into mimalloc, kept to its own module here.
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
+mod allocator;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,7 +21,7 @@ use tollgate_node::telemetry::{self, LogFormat};
 // The proxy allocates and frees small buffers on every request; mimalloc's
 // thread-local free lists make that measurably cheaper than glibc malloc.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version, about = "Clustered API and AI gateway with built-in Raft storage")]
