@@ -203,7 +203,9 @@ wait_http "http://127.0.0.1:$MOCK_PORT/v1/models" "$MOCK_PID" 10 || { echo "erro
 TLS_ENV=()
 want_tls() { want_row tollgate-rest-tls || want_row tollgate-ai-tls; }
 if want_tls; then
-  loadtest/scenarios/lib/loopback-certs.sh "$WORK"
+  command -v openssl >/dev/null 2>&1 ||
+    { echo "error: the TLS rows need openssl (apt-get install -y openssl), or leave them out of ROWS" >&2; exit 1; }
+  bash loadtest/scenarios/lib/loopback-certs.sh "$WORK"
   setsid taskset -c 1 "$LOAD" --threads 1 mock openai --listen "127.0.0.1:$MOCK_TLS_PORT" --tokens 64 --no-auth \
     --tls-cert "$WORK/server.pem" --tls-key "$WORK/server.key" > "$WORK/mock-tls.out" 2>&1 &
   MOCK_TLS_PID=$!

@@ -60,7 +60,7 @@ mock_addr() { # name
 }
 seconds() { awk -v s="$1" -v k="$SCALE" 'BEGIN { printf "%ds", (s * k < 1 ? 1 : s * k) }'; }
 
-loadtest/scenarios/lib/loopback-certs.sh "$WORK"
+bash loadtest/scenarios/lib/loopback-certs.sh "$WORK"
 
 start_mock http http
 start_mock openai openai --tokens 64

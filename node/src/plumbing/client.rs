@@ -70,7 +70,9 @@ impl Upstream {
         upgrade: bool,
     ) -> Result<Response<UpstreamResponseBody>, BoxError> {
         if upgrade {
-            let response = self.0.send_upgrade(authority, host, request).await?;
+            // Boxed: upgrades are rare, and their future would otherwise
+            // size every request's.
+            let response = Box::pin(self.0.send_upgrade(authority, host, request)).await?;
             return Ok(response.map(UpstreamResponseBody::Client));
         }
         let response = self.0.send(authority, host, request).await?;
