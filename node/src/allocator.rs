@@ -5,11 +5,10 @@
 //! `mi_malloc_aligned`, even the byte buffers and structs whose alignment
 //! every mimalloc block already has. mimalloc 3's aligned entry point has a
 //! fast path only for blocks up to 1 KiB that find a free block in their
-//! size's current page; the rest (hyper's 8 KiB read buffers, say) go
-//! through its generic path, and sizes that are not powers of two through
-//! its over-allocating fallback, which also stops that size's page from
-//! being refilled for the fast path. Each costs instructions on every
-//! request. (A fix is proposed upstream in purpleprotocol/mimalloc_rust#170;
+//! size's current page; past that it allocates plainly only when the size
+//! class is a power of two up to 4 KiB, and otherwise goes through its
+//! over-allocating fallback (hyper's 8 KiB read buffers included). Each
+//! costs instructions on every request. (A fix is proposed upstream in purpleprotocol/mimalloc_rust#170;
 //! in microsoft/mimalloc#314 mimalloc's author says calling plain
 //! `mi_malloc` for such requests is much better for performance.)
 //!
@@ -22,9 +21,10 @@
 //! word-aligned, which an alignment no larger than its size then satisfies.
 //! Larger alignments keep the aligned entry points. This holds for the
 //! build configuration libmimalloc-sys is used with here (`no_thp` only);
-//! its `debug` feature with mimalloc's guarded-page options can return
-//! plain blocks that are not 16-aligned, so those are never to be turned
-//! on for this binary. The tests below check the rule against the linked
+//! its `debug` and `debug_in_debug` features turn on mimalloc's guarded
+//! pages, under which (with the `guarded_precise` option) plain blocks may
+//! not be 16-aligned, so those features are never to be turned on for this
+//! binary (the workspace's Cargo.toml says so too). The tests below check the rule against the linked
 //! mimalloc.
 
 use std::alloc::{GlobalAlloc, Layout};
@@ -101,20 +101,28 @@ unsafe impl GlobalAlloc for MiMalloc {
 mod tests {
     use super::*;
 
-    /// Sizes around every size class boundary up to 8 KiB, a spread of sizes
-    /// up to 64 KiB and a few blocks larger than mimalloc's pages (up to
-    /// 4 MiB), at every alignment up to 4 KiB: each block comes back aligned,
-    /// writable to its last byte, keeps its bytes when it grows and shrinks
-    /// (across the plain and aligned entry points both ways), and zeroed
-    /// blocks are zero. Sizes that are not multiples of the alignment (24 at
-    /// 16, say) are included on purpose: they land on blocks whose class is
-    /// not a power of two.
+    /// Every size up to 256 bytes; both sides of every size class boundary
+    /// up to 16 KiB (mimalloc has four classes per power of two p: 1.25p,
+    /// 1.5p, 1.75p and 2p); a spread of sizes up to 64 KiB; both sides of the
+    /// small, medium and large object limits (10 KiB, about 84 KiB, 512 KiB),
+    /// past which a block gets a page of its own; and 1 and 4 MiB. Each at
+    /// every alignment up to 4 KiB: the block comes back aligned, writable to
+    /// its last byte, keeps its bytes when it grows and shrinks (across the
+    /// plain and aligned entry points both ways), and zeroed blocks are
+    /// zero. Sizes that are not multiples of the alignment (40 at 16, in the
+    /// 48-byte class, say) are included on purpose.
     #[test]
     fn every_block_has_its_alignment_and_keeps_its_bytes() {
-        let around_classes = (0..=13).map(|shift| 1usize << shift).flat_map(|p| [p - 1, p, p + 1, p + p / 2]);
+        let class_edges = (6..=14)
+            .map(|shift| 1usize << shift)
+            .flat_map(|p| [p, p + p / 4, p + p / 2, p + 3 * p / 4])
+            .flat_map(|edge| [edge - 1, edge, edge + 1]);
+        let object_limits = [10 << 10, 86_698, 512 << 10].into_iter().flat_map(|limit| [limit - 1, limit, limit + 1]);
         let sizes: Vec<usize> = (1..=256)
-            .chain(around_classes)
+            .chain(class_edges)
             .chain((257..=65_536).step_by(997))
+            .chain([65_536])
+            .chain(object_limits)
             .chain([(1 << 20) + 3, 4 << 20])
             .filter(|&size| size > 0)
             .collect();

@@ -6,7 +6,7 @@
 # openssl's output goes to DIR/openssl.log; on failure its last lines go to
 # stderr and the exit status is 1.
 #
-#   loadtest/scenarios/lib/loopback-certs.sh "$WORK"
+#   bash loadtest/scenarios/lib/loopback-certs.sh "$WORK"
 set -euo pipefail
 DIR=${1:?usage: loopback-certs.sh DIR}
 command -v openssl > /dev/null || { echo "error: making test certificates needs openssl (apt-get install -y openssl)" >&2; exit 1; }

@@ -286,7 +286,7 @@ impl Http1Pool {
         }
         // Boxed: connecting (and a TLS handshake) is the cold path, and its
         // future would otherwise make every request's future larger by its
-        // size (about 1.2 KB), pooled connection or not.
+        // size (1,472 bytes), pooled connection or not.
         Ok((Box::pin(self.connect(authority)).await?, false))
     }
 
