@@ -8,9 +8,10 @@
 //! size's current page; past that it allocates plainly only when the size
 //! class is a power of two up to 4 KiB, and otherwise goes through its
 //! over-allocating fallback (hyper's 8 KiB read buffers included). Each
-//! costs instructions on every request. (A fix is proposed upstream in purpleprotocol/mimalloc_rust#170;
-//! in microsoft/mimalloc#314 mimalloc's author says calling plain
-//! `mi_malloc` for such requests is much better for performance.)
+//! costs instructions on every request. (A fix is proposed upstream in
+//! purpleprotocol/mimalloc_rust#170; in microsoft/mimalloc#314 mimalloc's
+//! author says calling plain `mi_malloc` for such requests is much better
+//! for performance.)
 //!
 //! The rule is the one the standard library's `System` allocator applies to
 //! `malloc`: an alignment of at most 16 bytes that is not larger than the
@@ -24,8 +25,8 @@
 //! its `debug` and `debug_in_debug` features turn on mimalloc's guarded
 //! pages, under which (with the `guarded_precise` option) plain blocks may
 //! not be 16-aligned, so those features are never to be turned on for this
-//! binary (the workspace's Cargo.toml says so too). The tests below check the rule against the linked
-//! mimalloc.
+//! binary (the workspace's Cargo.toml says so too). The tests below check
+//! the rule against the linked mimalloc.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;
