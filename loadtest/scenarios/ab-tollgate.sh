@@ -18,9 +18,11 @@
 # Routes: `key` (API key), `open` (no auth), and `ai` (an OpenAI-format chat
 # completion through the AI gateway to the OpenAI mock, API key, ledger and
 # metrics on). Generator on core 0; upstreams and both gateways on core 1
-# (only the one under test is busy). Everything listens on 127.0.0.1 only.
+# (only the one under test is busy). Everything listens on 127.0.0.1 only,
+# on ports the system chooses.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. loadtest/scenarios/lib/ports.sh
 LOAD=${LOAD:-target/release/tollgate-load}
 A=${A:?set A to the baseline tollgate binary}
 B=${B:-target/release/tollgate}
@@ -33,45 +35,51 @@ TOKEN=bench-admin-token-0123456789
 PIDS=()
 cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT
+read -r MOCK_PORT OPENAI_PORT <<< "$(free_ports 2)"
 
-taskset -c 1 "$LOAD" --threads 1 mock http --listen 127.0.0.1:29000 > "$WORK/mock.out" 2>/dev/null &
+taskset -c 1 "$LOAD" --threads 1 mock http --listen "127.0.0.1:$MOCK_PORT" > "$WORK/mock.out" 2>/dev/null &
 PIDS+=($!)
-taskset -c 1 "$LOAD" --threads 1 mock openai --listen 127.0.0.1:29300 --tokens 64 > "$WORK/mock-openai.out" 2>&1 &
+taskset -c 1 "$LOAD" --threads 1 mock openai --listen "127.0.0.1:$OPENAI_PORT" --tokens 64 > "$WORK/mock-openai.out" 2>&1 &
 PIDS+=($!)
 
-start() { # name binary port-offset: starts a gateway, configures it, writes its API key to $WORK/name.key
-  local name=$1 bin=$2 off=$3 config=()
+start() { # name binary: starts a gateway, configures it, writes its API key to
+  # $WORK/name.key and its proxy, admin and ops ports to $WORK/name.ports
+  local name=$1 bin=$2 config=() proxy admin ops console cluster
+  read -r proxy admin ops console cluster <<< "$(free_ports 5)"
+  echo "$proxy $admin $ops" > "$WORK/$name.ports"
   # B_CONFIG: a TOML file for B only (e.g. `[limits] admitted_headers = false`).
   if [ "$name" = b ] && [ -n "${B_CONFIG:-}" ]; then config=(--config "$B_CONFIG"); fi
   # The console's port by environment: a build from before it had one ignores it.
-  TOLLGATE_CONSOLE_LISTEN="127.0.0.1:$((29092 + off * 10))" \
-  taskset -c 1 "$bin" serve "${config[@]}" --data-dir "$WORK/$name" --proxy-listen "127.0.0.1:$((28080 + off))" \
-    --admin-listen "127.0.0.1:$((29090 + off * 10))" --ops-listen "127.0.0.1:$((29091 + off * 10))" \
-    --cluster-listen "127.0.0.1:$((27000 + off))" \
+  TOLLGATE_CONSOLE_LISTEN="127.0.0.1:$console" \
+  taskset -c 1 "$bin" serve "${config[@]}" --data-dir "$WORK/$name" --proxy-listen "127.0.0.1:$proxy" \
+    --admin-listen "127.0.0.1:$admin" --ops-listen "127.0.0.1:$ops" --cluster-listen "127.0.0.1:$cluster" \
     --admin-token "$TOKEN" --access-log off --log-format json > /dev/null 2> "$WORK/$name.log" &
   PIDS+=($!)
-  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$((29091 + off * 10))/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-  local ctl=("$bin" ctl --admin "127.0.0.1:$((29090 + off * 10))" --token "$TOKEN")
-  "${ctl[@]}" service create mock --target 127.0.0.1:29000 >/dev/null
+  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$ops/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  curl -sf "http://127.0.0.1:$ops/readyz" >/dev/null || { echo "$name ($bin) did not start:" >&2; tail -5 "$WORK/$name.log" >&2; exit 1; }
+  local ctl=("$bin" ctl --admin "127.0.0.1:$admin" --token "$TOKEN")
+  "${ctl[@]}" service create mock --target "127.0.0.1:$MOCK_PORT" >/dev/null
   "${ctl[@]}" route create open --service mock --path /open --auth none >/dev/null
   "${ctl[@]}" route create key --service mock --path /key >/dev/null
-  "${ctl[@]}" provider create mock --kind openai --base-url http://127.0.0.1:29300/v1 --key main=sk-bench >/dev/null
+  "${ctl[@]}" provider create mock --kind openai --base-url "http://127.0.0.1:$OPENAI_PORT/v1" --key main=sk-bench >/dev/null
   "${ctl[@]}" alias create mock-gpt --target mock/mock-gpt >/dev/null
   "${ctl[@]}" route create ai --ai --path /ai/v1 >/dev/null
   "${ctl[@]}" consumer create bench >/dev/null
   "${ctl[@]}" -o json key create --consumer bench \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])' > "$WORK/$name.key"
 }
-start a "$A" 0
-start b "$B" 1
+start a "$A"
+start b "$B"
+read -r PROXY_A _ _ < "$WORK/a.ports"
+read -r PROXY_B ADMIN_B OPS_B < "$WORK/b.ports"
 # LIMIT_B=1: B also enforces one request limit per API key on the `key`
 # route, high enough never to refuse: the cost of admission from leases.
 if [ "${LIMIT_B:-0}" = 1 ]; then
-  "$B" ctl --admin 127.0.0.1:29100 --token "$TOKEN" limit create bench-per-key --requests 1000000000 \
+  "$B" ctl --admin "127.0.0.1:$ADMIN_B" --token "$TOKEN" limit create bench-per-key --requests 1000000000 \
     --per second --scope key --route key >/dev/null
 fi
 if [ "${GOVERN_B:-0}" = 1 ]; then
-  ctl_b=("$B" ctl --admin 127.0.0.1:29100 --token "$TOKEN")
+  ctl_b=("$B" ctl --admin "127.0.0.1:$ADMIN_B" --token "$TOKEN")
   echo '{"versioning": {"header": "api-version", "default_version": "v1"}, "subscription": "SUBSCRIPTION_MODE_APPROVAL"}' \
     | "${ctl_b[@]}" update service mock -f - >/dev/null
   "${ctl_b[@]}" version put mock v1 >/dev/null
@@ -95,7 +103,7 @@ rps() { # url key [extra load args]
 }
 
 # warm-up
-for u in "http://127.0.0.1:28080/open" "http://127.0.0.1:28081/open"; do
+for u in "http://127.0.0.1:$PROXY_A/open" "http://127.0.0.1:$PROXY_B/open"; do
   taskset -c 0 "$LOAD" --threads 1 run "$u" -c 8 -d 1s -q >/dev/null 2>&1 || true # refused on a governed B
 done
 
@@ -105,8 +113,8 @@ for route in $ROUTES; do
   path=$route extra=()
   if [ "$route" = ai ]; then path=ai/v1/chat/completions extra=("${CHAT[@]}"); fi
   for round in $(seq 1 "$ROUNDS"); do
-    read -r a a99 <<< "$(rps "http://127.0.0.1:28080/$path" "$KEY_A" "${extra[@]}")"
-    read -r b b99 <<< "$(rps "http://127.0.0.1:28081/$path" "$KEY_B" "${extra[@]}")"
+    read -r a a99 <<< "$(rps "http://127.0.0.1:$PROXY_A/$path" "$KEY_A" "${extra[@]}")"
+    read -r b b99 <<< "$(rps "http://127.0.0.1:$PROXY_B/$path" "$KEY_B" "${extra[@]}")"
     ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", b / a }')
     p99=$(awk -v a="$a99" -v b="$b99" 'BEGIN { printf "%.3f", b / a }')
     ratios+=("$ratio") p99s+=("$p99")
@@ -118,5 +126,5 @@ for route in $ROUTES; do
 done
 if [ "${LIMIT_B:-0}" = 1 ]; then
   # Lease commands B proposed over the whole run, against its admissions.
-  curl -s http://127.0.0.1:29101/metrics | grep -E '^tollgate_limit_(lease_asks|admitted|refused)_total' || true
+  curl -s "http://127.0.0.1:$OPS_B/metrics" | grep -E '^tollgate_limit_(lease_asks|admitted|refused)_total' || true
 fi

@@ -39,8 +39,9 @@
 # LiteLLM and Portkey are installed on first use under
 # ${XDG_CACHE_HOME:-$HOME/.cache}/tollgate/bench-ai/ (needs PyPI and npm).
 # Needs release builds: cargo build --release -p tollgate-node -p tollgate-loadtest
-# Everything listens on 127.0.0.1 only; LiteLLM's cost-map download and
-# telemetry are switched off, so no request leaves loopback.
+# Everything listens on 127.0.0.1 only, on ports the system chooses;
+# LiteLLM's cost-map download and telemetry are switched off, so no request
+# leaves loopback.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LOAD=${LOAD:-target/release/tollgate-load}
@@ -68,17 +69,12 @@ PORTKEY_VERSION=1.15.2
 HONO_NODE_SERVER_VERSION=1.14.1
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/tollgate/bench-ai
 
-MOCK_PORT=39100
-MOCK_TLS_PORT=39101
-NGINX_PORT=39180       # buffered (nginx's default), for JSON
-NGINX_SSE_PORT=39181   # proxy_buffering off, for SSE
-TG_PROXY=39280
-TG_ADMIN=39290
-TG_OPS=39291
-TG_CONSOLE=39292
-TG_CLUSTER=39270
-LITELLM_PORT=39400
-PORTKEY_PORT=39500
+# Ports the system chooses. NGINX_PORT is buffered (nginx's default), for
+# JSON; NGINX_SSE_PORT has proxy_buffering off, for SSE.
+. loadtest/scenarios/lib/ports.sh
+. loadtest/scenarios/lib/nginx.sh
+read -r MOCK_PORT MOCK_TLS_PORT NGINX_PORT NGINX_SSE_PORT TG_PROXY TG_ADMIN TG_OPS TG_CONSOLE TG_CLUSTER \
+  LITELLM_PORT PORTKEY_PORT <<< "$(free_ports 11)"
 TOKEN=bench-admin-token-0123456789
 MOCK_KEY=sk-bench
 LITELLM_KEY=sk-litellm-bench-0123456789
@@ -270,20 +266,7 @@ start_nginx() {
     fi
     if [ -n "$why" ]; then skip nginx "$why"; return; fi
   fi
-  mkdir -p "$WORK/nginx/logs" "$WORK/nginx/tmp"
-  cat > "$WORK/nginx/nginx.conf" <<CONF
-worker_processes 1;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/tmp/body;
-  proxy_temp_path $WORK/nginx/tmp/proxy;
-  fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
-  uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
-  scgi_temp_path $WORK/nginx/tmp/scgi;
-  upstream mock { server 127.0.0.1:$MOCK_PORT; keepalive 128; }
+  nginx_conf "$WORK/nginx" "127.0.0.1:$MOCK_PORT" <<CONF
   server {
     listen 127.0.0.1:$NGINX_PORT;
     location / {
@@ -302,7 +285,6 @@ http {
       proxy_buffering off;
     }
   }
-}
 CONF
   setsid taskset -c 1 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' 2> "$WORK/nginx/stderr" &
   NGINX_PID=$!

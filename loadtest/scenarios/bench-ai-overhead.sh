@@ -2,7 +2,8 @@
 # AI gateway overhead for docs/benchmarks.md: the OpenAI mock hit directly (A)
 # and through Tollgate's AI route (B), alternating rounds in one run, for
 # non-streaming chat (latency) and streaming chat (time to first token).
-# Generator pinned to core 0; mock and Tollgate on core 1. Loopback only.
+# Generator pinned to core 0; mock and Tollgate on core 1. Loopback only, on
+# ports the system chooses.
 # Needs release builds: cargo build --release -p tollgate-node -p tollgate-loadtest
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,17 +18,20 @@ TOKEN=bench-admin-token-0123456789
 PIDS=()
 cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT
+. loadtest/scenarios/lib/ports.sh
+read -r MOCK_PORT PROXY_PORT ADMIN_PORT OPS_PORT CONSOLE_PORT <<< "$(free_ports 5)"
 
 # A provider that answers at once: what remains is the gateway's own cost.
-taskset -c 1 "$LOAD" --threads 1 mock openai --listen 127.0.0.1:19100 --tokens 64 > "$WORK/mock.out" 2>&1 &
+taskset -c 1 "$LOAD" --threads 1 mock openai --listen "127.0.0.1:$MOCK_PORT" --tokens 64 > "$WORK/mock.out" 2>&1 &
 PIDS+=($!)
-TOLLGATE_CONSOLE_LISTEN=127.0.0.1:19092 taskset -c 1 "$TG" serve --data-dir "$WORK/tg" --proxy-listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090 \
-  --ops-listen 127.0.0.1:19091 --admin-token "$TOKEN" --access-log off --log-format json 2> "$WORK/tollgate.log" &
+TOLLGATE_CONSOLE_LISTEN="127.0.0.1:$CONSOLE_PORT" taskset -c 1 "$TG" serve --data-dir "$WORK/tg" --proxy-listen "127.0.0.1:$PROXY_PORT" \
+  --admin-listen "127.0.0.1:$ADMIN_PORT" --ops-listen "127.0.0.1:$OPS_PORT" --admin-token "$TOKEN" --access-log off --log-format json 2> "$WORK/tollgate.log" &
 PIDS+=($!)
-for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19091/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$OPS_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -sf "http://127.0.0.1:$OPS_PORT/readyz" >/dev/null || { echo "tollgate did not start:" >&2; tail -5 "$WORK/tollgate.log" >&2; exit 1; }
 
-CTL=("$TG" ctl --admin 127.0.0.1:19090 --token "$TOKEN")
-"${CTL[@]}" provider create mock --kind openai --base-url http://127.0.0.1:19100/v1 --key main=sk-bench >/dev/null
+CTL=("$TG" ctl --admin "127.0.0.1:$ADMIN_PORT" --token "$TOKEN")
+"${CTL[@]}" provider create mock --kind openai --base-url "http://127.0.0.1:$MOCK_PORT/v1" --key main=sk-bench >/dev/null
 "${CTL[@]}" alias create mock-gpt --target mock/mock-gpt >/dev/null
 "${CTL[@]}" route create llm --ai --path /v1 >/dev/null
 "${CTL[@]}" consumer create bench >/dev/null
@@ -37,15 +41,15 @@ BODIES=loadtest/scenarios/bodies
 compare() { # label body [extra args]
   local label=$1 body=$2; shift 2
   taskset -c 0 "$LOAD" --threads 1 compare \
-    --a http://127.0.0.1:19100/v1/chat/completions --label-a direct \
-    --b http://127.0.0.1:18080/v1/chat/completions --label-b through-tollgate \
+    --a "http://127.0.0.1:$MOCK_PORT/v1/chat/completions" --label-a direct \
+    --b "http://127.0.0.1:$PROXY_PORT/v1/chat/completions" --label-b through-tollgate \
     --rounds "$ROUNDS" -r "$RATE" -c "$CONNS" -d "$DUR" --body-file "$BODIES/$body" \
     -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" \
     --markdown "$WORK/$label.md" --json "$WORK/$label.json" "$@" 2>&1 | sed "s/^/[$label] /"
 }
 
 # warm-up: connections, the tokenizer, allocator pools
-taskset -c 0 "$LOAD" --threads 1 run http://127.0.0.1:18080/v1/chat/completions -c 8 -d 2s -q \
+taskset -c 0 "$LOAD" --threads 1 run "http://127.0.0.1:$PROXY_PORT/v1/chat/completions" -c 8 -d 2s -q \
   --body-file "$BODIES/openai-chat.json" -H "Authorization: Bearer $KEY" >/dev/null 2>&1 || true
 
 echo "### non-streaming chat at $RATE req/s"

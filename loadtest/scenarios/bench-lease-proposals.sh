@@ -10,9 +10,10 @@
 #   cargo build --release -p tollgate-node -p tollgate-loadtest -p tollgate-cluster
 #   DUR=10s loadtest/scenarios/bench-lease-proposals.sh
 #
-# Everything listens on 127.0.0.1 only.
+# Everything listens on 127.0.0.1 only, on ports the system chooses.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. loadtest/scenarios/lib/ports.sh
 BIN=${BIN:-target/release/tollgate}
 LOAD=${LOAD:-target/release/tollgate-load}
 CLUSTER=${CLUSTER:-target/release/tollgate-cluster}
@@ -26,8 +27,9 @@ cleanup() {
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
+read -r MOCK_PORT <<< "$(free_ports 1)"
 
-"$LOAD" --threads 1 mock http --listen 127.0.0.1:29400 > "$WORK/mock.out" 2>/dev/null &
+"$LOAD" --threads 1 mock http --listen "127.0.0.1:$MOCK_PORT" > "$WORK/mock.out" 2>/dev/null &
 PIDS+=($!)
 TOLLGATE_BIN=$BIN "$CLUSTER" --dir "$WORK/cluster" -o json up -n 3 > "$WORK/up.json" 2> "$WORK/up.err" &
 PIDS+=($!)
@@ -40,7 +42,7 @@ read -r -a PROXIES <<< "$(field '" ".join(n["proxy"] for n in d["nodes"])')"
 read -r -a OPS <<< "$(field '" ".join(n["ops"] for n in d["nodes"])')"
 ADMIN=$(field 'd["nodes"][0]["admin"]')
 ctl=("$BIN" ctl --admin "$ADMIN" --token "$TOKEN")
-"${ctl[@]}" service create mock --target 127.0.0.1:29400 >/dev/null
+"${ctl[@]}" service create mock --target "127.0.0.1:$MOCK_PORT" >/dev/null
 "${ctl[@]}" route create key --service mock --path /key >/dev/null
 "${ctl[@]}" consumer create bench >/dev/null
 KEY=$("${ctl[@]}" -o json key create --consumer bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')

@@ -13,9 +13,12 @@
 # After the rounds it prints the median per-round throughput ratios of the API-key
 # row against bare hyper and nginx's static key check. SYSCALLS=1 adds strace -c
 # counts per request for those three; OPEN_LOOP=0 skips the fixed-rate runs.
-# Everything listens on 127.0.0.1 only.
+# Everything listens on 127.0.0.1 only, on ports the system chooses.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. loadtest/scenarios/lib/ports.sh
+. loadtest/scenarios/lib/nginx.sh
+. loadtest/scenarios/lib/tollgate.sh
 LOAD=${LOAD:-target/release/tollgate-load}
 TG=${TG:-target/release/tollgate}
 BARE=${BARE:-target/release/examples/bare_proxy}
@@ -28,21 +31,21 @@ TOKEN=bench-admin-token-0123456789
 cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 PIDS=()
 trap cleanup EXIT
+read -r MOCK_PORT NGINX_PORT BARE_PORT <<< "$(free_ports 3)"
+MOCK=127.0.0.1:$MOCK_PORT NGINX=127.0.0.1:$NGINX_PORT BARE_ADDR=127.0.0.1:$BARE_PORT
 
 # upstream: fixed 200 "ok\n"
-taskset -c 1 "$LOAD" --threads 1 mock http --listen 127.0.0.1:19000 > "$WORK/mock.out" 2>/dev/null &
+taskset -c 1 "$LOAD" --threads 1 mock http --listen "$MOCK" > "$WORK/mock.out" 2>/dev/null &
 MOCK_PID=$!
 PIDS+=($!)
 
-# Tollgate: one core (tokio sizes its pool from the affinity mask), no access log
-TOLLGATE_CONSOLE_LISTEN=127.0.0.1:19092 taskset -c 1 "$TG" serve --data-dir "$WORK/tg" --proxy-listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090 \
-  --ops-listen 127.0.0.1:19091 --admin-token "$TOKEN" --access-log off --log-format json 2> "$WORK/tollgate.log" &
-TG_PID=$!
-PIDS+=($!)
-for _ in $(seq 1 100); do curl -sf http://127.0.0.1:19091/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+# Tollgate: one core (tokio sizes its pool from the affinity mask), no access log (lib/tollgate.sh)
+tollgate_start "$TG" "$WORK/tg"
+PROXY=$TG_PROXY
+CTL=("${TG_CTL[@]}")
+curl -s -o /dev/null "http://$MOCK/" || { echo "the mock upstream did not start on $MOCK" >&2; exit 1; }
 
-CTL=("$TG" ctl --admin 127.0.0.1:19090 --token "$TOKEN")
-"${CTL[@]}" service create mock --target 127.0.0.1:19000 >/dev/null
+"${CTL[@]}" service create mock --target "$MOCK" >/dev/null
 "${CTL[@]}" route create open --service mock --path /open --auth none >/dev/null
 "${CTL[@]}" route create key --service mock --path /key >/dev/null
 SECRET=bench-secret-0123456789abcdef0123
@@ -52,18 +55,10 @@ SECRET=bench-secret-0123456789abcdef0123
 KEY=$("${CTL[@]}" -o json key create --consumer bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')
 JWT=$(SECRET=$SECRET python3 loadtest/scenarios/lib/hs256-jwt.py bench)
 
-# nginx: one worker, upstream keep-alive, no access log (Tollgate's is off too)
-mkdir -p "$WORK/nginx/logs"
-cat > "$WORK/nginx/nginx.conf" <<CONF
-worker_processes 1;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream mock { server 127.0.0.1:19000; keepalive 128; }
+# nginx: one worker, upstream keep-alive, no access log (lib/nginx.sh)
+nginx_conf "$WORK/nginx" "$MOCK" <<CONF
   server {
-    listen 127.0.0.1:19080;
+    listen $NGINX;
     location / {
       proxy_pass http://mock;
       proxy_http_version 1.1;
@@ -87,17 +82,17 @@ http {
       proxy_set_header Connection "";
     }
   }
-}
 CONF
 taskset -c 1 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
 PIDS+=($!)
 sleep 0.3
 NGINX_WORKER=$(pgrep -P "$!" | head -1)
+curl -s -o /dev/null "http://$NGINX/" || { echo "nginx did not start on $NGINX:" >&2; tail -5 "$WORK/nginx/logs/error.log" >&2; exit 1; }
 
 # the bare hyper proxy (reference floor)
 BARE_PID=
 if [ -x "$BARE" ]; then
-  taskset -c 1 "$BARE" 127.0.0.1:19081 127.0.0.1:19000 &
+  taskset -c 1 "$BARE" "$BARE_ADDR" "$MOCK" &
   BARE_PID=$!
   PIDS+=($!)
 else
@@ -145,22 +140,22 @@ run_open() {
 }
 
 # warm-up (connections, cache entry)
-for u in http://127.0.0.1:19000/ http://127.0.0.1:19080/ http://127.0.0.1:19081/ http://127.0.0.1:18080/open http://127.0.0.1:18080/cached; do
+for u in "http://$MOCK/" "http://$NGINX/" "http://$BARE_ADDR/" "http://$PROXY/open" "http://$PROXY/cached"; do
   taskset -c 0 "$LOAD" --threads 1 run "$u" -c 8 -d 1s -q >/dev/null 2>&1
 done
 
 for round in $(seq 1 "$ROUNDS"); do
   ROUND=$round
   echo "### closed loop, $CONNS connections, $DUR, round $round"
-  run direct "$MOCK_PID" http://127.0.0.1:19000/
-  run nginx "$NGINX_WORKER" http://127.0.0.1:19080/
-  run nginx-fwd-headers "$NGINX_WORKER" http://127.0.0.1:19080/fwd
-  run nginx-static-key "$NGINX_WORKER" http://127.0.0.1:19080/key "Authorization: Bearer $KEY"
-  if [ -n "$BARE_PID" ]; then run bare-hyper "$BARE_PID" http://127.0.0.1:19081/; fi
-  run tollgate-open "$TG_PID" http://127.0.0.1:18080/open
-  run tollgate-apikey "$TG_PID" http://127.0.0.1:18080/key "Authorization: Bearer $KEY"
-  run tollgate-jwt "$TG_PID" http://127.0.0.1:18080/jwt "Authorization: Bearer $JWT"
-  run tollgate-cache "$TG_PID" http://127.0.0.1:18080/cached
+  run direct "$MOCK_PID" "http://$MOCK/"
+  run nginx "$NGINX_WORKER" "http://$NGINX/"
+  run nginx-fwd-headers "$NGINX_WORKER" "http://$NGINX/fwd"
+  run nginx-static-key "$NGINX_WORKER" "http://$NGINX/key" "Authorization: Bearer $KEY"
+  if [ -n "$BARE_PID" ]; then run bare-hyper "$BARE_PID" "http://$BARE_ADDR/"; fi
+  run tollgate-open "$TG_PID" "http://$PROXY/open"
+  run tollgate-apikey "$TG_PID" "http://$PROXY/key" "Authorization: Bearer $KEY"
+  run tollgate-jwt "$TG_PID" "http://$PROXY/jwt" "Authorization: Bearer $JWT"
+  run tollgate-cache "$TG_PID" "http://$PROXY/cached"
 done
 # Issue 17's REST bar: the API-key row against bare hyper and nginx's static
 # key check, as the median of the per-round ratios (rows of one round run
@@ -205,17 +200,17 @@ syscalls() { # label pid url [header]
 if [ "${SYSCALLS:-0}" = 1 ]; then
   command -v strace >/dev/null || { echo "SYSCALLS=1 needs strace (apt-get install -y strace)" >&2; exit 1; }
   echo "### syscalls per request (strace -c, $CONNS connections, 3 s each)"
-  syscalls nginx-static-key "$NGINX_WORKER" http://127.0.0.1:19080/key "Authorization: Bearer $KEY"
-  if [ -n "$BARE_PID" ]; then syscalls bare-hyper "$BARE_PID" http://127.0.0.1:19081/; fi
-  syscalls tollgate-apikey "$TG_PID" http://127.0.0.1:18080/key "Authorization: Bearer $KEY"
+  syscalls nginx-static-key "$NGINX_WORKER" "http://$NGINX/key" "Authorization: Bearer $KEY"
+  if [ -n "$BARE_PID" ]; then syscalls bare-hyper "$BARE_PID" "http://$BARE_ADDR/"; fi
+  syscalls tollgate-apikey "$TG_PID" "http://$PROXY/key" "Authorization: Bearer $KEY"
 fi
 
 [ "${OPEN_LOOP:-1}" = 1 ] || { echo "results in $WORK"; exit 0; }
 echo "### open loop at $RATE req/s (latency from scheduled send time)"
-run_open direct http://127.0.0.1:19000/
-run_open nginx http://127.0.0.1:19080/
-run_open tollgate-open http://127.0.0.1:18080/open
-run_open tollgate-apikey http://127.0.0.1:18080/key "Authorization: Bearer $KEY"
-run_open tollgate-jwt http://127.0.0.1:18080/jwt "Authorization: Bearer $JWT"
-run_open tollgate-cache http://127.0.0.1:18080/cached
+run_open direct "http://$MOCK/"
+run_open nginx "http://$NGINX/"
+run_open tollgate-open "http://$PROXY/open"
+run_open tollgate-apikey "http://$PROXY/key" "Authorization: Bearer $KEY"
+run_open tollgate-jwt "http://$PROXY/jwt" "Authorization: Bearer $JWT"
+run_open tollgate-cache "http://$PROXY/cached"
 echo "results in $WORK"

@@ -18,16 +18,14 @@
 # that a native run does with SHA-NI in a few hundred; the same in A and B.
 # Needs valgrind (apt-get install -y valgrind) and release builds
 # (cargo build --release -p tollgate-node -p tollgate-loadtest --bin tollgate
-# --bin tollgate-load --example bare_proxy). Everything on 127.0.0.1.
+# --bin tollgate-load --example bare_proxy). Everything on 127.0.0.1, on ports
+# the system chooses.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 for tool in valgrind callgrind_control callgrind_annotate taskset curl python3; do
   command -v "$tool" > /dev/null || { echo "needs $tool (valgrind: apt-get install -y valgrind)" >&2; exit 2; }
 done
 [ "$(nproc)" -ge 2 ] || { echo "needs two CPUs: the gateway runs on CPU 1" >&2; exit 2; }
-for port in 39000 38080 38081 39090 39091 39092 37000; do
-  if (exec 3<> "/dev/tcp/127.0.0.1/$port") 2> /dev/null; then echo "port $port is in use: stop what listens there" >&2; exit 2; fi
-done
 LOAD=${LOAD:-target/release/tollgate-load}
 BARE_BIN=${BARE_BIN:-target/release/examples/bare_proxy}
 ROUTE=${ROUTE:-key}
@@ -42,11 +40,14 @@ cleanup() {
   if [ "${KEEP:-0}" = 1 ]; then echo "callgrind dumps and logs kept in $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
+. loadtest/scenarios/lib/ports.sh
+# The gateways run one after another on the same ports.
+read -r MOCK_PORT PROXY_PORT ADMIN_PORT OPS_PORT CONSOLE_PORT CLUSTER_PORT BARE_PORT <<< "$(free_ports 7)"
 
-"$LOAD" --threads 1 mock http --listen 127.0.0.1:39000 > "$WORK/mock.out" 2>&1 &
+"$LOAD" --threads 1 mock http --listen "127.0.0.1:$MOCK_PORT" > "$WORK/mock.out" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 1 50); do grep -q 127.0.0.1:39000 "$WORK/mock.out" 2> /dev/null && break; sleep 0.1; done
-grep -q 127.0.0.1:39000 "$WORK/mock.out" || { echo "the mock upstream did not start:" >&2; cat "$WORK/mock.out" >&2; exit 1; }
+for _ in $(seq 1 50); do grep -q "127.0.0.1:$MOCK_PORT" "$WORK/mock.out" 2> /dev/null && break; sleep 0.1; done
+grep -q "127.0.0.1:$MOCK_PORT" "$WORK/mock.out" || { echo "the mock upstream did not start:" >&2; cat "$WORK/mock.out" >&2; exit 1; }
 
 # ready PID URL [-f]: waits for URL to answer (with -f: with a success status) while PID runs.
 ready() {
@@ -91,29 +92,29 @@ gateway() {
   local label=$1 bin=$2
   # One core, as in bench-vs-nginx.sh: the node then runs tokio's single-threaded scheduler.
   taskset -c 1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/$label.cg" \
-    "$bin" serve --data-dir "$WORK/$label" --proxy-listen 127.0.0.1:38080 --admin-listen 127.0.0.1:39090 \
-    --ops-listen 127.0.0.1:39091 --console-listen 127.0.0.1:39092 --cluster-listen 127.0.0.1:37000 --admin-token "$TOKEN" \
+    "$bin" serve --data-dir "$WORK/$label" --proxy-listen "127.0.0.1:$PROXY_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
+    --ops-listen "127.0.0.1:$OPS_PORT" --console-listen "127.0.0.1:$CONSOLE_PORT" --cluster-listen "127.0.0.1:$CLUSTER_PORT" --admin-token "$TOKEN" \
     --access-log off --log-format json > /dev/null 2> "$WORK/$label.log" &
   local pid=$!
   PIDS+=($pid)
-  ready "$pid" http://127.0.0.1:39091/readyz -f
-  local ctl=("$bin" ctl --admin 127.0.0.1:39090 --token "$TOKEN" --timeout 60s)
-  "${ctl[@]}" service create mock --target 127.0.0.1:39000 > /dev/null
+  ready "$pid" "http://127.0.0.1:$OPS_PORT/readyz" -f
+  local ctl=("$bin" ctl --admin "127.0.0.1:$ADMIN_PORT" --token "$TOKEN" --timeout 60s)
+  "${ctl[@]}" service create mock --target "127.0.0.1:$MOCK_PORT" > /dev/null
   "${ctl[@]}" route create open --service mock --path /open --auth none > /dev/null
   "${ctl[@]}" route create key --service mock --path /key > /dev/null
   "${ctl[@]}" consumer create bench > /dev/null
   local key
   key=$("${ctl[@]}" -o json key create --consumer bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')
-  count "$label" "$pid" "http://127.0.0.1:38080/$ROUTE" -H "x-api-key: $key"
+  count "$label" "$pid" "http://127.0.0.1:$PROXY_PORT/$ROUTE" -H "x-api-key: $key"
 }
 
 if [ "${BARE:-0}" = 1 ]; then
   taskset -c 1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/bare.cg" \
-    "$BARE_BIN" 127.0.0.1:38081 127.0.0.1:39000 > /dev/null 2>&1 &
+    "$BARE_BIN" "127.0.0.1:$BARE_PORT" "127.0.0.1:$MOCK_PORT" > /dev/null 2>&1 &
   BARE_PID=$!
   PIDS+=($BARE_PID)
-  ready "$BARE_PID" http://127.0.0.1:38081/
-  count bare "$BARE_PID" "http://127.0.0.1:38081/$ROUTE"
+  ready "$BARE_PID" "http://127.0.0.1:$BARE_PORT/"
+  count bare "$BARE_PID" "http://127.0.0.1:$BARE_PORT/$ROUTE"
 fi
 [ -n "${A:-}" ] && gateway A "$A"
 [ -n "${B:-}" ] && gateway B "$B"
