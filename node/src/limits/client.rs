@@ -43,6 +43,7 @@ pub async fn run(
                 returns = give_backs(&limiter);
                 let now = crate::clock::unix_ms();
                 limiter.forget_stale(now - 2 * limiter.config.idle_return_ms as i64);
+                report_stranded(&limiter);
             }
         }
         while let Ok(lease) = asks.try_recv() {
@@ -149,14 +150,12 @@ fn settle(limiter: &Limiter, wanted: &[Arc<Lease>], kinds: &[AskFor], grants: Op
 }
 
 fn take_grant(limiter: &Limiter, lease: &Lease, grant: &LeaseGrant) {
+    lease.answer(grant);
     if let Some(counters) = limiter.counters(&grant.limit_id) {
         counters.granted_units.inc_by(grant.units);
-        let stranded = lease.strands_on(grant);
-        if stranded > 0 {
-            counters.stranded_units.inc_by(stranded);
-        }
+        // A grant of a newer open window voids what the old one held.
+        counters.stranded_units.inc_by(lease.take_stranded(false));
     }
-    lease.answer(grant);
 }
 
 /// The lease commands for `wanted` and `returns`: each lease's asks (the
@@ -208,6 +207,19 @@ fn horizon_ms(lease: &Lease) -> i64 {
     if window <= 0 { 250 } else { (window / 4).clamp(100, 1_000) }
 }
 
+/// Counts the units that requests' window rolls voided (a roll runs on the
+/// request path, which leaves the counting to this tick).
+fn report_stranded(limiter: &Limiter) {
+    for lease in limiter.all_leases() {
+        let stranded = lease.take_stranded(false);
+        if stranded > 0
+            && let Some(counters) = limiter.counters(&lease.limit_id)
+        {
+            counters.stranded_units.inc_by(stranded);
+        }
+    }
+}
+
 /// The units of long windows that leases unused for `idle_return_ms` hold:
 /// taken out of the leases (so they cannot be spent) and given back.
 fn give_backs(limiter: &Limiter) -> Vec<LeaseAsk> {
@@ -249,7 +261,7 @@ mod tests {
     /// A lease a request found empty, so that it asks for units.
     fn asking_lease() -> Arc<Lease> {
         let lease = Arc::new(Lease::new(Arc::from("limit-1"), Box::from("")));
-        assert_eq!(lease.try_take(1, 10, crate::clock::unix_ms()), Take::Empty { ask: true });
+        assert_eq!(lease.try_take(1, 10, crate::clock::unix_ms()), Take::Empty { ask: true, failed_asks: 0 });
         lease
     }
 
@@ -336,6 +348,38 @@ mod tests {
         assert_eq!(lease.failed_asks(), 0, "nobody waits for the next window's units");
     }
 
+    /// A lease's two asks (the next window's and the open one's) go in one
+    /// command, so that they are answered or fail together: at the size
+    /// limit, the pair starts the next command rather than being split.
+    #[tokio::test]
+    async fn a_leases_two_asks_are_never_split_across_commands() {
+        let (limiter, _asks) = Limiter::new(Default::default(), LimitMetrics::default());
+        let both = asking_ahead_only(&limiter).await;
+        let now = crate::clock::unix_ms();
+        assert!(matches!(both.try_take(1_000, 100, now + 59_500), Take::Empty { ask: true, .. }));
+        assert!(both.wants_ahead() && both.is_asking());
+        let mut wanted: Vec<Arc<Lease>> = (1..MAX_ASKS_PER_COMMAND).map(|_| asking_lease()).collect();
+        wanted.push(both);
+        let give_back = LeaseAsk { limit_id: "limit-1".into(), give_back: 3, ..Default::default() };
+        let commands = commands(&wanted, vec![give_back]);
+        let kinds: Vec<Vec<String>> = commands
+            .iter()
+            .map(|c| {
+                c.iter()
+                    .map(|(_, kind)| match kind {
+                        AskFor::Open(i) => format!("open {i}"),
+                        AskFor::Ahead(i) => format!("ahead {i}"),
+                        AskFor::GiveBack => "give back".to_string(),
+                    })
+                    .collect()
+            })
+            .collect();
+        let last = MAX_ASKS_PER_COMMAND - 1;
+        assert_eq!(kinds.len(), 2, "two commands");
+        assert_eq!(kinds[0].len(), MAX_ASKS_PER_COMMAND - 1, "the first holds every single ask");
+        assert_eq!(kinds[1], [format!("ahead {last}"), format!("open {last}"), "give back".to_string()]);
+    }
+
     #[tokio::test]
     async fn an_answer_that_does_not_match_its_asks_counts_as_failed() {
         let (limiter, _asks) = Limiter::new(Default::default(), LimitMetrics::default());
@@ -349,7 +393,7 @@ mod tests {
         assert_eq!(lease.failed_asks(), 1, "two grants for one ask: not read as an answer");
         assert_eq!(
             lease.try_take(1, 10, crate::clock::unix_ms()),
-            Take::Empty { ask: true },
+            Take::Empty { ask: true, failed_asks: 1 },
             "and no units taken from it"
         );
     }

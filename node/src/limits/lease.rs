@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use tokio::sync::Notify;
 use tollgate_proto::raft::v1::LeaseGrant;
 
+/// `Lease::ask_state`'s bit for an ask queued or in flight.
+const ASKING: u64 = 1;
+
 /// Units held past their window are void; a lease never held any has
 /// `window_end_ms == 0`.
 pub struct Lease {
@@ -28,8 +31,12 @@ pub struct Lease {
     /// node can tell) until it ends.
     spent_out: AtomicBool,
     answered_at_ms: AtomicI64,
-    /// An ask for this lease is queued or in flight.
-    asking: AtomicBool,
+    /// Bit 0: an ask for this lease is queued or in flight. The other bits:
+    /// how many asks failed (no quorum, a timeout, the limit gone). One word,
+    /// so that a request finding the lease empty learns in the same step
+    /// which failures came before it looked: a waiter is refused by a later
+    /// failure only, and never asks again for one it missed.
+    ask_state: AtomicU64,
     /// The largest reservation waiting for a grant (the ask's `need`).
     need: AtomicU64,
     /// Units spent since this lease was created, for the rate estimate.
@@ -45,11 +52,10 @@ pub struct Lease {
     next: Mutex<Option<(i64, i64, u64)>>,
     /// An ask for the next window is queued or in flight, or was answered.
     asking_next: AtomicBool,
-    /// Asks that failed (no quorum, a timeout, the limit gone): a request
-    /// waiting for a grant that sees this change is refused instead of
-    /// asking again until its wait ends.
-    failed_asks: AtomicU64,
     answered: Notify,
+    /// Units voided by a change of window (held, never spent) that the
+    /// client has not reported yet (`take_stranded`).
+    stranded: AtomicU64,
 }
 
 /// The node's observed rate, to size the next ask.
@@ -67,8 +73,10 @@ struct Sizing {
 pub enum Take {
     /// Admitted; `ask` says the lease ran low and an ask should go out.
     Taken { ask: bool, window_start_ms: i64 },
-    /// Nothing (or not enough) left here; `ask` says whether an ask should go out.
-    Empty { ask: bool },
+    /// Nothing (or not enough) left here; `ask` says whether an ask should
+    /// go out. `failed_asks` is the lease's count of failed asks when this
+    /// request looked: a waiter is refused when it changes.
+    Empty { ask: bool, failed_asks: u64 },
     /// The cluster has nothing left in this window: refuse without waiting.
     SpentOut,
 }
@@ -95,7 +103,7 @@ impl Lease {
             cluster_granted: AtomicU64::new(0),
             spent_out: AtomicBool::new(false),
             answered_at_ms: AtomicI64::new(0),
-            asking: AtomicBool::new(false),
+            ask_state: AtomicU64::new(0),
             need: AtomicU64::new(0),
             spent: AtomicU64::new(0),
             spent_at_window_start: AtomicU64::new(0),
@@ -103,8 +111,8 @@ impl Lease {
             sizing: Mutex::new(Sizing::default()),
             next: Mutex::new(None),
             asking_next: AtomicBool::new(false),
-            failed_asks: AtomicU64::new(0),
             answered: Notify::new(),
+            stranded: AtomicU64::new(0),
         }
     }
 
@@ -116,7 +124,7 @@ impl Lease {
         let units = units as i64;
         let end = self.window_end_ms.load(Ordering::Acquire);
         if now_ms >= end && !self.roll(now_ms) {
-            return Take::Empty { ask: self.start_asking(units) };
+            return self.empty(units);
         }
         // Read before the balance: a window change stores the balance first,
         // so a unit taken across a change is tagged with the older window,
@@ -129,7 +137,7 @@ impl Lease {
                     return Take::SpentOut;
                 }
                 // What it holds counts: the ask needs only the rest.
-                return Take::Empty { ask: self.start_asking(units - balance.max(0)) };
+                return self.empty(units - balance.max(0));
             }
             match self.balance.compare_exchange_weak(balance, balance - units, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => break,
@@ -139,7 +147,7 @@ impl Lease {
         self.spent.fetch_add(units as u64, Ordering::Relaxed);
         // Ask for more before running out: at half of the last grant.
         let low_water = self.sizing.lock().map_or(0, |s| s.last_grant / 2) as i64;
-        let low = balance - units <= low_water && self.start_asking(0);
+        let low = balance - units <= low_water && self.start_asking(0).0;
         Take::Taken { ask: self.start_asking_ahead(now_ms) || low, window_start_ms }
     }
 
@@ -161,7 +169,7 @@ impl Lease {
         }
         match *next {
             Some((start, end, units)) if start <= now_ms && now_ms < end && start > self.window_start_ms() => {
-                self.balance.store(units as i64, Ordering::Release);
+                self.replace_balance(units as i64);
                 self.spent_at_window_start.store(self.spent.load(Ordering::Relaxed), Ordering::Relaxed);
                 self.window_start_ms.store(start, Ordering::Release);
                 self.window_end_ms.store(end, Ordering::Release);
@@ -171,10 +179,11 @@ impl Lease {
                 true
             }
             _ => {
-                // A slot for a window that passed unused is dropped, so that
-                // the next window can be asked for ahead again.
-                if next.is_some_and(|(_, end, _)| end <= now_ms) {
-                    *next = None;
+                // A slot for a window that passed unused is dropped (its
+                // units stranded), so that the next window can be asked for
+                // ahead again.
+                if let Some((_, _, units)) = next.take_if(|(_, end, _)| *end <= now_ms) {
+                    self.stranded.fetch_add(units, Ordering::Relaxed);
                     self.asking_next.store(false, Ordering::Release);
                 }
                 false
@@ -201,11 +210,18 @@ impl Lease {
             && now_ms - self.answered_at_ms.load(Ordering::Acquire) < RECHECK_MS
     }
 
-    /// Marks the lease as asking; true if it was not already (the caller
-    /// queues the ask).
-    fn start_asking(&self, need: i64) -> bool {
+    /// Marks the lease as asking: whether it was not already (the caller
+    /// queues the ask), and the failed asks so far.
+    fn start_asking(&self, need: i64) -> (bool, u64) {
         self.need.fetch_max(need.max(0) as u64, Ordering::AcqRel);
-        !self.asking.swap(true, Ordering::AcqRel)
+        let before = self.ask_state.fetch_or(ASKING, Ordering::AcqRel);
+        (before & ASKING == 0, before >> 1)
+    }
+
+    /// A request lacking `need` units: it asks unless an ask is out.
+    fn empty(&self, need: i64) -> Take {
+        let (ask, failed_asks) = self.start_asking(need);
+        Take::Empty { ask, failed_asks }
     }
 
     /// Gives units back to the lease: a reservation that used less, or a
@@ -270,7 +286,7 @@ impl Lease {
     }
 
     pub(crate) fn is_asking(&self) -> bool {
-        self.asking.load(Ordering::Acquire)
+        self.ask_state.load(Ordering::Acquire) & ASKING != 0
     }
 
     /// What to ask ahead for the next window: the observed rate over the
@@ -327,8 +343,10 @@ impl Lease {
         if grant.window_start_ms > current {
             // A new window: what was held (or owed) in the old one is void.
             let ahead = next.take_if(|n| n.0 == grant.window_start_ms);
-            *next = next.filter(|n| n.0 > grant.window_start_ms);
-            self.balance.store(units + ahead.map_or(0, |n| n.2 as i64), Ordering::Release);
+            if let Some((_, _, passed)) = next.take_if(|n| n.0 < grant.window_start_ms) {
+                self.stranded.fetch_add(passed, Ordering::Relaxed);
+            }
+            self.replace_balance(units + ahead.map_or(0, |n| n.2 as i64));
             self.spent_at_window_start.store(self.spent.load(Ordering::Relaxed), Ordering::Relaxed);
             self.asking_next.store(false, Ordering::Release);
             self.window_start_ms.store(grant.window_start_ms, Ordering::Release);
@@ -347,32 +365,45 @@ impl Lease {
         }
     }
 
-    /// Units this lease holds that `grant`, of a later window, makes void:
-    /// leased and never spent (the cost of leasing, bounded by one grant).
-    pub(crate) fn strands_on(&self, grant: &LeaseGrant) -> u64 {
-        if grant.window_start_ms > self.window_start_ms.load(Ordering::Acquire) {
-            self.balance.load(Ordering::Acquire).max(0) as u64
-        } else {
-            0
+    /// Starts a new window's balance: what the old one still held is void
+    /// (stranded: leased and never spent); a debt it owed is forgiven.
+    fn replace_balance(&self, balance: i64) {
+        let left = self.balance.swap(balance, Ordering::AcqRel);
+        if left > 0 {
+            self.stranded.fetch_add(left as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Units stranded since the last call: voided by a change of window, and
+    /// with `forgotten`, all the lease holds too, leased ahead included (it
+    /// is being dropped, its windows over).
+    pub(crate) fn take_stranded(&self, forgotten: bool) -> u64 {
+        let mut held = 0;
+        if forgotten {
+            held = self.balance.swap(0, Ordering::AcqRel).max(0) as u64;
+            held += self.next.lock().ok().and_then(|mut next| next.take()).map_or(0, |(_, _, units)| units);
+        }
+        self.stranded.swap(0, Ordering::AcqRel) + held
     }
 
     /// No ask is pending any more: waiters are woken to look again.
     pub(crate) fn finish_asking(&self) {
-        self.asking.store(false, Ordering::Release);
+        self.ask_state.fetch_and(!ASKING, Ordering::AcqRel);
         self.answered.notify_waiters();
     }
 
     /// The ask sent for this lease failed (no quorum, a timeout, the limit
     /// gone): waiters are woken to refuse (they see `failed_asks` change).
+    /// The count goes up and the ask ends in one step, so that no request
+    /// sees the lease idle without this failure counted.
     pub(crate) fn ask_failed(&self) {
-        self.failed_asks.fetch_add(1, Ordering::AcqRel);
-        self.finish_asking();
+        let _ = self.ask_state.fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| Some(((state >> 1) + 1) << 1));
+        self.answered.notify_waiters();
     }
 
     /// How many asks for this lease have failed so far.
     pub(crate) fn failed_asks(&self) -> u64 {
-        self.failed_asks.load(Ordering::Acquire)
+        self.ask_state.load(Ordering::Acquire) >> 1
     }
 
     /// Units held in the open window that this node gives up (it went idle):
@@ -433,19 +464,75 @@ mod tests {
     }
 
     fn asks(take: Take) -> bool {
-        matches!(take, Take::Taken { ask: true, .. } | Take::Empty { ask: true })
+        matches!(take, Take::Taken { ask: true, .. } | Take::Empty { ask: true, .. })
+    }
+
+    #[test]
+    fn units_left_in_a_window_are_stranded_when_the_lease_moves_past_it_and_not_before() {
+        let lease = Lease::new("l".into(), "b".into());
+        assert!(asks(lease.try_take(1, 10, 10)));
+        answer_at(&lease, &grant(5, 0, 5), 10);
+        assert!(taken(lease.try_take(1, 10, 100)), "4 left");
+        // Units of the next window, leased ahead: the open window's 4 may
+        // still be spent, so none is stranded yet.
+        answer_at(&lease, &grant(3, 1_000, 8), 900);
+        assert_eq!(lease.take_stranded(false), 0, "leased ahead");
+        assert!(taken(lease.try_take(1, 10, 950)), "3 left");
+        // The next window opens (a request rolls the lease into it): the 3
+        // left in the old one are void.
+        assert!(taken(lease.try_take(1, 10, 1_000)), "2 left of the new window's 3");
+        assert_eq!(lease.take_stranded(false), 3);
+        assert_eq!(lease.take_stranded(false), 0, "reported once");
+        // A grant of a newer open window voids what the old one held.
+        answer_at(&lease, &grant(4, 2_000, 4), 2_000);
+        assert_eq!(lease.take_stranded(false), 2);
+        // A debt is forgiven, not stranded.
+        lease.charge(10, 2_000);
+        answer_at(&lease, &grant(4, 3_000, 4), 3_000);
+        assert_eq!(lease.take_stranded(false), 0);
+        // Units leased ahead for a window that passed unused are stranded
+        // when the slot is dropped.
+        answer_at(&lease, &grant(2, 4_000, 6), 3_950);
+        assert!(!taken(lease.try_take(1, 10, 5_500)), "both windows are over");
+        assert_eq!(lease.take_stranded(false), 2);
+        // A lease forgotten after its windows strands all it held.
+        answer_at(&lease, &grant(3, 6_000, 9), 5_990);
+        assert_eq!(lease.take_stranded(true), 4 + 3, "the open window's 4 and the 3 leased ahead");
+        assert_eq!(lease.take_stranded(true), 0);
+    }
+
+    #[test]
+    fn a_request_that_finds_the_lease_empty_counts_only_the_failures_before_it_looked() {
+        let lease = Lease::new("l".into(), "b".into());
+        assert_eq!(lease.try_take(1, 10, 10), Take::Empty { ask: true, failed_asks: 0 }, "asks");
+        assert_eq!(lease.try_take(1, 10, 10), Take::Empty { ask: false, failed_asks: 0 }, "waits for that ask");
+        lease.ask_failed();
+        // Both waiters saw 0: the count moved past it, so both are refused.
+        assert_eq!(lease.failed_asks(), 1);
+        assert!(!lease.is_asking(), "the failed ask is over in the same step");
+        // A request that looks after the failure asks anew, and that failure
+        // (which it never waited for) does not refuse it.
+        assert_eq!(lease.try_take(1, 10, 10), Take::Empty { ask: true, failed_asks: 1 });
+        assert_eq!(lease.try_take(1, 10, 10), Take::Empty { ask: false, failed_asks: 1 });
+        // An answer ends the ask and leaves the count alone.
+        answer_at(&lease, &grant(3, 0, 3), 10);
+        assert_eq!((lease.failed_asks(), lease.is_asking()), (1, false));
+        assert!(taken(lease.try_take(1, 10, 10)));
+        // A failure reported with no ask out still counts once.
+        lease.ask_failed();
+        assert_eq!((lease.failed_asks(), lease.is_asking()), (2, false));
     }
 
     #[test]
     fn a_lease_admits_what_it_was_granted_in_its_window_only() {
         let lease = Lease::new("l".into(), "b".into());
-        assert_eq!(lease.try_take(1, 10, 10), Take::Empty { ask: true }, "never held: ask");
-        assert_eq!(lease.try_take(1, 10, 10), Take::Empty { ask: false }, "already asking");
+        assert_eq!(lease.try_take(1, 10, 10), Take::Empty { ask: true, failed_asks: 0 }, "never held: ask");
+        assert_eq!(lease.try_take(1, 10, 10), Take::Empty { ask: false, failed_asks: 0 }, "already asking");
         answer_at(&lease, &grant(3, 0, 3), 10);
         assert_eq!(lease.try_take(1, 10, 10), Take::Taken { ask: false, window_start_ms: 0 });
         assert!(asks(lease.try_take(1, 10, 10)), "at the low-water mark it asks ahead of running out");
         assert!(taken(lease.try_take(1, 10, 10)) && !asks(lease.try_take(0, 10, 10)), "already asking");
-        assert_eq!(lease.try_take(1, 10, 10), Take::Empty { ask: false });
+        assert_eq!(lease.try_take(1, 10, 10), Take::Empty { ask: false, failed_asks: 0 });
         // The window closes: nothing left from it can be spent, and a late
         // grant of it is void.
         assert!(!taken(lease.try_take(1, 10, 1_000)));
@@ -514,7 +601,7 @@ mod tests {
         let lease = Lease::new("l".into(), "b".into());
         answer_at(&lease, &grant(5, 0, 5), 5);
         lease.charge(7, 0);
-        assert_eq!(lease.try_take(1, 10, 5), Take::Empty { ask: true }, "owes 2");
+        assert_eq!(lease.try_take(1, 10, 5), Take::Empty { ask: true, failed_asks: 0 }, "owes 2");
         assert_eq!(lease.take_unspent().0, 0, "a debt is not given back, nor forgiven");
         answer_at(&lease, &grant(3, 0, 8), 5);
         assert!(taken(lease.try_take(1, 10, 5)), "3 granted paid 2 of debt, 1 left");

@@ -152,12 +152,14 @@ impl Limiter {
     /// Takes `units` from `lease`, asking for more and waiting for the
     /// answer (bounded) when it is empty; the window the units are of.
     async fn take(&self, lease: &Arc<Lease>, units: u64, amount: u64, refill_wait_ms: u64) -> Result<i64, Refused> {
-        if let Some(decided) = self.decide(lease, lease.try_take(units, amount, crate::clock::unix_ms())) {
-            return decided;
-        }
+        // The failures counted when this request found the lease empty, read
+        // in the same step: only an ask that fails after that refuses it.
+        let failed_before = match self.decide(lease, lease.try_take(units, amount, crate::clock::unix_ms())) {
+            Decision::Done(decided) => return decided,
+            Decision::Wait { failed_asks } => failed_asks,
+        };
         let wait = if lease.has_held() { refill_wait_ms } else { self.config.first_lease_wait_ms };
         let deadline = tokio::time::Instant::now() + Duration::from_millis(wait);
-        let failed_before = lease.failed_asks();
         loop {
             // Registered before the balance is looked at again, so an answer
             // that lands in between wakes this request.
@@ -169,7 +171,8 @@ impl Limiter {
             if lease.failed_asks() != failed_before {
                 return Err(Refused::NotInTime);
             }
-            if let Some(decided) = self.decide(lease, lease.try_take(units, amount, crate::clock::unix_ms())) {
+            if let Decision::Done(decided) = self.decide(lease, lease.try_take(units, amount, crate::clock::unix_ms()))
+            {
                 return decided;
             }
             if tokio::time::timeout_at(deadline, answered).await.is_err() {
@@ -178,22 +181,21 @@ impl Limiter {
         }
     }
 
-    /// What a take decided (queuing an ask if it says so): admitted with
-    /// the window, refused, or None when the request should wait for a grant.
-    fn decide(&self, lease: &Arc<Lease>, take: Take) -> Option<Result<i64, Refused>> {
+    /// What a take decided, queuing an ask if it says so.
+    fn decide(&self, lease: &Arc<Lease>, take: Take) -> Decision {
         match take {
             Take::Taken { ask, window_start_ms } => {
                 if ask {
                     self.queue(lease);
                 }
-                Some(Ok(window_start_ms))
+                Decision::Done(Ok(window_start_ms))
             }
-            Take::SpentOut => Some(Err(Refused::Spent)),
-            Take::Empty { ask } => {
+            Take::SpentOut => Decision::Done(Err(Refused::Spent)),
+            Take::Empty { ask, failed_asks } => {
                 if ask {
                     self.queue(lease);
                 }
-                None
+                Decision::Wait { failed_asks }
             }
         }
     }
@@ -247,8 +249,13 @@ impl Limiter {
         let mut leases = self.leases.write().unwrap_or_else(|p| p.into_inner());
         for of_limit in leases.values_mut() {
             of_limit.by_bucket.retain(|_, lease| {
-                lease.window_end_ms() >= before_ms
-                    || lease.last_used_ms.load(std::sync::atomic::Ordering::Relaxed) >= before_ms
+                let kept = lease.window_end_ms() >= before_ms
+                    || lease.last_used_ms.load(std::sync::atomic::Ordering::Relaxed) >= before_ms;
+                if !kept {
+                    // Its window is long over: what it still holds was never spent.
+                    of_limit.counters.stranded_units.inc_by(lease.take_stranded(true));
+                }
+                kept
             });
         }
         leases.retain(|_, l| !l.by_bucket.is_empty());
@@ -286,6 +293,15 @@ fn refusal(limit: &Limit, view: LeaseView, why: Refused) -> LimitRefusal {
         spent: why == Refused::Spent,
         what: format!("{} {} per {}", limit.amount, limit.unit_text(), limit.window_text()),
     }
+}
+
+/// What one look at a lease decided.
+enum Decision {
+    /// Admitted in the window that started then, or refused.
+    Done(Result<i64, Refused>),
+    /// Wait for a grant; `failed_asks` is the lease's count of failed asks
+    /// when the request looked.
+    Wait { failed_asks: u64 },
 }
 
 #[cfg(test)]
