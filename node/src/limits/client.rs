@@ -348,6 +348,51 @@ mod tests {
         assert_eq!(lease.failed_asks(), 0, "nobody waits for the next window's units");
     }
 
+    /// Units are counted as stranded when they become void, at the grant
+    /// that replaces their window or at the tick after a request rolled
+    /// into the next one, and a lease is forgotten only once every window
+    /// it holds units of is long over.
+    #[tokio::test]
+    async fn stranded_units_reach_the_metric_when_they_are_voided() {
+        use tollgate_proto::config::v1::{Limit, LimitWindow, Meta};
+        let (limiter, _asks) = Limiter::new(Default::default(), LimitMetrics::default());
+        let limit = Limit {
+            meta: Some(Meta { id: "limit-1".into(), ..Default::default() }),
+            name: "per-minute".into(),
+            amount: 100,
+            window: LimitWindow::Minute as i32,
+            global: true,
+            ..Default::default()
+        };
+        let (lease, counters) = limiter.lease(&limit, "");
+        let now = crate::clock::unix_ms();
+        let grant = |units: u64, start: i64, end: i64| LeaseGrant {
+            limit_id: "limit-1".into(),
+            units,
+            amount: 100,
+            granted: units,
+            window_start_ms: start,
+            window_end_ms: end,
+            ..Default::default()
+        };
+        take_grant(&limiter, &lease, &grant(5, now - 2_000, now + 60_000));
+        assert_eq!(counters.stranded_units.get(), 0);
+        take_grant(&limiter, &lease, &grant(3, now - 1_000, now + 60_000));
+        assert_eq!(counters.stranded_units.get(), 5, "a newer open window voids the 5 held");
+        take_grant(&limiter, &lease, &grant(2, now + 60_000, now + 120_000));
+        assert_eq!(counters.stranded_units.get(), 5, "leased ahead: the open window may still spend its 3");
+        assert!(matches!(lease.try_take(1, 100, now + 60_000), Take::Taken { .. }), "rolls into the 2");
+        report_stranded(&limiter);
+        assert_eq!(counters.stranded_units.get(), 8, "the 3 left behind, at the tick");
+        take_grant(&limiter, &lease, &grant(4, now + 120_000, now + 180_000));
+        limiter.forget_stale(now + 130_000);
+        assert_eq!(limiter.all_leases().len(), 1, "kept: its units leased ahead may still be spent");
+        assert_eq!(counters.stranded_units.get(), 8);
+        limiter.forget_stale(now + 180_001);
+        assert!(limiter.all_leases().is_empty());
+        assert_eq!(counters.stranded_units.get(), 8 + 1 + 4, "forgotten: the 1 it held and the 4 leased ahead");
+    }
+
     /// A lease's two asks (the next window's and the open one's) go in one
     /// command, so that they are answered or fail together: at the size
     /// limit, the pair starts the next command rather than being split.

@@ -120,11 +120,24 @@ impl Lease {
     /// `amount` is the limit's amount now: a window found spent under
     /// another amount (the limit was raised) is asked about again.
     pub fn try_take(&self, units: u64, amount: u64, now_ms: i64) -> Take {
+        self.take_or_ask(units, amount, now_ms, None)
+    }
+
+    /// `try_take` for a request that found the lease empty when its count
+    /// of failed asks was `failed_asks`: once that count has moved, the
+    /// request's ask has failed, and it takes what the lease holds but asks
+    /// no more (it comes back `Empty` with `ask: false` and the new count,
+    /// to be refused).
+    pub fn try_take_waiting(&self, units: u64, amount: u64, now_ms: i64, failed_asks: u64) -> Take {
+        self.take_or_ask(units, amount, now_ms, Some(failed_asks))
+    }
+
+    fn take_or_ask(&self, units: u64, amount: u64, now_ms: i64, failed_asks: Option<u64>) -> Take {
         self.last_used_ms.store(now_ms, Ordering::Relaxed);
         let units = units as i64;
         let end = self.window_end_ms.load(Ordering::Acquire);
         if now_ms >= end && !self.roll(now_ms) {
-            return self.empty(units);
+            return self.empty(units, failed_asks);
         }
         // Read before the balance: a window change stores the balance first,
         // so a unit taken across a change is tagged with the older window,
@@ -137,7 +150,7 @@ impl Lease {
                     return Take::SpentOut;
                 }
                 // What it holds counts: the ask needs only the rest.
-                return self.empty(units - balance.max(0));
+                return self.empty(units - balance.max(0), failed_asks);
             }
             match self.balance.compare_exchange_weak(balance, balance - units, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => break,
@@ -218,10 +231,25 @@ impl Lease {
         (before & ASKING == 0, before >> 1)
     }
 
-    /// A request lacking `need` units: it asks unless an ask is out.
-    fn empty(&self, need: i64) -> Take {
-        let (ask, failed_asks) = self.start_asking(need);
-        Take::Empty { ask, failed_asks }
+    /// A request lacking `need` units: it asks unless an ask is out, or,
+    /// for a waiter (`seen` failed asks when it first looked), unless an ask
+    /// failed since: the check and the mark are one step, so a waiter never
+    /// queues an ask after its own failed.
+    fn empty(&self, need: i64, seen: Option<u64>) -> Take {
+        let Some(seen) = seen else {
+            let (ask, failed_asks) = self.start_asking(need);
+            return Take::Empty { ask, failed_asks };
+        };
+        let marked = self
+            .ask_state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| (state >> 1 == seen).then_some(state | ASKING));
+        match marked {
+            Ok(before) => {
+                self.need.fetch_max(need.max(0) as u64, Ordering::AcqRel);
+                Take::Empty { ask: before & ASKING == 0, failed_asks: seen }
+            }
+            Err(now) => Take::Empty { ask: false, failed_asks: now >> 1 },
+        }
     }
 
     /// Gives units back to the lease: a reservation that used less, or a
@@ -330,13 +358,18 @@ impl Lease {
         if grant.window_end_ms <= now_ms || grant.window_start_ms < current {
             // A window that has closed (by this node's clock, or because
             // this node moved on): its units and its news are void.
+            self.stranded.fetch_add(grant.units, Ordering::Relaxed);
             return;
         }
         if grant.window_start_ms > now_ms {
-            // Units of a window still to come: kept until it opens.
+            // Units of a window still to come: kept until it opens (units
+            // held for another window to come are void: one slot).
             *next = match *next {
                 Some((start, end, held)) if start == grant.window_start_ms => Some((start, end, held + grant.units)),
-                _ => Some((grant.window_start_ms, grant.window_end_ms, grant.units)),
+                other => {
+                    self.stranded.fetch_add(other.map_or(0, |(_, _, held)| held), Ordering::Relaxed);
+                    Some((grant.window_start_ms, grant.window_end_ms, grant.units))
+                }
             };
             return;
         }
@@ -380,10 +413,20 @@ impl Lease {
     pub(crate) fn take_stranded(&self, forgotten: bool) -> u64 {
         let mut held = 0;
         if forgotten {
-            held = self.balance.swap(0, Ordering::AcqRel).max(0) as u64;
-            held += self.next.lock().ok().and_then(|mut next| next.take()).map_or(0, |(_, _, units)| units);
+            // Under the lock that every change of window takes, so that a
+            // request still holding the lease cannot roll the slot into the
+            // balance between the two takes.
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            held = next.take().map_or(0, |(_, _, units)| units);
+            held += self.balance.swap(0, Ordering::AcqRel).max(0) as u64;
         }
         self.stranded.swap(0, Ordering::AcqRel) + held
+    }
+
+    /// The end of the window units are leased ahead for, if any: until
+    /// then the lease holds units that may still be spent.
+    pub(crate) fn ahead_end_ms(&self) -> i64 {
+        self.next.lock().ok().and_then(|next| next.map(|(_, end, _)| end)).unwrap_or(0)
     }
 
     /// No ask is pending any more: waiters are woken to look again.
@@ -401,7 +444,9 @@ impl Lease {
         self.answered.notify_waiters();
     }
 
-    /// How many asks for this lease have failed so far.
+    /// How many asks for this lease have failed so far (requests learn it
+    /// from `Take::Empty`, in the same step as the asking flag).
+    #[cfg(test)]
     pub(crate) fn failed_asks(&self) -> u64 {
         self.ask_state.load(Ordering::Acquire) >> 1
     }
@@ -495,10 +540,16 @@ mod tests {
         answer_at(&lease, &grant(2, 4_000, 6), 3_950);
         assert!(!taken(lease.try_take(1, 10, 5_500)), "both windows are over");
         assert_eq!(lease.take_stranded(false), 2);
-        // A lease forgotten after its windows strands all it held.
+        // A grant that lands after its window closed is void as it lands.
+        answer_at(&lease, &grant(5, 4_000, 10), 5_500);
+        assert_eq!(lease.take_stranded(false), 5);
+        // One slot ahead: units for another window to come replace it.
         answer_at(&lease, &grant(3, 6_000, 9), 5_990);
-        assert_eq!(lease.take_stranded(true), 4 + 3, "the open window's 4 and the 3 leased ahead");
-        assert_eq!(lease.take_stranded(true), 0);
+        answer_at(&lease, &grant(2, 7_000, 9), 5_995);
+        assert_eq!((lease.take_stranded(false), lease.ahead_end_ms()), (3, 8_000));
+        // A lease forgotten after its windows strands all it held.
+        assert_eq!(lease.take_stranded(true), 4 + 2, "the open window's 4 and the 2 leased ahead");
+        assert_eq!((lease.take_stranded(true), lease.ahead_end_ms()), (0, 0));
     }
 
     #[test]
@@ -507,16 +558,21 @@ mod tests {
         assert_eq!(lease.try_take(1, 10, 10), Take::Empty { ask: true, failed_asks: 0 }, "asks");
         assert_eq!(lease.try_take(1, 10, 10), Take::Empty { ask: false, failed_asks: 0 }, "waits for that ask");
         lease.ask_failed();
-        // Both waiters saw 0: the count moved past it, so both are refused.
         assert_eq!(lease.failed_asks(), 1);
         assert!(!lease.is_asking(), "the failed ask is over in the same step");
+        // Both waiters saw 0: looking again, each finds the count moved (to
+        // be refused) and asks no more.
+        assert_eq!(lease.try_take_waiting(1, 10, 10, 0), Take::Empty { ask: false, failed_asks: 1 });
+        assert!(!lease.is_asking(), "no ask queued for a waiter whose ask failed");
         // A request that looks after the failure asks anew, and that failure
         // (which it never waited for) does not refuse it.
         assert_eq!(lease.try_take(1, 10, 10), Take::Empty { ask: true, failed_asks: 1 });
-        assert_eq!(lease.try_take(1, 10, 10), Take::Empty { ask: false, failed_asks: 1 });
-        // An answer ends the ask and leaves the count alone.
+        assert_eq!(lease.try_take_waiting(1, 10, 10, 1), Take::Empty { ask: false, failed_asks: 1 }, "waits");
+        // An answer ends the ask and leaves the count alone; units there
+        // admit even a waiter whose own ask failed.
         answer_at(&lease, &grant(3, 0, 3), 10);
         assert_eq!((lease.failed_asks(), lease.is_asking()), (1, false));
+        assert!(taken(lease.try_take_waiting(1, 10, 10, 0)));
         assert!(taken(lease.try_take(1, 10, 10)));
         // A failure reported with no ask out still counts once.
         lease.ask_failed();

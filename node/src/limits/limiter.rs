@@ -165,15 +165,14 @@ impl Limiter {
             // that lands in between wakes this request.
             let mut answered = pin!(lease.answered());
             answered.as_mut().enable();
-            // The ask this request waits for failed (no quorum, the limit
-            // deleted meanwhile): refused now, not asked again and again
-            // (each a Raft command) until the wait ends.
-            if lease.failed_asks() != failed_before {
-                return Err(Refused::NotInTime);
-            }
-            if let Decision::Done(decided) = self.decide(lease, lease.try_take(units, amount, crate::clock::unix_ms()))
-            {
-                return decided;
+            let now = crate::clock::unix_ms();
+            match self.decide(lease, lease.try_take_waiting(units, amount, now, failed_before)) {
+                Decision::Done(decided) => return decided,
+                // The ask this request waits for failed (no quorum, the limit
+                // deleted meanwhile): refused now, not asked again and again
+                // (each a Raft command) until the wait ends.
+                Decision::Wait { failed_asks } if failed_asks != failed_before => return Err(Refused::NotInTime),
+                Decision::Wait { .. } => {}
             }
             if tokio::time::timeout_at(deadline, answered).await.is_err() {
                 return Err(Refused::NotInTime);
@@ -207,7 +206,7 @@ impl Limiter {
 
     /// The lease of `bucket` and its limit's counters (shared, not copied:
     /// this runs on every request).
-    fn lease(&self, limit: &Limit, bucket: &str) -> (Arc<Lease>, Arc<LimitCounters>) {
+    pub(crate) fn lease(&self, limit: &Limit, bucket: &str) -> (Arc<Lease>, Arc<LimitCounters>) {
         let limit_id = limit.id();
         if let Ok(leases) = self.leases.read()
             && let Some(of_limit) = leases.get(limit_id)
@@ -242,17 +241,19 @@ impl Limiter {
         leases.values().flat_map(|l| l.by_bucket.values().cloned()).collect()
     }
 
-    /// Forgets leases whose window ended before `before_ms` and that no
+    /// Forgets leases whose windows ended before `before_ms` and that no
     /// request used since: a bucket per client address would otherwise grow
     /// the map without bound.
     pub(crate) fn forget_stale(&self, before_ms: i64) {
         let mut leases = self.leases.write().unwrap_or_else(|p| p.into_inner());
         for of_limit in leases.values_mut() {
             of_limit.by_bucket.retain(|_, lease| {
-                let kept = lease.window_end_ms() >= before_ms
+                // Kept while a window it holds units of (the open one, or
+                // the next, leased ahead) is not long over.
+                let kept = lease.window_end_ms().max(lease.ahead_end_ms()) >= before_ms
                     || lease.last_used_ms.load(std::sync::atomic::Ordering::Relaxed) >= before_ms;
                 if !kept {
-                    // Its window is long over: what it still holds was never spent.
+                    // Its windows are long over: what it still holds was never spent.
                     of_limit.counters.stranded_units.inc_by(lease.take_stranded(true));
                 }
                 kept
