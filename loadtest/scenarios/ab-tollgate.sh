@@ -11,7 +11,8 @@
 #   git worktree add /tmp/tg-a <commit> && (cd /tmp/tg-a && . scripts/env.sh &&
 #   cargo build --release -p tollgate-node)
 # LIMIT_B=1 puts one request limit on B's `key` route (B may then be the
-# same binary as A: the limit's cost, side by side). GOVERN_B=1 makes B's
+# same binary as A: the limit's cost, side by side); LIMIT_A=1 puts it on
+# A's too (both: a change to the limits path, A/B). GOVERN_B=1 makes B's
 # `mock` service versioned (a published v1 chosen by default) and needing an
 # approved subscription, which the bench consumer holds: the cost of the
 # lifecycle and subscription checks, side by side.
@@ -35,7 +36,7 @@ TOKEN=bench-admin-token-0123456789
 PIDS=()
 cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT
-read -r MOCK_PORT OPENAI_PORT <<< "$(free_ports 2)"
+free_ports MOCK_PORT OPENAI_PORT
 
 taskset -c 1 "$LOAD" --threads 1 mock http --listen "127.0.0.1:$MOCK_PORT" > "$WORK/mock.out" 2>/dev/null &
 PIDS+=($!)
@@ -45,7 +46,7 @@ PIDS+=($!)
 start() { # name binary: starts a gateway, configures it, writes its API key to
   # $WORK/name.key and its proxy, admin and ops ports to $WORK/name.ports
   local name=$1 bin=$2 config=() proxy admin ops console cluster
-  read -r proxy admin ops console cluster <<< "$(free_ports 5)"
+  free_ports proxy admin ops console cluster
   echo "$proxy $admin $ops" > "$WORK/$name.ports"
   # B_CONFIG: a TOML file for B only (e.g. `[limits] admitted_headers = false`).
   if [ "$name" = b ] && [ -n "${B_CONFIG:-}" ]; then config=(--config "$B_CONFIG"); fi
@@ -70,14 +71,17 @@ start() { # name binary: starts a gateway, configures it, writes its API key to
 }
 start a "$A"
 start b "$B"
-read -r PROXY_A _ _ < "$WORK/a.ports"
+read -r PROXY_A ADMIN_A OPS_A < "$WORK/a.ports"
 read -r PROXY_B ADMIN_B OPS_B < "$WORK/b.ports"
-# LIMIT_B=1: B also enforces one request limit per API key on the `key`
-# route, high enough never to refuse: the cost of admission from leases.
-if [ "${LIMIT_B:-0}" = 1 ]; then
-  "$B" ctl --admin "127.0.0.1:$ADMIN_B" --token "$TOKEN" limit create bench-per-key --requests 1000000000 \
+# LIMIT_A=1 / LIMIT_B=1: that gateway also enforces one request limit per
+# API key on the `key` route, high enough never to refuse: the cost of
+# admission from leases.
+limit() { # binary admin-port
+  "$1" ctl --admin "127.0.0.1:$2" --token "$TOKEN" limit create bench-per-key --requests 1000000000 \
     --per second --scope key --route key >/dev/null
-fi
+}
+if [ "${LIMIT_A:-0}" = 1 ]; then limit "$A" "$ADMIN_A"; fi
+if [ "${LIMIT_B:-0}" = 1 ]; then limit "$B" "$ADMIN_B"; fi
 if [ "${GOVERN_B:-0}" = 1 ]; then
   ctl_b=("$B" ctl --admin "127.0.0.1:$ADMIN_B" --token "$TOKEN")
   echo '{"versioning": {"header": "api-version", "default_version": "v1"}, "subscription": "SUBSCRIPTION_MODE_APPROVAL"}' \
@@ -124,7 +128,13 @@ for route in $ROUTES; do
   echo "[$route] median B/A over $ROUNDS interleaved rounds: $(median "${ratios[@]}") (${ratios[*]})"
   echo "[$route] median p99 B/A: $(median "${p99s[@]}") (${p99s[*]})"
 done
-if [ "${LIMIT_B:-0}" = 1 ]; then
-  # Lease commands B proposed over the whole run, against its admissions.
-  curl -s "http://127.0.0.1:$OPS_B/metrics" | grep -E '^tollgate_limit_(lease_asks|admitted|refused)_total' || true
-fi
+# Lease commands each limited gateway proposed over the whole run, against
+# its admissions. (Stranded units are comparable only between builds that
+# count them alike: builds before c60db17 counted them at grants ahead.)
+for side in A B; do
+  limited=LIMIT_$side ops=OPS_$side
+  if [ "${!limited:-0}" = 1 ]; then
+    curl -s "http://127.0.0.1:${!ops}/metrics" | grep -E '^tollgate_limit_(lease_asks|admitted|refused|stranded_units)_total' \
+      | sed "s/^/[$side] /" || true
+  fi
+done

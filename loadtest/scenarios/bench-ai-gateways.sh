@@ -73,8 +73,8 @@ CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/tollgate/bench-ai
 # JSON; NGINX_SSE_PORT has proxy_buffering off, for SSE.
 . loadtest/scenarios/lib/ports.sh
 . loadtest/scenarios/lib/nginx.sh
-read -r MOCK_PORT MOCK_TLS_PORT NGINX_PORT NGINX_SSE_PORT TG_PROXY TG_ADMIN TG_OPS TG_CONSOLE TG_CLUSTER \
-  LITELLM_PORT PORTKEY_PORT <<< "$(free_ports 11)"
+free_ports MOCK_PORT MOCK_TLS_PORT NGINX_PORT NGINX_SSE_PORT TG_PROXY TG_ADMIN TG_OPS TG_CONSOLE TG_CLUSTER \
+  LITELLM_PORT PORTKEY_PORT
 TOKEN=bench-admin-token-0123456789
 MOCK_KEY=sk-bench
 LITELLM_KEY=sk-litellm-bench-0123456789

@@ -19,7 +19,7 @@ PIDS=()
 cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT
 . loadtest/scenarios/lib/ports.sh
-read -r MOCK_PORT PROXY_PORT ADMIN_PORT OPS_PORT CONSOLE_PORT <<< "$(free_ports 5)"
+free_ports MOCK_PORT PROXY_PORT ADMIN_PORT OPS_PORT CONSOLE_PORT
 
 # A provider that answers at once: what remains is the gateway's own cost.
 taskset -c 1 "$LOAD" --threads 1 mock openai --listen "127.0.0.1:$MOCK_PORT" --tokens 64 > "$WORK/mock.out" 2>&1 &

@@ -27,7 +27,7 @@ cleanup() {
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
-read -r MOCK_PORT <<< "$(free_ports 1)"
+free_ports MOCK_PORT
 
 "$LOAD" --threads 1 mock http --listen "127.0.0.1:$MOCK_PORT" > "$WORK/mock.out" 2>/dev/null &
 PIDS+=($!)
@@ -35,6 +35,7 @@ TOLLGATE_BIN=$BIN "$CLUSTER" --dir "$WORK/cluster" -o json up -n 3 > "$WORK/up.j
 PIDS+=($!)
 for _ in $(seq 1 300); do [ -s "$WORK/up.json" ] && break; sleep 0.2; done
 [ -s "$WORK/up.json" ] || { echo "cluster did not come up: $(cat "$WORK/up.err")" >&2; exit 1; }
+curl -s -o /dev/null "http://127.0.0.1:$MOCK_PORT/" || { echo "the mock upstream did not start on port $MOCK_PORT" >&2; exit 1; }
 
 field() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$WORK/up.json" "$1"; }
 TOKEN=$(field 'd["admin_token"]')

@@ -31,7 +31,7 @@ TOKEN=bench-admin-token-0123456789
 cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 PIDS=()
 trap cleanup EXIT
-read -r MOCK_PORT NGINX_PORT BARE_PORT <<< "$(free_ports 3)"
+free_ports MOCK_PORT NGINX_PORT BARE_PORT
 MOCK=127.0.0.1:$MOCK_PORT NGINX=127.0.0.1:$NGINX_PORT BARE_ADDR=127.0.0.1:$BARE_PORT
 
 # upstream: fixed 200 "ok\n"
@@ -83,11 +83,16 @@ nginx_conf "$WORK/nginx" "$MOCK" <<CONF
     }
   }
 CONF
-taskset -c 1 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
+taskset -c 1 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' 2> "$WORK/nginx/stderr" &
+NGINX_MASTER=$!
 PIDS+=($!)
-sleep 0.3
-NGINX_WORKER=$(pgrep -P "$!" | head -1)
-curl -s -o /dev/null "http://$NGINX/" || { echo "nginx did not start on $NGINX:" >&2; tail -5 "$WORK/nginx/logs/error.log" >&2; exit 1; }
+for _ in $(seq 1 50); do curl -s -o /dev/null "http://$NGINX/" 2>/dev/null && break; sleep 0.1; done
+NGINX_WORKER=$(pgrep -P "$NGINX_MASTER" | head -1 || true)
+if [ -z "$NGINX_WORKER" ] || ! curl -s -o /dev/null "http://$NGINX/"; then
+  echo "nginx did not start on $NGINX:" >&2
+  tail -5 "$WORK/nginx/stderr" "$WORK/nginx/logs/error.log" >&2 2>/dev/null || true
+  exit 1
+fi
 
 # the bare hyper proxy (reference floor)
 BARE_PID=

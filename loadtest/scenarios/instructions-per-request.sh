@@ -42,7 +42,7 @@ cleanup() {
 trap cleanup EXIT
 . loadtest/scenarios/lib/ports.sh
 # The gateways run one after another on the same ports.
-read -r MOCK_PORT PROXY_PORT ADMIN_PORT OPS_PORT CONSOLE_PORT CLUSTER_PORT BARE_PORT <<< "$(free_ports 7)"
+free_ports MOCK_PORT PROXY_PORT ADMIN_PORT OPS_PORT CONSOLE_PORT CLUSTER_PORT BARE_PORT
 
 "$LOAD" --threads 1 mock http --listen "127.0.0.1:$MOCK_PORT" > "$WORK/mock.out" 2>&1 &
 PIDS+=($!)

@@ -2,21 +2,37 @@
 # benchmark runs beside whatever else listens on the machine.
 #
 #   . loadtest/scenarios/lib/ports.sh
-#   read -r MOCK_PORT PROXY_PORT <<< "$(free_ports 2)"
+#   free_ports MOCK_PORT PROXY_PORT
 #
-# free_ports N prints N distinct ports on 127.0.0.1 that the kernel handed
-# out for bind(port 0) a moment ago; all N are held until the last is
-# chosen, so none repeats. Something else may take one before the
-# benchmark's own server binds it: that server then fails to start and the
-# script stops with its error, as it would on any busy port.
+# free_ports VAR... sets each VAR to a port on 127.0.0.1 that the kernel
+# handed out for bind(port 0) a moment ago: distinct from each other and
+# from every port an earlier call in this script gave (all are held until
+# the last is chosen). Something else may take one before the benchmark's
+# own server binds it: that server then fails to start and the script
+# stops with its error, as it would on any busy port. Call it directly, not
+# in `$( )`: it remembers what it gave in this shell.
+_FREE_PORTS_GIVEN=""
 free_ports() {
-  python3 - "$1" <<'PY'
+  local ports var
+  # shellcheck disable=SC2086 # the list of given ports, one argument each
+  ports=$(python3 - "$#" $_FREE_PORTS_GIVEN <<'PY'
 import socket, sys
-held = []
-for _ in range(int(sys.argv[1])):
+want, given = int(sys.argv[1]), set(sys.argv[2:])
+held, chosen = [], []
+while len(chosen) < want:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     held.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in held))
+    port = str(s.getsockname()[1])
+    if port not in given:
+        chosen.append(port)
+print(" ".join(chosen))
 PY
+  ) || { echo "error: could not choose free ports on 127.0.0.1 (python3 failed)" >&2; exit 1; }
+  _FREE_PORTS_GIVEN="$_FREE_PORTS_GIVEN $ports"
+  read -r -a ports <<< "$ports"
+  for var in "$@"; do
+    printf -v "$var" '%s' "${ports[0]}"
+    ports=("${ports[@]:1}")
+  done
 }

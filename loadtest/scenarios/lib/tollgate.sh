@@ -11,7 +11,7 @@
 tollgate_start() {
   local bin=$1 dir=$2 proxy admin ops console cluster
   shift 2
-  read -r proxy admin ops console cluster <<< "$(free_ports 5)"
+  free_ports proxy admin ops console cluster
   mkdir -p "$dir"
   TOLLGATE_CONSOLE_LISTEN="127.0.0.1:$console" taskset -c 1 "$bin" serve --data-dir "$dir" \
     --proxy-listen "127.0.0.1:$proxy" --admin-listen "127.0.0.1:$admin" --ops-listen "127.0.0.1:$ops" \
