@@ -42,6 +42,10 @@ taskset -c 1 "$LOAD" --threads 1 mock http --listen "127.0.0.1:$MOCK_PORT" > "$W
 PIDS+=($!)
 taskset -c 1 "$LOAD" --threads 1 mock openai --listen "127.0.0.1:$OPENAI_PORT" --tokens 64 > "$WORK/mock-openai.out" 2>&1 &
 PIDS+=($!)
+for url in "http://127.0.0.1:$MOCK_PORT/" "http://127.0.0.1:$OPENAI_PORT/v1/models"; do
+  for _ in $(seq 1 50); do curl -s -o /dev/null "$url" && break; sleep 0.1; done
+  curl -s -o /dev/null "$url" || { echo "a mock upstream did not start ($url)" >&2; exit 1; }
+done
 
 start() { # name binary: starts a gateway, configures it, writes its API key to
   # $WORK/name.key and its proxy, admin and ops ports to $WORK/name.ports
@@ -130,11 +134,11 @@ for route in $ROUTES; do
 done
 # Lease commands each limited gateway proposed over the whole run, against
 # its admissions. (Stranded units are comparable only between builds that
-# count them alike: builds before c60db17 counted them at grants ahead.)
+# count them alike: c60db17 and a078ee9 changed when they are counted.)
 for side in A B; do
   limited=LIMIT_$side ops=OPS_$side
   if [ "${!limited:-0}" = 1 ]; then
-    curl -s "http://127.0.0.1:${!ops}/metrics" | grep -E '^tollgate_limit_(lease_asks|admitted|refused|stranded_units)_total' \
+    curl -s "http://127.0.0.1:${!ops}/metrics" | grep -E '^tollgate_limit_(lease_asks|lease_ask_failures|admitted|refused|stranded_units)_total' \
       | sed "s/^/[$side] /" || true
   fi
 done

@@ -29,6 +29,7 @@ TOLLGATE_CONSOLE_LISTEN="127.0.0.1:$CONSOLE_PORT" taskset -c 1 "$TG" serve --dat
 PIDS+=($!)
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$OPS_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -sf "http://127.0.0.1:$OPS_PORT/readyz" >/dev/null || { echo "tollgate did not start:" >&2; tail -5 "$WORK/tollgate.log" >&2; exit 1; }
+curl -s -o /dev/null "http://127.0.0.1:$MOCK_PORT/v1/models" || { echo "the OpenAI mock did not start:" >&2; tail -5 "$WORK/mock.out" >&2; exit 1; }
 
 CTL=("$TG" ctl --admin "127.0.0.1:$ADMIN_PORT" --token "$TOKEN")
 "${CTL[@]}" provider create mock --kind openai --base-url "http://127.0.0.1:$MOCK_PORT/v1" --key main=sk-bench >/dev/null

@@ -43,7 +43,11 @@ TOP=${TOP:-25}
 # on cpu-clock into a fixed period).
 FREQ=4000
 SECS=${DUR%s}
-case $SECS in '' | *[!0-9]*) echo "DUR must be whole seconds (5s), not $DUR" >&2; exit 2 ;; esac
+case $SECS in '' | *[!0-9]* | 0) echo "DUR must be whole seconds, at least 1 (5s), not $DUR" >&2; exit 2 ;; esac
+if [ "$(cat /proc/sys/kernel/kptr_restrict 2> /dev/null || echo 1)" != 0 ] && [ "$(id -u)" != 0 ]; then
+  echo "kernel symbols are hidden (kernel.kptr_restrict != 0): set it to 0, or run as root" >&2
+  exit 2
+fi
 WORK=$(mktemp -d /tmp/tollgate-cpu-profile.XXXXXX)
 TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 PIDS=()
@@ -76,9 +80,12 @@ profile() {
   if [ $# -gt 0 ]; then extra=(-H "$1"); fi
   taskset -c 0 "$LOAD" --threads 1 run "$url" -c "$CONNS" -d "$((SECS + 2))s" -q "${extra[@]}" > "$WORK/$label.$ROUND.load" 2>&1 &
   load=$!
+  PIDS+=("$load")
   sleep 1
   steal0=$(steal_ms)
-  perf record -q -e cpu-clock -F "$FREQ" -p "$pid" -o "$WORK/$label.$ROUND.data" -- sleep "$SECS" > /dev/null 2> "$WORK/$label.perf.err" ||
+  # --strict-freq: fail rather than sample less often than FREQ (a lowered
+  # kernel.perf_event_max_sample_rate would silently change the period).
+  perf record -q --strict-freq -e cpu-clock -F "$FREQ" -p "$pid" -o "$WORK/$label.$ROUND.data" -- sleep "$SECS" > /dev/null 2> "$WORK/$label.perf.err" ||
     { echo "perf record failed: $(tail -1 "$WORK/$label.perf.err")" >&2; exit 1; }
   steal1=$(steal_ms)
   wait "$load" || true # tollgate-load exits 3 past 1% failed requests: checked next
@@ -93,7 +100,7 @@ profile() {
     echo "perf recorded no kernel samples: allow it with sysctl kernel.perf_event_paranoid=1 (or run as root)" >&2
     exit 1
   }
-  awk '!/^#/ && NF >= 5 {print}' "$WORK/$label.$ROUND.report" > "$WORK/$label.$ROUND.samples"
+  awk '$1 ~ /%$/ && NF >= 5 {print}' "$WORK/$label.$ROUND.report" > "$WORK/$label.$ROUND.samples"
   echo "$requests" > "$WORK/$label.$ROUND.requests"
   printf '%s %s %s\n' "$label" "$(awk -v a="$steal0" -v b="$steal1" 'BEGIN {print b - a}')" "$(ls /proc/"$pid"/task | wc -l)" \
     > "$WORK/$label.$ROUND.facts"
@@ -116,11 +123,12 @@ PY
 }
 
 # warm-up
-taskset -c 0 "$LOAD" --threads 1 run "http://127.0.0.1:$BARE_PORT/" -c 8 -d 1s -q > /dev/null 2>&1 || true
+taskset -c 0 "$LOAD" --threads 1 run "http://127.0.0.1:$BARE_PORT/key" -c 8 -d 1s -q -H "Authorization: Bearer $KEY" > /dev/null 2>&1 || true
 taskset -c 0 "$LOAD" --threads 1 run "http://$TG_PROXY/key" -c 8 -d 1s -q -H "Authorization: Bearer $KEY" > /dev/null 2>&1 || true
 for round in $(seq 1 "$ROUNDS"); do
   ROUND=$round
-  profile bare "$BARE_PID" "http://127.0.0.1:$BARE_PORT/"
+  # The same request to both (bare hyper forwards the key as it is).
+  profile bare "$BARE_PID" "http://127.0.0.1:$BARE_PORT/key" "Authorization: Bearer $KEY"
   profile tollgate "$TG_PID" "http://$TG_PROXY/key" "Authorization: Bearer $KEY"
 done
 

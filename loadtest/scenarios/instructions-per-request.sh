@@ -13,7 +13,10 @@
 # total divided by N is the cost of one request (its share of timers and the
 # background threads included). BARE=1 adds the bare hyper proxy
 # (examples/bare_proxy) as the floor. TOP=n lists each run's n costliest
-# functions (self cost). Under valgrind the CPU reports no SHA extensions, so
+# functions (self cost). LIMIT=1 puts a per-key request limit (10^9 a
+# second, never refusing) on the `key` route of both gateways, so that the
+# count includes admission from a lease; the lease waits are raised for a
+# node slowed by valgrind, whose grants would otherwise come too late. Under valgrind the CPU reports no SHA extensions, so
 # the API-key route's count includes ~7,100 instructions of software SHA-256
 # that a native run does with SHA-NI in a few hundred; the same in A and B.
 # Needs valgrind (apt-get install -y valgrind) and release builds
@@ -89,10 +92,14 @@ count() {
 
 # gateway LABEL BINARY: a single node under callgrind, with an open and an API-key route to the mock.
 gateway() {
-  local label=$1 bin=$2
+  local label=$1 bin=$2 config=()
+  if [ "${LIMIT:-0}" = 1 ]; then
+    printf '[limits]\nlease_wait_ms = 5000\nfirst_lease_wait_ms = 10000\n' > "$WORK/limits.toml"
+    config=(--config "$WORK/limits.toml")
+  fi
   # One core, as in bench-vs-nginx.sh: the node then runs tokio's single-threaded scheduler.
   taskset -c 1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/$label.cg" \
-    "$bin" serve --data-dir "$WORK/$label" --proxy-listen "127.0.0.1:$PROXY_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
+    "$bin" serve "${config[@]}" --data-dir "$WORK/$label" --proxy-listen "127.0.0.1:$PROXY_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" \
     --ops-listen "127.0.0.1:$OPS_PORT" --console-listen "127.0.0.1:$CONSOLE_PORT" --cluster-listen "127.0.0.1:$CLUSTER_PORT" --admin-token "$TOKEN" \
     --access-log off --log-format json > /dev/null 2> "$WORK/$label.log" &
   local pid=$!
@@ -102,6 +109,9 @@ gateway() {
   "${ctl[@]}" service create mock --target "127.0.0.1:$MOCK_PORT" > /dev/null
   "${ctl[@]}" route create open --service mock --path /open --auth none > /dev/null
   "${ctl[@]}" route create key --service mock --path /key > /dev/null
+  if [ "${LIMIT:-0}" = 1 ]; then
+    "${ctl[@]}" limit create bench-per-key --requests 1000000000 --per second --scope key --route key > /dev/null
+  fi
   "${ctl[@]}" consumer create bench > /dev/null
   local key
   key=$("${ctl[@]}" -o json key create --consumer bench | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')

@@ -11,11 +11,11 @@
 # own server binds it: that server then fails to start and the script
 # stops with its error, as it would on any busy port. Call it directly, not
 # in `$( )`: it remembers what it gave in this shell.
-_FREE_PORTS_GIVEN=""
+: "${_FREE_PORTS_GIVEN:=}"
 free_ports() {
-  local ports var
+  local _fp_ports _fp_var
   # shellcheck disable=SC2086 # the list of given ports, one argument each
-  ports=$(python3 - "$#" $_FREE_PORTS_GIVEN <<'PY'
+  _fp_ports=$(python3 - "$#" $_FREE_PORTS_GIVEN <<'PY'
 import socket, sys
 want, given = int(sys.argv[1]), set(sys.argv[2:])
 held, chosen = [], []
@@ -29,10 +29,10 @@ while len(chosen) < want:
 print(" ".join(chosen))
 PY
   ) || { echo "error: could not choose free ports on 127.0.0.1 (python3 failed)" >&2; exit 1; }
-  _FREE_PORTS_GIVEN="$_FREE_PORTS_GIVEN $ports"
-  read -r -a ports <<< "$ports"
-  for var in "$@"; do
-    printf -v "$var" '%s' "${ports[0]}"
-    ports=("${ports[@]:1}")
+  _FREE_PORTS_GIVEN="$_FREE_PORTS_GIVEN $_fp_ports"
+  read -r -a _fp_ports <<< "$_fp_ports"
+  for _fp_var in "$@"; do
+    printf -v "$_fp_var" '%s' "${_fp_ports[0]}"
+    _fp_ports=("${_fp_ports[@]:1}")
   done
 }

@@ -53,8 +53,9 @@ pub struct Lease {
     /// An ask for the next window is queued or in flight, or was answered.
     asking_next: AtomicBool,
     answered: Notify,
-    /// Units voided by a change of window (held, never spent) that the
-    /// client has not reported yet (`take_stranded`).
+    /// Units leased to this node that became void unspent (a change of
+    /// window, a grant that landed late, an ahead slot dropped or
+    /// replaced) and that the client has not reported yet (`take_stranded`).
     stranded: AtomicU64,
 }
 
@@ -128,7 +129,7 @@ impl Lease {
     /// request's ask has failed, and it takes what the lease holds but asks
     /// no more (it comes back `Empty` with `ask: false` and the new count,
     /// to be refused).
-    pub fn try_take_waiting(&self, units: u64, amount: u64, now_ms: i64, failed_asks: u64) -> Take {
+    pub(crate) fn try_take_waiting(&self, units: u64, amount: u64, now_ms: i64, failed_asks: u64) -> Take {
         self.take_or_ask(units, amount, now_ms, Some(failed_asks))
     }
 
@@ -426,7 +427,7 @@ impl Lease {
     /// The end of the window units are leased ahead for, if any: until
     /// then the lease holds units that may still be spent.
     pub(crate) fn ahead_end_ms(&self) -> i64 {
-        self.next.lock().ok().and_then(|next| next.map(|(_, end, _)| end)).unwrap_or(0)
+        self.next.lock().unwrap_or_else(|p| p.into_inner()).map_or(0, |(_, end, _)| end)
     }
 
     /// No ask is pending any more: waiters are woken to look again.
@@ -548,7 +549,7 @@ mod tests {
         answer_at(&lease, &grant(2, 7_000, 9), 5_995);
         assert_eq!((lease.take_stranded(false), lease.ahead_end_ms()), (3, 8_000));
         // A lease forgotten after its windows strands all it held.
-        assert_eq!(lease.take_stranded(true), 4 + 2, "the open window's 4 and the 2 leased ahead");
+        assert_eq!(lease.take_stranded(true), 4 + 2, "the 4 left in the window of 3,000 and the 2 leased ahead");
         assert_eq!((lease.take_stranded(true), lease.ahead_end_ms()), (0, 0));
     }
 

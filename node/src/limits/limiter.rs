@@ -250,8 +250,11 @@ impl Limiter {
             of_limit.by_bucket.retain(|_, lease| {
                 // Kept while a window it holds units of (the open one, or
                 // the next, leased ahead) is not long over.
-                let kept = lease.window_end_ms().max(lease.ahead_end_ms()) >= before_ms
-                    || lease.last_used_ms.load(std::sync::atomic::Ordering::Relaxed) >= before_ms;
+                // (The slot's lock is taken last, and only for a lease the
+                // atomics would let go: this runs under the map's write lock.)
+                let kept = lease.window_end_ms() >= before_ms
+                    || lease.last_used_ms.load(std::sync::atomic::Ordering::Relaxed) >= before_ms
+                    || lease.ahead_end_ms() >= before_ms;
                 if !kept {
                     // Its windows are long over: what it still holds was never spent.
                     of_limit.counters.stranded_units.inc_by(lease.take_stranded(true));
@@ -315,7 +318,10 @@ mod tests {
 
     /// A request waiting for its first grant is refused when the ask fails
     /// (no quorum, the limit deleted meanwhile), and does not ask again:
-    /// each ask is a Raft command, and the wait may last seconds.
+    /// each ask is a Raft command, and the wait may last seconds. (An ask
+    /// failing between a waiter's check and its next look cannot be staged
+    /// on this runtime; the lease's own test pins that look,
+    /// `try_take_waiting`.)
     #[tokio::test(start_paused = true)]
     async fn a_failed_ask_refuses_its_waiters_without_asking_again() {
         let config = crate::config::Limits { first_lease_wait_ms: 60_000, ..Default::default() };

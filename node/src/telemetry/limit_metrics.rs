@@ -45,7 +45,7 @@ impl LimitMetrics {
             ("limit_granted_units", "Units leased to this node", &metrics.granted_units),
             (
                 "limit_stranded_units",
-                "Units this node held when their window closed (leased, never spent)",
+                "Units leased to this node that became void unspent (their window passed, or a grant came late)",
                 &metrics.stranded_units,
             ),
             ("limit_returned_units", "Units this node gave back unspent", &metrics.returned_units),
