@@ -24,6 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . loadtest/scenarios/lib/ports.sh
+. loadtest/scenarios/lib/tollgate.sh
 LOAD=${LOAD:-target/release/tollgate-load}
 A=${A:?set A to the baseline tollgate binary}
 B=${B:-target/release/tollgate}
@@ -49,20 +50,12 @@ done
 
 start() { # name binary: starts a gateway, configures it, writes its API key to
   # $WORK/name.key and its proxy, admin and ops ports to $WORK/name.ports
-  local name=$1 bin=$2 config=() proxy admin ops console cluster
-  free_ports proxy admin ops console cluster
-  echo "$proxy $admin $ops" > "$WORK/$name.ports"
+  local name=$1 bin=$2 config=()
   # B_CONFIG: a TOML file for B only (e.g. `[limits] admitted_headers = false`).
   if [ "$name" = b ] && [ -n "${B_CONFIG:-}" ]; then config=(--config "$B_CONFIG"); fi
-  # The console's port by environment: a build from before it had one ignores it.
-  TOLLGATE_CONSOLE_LISTEN="127.0.0.1:$console" \
-  taskset -c 1 "$bin" serve "${config[@]}" --data-dir "$WORK/$name" --proxy-listen "127.0.0.1:$proxy" \
-    --admin-listen "127.0.0.1:$admin" --ops-listen "127.0.0.1:$ops" --cluster-listen "127.0.0.1:$cluster" \
-    --admin-token "$TOKEN" --access-log off --log-format json > /dev/null 2> "$WORK/$name.log" &
-  PIDS+=($!)
-  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$ops/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-  curl -sf "http://127.0.0.1:$ops/readyz" >/dev/null || { echo "$name ($bin) did not start:" >&2; tail -5 "$WORK/$name.log" >&2; exit 1; }
-  local ctl=("$bin" ctl --admin "127.0.0.1:$admin" --token "$TOKEN")
+  tollgate_start "$bin" "$WORK/$name" "${config[@]}"
+  echo "${TG_PROXY##*:} ${TG_ADMIN##*:} ${TG_OPS##*:}" > "$WORK/$name.ports"
+  local ctl=("${TG_CTL[@]}")
   "${ctl[@]}" service create mock --target "127.0.0.1:$MOCK_PORT" >/dev/null
   "${ctl[@]}" route create open --service mock --path /open --auth none >/dev/null
   "${ctl[@]}" route create key --service mock --path /key >/dev/null

@@ -19,19 +19,17 @@ PIDS=()
 cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT
 . loadtest/scenarios/lib/ports.sh
-free_ports MOCK_PORT PROXY_PORT ADMIN_PORT OPS_PORT CONSOLE_PORT
+. loadtest/scenarios/lib/tollgate.sh
+free_ports MOCK_PORT
 
 # A provider that answers at once: what remains is the gateway's own cost.
 taskset -c 1 "$LOAD" --threads 1 mock openai --listen "127.0.0.1:$MOCK_PORT" --tokens 64 > "$WORK/mock.out" 2>&1 &
 PIDS+=($!)
-TOLLGATE_CONSOLE_LISTEN="127.0.0.1:$CONSOLE_PORT" taskset -c 1 "$TG" serve --data-dir "$WORK/tg" --proxy-listen "127.0.0.1:$PROXY_PORT" \
-  --admin-listen "127.0.0.1:$ADMIN_PORT" --ops-listen "127.0.0.1:$OPS_PORT" --admin-token "$TOKEN" --access-log off --log-format json 2> "$WORK/tollgate.log" &
-PIDS+=($!)
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$OPS_PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-curl -sf "http://127.0.0.1:$OPS_PORT/readyz" >/dev/null || { echo "tollgate did not start:" >&2; tail -5 "$WORK/tollgate.log" >&2; exit 1; }
+tollgate_start "$TG" "$WORK/tg"
+PROXY_PORT=${TG_PROXY##*:}
 curl -s -o /dev/null "http://127.0.0.1:$MOCK_PORT/v1/models" || { echo "the OpenAI mock did not start:" >&2; tail -5 "$WORK/mock.out" >&2; exit 1; }
 
-CTL=("$TG" ctl --admin "127.0.0.1:$ADMIN_PORT" --token "$TOKEN")
+CTL=("${TG_CTL[@]}")
 "${CTL[@]}" provider create mock --kind openai --base-url "http://127.0.0.1:$MOCK_PORT/v1" --key main=sk-bench >/dev/null
 "${CTL[@]}" alias create mock-gpt --target mock/mock-gpt >/dev/null
 "${CTL[@]}" route create llm --ai --path /v1 >/dev/null

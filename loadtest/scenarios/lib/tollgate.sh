@@ -4,9 +4,9 @@
 #   TOKEN=... tollgate_start BIN DATA_DIR [more `serve` flags]
 #
 # starts BIN on ports the system chooses and waits until it is ready
-# (exiting with its log's tail if it is not), then sets TG_PID, TG_PROXY
-# (host:port of the proxy), TG_OPS (of the ops listener) and TG_CTL (the
-# `ctl` command line for it, an array). The console's port goes by
+# (exiting with its log's tail if it is not), then sets TG_PID, TG_PROXY,
+# TG_ADMIN and TG_OPS (host:port of the proxy, admin and ops listeners) and
+# TG_CTL (the `ctl` command line for it, an array). The console's port goes by
 # environment, which a build from before the console ignores.
 tollgate_start() {
   local bin=$1 dir=$2 proxy admin ops console cluster
@@ -22,6 +22,7 @@ tollgate_start() {
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$ops/readyz" > /dev/null 2>&1 && break; sleep 0.1; done
   curl -sf "http://127.0.0.1:$ops/readyz" > /dev/null || { echo "tollgate ($bin) did not start:" >&2; tail -5 "$dir.log" >&2; exit 1; }
   TG_PROXY=127.0.0.1:$proxy
+  TG_ADMIN=127.0.0.1:$admin
   TG_OPS=127.0.0.1:$ops
-  TG_CTL=("$bin" ctl --admin "127.0.0.1:$admin" --token "$TOKEN")
+  TG_CTL=("$bin" ctl --admin "$TG_ADMIN" --token "$TOKEN")
 }

@@ -154,7 +154,7 @@ fn take_grant(limiter: &Limiter, lease: &Lease, grant: &LeaseGrant) {
     if let Some(counters) = limiter.counters(&grant.limit_id) {
         counters.granted_units.inc_by(grant.units);
         // A grant of a newer open window voids what the old one held.
-        counters.stranded_units.inc_by(lease.take_stranded(false));
+        counters.stranded_units.inc_by(lease.take_stranded());
     }
 }
 
@@ -211,7 +211,7 @@ fn horizon_ms(lease: &Lease) -> i64 {
 /// request path, which leaves the counting to this tick).
 fn report_stranded(limiter: &Limiter) {
     for lease in limiter.all_leases() {
-        let stranded = lease.take_stranded(false);
+        let stranded = lease.take_stranded();
         if stranded > 0
             && let Some(counters) = limiter.counters(&lease.limit_id)
         {

@@ -161,7 +161,7 @@ impl Lease {
         self.spent.fetch_add(units as u64, Ordering::Relaxed);
         // Ask for more before running out: at half of the last grant.
         let low_water = self.sizing.lock().map_or(0, |s| s.last_grant / 2) as i64;
-        let low = balance - units <= low_water && self.start_asking(0).0;
+        let low = balance - units <= low_water && self.start_asking();
         Take::Taken { ask: self.start_asking_ahead(now_ms) || low, window_start_ms }
     }
 
@@ -224,12 +224,10 @@ impl Lease {
             && now_ms - self.answered_at_ms.load(Ordering::Acquire) < RECHECK_MS
     }
 
-    /// Marks the lease as asking: whether it was not already (the caller
-    /// queues the ask), and the failed asks so far.
-    fn start_asking(&self, need: i64) -> (bool, u64) {
-        self.need.fetch_max(need.max(0) as u64, Ordering::AcqRel);
-        let before = self.ask_state.fetch_or(ASKING, Ordering::AcqRel);
-        (before & ASKING == 0, before >> 1)
+    /// Marks the lease as asking; true if it was not already (the caller
+    /// queues the ask).
+    fn start_asking(&self) -> bool {
+        self.ask_state.fetch_or(ASKING, Ordering::AcqRel) & ASKING == 0
     }
 
     /// A request lacking `need` units: it asks unless an ask is out, or,
@@ -237,17 +235,16 @@ impl Lease {
     /// failed since: the check and the mark are one step, so a waiter never
     /// queues an ask after its own failed.
     fn empty(&self, need: i64, seen: Option<u64>) -> Take {
-        let Some(seen) = seen else {
-            let (ask, failed_asks) = self.start_asking(need);
-            return Take::Empty { ask, failed_asks };
+        let marked = match seen {
+            None => Ok(self.ask_state.fetch_or(ASKING, Ordering::AcqRel)),
+            Some(seen) => self.ask_state.fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                (state >> 1 == seen).then_some(state | ASKING)
+            }),
         };
-        let marked = self
-            .ask_state
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| (state >> 1 == seen).then_some(state | ASKING));
         match marked {
             Ok(before) => {
                 self.need.fetch_max(need.max(0) as u64, Ordering::AcqRel);
-                Take::Empty { ask: before & ASKING == 0, failed_asks: seen }
+                Take::Empty { ask: before & ASKING == 0, failed_asks: before >> 1 }
             }
             Err(now) => Take::Empty { ask: false, failed_asks: now >> 1 },
         }
@@ -408,20 +405,21 @@ impl Lease {
         }
     }
 
-    /// Units stranded since the last call: voided by a change of window, and
-    /// with `forgotten`, all the lease holds too, leased ahead included (it
-    /// is being dropped, its windows over).
-    pub(crate) fn take_stranded(&self, forgotten: bool) -> u64 {
-        let mut held = 0;
-        if forgotten {
-            // Under the lock that every change of window takes, so that a
-            // request still holding the lease cannot roll the slot into the
-            // balance between the two takes.
-            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-            held = next.take().map_or(0, |(_, _, units)| units);
-            held += self.balance.swap(0, Ordering::AcqRel).max(0) as u64;
-        }
-        self.stranded.swap(0, Ordering::AcqRel) + held
+    /// Units stranded since the last call, voided by a change of window.
+    pub(crate) fn take_stranded(&self) -> u64 {
+        self.stranded.swap(0, Ordering::AcqRel)
+    }
+
+    /// Empties a lease that is being dropped, its windows over: all it
+    /// holds, leased ahead included, and what was stranded and not yet
+    /// reported.
+    pub(crate) fn strand_all(&self) -> u64 {
+        // Under the lock that every change of window takes, so that a
+        // request still holding the lease cannot roll the slot into the
+        // balance between the two takes.
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let ahead = next.take().map_or(0, |(_, _, units)| units);
+        ahead + self.balance.swap(0, Ordering::AcqRel).max(0) as u64 + self.take_stranded()
     }
 
     /// The end of the window units are leased ahead for, if any: until
@@ -522,35 +520,35 @@ mod tests {
         // Units of the next window, leased ahead: the open window's 4 may
         // still be spent, so none is stranded yet.
         answer_at(&lease, &grant(3, 1_000, 8), 900);
-        assert_eq!(lease.take_stranded(false), 0, "leased ahead");
+        assert_eq!(lease.take_stranded(), 0, "leased ahead");
         assert!(taken(lease.try_take(1, 10, 950)), "3 left");
         // The next window opens (a request rolls the lease into it): the 3
         // left in the old one are void.
         assert!(taken(lease.try_take(1, 10, 1_000)), "2 left of the new window's 3");
-        assert_eq!(lease.take_stranded(false), 3);
-        assert_eq!(lease.take_stranded(false), 0, "reported once");
+        assert_eq!(lease.take_stranded(), 3);
+        assert_eq!(lease.take_stranded(), 0, "reported once");
         // A grant of a newer open window voids what the old one held.
         answer_at(&lease, &grant(4, 2_000, 4), 2_000);
-        assert_eq!(lease.take_stranded(false), 2);
+        assert_eq!(lease.take_stranded(), 2);
         // A debt is forgiven, not stranded.
         lease.charge(10, 2_000);
         answer_at(&lease, &grant(4, 3_000, 4), 3_000);
-        assert_eq!(lease.take_stranded(false), 0);
+        assert_eq!(lease.take_stranded(), 0);
         // Units leased ahead for a window that passed unused are stranded
         // when the slot is dropped.
         answer_at(&lease, &grant(2, 4_000, 6), 3_950);
         assert!(!taken(lease.try_take(1, 10, 5_500)), "both windows are over");
-        assert_eq!(lease.take_stranded(false), 2);
+        assert_eq!(lease.take_stranded(), 2);
         // A grant that lands after its window closed is void as it lands.
         answer_at(&lease, &grant(5, 4_000, 10), 5_500);
-        assert_eq!(lease.take_stranded(false), 5);
+        assert_eq!(lease.take_stranded(), 5);
         // One slot ahead: units for another window to come replace it.
         answer_at(&lease, &grant(3, 6_000, 9), 5_990);
         answer_at(&lease, &grant(2, 7_000, 9), 5_995);
-        assert_eq!((lease.take_stranded(false), lease.ahead_end_ms()), (3, 8_000));
+        assert_eq!((lease.take_stranded(), lease.ahead_end_ms()), (3, 8_000));
         // A lease forgotten after its windows strands all it held.
-        assert_eq!(lease.take_stranded(true), 4 + 2, "the 4 left in the window of 3,000 and the 2 leased ahead");
-        assert_eq!((lease.take_stranded(true), lease.ahead_end_ms()), (0, 0));
+        assert_eq!(lease.strand_all(), 4 + 2, "the 4 left in the window of 3,000 and the 2 leased ahead");
+        assert_eq!((lease.strand_all(), lease.ahead_end_ms()), (0, 0));
     }
 
     #[test]

@@ -257,7 +257,7 @@ impl Limiter {
                     || lease.ahead_end_ms() >= before_ms;
                 if !kept {
                     // Its windows are long over: what it still holds was never spent.
-                    of_limit.counters.stranded_units.inc_by(lease.take_stranded(true));
+                    of_limit.counters.stranded_units.inc_by(lease.strand_all());
                 }
                 kept
             });
