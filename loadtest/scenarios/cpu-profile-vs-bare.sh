@@ -11,14 +11,24 @@
 # calls or cache misses. Each round also prints the hypervisor's steal time
 # on the proxies' core (which would slow every function alike) and how many
 # threads each proxy has (a process with more than one thread takes and
-# drops a reference on the file for every fd syscall, `fdget`).
+# drops a reference on the file for every fd syscall, `fdget`), and the TCP
+# segments and IP bytes the whole loopback carried per request during its
+# load (`nstat`: the same generator and mock for both, so a difference is
+# the proxy's: more packets to process, or more bytes to copy).
 #
 #   ROUNDS=3 DUR=5s TOP=25 loadtest/scenarios/cpu-profile-vs-bare.sh
+#   RATE=6000 ROUNDS=3 DUR=5s loadtest/scenarios/cpu-profile-vs-bare.sh
+#
+# Closed loop by default: each proxy at its own highest rate. RATE=n offers
+# both the same open-loop rate instead (below Tollgate's highest), so that
+# costs that depend on the rate (how often a core idles, and so how dear a
+# wake-up is) are alike on both sides.
 #
 # Rounds alternate bare, Tollgate, bare, ...; the tables sum all rounds, and
 # each round's user and kernel time per request is printed as it ends. The
 # mock upstream and the proxy under test on core 1, the generator on core 0,
-# as in bench-vs-nginx.sh. Needs perf (apt-get install -y linux-perf)
+# as in bench-vs-nginx.sh. Needs perf (apt-get install -y linux-perf) and
+# nstat (apt-get install -y iproute2), perf
 # allowed to sample the kernel: kernel.perf_event_paranoid <= 1, or root
 # (CAP_PERFMON); for kernel symbol names, kernel.kptr_restrict = 0. And
 # release builds (cargo build --release -p tollgate-node -p tollgate-loadtest
@@ -28,8 +38,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 . loadtest/scenarios/lib/ports.sh
 . loadtest/scenarios/lib/tollgate.sh
-for tool in perf taskset curl python3; do
-  command -v "$tool" > /dev/null || { echo "needs $tool (perf: apt-get install -y linux-perf)" >&2; exit 2; }
+for tool in perf nstat taskset curl python3; do
+  command -v "$tool" > /dev/null || { echo "needs $tool (perf: apt-get install -y linux-perf; nstat: iproute2)" >&2; exit 2; }
 done
 [ "$(nproc)" -ge 2 ] || { echo "needs two CPUs: the proxy runs on CPU 1, the generator on CPU 0" >&2; exit 2; }
 LOAD=${LOAD:-target/release/tollgate-load}
@@ -39,6 +49,12 @@ DUR=${DUR:-5s}
 CONNS=${CONNS:-50}
 ROUNDS=${ROUNDS:-3}
 TOP=${TOP:-25}
+RATE=${RATE:-}
+OPEN_LOOP=()
+if [ -n "$RATE" ]; then
+  case $RATE in *[!0-9]* | 0) echo "RATE must be a whole number of requests a second, not $RATE" >&2; exit 2 ;; esac
+  OPEN_LOOP=(-r "$RATE")
+fi
 # One sample every 250 µs of the process's CPU time (perf turns a frequency
 # on cpu-clock into a fixed period).
 FREQ=4000
@@ -78,7 +94,9 @@ profile() {
   local label=$1 pid=$2 url=$3 extra=() load steal0 steal1 requests
   shift 3
   if [ $# -gt 0 ]; then extra=(-H "$1"); fi
-  taskset -c 0 "$LOAD" --threads 1 run "$url" -c "$CONNS" -d "$((SECS + 2))s" -q "${extra[@]}" > "$WORK/$label.$ROUND.load" 2>&1 &
+  # Counters from here to the load's end (nstat keeps its own history file).
+  nstat -n
+  taskset -c 0 "$LOAD" --threads 1 run "$url" -c "$CONNS" -d "$((SECS + 2))s" -q "${OPEN_LOOP[@]}" "${extra[@]}" > "$WORK/$label.$ROUND.load" 2>&1 &
   load=$!
   PIDS+=("$load")
   sleep 1
@@ -89,9 +107,11 @@ profile() {
     { echo "perf record failed: $(tail -1 "$WORK/$label.perf.err")" >&2; exit 1; }
   steal1=$(steal_ms)
   wait "$load" || true # tollgate-load exits 3 past 1% failed requests: checked next
+  nstat -z TcpOutSegs IpExtOutOctets > "$WORK/$label.$ROUND.nstat"
   grep -q "failed         0 " "$WORK/$label.$ROUND.load" || { echo "$label: requests failed:" >&2; cat "$WORK/$label.$ROUND.load" >&2; exit 1; }
   # Requests in the sampled seconds, at the run's rate.
-  requests=$(awk -v s="$SECS" '/requests / {r = $NF; sub("/s", "", r); sub("=", "", r); printf "%.0f\n", r * s}' "$WORK/$label.$ROUND.load")
+  # ("requests N in T = R/s", and in open loop a note on the target rate after it.)
+  requests=$(awk -v s="$SECS" '/requests / && match($0, /= [0-9.]+\/s/) {printf "%.0f\n", substr($0, RSTART + 2, RLENGTH - 4) * s}' "$WORK/$label.$ROUND.load")
   if ! perf report -i "$WORK/$label.$ROUND.data" --stdio -n --no-children --sort dso,sym -g none > "$WORK/$label.$ROUND.report" 2> "$WORK/$label.report.err"; then
     echo "perf report failed: $(tail -1 "$WORK/$label.report.err")" >&2
     exit 1
@@ -109,6 +129,9 @@ import sys
 work, label, rnd, freq = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 requests = int(open(f"{work}/{label}.{rnd}.requests").read())
 _, steal, threads = open(f"{work}/{label}.{rnd}.facts").read().split()
+# Segments and bytes over the whole load (not only the sampled seconds).
+load_total = int(next(l.split()[1] for l in open(f"{work}/{label}.{rnd}.load") if l.split()[:1] == ["requests"]))
+net = {l.split()[0]: int(l.split()[1]) for l in open(f"{work}/{label}.{rnd}.nstat") if l[:1].isalpha() and len(l.split()) > 1}
 user = kernel = 0
 for line in open(f"{work}/{label}.{rnd}.samples"):
     parts = line.split()
@@ -118,7 +141,9 @@ for line in open(f"{work}/{label}.{rnd}.samples"):
         user += int(parts[1])
 us = 1e6 / freq / max(requests, 1)
 print(f"round {rnd} {label:8s}: {requests} requests sampled, user {user * us:.1f} µs + kernel {kernel * us:.1f} µs "
-      f"per request; {threads} threads; steal on CPU 1 {float(steal):.0f} ms")
+      f"per request; {threads} threads; steal on CPU 1 {float(steal):.0f} ms; "
+      f"loopback per request: {net.get('TcpOutSegs', 0) / max(load_total, 1):.2f} TCP segments, "
+      f"{net.get('IpExtOutOctets', 0) / max(load_total, 1):.0f} IP bytes")
 PY
 }
 
@@ -135,6 +160,16 @@ done
 python3 - "$WORK" "$ROUNDS" "$TOP" "$FREQ" <<'PY'
 import collections, sys
 work, rounds, top, freq = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+
+def network(label):
+    """Loopback TCP segments and IP bytes per request over every round's whole load."""
+    requests, net = 0, collections.Counter()
+    for r in range(1, rounds + 1):
+        requests += int(next(l.split()[1] for l in open(f"{work}/{label}.{r}.load") if l.split()[:1] == ["requests"]))
+        for line in open(f"{work}/{label}.{r}.nstat"):
+            if line[:1].isalpha() and len(line.split()) > 1:
+                net[line.split()[0]] += int(line.split()[1])
+    return net["TcpOutSegs"] / requests, net["IpExtOutOctets"] / requests
 
 def load(label):
     requests, user, kernel, syms = 0, 0, 0, collections.Counter()
@@ -159,6 +194,9 @@ print("|---|---:|---:|---:|")
 print(f"| user space | {ub:.1f} µs | {ut:.1f} µs | {ut / ub:.2f} |")
 print(f"| kernel | {kb:.1f} µs | {kt:.1f} µs | {kt / kb:.2f} |")
 print(f"| requests sampled | {rb} | {rt} | |")
+(segs_b, bytes_b), (segs_t, bytes_t) = network("bare"), network("tollgate")
+print(f"| loopback TCP segments per request | {segs_b:.2f} | {segs_t:.2f} | {segs_t / segs_b:.2f} |")
+print(f"| loopback IP bytes per request | {bytes_b:.0f} | {bytes_t:.0f} | {bytes_t / bytes_b:.2f} |")
 ranked = sorted((s for s in sb if s in st), key=lambda s: -(sb[s] + st[s]))[:top]
 print(f"\n| kernel function (top {len(ranked)} by time in both) | bare µs/request | Tollgate µs/request | ratio |")
 print("|---|---:|---:|---:|")
