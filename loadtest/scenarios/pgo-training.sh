@@ -35,11 +35,14 @@ cleanup() {
 trap cleanup EXIT
 # A throwaway admin token, made for this run and passed by environment (not
 # on a command line other users can read): the node listens on loopback only,
-# but nobody else on the machine should be able to change it. The JWT secret
-# and the API key are throwaway too, and reach only the mocks.
+# but nobody else on the machine should be able to change it. The JWT secret,
+# the API key and the token are throwaway too, and reach only the mocks; they
+# travel by environment (`--jwt-secret env:SECRET`) and in files of this
+# run's private directory (`--api-keys-file`), never on a command line.
 TOLLGATE_ADMIN_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
 export TOLLGATE_ADMIN_TOKEN
 SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
+export SECRET
 
 # Everything binds port 0; a mock prints its bound address on its first line
 # of stdout, tollgate writes its own to <data-dir>/endpoints.json.
@@ -111,7 +114,7 @@ CTL=(env LLVM_PROFILE_FILE="$WORK/ctl-%p.profraw" "$TG" ctl --admin "$ADMIN")
 "${CTL[@]}" route create open --service mock --path /open --auth none >/dev/null
 "${CTL[@]}" route create key --service mock --path /key >/dev/null
 "${CTL[@]}" route create tls --service mock-tls --path /tls --strip-prefix >/dev/null
-"${CTL[@]}" route create jwt --service mock --path /jwt --auth jwt --jwt-alg HS256 --jwt-secret "$SECRET" >/dev/null
+"${CTL[@]}" route create jwt --service mock --path /jwt --auth jwt --jwt-alg HS256 --jwt-secret env:SECRET >/dev/null
 "${CTL[@]}" route create cached --service mock --path /cached --auth none --cache-ttl-ms 600000 >/dev/null
 "${CTL[@]}" provider create oai --kind openai --base-url "http://$OPENAI/v1" --key main=sk-training >/dev/null
 "${CTL[@]}" provider create ant --kind anthropic --base-url "http://$ANTHROPIC" --key main=sk-ant-training >/dev/null
@@ -119,8 +122,15 @@ CTL=(env LLVM_PROFILE_FILE="$WORK/ctl-%p.profraw" "$TG" ctl --admin "$ADMIN")
 "${CTL[@]}" alias create mock-claude --target ant/mock-claude >/dev/null
 "${CTL[@]}" route create ai --ai --path /v1 >/dev/null
 "${CTL[@]}" consumer create training >/dev/null
-KEY=$("${CTL[@]}" -o json key create --consumer training | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])')
-JWT=$(SECRET=$SECRET python3 loadtest/scenarios/lib/hs256-jwt.py training)
+(
+  umask 077
+  "${CTL[@]}" -o json key create --consumer training | python3 -c 'import json,sys; print(json.load(sys.stdin)["plaintext"])' > "$WORK/key"
+  python3 loadtest/scenarios/lib/hs256-jwt.py training > "$WORK/jwt"
+)
+[ -s "$WORK/key" ] && [ -s "$WORK/jwt" ] || { echo "error: no API key or token for the training" >&2; exit 1; }
+# tollgate-load puts each file's line where a header says {{key}}.
+BEARER=(--api-keys-file "$WORK/key" -H "Authorization: Bearer {{key}}")
+X_API_KEY=(--api-keys-file "$WORK/key" -H "x-api-key: {{key}}")
 # The Anthropic caller served by the OpenAI provider: the same body, another model.
 sed 's/"mock-claude"/"mock-gpt"/' loadtest/scenarios/bodies/anthropic-messages-stream.json > "$WORK/cross.json"
 grep -q '"mock-gpt"' "$WORK/cross.json" ||
@@ -134,21 +144,21 @@ drive() { # label seconds url [run options]
     { echo "error: the $label run failed: $(tail -3 "$WORK/$label.out")" >&2; exit 1; }
 }
 BODIES=loadtest/scenarios/bodies
-drive rest-key 12 "$BASE/key" -H "Authorization: Bearer $KEY"
+drive rest-key 12 "$BASE/key" "${BEARER[@]}"
 drive rest-open 5 "$BASE/open"
-drive rest-jwt 3 "$BASE/jwt" -H "Authorization: Bearer $JWT"
+drive rest-jwt 3 "$BASE/jwt" --api-keys-file "$WORK/jwt" -H "Authorization: Bearer {{key}}"
 drive rest-cache 2 "$BASE/cached"
-drive rest-h2 3 "$BASE/key" --http2 -H "Authorization: Bearer $KEY"
-drive rest-tls 3 "$BASE/tls/v1/models" -H "Authorization: Bearer $KEY"
-drive ai-json 6 "$BASE/v1/chat/completions" -H "Authorization: Bearer $KEY" --body-file "$BODIES/openai-chat.json"
-drive ai-sse 6 "$BASE/v1/chat/completions" -H "Authorization: Bearer $KEY" --body-file "$BODIES/openai-chat-stream.json" --sse openai
-drive ai-anthropic 3 "$BASE/v1/messages" -H "x-api-key: $KEY" --body-file "$BODIES/anthropic-messages-stream.json" --sse anthropic
-drive ai-cross 3 "$BASE/v1/messages" -H "x-api-key: $KEY" --body-file "$WORK/cross.json" --sse anthropic
+drive rest-h2 3 "$BASE/key" --http2 "${BEARER[@]}"
+drive rest-tls 3 "$BASE/tls/v1/models" "${BEARER[@]}"
+drive ai-json 6 "$BASE/v1/chat/completions" "${BEARER[@]}" --body-file "$BODIES/openai-chat.json"
+drive ai-sse 6 "$BASE/v1/chat/completions" "${BEARER[@]}" --body-file "$BODIES/openai-chat-stream.json" --sse openai
+drive ai-anthropic 3 "$BASE/v1/messages" "${X_API_KEY[@]}" --body-file "$BODIES/anthropic-messages-stream.json" --sse anthropic
+drive ai-cross 3 "$BASE/v1/messages" "${X_API_KEY[@]}" --body-file "$WORK/cross.json" --sse anthropic
 # Admin writes go through Raft and the proxy's rebuild.
 for i in $(seq 1 20); do
   "${CTL[@]}" route create "extra-$i" --service mock --path "/extra/$i" >/dev/null
 done
-drive rest-key-after-writes 3 "$BASE/key" -H "Authorization: Bearer $KEY"
+drive rest-key-after-writes 3 "$BASE/key" "${BEARER[@]}"
 
 kill -TERM "$TG_PID"
 stopping=$TG_PID

@@ -15,11 +15,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 
 fn ctl(admin: std::net::SocketAddr, token: &str, args: &[&str]) -> Output {
+    ctl_with_env(admin, token, args, &[])
+}
+
+/// `ctl` with extra environment variables, for the child only.
+fn ctl_with_env(admin: std::net::SocketAddr, token: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .arg("ctl")
         .args(["--admin", &admin.to_string(), "--token", token])
         .args(args)
         .env_remove("TOLLGATE_ADMIN_TOKEN")
+        .envs(env.iter().copied())
         .output()
         .expect("tollgate binary runs")
 }
@@ -118,6 +124,61 @@ async fn exit_codes_scripts_can_rely_on() {
     assert_eq!(unreachable.status.code(), Some(7), "unreachable");
     let text = String::from_utf8_lossy(&unreachable.stderr);
     assert!(text.starts_with(&format!("error: {dead}: ")) && text.contains("Is `tollgate` running there?"), "{text}");
+    node.shutdown().await;
+}
+
+fn hs256_token(secret: &str) -> String {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+    let claims = serde_json::json!({"sub": "someone", "exp": exp});
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key).unwrap()
+}
+
+/// A JWT secret on the command line is readable by every local user (`ps`)
+/// and stays in shell history: `--jwt-secret` takes `file:PATH` and
+/// `env:VAR` as provider keys do, and the route then checks tokens with the
+/// secret read, never with the reference's text.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jwt_secret_named_by_a_file_or_a_variable_is_read_not_taken_literally() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_node(dir.path()).await;
+    let upstream = Upstream::start("jwt").await;
+    let admin = node.admin_addr;
+    let target = format!("127.0.0.1:{}", upstream.addr.port());
+    let bearer = |secret: &str| format!("Bearer {}", hs256_token(secret));
+    let status = |reply: Reply| reply.status;
+    ok_json(&ctl_with_env(admin, TOKEN, &["-o", "json", "service", "create", "s", "--target", &target], &[]));
+
+    let from_file = "a-shared-secret-kept-in-a-file-0123456789";
+    let path = dir.path().join("jwt-secret");
+    std::fs::write(&path, format!("{from_file}\n")).unwrap();
+    let reference = format!("file:{}", path.display());
+    let create =
+        ["route", "create", "guarded", "--service", "s", "--path", "/g", "--auth", "jwt", "--jwt-alg", "HS256"];
+    let created = ok_json(&ctl_with_env(
+        admin,
+        TOKEN,
+        &[&["-o", "json"], &create[..], &["--jwt-secret", &reference]].concat(),
+        &[],
+    ));
+    assert!(!created.to_string().contains(from_file), "{created}");
+    let call =
+        async |authorization: String| status(get(node.proxy_addr, "/g", &[("authorization", &authorization)]).await);
+    assert_eq!(call(bearer(from_file)).await, StatusCode::OK, "signed with the file's secret");
+    assert_eq!(call(bearer(&reference)).await, StatusCode::UNAUTHORIZED, "signed with the reference's text");
+
+    let from_env = "a-shared-secret-from-the-environment-987654";
+    let variable = "TOLLGATE_TEST_JWT_SECRET";
+    let update = ["-o", "json", "route", "update", "guarded", "--jwt-secret", "env:TOLLGATE_TEST_JWT_SECRET"];
+    ok_json(&ctl_with_env(admin, TOKEN, &update, &[(variable, from_env)]));
+    assert_eq!(call(bearer(from_env)).await, StatusCode::OK, "signed with the variable's secret");
+    assert_eq!(call(bearer(from_file)).await, StatusCode::UNAUTHORIZED, "the file's secret was replaced");
+
+    // A reference that does not resolve is a usage error and changes nothing.
+    let unset = ctl_with_env(admin, TOKEN, &update, &[]);
+    assert_eq!(unset.status.code(), Some(2), "{}", String::from_utf8_lossy(&unset.stderr));
+    assert!(String::from_utf8_lossy(&unset.stderr).contains(variable), "{}", String::from_utf8_lossy(&unset.stderr));
+    assert_eq!(call(bearer(from_env)).await, StatusCode::OK);
     node.shutdown().await;
 }
 

@@ -11,6 +11,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use super::client::BearerToken;
+use super::secret::read_secret;
 use super::{CtlError, Printer, id};
 
 pub type AiClient = AiServiceClient<InterceptedService<Channel, BearerToken>>;
@@ -172,18 +173,6 @@ pub enum PriceCmd {
     },
 }
 
-fn read_secret(spec: &str) -> Result<String, CtlError> {
-    if let Some(var) = spec.strip_prefix("env:") {
-        return std::env::var(var).map_err(|_| CtlError::Usage(format!("environment variable {var} is not set")));
-    }
-    if let Some(path) = spec.strip_prefix("file:") {
-        return std::fs::read_to_string(path)
-            .map(|s| s.trim().to_string())
-            .map_err(|e| CtlError::Usage(format!("cannot read the key file {path}: {e}")));
-    }
-    Ok(spec.to_string())
-}
-
 fn parse_key(spec: &str) -> Result<ProviderCredential, CtlError> {
     let (head, secret) =
         spec.split_once('=').ok_or_else(|| CtlError::Usage(format!("--key {spec:?}: expected ID=SECRET")))?;
@@ -193,7 +182,7 @@ fn parse_key(spec: &str) -> Result<ProviderCredential, CtlError> {
         }
         None => (head, 1),
     };
-    Ok(ProviderCredential { id: id.to_string(), secret: read_secret(secret)?, weight, ..Default::default() })
+    Ok(ProviderCredential { id: id.to_string(), secret: read_secret(secret, "--key")?, weight, ..Default::default() })
 }
 
 fn parse_kind(kind: &str) -> ProviderKind {
@@ -268,7 +257,7 @@ impl ProviderFields {
                         .ok_or_else(|| CtlError::Usage(format!("--header {h:?}: expected NAME:VALUE")))?;
                     Ok(ProviderHeader {
                         name: name.trim().to_ascii_lowercase(),
-                        value: read_secret(value.trim())?,
+                        value: read_secret(value.trim(), "--header")?,
                         ..Default::default()
                     })
                 })

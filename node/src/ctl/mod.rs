@@ -28,6 +28,7 @@ mod governance;
 mod limits;
 mod output;
 mod policy;
+mod secret;
 mod usage;
 
 use std::cell::RefCell;

@@ -8,6 +8,7 @@ use tollgate_proto::config::v1::{
 };
 
 use super::CtlError;
+use super::secret::read_secret;
 
 #[derive(Debug, Args)]
 pub struct ServicePolicyFlags {
@@ -124,7 +125,7 @@ pub struct RoutePolicyFlags {
     /// JWT algorithm accepted (HS256, RS256, ES256, ...). Repeatable.
     #[arg(long = "jwt-alg")]
     jwt_algorithms: Vec<String>,
-    /// HMAC secret for HS* tokens.
+    /// HMAC secret for HS* tokens; env:VAR or file:PATH keeps it out of shell history and `ps`.
     #[arg(long)]
     jwt_secret: Option<String>,
     /// PEM public key file for RS*/ES* tokens. Repeatable.
@@ -206,7 +207,9 @@ impl RoutePolicyFlags {
         if jwt_given {
             let j = r.jwt.get_or_insert_with(JwtAuth::default);
             replace(&mut j.algorithms, &self.jwt_algorithms);
-            set(&mut j.hs_secret, &self.jwt_secret);
+            if let Some(spec) = &self.jwt_secret {
+                j.hs_secret = read_secret(spec, "--jwt-secret")?;
+            }
             if !self.jwt_public_keys.is_empty() {
                 j.public_keys_pem = self.jwt_public_keys.iter().map(|p| read(p)).collect::<Result<_, _>>()?;
             }
