@@ -327,22 +327,25 @@ mod tests {
     }
 
     /// A lease with units, near the end of its window, so that the next
-    /// take asks ahead for the next window, and for nothing else.
-    async fn asking_ahead_only(limiter: &Limiter) -> Arc<Lease> {
-        let now = crate::clock::unix_ms();
+    /// take asks ahead for the next window, and for nothing else; and the
+    /// time the grant was made at (what the test's takes count from: the
+    /// clock may have moved on since).
+    async fn asking_ahead_only(limiter: &Limiter) -> (Arc<Lease>, i64) {
         let lease = asking_lease();
-        ask(limiter, 1, &answering(open_window_grant(50, 100, 900)), vec![lease.clone()], Vec::new()).await;
+        let grant = open_window_grant(50, 100, 900);
+        let (start, granted_at) = (grant.window_start_ms, grant.window_start_ms + 900);
+        ask(limiter, 1, &answering(grant), vec![lease.clone()], Vec::new()).await;
         // 60 s left of a 60.9 s window: the lead to ask ahead is 1 s, so a
-        // take 59.5 s from now would ask ahead; take as if then.
-        assert_eq!(lease.try_take(1, 100, now + 59_500), Take::Taken { ask: true, window_start_ms: now - 900 });
+        // take 59.5 s after the grant would ask ahead; take as if then.
+        assert_eq!(lease.try_take(1, 100, granted_at + 59_500), Take::Taken { ask: true, window_start_ms: start });
         assert!(lease.wants_ahead() && !lease.is_asking());
-        lease
+        (lease, granted_at)
     }
 
     #[tokio::test]
     async fn a_failed_ask_ahead_refuses_no_one() {
         let (limiter, _asks) = Limiter::new(Default::default(), LimitMetrics::default());
-        let lease = asking_ahead_only(&limiter).await;
+        let (lease, _) = asking_ahead_only(&limiter).await;
         let failing: ProposeLease = Arc::new(|_| Box::pin(async { Err("no quorum".to_string()) }));
         ask(&limiter, 1, &failing, vec![lease.clone()], Vec::new()).await;
         assert_eq!(lease.failed_asks(), 0, "nobody waits for the next window's units");
@@ -399,9 +402,8 @@ mod tests {
     #[tokio::test]
     async fn a_leases_two_asks_are_never_split_across_commands() {
         let (limiter, _asks) = Limiter::new(Default::default(), LimitMetrics::default());
-        let both = asking_ahead_only(&limiter).await;
-        let now = crate::clock::unix_ms();
-        assert!(matches!(both.try_take(1_000, 100, now + 59_500), Take::Empty { ask: true, .. }));
+        let (both, granted_at) = asking_ahead_only(&limiter).await;
+        assert!(matches!(both.try_take(1_000, 100, granted_at + 59_500), Take::Empty { ask: true, .. }));
         assert!(both.wants_ahead() && both.is_asking());
         let mut wanted: Vec<Arc<Lease>> = (1..MAX_ASKS_PER_COMMAND).map(|_| asking_lease()).collect();
         wanted.push(both);

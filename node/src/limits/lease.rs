@@ -41,6 +41,11 @@ pub struct Lease {
     need: AtomicU64,
     /// Units spent since this lease was created, for the rate estimate.
     spent: AtomicU64,
+    /// Units of requests this lease refused (empty past their wait, or the
+    /// window spent), for the rate estimate too: a node refused for want of
+    /// units spends less than it is asked for, and sized by what it spent
+    /// alone it would keep asking for too little while others hold units.
+    turned_away: AtomicU64,
     /// `spent` when the open window began here, for the window's own rate.
     spent_at_window_start: AtomicU64,
     pub(crate) last_used_ms: AtomicI64,
@@ -59,12 +64,14 @@ pub struct Lease {
     stranded: AtomicU64,
 }
 
-/// The node's observed rate, to size the next ask.
+/// The node's observed rate of units asked for (spent or refused), to
+/// size the next ask.
 #[derive(Default)]
 struct Sizing {
     last_ask_ms: i64,
     spent_at_last_ask: u64,
-    /// Units per second, smoothed.
+    turned_away_at_last_ask: u64,
+    /// Units asked for per second, smoothed.
     rate: f64,
     last_grant: u64,
 }
@@ -107,6 +114,7 @@ impl Lease {
             ask_state: AtomicU64::new(0),
             need: AtomicU64::new(0),
             spent: AtomicU64::new(0),
+            turned_away: AtomicU64::new(0),
             spent_at_window_start: AtomicU64::new(0),
             last_used_ms: AtomicI64::new(0),
             sizing: Mutex::new(Sizing::default()),
@@ -250,6 +258,11 @@ impl Lease {
         }
     }
 
+    /// Notes a request this lease refused, for the next ask's size.
+    pub(crate) fn turn_away(&self, units: u64) {
+        self.turned_away.fetch_add(units, Ordering::Relaxed);
+    }
+
     /// Gives units back to the lease: a reservation that used less, or a
     /// request refused by another limit after this one admitted it. Units
     /// of a window that has closed are dropped.
@@ -288,17 +301,22 @@ impl Lease {
 
     /// What to ask for: the reservation waiting, or what the node is likely
     /// to spend over `horizon_ms` at its observed rate, whichever is more;
-    /// doubling while the node drains leases faster than it asks.
+    /// doubling while the node drains leases faster than it asks. The rate
+    /// is of what the node was asked for: units spent, and units of requests
+    /// it refused.
     pub(crate) fn ask_size(&self, now_ms: i64, horizon_ms: i64) -> (u64, u64) {
         let need = self.need.swap(0, Ordering::AcqRel).max(1);
         let spent = self.spent.load(Ordering::Relaxed);
+        let turned_away = self.turned_away.load(Ordering::Relaxed);
         let Ok(mut sizing) = self.sizing.lock() else { return (need, need) };
         let elapsed = (now_ms - sizing.last_ask_ms).max(1);
         let spent_since = spent.saturating_sub(sizing.spent_at_last_ask);
-        let observed = spent_since as f64 * 1000.0 / elapsed as f64;
+        let asked_since = spent_since + turned_away.saturating_sub(sizing.turned_away_at_last_ask);
+        let observed = asked_since as f64 * 1000.0 / elapsed as f64;
         sizing.rate = if sizing.last_ask_ms == 0 { observed } else { 0.5 * sizing.rate + 0.5 * observed };
         sizing.last_ask_ms = now_ms;
         sizing.spent_at_last_ask = spent;
+        sizing.turned_away_at_last_ask = turned_away;
         let by_rate = (sizing.rate * horizon_ms as f64 / 1000.0).ceil() as u64;
         let mut want = by_rate.max(spent_since.saturating_mul(2));
         // Near the end of the window, no more than the node can spend before
@@ -448,6 +466,11 @@ impl Lease {
     #[cfg(test)]
     pub(crate) fn failed_asks(&self) -> u64 {
         self.ask_state.load(Ordering::Acquire) >> 1
+    }
+
+    #[cfg(test)]
+    pub(crate) fn turned_away(&self) -> u64 {
+        self.turned_away.load(Ordering::Relaxed)
     }
 
     /// Units held in the open window that this node gives up (it went idle):
@@ -645,6 +668,35 @@ mod tests {
         lease.ask_size(500, 250);
         // Five in 950 ms is ~5/s: a quarter second of the next window is 2 units, not 50.
         assert!(lease.ahead_size(950, 250) <= 2, "{}", lease.ahead_size(950, 250));
+    }
+
+    /// The cluster test `uneven_load_at_twice_the_limit…` once saw a window
+    /// admit 87 of 100: the busy node, refused for want of units, measured
+    /// its rate by what it could spend and kept asking for little while the
+    /// quiet nodes held units they would not spend.
+    #[test]
+    fn a_node_refused_for_want_of_units_asks_for_what_it_was_asked_not_what_it_spent() {
+        let starved = Lease::new("l".into(), "b".into());
+        let fed = Lease::new("l".into(), "b".into());
+        for lease in [&starved, &fed] {
+            answer_at(lease, &grant(3, 0, 3), 10);
+            lease.ask_size(10, 250);
+            for at in 20..23 {
+                assert!(taken(lease.try_take(1, 100, at)));
+            }
+        }
+        // 30 more requests in the next quarter second, refused here (their
+        // wait ran out, or the window was spent as far as this node knew).
+        for _ in 0..30 {
+            starved.turn_away(1);
+        }
+        let (starved_asks, _) = starved.ask_size(260, 250);
+        let (fed_asks, _) = fed.ask_size(260, 250);
+        // 33 asked for in 250 ms is 132 a second (66 once smoothed with the
+        // first ask's 0): a quarter second of that is 17 units. The node that
+        // was asked for 3 and spent them asks for twice its spending, 6.
+        assert_eq!(fed_asks, 6);
+        assert_eq!(starved_asks, 17, "sized by what it was asked for, refusals included");
     }
 
     #[test]

@@ -141,6 +141,7 @@ impl Limiter {
                 }
                 Err(why) => {
                     counters.refused.inc();
+                    lease.turn_away(units);
                     taken.give_back();
                     return Err(Box::new(refusal(&bucketed.limit, lease.view(), why)));
                 }
@@ -346,5 +347,54 @@ mod tests {
         // The clock is paused: it moves only if the request sat out its wait.
         assert_eq!(failed_at.elapsed(), Duration::ZERO, "refused at once, not at the end of its wait");
         assert!(asks.try_recv().is_err(), "the failed ask was not sent again for the same request");
+    }
+
+    /// Whatever refuses a request (the window spent, or a wait that ran
+    /// out), the lease that refused it counts its units toward the size of
+    /// the node's next ask; a lease that admitted it before another refused
+    /// does not.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_request_counts_toward_the_refusing_leases_next_ask() {
+        use tollgate_proto::raft::v1::LeaseGrant;
+        let config = crate::config::Limits { lease_wait_ms: 10, ..Default::default() };
+        let (limiter, _asks) = Limiter::new(config, LimitMetrics::default());
+        let limit = |id: &str| {
+            Arc::new(Limit {
+                meta: Some(Meta { id: id.into(), ..Default::default() }),
+                name: id.into(),
+                amount: 10,
+                window: LimitWindow::Minute as i32,
+                global: true,
+                ..Default::default()
+            })
+        };
+        let (roomy, spent) = (limit("roomy"), limit("spent"));
+        let now = crate::clock::unix_ms();
+        let grant = |id: &str, units: u64| LeaseGrant {
+            limit_id: id.into(),
+            units,
+            amount: 10,
+            granted: 10,
+            window_start_ms: now - 1_000,
+            window_end_ms: now + 60_000,
+            ..Default::default()
+        };
+        let (roomy_lease, _) = limiter.lease(&roomy, "");
+        roomy_lease.answer(&grant("roomy", 10));
+        let (spent_lease, _) = limiter.lease(&spent, "");
+        spent_lease.answer(&grant("spent", 0));
+        let both = [Bucketed { limit: roomy.clone(), bucket: "".into() }, Bucketed { limit: spent, bucket: "".into() }];
+        let refusal = limiter.admit(&both, |_| 3).await.map(|_| ()).unwrap_err();
+        assert!(refusal.spent, "{refusal:?}");
+        assert_eq!(spent_lease.turned_away(), 3, "the lease that refused counts the request's units");
+        assert_eq!(roomy_lease.turned_away(), 0, "the one that admitted it gets them back instead");
+
+        // A wait that runs out: nobody answers the ask (the clock is paused,
+        // so the wait passes as soon as nothing else can run).
+        let waited = limit("waited");
+        let alone = [Bucketed { limit: waited.clone(), bucket: "".into() }];
+        let refusal = limiter.admit(&alone, |_| 2).await.map(|_| ()).unwrap_err();
+        assert!(!refusal.spent, "refused as not in time");
+        assert_eq!(limiter.lease(&waited, "").0.turned_away(), 2);
     }
 }
