@@ -12,9 +12,10 @@
 # on the proxies' core (which would slow every function alike) and how many
 # threads each proxy has (a process with more than one thread takes and
 # drops a reference on the file for every fd syscall, `fdget`), and the TCP
-# segments and IP bytes the whole loopback carried per request during its
-# load (`nstat`: the same generator and mock for both, so a difference is
-# the proxy's: more packets to process, or more bytes to copy).
+# segments and IP bytes sent per request during its load (`nstat`, which
+# counts the whole network namespace: all loopback here, with the same
+# generator and mock for both, so a difference is the proxy's: more packets
+# to process, or more bytes to copy; other traffic on the machine counts too).
 #
 #   ROUNDS=3 DUR=5s TOP=25 loadtest/scenarios/cpu-profile-vs-bare.sh
 #   RATE=6000 ROUNDS=3 DUR=5s loadtest/scenarios/cpu-profile-vs-bare.sh
@@ -52,7 +53,7 @@ TOP=${TOP:-25}
 RATE=${RATE:-}
 OPEN_LOOP=()
 if [ -n "$RATE" ]; then
-  case $RATE in *[!0-9]* | 0) echo "RATE must be a whole number of requests a second, not $RATE" >&2; exit 2 ;; esac
+  [[ $RATE =~ ^[1-9][0-9]*$ ]] || { echo "RATE must be a whole number of requests a second, not $RATE" >&2; exit 2; }
   OPEN_LOOP=(-r "$RATE")
 fi
 # One sample every 250 µs of the process's CPU time (perf turns a frequency
@@ -94,9 +95,10 @@ profile() {
   local label=$1 pid=$2 url=$3 extra=() load steal0 steal1 requests
   shift 3
   if [ $# -gt 0 ]; then extra=(-H "$1"); fi
-  # Counters from here to the load's end (nstat keeps its own history file).
-  nstat -n
-  taskset -c 0 "$LOAD" --threads 1 run "$url" -c "$CONNS" -d "$((SECS + 2))s" -q "${OPEN_LOOP[@]}" "${extra[@]}" > "$WORK/$label.$ROUND.load" 2>&1 &
+  # Counters from here to the load's end, in this script's own history file
+  # (nstat's default one is shared by every nstat the user runs).
+  NSTAT_HISTORY=$WORK/nstat.history nstat -n
+  taskset -c 0 "$LOAD" --threads 1 run "$url" -c "$CONNS" -d "$((SECS + 2))s" -q ${OPEN_LOOP[@]+"${OPEN_LOOP[@]}"} ${extra[@]+"${extra[@]}"} > "$WORK/$label.$ROUND.load" 2>&1 &
   load=$!
   PIDS+=("$load")
   sleep 1
@@ -107,7 +109,7 @@ profile() {
     { echo "perf record failed: $(tail -1 "$WORK/$label.perf.err")" >&2; exit 1; }
   steal1=$(steal_ms)
   wait "$load" || true # tollgate-load exits 3 past 1% failed requests: checked next
-  nstat -z TcpOutSegs IpExtOutOctets > "$WORK/$label.$ROUND.nstat"
+  NSTAT_HISTORY=$WORK/nstat.history nstat -z TcpOutSegs IpExtOutOctets > "$WORK/$label.$ROUND.nstat"
   grep -q "failed         0 " "$WORK/$label.$ROUND.load" || { echo "$label: requests failed:" >&2; cat "$WORK/$label.$ROUND.load" >&2; exit 1; }
   # Requests in the sampled seconds, at the run's rate.
   # ("requests N in T = R/s", and in open loop a note on the target rate after it.)
@@ -142,7 +144,7 @@ for line in open(f"{work}/{label}.{rnd}.samples"):
 us = 1e6 / freq / max(requests, 1)
 print(f"round {rnd} {label:8s}: {requests} requests sampled, user {user * us:.1f} µs + kernel {kernel * us:.1f} µs "
       f"per request; {threads} threads; steal on CPU 1 {float(steal):.0f} ms; "
-      f"loopback per request: {net.get('TcpOutSegs', 0) / max(load_total, 1):.2f} TCP segments, "
+      f"sent per request: {net.get('TcpOutSegs', 0) / max(load_total, 1):.2f} TCP segments, "
       f"{net.get('IpExtOutOctets', 0) / max(load_total, 1):.0f} IP bytes")
 PY
 }
@@ -169,7 +171,7 @@ def network(label):
         for line in open(f"{work}/{label}.{r}.nstat"):
             if line[:1].isalpha() and len(line.split()) > 1:
                 net[line.split()[0]] += int(line.split()[1])
-    return net["TcpOutSegs"] / requests, net["IpExtOutOctets"] / requests
+    return net["TcpOutSegs"] / max(requests, 1), net["IpExtOutOctets"] / max(requests, 1)
 
 def load(label):
     requests, user, kernel, syms = 0, 0, 0, collections.Counter()
@@ -195,8 +197,9 @@ print(f"| user space | {ub:.1f} µs | {ut:.1f} µs | {ut / ub:.2f} |")
 print(f"| kernel | {kb:.1f} µs | {kt:.1f} µs | {kt / kb:.2f} |")
 print(f"| requests sampled | {rb} | {rt} | |")
 (segs_b, bytes_b), (segs_t, bytes_t) = network("bare"), network("tollgate")
-print(f"| loopback TCP segments per request | {segs_b:.2f} | {segs_t:.2f} | {segs_t / segs_b:.2f} |")
-print(f"| loopback IP bytes per request | {bytes_b:.0f} | {bytes_t:.0f} | {bytes_t / bytes_b:.2f} |")
+ratio = lambda t, b: f"{t / b:.2f}" if b else "-"
+print(f"| TCP segments per request | {segs_b:.2f} | {segs_t:.2f} | {ratio(segs_t, segs_b)} |")
+print(f"| IP bytes per request | {bytes_b:.0f} | {bytes_t:.0f} | {ratio(bytes_t, bytes_b)} |")
 ranked = sorted((s for s in sb if s in st), key=lambda s: -(sb[s] + st[s]))[:top]
 print(f"\n| kernel function (top {len(ranked)} by time in both) | bare µs/request | Tollgate µs/request | ratio |")
 print("|---|---:|---:|---:|")

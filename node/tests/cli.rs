@@ -18,6 +18,20 @@ fn ctl(admin: std::net::SocketAddr, token: &str, args: &[&str]) -> Output {
     ctl_with_env(admin, token, args, &[])
 }
 
+/// `ctl_with_env` off the runtime's threads (the node under test runs on them).
+async fn ctl_with_env_async(
+    admin: std::net::SocketAddr,
+    args: Vec<String>,
+    env: Vec<(&'static str, &'static str)>,
+) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ctl_with_env(admin, TOKEN, &args, &env)
+    })
+    .await
+    .unwrap()
+}
+
 /// `ctl` with extra environment variables, for the child only.
 fn ctl_with_env(admin: std::net::SocketAddr, token: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tollgate"))
@@ -147,7 +161,11 @@ async fn a_jwt_secret_named_by_a_file_or_a_variable_is_read_not_taken_literally(
     let target = format!("127.0.0.1:{}", upstream.addr.port());
     let bearer = |secret: &str| format!("Bearer {}", hs256_token(secret));
     let status = |reply: Reply| reply.status;
-    ok_json(&ctl_with_env(admin, TOKEN, &["-o", "json", "service", "create", "s", "--target", &target], &[]));
+    let strings = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    ok_json(
+        &ctl_with_env_async(admin, strings(&["-o", "json", "service", "create", "s", "--target", &target]), vec![])
+            .await,
+    );
 
     let from_file = "a-shared-secret-kept-in-a-file-0123456789";
     let path = dir.path().join("jwt-secret");
@@ -170,12 +188,12 @@ async fn a_jwt_secret_named_by_a_file_or_a_variable_is_read_not_taken_literally(
     let from_env = "a-shared-secret-from-the-environment-987654";
     let variable = "TOLLGATE_TEST_JWT_SECRET";
     let update = ["-o", "json", "route", "update", "guarded", "--jwt-secret", "env:TOLLGATE_TEST_JWT_SECRET"];
-    ok_json(&ctl_with_env(admin, TOKEN, &update, &[(variable, from_env)]));
+    ok_json(&ctl_with_env_async(admin, strings(&update), vec![(variable, from_env)]).await);
     assert_eq!(call(bearer(from_env)).await, StatusCode::OK, "signed with the variable's secret");
     assert_eq!(call(bearer(from_file)).await, StatusCode::UNAUTHORIZED, "the file's secret was replaced");
 
     // A reference that does not resolve is a usage error and changes nothing.
-    let unset = ctl_with_env(admin, TOKEN, &update, &[]);
+    let unset = ctl_with_env_async(admin, strings(&update), vec![]).await;
     assert_eq!(unset.status.code(), Some(2), "{}", String::from_utf8_lossy(&unset.stderr));
     assert!(String::from_utf8_lossy(&unset.stderr).contains(variable), "{}", String::from_utf8_lossy(&unset.stderr));
     assert_eq!(call(bearer(from_env)).await, StatusCode::OK);

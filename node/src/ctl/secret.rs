@@ -6,11 +6,14 @@ use super::CtlError;
 
 /// `env:NAME` reads the environment variable NAME, `file:PATH` the file at
 /// PATH (without the whitespace around it, such as its final newline), and
-/// anything else is the secret itself. `flag` names the option in errors.
+/// anything else is the secret itself (so a literal secret cannot begin
+/// with `env:` or `file:`). An empty literal passes as it is: the admin API
+/// reads it as "keep the secret stored". A reference that reads as empty is
+/// an error, never a silent "keep". `flag` names the option in errors.
 pub(super) fn read_secret(spec: &str, flag: &str) -> Result<String, CtlError> {
     let secret = if let Some(name) = spec.strip_prefix("env:") {
-        std::env::var(name).map_err(|_| {
-            CtlError::Usage(format!("{flag} env:{name}: the environment variable {name} is not set (export it first)"))
+        std::env::var(name).map_err(|e| {
+            CtlError::Usage(format!("{flag} env:{name}: cannot read the environment variable {name}: {e}"))
         })?
     } else if let Some(path) = spec.strip_prefix("file:") {
         std::fs::read_to_string(path)
@@ -18,10 +21,10 @@ pub(super) fn read_secret(spec: &str, flag: &str) -> Result<String, CtlError> {
             .trim()
             .to_string()
     } else {
-        spec.to_string()
+        return Ok(spec.to_string());
     };
     if secret.is_empty() {
-        return Err(CtlError::Usage(format!("{flag}: the secret is empty")));
+        return Err(CtlError::Usage(format!("{flag} {spec}: the secret there is empty")));
     }
     Ok(secret)
 }
@@ -43,9 +46,15 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_variable_an_unreadable_file_and_an_empty_secret_are_usage_errors_naming_the_flag() {
+    fn an_empty_literal_passes_so_that_the_stored_secret_is_kept() {
+        // `--key main= --key new=env:NEW` re-lists a pool without typing its secrets again.
+        assert_eq!(read_secret("", "--key").unwrap(), "");
+    }
+
+    #[test]
+    fn a_missing_variable_an_unreadable_file_and_an_empty_reference_are_usage_errors_naming_the_flag() {
         let unset = read_secret("env:TOLLGATE_TEST_SURELY_UNSET_VARIABLE", "--key").unwrap_err();
-        assert!(matches!(&unset, CtlError::Usage(m) if m.contains("--key") && m.contains("is not set")), "{unset}");
+        assert!(matches!(&unset, CtlError::Usage(m) if m.contains("--key") && m.contains("not found")), "{unset}");
         let missing = read_secret("file:/nonexistent/tollgate-secret", "--jwt-secret").unwrap_err();
         assert!(matches!(&missing, CtlError::Usage(m) if m.contains("cannot read")), "{missing}");
         let dir = tempfile::tempdir().unwrap();
@@ -53,6 +62,5 @@ mod tests {
         std::fs::write(&path, "\n").unwrap();
         let empty = read_secret(&format!("file:{}", path.display()), "--jwt-secret").unwrap_err();
         assert!(matches!(&empty, CtlError::Usage(m) if m.contains("empty")), "{empty}");
-        assert!(read_secret("", "--jwt-secret").is_err());
     }
 }

@@ -41,10 +41,12 @@ pub struct Lease {
     need: AtomicU64,
     /// Units spent since this lease was created, for the rate estimate.
     spent: AtomicU64,
-    /// Units of requests this lease refused (empty past their wait, or the
-    /// window spent), for the rate estimate too: a node refused for want of
-    /// units spends less than it is asked for, and sized by what it spent
-    /// alone it would keep asking for too little while others hold units.
+    /// Units of requests this lease refused because no grant came within
+    /// their wait, for the rate estimate too: a node starved of units spends
+    /// less than it is asked for, and sized by what it spent alone it would
+    /// keep asking for too little while other nodes hold units. (Refusals of
+    /// a spent window are not counted: the cluster had nothing left to ask
+    /// for, and counting them would reward the clients that retry most.)
     turned_away: AtomicU64,
     /// `spent` when the open window began here, for the window's own rate.
     spent_at_window_start: AtomicU64,
@@ -258,9 +260,21 @@ impl Lease {
         }
     }
 
-    /// Notes a request this lease refused, for the next ask's size.
-    pub(crate) fn turn_away(&self, units: u64) {
-        self.turned_away.fetch_add(units, Ordering::Relaxed);
+    /// Notes a request this lease refused because no grant came within its
+    /// wait, for the next ask's size. A request for more than the limit's
+    /// whole amount could never be admitted, and is not counted.
+    pub(crate) fn turn_away(&self, units: u64, amount: u64) {
+        if units <= amount {
+            self.turned_away.fetch_add(units, Ordering::Relaxed);
+        }
+    }
+
+    /// The limit's amount per second, once an answer named the amount and
+    /// the window.
+    fn limit_rate(&self) -> Option<f64> {
+        let window = self.window_len_ms();
+        let amount = self.amount.load(Ordering::Relaxed);
+        (window > 0 && amount > 0).then(|| amount as f64 * 1000.0 / window as f64)
     }
 
     /// Gives units back to the lease: a reservation that used less, or a
@@ -311,8 +325,10 @@ impl Lease {
         let Ok(mut sizing) = self.sizing.lock() else { return (need, need) };
         let elapsed = (now_ms - sizing.last_ask_ms).max(1);
         let spent_since = spent.saturating_sub(sizing.spent_at_last_ask);
-        let asked_since = spent_since + turned_away.saturating_sub(sizing.turned_away_at_last_ask);
-        let observed = asked_since as f64 * 1000.0 / elapsed as f64;
+        let asked_since = spent_since.saturating_add(turned_away.saturating_sub(sizing.turned_away_at_last_ask));
+        // Never more than the limit's own rate: a node cannot be asked for
+        // more than the whole cluster may admit.
+        let observed = (asked_since as f64 * 1000.0 / elapsed as f64).min(self.limit_rate().unwrap_or(f64::MAX));
         sizing.rate = if sizing.last_ask_ms == 0 { observed } else { 0.5 * sizing.rate + 0.5 * observed };
         sizing.last_ask_ms = now_ms;
         sizing.spent_at_last_ask = spent;
@@ -676,27 +692,37 @@ mod tests {
     /// quiet nodes held units they would not spend.
     #[test]
     fn a_node_refused_for_want_of_units_asks_for_what_it_was_asked_not_what_it_spent() {
-        let starved = Lease::new("l".into(), "b".into());
-        let fed = Lease::new("l".into(), "b".into());
-        for lease in [&starved, &fed] {
-            answer_at(lease, &grant(3, 0, 3), 10);
+        // 200 a second: what the whole cluster may admit.
+        let three_of_200 = LeaseGrant { amount: 200, ..grant(3, 0, 3) };
+        let [starved, fed, flooded] = std::array::from_fn(|_| Lease::new("l".into(), "b".into()));
+        for lease in [&starved, &fed, &flooded] {
+            answer_at(lease, &three_of_200, 10);
             lease.ask_size(10, 250);
             for at in 20..23 {
-                assert!(taken(lease.try_take(1, 100, at)));
+                assert!(taken(lease.try_take(1, 200, at)));
             }
         }
-        // 30 more requests in the next quarter second, refused here (their
-        // wait ran out, or the window was spent as far as this node knew).
+        // 30 more requests in the next quarter second, refused here: no
+        // grant came within their wait.
         for _ in 0..30 {
-            starved.turn_away(1);
+            starved.turn_away(1, 200);
+        }
+        // One that could never be admitted is not counted; a flood is
+        // counted only up to the limit's own rate.
+        starved.turn_away(201, 200);
+        for _ in 0..10_000 {
+            flooded.turn_away(1, 200);
         }
         let (starved_asks, _) = starved.ask_size(260, 250);
         let (fed_asks, _) = fed.ask_size(260, 250);
+        let (flooded_asks, _) = flooded.ask_size(260, 250);
         // 33 asked for in 250 ms is 132 a second (66 once smoothed with the
         // first ask's 0): a quarter second of that is 17 units. The node that
         // was asked for 3 and spent them asks for twice its spending, 6.
         assert_eq!(fed_asks, 6);
         assert_eq!(starved_asks, 17, "sized by what it was asked for, refusals included");
+        // 200 a second at most (100 once smoothed): 25 units.
+        assert_eq!(flooded_asks, 25, "no more than the limit's own rate");
     }
 
     #[test]

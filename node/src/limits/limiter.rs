@@ -141,7 +141,9 @@ impl Limiter {
                 }
                 Err(why) => {
                     counters.refused.inc();
-                    lease.turn_away(units);
+                    if why == Refused::NotInTime {
+                        lease.turn_away(units, bucketed.limit.amount);
+                    }
                     taken.give_back();
                     return Err(Box::new(refusal(&bucketed.limit, lease.view(), why)));
                 }
@@ -349,12 +351,12 @@ mod tests {
         assert!(asks.try_recv().is_err(), "the failed ask was not sent again for the same request");
     }
 
-    /// Whatever refuses a request (the window spent, or a wait that ran
-    /// out), the lease that refused it counts its units toward the size of
-    /// the node's next ask; a lease that admitted it before another refused
-    /// does not.
+    /// A request refused because no grant came within its wait counts
+    /// toward the size of the refusing lease's next ask; one refused by a
+    /// spent window does not (the cluster had nothing left to ask for), nor
+    /// does a lease that admitted it before another refused it.
     #[tokio::test(start_paused = true)]
-    async fn a_refused_request_counts_toward_the_refusing_leases_next_ask() {
+    async fn only_a_wait_that_ran_out_counts_toward_the_refusing_leases_next_ask() {
         use tollgate_proto::raft::v1::LeaseGrant;
         let config = crate::config::Limits { lease_wait_ms: 10, ..Default::default() };
         let (limiter, _asks) = Limiter::new(config, LimitMetrics::default());
@@ -386,8 +388,8 @@ mod tests {
         let both = [Bucketed { limit: roomy.clone(), bucket: "".into() }, Bucketed { limit: spent, bucket: "".into() }];
         let refusal = limiter.admit(&both, |_| 3).await.map(|_| ()).unwrap_err();
         assert!(refusal.spent, "{refusal:?}");
-        assert_eq!(spent_lease.turned_away(), 3, "the lease that refused counts the request's units");
-        assert_eq!(roomy_lease.turned_away(), 0, "the one that admitted it gets them back instead");
+        assert_eq!(spent_lease.turned_away(), 0, "the window is spent: nothing to ask for");
+        assert_eq!(roomy_lease.turned_away(), 0, "the lease that admitted it gets its units back instead");
 
         // A wait that runs out: nobody answers the ask (the clock is paused,
         // so the wait passes as soon as nothing else can run).

@@ -271,11 +271,22 @@ mod tests {
 
     /// Applies one lease command for `node` at `now` and returns its grant.
     fn lease_at(state: &mut GatewayState, index: &mut u64, node: u64, now: i64, ask: LeaseAsk) -> LeaseGrant {
+        command_at(state, index, node, now, vec![ask]).into_iter().next().unwrap()
+    }
+
+    /// Applies one lease command of several asks and returns their grants, in order.
+    fn command_at(
+        state: &mut GatewayState,
+        index: &mut u64,
+        node: u64,
+        now: i64,
+        asks: Vec<LeaseAsk>,
+    ) -> Vec<LeaseGrant> {
         *index += 1;
-        let (next, entity) = run(state, *index, now, Op::Lease(LeaseRequest { node_id: node, asks: vec![ask] }));
+        let (next, entity) = run(state, *index, now, Op::Lease(LeaseRequest { node_id: node, asks }));
         *state = next;
         let grants: LeaseGrants = prost::Message::decode(entity.unwrap().as_slice()).unwrap();
-        grants.grants.into_iter().next().unwrap()
+        grants.grants
     }
 
     #[test]
@@ -340,6 +351,42 @@ mod tests {
         let stale = LeaseAsk { give_back: 3, give_back_window_start_ms: start - 60_000, ..ask(0, 0) };
         assert_eq!(lease_at(&mut state, &mut index, 1, T0 + 3, stale).granted, 6);
         assert_eq!(lease_at(&mut state, &mut index, 2, T0 + 4, ask(4, 4)).units, 4);
+    }
+
+    /// A node's give-back and its ask for the same bucket can meet in one
+    /// command (a request arrives as the node goes idle), either as one ask
+    /// carrying both or as two asks: the units given back are free for any
+    /// ask after the return, never granted twice, and the window's grants
+    /// still add up to what it granted, within the amount.
+    #[test]
+    fn a_give_back_and_an_ask_for_the_same_bucket_in_one_command_never_over_grant() {
+        let back =
+            |start: i64, units: u64| LeaseAsk { give_back: units, give_back_window_start_ms: start, ..ask(0, 0) };
+        let held_by = |state: &GatewayState, node: u64| {
+            let window = state.quota_window("l1/k1").unwrap();
+            assert_eq!(window.grants.iter().map(|g| g.units).sum::<u64>(), window.granted, "grants add up");
+            assert!(window.granted <= 10);
+            window.grants.iter().find(|g| g.node_id == node).map_or(0, |g| g.units)
+        };
+        for order in ["give back, then ask", "ask, then give back", "one ask carrying both"] {
+            let mut state = limit_state(10, LimitWindow::Minute);
+            let mut index = 1;
+            let start = lease_at(&mut state, &mut index, 1, T0, ask(10, 10)).window_start_ms;
+            let asks = match order {
+                "give back, then ask" => vec![back(start, 4), ask(3, 3)],
+                "ask, then give back" => vec![ask(3, 3), back(start, 4)],
+                _ => vec![LeaseAsk { want: 3, need: 3, ..back(start, 4) }],
+            };
+            let grants = command_at(&mut state, &mut index, 1, T0 + 1, asks);
+            let granted: u64 = grants.iter().map(|g| g.units).sum();
+            let expected = if order == "ask, then give back" { 0 } else { 3 };
+            assert_eq!(granted, expected, "{order}: the ask sees only what was returned before it");
+            assert_eq!(held_by(&state, 1), 10 - 4 + expected, "{order}");
+            // What is left is another node's to take, and no more.
+            let rest = 10 - (10 - 4 + expected);
+            assert_eq!(lease_at(&mut state, &mut index, 2, T0 + 2, ask(10, 1)).units, rest.div_ceil(2), "{order}");
+            assert!(held_by(&state, 2) <= rest, "{order}");
+        }
     }
 
     #[test]
