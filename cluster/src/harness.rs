@@ -612,6 +612,12 @@ impl Cluster {
         self.partitions.current()
     }
 
+    /// Slows the network between the nodes: every round trip between two
+    /// of them takes `delay` longer (zero: as fast as loopback again).
+    pub fn delay_links(&self, delay: std::time::Duration) {
+        self.partitions.set_delay(delay);
+    }
+
     /// Stops every node gracefully.
     pub async fn down(mut self) {
         self.stop_all().await;

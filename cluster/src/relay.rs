@@ -1,12 +1,17 @@
 //! UDP relays that carry all peer traffic of a local cluster, so the harness
 //! can cut it without root: each node advertises its relay's address, and the
-//! relay drops datagrams between nodes that are in different partition groups.
+//! relay drops datagrams between nodes that are in different partition groups,
+//! or holds every datagram it forwards to its node for a set delay (a slow
+//! network between the nodes).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// Who may talk to whom. Shared by every relay of a cluster.
@@ -16,6 +21,8 @@ pub struct Partitions {
     nodes: RwLock<HashMap<SocketAddr, u64>>,
     /// When set, only nodes in the same group can exchange datagrams.
     groups: RwLock<Option<Vec<Vec<u64>>>>,
+    /// How long each datagram to a node is held, in microseconds.
+    delay_us: AtomicU64,
 }
 
 impl Partitions {
@@ -33,6 +40,17 @@ impl Partitions {
 
     pub fn current(&self) -> Option<Vec<Vec<u64>>> {
         self.groups.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Holds every datagram to a node for `delay` before it is delivered, in
+    /// the order datagrams came: each round trip between nodes (a Raft
+    /// append and its answer) takes `delay` longer. Answers are not held.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_us.store(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn delay(&self) -> Duration {
+        Duration::from_micros(self.delay_us.load(Ordering::Relaxed))
     }
 
     /// Datagrams from sockets that belong to no node (e.g. a joining node's
@@ -78,6 +96,16 @@ async fn run(node_id: u64, front: Arc<UdpSocket>, target: SocketAddr, partitions
     // One back socket per sender, so the node's answers can be routed back.
     let mut backs: HashMap<SocketAddr, (Arc<UdpSocket>, JoinHandle<()>)> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
+    // Held datagrams, in the order they came; all are held alike, so each
+    // is due no earlier than the one before. The task ends with this one
+    // (when the sender drops).
+    let (held, mut due) = mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>, Arc<UdpSocket>)>();
+    tokio::spawn(async move {
+        while let Some((at, datagram, back)) = due.recv().await {
+            tokio::time::sleep_until(at).await;
+            let _ = back.send(&datagram).await;
+        }
+    });
     loop {
         // Errors here are ICMP reports about earlier datagrams; a relay keeps going.
         let Ok((n, sender)) = front.recv_from(&mut buf).await else { continue };
@@ -98,7 +126,14 @@ async fn run(node_id: u64, front: Arc<UdpSocket>, target: SocketAddr, partitions
                 back
             }
         };
-        let _ = back.send(&buf[..n]).await;
+        match partitions.delay() {
+            delay if delay.is_zero() => {
+                let _ = back.send(&buf[..n]).await;
+            }
+            delay => {
+                let _ = held.send((tokio::time::Instant::now() + delay, buf[..n].to_vec(), back));
+            }
+        }
     }
 }
 
@@ -125,6 +160,35 @@ async fn return_path(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Held datagrams all arrive, in the order they were sent (a QUIC
+    /// connection would take reordering for loss).
+    #[tokio::test]
+    async fn a_delayed_link_delivers_everything_in_order() {
+        let partitions = Arc::new(Partitions::default());
+        let node = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        partitions.register(1, node.local_addr().unwrap());
+        partitions.register(2, peer.local_addr().unwrap());
+        let relay = Relay::start(1, node.local_addr().unwrap(), partitions.clone()).await.unwrap();
+        partitions.set_delay(Duration::from_millis(20));
+        for i in 0..20u8 {
+            peer.send_to(&[i], relay.addr()).await.unwrap();
+        }
+        let mut buf = [0u8; 16];
+        for i in 0..20u8 {
+            let (n, _) = node.recv_from(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], &[i]);
+        }
+        // Answers are not held, and the link can be made fast again.
+        partitions.set_delay(Duration::ZERO);
+        peer.send_to(b"fast", relay.addr()).await.unwrap();
+        let (n, via) = node.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"fast");
+        node.send_to(b"back", via).await.unwrap();
+        let (n, _) = peer.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"back");
+    }
 
     #[tokio::test]
     async fn relays_forward_both_ways_until_partitioned() {

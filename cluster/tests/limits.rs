@@ -133,11 +133,13 @@ fn assert_never_over(per_window: &BTreeMap<u64, u64>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uneven_load_at_twice_the_limit_admits_at_most_the_limit_and_nearly_all_of_it() {
+/// 2 x LIMIT per second, 70/20/10 across the nodes, with every round trip
+/// between nodes `delay` longer: no window admits more than the limit, and
+/// every window the load covered whole admits at least `floor` of it.
+async fn uneven_load_at_twice_the_limit(delay: Duration, floor: u64) {
     let dir = tempfile::tempdir().unwrap();
     let cluster = limited_cluster(dir.path()).await;
-    // 2 x LIMIT per second, 70/20/10 across the nodes.
+    cluster.delay_links(delay);
     let shares = [(1, 140), (2, 40), (3, 20)];
     // The same load for two seconds first, not measured: the nodes have
     // just started (their first seconds share the cores with start-up
@@ -165,19 +167,37 @@ async fn uneven_load_at_twice_the_limit_admits_at_most_the_limit_and_nearly_all_
     // Windows the load covered whole: ending after the first full second
     // and no later than the second the load stopped in began.
     let whole: Vec<_> = per_window.iter().filter(|(end, _)| **end >= started + 2 && **end < ended).collect();
-    assert!(whole.len() >= 2, "at least two whole windows: {per_window:?} ({started}..{ended})");
     let mut statuses: BTreeMap<(u64, u16), u64> = BTreeMap::new();
     for (node, status, _) in outcomes.lock().await.iter() {
         *statuses.entry((*node, *status)).or_default() += 1;
     }
+    println!("delay {delay:?}: admitted per window: {per_window:?}; (node, status): count {statuses:?}");
+    assert!(whole.len() >= 2, "at least two whole windows: {per_window:?} ({started}..{ended}); {statuses:?}");
     for (end, admitted) in whole {
         assert!(
-            *admitted * 100 >= LIMIT * 95,
+            *admitted * 100 >= LIMIT * floor,
             "the window ending at {end} admitted only {admitted}: {per_window:?}; (node, status): count {statuses:?}"
         );
     }
-    println!("admitted per window: {per_window:?}");
     cluster.down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uneven_load_at_twice_the_limit_admits_at_most_the_limit_and_nearly_all_of_it() {
+    uneven_load_at_twice_the_limit(Duration::ZERO, 95).await;
+}
+
+/// The same with 80 ms more on every round trip between nodes (the
+/// harness's heartbeat is 100 ms, so this is near the slowest link it
+/// tolerates): a grant takes a few round trips, and a busy node that sized
+/// its asks by what it could spend, not by what it was asked for, kept its
+/// asks small while its requests were refused. Before asks counted those
+/// refusals, whole windows here went as low as 85 and 94 in five runs of
+/// release builds (two of the five would have failed this test); after, no
+/// whole window was below 97 in nine runs, four of them beside a CPU hog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uneven_load_over_a_slow_network_still_admits_nearly_all_of_the_limit() {
+    uneven_load_at_twice_the_limit(Duration::from_millis(80), 95).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
