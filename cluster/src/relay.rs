@@ -161,16 +161,22 @@ async fn return_path(
 mod tests {
     use super::*;
 
-    /// Held datagrams all arrive, in the order they were sent (a QUIC
-    /// connection would take reordering for loss).
-    #[tokio::test]
-    async fn a_delayed_link_delivers_everything_in_order() {
+    /// Node 1's socket behind its relay, and node 2's socket sending to it.
+    async fn node_and_peer() -> (Arc<Partitions>, UdpSocket, UdpSocket, Relay) {
         let partitions = Arc::new(Partitions::default());
         let node = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         partitions.register(1, node.local_addr().unwrap());
         partitions.register(2, peer.local_addr().unwrap());
         let relay = Relay::start(1, node.local_addr().unwrap(), partitions.clone()).await.unwrap();
+        (partitions, node, peer, relay)
+    }
+
+    /// Held datagrams all arrive, in the order they were sent (a QUIC
+    /// connection would take reordering for loss).
+    #[tokio::test]
+    async fn a_delayed_link_delivers_everything_in_order() {
+        let (partitions, node, peer, relay) = node_and_peer().await;
         partitions.set_delay(Duration::from_millis(20));
         for i in 0..20u8 {
             peer.send_to(&[i], relay.addr()).await.unwrap();
@@ -192,12 +198,7 @@ mod tests {
 
     #[tokio::test]
     async fn relays_forward_both_ways_until_partitioned() {
-        let partitions = Arc::new(Partitions::default());
-        let node = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        partitions.register(1, node.local_addr().unwrap());
-        partitions.register(2, peer.local_addr().unwrap());
-        let relay = Relay::start(1, node.local_addr().unwrap(), partitions.clone()).await.unwrap();
+        let (partitions, node, peer, relay) = node_and_peer().await;
 
         let mut buf = [0u8; 16];
         peer.send_to(b"ping", relay.addr()).await.unwrap();
