@@ -42,10 +42,12 @@ impl Partitions {
         self.groups.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Holds every datagram to a node for `delay` before it is delivered, in
-    /// the order datagrams came: each round trip between nodes (a Raft
-    /// append and its answer) takes `delay` longer. Answers are not held.
+    /// Holds every datagram to a node for `delay` (at most a minute) before
+    /// it is delivered, in the order datagrams came: each round trip between
+    /// nodes (a Raft append and its answer) takes `delay` longer. Answers
+    /// are not held. A partition made while datagrams are held drops them.
     pub fn set_delay(&self, delay: Duration) {
+        let delay = delay.min(Duration::from_secs(60));
         self.delay_us.store(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
@@ -96,14 +98,23 @@ async fn run(node_id: u64, front: Arc<UdpSocket>, target: SocketAddr, partitions
     // One back socket per sender, so the node's answers can be routed back.
     let mut backs: HashMap<SocketAddr, (Arc<UdpSocket>, JoinHandle<()>)> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
-    // Held datagrams, in the order they came; all are held alike, so each
-    // is due no earlier than the one before. The task ends with this one
-    // (when the sender drops).
-    let (held, mut due) = mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>, Arc<UdpSocket>)>();
-    tokio::spawn(async move {
-        while let Some((at, datagram, back)) = due.recv().await {
-            tokio::time::sleep_until(at).await;
-            let _ = back.send(&datagram).await;
+    // Held datagrams, in the order they came, and how many are still held:
+    // while any are, new ones queue behind them even if the delay is gone,
+    // so that none overtakes another. Each is due no earlier than the one
+    // before unless the delay shrank, and then it waits for that one. The
+    // task ends with this one (when the sender drops).
+    let (held, mut due) = mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>, Arc<UdpSocket>, SocketAddr)>();
+    let pending = Arc::new(AtomicU64::new(0));
+    tokio::spawn({
+        let (pending, partitions) = (pending.clone(), partitions.clone());
+        async move {
+            while let Some((at, datagram, back, sender)) = due.recv().await {
+                tokio::time::sleep_until(at).await;
+                if !partitions.blocked(sender, node_id) {
+                    let _ = back.send(&datagram).await;
+                }
+                pending.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     });
     loop {
@@ -127,11 +138,12 @@ async fn run(node_id: u64, front: Arc<UdpSocket>, target: SocketAddr, partitions
             }
         };
         match partitions.delay() {
-            delay if delay.is_zero() => {
+            delay if delay.is_zero() && pending.load(Ordering::Acquire) == 0 => {
                 let _ = back.send(&buf[..n]).await;
             }
             delay => {
-                let _ = held.send((tokio::time::Instant::now() + delay, buf[..n].to_vec(), back));
+                pending.fetch_add(1, Ordering::AcqRel);
+                let _ = held.send((tokio::time::Instant::now() + delay, buf[..n].to_vec(), back, sender));
             }
         }
     }

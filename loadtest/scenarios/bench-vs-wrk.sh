@@ -22,6 +22,9 @@ if [ "$SECS" = "$DUR" ] || ! [[ $SECS =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS is a whole number, at least 1, not $ROUNDS" >&2; exit 2; }
+for rate in $RATES; do
+  [[ $rate =~ ^[1-9][0-9]*$ ]] || { echo "RATES are whole requests a second, not $rate" >&2; exit 2; }
+done
 # The mock outlives every run by two minutes at most, should this script be killed.
 MOCK_SECS=$(((ROUNDS * 2 + $(wc -w <<< "$RATES")) * SECS + 120))
 WORK=$(mktemp -d /tmp/tollgate-wrk.XXXXXX)

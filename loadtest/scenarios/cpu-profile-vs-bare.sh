@@ -60,7 +60,7 @@ fi
 # on cpu-clock into a fixed period).
 FREQ=4000
 SECS=${DUR%s}
-case $SECS in '' | *[!0-9]* | 0) echo "DUR must be whole seconds, at least 1 (5s), not $DUR" >&2; exit 2 ;; esac
+[[ $SECS =~ ^[1-9][0-9]*$ ]] || { echo "DUR must be whole seconds, at least 1 (5s), not $DUR" >&2; exit 2; }
 if [ "$(cat /proc/sys/kernel/kptr_restrict 2> /dev/null || echo 1)" != 0 ] && [ "$(id -u)" != 0 ]; then
   echo "kernel symbols are hidden (kernel.kptr_restrict != 0): set it to 0, or run as root" >&2
   exit 2

@@ -1611,6 +1611,34 @@ async fn a_token_limit_reserves_max_tokens_reconciles_with_usage_and_refuses_in_
     assert_eq!(refused.json()["error"]["type"], "rate_limit_error", "{:?}", refused.body);
 }
 
+/// `max_tokens` is the client's to set, up to 2^64 - 1: a reservation of
+/// more than the limit's whole amount is refused at once, reaches no
+/// provider, and leaves the limit as it was. (Cast to a signed number, 2^64
+/// - 1 units were once a take of -1: admitted, and one more unit left.)
+#[tokio::test]
+async fn a_max_tokens_beyond_the_limit_is_refused_and_takes_nothing() {
+    use tollgate_proto::config::v1::LimitUnit;
+    let mock = mock_openai(LlmMockConfig { tokens: 5, ..Default::default() }).await;
+    let mut gw = Gateway::start().await;
+    gw.provider("openai", ProviderKind::Openai, format!("{}/v1", mock.url()), &["k1"]).await;
+    limit_ai_route(&gw, per_key_per_day("output-per-key", LimitUnit::OutputTokens, 100)).await;
+    limit_ai_route(&gw, per_key_per_day("total-per-key", LimitUnit::TotalTokens, 1_000)).await;
+    for max_tokens in [json!(u64::MAX), json!(1_u64 << 63), json!(101), json!(u64::MAX - 3)] {
+        let mut body = chat("openai/gpt-4o-mini", false);
+        body["max_tokens"] = max_tokens.clone();
+        let reply = gw.post("/v1/chat/completions", body).await;
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "max_tokens {max_tokens}: {:?}", reply.body);
+        assert_eq!(reply.json()["error"]["code"], "rate_limit_exceeded");
+    }
+    assert!(mock.requests().is_empty(), "no refused call reached the provider");
+    // The whole amount is still there: 100 output tokens, 5 used by each call.
+    let mut body = chat("openai/gpt-4o-mini", false);
+    body["max_tokens"] = json!(100);
+    let reply = gw.post("/v1/chat/completions", body).await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    assert_eq!(mock.requests().len(), 1);
+}
+
 #[tokio::test]
 async fn a_stream_cut_short_reconciles_with_what_was_delivered() {
     use tollgate_proto::config::v1::LimitUnit;

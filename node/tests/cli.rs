@@ -173,12 +173,8 @@ async fn a_jwt_secret_named_by_a_file_or_a_variable_is_read_not_taken_literally(
     let reference = format!("file:{}", path.display());
     let create =
         ["route", "create", "guarded", "--service", "s", "--path", "/g", "--auth", "jwt", "--jwt-alg", "HS256"];
-    let created = ok_json(&ctl_with_env(
-        admin,
-        TOKEN,
-        &[&["-o", "json"], &create[..], &["--jwt-secret", &reference]].concat(),
-        &[],
-    ));
+    let args = strings(&[&["-o", "json"], &create[..], &["--jwt-secret", &reference]].concat());
+    let created = ok_json(&ctl_with_env_async(admin, args, vec![]).await);
     assert!(!created.to_string().contains(from_file), "{created}");
     let call =
         async |authorization: String| status(get(node.proxy_addr, "/g", &[("authorization", &authorization)]).await);

@@ -113,7 +113,8 @@ fn units(limit: &Limit, estimate: &Estimate) -> u64 {
         LimitUnit::Requests => 1,
         LimitUnit::InputTokens => estimate.input_tokens.max(1),
         LimitUnit::OutputTokens => output.max(1),
-        LimitUnit::TotalTokens => (estimate.input_tokens + output).max(1),
+        // Saturating: `max_tokens` is the client's to set, up to 2^64 - 1.
+        LimitUnit::TotalTokens => estimate.input_tokens.saturating_add(output).max(1),
         LimitUnit::CostMicros => {
             let (input_price, output_price) = estimate.price_micros_per_mtok;
             let micros = u128::from(estimate.input_tokens) * u128::from(input_price)
@@ -144,6 +145,8 @@ mod tests {
         assert_eq!(units(&limit(LimitUnit::CostMicros, 0), &estimate), 10_490);
         let capped = Estimate { output_tokens: Some(10), ..estimate };
         assert_eq!(units(&limit(LimitUnit::TotalTokens, 50), &capped), 110, "max_tokens wins over the default");
+        let hostile = Estimate { output_tokens: Some(u64::MAX), ..estimate };
+        assert_eq!(units(&limit(LimitUnit::TotalTokens, 50), &hostile), u64::MAX, "saturates, never wraps to a few");
         assert_eq!(units(&limit(LimitUnit::Requests, 0), &capped), 1);
     }
 }

@@ -175,7 +175,8 @@ pub enum PriceCmd {
 
 fn parse_key(spec: &str) -> Result<ProviderCredential, CtlError> {
     let (head, secret) =
-        spec.split_once('=').ok_or_else(|| CtlError::Usage(format!("--key {spec:?}: expected ID=SECRET")))?;
+        // Not echoed: without the `=`, the value may be the secret itself.
+        spec.split_once('=').ok_or_else(|| CtlError::Usage("--key: expected ID=SECRET (the value is not shown)".into()))?;
     let (id, weight) = match head.split_once('*') {
         Some((id, w)) => {
             (id, w.parse().map_err(|_| CtlError::Usage(format!("--key {head:?}: weight must be a number")))?)
@@ -513,4 +514,18 @@ pub async fn price_command(cmd: PriceCmd, mut ai: AiClient, out: &Printer) -> Re
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_without_an_id_is_refused_without_echoing_it() {
+        let error = parse_key("sk-live-0123456789abcdef").unwrap_err().to_string();
+        assert!(!error.contains("sk-live"), "{error}");
+        assert!(error.contains("ID=SECRET"), "{error}");
+        let kept = parse_key("main=").unwrap();
+        assert_eq!((kept.id.as_str(), kept.secret.as_str()), ("main", ""), "an empty secret keeps the stored one");
+    }
 }

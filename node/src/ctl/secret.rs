@@ -12,8 +12,13 @@ use super::CtlError;
 /// an error, never a silent "keep". `flag` names the option in errors.
 pub(super) fn read_secret(spec: &str, flag: &str) -> Result<String, CtlError> {
     let secret = if let Some(name) = spec.strip_prefix("env:") {
+        // A fixed message: a value that is not UTF-8 would be printed by VarError's own.
         std::env::var(name).map_err(|e| {
-            CtlError::Usage(format!("{flag} env:{name}: cannot read the environment variable {name}: {e}"))
+            let why = match e {
+                std::env::VarError::NotPresent => "it is not set (export it first)",
+                std::env::VarError::NotUnicode(_) => "its value is not UTF-8 text",
+            };
+            CtlError::Usage(format!("{flag} env:{name}: cannot read the environment variable {name}: {why}"))
         })?
     } else if let Some(path) = spec.strip_prefix("file:") {
         std::fs::read_to_string(path)
@@ -54,7 +59,7 @@ mod tests {
     #[test]
     fn a_missing_variable_an_unreadable_file_and_an_empty_reference_are_usage_errors_naming_the_flag() {
         let unset = read_secret("env:TOLLGATE_TEST_SURELY_UNSET_VARIABLE", "--key").unwrap_err();
-        assert!(matches!(&unset, CtlError::Usage(m) if m.contains("--key") && m.contains("not found")), "{unset}");
+        assert!(matches!(&unset, CtlError::Usage(m) if m.contains("--key") && m.contains("not set")), "{unset}");
         let missing = read_secret("file:/nonexistent/tollgate-secret", "--jwt-secret").unwrap_err();
         assert!(matches!(&missing, CtlError::Usage(m) if m.contains("cannot read")), "{missing}");
         let dir = tempfile::tempdir().unwrap();

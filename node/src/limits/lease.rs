@@ -145,7 +145,10 @@ impl Lease {
 
     fn take_or_ask(&self, units: u64, amount: u64, now_ms: i64, failed_asks: Option<u64>) -> Take {
         self.last_used_ms.store(now_ms, Ordering::Relaxed);
-        let units = units as i64;
+        // More than any balance can hold (a client's `max_tokens` of 2^63):
+        // never admitted, and never cast to a negative take that would add
+        // to the balance.
+        let Ok(units) = i64::try_from(units) else { return Take::SpentOut };
         let end = self.window_end_ms.load(Ordering::Acquire);
         if now_ms >= end && !self.roll(now_ms) {
             return self.empty(units, failed_asks);
@@ -283,7 +286,7 @@ impl Lease {
     pub fn refund(&self, units: u64, window_start_ms: i64) {
         let _window = self.next.lock();
         if self.window_start_ms.load(Ordering::Acquire) == window_start_ms {
-            self.balance.fetch_add(units as i64, Ordering::AcqRel);
+            self.add_to_balance(i64::try_from(units).unwrap_or(i64::MAX));
             self.spent.fetch_sub(units.min(self.spent.load(Ordering::Relaxed)), Ordering::Relaxed);
         }
     }
@@ -293,9 +296,16 @@ impl Lease {
     pub fn charge(&self, units: u64, window_start_ms: i64) {
         let _window = self.next.lock();
         if self.window_start_ms.load(Ordering::Acquire) == window_start_ms {
-            self.balance.fetch_sub(units as i64, Ordering::AcqRel);
+            // A provider's usage is not trusted to be small.
+            self.add_to_balance(i64::try_from(units).map_or(i64::MIN, |units| -units));
             self.spent.fetch_add(units, Ordering::Relaxed);
         }
+    }
+
+    /// Refunds and charges (not the request path): saturating, so that no
+    /// amount wraps the balance around to its other sign.
+    fn add_to_balance(&self, units: i64) {
+        let _ = self.balance.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| Some(b.saturating_add(units)));
     }
 
     pub fn window_start_ms(&self) -> i64 {
@@ -325,10 +335,19 @@ impl Lease {
         let Ok(mut sizing) = self.sizing.lock() else { return (need, need) };
         let elapsed = (now_ms - sizing.last_ask_ms).max(1);
         let spent_since = spent.saturating_sub(sizing.spent_at_last_ask);
-        let asked_since = spent_since.saturating_add(turned_away.saturating_sub(sizing.turned_away_at_last_ask));
-        // Never more than the limit's own rate: a node cannot be asked for
-        // more than the whole cluster may admit.
-        let observed = (asked_since as f64 * 1000.0 / elapsed as f64).min(self.limit_rate().unwrap_or(f64::MAX));
+        let refused_since = turned_away.saturating_sub(sizing.turned_away_at_last_ask);
+        let per_second = |units: u64| units as f64 * 1000.0 / elapsed as f64;
+        // Spent and refused, up to the limit's own rate (a node cannot be
+        // asked for more than the whole cluster may admit; a burst spent in
+        // a few milliseconds says little more, and the doubling below still
+        // follows it); refusals not at all before an answer named the
+        // limit's amount and window, without which there is no such bound.
+        // (Capping only the refusals, so that spending counts whole, was
+        // tried: in the slow-network cluster test it under-admitted more.)
+        let observed = match self.limit_rate() {
+            Some(cap) => per_second(spent_since.saturating_add(refused_since)).min(cap),
+            None => per_second(spent_since),
+        };
         sizing.rate = if sizing.last_ask_ms == 0 { observed } else { 0.5 * sizing.rate + 0.5 * observed };
         sizing.last_ask_ms = now_ms;
         sizing.spent_at_last_ask = spent;
@@ -674,7 +693,8 @@ mod tests {
     #[test]
     fn a_burst_does_not_lease_the_next_window_away() {
         let lease = Lease::new("l".into(), "b".into());
-        answer_at(&lease, &grant(10, 0, 10), 0);
+        // A limit of 1,000 a second: its rate does not bound what follows.
+        answer_at(&lease, &LeaseGrant { amount: 1_000, ..grant(10, 0, 10) }, 0);
         assert!(taken(lease.try_take(1, 100, 480)));
         lease.ask_size(490, 250);
         // Four at once, then an ask 10 ms later: the smoothed rate spikes to ~200/s.
@@ -723,6 +743,22 @@ mod tests {
         assert_eq!(starved_asks, 17, "sized by what it was asked for, refusals included");
         // 200 a second at most (100 once smoothed): 25 units.
         assert_eq!(flooded_asks, 25, "no more than the limit's own rate");
+    }
+
+    /// `units as i64` made a take of 2^64 - 1 units a take of -1: admitted,
+    /// and one more unit in the balance each time.
+    #[test]
+    fn a_take_beyond_any_balance_is_refused_and_changes_nothing() {
+        let lease = Lease::new("l".into(), "b".into());
+        answer_at(&lease, &grant(5, 0, 5), 10);
+        for units in [u64::MAX, 1 << 63] {
+            assert_eq!(lease.try_take(units, 10, 20), Take::SpentOut);
+        }
+        assert_eq!(lease.view().remaining, 10, "5 held, 5 left in the cluster: unchanged");
+        lease.charge(u64::MAX, 0);
+        assert!(!taken(lease.try_take(1, 10, 20)), "a charge beyond any balance leaves a debt, not units");
+        lease.refund(u64::MAX, 0);
+        assert!(taken(lease.try_take(1, 10, 20)), "and a refund beyond it pays the debt without wrapping");
     }
 
     #[test]

@@ -134,7 +134,15 @@ impl Limiter {
                 continue;
             }
             let (lease, counters) = self.lease(&bucketed.limit, &bucketed.bucket);
-            match self.take(&lease, units, bucketed.limit.amount, refill_wait_ms).await {
+            // More than a whole window holds (an AI call's `max_tokens` is
+            // the client's to set): no grant could admit it, so it is refused
+            // at once, as by a spent window, and asks for nothing.
+            let taken_now = if units > bucketed.limit.amount {
+                Err(Refused::Spent)
+            } else {
+                self.take(&lease, units, bucketed.limit.amount, refill_wait_ms).await
+            };
+            match taken_now {
                 Ok(window_start_ms) => {
                     counters.admitted.inc();
                     taken.parts.push(TakenPart { lease, limit: bucketed.limit.clone(), units, window_start_ms });
@@ -349,6 +357,41 @@ mod tests {
         // The clock is paused: it moves only if the request sat out its wait.
         assert_eq!(failed_at.elapsed(), Duration::ZERO, "refused at once, not at the end of its wait");
         assert!(asks.try_recv().is_err(), "the failed ask was not sent again for the same request");
+    }
+
+    /// A request for more units than the limit's whole amount is refused
+    /// at once, without an ask, and takes nothing from the lease.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_beyond_the_limits_amount_is_refused_without_asking() {
+        use tollgate_proto::raft::v1::LeaseGrant;
+        let (limiter, mut asks) = Limiter::new(Default::default(), LimitMetrics::default());
+        let limit = Arc::new(Limit {
+            meta: Some(Meta { id: "tokens".into(), ..Default::default() }),
+            name: "tokens".into(),
+            amount: 100,
+            window: LimitWindow::Day as i32,
+            global: true,
+            ..Default::default()
+        });
+        let now = crate::clock::unix_ms();
+        let (lease, _) = limiter.lease(&limit, "");
+        lease.answer(&LeaseGrant {
+            limit_id: "tokens".into(),
+            units: 100,
+            amount: 100,
+            granted: 100,
+            window_start_ms: now - 1_000,
+            window_end_ms: now + 60_000,
+            ..Default::default()
+        });
+        let limits = [Bucketed { limit, bucket: "".into() }];
+        for units in [101, 1 << 63, u64::MAX] {
+            let refusal = limiter.admit(&limits, |_| units).await.map(|_| ()).unwrap_err();
+            assert!(refusal.spent, "{units}: {refusal:?}");
+        }
+        assert!(asks.try_recv().is_err(), "nothing asked for");
+        assert_eq!(lease.view().remaining, 100, "nothing taken");
+        assert!(limiter.admit(&limits, |_| 100).await.is_ok(), "the whole amount still fits");
     }
 
     /// A request refused because no grant came within its wait counts
