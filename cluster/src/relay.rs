@@ -143,7 +143,9 @@ async fn run(node_id: u64, front: Arc<UdpSocket>, target: SocketAddr, partitions
             }
             delay => {
                 pending.fetch_add(1, Ordering::AcqRel);
-                let _ = held.send((tokio::time::Instant::now() + delay, buf[..n].to_vec(), back, sender));
+                if held.send((tokio::time::Instant::now() + delay, buf[..n].to_vec(), back, sender)).is_err() {
+                    pending.fetch_sub(1, Ordering::AcqRel);
+                }
             }
         }
     }

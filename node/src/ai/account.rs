@@ -236,7 +236,7 @@ impl Accounting {
         r.input_tokens = input;
         r.cached_input_tokens = cached;
         r.output_tokens = output;
-        r.estimated = estimated && (input + output) > 0;
+        r.estimated = estimated && (input > 0 || output > 0);
         r.finish_reason = served.finish_reason.clone().unwrap_or_default();
         r.duration_ms = u32::try_from(elapsed.as_millis()).unwrap_or(u32::MAX);
         r.ttft_ms = self.first_token.map_or(0, |t| u32::try_from((t - self.started).as_millis()).unwrap_or(u32::MAX));

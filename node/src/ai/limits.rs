@@ -96,7 +96,8 @@ impl Reservation {
         self.taken.settle(|limit| match limit.unit() {
             LimitUnit::InputTokens => Some(input_tokens),
             LimitUnit::OutputTokens => Some(output_tokens),
-            LimitUnit::TotalTokens => Some(input_tokens + output_tokens),
+            // A provider's usage is not trusted to be small.
+            LimitUnit::TotalTokens => Some(input_tokens.saturating_add(output_tokens)),
             LimitUnit::CostMicros => Some(cost_micros),
             // A request counts once whatever it used.
             LimitUnit::Requests | LimitUnit::Unspecified => None,

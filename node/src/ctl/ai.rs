@@ -183,6 +183,18 @@ fn parse_key(spec: &str) -> Result<ProviderCredential, CtlError> {
         }
         None => (head, 1),
     };
+    // A bare secret with `=` in it (base64 padding) would put its first part
+    // in the ID, which is stored and listed in clear: refused unshown unless
+    // it looks like an ID.
+    let looks_like_id = id.len() <= 64
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !looks_like_id {
+        return Err(CtlError::Usage(
+            "--key: the ID before `=` must be a short name (letters, digits, '.', '_', '-'); the value is not shown"
+                .into(),
+        ));
+    }
     Ok(ProviderCredential { id: id.to_string(), secret: read_secret(secret, "--key")?, weight, ..Default::default() })
 }
 
@@ -255,7 +267,10 @@ impl ProviderFields {
                 .map(|h| {
                     let (name, value) = h
                         .split_once(':')
-                        .ok_or_else(|| CtlError::Usage(format!("--header {h:?}: expected NAME:VALUE")))?;
+                        // Not echoed: the value may be a secret.
+                        .ok_or_else(|| {
+                            CtlError::Usage("--header: expected NAME:VALUE (the value is not shown)".into())
+                        })?;
                     Ok(ProviderHeader {
                         name: name.trim().to_ascii_lowercase(),
                         value: read_secret(value.trim(), "--header")?,
@@ -525,6 +540,8 @@ mod tests {
         let error = parse_key("sk-live-0123456789abcdef").unwrap_err().to_string();
         assert!(!error.contains("sk-live"), "{error}");
         assert!(error.contains("ID=SECRET"), "{error}");
+        let padded = parse_key("c2stbGl2ZS0wMTIz+/9=").unwrap_err().to_string();
+        assert!(!padded.contains("c2stbGl2"), "{padded}");
         let kept = parse_key("main=").unwrap();
         assert_eq!((kept.id.as_str(), kept.secret.as_str()), ("main", ""), "an empty secret keeps the stored one");
     }

@@ -298,7 +298,7 @@ impl Lease {
         if self.window_start_ms.load(Ordering::Acquire) == window_start_ms {
             // A provider's usage is not trusted to be small.
             self.add_to_balance(i64::try_from(units).map_or(i64::MIN, |units| -units));
-            self.spent.fetch_add(units, Ordering::Relaxed);
+            let _ = self.spent.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| Some(s.saturating_add(units)));
         }
     }
 

@@ -127,6 +127,14 @@ impl Limiter {
         units_of: impl Fn(&Limit) -> u64,
         refill_wait_ms: u64,
     ) -> Result<Taken, Box<LimitRefusal>> {
+        // More than a whole window holds (an AI call's `max_tokens` is the
+        // client's to set): no grant could admit it, so it is refused, as by
+        // a spent window, before any limit is taken from or asked.
+        if let Some(too_large) = limits.iter().find(|b| units_of(&b.limit) > b.limit.amount) {
+            let (lease, counters) = self.lease(&too_large.limit, &too_large.bucket);
+            counters.refused.inc();
+            return Err(Box::new(refusal(&too_large.limit, lease.view(), Refused::Spent)));
+        }
         let mut taken = Taken { parts: Vec::with_capacity(limits.len()) };
         for bucketed in limits {
             let units = units_of(&bucketed.limit);
@@ -134,15 +142,7 @@ impl Limiter {
                 continue;
             }
             let (lease, counters) = self.lease(&bucketed.limit, &bucketed.bucket);
-            // More than a whole window holds (an AI call's `max_tokens` is
-            // the client's to set): no grant could admit it, so it is refused
-            // at once, as by a spent window, and asks for nothing.
-            let taken_now = if units > bucketed.limit.amount {
-                Err(Refused::Spent)
-            } else {
-                self.take(&lease, units, bucketed.limit.amount, refill_wait_ms).await
-            };
-            match taken_now {
+            match self.take(&lease, units, bucketed.limit.amount, refill_wait_ms).await {
                 Ok(window_start_ms) => {
                     counters.admitted.inc();
                     taken.parts.push(TakenPart { lease, limit: bucketed.limit.clone(), units, window_start_ms });
@@ -391,6 +391,19 @@ mod tests {
         }
         assert!(asks.try_recv().is_err(), "nothing asked for");
         assert_eq!(lease.view().remaining, 100, "nothing taken");
+        // Nor from a limit checked before the one it is too large for.
+        let small = Arc::new(Limit {
+            meta: Some(Meta { id: "small".into(), ..Default::default() }),
+            name: "small".into(),
+            amount: 10,
+            window: LimitWindow::Day as i32,
+            global: true,
+            ..Default::default()
+        });
+        let both = [limits[0].clone(), Bucketed { limit: small, bucket: "".into() }];
+        assert!(limiter.admit(&both, |_| 50).await.is_err());
+        assert_eq!(lease.view().remaining, 100, "the first limit was not taken from either");
+        assert!(asks.try_recv().is_err(), "and nothing asked for");
         assert!(limiter.admit(&limits, |_| 100).await.is_ok(), "the whole amount still fits");
     }
 
