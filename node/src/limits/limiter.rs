@@ -327,6 +327,18 @@ mod tests {
 
     use super::*;
 
+    /// A cluster-wide limit named by its id.
+    fn global_limit(id: &str, amount: u64, window: LimitWindow) -> Arc<Limit> {
+        Arc::new(Limit {
+            meta: Some(Meta { id: id.into(), ..Default::default() }),
+            name: id.into(),
+            amount,
+            window: window as i32,
+            global: true,
+            ..Default::default()
+        })
+    }
+
     /// A request waiting for its first grant is refused when the ask fails
     /// (no quorum, the limit deleted meanwhile), and does not ask again:
     /// each ask is a Raft command, and the wait may last seconds. (An ask
@@ -365,14 +377,7 @@ mod tests {
     async fn a_request_beyond_the_limits_amount_is_refused_without_asking() {
         use tollgate_proto::raft::v1::LeaseGrant;
         let (limiter, mut asks) = Limiter::new(Default::default(), LimitMetrics::default());
-        let limit = Arc::new(Limit {
-            meta: Some(Meta { id: "tokens".into(), ..Default::default() }),
-            name: "tokens".into(),
-            amount: 100,
-            window: LimitWindow::Day as i32,
-            global: true,
-            ..Default::default()
-        });
+        let limit = global_limit("tokens", 100, LimitWindow::Day);
         let now = crate::clock::unix_ms();
         let (lease, _) = limiter.lease(&limit, "");
         lease.answer(&LeaseGrant {
@@ -392,14 +397,7 @@ mod tests {
         assert!(asks.try_recv().is_err(), "nothing asked for");
         assert_eq!(lease.view().remaining, 100, "nothing taken");
         // Nor from a limit checked before the one it is too large for.
-        let small = Arc::new(Limit {
-            meta: Some(Meta { id: "small".into(), ..Default::default() }),
-            name: "small".into(),
-            amount: 10,
-            window: LimitWindow::Day as i32,
-            global: true,
-            ..Default::default()
-        });
+        let small = global_limit("small", 10, LimitWindow::Day);
         let both = [limits[0].clone(), Bucketed { limit: small, bucket: "".into() }];
         assert!(limiter.admit(&both, |_| 50).await.is_err());
         assert_eq!(lease.view().remaining, 100, "the first limit was not taken from either");
@@ -416,16 +414,7 @@ mod tests {
         use tollgate_proto::raft::v1::LeaseGrant;
         let config = crate::config::Limits { lease_wait_ms: 10, ..Default::default() };
         let (limiter, _asks) = Limiter::new(config, LimitMetrics::default());
-        let limit = |id: &str| {
-            Arc::new(Limit {
-                meta: Some(Meta { id: id.into(), ..Default::default() }),
-                name: id.into(),
-                amount: 10,
-                window: LimitWindow::Minute as i32,
-                global: true,
-                ..Default::default()
-            })
-        };
+        let limit = |id: &str| global_limit(id, 10, LimitWindow::Minute);
         let (roomy, spent) = (limit("roomy"), limit("spent"));
         let now = crate::clock::unix_ms();
         let grant = |id: &str, units: u64| LeaseGrant {
