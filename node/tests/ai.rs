@@ -773,6 +773,21 @@ fn missing_sdk(packages: &str) {
     eprintln!("SKIPPED: {message}");
 }
 
+/// Runs a Python SDK script against the gateway (its URL and key in
+/// `TOLLGATE_URL` and `TOLLGATE_KEY`); it must end printing "SDK OK".
+async fn run_sdk_script(gw: &Gateway, script: &str) {
+    let output = tokio::process::Command::new("python3")
+        .args(["-c", script])
+        .env("TOLLGATE_URL", format!("http://{}", gw.node.proxy_addr))
+        .env("TOLLGATE_KEY", &gw.key)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), output).await.expect("the SDK script ends").unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stdout.contains("SDK OK"), "stdout:\n{stdout}\nstderr:\n{stderr}");
+}
+
 const SDK_SCRIPT: &str = r#"
 import os, sys
 import openai, anthropic
@@ -831,16 +846,7 @@ async fn the_official_openai_and_anthropic_python_sdks_work_through_the_gateway(
     gw.provider("openai", ProviderKind::Openai, format!("{}/v1", mock.url()), &["k1"]).await;
     gw.alias("fast", &[("openai", "gpt-4o-mini", 0)], 0).await;
 
-    let output = tokio::process::Command::new("python3")
-        .args(["-c", SDK_SCRIPT])
-        .env("TOLLGATE_URL", format!("http://{}", gw.node.proxy_addr))
-        .env("TOLLGATE_KEY", &gw.key)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(120), output).await.expect("the SDK script ends").unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success() && stdout.contains("SDK OK"), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    run_sdk_script(&gw, SDK_SCRIPT).await;
     let row = gw.usage_of("openai/gpt-4o-mini", 5).await;
     assert_eq!(row.errors, 0);
 }
@@ -1509,16 +1515,7 @@ async fn the_official_google_genai_python_sdk_works_through_the_gateway() {
         .await
         .unwrap();
 
-    let output = tokio::process::Command::new("python3")
-        .args(["-c", GENAI_SDK_SCRIPT])
-        .env("TOLLGATE_URL", format!("http://{}", gw.node.proxy_addr))
-        .env("TOLLGATE_KEY", &gw.key)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(120), output).await.expect("the SDK script ends").unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success() && stdout.contains("SDK OK"), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    run_sdk_script(&gw, GENAI_SDK_SCRIPT).await;
     let row = gw.usage_of("openai/gpt-4o-mini", 7).await;
     assert_eq!(row.errors, 0);
 }
@@ -1601,6 +1598,7 @@ async fn a_token_limit_reserves_max_tokens_reconciles_with_usage_and_refuses_in_
     assert_eq!(error["error"]["code"], "rate_limit_exceeded", "{error}");
     assert!(error["error"]["message"].as_str().unwrap().contains("tokens-per-key"));
     assert!(refused.headers.contains_key("retry-after"));
+    assert!(!refused.headers.contains_key("x-should-retry"), "a spent window is worth retrying once it resets");
     assert_eq!(refused.headers["ratelimit-policy"], "\"tokens-per-key\";q=400;w=86400");
 
     // An Anthropic SDK caller gets Anthropic's error type.
@@ -1628,7 +1626,13 @@ async fn a_max_tokens_beyond_the_limit_is_refused_and_takes_nothing() {
         body["max_tokens"] = max_tokens.clone();
         let reply = gw.post("/v1/chat/completions", body).await;
         assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "max_tokens {max_tokens}: {:?}", reply.body);
-        assert_eq!(reply.json()["error"]["code"], "rate_limit_exceeded");
+        let error = reply.json();
+        assert_eq!(error["error"]["code"], "rate_limit_exceeded", "{error}");
+        // Told that no retry can help, in words and as the SDKs read it.
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains("allows in a whole window") && message.contains("lower max_tokens"), "{message}");
+        assert_eq!(reply.headers["x-should-retry"], "false");
+        assert!(!reply.headers.contains_key("retry-after"), "no wait admits it");
     }
     assert!(mock.requests().is_empty(), "no refused call reached the provider");
     // The whole amount is still there: 100 output tokens, 5 used by each call.
@@ -1637,6 +1641,52 @@ async fn a_max_tokens_beyond_the_limit_is_refused_and_takes_nothing() {
     let reply = gw.post("/v1/chat/completions", body).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     assert_eq!(mock.requests().len(), 1);
+}
+
+const TOO_LARGE_SCRIPT: &str = r#"
+import os
+import openai, anthropic
+
+base, key = os.environ["TOLLGATE_URL"], os.environ["TOLLGATE_KEY"]
+# The SDKs' own retries are on (two each, as by default).
+client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=2)
+try:
+    client.chat.completions.create(
+        model="openai/gpt-4o-mini", max_tokens=5000, messages=[{"role": "user", "content": "hi"}])
+    raise SystemExit("expected RateLimitError")
+except openai.RateLimitError as e:
+    assert "lower max_tokens" in str(e), e
+claude = anthropic.Anthropic(base_url=base, api_key=key, max_retries=2)
+try:
+    claude.messages.create(model="openai/gpt-4o-mini", max_tokens=5000, messages=[{"role": "user", "content": "hi"}])
+    raise SystemExit("expected RateLimitError")
+except anthropic.RateLimitError as e:
+    assert "lower max_tokens" in str(e), e
+print("SDK OK")
+"#;
+
+/// The OpenAI and Anthropic SDKs retry a 429 twice by default: a request
+/// that no window could ever admit tells them not to (`x-should-retry`),
+/// so each SDK call is refused once, not three times.
+#[tokio::test]
+async fn the_sdks_do_not_retry_a_request_too_large_for_its_limit() {
+    use tollgate_proto::config::v1::LimitUnit;
+    if !python_has(&["openai", "anthropic"]).await {
+        missing_sdk("openai anthropic");
+        return;
+    }
+    let mock = mock_openai(LlmMockConfig { tokens: 5, ..Default::default() }).await;
+    let mut gw = Gateway::start().await;
+    gw.provider("openai", ProviderKind::Openai, format!("{}/v1", mock.url()), &["k1"]).await;
+    limit_ai_route(&gw, per_key_per_day("output-per-key", LimitUnit::OutputTokens, 100)).await;
+    run_sdk_script(&gw, TOO_LARGE_SCRIPT).await;
+    let text = String::from_utf8_lossy(&common::get(gw.node.ops_addr, "/metrics", &[]).await.body).to_string();
+    let refused = text
+        .lines()
+        .find(|l| l.starts_with("tollgate_limit_refused_total{") && l.contains("output-per-key"))
+        .unwrap_or_else(|| panic!("no refusal counted:\n{text}"));
+    assert!(refused.ends_with(" 2"), "two SDK calls, each refused once, not retried: {refused}");
+    assert!(mock.requests().is_empty());
 }
 
 #[tokio::test]

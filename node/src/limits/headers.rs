@@ -2,7 +2,8 @@
 //! draft-ietf-httpapi-ratelimit-headers has them (structured-field lists:
 //! `"name";q=100;w=60` and `"name";r=0;t=30`), the `X-RateLimit-Limit`,
 //! `-Remaining` and `-Reset` (Unix seconds, as GitHub sends) that most
-//! clients still read, and `Retry-After` on a refusal.
+//! clients still read, and `Retry-After` on a refusal that a retry can get
+//! past (`x-should-retry: false` on one that none can).
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -16,19 +17,32 @@ pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelim
 pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 /// A budget past its soft threshold says so on every response.
 pub const X_BUDGET_WARNING: HeaderName = HeaderName::from_static("x-tollgate-budget-warning");
+/// Read by the OpenAI and Anthropic SDKs, which otherwise retry every 429.
+pub const X_SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
 
 /// The headers of a refusal (429).
 pub fn refused(refusal: &LimitRefusal, headers: &mut HeaderMap) {
+    let retry_after = refusal.retry_after_secs();
     let state = State {
         policy: &refusal.policy,
         amount: refusal.amount,
-        remaining: 0,
+        // Refused because this request alone is too large, the window may
+        // still hold plenty for others: say what it holds.
+        remaining: if retry_after.is_some() { 0 } else { refusal.remaining },
         window_secs: refusal.window_secs,
         reset_at_ms: refusal.reset_at_ms,
         now_ms: refusal.now_ms,
     };
     state.write(headers);
-    headers.insert(http::header::RETRY_AFTER, HeaderValue::from(refusal.retry_after_secs()));
+    match retry_after {
+        Some(secs) => {
+            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        None => {
+            headers.remove(http::header::RETRY_AFTER);
+            headers.insert(X_SHOULD_RETRY, HeaderValue::from_static("false"));
+        }
+    }
 }
 
 /// The headers of an admitted request, from its tightest limit's lease.
@@ -74,6 +88,7 @@ impl State<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plumbing::RefusalCause;
 
     #[test]
     fn a_refusal_names_its_policy_and_when_to_retry() {
@@ -85,8 +100,9 @@ mod tests {
             reset_at_ms: 1_700_000_060_000,
             now_ms: 1_700_000_030_500,
             budget: false,
-            spent: true,
+            cause: RefusalCause::Spent,
             what: "100 requests per minute".into(),
+            unit: "requests",
         };
         let mut headers = HeaderMap::new();
         refused(&refusal, &mut headers);
@@ -96,5 +112,32 @@ mod tests {
         assert_eq!(headers["x-ratelimit-limit"], "100");
         assert_eq!(headers["x-ratelimit-remaining"], "0");
         assert_eq!(headers["x-ratelimit-reset"], "1700000060");
+        assert!(headers.get(X_SHOULD_RETRY).is_none(), "the SDKs may retry, after Retry-After");
+    }
+
+    #[test]
+    fn a_request_too_large_for_any_window_is_told_not_to_retry() {
+        let refusal = LimitRefusal {
+            policy: "output-per-key".into(),
+            amount: 100,
+            remaining: 60,
+            window_secs: 86_400,
+            reset_at_ms: 1_700_000_060_000,
+            now_ms: 1_700_000_030_500,
+            budget: false,
+            cause: RefusalCause::TooLarge { units: 1_024 },
+            what: "100 output tokens per day".into(),
+            unit: "output tokens",
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+        refused(&refusal, &mut headers);
+        assert!(headers.get(http::header::RETRY_AFTER).is_none(), "no wait admits it");
+        assert_eq!(headers[X_SHOULD_RETRY], "false");
+        assert_eq!(headers["ratelimit"], "\"output-per-key\";r=60;t=30", "the window is not spent");
+        let message = refusal.message();
+        assert!(message.contains("needs up to 1024 output tokens"), "{message}");
+        assert!(message.contains("\"output-per-key\" (100 output tokens per day)"), "{message}");
+        assert!(message.contains("lower max_tokens"), "{message}");
     }
 }

@@ -13,7 +13,7 @@ use tollgate_proto::config::v1::{Limit, LimitUnit};
 
 use super::compiled::Bucketed;
 use super::lease::{Lease, LeaseView, Take};
-use crate::plumbing::LimitRefusal;
+use crate::plumbing::{LimitRefusal, RefusalCause};
 use crate::telemetry::limit_metrics::{LimitCounters, LimitMetrics};
 
 pub struct Limiter {
@@ -128,12 +128,15 @@ impl Limiter {
         refill_wait_ms: u64,
     ) -> Result<Taken, Box<LimitRefusal>> {
         // More than a whole window holds (an AI call's `max_tokens` is the
-        // client's to set): no grant could admit it, so it is refused, as by
-        // a spent window, before any limit is taken from or asked.
-        if let Some(too_large) = limits.iter().find(|b| units_of(&b.limit) > b.limit.amount) {
-            let (lease, counters) = self.lease(&too_large.limit, &too_large.bucket);
-            counters.refused.inc();
-            return Err(Box::new(refusal(&too_large.limit, lease.view(), Refused::Spent)));
+        // client's to set): no grant could ever admit it, so it is refused,
+        // saying so, before any limit is taken from or asked.
+        for bucketed in limits {
+            let units = units_of(&bucketed.limit);
+            if units > bucketed.limit.amount {
+                let (lease, counters) = self.lease(&bucketed.limit, &bucketed.bucket);
+                counters.refused.inc();
+                return Err(Box::new(refusal(&bucketed.limit, lease.view(), RefusalCause::TooLarge { units })));
+            }
         }
         let mut taken = Taken { parts: Vec::with_capacity(limits.len()) };
         for bucketed in limits {
@@ -147,13 +150,13 @@ impl Limiter {
                     counters.admitted.inc();
                     taken.parts.push(TakenPart { lease, limit: bucketed.limit.clone(), units, window_start_ms });
                 }
-                Err(why) => {
+                Err(cause) => {
                     counters.refused.inc();
-                    if why == Refused::NotInTime {
+                    if cause == RefusalCause::NotInTime {
                         lease.turn_away(units, bucketed.limit.amount);
                     }
                     taken.give_back();
-                    return Err(Box::new(refusal(&bucketed.limit, lease.view(), why)));
+                    return Err(Box::new(refusal(&bucketed.limit, lease.view(), cause)));
                 }
             }
         }
@@ -162,7 +165,13 @@ impl Limiter {
 
     /// Takes `units` from `lease`, asking for more and waiting for the
     /// answer (bounded) when it is empty; the window the units are of.
-    async fn take(&self, lease: &Arc<Lease>, units: u64, amount: u64, refill_wait_ms: u64) -> Result<i64, Refused> {
+    async fn take(
+        &self,
+        lease: &Arc<Lease>,
+        units: u64,
+        amount: u64,
+        refill_wait_ms: u64,
+    ) -> Result<i64, RefusalCause> {
         // The failures counted when this request found the lease empty, read
         // in the same step: only an ask that fails after that refuses it.
         let failed_before = match self.decide(lease, lease.try_take(units, amount, crate::clock::unix_ms())) {
@@ -182,11 +191,11 @@ impl Limiter {
                 // The ask this request waits for failed (no quorum, the limit
                 // deleted meanwhile): refused now, not asked again and again
                 // (each a Raft command) until the wait ends.
-                Decision::Wait { failed_asks } if failed_asks != failed_before => return Err(Refused::NotInTime),
+                Decision::Wait { failed_asks } if failed_asks != failed_before => return Err(RefusalCause::NotInTime),
                 Decision::Wait { .. } => {}
             }
             if tokio::time::timeout_at(deadline, answered).await.is_err() {
-                return Err(Refused::NotInTime);
+                return Err(RefusalCause::NotInTime);
             }
         }
     }
@@ -200,7 +209,7 @@ impl Limiter {
                 }
                 Decision::Done(Ok(window_start_ms))
             }
-            Take::SpentOut => Decision::Done(Err(Refused::Spent)),
+            Take::SpentOut => Decision::Done(Err(RefusalCause::Spent)),
             Take::Empty { ask, failed_asks } => {
                 if ask {
                     self.queue(lease);
@@ -277,18 +286,8 @@ impl Limiter {
     }
 }
 
-/// Why a limit refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// The window is spent (as far as the cluster's grants say).
-    Spent,
-    /// No grant came within the wait: the cluster may be busy, or this
-    /// node cut off from a majority. Worth retrying soon.
-    NotInTime,
-}
-
 /// What a refused request is told: which limit, and when to retry.
-fn refusal(limit: &Limit, view: LeaseView, why: Refused) -> LimitRefusal {
+fn refusal(limit: &Limit, view: LeaseView, cause: RefusalCause) -> LimitRefusal {
     let now = crate::clock::unix_ms();
     let reset_at_ms = if view.window_end_ms > now {
         view.window_end_ms
@@ -305,15 +304,16 @@ fn refusal(limit: &Limit, view: LeaseView, why: Refused) -> LimitRefusal {
         reset_at_ms,
         now_ms: now,
         budget: limit.unit() == LimitUnit::CostMicros,
-        spent: why == Refused::Spent,
+        cause,
         what: format!("{} {} per {}", limit.amount, limit.unit_text(), limit.window_text()),
+        unit: limit.unit_text(),
     }
 }
 
 /// What one look at a lease decided.
 enum Decision {
     /// Admitted in the window that started then, or refused.
-    Done(Result<i64, Refused>),
+    Done(Result<i64, RefusalCause>),
     /// Wait for a grant; `failed_asks` is the lease's count of failed asks
     /// when the request looked.
     Wait { failed_asks: u64 },
@@ -360,12 +360,12 @@ mod tests {
         let limits = [Bucketed { limit: Arc::new(limit), bucket: "".into() }];
         let waiting = tokio::spawn({
             let limiter = limiter.clone();
-            async move { limiter.admit(&limits, |_| 1).await.map(|_| ()).map_err(|refusal| refusal.spent) }
+            async move { limiter.admit(&limits, |_| 1).await.map(|_| ()).map_err(|refusal| refusal.cause) }
         });
         let lease = asks.recv().await.expect("the first request asks for a lease");
         let failed_at = tokio::time::Instant::now();
         lease.ask_failed();
-        assert_eq!(waiting.await.unwrap(), Err(false), "refused as not in time, not as spent");
+        assert_eq!(waiting.await.unwrap(), Err(RefusalCause::NotInTime), "refused as not in time, not as spent");
         // The clock is paused: it moves only if the request sat out its wait.
         assert_eq!(failed_at.elapsed(), Duration::ZERO, "refused at once, not at the end of its wait");
         assert!(asks.try_recv().is_err(), "the failed ask was not sent again for the same request");
@@ -392,14 +392,16 @@ mod tests {
         let limits = [Bucketed { limit, bucket: "".into() }];
         for units in [101, 1 << 63, u64::MAX] {
             let refusal = limiter.admit(&limits, |_| units).await.map(|_| ()).unwrap_err();
-            assert!(refusal.spent, "{units}: {refusal:?}");
+            assert_eq!(refusal.cause, RefusalCause::TooLarge { units }, "{refusal:?}");
+            assert_eq!(refusal.retry_after_secs(), None, "no retry can admit it");
         }
         assert!(asks.try_recv().is_err(), "nothing asked for");
         assert_eq!(lease.view().remaining, 100, "nothing taken");
         // Nor from a limit checked before the one it is too large for.
         let small = global_limit("small", 10, LimitWindow::Day);
         let both = [limits[0].clone(), Bucketed { limit: small, bucket: "".into() }];
-        assert!(limiter.admit(&both, |_| 50).await.is_err());
+        let refusal = limiter.admit(&both, |_| 50).await.map(|_| ()).unwrap_err();
+        assert_eq!((refusal.policy.as_str(), refusal.cause), ("small", RefusalCause::TooLarge { units: 50 }));
         assert_eq!(lease.view().remaining, 100, "the first limit was not taken from either");
         assert!(asks.try_recv().is_err(), "and nothing asked for");
         assert!(limiter.admit(&limits, |_| 100).await.is_ok(), "the whole amount still fits");
@@ -432,7 +434,7 @@ mod tests {
         spent_lease.answer(&grant("spent", 0));
         let both = [Bucketed { limit: roomy.clone(), bucket: "".into() }, Bucketed { limit: spent, bucket: "".into() }];
         let refusal = limiter.admit(&both, |_| 3).await.map(|_| ()).unwrap_err();
-        assert!(refusal.spent, "{refusal:?}");
+        assert_eq!(refusal.cause, RefusalCause::Spent, "{refusal:?}");
         assert_eq!(spent_lease.turned_away(), 0, "the window is spent: nothing to ask for");
         assert_eq!(roomy_lease.turned_away(), 0, "the lease that admitted it gets its units back instead");
 
@@ -441,7 +443,7 @@ mod tests {
         let waited = limit("waited");
         let alone = [Bucketed { limit: waited.clone(), bucket: "".into() }];
         let refusal = limiter.admit(&alone, |_| 2).await.map(|_| ()).unwrap_err();
-        assert!(!refusal.spent, "refused as not in time");
+        assert_eq!(refusal.cause, RefusalCause::NotInTime);
         assert_eq!(limiter.lease(&waited, "").0.turned_away(), 2);
     }
 }

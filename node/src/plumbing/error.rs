@@ -91,43 +91,63 @@ pub struct LimitRefusal {
     pub now_ms: i64,
     /// A budget (money) rather than a rate limit.
     pub budget: bool,
-    /// The window is spent. False: no quota could be granted in time (a
-    /// busy cluster, or a node cut off from a majority); retry soon.
-    pub spent: bool,
+    pub cause: RefusalCause,
     /// "100 requests per minute", "5000000 micro-dollars per month".
     pub what: String,
+    /// What the limit counts: "requests", "output tokens", "micro-dollars".
+    pub unit: &'static str,
+}
+
+/// Why a limit refused, which decides whether and when a retry can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalCause {
+    /// The window is spent: a retry helps once it resets.
+    Spent,
+    /// No quota could be granted in time (a busy cluster, or a node cut off
+    /// from a majority): retry soon.
+    NotInTime,
+    /// This request alone needs more units than the limit allows in a
+    /// whole window (an AI call's `max_tokens` is the client's to set), so
+    /// no retry can ever admit it.
+    TooLarge { units: u64 },
 }
 
 impl LimitRefusal {
-    /// Whole seconds until the window resets (or 1 when the quota was
-    /// only not granted in time), at least 1 (Retry-After).
-    pub fn retry_after_secs(&self) -> u64 {
-        if !self.spent {
-            return 1;
+    /// Whole seconds until a retry can be admitted (Retry-After): until the
+    /// window resets, at least 1; 1 when the quota was only not granted in
+    /// time; None when no retry ever can be.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self.cause {
+            RefusalCause::Spent => Some(((self.reset_at_ms - self.now_ms).max(0) as u64).div_ceil(1_000).max(1)),
+            RefusalCause::NotInTime => Some(1),
+            RefusalCause::TooLarge { .. } => None,
         }
-        ((self.reset_at_ms - self.now_ms).max(0) as u64).div_ceil(1_000).max(1)
     }
 
     pub fn message(&self) -> String {
         let reset = humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.reset_at_ms.max(0) as u64),
         );
-        if !self.spent {
-            format!(
-                "{} {:?} ({}) could not be checked: the cluster granted no quota in time; retry in a second",
-                if self.budget { "budget" } else { "rate limit" },
-                self.policy,
-                self.what
-            )
-        } else if self.budget {
-            format!("budget {:?} ({}) is spent; it resets at {reset}", self.policy, self.what)
-        } else {
-            format!(
+        let kind = if self.budget { "budget" } else { "rate limit" };
+        match self.cause {
+            RefusalCause::NotInTime => format!(
+                "{kind} {:?} ({}) could not be checked: the cluster granted no quota in time; retry in a second",
+                self.policy, self.what
+            ),
+            RefusalCause::TooLarge { units } => format!(
+                "this request needs up to {units} {}, more than {kind} {:?} ({}) allows in a whole window, so retrying \
+                 cannot help; lower max_tokens (or shorten the input) to fit the limit",
+                self.unit, self.policy, self.what
+            ),
+            RefusalCause::Spent if self.budget => {
+                format!("budget {:?} ({}) is spent; it resets at {reset}", self.policy, self.what)
+            }
+            RefusalCause::Spent => format!(
                 "rate limit {:?} ({}) is exceeded; retry after {} s (resets at {reset})",
                 self.policy,
                 self.what,
-                self.retry_after_secs()
-            )
+                self.retry_after_secs().unwrap_or(1)
+            ),
         }
     }
 }
@@ -207,7 +227,12 @@ impl GatewayError {
             GatewayError::Overloaded => "overloaded",
             GatewayError::UpstreamTlsMisconfigured { .. } => "upstream_tls_misconfigured",
             GatewayError::Backend { kind, .. } => kind.code(),
-            GatewayError::RateLimited(refusal) if refusal.budget && refusal.spent => "budget_exceeded",
+            GatewayError::RateLimited(refusal) if matches!(refusal.cause, RefusalCause::TooLarge { .. }) => {
+                "request_exceeds_limit"
+            }
+            GatewayError::RateLimited(refusal) if refusal.budget && refusal.cause == RefusalCause::Spent => {
+                "budget_exceeded"
+            }
             GatewayError::RateLimited(_) => "rate_limited",
             GatewayError::VersionNotFound(_) => "api_version_not_found",
             GatewayError::VersionRetired { .. } => "api_version_retired",

@@ -17,6 +17,6 @@ mod test_support;
 
 pub use body::{GatewayBody, empty, full};
 pub use client::{BoxError, Upstream, UpstreamClient, UpstreamClients, UpstreamResponseBody};
-pub use error::{GatewayError, LimitRefusal};
+pub use error::{GatewayError, LimitRefusal, RefusalCause};
 pub use pool::PoolError;
 pub use provider_client::{PooledTarget, ProviderClientError, ProviderClients};
