@@ -48,8 +48,10 @@ pub struct Lease {
     /// a spent window are not counted: the cluster had nothing left to ask
     /// for, and counting them would reward the clients that retry most.)
     turned_away: AtomicU64,
-    /// `spent` when the open window began here, for the window's own rate.
+    /// `spent` and `turned_away` when the open window began here, for the
+    /// window's own rate.
     spent_at_window_start: AtomicU64,
+    turned_away_at_window_start: AtomicU64,
     pub(crate) last_used_ms: AtomicI64,
     sizing: Mutex<Sizing>,
     /// Units of the next window, leased ahead: (start, end, units). Its
@@ -118,6 +120,7 @@ impl Lease {
             spent: AtomicU64::new(0),
             turned_away: AtomicU64::new(0),
             spent_at_window_start: AtomicU64::new(0),
+            turned_away_at_window_start: AtomicU64::new(0),
             last_used_ms: AtomicI64::new(0),
             sizing: Mutex::new(Sizing::default()),
             next: Mutex::new(None),
@@ -197,7 +200,7 @@ impl Lease {
         match *next {
             Some((start, end, units)) if start <= now_ms && now_ms < end && start > self.window_start_ms() => {
                 self.replace_balance(units as i64);
-                self.spent_at_window_start.store(self.spent.load(Ordering::Relaxed), Ordering::Relaxed);
+                self.mark_window_start();
                 self.window_start_ms.store(start, Ordering::Release);
                 self.window_end_ms.store(end, Ordering::Release);
                 self.spent_out.store(false, Ordering::Release);
@@ -381,10 +384,12 @@ impl Lease {
         ((rate * horizon_ms as f64 / 1000.0).ceil() as u64).max(1)
     }
 
-    /// Units per second spent in the open window so far, once it has run
-    /// long enough (100 ms) to say. Only for windows of a minute or less:
-    /// over an hour or a day, the average since the window opened says
-    /// little of the next second (traffic ramps up; a node joins late).
+    /// Units per second asked for (spent, or refused for want of a grant
+    /// in time) in the open window so far, up to the limit's own rate, once
+    /// the window has run long enough (100 ms) to say. Only for windows of
+    /// a minute or less: over an hour or a day, the average since the
+    /// window opened says little of the next second (traffic ramps up; a
+    /// node joins late).
     fn window_rate(&self, now_ms: i64) -> Option<f64> {
         let elapsed = now_ms - self.window_start_ms();
         if elapsed < 100 || !self.has_held() || self.window_len_ms() > 60_000 {
@@ -393,7 +398,22 @@ impl Lease {
         // Saturating: a refund may take `spent` below its mark.
         let spent =
             self.spent.load(Ordering::Relaxed).saturating_sub(self.spent_at_window_start.load(Ordering::Relaxed));
-        Some(spent as f64 * 1000.0 / elapsed as f64)
+        let refused = self
+            .turned_away
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.turned_away_at_window_start.load(Ordering::Relaxed));
+        let per_second = |units: u64| units as f64 * 1000.0 / elapsed as f64;
+        // As in `ask_size`: refusals only with the limit's rate to bound them.
+        Some(match self.limit_rate() {
+            Some(cap) => per_second(spent.saturating_add(refused)).min(cap),
+            None => per_second(spent),
+        })
+    }
+
+    /// Marks where the open window's counts begin (a change of window).
+    fn mark_window_start(&self) {
+        self.spent_at_window_start.store(self.spent.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.turned_away_at_window_start.store(self.turned_away.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// Applies the answer to an ask, and wakes the requests waiting for it.
@@ -431,7 +451,7 @@ impl Lease {
                 self.stranded.fetch_add(passed, Ordering::Relaxed);
             }
             self.replace_balance(units + ahead.map_or(0, |n| n.2 as i64));
-            self.spent_at_window_start.store(self.spent.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.mark_window_start();
             self.asking_next.store(false, Ordering::Release);
             self.window_start_ms.store(grant.window_start_ms, Ordering::Release);
             self.window_end_ms.store(grant.window_end_ms, Ordering::Release);
@@ -743,6 +763,33 @@ mod tests {
         assert_eq!(starved_asks, 17, "sized by what it was asked for, refusals included");
         // 200 a second at most (100 once smoothed): 25 units.
         assert_eq!(flooded_asks, 25, "no more than the limit's own rate");
+    }
+
+    /// The same for the next window, leased ahead: a node refused for want
+    /// of units in the open window asks ahead for what it was asked, not
+    /// only what it could spend (which would start every window short).
+    #[test]
+    fn a_node_refused_for_want_of_units_asks_ahead_for_what_it_was_asked() {
+        let three_of_200 = LeaseGrant { amount: 200, ..grant(3, 0, 3) };
+        let [starved, fed] = std::array::from_fn(|_| Lease::new("l".into(), "b".into()));
+        for lease in [&starved, &fed] {
+            answer_at(lease, &three_of_200, 10);
+            lease.ask_size(10, 250);
+            for at in 20..23 {
+                assert!(taken(lease.try_take(1, 200, at)));
+            }
+        }
+        for _ in 0..60 {
+            starved.turn_away(1, 200);
+        }
+        starved.ask_size(260, 250);
+        fed.ask_size(260, 250);
+        // The fed node spent 3 in 900 ms: a quarter second of that is 1 unit.
+        assert_eq!(fed.ahead_size(900, 250), 1);
+        // The starved one was asked for 63 in the window, 70 a second (its
+        // smoothed rate, capped at the limit's 200, is 100): the smaller, for
+        // a quarter second, is 18 units; by its spending alone it was 1.
+        assert_eq!(starved.ahead_size(900, 250), 18, "refusals in the window count");
     }
 
     /// `units as i64` made a take of 2^64 - 1 units a take of -1: admitted,
