@@ -726,22 +726,28 @@ mod tests {
         assert!(lease.ahead_size(950, 250) <= 2, "{}", lease.ahead_size(950, 250));
     }
 
+    /// Leases of a limit of 200 a second (what the whole cluster may
+    /// admit), each granted 3 units at 10 ms and spending them at 20-22 ms.
+    fn leases_that_spent_three_of_200<const N: usize>() -> [Lease; N] {
+        let three_of_200 = LeaseGrant { amount: 200, ..grant(3, 0, 3) };
+        std::array::from_fn(|_| {
+            let lease = Lease::new("l".into(), "b".into());
+            answer_at(&lease, &three_of_200, 10);
+            lease.ask_size(10, 250);
+            for at in 20..23 {
+                assert!(taken(lease.try_take(1, 200, at)));
+            }
+            lease
+        })
+    }
+
     /// The cluster test `uneven_load_at_twice_the_limit…` once saw a window
     /// admit 87 of 100: the busy node, refused for want of units, measured
     /// its rate by what it could spend and kept asking for little while the
     /// quiet nodes held units they would not spend.
     #[test]
     fn a_node_refused_for_want_of_units_asks_for_what_it_was_asked_not_what_it_spent() {
-        // 200 a second: what the whole cluster may admit.
-        let three_of_200 = LeaseGrant { amount: 200, ..grant(3, 0, 3) };
-        let [starved, fed, flooded] = std::array::from_fn(|_| Lease::new("l".into(), "b".into()));
-        for lease in [&starved, &fed, &flooded] {
-            answer_at(lease, &three_of_200, 10);
-            lease.ask_size(10, 250);
-            for at in 20..23 {
-                assert!(taken(lease.try_take(1, 200, at)));
-            }
-        }
+        let [starved, fed, flooded] = leases_that_spent_three_of_200();
         // 30 more requests in the next quarter second, refused here: no
         // grant came within their wait.
         for _ in 0..30 {
@@ -770,15 +776,7 @@ mod tests {
     /// only what it could spend (which would start every window short).
     #[test]
     fn a_node_refused_for_want_of_units_asks_ahead_for_what_it_was_asked() {
-        let three_of_200 = LeaseGrant { amount: 200, ..grant(3, 0, 3) };
-        let [starved, fed] = std::array::from_fn(|_| Lease::new("l".into(), "b".into()));
-        for lease in [&starved, &fed] {
-            answer_at(lease, &three_of_200, 10);
-            lease.ask_size(10, 250);
-            for at in 20..23 {
-                assert!(taken(lease.try_take(1, 200, at)));
-            }
-        }
+        let [starved, fed] = leases_that_spent_three_of_200();
         for _ in 0..60 {
             starved.turn_away(1, 200);
         }
