@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 /// Who may talk to whom. Shared by every relay of a cluster.
 #[derive(Debug, Default)]
@@ -73,6 +73,8 @@ impl Partitions {
 pub struct Relay {
     addr: SocketAddr,
     task: JoinHandle<()>,
+    /// Datagrams held (counted before they are queued, and until sent or dropped).
+    pending: Arc<AtomicU64>,
 }
 
 impl Drop for Relay {
@@ -85,27 +87,41 @@ impl Relay {
     pub async fn start(node_id: u64, target: SocketAddr, partitions: Arc<Partitions>) -> std::io::Result<Relay> {
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let addr = front.local_addr()?;
-        let task = tokio::spawn(run(node_id, front, target, partitions));
-        Ok(Relay { addr, task })
+        let pending = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(run(node_id, front, target, partitions, pending.clone()));
+        Ok(Relay { addr, task, pending })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// How many datagrams to the node are held now.
+    pub fn held(&self) -> u64 {
+        self.pending.load(Ordering::Acquire)
+    }
 }
 
-async fn run(node_id: u64, front: Arc<UdpSocket>, target: SocketAddr, partitions: Arc<Partitions>) {
+async fn run(
+    node_id: u64,
+    front: Arc<UdpSocket>,
+    target: SocketAddr,
+    partitions: Arc<Partitions>,
+    pending: Arc<AtomicU64>,
+) {
     // One back socket per sender, so the node's answers can be routed back.
-    let mut backs: HashMap<SocketAddr, (Arc<UdpSocket>, JoinHandle<()>)> = HashMap::new();
+    let mut backs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    // The relay's helper tasks (the held datagrams' and each back socket's
+    // answers) end with it: a JoinSet aborts them when the relay's task is
+    // aborted and drops it, and their sockets close.
+    let mut tasks = JoinSet::new();
     let mut buf = vec![0u8; 65_536];
     // Held datagrams, in the order they came, and how many are still held:
     // while any are, new ones queue behind them even if the delay is gone,
     // so that none overtakes another. Each is due no earlier than the one
-    // before unless the delay shrank, and then it waits for that one. The
-    // task ends with this one (when the sender drops).
+    // before unless the delay shrank, and then it waits for that one.
     let (held, mut due) = mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>, Arc<UdpSocket>, SocketAddr)>();
-    let pending = Arc::new(AtomicU64::new(0));
-    tokio::spawn({
+    tasks.spawn({
         let (pending, partitions) = (pending.clone(), partitions.clone());
         async move {
             while let Some((at, datagram, back, sender)) = due.recv().await {
@@ -124,16 +140,15 @@ async fn run(node_id: u64, front: Arc<UdpSocket>, target: SocketAddr, partitions
             continue;
         }
         let back = match backs.get(&sender) {
-            Some((back, _)) => back.clone(),
+            Some(back) => back.clone(),
             None => {
                 let Ok(back) = UdpSocket::bind("127.0.0.1:0").await else { continue };
                 if back.connect(target).await.is_err() {
                     continue;
                 }
                 let back = Arc::new(back);
-                let answers =
-                    tokio::spawn(return_path(node_id, back.clone(), front.clone(), sender, partitions.clone()));
-                backs.insert(sender, (back.clone(), answers));
+                tasks.spawn(return_path(node_id, back.clone(), front.clone(), sender, partitions.clone()));
+                backs.insert(sender, back.clone());
                 back
             }
         };
@@ -208,6 +223,74 @@ mod tests {
         node.send_to(b"back", via).await.unwrap();
         let (n, _) = peer.recv_from(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"back");
+    }
+
+    /// Waits (a few seconds at most) until the relay holds `count` datagrams.
+    async fn until_held(relay: &Relay, count: u64) {
+        for _ in 0..500 {
+            if relay.held() == count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the relay holds {} datagrams, not {count}", relay.held());
+    }
+
+    /// A link made fast while datagrams are held: what comes next still
+    /// waits behind them, so nothing is reordered.
+    #[tokio::test]
+    async fn a_link_made_fast_while_datagrams_are_held_keeps_their_order() {
+        let (partitions, node, peer, relay) = node_and_peer().await;
+        partitions.set_delay(Duration::from_millis(300));
+        peer.send_to(b"first", relay.addr()).await.unwrap();
+        peer.send_to(b"second", relay.addr()).await.unwrap();
+        let outsider = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        outsider.send_to(b"marker", relay.addr()).await.unwrap();
+        until_held(&relay, 3).await;
+        partitions.set_delay(Duration::ZERO);
+        peer.send_to(b"third", relay.addr()).await.unwrap();
+        let mut buf = [0u8; 16];
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let (n, _) = node.recv_from(&mut buf).await.unwrap();
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        assert_eq!(seen, ["first", "second", "marker", "third"]);
+    }
+
+    /// A partition made while a datagram is held drops it when it falls due.
+    #[tokio::test]
+    async fn a_partition_drops_datagrams_held_before_it() {
+        let (partitions, node, peer, relay) = node_and_peer().await;
+        partitions.set_delay(Duration::from_millis(300));
+        peer.send_to(b"held", relay.addr()).await.unwrap();
+        // Queued behind "held", from a socket outside any group: never blocked.
+        let outsider = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        outsider.send_to(b"marker", relay.addr()).await.unwrap();
+        until_held(&relay, 2).await;
+        partitions.partition(vec![vec![1], vec![2]]);
+        let mut buf = [0u8; 16];
+        let (n, _) = node.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"marker", "the held datagram was dropped at the partition");
+    }
+
+    /// A dropped relay's helper tasks end with it: the back socket that
+    /// carried a peer's traffic closes, so its port can be bound again.
+    #[tokio::test]
+    async fn a_dropped_relay_closes_its_back_sockets() {
+        let (_partitions, node, peer, relay) = node_and_peer().await;
+        peer.send_to(b"ping", relay.addr()).await.unwrap();
+        let mut buf = [0u8; 16];
+        let (_, via) = node.recv_from(&mut buf).await.unwrap();
+        drop(relay);
+        // Aborted tasks are dropped when the runtime next gets to them.
+        for _ in 0..500 {
+            if UdpSocket::bind(via).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the relay's back socket {via} is still open after the relay was dropped");
     }
 
     #[tokio::test]
