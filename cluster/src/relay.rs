@@ -237,11 +237,12 @@ mod tests {
     }
 
     /// A link made fast while datagrams are held: what comes next still
-    /// waits behind them, so nothing is reordered.
+    /// waits behind them, so nothing is reordered. (Held for 2 s, so that a
+    /// stalled test on busy cores still finds them held.)
     #[tokio::test]
     async fn a_link_made_fast_while_datagrams_are_held_keeps_their_order() {
         let (partitions, node, peer, relay) = node_and_peer().await;
-        partitions.set_delay(Duration::from_millis(300));
+        partitions.set_delay(Duration::from_secs(2));
         peer.send_to(b"first", relay.addr()).await.unwrap();
         peer.send_to(b"second", relay.addr()).await.unwrap();
         let outsider = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -262,7 +263,7 @@ mod tests {
     #[tokio::test]
     async fn a_partition_drops_datagrams_held_before_it() {
         let (partitions, node, peer, relay) = node_and_peer().await;
-        partitions.set_delay(Duration::from_millis(300));
+        partitions.set_delay(Duration::from_secs(2));
         peer.send_to(b"held", relay.addr()).await.unwrap();
         // Queued behind "held", from a socket outside any group: never blocked.
         let outsider = UdpSocket::bind("127.0.0.1:0").await.unwrap();

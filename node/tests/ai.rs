@@ -1610,7 +1610,7 @@ async fn a_token_limit_reserves_max_tokens_reconciles_with_usage_and_refuses_in_
 }
 
 /// `max_tokens` is the client's to set, up to 2^64 - 1: a reservation of
-/// more than the limit's whole amount is refused at once, reaches no
+/// more than the limit's whole amount is refused at once (400), reaches no
 /// provider, and leaves the limit as it was. (Cast to a signed number, 2^64
 /// - 1 units were once a take of -1: admitted, and one more unit left.)
 #[tokio::test]
@@ -1625,14 +1625,16 @@ async fn a_max_tokens_beyond_the_limit_is_refused_and_takes_nothing() {
         let mut body = chat("openai/gpt-4o-mini", false);
         body["max_tokens"] = max_tokens.clone();
         let reply = gw.post("/v1/chat/completions", body).await;
-        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "max_tokens {max_tokens}: {:?}", reply.body);
+        // The client's to change, not to wait for: a 400, which no retry
+        // policy retries, told so in words and as the SDKs read it.
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "max_tokens {max_tokens}: {:?}", reply.body);
         let error = reply.json();
-        assert_eq!(error["error"]["code"], "rate_limit_exceeded", "{error}");
-        // Told that no retry can help, in words and as the SDKs read it.
+        assert_eq!(error["error"]["type"], "invalid_request_error", "{error}");
         let message = error["error"]["message"].as_str().unwrap();
-        assert!(message.contains("allows in a whole window") && message.contains("lower max_tokens"), "{message}");
+        assert!(message.contains("can never be admitted") && message.contains("fewer output tokens"), "{message}");
         assert_eq!(reply.headers["x-should-retry"], "false");
         assert!(!reply.headers.contains_key("retry-after"), "no wait admits it");
+        assert!(!reply.headers.contains_key("ratelimit"), "nor is what is left told");
     }
     assert!(mock.requests().is_empty(), "no refused call reached the provider");
     // The whole amount is still there: 100 output tokens, 5 used by each call.
@@ -1653,21 +1655,22 @@ client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=2)
 try:
     client.chat.completions.create(
         model="openai/gpt-4o-mini", max_tokens=5000, messages=[{"role": "user", "content": "hi"}])
-    raise SystemExit("expected RateLimitError")
-except openai.RateLimitError as e:
-    assert "lower max_tokens" in str(e), e
+    raise SystemExit("expected BadRequestError")
+except openai.BadRequestError as e:
+    assert "fewer output tokens" in str(e), e
 claude = anthropic.Anthropic(base_url=base, api_key=key, max_retries=2)
 try:
     claude.messages.create(model="openai/gpt-4o-mini", max_tokens=5000, messages=[{"role": "user", "content": "hi"}])
-    raise SystemExit("expected RateLimitError")
-except anthropic.RateLimitError as e:
-    assert "lower max_tokens" in str(e), e
+    raise SystemExit("expected BadRequestError")
+except anthropic.BadRequestError as e:
+    assert "fewer output tokens" in str(e), e
 print("SDK OK")
 "#;
 
-/// The OpenAI and Anthropic SDKs retry a 429 twice by default: a request
-/// that no window could ever admit tells them not to (`x-should-retry`),
-/// so each SDK call is refused once, not three times.
+/// The OpenAI and Anthropic SDKs retry a 429 twice by default (and so do
+/// most clients' retry policies): a request that no window could ever
+/// admit is a 400, with `x-should-retry: false`, so each SDK call is
+/// refused once, not three times, and counted apart from rate limiting.
 #[tokio::test]
 async fn the_sdks_do_not_retry_a_request_too_large_for_its_limit() {
     use tollgate_proto::config::v1::LimitUnit;
@@ -1681,11 +1684,16 @@ async fn the_sdks_do_not_retry_a_request_too_large_for_its_limit() {
     limit_ai_route(&gw, per_key_per_day("output-per-key", LimitUnit::OutputTokens, 100)).await;
     run_sdk_script(&gw, TOO_LARGE_SCRIPT).await;
     let text = String::from_utf8_lossy(&common::get(gw.node.ops_addr, "/metrics", &[]).await.body).to_string();
-    let refused = text
-        .lines()
-        .find(|l| l.starts_with("tollgate_limit_refused_total{") && l.contains("output-per-key"))
-        .unwrap_or_else(|| panic!("no refusal counted:\n{text}"));
-    assert!(refused.ends_with(" 2"), "two SDK calls, each refused once, not retried: {refused}");
+    let counted = |series: &str| {
+        let prefix = format!("{series}{{limit=\"output-per-key\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&prefix)).map(str::to_string)
+    };
+    assert_eq!(
+        counted("tollgate_limit_too_large_total").as_deref(),
+        Some("2"),
+        "two SDK calls, each refused once, not retried:\n{text}"
+    );
+    assert_eq!(counted("tollgate_limit_refused_total").as_deref(), Some("0"), "not counted as rate limiting");
     assert!(mock.requests().is_empty());
 }
 

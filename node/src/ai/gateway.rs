@@ -792,7 +792,7 @@ impl Attempts<'_> {
             }
             Err(refusal) => {
                 let message = refusal.message();
-                let mut refused = self.refuse(account, ErrorKind::RateLimited, StatusCode::TOO_MANY_REQUESTS, &message);
+                let mut refused = self.refuse(account, refusal.kind(), refusal.status(), &message);
                 crate::limits::headers::refused(&refusal, refused.response.headers_mut());
                 Err(refused)
             }

@@ -20,25 +20,27 @@ pub const X_BUDGET_WARNING: HeaderName = HeaderName::from_static("x-tollgate-bud
 /// Read by the OpenAI and Anthropic SDKs, which otherwise retry every 429.
 pub const X_SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
 
-/// The headers of a refusal (429).
+/// The headers of a refusal: the limit's state and when to retry (429), or,
+/// for a request no window can ever admit (400), the limit's policy alone
+/// and that no retry helps. (Its state is not told: the request took and
+/// asked nothing, so any caller could read the usage left on limits shared
+/// with others, as often as it liked, by asking for too much.)
 pub fn refused(refusal: &LimitRefusal, headers: &mut HeaderMap) {
-    let retry_after = refusal.retry_after_secs();
     let state = State {
         policy: &refusal.policy,
         amount: refusal.amount,
-        // Refused because this request alone is too large, the window may
-        // still hold plenty for others: say what it holds.
-        remaining: if retry_after.is_some() { 0 } else { refusal.remaining },
+        remaining: 0,
         window_secs: refusal.window_secs,
         reset_at_ms: refusal.reset_at_ms,
         now_ms: refusal.now_ms,
     };
-    state.write(headers);
-    match retry_after {
+    match refusal.retry_after_secs() {
         Some(secs) => {
+            state.write(headers);
             headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
         }
         None => {
+            state.write_policy(headers);
             headers.remove(http::header::RETRY_AFTER);
             headers.insert(X_SHOULD_RETRY, HeaderValue::from_static("false"));
         }
@@ -70,18 +72,24 @@ struct State<'a> {
 
 impl State<'_> {
     fn write(&self, headers: &mut HeaderMap) {
+        self.write_policy(headers);
         let reset_in = ((self.reset_at_ms - self.now_ms).max(0) as u64).div_ceil(1_000);
-        // Limit names are [A-Za-z0-9._-]: valid inside a structured-field string.
-        let policy = format!("\"{}\";q={};w={}", self.policy, self.amount, self.window_secs);
         let now = format!("\"{}\";r={};t={}", self.policy, self.remaining, reset_in);
-        for (name, value) in [(RATELIMIT_POLICY, policy), (RATELIMIT, now)] {
-            if let Ok(value) = HeaderValue::from_str(&value) {
-                headers.insert(name, value);
-            }
+        if let Ok(value) = HeaderValue::from_str(&now) {
+            headers.insert(RATELIMIT, value);
         }
-        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(self.amount));
         headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(self.remaining));
         headers.insert(X_RATELIMIT_RESET, HeaderValue::from((self.reset_at_ms.max(0) as u64).div_ceil(1_000)));
+    }
+
+    /// What the limit is, without its state.
+    fn write_policy(&self, headers: &mut HeaderMap) {
+        // Limit names are [A-Za-z0-9._-]: valid inside a structured-field string.
+        let policy = format!("\"{}\";q={};w={}", self.policy, self.amount, self.window_secs);
+        if let Ok(value) = HeaderValue::from_str(&policy) {
+            headers.insert(RATELIMIT_POLICY, value);
+        }
+        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(self.amount));
     }
 }
 
@@ -134,10 +142,14 @@ mod tests {
         refused(&refusal, &mut headers);
         assert!(headers.get(http::header::RETRY_AFTER).is_none(), "no wait admits it");
         assert_eq!(headers[X_SHOULD_RETRY], "false");
-        assert_eq!(headers["ratelimit"], "\"output-per-key\";r=60;t=30", "the window is not spent");
+        assert_eq!(headers["ratelimit-policy"], "\"output-per-key\";q=100;w=86400");
+        for state in ["ratelimit", "x-ratelimit-remaining", "x-ratelimit-reset"] {
+            assert!(headers.get(state).is_none(), "{state}: what is left is not told to a request that took nothing");
+        }
+        assert_eq!(refusal.status(), http::StatusCode::BAD_REQUEST);
         let message = refusal.message();
         assert!(message.contains("needs up to 1024 output tokens"), "{message}");
         assert!(message.contains("\"output-per-key\" (100 output tokens per day)"), "{message}");
-        assert!(message.contains("lower max_tokens"), "{message}");
+        assert!(message.contains("can never be admitted") && message.contains("fewer output tokens"), "{message}");
     }
 }

@@ -385,8 +385,9 @@ impl Lease {
     }
 
     /// Units per second asked for (spent, or refused for want of a grant
-    /// in time) in the open window so far, up to the limit's own rate, once
-    /// the window has run long enough (100 ms) to say. Only for windows of
+    /// in time) in the open window so far, once the window has run long
+    /// enough (100 ms) to say. Not capped here: `ahead_size` takes the
+    /// smaller of this and the smoothed rate, which is. Only for windows of
     /// a minute or less: over an hour or a day, the average since the
     /// window opened says little of the next second (traffic ramps up; a
     /// node joins late).
@@ -402,12 +403,7 @@ impl Lease {
             .turned_away
             .load(Ordering::Relaxed)
             .saturating_sub(self.turned_away_at_window_start.load(Ordering::Relaxed));
-        let per_second = |units: u64| units as f64 * 1000.0 / elapsed as f64;
-        // As in `ask_size`: refusals only with the limit's rate to bound them.
-        Some(match self.limit_rate() {
-            Some(cap) => per_second(spent.saturating_add(refused)).min(cap),
-            None => per_second(spent),
-        })
+        Some(spent.saturating_add(refused) as f64 * 1000.0 / elapsed as f64)
     }
 
     /// Marks where the open window's counts begin (a change of window).

@@ -134,7 +134,7 @@ impl Limiter {
             let units = units_of(&bucketed.limit);
             if units > bucketed.limit.amount {
                 let (lease, counters) = self.lease(&bucketed.limit, &bucketed.bucket);
-                counters.refused.inc();
+                counters.too_large.inc();
                 return Err(Box::new(refusal(&bucketed.limit, lease.view(), RefusalCause::TooLarge { units })));
             }
         }

@@ -55,7 +55,8 @@ pub enum GatewayError {
     /// message is already safe to show the caller.
     #[error("{message}")]
     Backend { kind: ErrorKind, status: StatusCode, message: String },
-    /// A rate limit or a budget refused the request (429).
+    /// A rate limit or a budget refused the request (429; 400 when no
+    /// window could ever admit it).
     #[error("{}", .0.message())]
     RateLimited(Box<LimitRefusal>),
     /// The API version asked for does not exist, is a draft, or none was
@@ -91,6 +92,7 @@ pub struct LimitRefusal {
     pub now_ms: i64,
     /// A budget (money) rather than a rate limit.
     pub budget: bool,
+    /// Why: whether a retry can be admitted, and when.
     pub cause: RefusalCause,
     /// "100 requests per minute", "5000000 micro-dollars per month".
     pub what: String,
@@ -113,15 +115,39 @@ pub enum RefusalCause {
 }
 
 impl LimitRefusal {
+    /// 429 while a retry can be admitted. A request that no window can ever
+    /// admit is the client's to change, as for a model's own token limit:
+    /// 400, which no client's retry policy retries (a 429 is retried by most,
+    /// and each retry would cost the caller a request of its other limits).
+    pub fn status(&self) -> StatusCode {
+        match self.cause {
+            RefusalCause::TooLarge { .. } => StatusCode::BAD_REQUEST,
+            RefusalCause::Spent | RefusalCause::NotInTime => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// The error's kind for each caller's format (OpenAI `type`, Anthropic
+    /// `error.type`, Gemini `status`).
+    pub fn kind(&self) -> ErrorKind {
+        match self.cause {
+            RefusalCause::TooLarge { .. } => ErrorKind::InvalidRequest,
+            RefusalCause::Spent | RefusalCause::NotInTime => ErrorKind::RateLimited,
+        }
+    }
+
     /// Whole seconds until a retry can be admitted (Retry-After): until the
     /// window resets, at least 1; 1 when the quota was only not granted in
     /// time; None when no retry ever can be.
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self.cause {
-            RefusalCause::Spent => Some(((self.reset_at_ms - self.now_ms).max(0) as u64).div_ceil(1_000).max(1)),
+            RefusalCause::Spent => Some(self.secs_to_reset()),
             RefusalCause::NotInTime => Some(1),
             RefusalCause::TooLarge { .. } => None,
         }
+    }
+
+    fn secs_to_reset(&self) -> u64 {
+        ((self.reset_at_ms - self.now_ms).max(0) as u64).div_ceil(1_000).max(1)
     }
 
     pub fn message(&self) -> String {
@@ -135,8 +161,9 @@ impl LimitRefusal {
                 self.policy, self.what
             ),
             RefusalCause::TooLarge { units } => format!(
-                "this request needs up to {units} {}, more than {kind} {:?} ({}) allows in a whole window, so retrying \
-                 cannot help; lower max_tokens (or shorten the input) to fit the limit",
+                "this request needs up to {units} {}, more than {kind} {:?} ({}) allows in a whole window, so it \
+                 can never be admitted as it is: ask for fewer output tokens (max_tokens, max_completion_tokens or \
+                 maxOutputTokens; a prompt API's own max_tokens is set by its operator) or send less input",
                 self.unit, self.policy, self.what
             ),
             RefusalCause::Spent if self.budget => {
@@ -146,7 +173,7 @@ impl LimitRefusal {
                 "rate limit {:?} ({}) is exceeded; retry after {} s (resets at {reset})",
                 self.policy,
                 self.what,
-                self.retry_after_secs().unwrap_or(1)
+                self.secs_to_reset()
             ),
         }
     }
@@ -173,7 +200,7 @@ impl GatewayError {
             | GatewayError::UpstreamTlsMisconfigured { .. }
             | GatewayError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Backend { status, .. } => *status,
-            GatewayError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::RateLimited(refusal) => refusal.status(),
             GatewayError::VersionNotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::VersionRetired { .. } => StatusCode::GONE,
             GatewayError::NotSubscribed { .. } => StatusCode::FORBIDDEN,
@@ -202,7 +229,7 @@ impl GatewayError {
             | GatewayError::UpstreamTlsMisconfigured { .. } => ErrorKind::Unavailable,
             GatewayError::UpstreamUnavailable { .. } => ErrorKind::Server,
             GatewayError::Backend { kind, .. } => *kind,
-            GatewayError::RateLimited(_) => ErrorKind::RateLimited,
+            GatewayError::RateLimited(refusal) => refusal.kind(),
             GatewayError::VersionNotFound(_) | GatewayError::VersionRetired { .. } => ErrorKind::NotFound,
             GatewayError::NotSubscribed { .. } => ErrorKind::PermissionDenied,
         }

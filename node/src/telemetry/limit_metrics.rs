@@ -16,6 +16,7 @@ pub struct LimitLabels {
 pub struct LimitMetrics {
     admitted: Family<LimitLabels, Counter>,
     refused: Family<LimitLabels, Counter>,
+    too_large: Family<LimitLabels, Counter>,
     granted_units: Family<LimitLabels, Counter>,
     stranded_units: Family<LimitLabels, Counter>,
     returned_units: Family<LimitLabels, Counter>,
@@ -30,6 +31,7 @@ pub struct LimitMetrics {
 pub struct LimitCounters {
     pub admitted: Counter,
     pub refused: Counter,
+    pub too_large: Counter,
     pub granted_units: Counter,
     pub stranded_units: Counter,
     pub returned_units: Counter,
@@ -42,6 +44,12 @@ impl LimitMetrics {
         let families = [
             ("limit_admitted", "Requests a limit admitted on this node", &metrics.admitted),
             ("limit_refused", "Requests a limit refused on this node (429)", &metrics.refused),
+            (
+                "limit_too_large",
+                "Requests refused on this node because they alone need more than a limit's whole amount (400): \
+                 a client's max_tokens, or a default reservation larger than a small budget",
+                &metrics.too_large,
+            ),
             ("limit_granted_units", "Units leased to this node", &metrics.granted_units),
             (
                 "limit_stranded_units",
@@ -68,6 +76,7 @@ impl LimitMetrics {
         LimitCounters {
             admitted: self.admitted.get_or_create(&labels).clone(),
             refused: self.refused.get_or_create(&labels).clone(),
+            too_large: self.too_large.get_or_create(&labels).clone(),
             granted_units: self.granted_units.get_or_create(&labels).clone(),
             stranded_units: self.stranded_units.get_or_create(&labels).clone(),
             returned_units: self.returned_units.get_or_create(&labels).clone(),
