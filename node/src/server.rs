@@ -479,6 +479,8 @@ async fn prune_audit(raft: RaftNode, retention: Duration) {
 /// Lease commands go through Raft like any write (to the leader, from any
 /// node), stamped with this node's clock: the replicated state opens and
 /// closes windows from these times (see `tollgate_raft`'s `apply/quota.rs`).
+/// The grant in the leader's answer is all the node uses (its leases are
+/// its own, in memory), so it does not wait to apply the command itself.
 fn lease_proposer(raft: &RaftNode) -> crate::limits::client::ProposeLease {
     let raft = raft.clone();
     Arc::new(move |request| {
@@ -487,7 +489,7 @@ fn lease_proposer(raft: &RaftNode) -> crate::limits::client::ProposeLease {
             let actor = format!("node {}", request.node_id);
             let op = tollgate_proto::raft::v1::command::Op::Lease(request);
             let command = tollgate_raft::Command::new(op, crate::clock::unix_ms(), actor);
-            let applied = raft.propose(command).await.map_err(|e| e.to_string())?;
+            let applied = raft.propose_for_answer(command).await.map_err(|e| e.to_string())?;
             let bytes = applied.entity.unwrap_or_default();
             prost::Message::decode(bytes.as_slice()).map_err(|e| format!("a lease answer did not decode: {e}"))
         })

@@ -275,12 +275,11 @@ impl RaftNode {
 
     /// Replicates `command` (through the leader, wherever it is, and through
     /// a change of leader), waits until it is applied on this node, and
-    /// returns what it did.
+    /// returns what it did: what an admin write needs, so that a read of
+    /// this node after it sees the write.
     pub async fn propose(&self, command: Command) -> Result<Applied, ProposeError> {
         let deadline = tokio::time::Instant::now() + self.inner.write_timeout;
-        self.precheck(&command, deadline).await?;
-        let response = via_leader(self, &leader::Write(&command), deadline).await.map_err(|e| self.write_error(e))?;
-        let applied = response.0?;
+        let applied = self.propose_until(command, deadline).await?;
         // The leader has applied it; this node follows within a heartbeat or so.
         match tokio::time::timeout_at(deadline, self.wait_applied(applied.revision)).await {
             Ok(state) => state.map(|_| applied).map_err(ProposeError::from),
@@ -292,6 +291,22 @@ impl RaftNode {
             ))
             .into()),
         }
+    }
+
+    /// As `propose`, for a command whose answer is all its proposer uses (a
+    /// quota lease's grant): returned as soon as the leader has applied it
+    /// (so it is committed), without waiting for this node to apply it too.
+    /// A follower learns of a commit with the leader's next append, up to a
+    /// heartbeat later: on every lease ask, that wait was the larger part of
+    /// a follower's grant time.
+    pub async fn propose_for_answer(&self, command: Command) -> Result<Applied, ProposeError> {
+        self.propose_until(command, tokio::time::Instant::now() + self.inner.write_timeout).await
+    }
+
+    async fn propose_until(&self, command: Command, deadline: tokio::time::Instant) -> Result<Applied, ProposeError> {
+        self.precheck(&command, deadline).await?;
+        let response = via_leader(self, &leader::Write(&command), deadline).await.map_err(|e| self.write_error(e))?;
+        Ok(response.0?)
     }
 
     /// Runs this version's admission rules (admit.rs) and the same `apply`
