@@ -213,7 +213,9 @@ async fn attempt<R: LeaderRequest>(node: &RaftNode, request: &R, deadline: Insta
     let Some((leader, addr)) = node.known_leader() else {
         return Step::Retry("no leader is known yet (an election is under way)".into());
     };
-    let applied_before = node.local_state().applied_index();
+    // Not only what this node has applied: a write answered by the leader
+    // may not be applied here yet (`RaftNode::propose_for_answer`).
+    let applied_before = node.written_after();
     if leader.node != node.node_id() {
         return forward(node, request, Sent { leader, applied_before, why: String::new() }, &addr, deadline).await;
     }

@@ -167,6 +167,13 @@ struct Inner {
     /// acknowledged by a majority for this long refuses writes.
     lease: Duration,
     outcomes: Arc<Outcomes>,
+    /// The highest revision (log index) any write of this node was answered
+    /// with. A write sent after that answer lands after it in the log, so a
+    /// lost answer is looked for only after it (`leader::attempt`), even
+    /// while this node has not applied that far: two writes of one node that
+    /// read the same (two lease asks in one millisecond) must never be
+    /// settled with each other's answer.
+    answered_through: AtomicU64,
     data_plane_index: AtomicU64,
     /// Held from checking a new learner against the membership until it is
     /// added, so two joins cannot both claim one free address.
@@ -227,6 +234,7 @@ impl RaftNode {
                 write_timeout: config.write_timeout,
                 lease: config.election_timeout_max,
                 outcomes,
+                answered_through: AtomicU64::new(0),
                 data_plane_index: AtomicU64::new(0),
                 learner_lock: tokio::sync::Mutex::new(()),
             }),
@@ -306,7 +314,15 @@ impl RaftNode {
     async fn propose_until(&self, command: Command, deadline: tokio::time::Instant) -> Result<Applied, ProposeError> {
         self.precheck(&command, deadline).await?;
         let response = via_leader(self, &leader::Write(&command), deadline).await.map_err(|e| self.write_error(e))?;
-        Ok(response.0?)
+        let applied = response.0?;
+        self.inner.answered_through.fetch_max(applied.revision, Ordering::AcqRel);
+        Ok(applied)
+    }
+
+    /// Where a write's entry may start in the log, as far as this node
+    /// knows: after what it has applied, and after every answer it had.
+    pub(crate) fn written_after(&self) -> u64 {
+        self.local_state().applied_index().max(self.inner.answered_through.load(Ordering::Acquire))
     }
 
     /// Runs this version's admission rules (admit.rs) and the same `apply`
