@@ -1621,6 +1621,9 @@ async fn a_max_tokens_beyond_the_limit_is_refused_and_takes_nothing() {
     gw.provider("openai", ProviderKind::Openai, format!("{}/v1", mock.url()), &["k1"]).await;
     limit_ai_route(&gw, per_key_per_day("output-per-key", LimitUnit::OutputTokens, 100)).await;
     limit_ai_route(&gw, per_key_per_day("total-per-key", LimitUnit::TotalTokens, 1_000)).await;
+    // A request limit too, whose headers (admitted_headers is on) must not
+    // stand in for the refusing limit's.
+    limit_ai_route(&gw, per_key_per_day("requests-per-key", LimitUnit::Requests, 1_000)).await;
     for max_tokens in [json!(u64::MAX), json!(1_u64 << 63), json!(101), json!(u64::MAX - 3)] {
         let mut body = chat("openai/gpt-4o-mini", false);
         body["max_tokens"] = max_tokens.clone();
@@ -1635,7 +1638,23 @@ async fn a_max_tokens_beyond_the_limit_is_refused_and_takes_nothing() {
         assert_eq!(reply.headers["x-should-retry"], "false");
         assert!(!reply.headers.contains_key("retry-after"), "no wait admits it");
         assert!(!reply.headers.contains_key("ratelimit"), "nor is what is left told");
+        // The refusing limit's policy (either token limit refuses 2^64 - 1),
+        // the one the message names, not the request limit's.
+        let policy = reply.headers["ratelimit-policy"].to_str().unwrap();
+        let refusing = policy.split('"').nth(1).unwrap();
+        assert!(["output-per-key", "total-per-key"].contains(&refusing), "{policy}");
+        assert!(message.contains(&format!("{refusing:?}")), "{policy} / {message}");
     }
+    // In Anthropic's and Gemini's formats too.
+    let messages = json!({"model": "openai/gpt-4o-mini", "max_tokens": 5_000,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let reply = gw.post("/v1/messages", messages).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.body);
+    assert_eq!(reply.json()["error"]["type"], "invalid_request_error", "{:?}", reply.body);
+    let gemini = json!({"contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"maxOutputTokens": 5_000}});
+    let reply = gw.post("/v1/models/openai/gpt-4o-mini:generateContent", gemini).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{:?}", reply.body);
+    assert_eq!(reply.json()["error"]["status"], "INVALID_ARGUMENT", "{:?}", reply.body);
     assert!(mock.requests().is_empty(), "no refused call reached the provider");
     // The whole amount is still there: 100 output tokens, 5 used by each call.
     let mut body = chat("openai/gpt-4o-mini", false);

@@ -760,7 +760,8 @@ impl Attempts<'_> {
     /// Reserves the call's estimated tokens and cost on the caller's token
     /// limits and budgets (see `super::limits`); the reservation rides with
     /// `account`, which reconciles it when the call ends. A refusal is a 429
-    /// in the caller's format, accounted like any other refusal.
+    /// in the caller's format (a 400 for a call no window could admit),
+    /// accounted like any other refusal.
     async fn reserve(
         &self,
         account: &mut Accounting,

@@ -103,7 +103,6 @@ mod tests {
         let refusal = LimitRefusal {
             policy: "per-key".into(),
             amount: 100,
-            remaining: 3,
             window_secs: 60,
             reset_at_ms: 1_700_000_060_000,
             now_ms: 1_700_000_030_500,
@@ -128,7 +127,6 @@ mod tests {
         let refusal = LimitRefusal {
             policy: "output-per-key".into(),
             amount: 100,
-            remaining: 60,
             window_secs: 86_400,
             reset_at_ms: 1_700_000_060_000,
             now_ms: 1_700_000_030_500,

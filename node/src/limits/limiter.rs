@@ -133,9 +133,11 @@ impl Limiter {
         for bucketed in limits {
             let units = units_of(&bucketed.limit);
             if units > bucketed.limit.amount {
-                let (lease, counters) = self.lease(&bucketed.limit, &bucketed.bucket);
-                counters.too_large.inc();
-                return Err(Box::new(refusal(&bucketed.limit, lease.view(), RefusalCause::TooLarge { units })));
+                // No lease for its bucket (one per client address, say): the
+                // refusal tells the policy, not the window's state.
+                self.metrics.of(&bucketed.limit.name).too_large.inc();
+                let unheld = LeaseView { amount: bucketed.limit.amount, remaining: 0, window_end_ms: 0 };
+                return Err(Box::new(refusal(&bucketed.limit, unheld, RefusalCause::TooLarge { units })));
             }
         }
         let mut taken = Taken { parts: Vec::with_capacity(limits.len()) };
@@ -299,7 +301,6 @@ fn refusal(limit: &Limit, view: LeaseView, cause: RefusalCause) -> LimitRefusal 
     LimitRefusal {
         policy: limit.name.clone(),
         amount: limit.amount,
-        remaining: view.remaining,
         window_secs: limit.window_secs(),
         reset_at_ms,
         now_ms: now,

@@ -85,8 +85,6 @@ pub struct LimitRefusal {
     /// The limit's name: the policy named in the RateLimit headers.
     pub policy: String,
     pub amount: u64,
-    /// What the cluster can still admit in the window, as this node knows it.
-    pub remaining: u64,
     pub window_secs: u64,
     pub reset_at_ms: i64,
     pub now_ms: i64,

@@ -56,11 +56,12 @@ pub async fn handle(
             response
         }
     };
-    // The AI backend's token or budget headers (on an answer or a refusal)
-    // speak for the tighter limits; the request limit's do not replace them.
+    // The AI backend's token or budget headers (on an answer or a refusal,
+    // which may carry the policy alone) speak for the tighter limits; the
+    // request limit's do not replace them.
     if let Some(taken) = &rctx.limits
         && ctx.shared.limiter.config.admitted_headers
-        && !response.headers().contains_key(crate::limits::headers::RATELIMIT)
+        && !response.headers().contains_key(crate::limits::headers::RATELIMIT_POLICY)
     {
         crate::limits::headers::on_response(taken, response.headers_mut());
     }

@@ -373,8 +373,9 @@ impl GatewaySnapshot {
                 // compile until it says here what the data plane does with it.
                 EntityKind::JoinToken => {}
                 EntityKind::Limit => limits = true,
-                // Lease and ledger bookkeeping: read by the lease client and
-                // the admin API from the replicated state, not by requests.
+                // Lease and ledger bookkeeping: read by the admin API and the
+                // console from the replicated state, not by requests (a
+                // node's leases live in its memory, from the leader's answers).
                 EntityKind::QuotaWindow | EntityKind::UsageCounter | EntityKind::UsageWatermark => {}
                 // Versions are compiled into their service's routes.
                 EntityKind::ApiVersion => routing = true,
