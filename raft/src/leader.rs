@@ -29,8 +29,10 @@ use crate::types::{Command, CommandResponse};
 #[derive(Debug, Clone)]
 pub(crate) struct Sent {
     pub leader: LeaderTerm,
-    /// This node's applied index before the attempt: a copy of the request
-    /// can only be in the log after it.
+    /// What this node had applied, or the highest revision any of its
+    /// writes was answered with, whichever is later, read before the attempt
+    /// (`RaftNode::written_after`): a copy of the request can only be in the
+    /// log after it.
     pub applied_before: u64,
     pub why: String,
 }

@@ -170,9 +170,11 @@ struct Inner {
     /// The highest revision (log index) any write of this node was answered
     /// with. A write sent after that answer lands after it in the log, so a
     /// lost answer is looked for only after it (`leader::attempt`), even
-    /// while this node has not applied that far: two writes of one node that
-    /// read the same (two lease asks in one millisecond) must never be
-    /// settled with each other's answer.
+    /// while this node has not applied that far: of two writes of one node
+    /// sent one after the other that read the same (two lease asks stamped
+    /// in one millisecond, or after the clock stepped back), the second is
+    /// never settled with the first's answer. (Two sent at once could be;
+    /// the lease client sends one command at a time.)
     answered_through: AtomicU64,
     data_plane_index: AtomicU64,
     /// Held from checking a new learner against the membership until it is

@@ -135,7 +135,7 @@ impl Limiter {
             if units > bucketed.limit.amount {
                 // No lease for its bucket (one per client address, say): the
                 // refusal tells the policy, not the window's state.
-                self.metrics.of(&bucketed.limit.name).too_large.inc();
+                self.metrics.too_large_of(&bucketed.limit.name).inc();
                 let unheld = LeaseView { amount: bucketed.limit.amount, remaining: 0, window_end_ms: 0 };
                 return Err(Box::new(refusal(&bucketed.limit, unheld, RefusalCause::TooLarge { units })));
             }

@@ -71,6 +71,12 @@ impl LimitMetrics {
         metrics
     }
 
+    /// The too-large refusals' counter of `limit` alone (a refused request
+    /// may have no lease, and so no `LimitCounters`, to count it on).
+    pub fn too_large_of(&self, limit: &str) -> Counter {
+        self.too_large.get_or_create(&LimitLabels { limit: limit.to_string() }).clone()
+    }
+
     pub fn of(&self, limit: &str) -> LimitCounters {
         let labels = LimitLabels { limit: limit.to_string() };
         LimitCounters {
