@@ -31,7 +31,6 @@ pub struct LimitMetrics {
 pub struct LimitCounters {
     pub admitted: Counter,
     pub refused: Counter,
-    pub too_large: Counter,
     pub granted_units: Counter,
     pub stranded_units: Counter,
     pub returned_units: Counter,
@@ -79,10 +78,12 @@ impl LimitMetrics {
 
     pub fn of(&self, limit: &str) -> LimitCounters {
         let labels = LimitLabels { limit: limit.to_string() };
+        // Counted through `too_large_of` (a too-large request takes no
+        // lease); created here so that the series shows 0 beside the others.
+        drop(self.too_large.get_or_create(&labels));
         LimitCounters {
             admitted: self.admitted.get_or_create(&labels).clone(),
             refused: self.refused.get_or_create(&labels).clone(),
-            too_large: self.too_large.get_or_create(&labels).clone(),
             granted_units: self.granted_units.get_or_create(&labels).clone(),
             stranded_units: self.stranded_units.get_or_create(&labels).clone(),
             returned_units: self.returned_units.get_or_create(&labels).clone(),
